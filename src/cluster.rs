@@ -1,0 +1,92 @@
+//! Running nodes from a configuration: every node of the file in one process (the local
+//! cluster a newcomer starts with one command), or one node of it (one process per machine).
+//! Each node gets its own arbiter; shutdown is two-phase: every node closes its links with a
+//! `bye`, then the process exits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::node::{Node, NodeHandle, StartError};
+
+/// How long a shutdown may take before the process exits anyway.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Start `only` (or every node of `config`), run until `shutdown` resolves or a node asks to
+/// stop (an escalation), then shut every node down.
+///
+/// # Errors
+/// [`StartError`] if a node cannot start; the nodes already started are shut down first.
+pub async fn run<S>(config: Arc<Config>, only: Option<&str>, shutdown: S) -> Result<(), StartError>
+where
+    S: Future<Output = ()>,
+{
+    let handles = start(config.clone(), only).await?;
+    tracing::info!(
+        cluster = %config.cluster.name,
+        topology = %config.cluster.topology,
+        "{} node(s) running; Ctrl-C to stop",
+        handles.len()
+    );
+    let escalated = futures_util::future::select_all(handles.iter().map(|h| Box::pin(h.stop_requested())));
+    tokio::select! {
+        () = shutdown => {}
+        _ = escalated => {}
+    }
+    stop(&handles).await;
+    Ok(())
+}
+
+/// Start `only` (or every node of `config`), each on its own arbiter.
+///
+/// # Errors
+/// [`StartError`] if a node cannot start; the nodes already started are shut down first.
+pub async fn start(config: Arc<Config>, only: Option<&str>) -> Result<Vec<NodeHandle>, StartError> {
+    let names: Vec<String> = match only {
+        Some(name) => vec![name.to_owned()],
+        None => config.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    let mut handles = Vec::with_capacity(names.len());
+    for name in &names {
+        match Node::start(config.clone(), name).await {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop(&handles).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(handles)
+}
+
+/// Shut nodes down concurrently, bounded by [`SHUTDOWN_DEADLINE`].
+pub async fn stop(handles: &[NodeHandle]) {
+    let all = futures_util::future::join_all(handles.iter().map(NodeHandle::shutdown));
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, all).await.is_err() {
+        tracing::warn!("shutdown deadline passed; exiting with links still open");
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,385 @@
+//! A node: one supervised actor tree, and the [`NodeHandle`] user code drives it with.
+//!
+//! ```text
+//! NodeSupervisor            root; runs the node's shutdown, reports escalations
+//! ├── Master                role master only: the heartbeat clock
+//! ├── Membership            cluster view, failure detector, status flooding
+//! ├── EventBus              local subscriptions, typed delivery
+//! ├── Router                live links + routes, published as a snapshot
+//! ├── PeerListener          accepts peer links ──┐
+//! ├── Upstream (per dial)   dials, backs off    ├──> Session (one per live peer link)
+//! └── Stats                 samples the process for replication
+//! user actors               NodeHandle::supervise: restarted after a panic
+//! ```
+//! Every node runs on its own arbiter (thread); a whole cluster can share one process.
+
+mod dedup;
+mod event_bus;
+mod listener;
+mod master;
+mod membership;
+mod router;
+mod session;
+mod shared;
+mod stats;
+mod supervision;
+mod supervisor;
+mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use actix::prelude::*;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use event_bus::SubscriptionId;
+pub use membership::{Member, MembershipView};
+pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
+
+use crate::config::{Config, Role};
+use crate::event::{Delivery, Event, Target};
+use crate::topology;
+use crate::wire::{self, encode_event, Envelope, StatValue};
+use event_bus::{Deliver, EventBus, Subscribe, TypedSubscriber, Unsubscribe};
+use session::{LinkHandle, Outbound};
+use shared::NodeShared;
+use stats::{SetStat, Stats};
+use supervisor::{Children, NodeSupervisor, Shutdown};
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {0:?} is not declared in the configuration")]
+    UnknownNode(String),
+    #[error("node {node}: cannot listen on {addr}: {source}")]
+    Bind { node: String, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("node {0}: its arbiter stopped before the node started")]
+    ArbiterGone(String),
+}
+
+/// Why an event was not published. Nothing was sent anywhere when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] wire::WireError),
+    #[error("event of {len} bytes exceeds the maximum frame of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("the link to {0} is full; retry, or use the awaiting variant")]
+    Full(String),
+    #[error("the event bus is full; retry, or use the awaiting variant")]
+    BusFull,
+    #[error("node {0} is not reachable")]
+    Unreachable(String),
+    #[error("no node with incarnation {0} is up")]
+    UnknownIncarnation(uuid::Uuid),
+    #[error("the node is shut down")]
+    Stopped,
+}
+
+/// One link's counters, for tests and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    pub peer: String,
+    pub events_out: u64,
+    pub events_in: u64,
+}
+
+/// Start-up and control of nodes.
+pub struct Node;
+
+impl Node {
+    /// Start node `name` of `config` on a new arbiter. Returns once it listens; peers link up
+    /// in the background (watch [`NodeHandle::membership`]).
+    ///
+    /// # Errors
+    /// [`StartError`] when the name is unknown or the listen address cannot be bound.
+    pub async fn start(config: Arc<Config>, name: &str) -> Result<NodeHandle, StartError> {
+        let me = config.node(name).cloned().ok_or_else(|| StartError::UnknownNode(name.to_owned()))?;
+        let arbiter = Arbiter::new();
+        let handle = arbiter.handle();
+        let (tx, rx) = oneshot::channel();
+        let spawned = handle.spawn(async move {
+            let _ = tx.send(start_here(config, me, Arbiter::current()).await);
+        });
+        if !spawned {
+            return Err(StartError::ArbiterGone(name.to_owned()));
+        }
+        let result = rx.await.map_err(|_| StartError::ArbiterGone(name.to_owned()))?;
+        if result.is_err() {
+            handle.stop();
+        }
+        result
+    }
+}
+
+async fn start_here(config: Arc<Config>, me: crate::config::NodeConfig, arbiter: ArbiterHandle) -> Result<NodeHandle, StartError> {
+    let listener = TcpListener::bind(me.listen)
+        .await
+        .map_err(|source| StartError::Bind { node: me.name.clone(), addr: me.listen, source })?;
+    let plan = topology::plan(&config);
+    let s = NodeShared::new(config, me, plan);
+    let stats = actix::Supervisor::start({
+        let s = s.clone();
+        move |_| Stats::new(s)
+    });
+    let bus = actix::Supervisor::start({
+        let s = s.clone();
+        move |_| EventBus::new(s)
+    });
+    let membership = actix::Supervisor::start({
+        let s = s.clone();
+        move |_| membership::Membership::new(s)
+    });
+    let router = actix::Supervisor::start({
+        let (s, m) = (s.clone(), membership.clone());
+        move |_| router::Router::new(s, m)
+    });
+    membership.do_send(membership::AttachRouter(router.clone()));
+    let master = (s.me.role == Role::Master).then(|| {
+        let (sh, m) = (s.clone(), membership.clone());
+        actix::Supervisor::start(move |_| master::Master::new(sh, m))
+    });
+    let listener = listener::PeerListener::new(s.clone(), listener, router.clone(), membership.clone(), bus.clone()).start();
+    let upstreams = s
+        .plan
+        .dials_of(s.name())
+        .into_iter()
+        .map(|link| upstream::Upstream::new(s.clone(), link.clone(), router.clone(), membership.clone(), bus.clone()).start())
+        .collect();
+    let children = Children { stats: stats.clone(), bus: bus.clone(), membership, router, master, listener, upstreams };
+    let supervisor = NodeSupervisor::new(s.clone(), children).start();
+    tracing::info!(node = %s.name(), listen = %s.me.listen, incarnation = %s.incarnation, "node started");
+    Ok(NodeHandle { shared: s, supervisor, bus, stats, arbiter })
+}
+
+/// The handle user code holds: subscribe, publish, send, supervise, observe, shut down.
+/// Cheap to clone; usable from any arbiter or thread.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<NodeShared>,
+    supervisor: Addr<NodeSupervisor>,
+    bus: Addr<EventBus>,
+    stats: Addr<Stats>,
+    arbiter: ArbiterHandle,
+}
+
+impl NodeHandle {
+    /// This node's configured name.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// This run's incarnation uuid (new at every start).
+    pub fn incarnation(&self) -> uuid::Uuid {
+        self.shared.incarnation
+    }
+
+    /// The node's arbiter: start actors here to keep their messages on the node's thread.
+    pub fn arbiter(&self) -> &ArbiterHandle {
+        &self.arbiter
+    }
+
+    /// Deliver every `E` published anywhere in the cluster (this node included) to
+    /// `recipient`, as `Delivery<E>`. Effective for every publish that starts after this call
+    /// returns on this node, and for remote events that arrive after it.
+    pub fn subscribe<E: Event>(&self, recipient: Recipient<Delivery<E>>) -> SubscriptionId {
+        let id = SubscriptionId::next();
+        self.shared.local_topics.add(E::TOPIC);
+        // Not fed from the network: one message per subscribe call.
+        self.bus.do_send(Subscribe { id, topic: E::TOPIC.to_owned(), subscriber: Box::new(TypedSubscriber { recipient }) });
+        id
+    }
+
+    pub fn unsubscribe(&self, id: SubscriptionId) {
+        self.bus.do_send(Unsubscribe(id));
+    }
+
+    /// Publish to every node of the cluster, this one included.
+    ///
+    /// # Errors
+    /// [`PublishError`]; on `Full`/`BusFull` nothing was sent: retry, or use
+    /// [`publish_wait`](Self::publish_wait).
+    pub fn publish<E: Event>(&self, event: &E) -> Result<(), PublishError> {
+        let env = self.envelope(event, None)?;
+        self.dispatch_now(env)
+    }
+
+    /// Publish, waiting for room when a link or the local bus is full (backpressure).
+    ///
+    /// # Errors
+    /// [`PublishError`] other than `Full`/`BusFull`.
+    pub async fn publish_wait<E: Event>(&self, event: &E) -> Result<(), PublishError> {
+        let env = self.envelope(event, None)?;
+        self.dispatch_wait(env).await
+    }
+
+    /// Send to one node, by name or incarnation.
+    ///
+    /// # Errors
+    /// [`PublishError`], `Unreachable` when no live path leads to the target.
+    pub fn send_to<E: Event>(&self, target: impl Into<Target>, event: &E) -> Result<(), PublishError> {
+        let target = self.resolve(target.into())?;
+        let env = self.envelope(event, target)?;
+        self.dispatch_now(env)
+    }
+
+    /// [`send_to`](Self::send_to), waiting for room when the link is full.
+    ///
+    /// # Errors
+    /// As `send_to`, without `Full`.
+    pub async fn send_to_wait<E: Event>(&self, target: impl Into<Target>, event: &E) -> Result<(), PublishError> {
+        let target = self.resolve(target.into())?;
+        let env = self.envelope(event, target)?;
+        self.dispatch_wait(env).await
+    }
+
+    /// This node's view of the cluster, updated on every change.
+    pub fn membership(&self) -> watch::Receiver<Arc<MembershipView>> {
+        self.shared.view.subscribe()
+    }
+
+    /// Add (or with `None` remove) a custom field replicated with this node's heartbeats.
+    ///
+    /// # Errors
+    /// When more than 32 fields are set, or the key is empty or over 64 bytes.
+    pub async fn set_stat(&self, key: &str, value: Option<StatValue>) -> Result<(), stats::StatsError> {
+        self.stats
+            .send(SetStat { key: key.to_owned(), value })
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    /// Event counters of every live link.
+    pub fn link_stats(&self) -> Vec<LinkStats> {
+        let table = self.shared.routes.load();
+        let mut v: Vec<LinkStats> = table
+            .links()
+            .map(|l| LinkStats {
+                peer: l.peer.clone(),
+                events_out: l.counters.events_out.load(Ordering::Relaxed),
+                events_in: l.counters.events_in.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
+        v
+    }
+
+    /// Whether an actor of this node exhausted its restart budget.
+    pub fn is_degraded(&self) -> bool {
+        self.shared.is_degraded()
+    }
+
+    /// Resolves when the node must stop (an escalation asked for it).
+    pub async fn stop_requested(&self) {
+        self.shared.shutdown.notified().await;
+    }
+
+    /// Start a user actor on this node's arbiter and restart it when a handler panics (at most
+    /// 5 restarts in 10 s; past that the node is reported degraded and shut down). Subscribe in
+    /// the actor's `started` so a restarted actor subscribes again.
+    pub async fn supervise<A, F>(&self, name: &str, factory: F) -> SupervisedActor<A>
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn() -> A + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let (shared, name) = (self.shared.clone(), name.to_owned());
+        self.arbiter.spawn(async move {
+            let _ = tx.send(supervision::supervise(shared, name, factory));
+        });
+        match rx.await {
+            Ok(s) => s,
+            Err(_) => SupervisedActor::stopped(),
+        }
+    }
+
+    /// Close every link with a `bye` and stop the node. Bounded: returns within ~0.5 s.
+    pub async fn shutdown(&self) {
+        let _ = self.supervisor.send(Shutdown).await;
+    }
+
+    fn resolve(&self, target: Target) -> Result<Option<String>, PublishError> {
+        match target {
+            Target::All => Ok(None),
+            Target::Node(name) => Ok(Some(name)),
+            Target::Incarnation(id) if id == self.shared.incarnation => Ok(Some(self.name().to_owned())),
+            Target::Incarnation(id) => {
+                let view = self.shared.view.borrow();
+                view.resolve(id).map(|n| Some(n.to_owned())).ok_or(PublishError::UnknownIncarnation(id))
+            }
+        }
+    }
+
+    fn envelope<E: Event>(&self, event: &E, target: Option<String>) -> Result<Envelope, PublishError> {
+        Ok(Envelope {
+            id: self.shared.next_event_id(),
+            topic: E::TOPIC.to_owned(),
+            origin: self.shared.name().to_owned(),
+            origin_incarnation: self.shared.incarnation,
+            target,
+            ttl: self.shared.ttl,
+            payload: wire::encode_payload(event)?,
+        })
+    }
+
+    /// The links `env` leaves on, its encoded frame, and whether it is delivered here too.
+    fn plan_dispatch(&self, env: &Envelope) -> Result<(Vec<LinkHandle>, Option<wire::EncodedMessage>, bool), PublishError> {
+        let table = self.shared.routes.load();
+        let links: Vec<LinkHandle> = table.next_links(env, None).into_iter().cloned().collect();
+        let local = table.is_local(env);
+        if let Some(t) = &env.target {
+            if !local && links.is_empty() {
+                return Err(PublishError::Unreachable(t.clone()));
+            }
+        }
+        let frame = if links.is_empty() { None } else { Some(encode_event(env)?) };
+        if let Some(f) = &frame {
+            let max = self.shared.config.cluster.max_frame_bytes;
+            if f.len() + 16 > max {
+                return Err(PublishError::TooLarge { len: f.len(), max });
+            }
+        }
+        Ok((links, frame, local && self.shared.local_topics.contains(&env.topic)))
+    }
+
+    fn dispatch_now(&self, env: Envelope) -> Result<(), PublishError> {
+        let (links, frame, local) = self.plan_dispatch(&env)?;
+        // Reserve room everywhere first, so a full link means nothing was sent.
+        let mut permits = Vec::with_capacity(links.len());
+        for link in &links {
+            permits.push(link.tx.try_reserve().map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
+                tokio::sync::mpsc::error::TrySendError::Closed(()) => PublishError::Unreachable(link.peer.clone()),
+            })?);
+        }
+        if local {
+            self.bus.try_send(Deliver(vec![env])).map_err(|e| match e {
+                SendError::Full(_) => PublishError::BusFull,
+                SendError::Closed(_) => PublishError::Stopped,
+            })?;
+        }
+        if let Some(frame) = frame {
+            for (permit, link) in permits.into_iter().zip(&links) {
+                permit.send(Outbound::Frame(frame.clone()));
+                link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch_wait(&self, env: Envelope) -> Result<(), PublishError> {
+        let (links, frame, local) = self.plan_dispatch(&env)?;
+        if let Some(frame) = frame {
+            for link in &links {
+                if link.tx.send(Outbound::Frame(frame.clone())).await.is_ok() {
+                    link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if local {
+            self.bus.send(Deliver(vec![env])).await.map_err(|_| PublishError::Stopped)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! PeerListener: accepts peer links on the node's `listen` address and runs each handshake;
+//! an authenticated connection becomes a Session. Supervised by NodeSupervisor.
+//!
+//! Bounds and policy: at most `MAX_PENDING_HANDSHAKES` handshakes run at once (more
+//! connections are closed at once, logged); each has the cluster's handshake deadline and
+//! frames of at most `MAX_HANDSHAKE_FRAME_BYTES`. Only nodes the configuration says may link
+//! to this one are admitted, so the number of sessions is bounded by the configuration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+use super::event_bus::EventBus;
+use super::membership::Membership;
+use super::router::Router;
+use super::session::{Session, SessionClosed, SessionParams};
+use super::shared::NodeShared;
+use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
+
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+pub struct PeerListener {
+    shared: Arc<NodeShared>,
+    listener: Option<TcpListener>,
+    router: Addr<Router>,
+    membership: Addr<Membership>,
+    bus: Addr<EventBus>,
+    pending: usize,
+}
+
+impl PeerListener {
+    pub fn new(
+        shared: Arc<NodeShared>,
+        listener: TcpListener,
+        router: Addr<Router>,
+        membership: Addr<Membership>,
+        bus: Addr<EventBus>,
+    ) -> Self {
+        PeerListener { shared, listener: Some(listener), router, membership, bus, pending: 0 }
+    }
+}
+
+/// Whether the configuration lets `hello.node` link to this node.
+pub(crate) fn admit(shared: &NodeShared, hello: &Hello) -> Result<(), String> {
+    if hello.node == shared.name() {
+        return Err(format!("node {:?} cannot link to itself", hello.node));
+    }
+    if shared.config.node(&hello.node).is_none() {
+        return Err(format!("node {:?} is not in this cluster's configuration", hello.node));
+    }
+    if !shared.plan.neighbours_allowed(shared.name(), &hello.node) {
+        return Err(format!("node {:?} is not configured to link to {:?}", hello.node, shared.name()));
+    }
+    Ok(())
+}
+
+type Accepted = std::io::Result<(TcpStream, SocketAddr)>;
+type Handshaken = (Framed<TcpStream, FrameCodec>, Result<PeerInfo, HandshakeError>);
+
+impl Actor for PeerListener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(listener) = self.listener.take() {
+            ctx.add_stream(futures_util::stream::unfold(listener, |l| async move {
+                let next = l.accept().await;
+                Some((next, l))
+            }));
+        }
+    }
+}
+
+impl StreamHandler<Accepted> for PeerListener {
+    fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(node = %self.shared.name(), "accept failed: {e}");
+                return;
+            }
+        };
+        if self.pending >= MAX_PENDING_HANDSHAKES {
+            tracing::warn!(node = %self.shared.name(), peer = %addr, "refused: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.pending += 1;
+        let shared = self.shared.clone();
+        let handshake = async move {
+            let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+            let deadline = shared.config.cluster.handshake_timeout;
+            let result = wire::accept(&mut framed, &shared.identity, deadline, |h| admit(&shared, h)).await;
+            (framed, result)
+        };
+        ctx.spawn(handshake.into_actor(self).map(move |(framed, result): Handshaken, act, ctx| {
+            act.pending -= 1;
+            match result {
+                Ok(peer) => {
+                    let parts = framed.into_parts();
+                    let (read, write) = parts.io.into_split();
+                    let params = SessionParams {
+                        shared: act.shared.clone(),
+                        peer,
+                        peer_addr: addr.to_string(),
+                        router: act.router.clone(),
+                        membership: act.membership.clone(),
+                        bus: act.bus.clone(),
+                        owner: Some(ctx.address().recipient()),
+                    };
+                    Session::start(params, read, write, parts.codec, parts.read_buf);
+                }
+                Err(e) => tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}"),
+            }
+        }));
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<SessionClosed> for PeerListener {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionClosed, _: &mut Context<Self>) {}
+}

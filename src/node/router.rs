@@ -1,0 +1,184 @@
+//! Router: which link(s) an envelope leaves on. Supervised by NodeSupervisor.
+//!
+//! It owns the table of live links (one per peer, the newest wins) and the routes computed
+//! over the live graph that Membership reports, and publishes both as one immutable
+//! [`RouteTable`] snapshot. Sessions and publishers read that snapshot on every event without a
+//! mailbox hop; only the Router writes it.
+//!
+//! Routing: a broadcast follows the origin's BFS tree over the live graph, so it reaches every
+//! live node once and crosses each tree edge once (N−1 crossings); a targeted event takes the
+//! first hop of a shortest path. Dedup (see `dedup`) and the TTL are safety nets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::membership::{LinksChanged, Membership};
+use super::session::{Close, LinkHandle};
+use super::shared::NodeShared;
+use crate::topology::{Graph, Routes};
+use crate::wire::Envelope;
+
+/// One consistent view of links and routes.
+pub struct RouteTable {
+    routes: Routes,
+    links: HashMap<String, LinkHandle>,
+}
+
+impl RouteTable {
+    pub fn empty(me: &str) -> Self {
+        let mut g = Graph::new();
+        g.add_node(me);
+        RouteTable { routes: g.routes_from(me), links: HashMap::new() }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn link(&self, peer: &str) -> Option<&LinkHandle> {
+        self.links.get(peer)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &LinkHandle> {
+        self.links.values()
+    }
+
+    /// The links `env` leaves this node on (never the one it `arrived_on`).
+    pub fn next_links(&self, env: &Envelope, arrived_on: Option<&str>) -> Vec<&LinkHandle> {
+        let hops: Vec<&str> = match &env.target {
+            None => self.routes.broadcast_next(&env.origin).iter().map(String::as_str).collect(),
+            Some(t) if t == self.routes.me() => Vec::new(),
+            Some(t) => self.routes.next_hop(t).into_iter().collect(),
+        };
+        hops.into_iter()
+            .filter(|h| Some(*h) != arrived_on)
+            .filter_map(|h| self.links.get(h))
+            .collect()
+    }
+
+    /// Whether this node delivers `env` to its own subscribers.
+    pub fn is_local(&self, env: &Envelope) -> bool {
+        env.target.as_deref().is_none_or(|t| t == self.routes.me())
+    }
+}
+
+/// A session finished its handshake: route over it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUp(pub LinkHandle);
+
+/// A session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkDown {
+    pub peer: String,
+    pub link_id: u64,
+}
+
+/// Membership's live graph changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GraphChanged(pub Graph);
+
+/// Close every link (shutdown): each session says `bye` first. Resolves once every link is
+/// down, or after `CLOSE_DRAIN` at the latest.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll(pub String);
+
+/// How long a shutdown waits for links to say goodbye.
+pub const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub struct Router {
+    shared: Arc<NodeShared>,
+    membership: Addr<Membership>,
+    links: HashMap<String, LinkHandle>,
+    graph: Graph,
+    /// Shutdown waiters, told when the last link is down.
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Router {
+    pub fn new(shared: Arc<NodeShared>, membership: Addr<Membership>) -> Self {
+        let mut graph = Graph::new();
+        graph.add_node(shared.name());
+        Router { shared, membership, links: HashMap::new(), graph, drained: Vec::new() }
+    }
+
+    fn publish(&self) {
+        let table = RouteTable { routes: self.graph.routes_from(self.shared.name()), links: self.links.clone() };
+        self.shared.routes.store(Arc::new(table));
+    }
+
+    fn links_changed(&self) {
+        let names: BTreeSet<String> = self.links.keys().cloned().collect();
+        self.membership.do_send(LinksChanged(names));
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for Router {}
+
+impl Handler<LinkUp> for Router {
+    type Result = ();
+
+    fn handle(&mut self, LinkUp(link): LinkUp, _: &mut Context<Self>) {
+        if let Some(old) = self.links.insert(link.peer.clone(), link) {
+            old.addr.do_send(Close("replaced by a newer link to the same node".into()));
+        }
+        self.publish();
+        self.links_changed();
+    }
+}
+
+impl Handler<LinkDown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkDown, _: &mut Context<Self>) {
+        // A replaced link reports down after its successor is up: keep the successor.
+        if self.links.get(&msg.peer).is_some_and(|l| l.link_id == msg.link_id) {
+            self.links.remove(&msg.peer);
+            self.publish();
+            self.links_changed();
+            if self.links.is_empty() {
+                for waiter in self.drained.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+        }
+    }
+}
+
+impl Handler<GraphChanged> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: GraphChanged, _: &mut Context<Self>) {
+        if msg.0 != self.graph {
+            self.graph = msg.0;
+            self.publish();
+        }
+    }
+}
+
+impl Handler<CloseAll> for Router {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> Self::Result {
+        for link in self.links.values() {
+            link.addr.do_send(Close(msg.0.clone()));
+        }
+        if self.links.is_empty() {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.push(tx);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(CLOSE_DRAIN, rx).await;
+        })
+    }
+}

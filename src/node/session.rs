@@ -1,0 +1,413 @@
+//! Session: one authenticated peer link. Started by PeerListener (accepted links) or Upstream
+//! (dialled links) after the handshake; reports to the Router (LinkUp/LinkDown) and to its
+//! starter when it ends. Never restarted: a broken link is redialled by its Upstream.
+//!
+//! Reading: `FramedRead` + `ready_chunks` as an actor stream, so up to `READ_BATCH_FRAMES`
+//! frames are handled per wake-up and local events reach the bus as one batch.
+//! Writing: a writer task owned by the session drains a bounded channel, encodes a batch of
+//! frames into one buffer and writes it with one syscall. Producers (publishers, relaying
+//! sessions, Membership) hold the channel's `Sender` through the route table.
+//!
+//! Bounds and policy: the link queue holds `LINK_QUEUE_FRAMES` frames. Relayed events wait for
+//! room (the session pauses reading, so TCP pushes back on the peer); heartbeat frames that do
+//! not fit are dropped (the next one supersedes them). Any malformed frame, protocol violation,
+//! or `failure_threshold` heartbeat intervals without a frame closes the link, logged once with
+//! the peer address and reason.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use uuid::Uuid;
+
+use super::event_bus::{Deliver, EventBus};
+use super::membership::{HeartbeatReceived, Membership, StatusReceived};
+use super::router::{LinkDown, LinkUp, Router};
+use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
+use super::supervision::guard;
+use crate::wire::{
+    encode_event, encode_message, Bye, EncodedMessage, ErrorFrame, Frame, FrameCodec, Message, PeerInfo, Ping,
+    WireError,
+};
+
+/// What a link's writer task is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(EncodedMessage),
+    /// Flush what is queued, then close the write side.
+    Close,
+}
+
+/// Per-link event counters (link crossings), for tests and the API.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub events_out: AtomicU64,
+    pub events_in: AtomicU64,
+}
+
+/// How other actors reach a live link.
+#[derive(Clone)]
+pub struct LinkHandle {
+    pub peer: String,
+    pub peer_incarnation: Uuid,
+    /// Distinguishes successive links to the same peer.
+    pub link_id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    pub addr: Addr<Session>,
+    pub counters: Arc<LinkCounters>,
+}
+
+impl LinkHandle {
+    /// Queue an event frame if there is room; false if the link is full or gone.
+    pub fn try_send_event(&self, frame: EncodedMessage) -> bool {
+        let ok = self.tx.try_send(Outbound::Frame(frame)).is_ok();
+        if ok {
+            self.counters.events_out.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+/// Tells the actor that started a session that it ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub peer: String,
+    pub link_id: u64,
+}
+
+/// Close the link, telling the peer why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close(pub String);
+
+/// The writer task could not write: the connection is dead.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterFailed(String);
+
+/// Everything a session needs besides the socket.
+pub struct SessionParams {
+    pub shared: Arc<NodeShared>,
+    pub peer: PeerInfo,
+    pub peer_addr: String,
+    pub router: Addr<Router>,
+    pub membership: Addr<Membership>,
+    pub bus: Addr<EventBus>,
+    pub owner: Option<Recipient<SessionClosed>>,
+}
+
+pub struct Session {
+    p: SessionParams,
+    link_id: u64,
+    tx: mpsc::Sender<Outbound>,
+    counters: Arc<LinkCounters>,
+    last_inbound: Instant,
+    pings_sent: u64,
+    rtt: Option<Duration>,
+    ping_sent_at: Option<(u64, Instant)>,
+    writer: Option<actix_rt::task::JoinHandle<()>>,
+    closing: bool,
+}
+
+type ReadBatch = Vec<Result<Frame, WireError>>;
+
+impl Session {
+    /// Start a session on an authenticated connection. `codec` carries the handshake's
+    /// sequence numbers; `leftover` holds bytes the handshake read past its last frame.
+    pub fn start<R, W>(p: SessionParams, read: R, write: W, mut codec: FrameCodec, leftover: BytesMut) -> Addr<Session>
+    where
+        R: AsyncRead + Unpin + 'static,
+        W: AsyncWrite + Unpin + 'static,
+    {
+        codec.set_max_frame_bytes(p.shared.config.cluster.max_frame_bytes);
+        let writer_codec = codec.clone();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
+        let link_id = p.shared.next_link_id();
+        Session::create(move |ctx| {
+            let mut frames = FramedRead::new(read, codec);
+            frames.read_buffer_mut().extend_from_slice(&leftover);
+            ctx.add_stream(frames.ready_chunks(READ_BATCH_FRAMES));
+            let writer = actix_rt::spawn(write_loop(write, rx, writer_codec, ctx.address()));
+            Session {
+                p,
+                link_id,
+                tx,
+                counters: Arc::default(),
+                last_inbound: Instant::now(),
+                pings_sent: 0,
+                rtt: None,
+                ping_sent_at: None,
+                writer: Some(writer),
+                closing: false,
+            }
+        })
+    }
+
+    fn peer(&self) -> &str {
+        &self.p.peer.node
+    }
+
+    /// Queue a control frame; dropped if the link is full (heartbeats supersede each other).
+    fn send(&self, msg: &Message) {
+        match encode_message(msg) {
+            Ok(frame) => {
+                let _ = self.tx.try_send(Outbound::Frame(frame));
+            }
+            Err(e) => tracing::error!(node = %self.p.shared.name(), "cannot encode {}: {e}", msg.kind()),
+        }
+    }
+
+    /// Close after a fault of the peer's: log once, tell the peer, stop.
+    fn fail(&mut self, ctx: &mut Context<Self>, code: &str, reason: String) {
+        if !self.closing {
+            tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                "closing link: {reason}");
+            self.send(&Message::Error(ErrorFrame { code: code.to_owned(), message: reason }));
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+
+    fn on_message(&mut self, msg: Message, local: &mut Vec<crate::wire::Envelope>, ctx: &mut Context<Self>) {
+        match msg {
+            Message::Event(env) => self.on_event(env, local, ctx),
+            Message::Status(status) => {
+                // Periodic and superseded by the next one: dropping under load is safe.
+                let _ = self.p.membership.try_send(StatusReceived { via: self.peer().to_owned(), status });
+            }
+            Message::Heartbeat(hb) => {
+                let _ = self.p.membership.try_send(HeartbeatReceived { via: self.peer().to_owned(), heartbeat: hb });
+            }
+            Message::Ping(p) => self.send(&Message::Pong(p)),
+            Message::Pong(p) => {
+                if let Some((n, at)) = self.ping_sent_at {
+                    if n == p.n {
+                        self.rtt = Some(at.elapsed());
+                    }
+                }
+            }
+            Message::Bye(bye) => {
+                tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
+                self.closing = true;
+                ctx.stop();
+            }
+            Message::Error(e) => {
+                tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                    "peer reported an error and closes: {}: {}", e.code, e.message);
+                self.closing = true;
+                ctx.stop();
+            }
+            other @ (Message::Hello(_) | Message::HelloAck(_) | Message::Auth(_) | Message::Welcome(_)) => {
+                self.fail(ctx, "unexpected_message", format!("{} after the handshake", other.kind()));
+            }
+        }
+    }
+
+    fn on_event(&mut self, mut env: crate::wire::Envelope, local: &mut Vec<crate::wire::Envelope>, ctx: &mut Context<Self>) {
+        self.counters.events_in.fetch_add(1, Ordering::Relaxed);
+        if env.target.is_none() {
+            let fresh = self
+                .p
+                .shared
+                .dedup
+                .lock()
+                .map(|mut d| d.first_sighting(env.origin_incarnation, env.id))
+                .unwrap_or(true);
+            if !fresh {
+                return;
+            }
+        }
+        let table = self.p.shared.routes.load();
+        if env.ttl > 1 {
+            let next = table.next_links(&env, Some(self.peer()));
+            if !next.is_empty() {
+                env.ttl -= 1;
+                match encode_event(&env) {
+                    Ok(frame) => {
+                        for link in next {
+                            if !link.try_send_event(frame.clone()) {
+                                // Full: wait for room, pausing this link's reads (backpressure).
+                                let (tx, frame, counters) = (link.tx.clone(), frame.clone(), link.counters.clone());
+                                ctx.wait(
+                                    async move {
+                                        if tx.send(Outbound::Frame(frame)).await.is_ok() {
+                                            counters.events_out.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                    }
+                                    .into_actor(self),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = %self.p.shared.name(), "cannot re-encode an event to relay: {e}"),
+                }
+            }
+        } else if table.next_links(&env, Some(self.peer())).first().is_some() {
+            tracing::debug!(node = %self.p.shared.name(), origin = %env.origin, "event TTL expired; not relayed");
+        }
+        if table.is_local(&env) && self.p.shared.local_topics.contains(&env.topic) {
+            local.push(env);
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let silent = self.last_inbound.elapsed();
+        if silent > self.p.shared.failure_timeout() {
+            self.fail(ctx, "timeout", format!("no frame from the peer for {} ms", silent.as_millis()));
+            return;
+        }
+        self.pings_sent += 1;
+        self.ping_sent_at = Some((self.pings_sent, Instant::now()));
+        self.send(&Message::Ping(Ping { n: self.pings_sent }));
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(64);
+        ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| act.heartbeat(ctx));
+        tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
+        self.p.router.do_send(LinkUp(LinkHandle {
+            peer: self.p.peer.node.clone(),
+            peer_incarnation: self.p.peer.incarnation,
+            link_id: self.link_id,
+            tx: self.tx.clone(),
+            addr: ctx.address(),
+            counters: self.counters.clone(),
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), "link down");
+        if self.tx.try_send(Outbound::Close).is_err() {
+            if let Some(w) = self.writer.take() {
+                w.abort();
+            }
+        }
+        self.p.router.do_send(LinkDown { peer: self.p.peer.node.clone(), link_id: self.link_id });
+        if let Some(owner) = &self.p.owner {
+            owner.do_send(SessionClosed { peer: self.p.peer.node.clone(), link_id: self.link_id });
+        }
+    }
+}
+
+impl StreamHandler<ReadBatch> for Session {
+    fn handle(&mut self, batch: ReadBatch, ctx: &mut Context<Self>) {
+        self.last_inbound = Instant::now();
+        let mut local = Vec::new();
+        for item in batch {
+            if self.closing {
+                break;
+            }
+            match item {
+                Ok(Frame(_, msg)) => {
+                    if guard("session", ctx, |ctx| self.on_message(msg, &mut local, ctx)).is_none() {
+                        self.closing = true;
+                    }
+                }
+                Err(WireError::Io(e)) => {
+                    tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                        "link read failed: {e}");
+                    self.closing = true;
+                    ctx.stop();
+                }
+                Err(e) => self.fail(ctx, e.code(), e.to_string()),
+            }
+        }
+        if !local.is_empty() {
+            match self.p.bus.try_send(Deliver(local)) {
+                Ok(()) => {}
+                Err(SendError::Full(batch)) => {
+                    // The bus is behind: stop reading until it takes this batch.
+                    ctx.wait(self.p.bus.send(batch).into_actor(self).map(|_, _, _| ()));
+                }
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                "peer closed the connection");
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Close> for Session {
+    type Result = ();
+
+    fn handle(&mut self, Close(reason): Close, ctx: &mut Context<Self>) {
+        if !self.closing {
+            self.send(&Message::Bye(Bye { reason }));
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<WriterFailed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, WriterFailed(reason): WriterFailed, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                "link write failed: {reason}");
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}
+
+/// Frames per write: enough to amortise the syscall, few enough to keep latency low.
+const WRITE_BATCH_FRAMES: usize = 512;
+/// A write buffer that grew past this (a burst of large frames) is released afterwards.
+const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut codec: FrameCodec,
+    session: Addr<Session>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if rx.recv_many(&mut batch, WRITE_BATCH_FRAMES).await == 0 {
+            break;
+        }
+        let mut close = false;
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Frame(frame) => {
+                    if let Err(e) = codec.encode_frame(&frame, &mut buf) {
+                        tracing::warn!("frame not sent: {e}");
+                    }
+                }
+                Outbound::Close => close = true,
+            }
+        }
+        if let Err(e) = io.write_all(&buf).await {
+            session.do_send(WriterFailed(e.to_string()));
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+        if close {
+            break;
+        }
+    }
+    let _ = io.shutdown().await;
+}

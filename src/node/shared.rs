@@ -1,0 +1,148 @@
+//! State every actor of one node reads: identity, configuration, and the lock-free snapshots
+//! that the hot path consults without a mailbox hop.
+//!
+//! Each snapshot has exactly one writer: the route table is written by the Router, the stats
+//! sample by Stats, the membership view by Membership. Everyone else only loads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use super::dedup::Dedup;
+use super::membership::MembershipView;
+use super::router::RouteTable;
+use crate::config::{Config, NodeConfig};
+use crate::topology::LinkPlan;
+use crate::wire::{Identity, NodeStats};
+
+/// Frames queued per link before senders wait (publishers) or pause reading (relays).
+pub const LINK_QUEUE_FRAMES: usize = 2048;
+/// Event batches queued for the event bus before sessions pause reading their socket.
+pub const BUS_QUEUE_BATCHES: usize = 256;
+/// Frames a session decodes before handing them on as one batch.
+pub const READ_BATCH_FRAMES: usize = 256;
+
+pub struct NodeShared {
+    pub config: Arc<Config>,
+    pub me: NodeConfig,
+    pub plan: LinkPlan,
+    pub incarnation: Uuid,
+    /// Wall-clock start, ms since the epoch: orders this incarnation after earlier ones.
+    pub boot_ms: u64,
+    pub started: std::time::Instant,
+    pub identity: Identity,
+    /// Hops an envelope may take: no simple path in the configured graph is longer.
+    pub ttl: u8,
+    pub routes: ArcSwap<RouteTable>,
+    pub stats: ArcSwap<NodeStats>,
+    pub view: watch::Sender<Arc<MembershipView>>,
+    pub dedup: Mutex<Dedup>,
+    /// Topics with at least one local subscriber, so a publish skips the bus otherwise.
+    pub local_topics: LocalTopics,
+    next_event_id: AtomicU64,
+    next_link_id: AtomicU64,
+    degraded: AtomicBool,
+    /// Fired once when the node must shut down (a signal, or an escalation).
+    pub shutdown: Notify,
+}
+
+impl NodeShared {
+    pub fn new(config: Arc<Config>, me: NodeConfig, plan: LinkPlan) -> Arc<Self> {
+        let incarnation = Uuid::new_v4();
+        let boot_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        let identity = Identity {
+            cluster: config.cluster.name.clone(),
+            node: me.name.clone(),
+            incarnation,
+            secret: config.cluster.secret.as_bytes().to_vec(),
+        };
+        let ttl = config.nodes.len().clamp(2, 255) as u8;
+        let (view, _) = watch::channel(Arc::new(MembershipView::alone(&me.name)));
+        Arc::new(NodeShared {
+            routes: ArcSwap::from_pointee(RouteTable::empty(&me.name)),
+            stats: ArcSwap::from_pointee(NodeStats::default()),
+            local_topics: LocalTopics::default(),
+            dedup: Mutex::new(Dedup::new(config.nodes.len())),
+            view,
+            config,
+            me,
+            plan,
+            incarnation,
+            boot_ms,
+            started: std::time::Instant::now(),
+            identity,
+            ttl,
+            next_event_id: AtomicU64::new(0),
+            next_link_id: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            shutdown: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.me.name
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.config.cluster.heartbeat_interval
+    }
+
+    /// How long silence may last before a link or a node is declared dead.
+    pub fn failure_timeout(&self) -> Duration {
+        self.config.cluster.heartbeat_interval * self.config.cluster.failure_threshold
+    }
+
+    pub fn next_event_id(&self) -> u64 {
+        self.next_event_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_link_id(&self) -> u64 {
+        self.next_link_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// An actor exhausted its restart budget: report it, and take the node down cleanly.
+    pub fn escalate(&self, actor: &str) {
+        self.degraded.store(true, Ordering::Relaxed);
+        tracing::error!(node = %self.me.name, actor, "restart intensity exceeded; node degraded, shutting it down");
+        self.shutdown.notify_one();
+    }
+}
+
+/// Topic → number of local subscriptions. Incremented by `subscribe` before the bus hears of
+/// it, decremented by the bus when a subscription goes.
+#[derive(Default)]
+pub struct LocalTopics(std::sync::RwLock<std::collections::HashMap<String, usize>>);
+
+impl LocalTopics {
+    pub fn add(&self, topic: &str) {
+        if let Ok(mut m) = self.0.write() {
+            *m.entry(topic.to_owned()).or_default() += 1;
+        }
+    }
+
+    pub fn remove(&self, topic: &str) {
+        if let Ok(mut m) = self.0.write() {
+            if let Some(n) = m.get_mut(topic) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(topic);
+                }
+            }
+        }
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.0.read().map(|m| m.contains_key(topic)).unwrap_or(false)
+    }
+}

@@ -1,0 +1,109 @@
+//! Stats: samples this process (pid, version, uptime, RSS, CPUs, load, memory) every heartbeat
+//! interval into the shared snapshot that Membership replicates. Supervised by NodeSupervisor.
+//!
+//! Reads Linux `/proc`; elsewhere the fields it cannot read stay zero.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::shared::NodeShared;
+use crate::wire::{NodeStats, StatValue};
+
+/// Custom stats an application may add: bounded so a runaway caller cannot grow every status.
+pub const MAX_EXTRA_STATS: usize = 32;
+
+pub struct Stats {
+    shared: Arc<NodeShared>,
+    extra: BTreeMap<String, StatValue>,
+}
+
+impl Stats {
+    pub fn new(shared: Arc<NodeShared>) -> Self {
+        Stats { shared, extra: BTreeMap::new() }
+    }
+
+    fn sample(&self) {
+        let mut s = NodeStats {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.shared.started.elapsed().as_secs(),
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            extra: self.extra.clone(),
+            ..NodeStats::default()
+        };
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            s.rss_bytes = kib_field(&status, "VmRSS:");
+        }
+        if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+            s.total_mem_bytes = kib_field(&meminfo, "MemTotal:");
+            s.free_mem_bytes = kib_field(&meminfo, "MemAvailable:");
+        }
+        if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+            for (slot, v) in s.load_avg.iter_mut().zip(load.split_whitespace()) {
+                *slot = v.parse().unwrap_or(0.0);
+            }
+        }
+        self.shared.stats.store(Arc::new(s));
+    }
+}
+
+/// `Key:   1234 kB` → bytes.
+fn kib_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+impl Actor for Stats {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sample();
+        ctx.run_interval(self.shared.heartbeat_interval(), |act, _| act.sample());
+    }
+}
+
+impl Supervised for Stats {}
+
+/// Set (or with `None`, remove) a custom stat replicated with this node's heartbeats.
+#[derive(Message)]
+#[rtype(result = "Result<(), StatsError>")]
+pub struct SetStat {
+    pub key: String,
+    pub value: Option<StatValue>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StatsError {
+    #[error("at most {MAX_EXTRA_STATS} custom stats may be set")]
+    TooMany,
+    #[error("stat names are 1..=64 characters")]
+    BadKey,
+}
+
+impl Handler<SetStat> for Stats {
+    type Result = Result<(), StatsError>;
+
+    fn handle(&mut self, msg: SetStat, _: &mut Context<Self>) -> Self::Result {
+        if msg.key.is_empty() || msg.key.len() > 64 {
+            return Err(StatsError::BadKey);
+        }
+        match msg.value {
+            None => {
+                self.extra.remove(&msg.key);
+            }
+            Some(v) => {
+                if self.extra.len() >= MAX_EXTRA_STATS && !self.extra.contains_key(&msg.key) {
+                    return Err(StatsError::TooMany);
+                }
+                self.extra.insert(msg.key, v);
+            }
+        }
+        self.sample();
+        Ok(())
+    }
+}

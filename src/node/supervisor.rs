@@ -1,0 +1,96 @@
+//! NodeSupervisor: the root of one node's actor tree. It owns the children's addresses (the
+//! system actors run under `actix::Supervisor`, see `supervision`), and runs the node's
+//! shutdown: on request or on an escalation it closes every link with a `bye`, waits (bounded)
+//! for them to go, and stops the node's arbiter, which stops every actor on it.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::event_bus::EventBus;
+use super::listener::PeerListener;
+use super::master::Master;
+use super::membership::Membership;
+use super::router::{CloseAll, Router};
+use super::shared::NodeShared;
+use super::stats::Stats;
+use super::upstream::Upstream;
+
+pub struct Children {
+    pub stats: Addr<Stats>,
+    pub bus: Addr<EventBus>,
+    pub membership: Addr<Membership>,
+    pub router: Addr<Router>,
+    pub master: Option<Addr<Master>>,
+    pub listener: Addr<PeerListener>,
+    pub upstreams: Vec<Addr<Upstream>>,
+}
+
+pub struct NodeSupervisor {
+    shared: Arc<NodeShared>,
+    children: Children,
+    stopping: bool,
+}
+
+impl NodeSupervisor {
+    pub fn new(shared: Arc<NodeShared>, children: Children) -> Self {
+        NodeSupervisor { shared, children, stopping: false }
+    }
+}
+
+/// Shut the node down: resolves when its links are closed and its arbiter is stopping.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Actor for NodeSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // An escalation (restart intensity exceeded) fires `shared.shutdown`.
+        let shared = self.shared.clone();
+        ctx.spawn(
+            async move { shared.shutdown.notified().await }
+                .into_actor(self)
+                .map(|_, _, ctx: &mut Context<Self>| ctx.notify(Shutdown)),
+        );
+    }
+}
+
+impl Handler<Shutdown> for NodeSupervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        if !self.stopping {
+            tracing::info!(node = %self.shared.name(), "shutting down");
+        }
+        self.stopping = true;
+        for up in &self.children.upstreams {
+            up.do_send(StopActor);
+        }
+        self.children.listener.do_send(StopActor);
+        let close = self.children.router.send(CloseAll("node shutting down".into()));
+        Box::pin(async move { let _ = close.await; }.into_actor(self).map(|_, _, _| {
+            Arbiter::current().stop();
+        }))
+    }
+}
+
+/// Stop an actor that is not restarted by a Supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopActor;
+
+impl Handler<StopActor> for Upstream {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<StopActor> for PeerListener {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,350 @@
+//! Link planning and routing: pure functions over node names.
+//!
+//! This module owns two things. [`plan`] turns a [`Config`]'s topology preset into a
+//! [`LinkPlan`] (who dials whom, with fallbacks), and [`Graph::routes_from`] turns a live
+//! undirected graph into [`Routes`] (next hops and broadcast trees). Everything here is
+//! deterministic: every node that sees the same graph computes the same routes, which is
+//! what makes broadcast deliver exactly one copy per node without coordination.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+use crate::config::{Config, Role, TopologyKind};
+
+/// Who dials whom. Each link is dialled by exactly one side (never two connections for one pair).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkPlan {
+    pub links: Vec<PlannedLink>,
+}
+
+/// One outgoing link of `dialer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedLink {
+    pub dialer: String,
+    /// `candidates[0]` is the primary target; the rest are fallbacks tried in order when
+    /// the primary is down (master-ring-slave fallback masters). Never empty.
+    pub candidates: Vec<String>,
+}
+
+impl PlannedLink {
+    fn to(dialer: &str, target: &str) -> Self {
+        PlannedLink {
+            dialer: dialer.to_owned(),
+            candidates: vec![target.to_owned()],
+        }
+    }
+
+    /// The primary target.
+    pub fn primary(&self) -> Option<&str> {
+        self.candidates.first().map(String::as_str)
+    }
+}
+
+/// The links a config's preset implies, in a deterministic order (declared node order).
+/// Works on unvalidated configs too (it never panics), but only a validated config is
+/// guaranteed to yield a connected plan.
+pub fn plan(cfg: &Config) -> LinkPlan {
+    let names: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+    let links = match cfg.cluster.topology {
+        TopologyKind::Star => {
+            let hub = cfg.nodes.iter().find(|n| n.role == Role::Master);
+            match hub {
+                Some(hub) => names
+                    .iter()
+                    .filter(|&&n| n != hub.name)
+                    .map(|n| PlannedLink::to(n, &hub.name))
+                    .collect(),
+                None => Vec::new(),
+            }
+        }
+        TopologyKind::Ring => ring(&names),
+        TopologyKind::Mesh => names
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| names.iter().skip(i + 1).map(|b| PlannedLink::to(a, b)))
+            .collect(),
+        TopologyKind::Tree => cfg
+            .nodes
+            .iter()
+            .filter_map(|n| n.parent.as_deref().map(|p| PlannedLink::to(&n.name, p)))
+            .collect(),
+        TopologyKind::MasterRingSlave => {
+            let masters: Vec<&str> = cfg
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Master)
+                .map(|n| n.name.as_str())
+                .collect();
+            let workers = cfg
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Worker)
+                .filter_map(|n| {
+                    let master = n.master.as_ref()?;
+                    let candidates = std::iter::once(master)
+                        .chain(&n.fallback_masters)
+                        .cloned()
+                        .collect();
+                    Some(PlannedLink {
+                        dialer: n.name.clone(),
+                        candidates,
+                    })
+                });
+            ring(&masters).into_iter().chain(workers).collect()
+        }
+        TopologyKind::Custom => cfg
+            .links
+            .iter()
+            .map(|l| PlannedLink::to(&l.from, &l.to))
+            .collect(),
+    };
+    LinkPlan { links }
+}
+
+/// Node i dials node i+1, and the last closes the ring; two nodes need just one link.
+fn ring(names: &[&str]) -> Vec<PlannedLink> {
+    match names.len() {
+        0 | 1 => Vec::new(),
+        2 => vec![PlannedLink::to(names[0], names[1])],
+        n => (0..n)
+            .filter_map(|i| Some(PlannedLink::to(names.get(i)?, names.get((i + 1) % n)?)))
+            .collect(),
+    }
+}
+
+impl LinkPlan {
+    /// The links `node` dials.
+    pub fn dials_of(&self, node: &str) -> Vec<&PlannedLink> {
+        self.links.iter().filter(|l| l.dialer == node).collect()
+    }
+
+    /// The undirected configured graph over primary targets only. Nodes without any
+    /// planned link (a single-node cluster) do not appear.
+    pub fn graph(&self) -> Graph {
+        let mut graph = Graph::new();
+        for link in &self.links {
+            if let Some(primary) = link.primary() {
+                graph.add_edge(&link.dialer, primary);
+            }
+        }
+        graph
+    }
+
+    /// Whether a link between `a` and `b` is planned (either direction, any candidate):
+    /// the listener uses this to reject peers that should not dial it.
+    pub fn neighbours_allowed(&self, a: &str, b: &str) -> bool {
+        self.links.iter().any(|l| {
+            (l.dialer == a && l.candidates.iter().any(|c| c == b))
+                || (l.dialer == b && l.candidates.iter().any(|c| c == a))
+        })
+    }
+}
+
+/// The text `nodecloud check` prints: a header line, then one line per node.
+pub fn describe(cfg: &Config, plan: &LinkPlan) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let mut out = format!(
+        "cluster {:?}: {}, {}, {}\n",
+        cfg.cluster.name,
+        cfg.cluster.topology,
+        plural(cfg.nodes.len(), "node"),
+        plural(plan.links.len(), "link"),
+    );
+    for node in &cfg.nodes {
+        let mut line = format!("  {} ({}) listen {}", node.name, node.role, node.listen);
+        if let Some(service) = node.service {
+            let _ = write!(line, " service {service}");
+        }
+        if let Some(socket) = &node.service_socket {
+            let _ = write!(line, " service_socket {}", socket.display());
+        }
+        if let Some(api) = node.api {
+            let _ = write!(line, " api {api}");
+        }
+        let dials: Vec<String> = plan
+            .dials_of(&node.name)
+            .into_iter()
+            .map(|link| match link.candidates.split_first() {
+                Some((primary, [])) => primary.clone(),
+                Some((primary, rest)) => format!("{primary} (fallback {})", rest.join(", ")),
+                None => String::new(),
+            })
+            .collect();
+        let dials = if dials.is_empty() {
+            "nothing".to_owned()
+        } else {
+            dials.join(", ")
+        };
+        let _ = writeln!(out, "{line}  dials: {dials}");
+    }
+    out
+}
+
+/// An undirected graph over node names with deterministic iteration (BTreeMap/BTreeSet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Graph {
+    adjacency: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_node(&mut self, n: &str) {
+        self.adjacency.entry(n.to_owned()).or_default();
+    }
+
+    /// Adds both endpoints and the edge between them; self-edges are ignored (a node
+    /// never routes to itself over a link).
+    pub fn add_edge(&mut self, a: &str, b: &str) {
+        if a == b {
+            return;
+        }
+        self.adjacency
+            .entry(a.to_owned())
+            .or_default()
+            .insert(b.to_owned());
+        self.adjacency
+            .entry(b.to_owned())
+            .or_default()
+            .insert(a.to_owned());
+    }
+
+    /// Nodes in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.adjacency.keys().map(String::as_str)
+    }
+
+    /// Neighbours of `n` in name order; empty if `n` is unknown.
+    pub fn neighbours(&self, n: &str) -> impl Iterator<Item = &str> {
+        self.adjacency
+            .get(n)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.adjacency.values().map(BTreeSet::len).sum::<usize>() / 2
+    }
+
+    /// Every node reachable from `me`, including `me` itself; empty if `me` is unknown.
+    pub fn reachable_from(&self, me: &str) -> BTreeSet<String> {
+        self.bfs(me).into_keys().map(str::to_owned).collect()
+    }
+
+    /// The BFS tree from `root` as child → parent (the root maps to itself). Neighbours
+    /// are visited in name order, so every caller gets the same tree for the same graph.
+    fn bfs<'a>(&'a self, root: &str) -> BTreeMap<&'a str, &'a str> {
+        let mut parent: BTreeMap<&str, &str> = BTreeMap::new();
+        let Some((root, _)) = self.adjacency.get_key_value(root) else {
+            return parent;
+        };
+        parent.insert(root, root);
+        let mut queue = VecDeque::from([root.as_str()]);
+        while let Some(at) = queue.pop_front() {
+            for next in self.neighbours(at) {
+                if !parent.contains_key(next) {
+                    parent.insert(next, at);
+                    queue.push_back(next);
+                }
+            }
+        }
+        parent
+    }
+
+    /// Precomputes routing for `me`: next hops over shortest paths and, for every origin,
+    /// the neighbours `me` forwards that origin's broadcasts to. Costs one BFS per node.
+    pub fn routes_from(&self, me: &str) -> Routes {
+        let mut routes = Routes {
+            me: me.to_owned(),
+            ..Routes::default()
+        };
+        let tree = self.bfs(me);
+        // Resolve each destination's first hop by walking up its BFS parents; memoised so
+        // the total work stays linear.
+        let mut first_hop: BTreeMap<&str, &str> = BTreeMap::new();
+        for &dest in tree.keys() {
+            if dest == me {
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut at = dest;
+            let hop = loop {
+                if let Some(&hop) = first_hop.get(at) {
+                    break hop;
+                }
+                match tree.get(at) {
+                    Some(&up) if up == me => break at,
+                    Some(&up) if up != at => {
+                        chain.push(at);
+                        at = up;
+                    }
+                    // Unreachable for a BFS tree from `me`; stop rather than loop.
+                    _ => break at,
+                }
+            };
+            first_hop.insert(at, hop);
+            for node in chain {
+                first_hop.insert(node, hop);
+            }
+        }
+        routes.next_hop = first_hop
+            .into_iter()
+            .map(|(dest, hop)| (dest.to_owned(), hop.to_owned()))
+            .collect();
+        if self.adjacency.contains_key(me) {
+            for origin in self.nodes() {
+                let children: Vec<String> = self
+                    .bfs(origin)
+                    .into_iter()
+                    .filter(|&(child, parent)| parent == me && child != me)
+                    .map(|(child, _)| child.to_owned())
+                    .collect();
+                routes.broadcast.insert(origin.to_owned(), children);
+            }
+        }
+        routes
+    }
+}
+
+/// Precomputed routing for one node over one live graph.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    me: String,
+    /// Destination → first hop, for every node reachable from `me` (excluding `me`).
+    next_hop: BTreeMap<String, String>,
+    /// Origin → my children in origin's BFS tree (name order).
+    broadcast: BTreeMap<String, Vec<String>>,
+}
+
+impl Routes {
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// First hop on a shortest path from me to `dest`; `None` if unreachable or `dest` is me.
+    pub fn next_hop(&self, dest: &str) -> Option<&str> {
+        self.next_hop.get(dest).map(String::as_str)
+    }
+
+    /// The neighbours I forward a broadcast from `origin` to (my children in origin's
+    /// BFS tree). Empty if `origin` is unknown.
+    pub fn broadcast_next(&self, origin: &str) -> &[String] {
+        self.broadcast.get(origin).map_or(&[], Vec::as_slice)
+    }
+
+    /// Nodes I can reach, excluding me, in name order.
+    pub fn reachable(&self) -> impl Iterator<Item = &str> {
+        self.next_hop.keys().map(String::as_str)
+    }
+
+    /// Whether `n` is another node I can reach (false for me).
+    pub fn is_reachable(&self, n: &str) -> bool {
+        self.next_hop.contains_key(n)
+    }
+}
+
+#[cfg(test)]
+mod tests;

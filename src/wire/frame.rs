@@ -1,0 +1,214 @@
+//! The message schema: every frame body that can cross a link.
+//!
+//! Messages are externally tagged CBOR maps, `{"event": {...}}`, with snake_case names, so a
+//! client in any language can build them from docs/PROTOCOL.md. Byte strings (ids, nonces,
+//! proofs, payloads) are CBOR byte strings, never arrays of integers.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{de, Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+/// One frame as decoded: the sender's sequence number and the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame(pub u64, pub Message);
+
+impl Frame {
+    /// The sender's per-link sequence number.
+    pub fn seq(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Everything a peer may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// Handshake step 1, from the side that dialled.
+    Hello(Hello),
+    /// Handshake step 2, from the side that accepted: its identity and its proof.
+    HelloAck(HelloAck),
+    /// Handshake step 3, from the dialler: its proof.
+    Auth(Auth),
+    /// Handshake step 4: the link is authenticated.
+    Welcome(Welcome),
+    /// The sender refuses something and will close the link.
+    Error(ErrorFrame),
+    /// Liveness probe; answered by `pong` with the same `n`.
+    Ping(Ping),
+    /// Answer to `ping`.
+    Pong(Ping),
+    /// A node's heartbeat: its replicated state and its live links (flooded to every node).
+    Status(Status),
+    /// A heartbeat tick from a master (flooded); every node answers with its status.
+    Heartbeat(Heartbeat),
+    /// An application event, broadcast or targeted.
+    Event(Envelope),
+    /// Orderly close.
+    Bye(Bye),
+}
+
+impl Message {
+    /// The message's name on the wire, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::HelloAck(_) => "hello_ack",
+            Message::Auth(_) => "auth",
+            Message::Welcome(_) => "welcome",
+            Message::Error(_) => "error",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+            Message::Status(_) => "status",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::Event(_) => "event",
+            Message::Bye(_) => "bye",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub cluster: String,
+    pub node: String,
+    pub incarnation: Uuid,
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloAck {
+    pub version: u32,
+    pub cluster: String,
+    pub node: String,
+    pub incarnation: Uuid,
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub proof: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Auth {
+    #[serde(with = "serde_bytes")]
+    pub proof: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// Stable, machine-readable: `version`, `cluster`, `auth_failed`, `unknown_node`,
+    /// `malformed_frame`, `frame_too_large`, `unexpected_message`, `out_of_sequence`, ...
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    pub n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bye {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub master: String,
+    /// The master's incarnation: a restarted master numbers its ticks from 1 again.
+    pub incarnation: Uuid,
+    pub n: u64,
+}
+
+/// A node's heartbeat answer, flooded to every node: who it is, which links it has up, and its
+/// replicated state. Newer statuses win by `(boot_ms, version)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub incarnation: Uuid,
+    /// Wall-clock start time (ms since the Unix epoch): orders incarnations.
+    pub boot_ms: u64,
+    /// Increases with every status this incarnation sends.
+    pub version: u64,
+    pub role: String,
+    /// Names of the nodes this node has a live, authenticated link to.
+    pub links: Vec<String>,
+    pub stats: NodeStats,
+}
+
+/// The replicated state of a node (NodeCloud's `heartbeat-ack` payload).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub pid: u32,
+    pub version: String,
+    pub uptime_s: u64,
+    pub rss_bytes: u64,
+    pub cpus: u32,
+    pub load_avg: [f64; 3],
+    pub free_mem_bytes: u64,
+    pub total_mem_bytes: u64,
+    /// Fields the application adds (`NodeHandle::set_stat`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, StatValue>,
+}
+
+/// A custom stat: a scalar only, so decoding peer data never recurses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StatValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for StatValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = StatValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a bool, integer, float or text")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<StatValue, E> {
+                Ok(StatValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<StatValue, E> {
+                Ok(StatValue::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatValue, E> {
+                i64::try_from(v)
+                    .map(StatValue::Int)
+                    .map_err(|_| E::custom("integer out of range"))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<StatValue, E> {
+                Ok(StatValue::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<StatValue, E> {
+                Ok(StatValue::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An application event in flight. Relays forward it without decoding `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Per-origin counter; `(origin_incarnation, id)` identifies the event cluster-wide.
+    pub id: u64,
+    pub topic: String,
+    pub origin: String,
+    pub origin_incarnation: Uuid,
+    /// `None`: every node. `Some(name)`: that node only.
+    pub target: Option<String>,
+    /// Hops left; a relay decrements it and drops the event at 0.
+    pub ttl: u8,
+    /// The event itself, CBOR-encoded by the publisher.
+    pub payload: Bytes,
+}

@@ -1,0 +1,346 @@
+//! The handshake that opens every link: version and cluster check, then mutual
+//! HMAC-SHA256 authentication over both sides' random nonces.
+//!
+//! ```text
+//! dialler                                   acceptor
+//!   hello {version, cluster, node, incarnation, nonce_d}  ->
+//!                 <-  hello_ack {version, cluster, node, incarnation, nonce_a, proof_a}
+//!   auth {proof_d}                                         ->
+//!                 <-  welcome {}
+//! ```
+//! `proof_x = HMAC-SHA256(secret, transcript(label_x))`, where the transcript binds the cluster,
+//! both names, both incarnations and both nonces, and the label differs per direction so one
+//! side's proof can never be replayed as the other's. Proofs are compared in constant time; the
+//! secret never crosses the wire. Either side that refuses sends an `error` frame and closes.
+//! The whole exchange runs under one deadline with frames of at most
+//! [`MAX_HANDSHAKE_FRAME_BYTES`](super::MAX_HANDSHAKE_FRAME_BYTES).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use super::codec::{FrameCodec, WireError};
+use super::frame::{Auth, ErrorFrame, Frame, Hello, HelloAck, Message, Welcome};
+use super::{valid_name, PROTOCOL_VERSION};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const LABEL_DIALLER: &[u8] = b"nodecloud/1 dialler";
+const LABEL_ACCEPTOR: &[u8] = b"nodecloud/1 acceptor";
+
+/// Who this side is, and the key it proves it holds.
+#[derive(Clone)]
+pub struct Identity {
+    pub cluster: String,
+    pub node: String,
+    pub incarnation: Uuid,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cluster", &self.cluster)
+            .field("node", &self.node)
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The authenticated peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub node: String,
+    pub incarnation: Uuid,
+}
+
+/// Why a handshake failed. Every variant closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("peer closed the connection during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("expected {expected} during the handshake, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("protocol version {theirs} is not supported (this node speaks {ours})")]
+    Version { ours: u32, theirs: u32 },
+    #[error("peer belongs to cluster {theirs:?}, not {ours:?}")]
+    Cluster { ours: String, theirs: String },
+    #[error("invalid node name {0:?}")]
+    BadName(String),
+    #[error("authentication failed: the peer does not hold the cluster secret")]
+    AuthFailed,
+    #[error("peer refused the link: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("{0}")]
+    NotAdmitted(String),
+    #[error("no randomness available for a nonce: {0}")]
+    Rng(String),
+}
+
+impl HandshakeError {
+    /// The code of the `error` frame sent before closing (none if the peer already left).
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            HandshakeError::Timeout(_) => "timeout",
+            HandshakeError::Closed | HandshakeError::Refused { .. } | HandshakeError::Rng(_) => {
+                return None
+            }
+            HandshakeError::Wire(WireError::Io(_)) => return None,
+            HandshakeError::Wire(e) => e.code(),
+            HandshakeError::Unexpected { .. } => "unexpected_message",
+            HandshakeError::Version { .. } => "version",
+            HandshakeError::Cluster { .. } => "cluster",
+            HandshakeError::BadName(_) => "bad_name",
+            HandshakeError::AuthFailed => "auth_failed",
+            HandshakeError::NotAdmitted(_) => "not_admitted",
+        })
+    }
+}
+
+/// Run the dialler's side. On success the codec in `framed` is ready for the session.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn dial<T>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = tokio::time::timeout(deadline, dial_steps(framed, me))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(deadline)));
+    refuse_on_error(framed, result).await
+}
+
+/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and may
+/// refuse it, for example a node name the configuration does not know.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn accept<T, F>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    admit: F,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<(), String>,
+{
+    let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(deadline)));
+    refuse_on_error(framed, result).await
+}
+
+async fn dial_steps<T>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let nonce = fresh_nonce()?;
+    framed
+        .send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            cluster: me.cluster.clone(),
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            nonce,
+        }))
+        .await?;
+    let ack = match next(framed).await? {
+        Message::HelloAck(ack) => ack,
+        other => return Err(unexpected("hello_ack", &other)),
+    };
+    check_peer(me, ack.version, &ack.cluster, &ack.node)?;
+    let transcript = Transcript {
+        cluster: &me.cluster,
+        dialler: (&me.node, me.incarnation, &nonce),
+        acceptor: (&ack.node, ack.incarnation, &ack.nonce),
+    };
+    transcript.verify(&me.secret, LABEL_ACCEPTOR, &ack.proof)?;
+    let proof = transcript.prove(&me.secret, LABEL_DIALLER)?;
+    framed.send(&Message::Auth(Auth { proof })).await?;
+    match next(framed).await? {
+        Message::Welcome(_) => Ok(PeerInfo {
+            node: ack.node,
+            incarnation: ack.incarnation,
+        }),
+        other => Err(unexpected("welcome", &other)),
+    }
+}
+
+async fn accept_steps<T, F>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    admit: F,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<(), String>,
+{
+    let hello = match next(framed).await? {
+        Message::Hello(hello) => hello,
+        other => return Err(unexpected("hello", &other)),
+    };
+    check_peer(me, hello.version, &hello.cluster, &hello.node)?;
+    admit(&hello).map_err(HandshakeError::NotAdmitted)?;
+    let nonce = fresh_nonce()?;
+    let transcript = Transcript {
+        cluster: &me.cluster,
+        dialler: (&hello.node, hello.incarnation, &hello.nonce),
+        acceptor: (&me.node, me.incarnation, &nonce),
+    };
+    let proof = transcript.prove(&me.secret, LABEL_ACCEPTOR)?;
+    framed
+        .send(&Message::HelloAck(HelloAck {
+            version: PROTOCOL_VERSION,
+            cluster: me.cluster.clone(),
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            nonce,
+            proof,
+        }))
+        .await?;
+    let auth = match next(framed).await? {
+        Message::Auth(auth) => auth,
+        other => return Err(unexpected("auth", &other)),
+    };
+    transcript.verify(&me.secret, LABEL_DIALLER, &auth.proof)?;
+    framed.send(&Message::Welcome(Welcome {})).await?;
+    Ok(PeerInfo {
+        node: hello.node,
+        incarnation: hello.incarnation,
+    })
+}
+
+/// Tell the peer why (best effort, bounded) before the caller drops the connection.
+async fn refuse_on_error<T>(
+    framed: &mut Framed<T, FrameCodec>,
+    result: Result<PeerInfo, HandshakeError>,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(err) = &result {
+        if let Some(code) = err.code() {
+            let frame = Message::Error(ErrorFrame {
+                code: code.to_owned(),
+                message: err.to_string(),
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(200), framed.send(&frame)).await;
+        }
+    }
+    result
+}
+
+async fn next<T>(framed: &mut Framed<T, FrameCodec>) -> Result<Message, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    match framed.next().await {
+        None => Err(HandshakeError::Closed),
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(Frame(_, Message::Error(e)))) => Err(HandshakeError::Refused {
+            code: e.code,
+            message: e.message,
+        }),
+        Some(Ok(Frame(_, msg))) => Ok(msg),
+    }
+}
+
+fn unexpected(expected: &'static str, got: &Message) -> HandshakeError {
+    HandshakeError::Unexpected {
+        expected,
+        got: got.kind(),
+    }
+}
+
+fn check_peer(
+    me: &Identity,
+    version: u32,
+    cluster: &str,
+    node: &str,
+) -> Result<(), HandshakeError> {
+    if version != PROTOCOL_VERSION {
+        return Err(HandshakeError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
+    }
+    if cluster != me.cluster {
+        return Err(HandshakeError::Cluster {
+            ours: me.cluster.clone(),
+            theirs: cluster.to_owned(),
+        });
+    }
+    if !valid_name(node) {
+        return Err(HandshakeError::BadName(node.chars().take(80).collect()));
+    }
+    Ok(())
+}
+
+fn fresh_nonce() -> Result<[u8; 32], HandshakeError> {
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(|e| HandshakeError::Rng(e.to_string()))?;
+    Ok(nonce)
+}
+
+/// Everything both proofs cover. Names cannot contain NUL (see [`valid_name`]), so the
+/// NUL-separated encoding is unambiguous.
+struct Transcript<'a> {
+    cluster: &'a str,
+    dialler: (&'a str, Uuid, &'a [u8; 32]),
+    acceptor: (&'a str, Uuid, &'a [u8; 32]),
+}
+
+impl Transcript<'_> {
+    fn mac(&self, secret: &[u8], label: &[u8]) -> Result<HmacSha256, HandshakeError> {
+        let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| HandshakeError::AuthFailed)?;
+        for part in [
+            label,
+            self.cluster.as_bytes(),
+            self.dialler.0.as_bytes(),
+            self.acceptor.0.as_bytes(),
+        ] {
+            mac.update(part);
+            mac.update(&[0]);
+        }
+        mac.update(self.dialler.1.as_bytes());
+        mac.update(self.acceptor.1.as_bytes());
+        mac.update(self.dialler.2);
+        mac.update(self.acceptor.2);
+        Ok(mac)
+    }
+
+    fn prove(&self, secret: &[u8], label: &[u8]) -> Result<[u8; 32], HandshakeError> {
+        Ok(self.mac(secret, label)?.finalize().into_bytes().into())
+    }
+
+    /// Constant-time comparison (`verify_slice`).
+    fn verify(&self, secret: &[u8], label: &[u8], proof: &[u8; 32]) -> Result<(), HandshakeError> {
+        self.mac(secret, label)?
+            .verify_slice(proof)
+            .map_err(|_| HandshakeError::AuthFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
