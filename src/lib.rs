@@ -3,6 +3,7 @@ pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod node;
+pub mod testing;
 pub mod topology;
 pub mod wire;
 pub use event::{Delivery, Event, NodeId, Target};
