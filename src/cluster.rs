@@ -29,7 +29,8 @@ where
         "{} node(s) running; Ctrl-C to stop",
         handles.len()
     );
-    let escalated = futures_util::future::select_all(handles.iter().map(|h| Box::pin(h.stop_requested())));
+    let escalated =
+        futures_util::future::select_all(handles.iter().map(|h| Box::pin(h.stop_requested())));
     tokio::select! {
         () = shutdown => {}
         _ = escalated => {}

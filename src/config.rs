@@ -517,9 +517,17 @@ impl From<&str> for ParsedMessage {
                 let expected = expected.unwrap_or_else(|| "valid TOML for this value".to_owned());
                 (problem.join(": "), expected)
             };
+        // Say it in TOML terms rather than Rust/serde ones.
         let expected = match expected.as_str() {
             "i64" => "an integer".to_owned(),
-            _ => expected.replace('`', "'"),
+            "a sequence" => "an array".to_owned(),
+            e if e.starts_with("struct ") => "a table".to_owned(),
+            e => e.to_owned(),
+        };
+        let problem = if problem.is_empty() {
+            "invalid TOML syntax".to_owned()
+        } else {
+            problem
         };
         ParsedMessage {
             kind: FieldKind::Other,
@@ -539,11 +547,24 @@ fn field_path(text: &str, span: &Range<usize>, kind: &FieldKind) -> String {
     }
     let mut table = String::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    // The key of a multi-line array still open above the current line.
+    let mut open_array: Option<&str> = None;
     let mut current: Option<(usize, &str)> = None;
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
         if line_start > span.start {
             break;
+        }
+        if let Some((_, prev)) = current {
+            open_array = match (header(prev), key_value(prev)) {
+                (Some(_), _) => None,
+                (None, Some((key, value))) => {
+                    let value = value.trim_start();
+                    (value.starts_with('[') && !value.contains(']')).then_some(key)
+                }
+                (None, None) if prev.trim_start().starts_with(']') => None,
+                (None, None) => open_array,
+            };
         }
         if let Some((is_array, name)) = header(line) {
             table = if is_array {
@@ -569,12 +590,9 @@ fn field_path(text: &str, span: &Range<usize>, kind: &FieldKind) -> String {
     }
     // A `key = value` line: if the span is inside the value, the error is about the key
     // (a type error) or about a field of an inline table assigned to the key.
-    let (key, in_value) = match line.split_once('=') {
-        Some((key, _)) => {
-            let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
-            (key, span.start > line_start + line.find('=').unwrap_or(0))
-        }
-        None => ("", false),
+    let (key, in_value) = match key_value(line) {
+        Some((key, value)) => (key, span.start >= line_start + line.len() - value.len()),
+        None => (open_array.unwrap_or(""), open_array.is_some()),
     };
     match kind {
         FieldKind::Unknown(field) | FieldKind::Missing(field) if in_value => {
@@ -583,6 +601,16 @@ fn field_path(text: &str, span: &Range<usize>, kind: &FieldKind) -> String {
         FieldKind::Unknown(field) | FieldKind::Missing(field) => join(&[&table, field]),
         FieldKind::Other => join(&[&table, key]),
     }
+}
+
+/// `key = value` → `Some((key, value))` with quotes stripped from the key; `None` for
+/// comments and lines without `=`.
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    if line.trim_start().starts_with('#') {
+        return None;
+    }
+    let (key, value) = line.split_once('=')?;
+    Some((key.trim().trim_matches(|c| c == '"' || c == '\''), value))
 }
 
 /// `[name]` → `(false, "name")`, `[[name]]` → `(true, "name")`; `None` for other lines.

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use nodecloud::config::Config;
 
 #[derive(Parser)]
-#[command(name = "nodecloud", version, about = "Run a nodecloud cluster, or one node of it, from a topology file")]
+#[command(
+    name = "nodecloud",
+    version,
+    about = "Run a nodecloud cluster, or one node of it, from a topology file"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// The topology file.
@@ -38,7 +42,9 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(&config),
         None => {
             let Some(path) = cli.config else {
-                eprintln!("error: --config FILE is required (try: nodecloud --config config/star.toml)");
+                eprintln!(
+                    "error: --config FILE is required (try: nodecloud --config config/star.toml)"
+                );
                 return ExitCode::from(2);
             };
             run(&path, cli.node.as_deref())
@@ -85,12 +91,20 @@ fn run(path: &std::path::Path, node: Option<&str>) -> ExitCode {
     if let Some(name) = node {
         if cfg.node(name).is_none() {
             let known: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
-            eprintln!("error: {}: no node named {name:?}; expected one of: {}", path.display(), known.join(", "));
+            eprintln!(
+                "error: {}: no node named {name:?}; expected one of: {}",
+                path.display(),
+                known.join(", ")
+            );
             return ExitCode::from(2);
         }
     }
     let system = actix_rt::System::new();
-    let result = system.block_on(nodecloud::cluster::run(cfg, node, nodecloud::cluster::signal()));
+    let result = system.block_on(nodecloud::cluster::run(
+        cfg,
+        node,
+        nodecloud::cluster::signal(),
+    ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -26,8 +26,8 @@ mod supervision;
 mod supervisor;
 mod upstream;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::net::TcpListener;
@@ -53,7 +53,11 @@ pub enum StartError {
     #[error("node {0:?} is not declared in the configuration")]
     UnknownNode(String),
     #[error("node {node}: cannot listen on {addr}: {source}")]
-    Bind { node: String, addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        node: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("node {0}: its arbiter stopped before the node started")]
     ArbiterGone(String),
 }
@@ -95,7 +99,10 @@ impl Node {
     /// # Errors
     /// [`StartError`] when the name is unknown or the listen address cannot be bound.
     pub async fn start(config: Arc<Config>, name: &str) -> Result<NodeHandle, StartError> {
-        let me = config.node(name).cloned().ok_or_else(|| StartError::UnknownNode(name.to_owned()))?;
+        let me = config
+            .node(name)
+            .cloned()
+            .ok_or_else(|| StartError::UnknownNode(name.to_owned()))?;
         let arbiter = Arbiter::new();
         let handle = arbiter.handle();
         let (tx, rx) = oneshot::channel();
@@ -105,7 +112,9 @@ impl Node {
         if !spawned {
             return Err(StartError::ArbiterGone(name.to_owned()));
         }
-        let result = rx.await.map_err(|_| StartError::ArbiterGone(name.to_owned()))?;
+        let result = rx
+            .await
+            .map_err(|_| StartError::ArbiterGone(name.to_owned()))?;
         if result.is_err() {
             handle.stop();
         }
@@ -113,10 +122,18 @@ impl Node {
     }
 }
 
-async fn start_here(config: Arc<Config>, me: crate::config::NodeConfig, arbiter: ArbiterHandle) -> Result<NodeHandle, StartError> {
+async fn start_here(
+    config: Arc<Config>,
+    me: crate::config::NodeConfig,
+    arbiter: ArbiterHandle,
+) -> Result<NodeHandle, StartError> {
     let listener = TcpListener::bind(me.listen)
         .await
-        .map_err(|source| StartError::Bind { node: me.name.clone(), addr: me.listen, source })?;
+        .map_err(|source| StartError::Bind {
+            node: me.name.clone(),
+            addr: me.listen,
+            source,
+        })?;
     let plan = topology::plan(&config);
     let s = NodeShared::new(config, me, plan);
     let stats = actix::Supervisor::start({
@@ -140,17 +157,47 @@ async fn start_here(config: Arc<Config>, me: crate::config::NodeConfig, arbiter:
         let (sh, m) = (s.clone(), membership.clone());
         actix::Supervisor::start(move |_| master::Master::new(sh, m))
     });
-    let listener = listener::PeerListener::new(s.clone(), listener, router.clone(), membership.clone(), bus.clone()).start();
+    let listener = listener::PeerListener::new(
+        s.clone(),
+        listener,
+        router.clone(),
+        membership.clone(),
+        bus.clone(),
+    )
+    .start();
     let upstreams = s
         .plan
         .dials_of(s.name())
         .into_iter()
-        .map(|link| upstream::Upstream::new(s.clone(), link.clone(), router.clone(), membership.clone(), bus.clone()).start())
+        .map(|link| {
+            upstream::Upstream::new(
+                s.clone(),
+                link.clone(),
+                router.clone(),
+                membership.clone(),
+                bus.clone(),
+            )
+            .start()
+        })
         .collect();
-    let children = Children { stats: stats.clone(), bus: bus.clone(), membership, router, master, listener, upstreams };
+    let children = Children {
+        stats: stats.clone(),
+        bus: bus.clone(),
+        membership,
+        router,
+        master,
+        listener,
+        upstreams,
+    };
     let supervisor = NodeSupervisor::new(s.clone(), children).start();
     tracing::info!(node = %s.name(), listen = %s.me.listen, incarnation = %s.incarnation, "node started");
-    Ok(NodeHandle { shared: s, supervisor, bus, stats, arbiter })
+    Ok(NodeHandle {
+        shared: s,
+        supervisor,
+        bus,
+        stats,
+        arbiter,
+    })
 }
 
 /// The handle user code holds: subscribe, publish, send, supervise, observe, shut down.
@@ -187,7 +234,11 @@ impl NodeHandle {
         let id = SubscriptionId::next();
         self.shared.local_topics.add(E::TOPIC);
         // Not fed from the network: one message per subscribe call.
-        self.bus.do_send(Subscribe { id, topic: E::TOPIC.to_owned(), subscriber: Box::new(TypedSubscriber { recipient }) });
+        self.bus.do_send(Subscribe {
+            id,
+            topic: E::TOPIC.to_owned(),
+            subscriber: Box::new(TypedSubscriber { recipient }),
+        });
         id
     }
 
@@ -218,7 +269,11 @@ impl NodeHandle {
     ///
     /// # Errors
     /// [`PublishError`], `Unreachable` when no live path leads to the target.
-    pub fn send_to<E: Event>(&self, target: impl Into<Target>, event: &E) -> Result<(), PublishError> {
+    pub fn send_to<E: Event>(
+        &self,
+        target: impl Into<Target>,
+        event: &E,
+    ) -> Result<(), PublishError> {
         let target = self.resolve(target.into())?;
         let env = self.envelope(event, target)?;
         self.dispatch_now(env)
@@ -228,7 +283,11 @@ impl NodeHandle {
     ///
     /// # Errors
     /// As `send_to`, without `Full`.
-    pub async fn send_to_wait<E: Event>(&self, target: impl Into<Target>, event: &E) -> Result<(), PublishError> {
+    pub async fn send_to_wait<E: Event>(
+        &self,
+        target: impl Into<Target>,
+        event: &E,
+    ) -> Result<(), PublishError> {
         let target = self.resolve(target.into())?;
         let env = self.envelope(event, target)?;
         self.dispatch_wait(env).await
@@ -243,9 +302,16 @@ impl NodeHandle {
     ///
     /// # Errors
     /// When more than 32 fields are set, or the key is empty or over 64 bytes.
-    pub async fn set_stat(&self, key: &str, value: Option<StatValue>) -> Result<(), stats::StatsError> {
+    pub async fn set_stat(
+        &self,
+        key: &str,
+        value: Option<StatValue>,
+    ) -> Result<(), stats::StatsError> {
         self.stats
-            .send(SetStat { key: key.to_owned(), value })
+            .send(SetStat {
+                key: key.to_owned(),
+                value,
+            })
             .await
             .unwrap_or(Ok(()))
     }
@@ -272,7 +338,7 @@ impl NodeHandle {
 
     /// Resolves when the node must stop (an escalation asked for it).
     pub async fn stop_requested(&self) {
-        self.shared.shutdown.notified().await;
+        self.shared.stop_requested().await;
     }
 
     /// Start a user actor on this node's arbiter and restart it when a handler panics (at most
@@ -303,15 +369,23 @@ impl NodeHandle {
         match target {
             Target::All => Ok(None),
             Target::Node(name) => Ok(Some(name)),
-            Target::Incarnation(id) if id == self.shared.incarnation => Ok(Some(self.name().to_owned())),
+            Target::Incarnation(id) if id == self.shared.incarnation => {
+                Ok(Some(self.name().to_owned()))
+            }
             Target::Incarnation(id) => {
                 let view = self.shared.view.borrow();
-                view.resolve(id).map(|n| Some(n.to_owned())).ok_or(PublishError::UnknownIncarnation(id))
+                view.resolve(id)
+                    .map(|n| Some(n.to_owned()))
+                    .ok_or(PublishError::UnknownIncarnation(id))
             }
         }
     }
 
-    fn envelope<E: Event>(&self, event: &E, target: Option<String>) -> Result<Envelope, PublishError> {
+    fn envelope<E: Event>(
+        &self,
+        event: &E,
+        target: Option<String>,
+    ) -> Result<Envelope, PublishError> {
         Ok(Envelope {
             id: self.shared.next_event_id(),
             topic: E::TOPIC.to_owned(),
@@ -324,7 +398,10 @@ impl NodeHandle {
     }
 
     /// The links `env` leaves on, its encoded frame, and whether it is delivered here too.
-    fn plan_dispatch(&self, env: &Envelope) -> Result<(Vec<LinkHandle>, Option<wire::EncodedMessage>, bool), PublishError> {
+    fn plan_dispatch(
+        &self,
+        env: &Envelope,
+    ) -> Result<(Vec<LinkHandle>, Option<wire::EncodedMessage>, bool), PublishError> {
         let table = self.shared.routes.load();
         let links: Vec<LinkHandle> = table.next_links(env, None).into_iter().cloned().collect();
         let local = table.is_local(env);
@@ -333,14 +410,22 @@ impl NodeHandle {
                 return Err(PublishError::Unreachable(t.clone()));
             }
         }
-        let frame = if links.is_empty() { None } else { Some(encode_event(env)?) };
+        let frame = if links.is_empty() {
+            None
+        } else {
+            Some(encode_event(env)?)
+        };
         if let Some(f) = &frame {
             let max = self.shared.config.cluster.max_frame_bytes;
             if f.len() + 16 > max {
                 return Err(PublishError::TooLarge { len: f.len(), max });
             }
         }
-        Ok((links, frame, local && self.shared.local_topics.contains(&env.topic)))
+        Ok((
+            links,
+            frame,
+            local && self.shared.local_topics.contains(&env.topic),
+        ))
     }
 
     fn dispatch_now(&self, env: Envelope) -> Result<(), PublishError> {
@@ -349,8 +434,12 @@ impl NodeHandle {
         let mut permits = Vec::with_capacity(links.len());
         for link in &links {
             permits.push(link.tx.try_reserve().map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
-                tokio::sync::mpsc::error::TrySendError::Closed(()) => PublishError::Unreachable(link.peer.clone()),
+                tokio::sync::mpsc::error::TrySendError::Full(()) => {
+                    PublishError::Full(link.peer.clone())
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(()) => {
+                    PublishError::Unreachable(link.peer.clone())
+                }
             })?);
         }
         if local {
@@ -378,7 +467,10 @@ impl NodeHandle {
             }
         }
         if local {
-            self.bus.send(Deliver(vec![env])).await.map_err(|_| PublishError::Stopped)?;
+            self.bus
+                .send(Deliver(vec![env]))
+                .await
+                .map_err(|_| PublishError::Stopped)?;
         }
         Ok(())
     }

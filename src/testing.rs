@@ -20,13 +20,17 @@ pub fn free_addr() -> SocketAddr {
 /// A star: `master` plus `workers` workers named `worker-1`..., on free loopback ports.
 pub fn star(workers: usize) -> Config {
     let mut nodes = vec![NodeConfig::new("master", Role::Master, free_addr())];
-    nodes.extend((1..=workers).map(|i| NodeConfig::new(&format!("worker-{i}"), Role::Worker, free_addr())));
+    nodes.extend(
+        (1..=workers).map(|i| NodeConfig::new(&format!("worker-{i}"), Role::Worker, free_addr())),
+    );
     Config::for_test(TopologyKind::Star, nodes)
 }
 
 /// Nodes `n1`..`nN` (all workers) for ring, mesh or custom topologies, on free loopback ports.
 pub fn peers(topology: TopologyKind, n: usize) -> Config {
-    let nodes = (1..=n).map(|i| NodeConfig::new(&format!("n{i}"), Role::Worker, free_addr())).collect();
+    let nodes = (1..=n)
+        .map(|i| NodeConfig::new(&format!("n{i}"), Role::Worker, free_addr()))
+        .collect();
     Config::for_test(topology, nodes)
 }
 
@@ -44,7 +48,10 @@ pub async fn wait_up(node: &NodeHandle, names: &[&str], timeout: Duration) -> Re
         false => {
             let view = node.membership().borrow().clone();
             let missing: Vec<&str> = names.iter().copied().filter(|n| !view.is_up(n)).collect();
-            Err(format!("{}: after {timeout:?} still not up: {missing:?}", node.name()))
+            Err(format!(
+                "{}: after {timeout:?} still not up: {missing:?}",
+                node.name()
+            ))
         }
     }
 }
@@ -55,11 +62,16 @@ pub async fn wait_up(node: &NodeHandle, names: &[&str], timeout: Duration) -> Re
 /// After `timeout`, if it is still up.
 pub async fn wait_down(node: &NodeHandle, name: &str, timeout: Duration) -> Result<(), String> {
     let mut rx = node.membership();
-    let down = tokio::time::timeout(timeout, rx.wait_for(|v| !v.is_up(name))).await.is_ok_and(|r| r.is_ok());
+    let down = tokio::time::timeout(timeout, rx.wait_for(|v| !v.is_up(name)))
+        .await
+        .is_ok_and(|r| r.is_ok());
     if down {
         Ok(())
     } else {
-        Err(format!("{}: after {timeout:?} {name} is still up", node.name()))
+        Err(format!(
+            "{}: after {timeout:?} {name} is still up",
+            node.name()
+        ))
     }
 }
 

@@ -1,1 +1,1009 @@
-//! Tests for the config module.
+//! Tests for config parsing and validation: every error class reports the right file,
+//! line, column and field; secrets resolve from each source; shipped files validate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use super::*;
+use crate::topology;
+
+const CLUSTER: &str = r#"[cluster]
+name = "demo"
+topology = "star"
+secret = "change-me-please-0123"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml", Path::new("."))
+}
+
+/// The error message for `text`, which must fail.
+fn err(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A cluster header with `topology` plus `rest`.
+fn with_topology(topology: &str, rest: &str) -> String {
+    format!(
+        "[cluster]\nname = \"demo\"\ntopology = \"{topology}\"\nsecret = \"change-me-please-0123\"\n{rest}"
+    )
+}
+
+fn node(name: &str, port: u16, extra: &str) -> String {
+    format!("\n[[nodes]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n{extra}")
+}
+
+/// A valid star: master (line 6), w1 (line 12), w2 (line 17).
+fn star_text() -> String {
+    format!(
+        "{CLUSTER}{}{}{}",
+        node(
+            "master",
+            7100,
+            "role = \"master\"\napi = \"127.0.0.1:8080\"\n"
+        ),
+        node("w1", 7101, "service = \"127.0.0.1:7201\"\n"),
+        node("w2", 7102, "master = \"master\"\n"),
+    )
+}
+
+#[test]
+fn valid_star_parses_with_defaults() {
+    let cfg = parse(&star_text()).unwrap();
+    assert_eq!(cfg.source, "test.toml");
+    assert_eq!(cfg.cluster.name, "demo");
+    assert_eq!(cfg.cluster.topology, TopologyKind::Star);
+    assert_eq!(cfg.cluster.secret.as_bytes(), b"change-me-please-0123");
+    assert!(cfg.cluster.service_key.is_none());
+    assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(1000));
+    assert_eq!(cfg.cluster.failure_threshold, 5);
+    assert_eq!(cfg.cluster.max_frame_bytes, 1_048_576);
+    assert_eq!(cfg.cluster.handshake_timeout, Duration::from_millis(5000));
+    assert_eq!(cfg.nodes.len(), 3);
+    let master = cfg.node("master").unwrap();
+    assert_eq!(master.role, Role::Master);
+    assert_eq!(master.api, Some("127.0.0.1:8080".parse().unwrap()));
+    let w1 = cfg.node("w1").unwrap();
+    assert_eq!(w1.role, Role::Worker);
+    assert_eq!(w1.service, Some("127.0.0.1:7201".parse().unwrap()));
+    assert_eq!(cfg.node("w2").unwrap().master.as_deref(), Some("master"));
+    assert!(cfg.node("w3").is_none());
+    assert!(cfg.links.is_empty());
+}
+
+#[test]
+fn every_field_parses() {
+    let text = format!(
+        "[cluster]\nname = \"full\"\ntopology = \"master-ring-slave\"\nsecret = \"change-me-please-0123\"\n\
+         service_key = \"service-key-0123456789\"\nheartbeat_interval_ms = 500\nfailure_threshold = 3\n\
+         max_frame_bytes = 2048\nhandshake_timeout_ms = 750\n{}{}{}",
+        node("m1", 7400, "role = \"master\"\n"),
+        node("m2", 7401, "role = \"master\"\n"),
+        node(
+            "w",
+            7402,
+            "role = \"worker\"\nservice = \"127.0.0.1:7500\"\nservice_socket = \"/tmp/w.sock\"\n\
+             api = \"[::1]:8080\"\nmaster = \"m1\"\nfallback_masters = [\"m2\"]\n"
+        ),
+    );
+    let cfg = parse(&text).unwrap();
+    let c = &cfg.cluster;
+    assert_eq!(
+        c.service_key.as_ref().unwrap().as_bytes(),
+        b"service-key-0123456789"
+    );
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+    assert_eq!(c.failure_threshold, 3);
+    assert_eq!(c.max_frame_bytes, 2048);
+    assert_eq!(c.handshake_timeout, Duration::from_millis(750));
+    let w = cfg.node("w").unwrap();
+    assert_eq!(w.service_socket.as_deref(), Some(Path::new("/tmp/w.sock")));
+    assert_eq!(w.api, Some("[::1]:8080".parse().unwrap()));
+    assert_eq!(w.fallback_masters, ["m2"]);
+}
+
+#[test]
+fn secret_debug_is_redacted() {
+    let cfg = parse(&star_text()).unwrap();
+    let debug = format!("{cfg:?}");
+    assert!(debug.contains("Secret(<redacted>)"));
+    assert!(!debug.contains("change-me-please"));
+    assert_eq!(
+        format!("{:?}", Secret::new(b"x".to_vec())),
+        "Secret(<redacted>)"
+    );
+}
+
+#[test]
+fn kinds_and_roles_round_trip_their_names() {
+    for kind in TopologyKind::ALL {
+        assert_eq!(TopologyKind::from_name(&kind.to_string()), Some(kind));
+    }
+    assert_eq!(
+        TopologyKind::MasterRingSlave.to_string(),
+        "master-ring-slave"
+    );
+    assert_eq!(TopologyKind::from_name("Star"), None);
+    assert_eq!(Role::from_name("master"), Some(Role::Master));
+    assert_eq!(Role::Worker.to_string(), "worker");
+    assert_eq!(Role::default(), Role::Worker);
+}
+
+#[test]
+fn for_test_and_node_new() {
+    let listen: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let n = NodeConfig::new("a", Role::Master, listen);
+    assert_eq!(
+        (n.name.as_str(), n.role, n.listen),
+        ("a", Role::Master, listen)
+    );
+    assert!(n.service.is_none() && n.service_socket.is_none() && n.api.is_none());
+    assert!(n.master.is_none() && n.fallback_masters.is_empty() && n.parent.is_none());
+    let cfg = Config::for_test(TopologyKind::Mesh, vec![n]);
+    assert_eq!(cfg.cluster.name, "test");
+    assert_eq!(cfg.cluster.secret.as_bytes(), b"test-secret-0123456789");
+    assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(cfg.cluster.failure_threshold, 5);
+    assert_eq!(cfg.cluster.max_frame_bytes, 1 << 20);
+    assert_eq!(cfg.cluster.handshake_timeout, Duration::from_secs(2));
+    assert!(cfg.links.is_empty());
+    assert!(cfg.node("a").is_some());
+}
+
+// --- TOML-level errors -----------------------------------------------------------------
+
+#[test]
+fn unknown_cluster_field_names_it_and_lists_the_valid_ones() {
+    let text = "[cluster]\nname = \"demo\"\ncolour = \"red\"\n";
+    let e = err(text);
+    assert!(
+        e.starts_with(
+            "test.toml:3:1: cluster.colour: unknown field; expected one of name, topology, secret, secret_env,"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("handshake_timeout_ms"), "{e}");
+}
+
+#[test]
+fn unknown_node_field_names_the_node_index() {
+    let text = format!("{}  colour = 1\n", star_text());
+    let e = err(&text);
+    assert!(
+        e.starts_with(
+            "test.toml:21:3: nodes[2].colour: unknown field; expected one of name, role, listen,"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_top_level_table_and_link_field() {
+    assert_eq!(
+        err(&format!("{CLUSTER}[extras]\nx = 1\n")),
+        "test.toml:5:2: extras: unknown field; expected one of cluster, nodes, links"
+    );
+    let text = with_topology(
+        "custom",
+        &format!(
+            "{}\n[[links]]\nfrom = \"a\"\nto = \"a\"\nvia = \"b\"\n",
+            node("a", 1, "")
+        ),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:13:1: links[0].via: unknown field; expected from or to"
+    );
+}
+
+#[test]
+fn unknown_field_in_inline_table() {
+    let text = "cluster = { name = \"demo\", shade = 1 }\n";
+    assert!(
+        err(text).starts_with("test.toml:1:28: cluster.shade: unknown field; expected one of name"),
+        "{}",
+        err(text)
+    );
+}
+
+#[test]
+fn missing_fields_name_the_table_and_field() {
+    assert_eq!(
+        err(&format!("{CLUSTER}\n[[nodes]]\nname = \"a\"\n")),
+        "test.toml:6:1: nodes[0].listen: missing required field; expected `listen = ...` in this table"
+    );
+    assert_eq!(
+        err("[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n"),
+        "test.toml:1:1: cluster: missing required field; expected `cluster = ...` in this table"
+    );
+    assert_eq!(
+        err("[cluster]\nname = \"demo\"\nsecret = \"change-me-please-0123\"\n"),
+        "test.toml:1:1: cluster.topology: missing required field; expected `topology = ...` in this table"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_field_and_expected_type() {
+    assert_eq!(
+        err("[cluster]\nname = 5\n"),
+        "test.toml:2:8: cluster.name: invalid type: integer `5`; expected a string"
+    );
+    assert_eq!(
+        err(&format!("{CLUSTER}heartbeat_interval_ms = \"fast\"\n")),
+        "test.toml:5:25: cluster.heartbeat_interval_ms: invalid type: string \"fast\"; expected an integer"
+    );
+    let text = format!("{}{}", star_text(), "fallback_masters = [\"a\", 3]\n");
+    assert_eq!(
+        err(&text),
+        "test.toml:21:26: nodes[2].fallback_masters: invalid type: integer `3`; expected a string"
+    );
+}
+
+#[test]
+fn syntax_errors_report_line_and_column() {
+    let e = err("[cluster]\nname = \"demo\nx = 1\n");
+    assert!(
+        e.starts_with("test.toml:2:13: cluster.name: invalid basic string"),
+        "{e}"
+    );
+    assert!(e.contains("; expected "), "{e}");
+    let e = err("[cluster]\nname = \"a\"\nname = \"b\"\n");
+    assert!(
+        e.starts_with("test.toml:3:1: cluster.name: duplicate key"),
+        "{e}"
+    );
+    let e = err("[cluster\n");
+    assert!(e.starts_with("test.toml:1:"), "{e}");
+}
+
+// --- values ------------------------------------------------------------------------------
+
+#[test]
+fn bad_address_names_field_and_format() {
+    let text = format!("{CLUSTER}{}", node("a", 1, "api = \"localhost:8080\"\n"));
+    assert_eq!(
+        err(&text),
+        "test.toml:9:7: nodes[0].api: invalid socket address \"localhost:8080\"; expected IP:PORT such as \"127.0.0.1:7100\" or \"[::1]:7100\" (host names are not resolved)"
+    );
+    let text = format!("{CLUSTER}\n[[nodes]]\nname = \"a\"\nlisten = \"127.0.0.1\"\n");
+    assert!(err(&text).starts_with("test.toml:8:10: nodes[0].listen: invalid socket address"));
+}
+
+#[test]
+fn bad_names_are_rejected() {
+    for bad in ["", "has space", "ünï", &"x".repeat(65), "a/b"] {
+        let text = format!(
+            "{CLUSTER}\n[[nodes]]\nname = \"{bad}\"\nlisten = \"127.0.0.1:1\"\nrole = \"master\"\n"
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("test.toml:7:8: nodes[0].name: invalid node name"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("expected 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+            "{e}"
+        );
+    }
+    let ok = format!(
+        "{CLUSTER}\n[[nodes]]\nname = \"{}\"\nlisten = \"127.0.0.1:1\"\nrole = \"master\"\n",
+        "a.B_9-".repeat(10) + "abcd"
+    );
+    parse(&ok).unwrap();
+    let e = err("[cluster]\nname = \"my cluster\"\ntopology = \"mesh\"\nsecret = \"change-me-please-0123\"\n");
+    assert!(
+        e.starts_with("test.toml:2:8: cluster.name: invalid cluster name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_topology_and_role() {
+    let e = err(
+        "[cluster]\nname = \"d\"\ntopology = \"hypercube\"\nsecret = \"change-me-please-0123\"\n",
+    );
+    assert_eq!(
+        e,
+        "test.toml:3:12: cluster.topology: unknown topology \"hypercube\"; expected one of star, ring, master-ring-slave, mesh, tree, custom"
+    );
+    let text = format!("{CLUSTER}{}", node("a", 1, "role = \"boss\"\n"));
+    assert_eq!(
+        err(&text),
+        "test.toml:9:8: nodes[0].role: unknown role \"boss\"; expected \"master\" or \"worker\""
+    );
+}
+
+#[test]
+fn numbers_out_of_range() {
+    let cases = [
+        ("heartbeat_interval_ms = 5", "5 is out of range; expected an integer from 10 to 60000 (default 1000)"),
+        ("failure_threshold = 1", "1 is out of range; expected an integer from 2 to 100 (default 5)"),
+        ("max_frame_bytes = 100000000", "100000000 is out of range; expected an integer from 1024 to 67108864 (default 1048576)"),
+        ("handshake_timeout_ms = -1", "-1 is out of range; expected an integer from 10 to 60000 (default 5000)"),
+    ];
+    for (line, message) in cases {
+        let text = format!("{CLUSTER}{line}\n{}", node("m", 1, "role = \"master\"\n"));
+        let key = line.split(' ').next().unwrap();
+        let column = line.find('=').unwrap() + 3;
+        assert_eq!(
+            err(&text),
+            format!("test.toml:5:{column}: cluster.{key}: {message}")
+        );
+    }
+    let text = format!(
+        "{CLUSTER}heartbeat_interval_ms = 10\nfailure_threshold = 100\nmax_frame_bytes = 67108864\nhandshake_timeout_ms = 60000\n{}",
+        node("m", 1, "role = \"master\"\n")
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.cluster.max_frame_bytes, 64 << 20);
+}
+
+// --- secrets -----------------------------------------------------------------------------
+
+fn secret_config(secret_lines: &str) -> String {
+    format!(
+        "[cluster]\nname = \"d\"\ntopology = \"mesh\"\n{secret_lines}\n{}",
+        node("a", 1, "")
+    )
+}
+
+#[test]
+fn secret_is_required() {
+    assert_eq!(
+        err(&secret_config("")),
+        "test.toml:1:1: cluster.secret: no cluster secret given; expected exactly one of secret, secret_env or secret_file in [cluster]"
+    );
+}
+
+#[test]
+fn two_secret_sources_conflict() {
+    let e = err(&secret_config(
+        "secret = \"change-me-please-0123\"\nsecret_env = \"X\"",
+    ));
+    assert_eq!(
+        e,
+        "test.toml:5:14: cluster.secret_env: conflicts with cluster.secret (line 4); expected at most one of secret, secret_env or secret_file"
+    );
+    let e = err(&secret_config(
+        "secret = \"change-me-please-0123\"\nservice_key_env = \"A\"\nservice_key_file = \"b\"",
+    ));
+    assert!(e.starts_with("test.toml:6:20: cluster.service_key_file: conflicts with cluster.service_key_env (line 5)"), "{e}");
+}
+
+#[test]
+fn short_secrets_are_rejected() {
+    assert_eq!(
+        err(&secret_config("secret = \"too-short\"")),
+        "test.toml:4:10: cluster.secret: secret is too short (9 bytes); expected a secret of at least 16 bytes"
+    );
+    let e = err(&secret_config(
+        "secret = \"change-me-please-0123\"\nservice_key = \"short\"",
+    ));
+    assert!(
+        e.starts_with("test.toml:5:15: cluster.service_key: secret is too short (5 bytes)"),
+        "{e}"
+    );
+    // Exactly 16 bytes is enough.
+    parse(&secret_config("secret = \"0123456789abcdef\"")).unwrap();
+}
+
+#[test]
+fn secret_from_environment() {
+    let var = "NODECLOUD_CONFIG_TEST_SECRET_PRESENT";
+    std::env::set_var(var, "from-the-environment-0123");
+    let cfg = parse(&secret_config(&format!("secret_env = \"{var}\""))).unwrap();
+    assert_eq!(cfg.cluster.secret.as_bytes(), b"from-the-environment-0123");
+}
+
+#[test]
+fn missing_secret_env_var_names_it() {
+    let var = "NODECLOUD_CONFIG_TEST_SECRET_SURELY_UNSET";
+    assert_eq!(
+        err(&secret_config(&format!("secret_env = \"{var}\""))),
+        format!("test.toml:4:14: cluster.secret_env: environment variable {var} is not set; expected {var} to hold the secret (at least 16 bytes)")
+    );
+    for bad in ["", "A=B"] {
+        let e = err(&secret_config(&format!("secret_env = \"{bad}\"")));
+        assert!(
+            e.contains("cluster.secret_env: invalid environment variable name"),
+            "{e}"
+        );
+    }
+    let e = err(&secret_config("secret_env = \"A\\u0000B\""));
+    assert!(e.contains("invalid environment variable name"), "{e}");
+}
+
+#[test]
+fn secret_from_file_is_relative_to_the_config_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/cluster.key"),
+        "file-secret-0123456789\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("keys/service.key"),
+        "service-secret-0123456\r\n",
+    )
+    .unwrap();
+    let text = secret_config(
+        "secret_file = \"keys/cluster.key\"\nservice_key_file = \"keys/service.key\"",
+    );
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    assert_eq!(cfg.cluster.secret.as_bytes(), b"file-secret-0123456789");
+    assert_eq!(
+        cfg.cluster.service_key.unwrap().as_bytes(),
+        b"service-secret-0123456"
+    );
+    assert_eq!(cfg.source, path.display().to_string());
+}
+
+#[test]
+fn unreadable_secret_file_is_an_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Config::parse(
+        &secret_config("secret_file = \"nope.key\""),
+        "c.toml",
+        dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("c.toml:4:15: cluster.secret_file: cannot read "),
+        "{e}"
+    );
+    assert!(e.contains("nope.key"), "{e}");
+    assert!(
+        e.ends_with("; expected a readable file containing the secret"),
+        "{e}"
+    );
+    // A secret file that holds only a newline is too short, not silently empty.
+    std::fs::write(dir.path().join("empty.key"), "\n").unwrap();
+    let e = Config::parse(
+        &secret_config("secret_file = \"empty.key\""),
+        "c.toml",
+        dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("secret is too short (0 bytes)"), "{e}");
+}
+
+// --- nodes and references --------------------------------------------------------------
+
+#[test]
+fn no_nodes() {
+    assert_eq!(
+        err(CLUSTER),
+        "test.toml:3:12: nodes: no nodes declared; expected at least one [[nodes]] table"
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let text = format!("{}{}", star_text(), node("w1", 7103, ""));
+    assert_eq!(
+        err(&text),
+        "test.toml:23:8: nodes[3].name: duplicate node name \"w1\" (first declared as nodes[1] on line 13); expected a unique name per node"
+    );
+}
+
+#[test]
+fn duplicate_addresses_across_listen_service_and_api() {
+    let text = format!("{}{}", star_text(), node("w3", 7101, ""));
+    assert_eq!(
+        err(&text),
+        "test.toml:24:10: nodes[3].listen: address 127.0.0.1:7101 is already used by nodes[1].listen (line 14); expected a distinct address for every listen, service and api endpoint"
+    );
+    let text = format!(
+        "{}{}",
+        star_text(),
+        node("w3", 7103, "api = \"127.0.0.1:7201\"\n")
+    );
+    assert!(
+        err(&text).starts_with("test.toml:25:7: nodes[3].api: address 127.0.0.1:7201 is already used by nodes[1].service (line 15)"),
+        "{}",
+        err(&text)
+    );
+    // Port 0 means "any free port", so repeating it is fine.
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node("m", 0, "role = \"master\"\n"),
+        node("w", 0, "")
+    );
+    parse(&text).unwrap();
+}
+
+#[test]
+fn duplicate_service_socket() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node("m", 1, "role = \"master\"\nservice_socket = \"/tmp/s\"\n"),
+        node("w", 2, "service_socket = \"/tmp/s\"\n")
+    );
+    assert!(err(&text).starts_with("test.toml:15:18: nodes[1].service_socket: socket path is already used by nodes[0].service_socket (line 10)"));
+}
+
+#[test]
+fn unknown_master_is_reported_at_its_value() {
+    let text = format!("{}{}", star_text(), node("w3", 7103, "master = \"m9\"\n"));
+    assert_eq!(
+        err(&text),
+        "test.toml:25:10: nodes[3].master: unknown node \"m9\"; expected the name of a node declared in [[nodes]]"
+    );
+}
+
+#[test]
+fn unknown_parent_and_fallback() {
+    let text = with_topology(
+        "tree",
+        &format!("{}{}", node("r", 1, ""), node("c", 2, "parent = \"x\"\n")),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:13:10: nodes[1].parent: unknown node \"x\"; expected the name of a node declared in [[nodes]]"
+    );
+    let text = with_topology(
+        "master-ring-slave",
+        &format!(
+            "{}{}",
+            node("m", 1, "role = \"master\"\n"),
+            node(
+                "w",
+                2,
+                "master = \"m\"\nfallback_masters = [\"m\", \"zz\"]\n"
+            )
+        ),
+    );
+    assert!(err(&text)
+        .starts_with("test.toml:15:26: nodes[1].fallback_masters[1]: unknown node \"zz\""));
+}
+
+#[test]
+fn self_references() {
+    let text = format!(
+        "{CLUSTER}{}",
+        node("m", 1, "role = \"master\"\nmaster = \"m\"\n")
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:10:10: nodes[0].master: node \"m\" names itself; expected the name of another node"
+    );
+    let text = with_topology("tree", &node("r", 1, "parent = \"r\"\n"));
+    assert!(err(&text).starts_with("test.toml:9:10: nodes[0].parent: node \"r\" names itself"));
+}
+
+#[test]
+fn fields_a_topology_ignores_are_rejected() {
+    let text = with_topology(
+        "ring",
+        &format!("{}{}", node("a", 1, ""), node("b", 2, "parent = \"a\"\n")),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:13:10: nodes[1].parent: not used by topology \"ring\"; expected parent only with topology tree"
+    );
+    let text = with_topology(
+        "mesh",
+        &format!("{}{}", node("a", 1, ""), node("b", 2, "master = \"a\"\n")),
+    );
+    assert!(err(&text).contains("nodes[1].master: not used by topology \"mesh\""));
+    let text = format!(
+        "{}{}",
+        star_text(),
+        node("w3", 7103, "fallback_masters = [\"master\"]\n")
+    );
+    assert!(err(&text)
+        .starts_with("test.toml:25:21: nodes[3].fallback_masters: not used by topology \"star\""));
+}
+
+// --- links -------------------------------------------------------------------------------
+
+fn custom_text(nodes: &[&str], links: &[(&str, &str)]) -> String {
+    let mut text = with_topology("custom", "");
+    for (i, n) in nodes.iter().enumerate() {
+        text += &node(n, 7700 + i as u16, "");
+    }
+    for (from, to) in links {
+        text += &format!("\n[[links]]\nfrom = \"{from}\"\nto = \"{to}\"\n");
+    }
+    text
+}
+
+#[test]
+fn links_only_with_custom() {
+    let text = format!("{}\n[[links]]\nfrom = \"w1\"\nto = \"w2\"\n", star_text());
+    assert_eq!(
+        err(&text),
+        "test.toml:22:1: links[0]: [[links]] given with topology \"star\", which plans its own links; expected [[links]] only with topology = \"custom\""
+    );
+}
+
+#[test]
+fn custom_links_must_name_declared_distinct_nodes() {
+    // Nodes a, b at lines 6 and 10; links start at line 14.
+    assert_eq!(
+        err(&custom_text(&["a", "b"], &[("a", "c")])),
+        "test.toml:16:6: links[0].to: unknown node \"c\"; expected the name of a node declared in [[nodes]]"
+    );
+    assert_eq!(
+        err(&custom_text(&["a", "b"], &[("a", "b"), ("b", "b")])),
+        "test.toml:20:6: links[1].to: link from \"b\" to itself; expected two different nodes"
+    );
+}
+
+#[test]
+fn duplicate_links_in_either_direction() {
+    assert_eq!(
+        err(&custom_text(&["a", "b"], &[("a", "b"), ("a", "b")])),
+        "test.toml:18:1: links[1]: \"a\" and \"b\" are already linked by links[0] (line 14); expected at most one link per pair of nodes, in either direction"
+    );
+    assert!(err(&custom_text(&["a", "b"], &[("a", "b"), ("b", "a")]))
+        .starts_with("test.toml:18:1: links[1]: \"b\" and \"a\" are already linked by links[0]"));
+}
+
+#[test]
+fn custom_requires_links_unless_single_node() {
+    assert_eq!(
+        err(&custom_text(&["a", "b"], &[])),
+        "test.toml:3:12: links: custom topology without [[links]]; expected [[links]] tables (from = \"a\", to = \"b\") joining every node"
+    );
+    parse(&custom_text(&["solo"], &[])).unwrap();
+}
+
+#[test]
+fn custom_graph_must_be_connected() {
+    let text = custom_text(&["a", "b", "c", "d"], &[("a", "b"), ("c", "d")]);
+    assert_eq!(
+        err(&text),
+        "test.toml:14:1: nodes[2]: node \"c\" cannot be reached from \"a\" over the planned links; expected a connected cluster (add [[links]] joining it to the others)"
+    );
+    let cfg = parse(&custom_text(&["a", "b", "c"], &[("a", "b"), ("c", "b")])).unwrap();
+    assert_eq!(
+        cfg.links,
+        [
+            LinkConfig {
+                from: "a".into(),
+                to: "b".into()
+            },
+            LinkConfig {
+                from: "c".into(),
+                to: "b".into()
+            }
+        ]
+    );
+}
+
+// --- per-topology rules ----------------------------------------------------------------
+
+#[test]
+fn star_needs_exactly_one_master() {
+    let text = format!("{CLUSTER}{}{}", node("a", 1, ""), node("b", 2, ""));
+    assert_eq!(
+        err(&text),
+        "test.toml:3:12: cluster.topology: star topology without a master; expected exactly one node with role = \"master\""
+    );
+    let text = format!("{}{}", star_text(), node("m2", 7103, "role = \"master\"\n"));
+    assert_eq!(
+        err(&text),
+        "test.toml:25:8: nodes[3].role: a second master (the first is \"master\"); expected exactly one master in a star; the other nodes are workers"
+    );
+}
+
+#[test]
+fn star_worker_master_must_be_the_master() {
+    let text = format!("{}{}", star_text(), node("w3", 7103, "master = \"w1\"\n"));
+    assert_eq!(
+        err(&text),
+        "test.toml:25:10: nodes[3].master: \"w1\" is not the star's master; expected no master field, or master = \"master\""
+    );
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node("m", 1, "role = \"master\"\nmaster = \"w\"\n"),
+        node("w", 2, "")
+    );
+    assert!(err(&text)
+        .starts_with("test.toml:10:10: nodes[0].master: the star's master joins no other node"));
+}
+
+#[test]
+fn ring_needs_two_nodes() {
+    let text = with_topology("ring", &node("a", 1, ""));
+    assert_eq!(
+        err(&text),
+        "test.toml:3:12: cluster.topology: a ring of 1 node; expected at least 2 nodes for topology \"ring\""
+    );
+    parse(&with_topology(
+        "ring",
+        &format!("{}{}", node("a", 1, ""), node("b", 2, "")),
+    ))
+    .unwrap();
+}
+
+#[test]
+fn mesh_accepts_any_number_of_nodes() {
+    parse(&with_topology("mesh", &node("a", 1, ""))).unwrap();
+    let nodes: String = (0..10)
+        .map(|i| node(&format!("n{i}"), 7000 + i, ""))
+        .collect();
+    assert_eq!(
+        parse(&with_topology("mesh", &nodes)).unwrap().nodes.len(),
+        10
+    );
+}
+
+#[test]
+fn tree_needs_one_root() {
+    let text = with_topology(
+        "tree",
+        &format!(
+            "{}{}{}",
+            node("r1", 1, ""),
+            node("c", 2, "parent = \"r1\"\n"),
+            node("r2", 3, "")
+        ),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:15:1: nodes[2].parent: \"r2\" is a second root (no parent; the first root is \"r1\"); expected exactly one node without parent in a tree"
+    );
+}
+
+#[test]
+fn tree_cycle_is_named() {
+    let text = with_topology(
+        "tree",
+        &format!(
+            "{}{}{}{}",
+            node("root", 1, ""),
+            node("a", 2, "parent = \"c\"\n"),
+            node("b", 3, "parent = \"a\"\n"),
+            node("c", 4, "parent = \"b\"\n"),
+        ),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:13:10: nodes[1].parent: parent cycle a -> c -> b -> a; expected parents that lead to a single root"
+    );
+    // Without any root the cycle is still what gets reported.
+    let text = with_topology(
+        "tree",
+        &format!(
+            "{}{}",
+            node("x", 1, "parent = \"y\"\n"),
+            node("y", 2, "parent = \"x\"\n")
+        ),
+    );
+    assert!(
+        err(&text).contains("nodes[0].parent: parent cycle x -> y -> x"),
+        "{}",
+        err(&text)
+    );
+}
+
+fn mrs_text(extra_nodes: &str) -> String {
+    with_topology(
+        "master-ring-slave",
+        &format!(
+            "{}{}{extra_nodes}",
+            node("m1", 1, "role = \"master\"\n"),
+            node("m2", 2, "role = \"master\"\n")
+        ),
+    )
+}
+
+#[test]
+fn master_ring_slave_valid() {
+    let cfg = parse(&mrs_text(&node(
+        "w",
+        3,
+        "master = \"m1\"\nfallback_masters = [\"m2\"]\n",
+    )))
+    .unwrap();
+    assert_eq!(topology::plan(&cfg).links.len(), 2);
+}
+
+#[test]
+fn master_ring_slave_needs_a_master() {
+    let text = with_topology("master-ring-slave", &node("w", 1, ""));
+    assert!(err(&text).starts_with(
+        "test.toml:3:12: cluster.topology: master-ring-slave topology without a master"
+    ));
+}
+
+#[test]
+fn master_ring_slave_worker_needs_a_master_that_is_a_master() {
+    assert_eq!(
+        err(&mrs_text(&node("w", 3, ""))),
+        "test.toml:16:1: nodes[2].master: worker \"w\" has no master; expected master = the name of a node with role = \"master\""
+    );
+    let text = mrs_text(&format!(
+        "{}{}",
+        node("w", 3, "master = \"m1\"\n"),
+        node("v", 4, "master = \"w\"\n")
+    ));
+    assert_eq!(
+        err(&text),
+        "test.toml:24:10: nodes[3].master: \"w\" is not a master; expected the name of a node with role = \"master\""
+    );
+}
+
+#[test]
+fn master_ring_slave_fallbacks() {
+    let cases = [
+        ("[\"m2\", \"w0\"]", "nodes[3].fallback_masters[1]: \"w0\" is not a master"),
+        ("[\"m1\"]", "nodes[3].fallback_masters[0]: \"m1\" is already the primary master"),
+        ("[\"m2\", \"m2\"]", "nodes[3].fallback_masters[1]: \"m2\" is listed twice; expected distinct fallback masters"),
+    ];
+    for (list, message) in cases {
+        let text = mrs_text(&format!(
+            "{}{}",
+            node("w0", 3, "master = \"m1\"\n"),
+            node(
+                "w",
+                4,
+                &format!("master = \"m1\"\nfallback_masters = {list}\n")
+            )
+        ));
+        let e = err(&text);
+        assert!(e.starts_with("test.toml:25:"), "{e}");
+        assert!(e.contains(message), "{e}");
+    }
+}
+
+#[test]
+fn master_ring_slave_masters_take_no_master_fields() {
+    let text = with_topology(
+        "master-ring-slave",
+        &format!(
+            "{}{}",
+            node("m1", 1, "role = \"master\"\n"),
+            node("m2", 2, "role = \"master\"\nmaster = \"m1\"\n")
+        ),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:15:10: nodes[1].master: set on a master, which joins the master ring instead; expected master only on workers"
+    );
+}
+
+// --- files and robustness --------------------------------------------------------------
+
+#[test]
+fn load_reports_missing_file() {
+    let e = Config::load(Path::new("/definitely/not/here.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Io { .. }));
+    let e = e.to_string();
+    assert!(
+        e.starts_with("/definitely/not/here.toml: cannot read config file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn error_details_are_structured() {
+    let e = parse(&format!(
+        "{}{}",
+        star_text(),
+        node("w3", 7103, "master = \"m9\"\n")
+    ))
+    .unwrap_err();
+    let detail = e.detail().unwrap();
+    assert!(matches!(e, ConfigError::Invalid(_)));
+    assert_eq!(
+        detail.at,
+        Location {
+            file: "test.toml".into(),
+            line: Some(25),
+            column: Some(10)
+        }
+    );
+    assert_eq!(detail.field, "nodes[3].master");
+    assert!(matches!(parse("x = ").unwrap_err(), ConfigError::Toml(_)));
+}
+
+#[test]
+fn columns_count_characters_and_crlf_works() {
+    let text = "[cluster]\r\nname = \"démo\" # é\r\nzz = 1\r\n";
+    assert!(err(text).starts_with("test.toml:3:1: cluster.zz: unknown field"));
+    let text = "cluster = { name = \"é\", zz = 1 }\n";
+    assert!(
+        err(text).starts_with("test.toml:1:25: cluster.zz: unknown field"),
+        "{}",
+        err(text)
+    );
+    assert_eq!(line_col("aé\nxyz", 5), (2, 2));
+    assert_eq!(line_col("abc", 100), (1, 4));
+    assert_eq!(line_col("", 0), (1, 1));
+}
+
+#[test]
+fn truncated_and_garbage_input_never_panics() {
+    let text = star_text() + "\n[[links]]\nfrom = \"w1\"\nto = \"w2\"\n";
+    for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+        let _ = parse(&text[..end]);
+    }
+    for garbage in [
+        "\u{0}",
+        "[[",
+        "]]",
+        "[cluster]\n[cluster.x]\n",
+        "nodes = 5",
+        "nodes = [1]",
+        "[a.b.c]\n[[a.b]]",
+        "\u{feff}",
+        "= = =",
+        "[\"cluster\"]\nname = 1",
+    ] {
+        let _ = parse(garbage);
+    }
+}
+
+#[test]
+fn shipped_config_files_parse_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(cfg.cluster.topology.to_string(), stem, "{}", path.display());
+        let plan = topology::plan(&cfg);
+        let graph = plan.graph();
+        assert_eq!(
+            graph.reachable_from(&cfg.nodes[0].name).len(),
+            cfg.nodes.len()
+        );
+        assert!(topology::describe(&cfg, &plan).lines().count() == cfg.nodes.len() + 1);
+        seen.push((stem, cfg.nodes.len(), plan.links.len()));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("custom".to_string(), 6, 7),
+            ("master-ring-slave".into(), 9, 9),
+            ("mesh".into(), 5, 10),
+            ("ring".into(), 6, 6),
+            ("star".into(), 4, 3),
+            ("tree".into(), 7, 6),
+        ]
+    );
+}
+
+#[test]
+fn toml_messages_use_toml_terms_and_find_the_field() {
+    assert_eq!(
+        err("nodes = 5"),
+        "test.toml:1:9: nodes: invalid type: integer `5`; expected an array"
+    );
+    assert_eq!(
+        err("nodes = [1]"),
+        "test.toml:1:10: nodes: invalid type: integer `1`; expected a table"
+    );
+    assert_eq!(
+        err("x = "),
+        "test.toml:1:5: x: invalid TOML syntax; expected valid TOML for this value"
+    );
+    // A value inside a multi-line array is attributed to the array's key.
+    let text = format!("{}fallback_masters = [\n  \"x\",\n  3,\n]\n", star_text());
+    assert_eq!(
+        err(&text),
+        "test.toml:23:3: nodes[2].fallback_masters: invalid type: integer `3`; expected a string"
+    );
+    assert!(err("[cluster]\n[cluster.x]\n").starts_with("test.toml:2:10: cluster.x: unknown field"));
+    let e = err("[cluster]\nheartbeat_interval_ms = 99999999999999999999999\n");
+    assert!(
+        e.starts_with("test.toml:2:25: cluster.heartbeat_interval_ms: "),
+        "{e}"
+    );
+}

@@ -30,7 +30,11 @@ pub struct Dedup {
 impl Dedup {
     /// Track up to twice the configured node count, so restarted nodes' old incarnations fit.
     pub fn new(nodes: usize) -> Self {
-        Dedup { origins: HashMap::new(), max_origins: (nodes * 2).max(8), clock: 0 }
+        Dedup {
+            origins: HashMap::new(),
+            max_origins: (nodes * 2).max(8),
+            clock: 0,
+        }
     }
 
     /// True the first time `(origin, id)` is offered, false for a duplicate.
@@ -66,7 +70,12 @@ impl Dedup {
     }
 
     fn forget_oldest(&mut self) {
-        if let Some(oldest) = self.origins.iter().min_by_key(|(_, w)| w.last_used).map(|(k, _)| *k) {
+        if let Some(oldest) = self
+            .origins
+            .iter()
+            .min_by_key(|(_, w)| w.last_used)
+            .map(|(k, _)| *k)
+        {
             self.origins.remove(&oldest);
         }
     }
@@ -85,7 +94,10 @@ mod tests {
         }
         assert!(!d.first_sighting(o, 9_999));
         assert!(!d.first_sighting(o, 9_000));
-        assert!(!d.first_sighting(o, 1), "ids older than the window count as seen");
+        assert!(
+            !d.first_sighting(o, 1),
+            "ids older than the window count as seen"
+        );
     }
 
     #[test]

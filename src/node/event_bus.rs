@@ -61,7 +61,10 @@ impl<E: Event> Subscriber for TypedSubscriber<E> {
             Ok(e) => e,
             Err(e) => return Delivered::Undecodable(e),
         };
-        match self.recipient.try_send(Delivery { from: from.clone(), event }) {
+        match self.recipient.try_send(Delivery {
+            from: from.clone(),
+            event,
+        }) {
             Ok(()) => Delivered::Sent,
             Err(SendError::Full(msg)) => {
                 let recipient = self.recipient.clone();
@@ -101,13 +104,22 @@ pub struct EventBus {
 
 impl EventBus {
     pub fn new(shared: Arc<NodeShared>) -> Self {
-        EventBus { shared, topics: HashMap::new(), pending: VecDeque::new(), cursor: 0, undecodable: 0 }
+        EventBus {
+            shared,
+            topics: HashMap::new(),
+            pending: VecDeque::new(),
+            cursor: 0,
+            undecodable: 0,
+        }
     }
 
     /// Offer pending envelopes to subscribers until done or a mailbox is full.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         while let Some(env) = self.pending.pop_front() {
-            let from = NodeId { name: env.origin.clone(), incarnation: env.origin_incarnation };
+            let from = NodeId {
+                name: env.origin.clone(),
+                incarnation: env.origin_incarnation,
+            };
             loop {
                 let i = self.cursor;
                 let Some((id, sub)) = self.topics.get(&env.topic).and_then(|v| v.get(i)) else {
@@ -192,7 +204,10 @@ impl Handler<Subscribe> for EventBus {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         // The caller counted the topic in `local_topics` already, synchronously, so a publish
         // right after `subscribe` returns is delivered here.
-        self.topics.entry(msg.topic).or_default().push((msg.id, msg.subscriber));
+        self.topics
+            .entry(msg.topic)
+            .or_default()
+            .push((msg.id, msg.subscriber));
     }
 }
 

@@ -39,7 +39,14 @@ impl PeerListener {
         membership: Addr<Membership>,
         bus: Addr<EventBus>,
     ) -> Self {
-        PeerListener { shared, listener: Some(listener), router, membership, bus, pending: 0 }
+        PeerListener {
+            shared,
+            listener: Some(listener),
+            router,
+            membership,
+            bus,
+            pending: 0,
+        }
     }
 }
 
@@ -49,16 +56,26 @@ pub(crate) fn admit(shared: &NodeShared, hello: &Hello) -> Result<(), String> {
         return Err(format!("node {:?} cannot link to itself", hello.node));
     }
     if shared.config.node(&hello.node).is_none() {
-        return Err(format!("node {:?} is not in this cluster's configuration", hello.node));
+        return Err(format!(
+            "node {:?} is not in this cluster's configuration",
+            hello.node
+        ));
     }
     if !shared.plan.neighbours_allowed(shared.name(), &hello.node) {
-        return Err(format!("node {:?} is not configured to link to {:?}", hello.node, shared.name()));
+        return Err(format!(
+            "node {:?} is not configured to link to {:?}",
+            hello.node,
+            shared.name()
+        ));
     }
     Ok(())
 }
 
 type Accepted = std::io::Result<(TcpStream, SocketAddr)>;
-type Handshaken = (Framed<TcpStream, FrameCodec>, Result<PeerInfo, HandshakeError>);
+type Handshaken = (
+    Framed<TcpStream, FrameCodec>,
+    Result<PeerInfo, HandshakeError>,
+);
 
 impl Actor for PeerListener {
     type Context = Context<Self>;
@@ -92,7 +109,10 @@ impl StreamHandler<Accepted> for PeerListener {
         let handshake = async move {
             let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let deadline = shared.config.cluster.handshake_timeout;
-            let result = wire::accept(&mut framed, &shared.identity, deadline, |h| admit(&shared, h)).await;
+            let result = wire::accept(&mut framed, &shared.identity, deadline, |h| {
+                admit(&shared, h)
+            })
+            .await;
             (framed, result)
         };
         ctx.spawn(handshake.into_actor(self).map(move |(framed, result): Handshaken, act, ctx| {

@@ -22,14 +22,22 @@ pub struct Master {
 
 impl Master {
     pub fn new(shared: Arc<NodeShared>, membership: Addr<Membership>) -> Self {
-        Master { shared, membership, n: 0 }
+        Master {
+            shared,
+            membership,
+            n: 0,
+        }
     }
 
     fn tick(&mut self) {
         self.n += 1;
         self.membership.do_send(HeartbeatReceived {
             via: self.shared.name().to_owned(),
-            heartbeat: Heartbeat { master: self.shared.name().to_owned(), incarnation: self.shared.incarnation, n: self.n },
+            heartbeat: Heartbeat {
+                master: self.shared.name().to_owned(),
+                incarnation: self.shared.incarnation,
+                n: self.n,
+            },
         });
     }
 }

@@ -49,7 +49,10 @@ pub struct MembershipView {
 
 impl MembershipView {
     pub fn alone(me: &str) -> Self {
-        MembershipView { me: me.to_owned(), members: BTreeMap::new() }
+        MembershipView {
+            me: me.to_owned(),
+            members: BTreeMap::new(),
+        }
     }
 
     /// Whether `name` is up (this node counts as up).
@@ -59,13 +62,31 @@ impl MembershipView {
 
     /// The other nodes that are up, by name.
     pub fn up(&self) -> impl Iterator<Item = &str> {
-        self.members.keys().map(String::as_str).filter(move |n| *n != self.me)
+        self.members
+            .keys()
+            .map(String::as_str)
+            .filter(move |n| *n != self.me)
     }
 
     /// The name of the node running `incarnation`, if it is up.
     pub fn resolve(&self, incarnation: Uuid) -> Option<&str> {
-        self.members.values().find(|m| m.incarnation == incarnation).map(|m| m.name.as_str())
+        self.members
+            .values()
+            .find(|m| m.incarnation == incarnation)
+            .map(|m| m.name.as_str())
     }
+}
+
+/// Replace the shared view if it changed (watchers wake only on a change).
+pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
+    shared.view.send_if_modified(|current| {
+        if **current == view {
+            false
+        } else {
+            *current = Arc::new(view);
+            true
+        }
+    });
 }
 
 #[derive(Message)]
@@ -104,7 +125,6 @@ pub struct Membership {
     my_links: BTreeSet<String>,
     version: u64,
     up: BTreeSet<String>,
-    graph: Graph,
     last_announce: Option<Instant>,
     last_tick: Option<Instant>,
     ticks_seen: HashMap<String, (Uuid, u64)>,
@@ -122,7 +142,6 @@ impl Membership {
             my_links: BTreeSet::new(),
             version: 0,
             up: BTreeSet::new(),
-            graph: Graph::new(),
             last_announce: None,
             last_tick: None,
             ticks_seen: HashMap::new(),
@@ -148,7 +167,9 @@ impl Membership {
         };
         let table = self.shared.routes.load();
         for link in table.links().filter(|l| Some(l.peer.as_str()) != except) {
-            let _ = link.tx.try_send(super::session::Outbound::Frame(frame.clone()));
+            let _ = link
+                .tx
+                .try_send(super::session::Outbound::Frame(frame.clone()));
         }
     }
 
@@ -170,7 +191,10 @@ impl Membership {
 
     fn fresh(&self, name: &str) -> Option<&Status> {
         let timeout = self.shared.failure_timeout();
-        self.statuses.get(name).filter(|k| k.received.elapsed() <= timeout).map(|k| &k.status)
+        self.statuses
+            .get(name)
+            .filter(|k| k.received.elapsed() <= timeout)
+            .map(|k| &k.status)
     }
 
     /// Recompute reachability; log and publish what changed.
@@ -185,7 +209,9 @@ impl Membership {
             }
         }
         for name in self.statuses.keys() {
-            let Some(status) = self.fresh(name) else { continue };
+            let Some(status) = self.fresh(name) else {
+                continue;
+            };
             for other in status.links.iter().filter(|o| **o != me) {
                 if self.fresh(other).is_some_and(|s| reports(s, name)) {
                     all.add_edge(name, other);
@@ -207,17 +233,17 @@ impl Membership {
         for new in up.difference(&self.up) {
             tracing::info!(node = %me, "membership: {new} up");
         }
-        if graph != self.graph {
-            self.graph = graph.clone();
-            if let Some(router) = &self.router {
-                router.do_send(GraphChanged(graph));
-            }
-        }
         self.up = up;
-        self.publish_view();
+        let view = self.view();
+        match &self.router {
+            // The Router installs the routes, then publishes the view: whoever sees a node up
+            // can already route to it.
+            Some(router) => router.do_send(GraphChanged { graph, view }),
+            None => publish_view(&self.shared, view),
+        }
     }
 
-    fn publish_view(&self) {
+    fn view(&self) -> MembershipView {
         let mut members = BTreeMap::new();
         members.insert(
             self.shared.name().to_owned(),
@@ -243,15 +269,10 @@ impl Membership {
                 );
             }
         }
-        let view = MembershipView { me: self.shared.name().to_owned(), members };
-        self.shared.view.send_if_modified(|current| {
-            if **current == view {
-                false
-            } else {
-                *current = Arc::new(view);
-                true
-            }
-        });
+        MembershipView {
+            me: self.shared.name().to_owned(),
+            members,
+        }
     }
 
     fn on_status(&mut self, via: String, mut status: Status) {
@@ -275,7 +296,13 @@ impl Membership {
             k.status.links != status.links || k.status.incarnation != status.incarnation
         }) || !self.up.contains(&status.node);
         let name = status.node.clone();
-        self.statuses.insert(name, Known { status, received: Instant::now() });
+        self.statuses.insert(
+            name,
+            Known {
+                status,
+                received: Instant::now(),
+            },
+        );
         if changed {
             self.recompute();
         }
@@ -293,10 +320,14 @@ impl Membership {
         if !newer {
             return;
         }
-        self.ticks_seen.insert(hb.master.clone(), (hb.incarnation, hb.n));
+        self.ticks_seen
+            .insert(hb.master.clone(), (hb.incarnation, hb.n));
         self.flood(&Message::Heartbeat(hb), Some(&via));
         self.last_tick = Some(Instant::now());
-        if self.last_announce.is_none_or(|t| t.elapsed() >= self.interval() / 2) {
+        if self
+            .last_announce
+            .is_none_or(|t| t.elapsed() >= self.interval() / 2)
+        {
             self.announce();
         }
     }
@@ -318,7 +349,7 @@ impl Actor for Membership {
         ctx.run_interval(self.interval(), |act, ctx| {
             guard("membership", ctx, |_| act.tick());
         });
-        self.publish_view();
+        publish_view(&self.shared, self.view());
     }
 }
 
@@ -362,6 +393,8 @@ impl Handler<HeartbeatReceived> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: HeartbeatReceived, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| self.on_heartbeat(msg.via, msg.heartbeat));
+        guard("membership", ctx, |_| {
+            self.on_heartbeat(msg.via, msg.heartbeat)
+        });
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::membership::{LinksChanged, Membership};
+use super::membership::{publish_view, LinksChanged, Membership, MembershipView};
 use super::session::{Close, LinkHandle};
 use super::shared::NodeShared;
 use crate::topology::{Graph, Routes};
@@ -30,7 +30,10 @@ impl RouteTable {
     pub fn empty(me: &str) -> Self {
         let mut g = Graph::new();
         g.add_node(me);
-        RouteTable { routes: g.routes_from(me), links: HashMap::new() }
+        RouteTable {
+            routes: g.routes_from(me),
+            links: HashMap::new(),
+        }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -48,7 +51,12 @@ impl RouteTable {
     /// The links `env` leaves this node on (never the one it `arrived_on`).
     pub fn next_links(&self, env: &Envelope, arrived_on: Option<&str>) -> Vec<&LinkHandle> {
         let hops: Vec<&str> = match &env.target {
-            None => self.routes.broadcast_next(&env.origin).iter().map(String::as_str).collect(),
+            None => self
+                .routes
+                .broadcast_next(&env.origin)
+                .iter()
+                .map(String::as_str)
+                .collect(),
             Some(t) if t == self.routes.me() => Vec::new(),
             Some(t) => self.routes.next_hop(t).into_iter().collect(),
         };
@@ -77,10 +85,14 @@ pub struct LinkDown {
     pub link_id: u64,
 }
 
-/// Membership's live graph changed.
+/// Membership's live graph or view changed. The Router installs the routes first, then
+/// publishes the view.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct GraphChanged(pub Graph);
+pub struct GraphChanged {
+    pub graph: Graph,
+    pub view: MembershipView,
+}
 
 /// Close every link (shutdown): each session says `bye` first. Resolves once every link is
 /// down, or after `CLOSE_DRAIN` at the latest.
@@ -104,11 +116,20 @@ impl Router {
     pub fn new(shared: Arc<NodeShared>, membership: Addr<Membership>) -> Self {
         let mut graph = Graph::new();
         graph.add_node(shared.name());
-        Router { shared, membership, links: HashMap::new(), graph, drained: Vec::new() }
+        Router {
+            shared,
+            membership,
+            links: HashMap::new(),
+            graph,
+            drained: Vec::new(),
+        }
     }
 
     fn publish(&self) {
-        let table = RouteTable { routes: self.graph.routes_from(self.shared.name()), links: self.links.clone() };
+        let table = RouteTable {
+            routes: self.graph.routes_from(self.shared.name()),
+            links: self.links.clone(),
+        };
         self.shared.routes.store(Arc::new(table));
     }
 
@@ -129,7 +150,8 @@ impl Handler<LinkUp> for Router {
 
     fn handle(&mut self, LinkUp(link): LinkUp, _: &mut Context<Self>) {
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
-            old.addr.do_send(Close("replaced by a newer link to the same node".into()));
+            old.addr
+                .do_send(Close("replaced by a newer link to the same node".into()));
         }
         self.publish();
         self.links_changed();
@@ -141,7 +163,11 @@ impl Handler<LinkDown> for Router {
 
     fn handle(&mut self, msg: LinkDown, _: &mut Context<Self>) {
         // A replaced link reports down after its successor is up: keep the successor.
-        if self.links.get(&msg.peer).is_some_and(|l| l.link_id == msg.link_id) {
+        if self
+            .links
+            .get(&msg.peer)
+            .is_some_and(|l| l.link_id == msg.link_id)
+        {
             self.links.remove(&msg.peer);
             self.publish();
             self.links_changed();
@@ -158,10 +184,11 @@ impl Handler<GraphChanged> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: GraphChanged, _: &mut Context<Self>) {
-        if msg.0 != self.graph {
-            self.graph = msg.0;
+        if msg.graph != self.graph {
+            self.graph = msg.graph;
             self.publish();
         }
+        publish_view(&self.shared, msg.view);
     }
 }
 

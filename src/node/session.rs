@@ -32,8 +32,8 @@ use super::router::{LinkDown, LinkUp, Router};
 use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::supervision::guard;
 use crate::wire::{
-    encode_event, encode_message, Bye, EncodedMessage, ErrorFrame, Frame, FrameCodec, Message, PeerInfo, Ping,
-    WireError,
+    encode_event, encode_message, Bye, EncodedMessage, ErrorFrame, Frame, FrameCodec, Message,
+    PeerInfo, Ping, WireError,
 };
 
 /// What a link's writer task is asked to do.
@@ -121,7 +121,13 @@ type ReadBatch = Vec<Result<Frame, WireError>>;
 impl Session {
     /// Start a session on an authenticated connection. `codec` carries the handshake's
     /// sequence numbers; `leftover` holds bytes the handshake read past its last frame.
-    pub fn start<R, W>(p: SessionParams, read: R, write: W, mut codec: FrameCodec, leftover: BytesMut) -> Addr<Session>
+    pub fn start<R, W>(
+        p: SessionParams,
+        read: R,
+        write: W,
+        mut codec: FrameCodec,
+        leftover: BytesMut,
+    ) -> Addr<Session>
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
@@ -160,7 +166,9 @@ impl Session {
             Ok(frame) => {
                 let _ = self.tx.try_send(Outbound::Frame(frame));
             }
-            Err(e) => tracing::error!(node = %self.p.shared.name(), "cannot encode {}: {e}", msg.kind()),
+            Err(e) => {
+                tracing::error!(node = %self.p.shared.name(), "cannot encode {}: {e}", msg.kind())
+            }
         }
     }
 
@@ -169,21 +177,35 @@ impl Session {
         if !self.closing {
             tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
                 "closing link: {reason}");
-            self.send(&Message::Error(ErrorFrame { code: code.to_owned(), message: reason }));
+            self.send(&Message::Error(ErrorFrame {
+                code: code.to_owned(),
+                message: reason,
+            }));
             self.closing = true;
         }
         ctx.stop();
     }
 
-    fn on_message(&mut self, msg: Message, local: &mut Vec<crate::wire::Envelope>, ctx: &mut Context<Self>) {
+    fn on_message(
+        &mut self,
+        msg: Message,
+        local: &mut Vec<crate::wire::Envelope>,
+        ctx: &mut Context<Self>,
+    ) {
         match msg {
             Message::Event(env) => self.on_event(env, local, ctx),
             Message::Status(status) => {
                 // Periodic and superseded by the next one: dropping under load is safe.
-                let _ = self.p.membership.try_send(StatusReceived { via: self.peer().to_owned(), status });
+                let _ = self.p.membership.try_send(StatusReceived {
+                    via: self.peer().to_owned(),
+                    status,
+                });
             }
             Message::Heartbeat(hb) => {
-                let _ = self.p.membership.try_send(HeartbeatReceived { via: self.peer().to_owned(), heartbeat: hb });
+                let _ = self.p.membership.try_send(HeartbeatReceived {
+                    via: self.peer().to_owned(),
+                    heartbeat: hb,
+                });
             }
             Message::Ping(p) => self.send(&Message::Pong(p)),
             Message::Pong(p) => {
@@ -204,13 +226,25 @@ impl Session {
                 self.closing = true;
                 ctx.stop();
             }
-            other @ (Message::Hello(_) | Message::HelloAck(_) | Message::Auth(_) | Message::Welcome(_)) => {
-                self.fail(ctx, "unexpected_message", format!("{} after the handshake", other.kind()));
+            other @ (Message::Hello(_)
+            | Message::HelloAck(_)
+            | Message::Auth(_)
+            | Message::Welcome(_)) => {
+                self.fail(
+                    ctx,
+                    "unexpected_message",
+                    format!("{} after the handshake", other.kind()),
+                );
             }
         }
     }
 
-    fn on_event(&mut self, mut env: crate::wire::Envelope, local: &mut Vec<crate::wire::Envelope>, ctx: &mut Context<Self>) {
+    fn on_event(
+        &mut self,
+        mut env: crate::wire::Envelope,
+        local: &mut Vec<crate::wire::Envelope>,
+        ctx: &mut Context<Self>,
+    ) {
         self.counters.events_in.fetch_add(1, Ordering::Relaxed);
         if env.target.is_none() {
             let fresh = self
@@ -234,7 +268,8 @@ impl Session {
                         for link in next {
                             if !link.try_send_event(frame.clone()) {
                                 // Full: wait for room, pausing this link's reads (backpressure).
-                                let (tx, frame, counters) = (link.tx.clone(), frame.clone(), link.counters.clone());
+                                let (tx, frame, counters) =
+                                    (link.tx.clone(), frame.clone(), link.counters.clone());
                                 ctx.wait(
                                     async move {
                                         if tx.send(Outbound::Frame(frame)).await.is_ok() {
@@ -246,7 +281,9 @@ impl Session {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(node = %self.p.shared.name(), "cannot re-encode an event to relay: {e}"),
+                    Err(e) => {
+                        tracing::warn!(node = %self.p.shared.name(), "cannot re-encode an event to relay: {e}")
+                    }
                 }
             }
         } else if table.next_links(&env, Some(self.peer())).first().is_some() {
@@ -260,7 +297,11 @@ impl Session {
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let silent = self.last_inbound.elapsed();
         if silent > self.p.shared.failure_timeout() {
-            self.fail(ctx, "timeout", format!("no frame from the peer for {} ms", silent.as_millis()));
+            self.fail(
+                ctx,
+                "timeout",
+                format!("no frame from the peer for {} ms", silent.as_millis()),
+            );
             return;
         }
         self.pings_sent += 1;
@@ -274,7 +315,9 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
-        ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| {
+            act.heartbeat(ctx)
+        });
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
         self.p.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
@@ -293,9 +336,15 @@ impl Actor for Session {
                 w.abort();
             }
         }
-        self.p.router.do_send(LinkDown { peer: self.p.peer.node.clone(), link_id: self.link_id });
+        self.p.router.do_send(LinkDown {
+            peer: self.p.peer.node.clone(),
+            link_id: self.link_id,
+        });
         if let Some(owner) = &self.p.owner {
-            owner.do_send(SessionClosed { peer: self.p.peer.node.clone(), link_id: self.link_id });
+            owner.do_send(SessionClosed {
+                peer: self.p.peer.node.clone(),
+                link_id: self.link_id,
+            });
         }
     }
 }
@@ -310,7 +359,8 @@ impl StreamHandler<ReadBatch> for Session {
             }
             match item {
                 Ok(Frame(_, msg)) => {
-                    if guard("session", ctx, |ctx| self.on_message(msg, &mut local, ctx)).is_none() {
+                    if guard("session", ctx, |ctx| self.on_message(msg, &mut local, ctx)).is_none()
+                    {
                         self.closing = true;
                     }
                 }

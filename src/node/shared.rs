@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::dedup::Dedup;
@@ -46,8 +46,8 @@ pub struct NodeShared {
     next_event_id: AtomicU64,
     next_link_id: AtomicU64,
     degraded: AtomicBool,
-    /// Fired once when the node must shut down (a signal, or an escalation).
-    pub shutdown: Notify,
+    /// Set once when the node must shut down (an escalation); every waiter sees it.
+    stop: watch::Sender<bool>,
 }
 
 impl NodeShared {
@@ -82,7 +82,7 @@ impl NodeShared {
             next_event_id: AtomicU64::new(0),
             next_link_id: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
-            shutdown: Notify::new(),
+            stop: watch::channel(false).0,
         })
     }
 
@@ -115,7 +115,13 @@ impl NodeShared {
     pub fn escalate(&self, actor: &str) {
         self.degraded.store(true, Ordering::Relaxed);
         tracing::error!(node = %self.me.name, actor, "restart intensity exceeded; node degraded, shutting it down");
-        self.shutdown.notify_one();
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once the node was asked to stop (at once if it already was).
+    pub async fn stop_requested(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 }
 
@@ -143,6 +149,9 @@ impl LocalTopics {
     }
 
     pub fn contains(&self, topic: &str) -> bool {
-        self.0.read().map(|m| m.contains_key(topic)).unwrap_or(false)
+        self.0
+            .read()
+            .map(|m| m.contains_key(topic))
+            .unwrap_or(false)
     }
 }

@@ -21,7 +21,10 @@ pub struct Stats {
 
 impl Stats {
     pub fn new(shared: Arc<NodeShared>) -> Self {
-        Stats { shared, extra: BTreeMap::new() }
+        Stats {
+            shared,
+            extra: BTreeMap::new(),
+        }
     }
 
     fn sample(&self) {
@@ -29,7 +32,9 @@ impl Stats {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.shared.started.elapsed().as_secs(),
-            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
             extra: self.extra.clone(),
             ..NodeStats::default()
         };

@@ -35,7 +35,11 @@ impl RestartBudget {
     /// Record a restart; false when the budget is exhausted.
     pub fn allow(&mut self) -> bool {
         let now = Instant::now();
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -56,7 +60,11 @@ where
     match catch_unwind(AssertUnwindSafe(|| body(ctx))) {
         Ok(r) => Some(r),
         Err(panic) => {
-            tracing::error!(actor, reason = panic_message(&panic), "handler panicked; restarting the actor");
+            tracing::error!(
+                actor,
+                reason = panic_message(&panic),
+                "handler panicked; restarting the actor"
+            );
             ctx.stop();
             None
         }
@@ -77,14 +85,21 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// ~1.4 ms per panic; a crash loop must not become a CPU sink). Call once per process.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let payload = info.payload();
         let reason = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        tracing::error!(%location, %reason, "panic");
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(%location, %reason, "panic");
+        } else {
+            eprintln!("panic at {location}: {reason}");
+        }
     }));
 }
 
@@ -95,7 +110,9 @@ pub struct Supervised<A: Actor> {
 
 impl<A: Actor> Clone for Supervised<A> {
     fn clone(&self) -> Self {
-        Supervised { current: self.current.clone() }
+        Supervised {
+            current: self.current.clone(),
+        }
     }
 }
 
@@ -107,7 +124,9 @@ impl<A: Actor<Context = Context<A>>> Supervised<A> {
     }
 
     pub(crate) fn stopped() -> Self {
-        Supervised { current: Arc::new(Mutex::new(None)) }
+        Supervised {
+            current: Arc::new(Mutex::new(None)),
+        }
     }
 }
 
@@ -127,7 +146,9 @@ where
         actix_rt::spawn(ctx.into_future(factory()))
     };
     let mut task = start(&current, &factory);
-    let handle = Supervised { current: current.clone() };
+    let handle = Supervised {
+        current: current.clone(),
+    };
     actix_rt::spawn(async move {
         let mut budget = RestartBudget::default();
         loop {

@@ -34,7 +34,11 @@ pub struct NodeSupervisor {
 
 impl NodeSupervisor {
     pub fn new(shared: Arc<NodeShared>, children: Children) -> Self {
-        NodeSupervisor { shared, children, stopping: false }
+        NodeSupervisor {
+            shared,
+            children,
+            stopping: false,
+        }
     }
 }
 
@@ -50,7 +54,7 @@ impl Actor for NodeSupervisor {
         // An escalation (restart intensity exceeded) fires `shared.shutdown`.
         let shared = self.shared.clone();
         ctx.spawn(
-            async move { shared.shutdown.notified().await }
+            async move { shared.stop_requested().await }
                 .into_actor(self)
                 .map(|_, _, ctx: &mut Context<Self>| ctx.notify(Shutdown)),
         );
@@ -69,10 +73,19 @@ impl Handler<Shutdown> for NodeSupervisor {
             up.do_send(StopActor);
         }
         self.children.listener.do_send(StopActor);
-        let close = self.children.router.send(CloseAll("node shutting down".into()));
-        Box::pin(async move { let _ = close.await; }.into_actor(self).map(|_, _, _| {
-            Arbiter::current().stop();
-        }))
+        let close = self
+            .children
+            .router
+            .send(CloseAll("node shutting down".into()));
+        Box::pin(
+            async move {
+                let _ = close.await;
+            }
+            .into_actor(self)
+            .map(|_, _, _| {
+                Arbiter::current().stop();
+            }),
+        )
     }
 }
 

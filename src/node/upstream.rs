@@ -27,9 +27,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Delay before attempt `attempt` (0-based): half fixed, half random, so restarted workers do
 /// not all dial at the same instant.
 pub fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_FIRST.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_MAX);
+    let ceiling = BACKOFF_FIRST
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
     let mut r = [0u8; 8];
-    let random = getrandom::getrandom(&mut r).map(|_| u64::from_le_bytes(r)).unwrap_or(0);
+    let random = getrandom::getrandom(&mut r)
+        .map(|_| u64::from_le_bytes(r))
+        .unwrap_or(0);
     let half = ceiling / 2;
     half + Duration::from_nanos(random % (half.as_nanos().max(1) as u64))
 }
@@ -66,12 +70,26 @@ impl Upstream {
         membership: Addr<Membership>,
         bus: Addr<EventBus>,
     ) -> Self {
-        Upstream { shared, link, candidate: 0, attempt: 0, failing: false, session: None, router, membership, bus }
+        Upstream {
+            shared,
+            link,
+            candidate: 0,
+            attempt: 0,
+            failing: false,
+            session: None,
+            router,
+            membership,
+            bus,
+        }
     }
 
     fn dial(&mut self, ctx: &mut Context<Self>) {
-        let Some(target) = self.link.candidates.get(self.candidate).cloned() else { return };
-        let Some(addr) = self.shared.config.node(&target).map(|n| n.listen) else { return };
+        let Some(target) = self.link.candidates.get(self.candidate).cloned() else {
+            return;
+        };
+        let Some(addr) = self.shared.config.node(&target).map(|n| n.listen) else {
+            return;
+        };
         let shared = self.shared.clone();
         let expected = target.clone();
         let attempt = async move {
@@ -83,7 +101,10 @@ impl Upstream {
             let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let peer = wire::dial(&mut framed, &shared.identity, deadline).await?;
             if peer.node != expected {
-                return Err(DialError::WrongNode { expected, actual: peer.node });
+                return Err(DialError::WrongNode {
+                    expected,
+                    actual: peer.node,
+                });
             }
             Ok::<(Framed<TcpStream, FrameCodec>, PeerInfo), DialError>((framed, peer))
         };
@@ -159,7 +180,9 @@ mod tests {
     fn backoff_grows_and_is_capped_with_jitter() {
         for attempt in 0..40 {
             let d = backoff(attempt);
-            let ceiling = BACKOFF_FIRST.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_MAX);
+            let ceiling = BACKOFF_FIRST
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
         }
     }
