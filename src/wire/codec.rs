@@ -119,6 +119,9 @@ fn decode_one<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, WireError
 pub struct FrameCodec {
     lengths: LengthDelimitedCodec,
     max_frame_bytes: usize,
+    /// True while `lengths` has consumed a frame's prefix and waits for its body: the prefix
+    /// is then no longer at the front of the read buffer and must not be read from there.
+    awaiting_body: bool,
     next_in_seq: u64,
     next_out_seq: u64,
 }
@@ -133,6 +136,7 @@ impl FrameCodec {
         FrameCodec {
             lengths,
             max_frame_bytes,
+            awaiting_body: false,
             next_in_seq: 0,
             next_out_seq: 0,
         }
@@ -219,7 +223,8 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         // Check the announced length ourselves so the error says how large it claimed to be;
         // LengthDelimitedCodec would refuse it too, before reserving anything.
-        if src.len() >= LENGTH_PREFIX_BYTES {
+        let prefix_buffered = !self.awaiting_body && src.len() >= LENGTH_PREFIX_BYTES;
+        if prefix_buffered {
             let len = u64::from((&src[..LENGTH_PREFIX_BYTES]).get_u32());
             if len > self.max_frame_bytes as u64 {
                 return Err(WireError::FrameTooLarge {
@@ -229,8 +234,11 @@ impl Decoder for FrameCodec {
             }
         }
         let Some(body) = self.lengths.decode(src)? else {
+            // With a whole prefix buffered, `lengths` consumed it and now waits for the body.
+            self.awaiting_body |= prefix_buffered;
             return Ok(None);
         };
+        self.awaiting_body = false;
         let frame: Frame = decode_one(&body)?;
         if frame.seq() != self.next_in_seq {
             return Err(WireError::OutOfSequence {
@@ -245,8 +253,14 @@ impl Decoder for FrameCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(WireError::Truncated { have: src.len() }),
+            None if src.is_empty() && !self.awaiting_body => Ok(None),
+            None => {
+                // A consumed prefix counts: the peer sent it and then stopped.
+                let prefix = usize::from(self.awaiting_body) * LENGTH_PREFIX_BYTES;
+                Err(WireError::Truncated {
+                    have: prefix + src.len(),
+                })
+            }
         }
     }
 }

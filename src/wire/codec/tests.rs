@@ -1,1 +1,628 @@
+//! Codec tests: round trips, the exact bytes of known frames (these pin the wire format, and
+//! the worked examples of docs/PROTOCOL.md are checked against them), and hostile input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use uuid::Uuid;
+
 use super::*;
+use crate::wire::frame::{
+    Auth, Bye, ErrorFrame, Heartbeat, Hello, HelloAck, NodeStats, Ping, StatValue, Status, Welcome,
+};
+use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
+
+const MIB: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn uuid(byte: u8) -> Uuid {
+    Uuid::from_bytes([byte; 16])
+}
+
+fn envelope(target: Option<&str>, payload: &[u8]) -> Envelope {
+    Envelope {
+        id: 300,
+        topic: "sensor.temperature".into(),
+        origin: "worker-1".into(),
+        origin_incarnation: uuid(0xab),
+        target: target.map(str::to_owned),
+        ttl: 4,
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+fn status() -> Status {
+    let mut extra = BTreeMap::new();
+    extra.insert("ok".to_owned(), StatValue::Bool(true));
+    extra.insert("queue".to_owned(), StatValue::Int(-3));
+    extra.insert("ratio".to_owned(), StatValue::Float(0.25));
+    extra.insert("zone".to_owned(), StatValue::Text("eu-1".into()));
+    Status {
+        node: "worker-1".into(),
+        incarnation: uuid(7),
+        boot_ms: 1_700_000_000_000,
+        version: 42,
+        role: "worker".into(),
+        links: vec!["master".into()],
+        stats: NodeStats {
+            pid: 4242,
+            version: "0.1.0".into(),
+            uptime_s: 3600,
+            rss_bytes: 12 << 20,
+            cpus: 8,
+            load_avg: [0.5, 1.0, 1.5],
+            free_mem_bytes: 1 << 30,
+            total_mem_bytes: 4 << 30,
+            extra,
+        },
+    }
+}
+
+/// One message of every kind (events twice: broadcast and targeted).
+fn samples() -> Vec<Message> {
+    vec![
+        Message::Hello(Hello {
+            version: 1,
+            cluster: "test".into(),
+            node: "worker-1".into(),
+            incarnation: uuid(1),
+            nonce: [0x11; 32],
+        }),
+        Message::HelloAck(HelloAck {
+            version: 1,
+            cluster: "test".into(),
+            node: "master".into(),
+            incarnation: uuid(2),
+            nonce: [0x22; 32],
+            proof: [0x33; 32],
+        }),
+        Message::Auth(Auth { proof: [0x44; 32] }),
+        Message::Welcome(Welcome {}),
+        Message::Error(ErrorFrame {
+            code: "auth_failed".into(),
+            message: "authentication failed".into(),
+        }),
+        Message::Ping(Ping { n: 1 }),
+        Message::Pong(Ping { n: u64::MAX }),
+        Message::Status(status()),
+        Message::Heartbeat(Heartbeat {
+            master: "master".into(),
+            incarnation: uuid(3),
+            n: 99,
+        }),
+        Message::Event(envelope(None, b"\xa1\x67celsius\xfa\x41\xac\x00\x00")),
+        Message::Event(envelope(Some("worker-2"), b"")),
+        Message::Bye(Bye {
+            reason: "node shutting down".into(),
+        }),
+    ]
+}
+
+/// Fails to compile when a variant is added: give it a sample above, and a section in
+/// docs/PROTOCOL.md.
+fn variant_has_a_sample(m: &Message) -> bool {
+    match m {
+        Message::Hello(_)
+        | Message::HelloAck(_)
+        | Message::Auth(_)
+        | Message::Welcome(_)
+        | Message::Error(_)
+        | Message::Ping(_)
+        | Message::Pong(_)
+        | Message::Status(_)
+        | Message::Heartbeat(_)
+        | Message::Event(_)
+        | Message::Bye(_) => true,
+    }
+}
+
+fn frame_bytes(codec: &mut FrameCodec, msg: &Message) -> BytesMut {
+    let mut buf = BytesMut::new();
+    codec.encode(msg, &mut buf).unwrap();
+    buf
+}
+
+/// A frame around an arbitrary body (bypassing the encoder's checks).
+fn raw_frame(body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+    buf
+}
+
+fn decode_all(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Vec<Frame>, WireError> {
+    let mut frames = Vec::new();
+    while let Some(f) = codec.decode(buf)? {
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
+/// Hex with `#` comments, as in docs/PROTOCOL.md's examples.
+fn parse_hex(text: &str) -> Vec<u8> {
+    let digits: String = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trips and exact bytes
+
+#[test]
+fn every_message_variant_survives_a_round_trip() {
+    let samples = samples();
+    assert!(samples.iter().all(variant_has_a_sample));
+    let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
+    assert_eq!(kinds.len(), 11, "one sample per variant: {kinds:?}");
+
+    let mut out = FrameCodec::new(MIB);
+    let mut buf = BytesMut::new();
+    for msg in &samples {
+        out.encode(msg, &mut buf).unwrap();
+    }
+    let frames = decode_all(&mut FrameCodec::new(MIB), &mut buf).unwrap();
+    assert!(buf.is_empty());
+    let expected: Vec<Frame> = samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Frame(i as u64, m))
+        .collect();
+    assert_eq!(frames, expected);
+}
+
+#[test]
+fn framed_bytes_equal_the_serde_encoding_of_the_frame_array() {
+    // encode_frame writes `[seq, message]` by hand around a pre-encoded message: it must be
+    // byte-identical to serializing the Frame itself, for small and multi-byte seqs.
+    let mut codec = FrameCodec::new(MIB);
+    for seq in 0..300u64 {
+        let msg = Message::Ping(Ping { n: seq });
+        let framed = frame_bytes(&mut codec, &msg);
+        let body = minicbor_serde::to_vec(&Frame(seq, msg)).unwrap();
+        assert_eq!(&framed[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&framed[4..], &body[..], "seq {seq}");
+    }
+}
+
+#[test]
+fn sequence_numbers_use_the_shortest_cbor_integer() {
+    for n in [
+        0,
+        23,
+        24,
+        255,
+        256,
+        65_535,
+        65_536,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+        u64::MAX,
+    ] {
+        let mut out = [0u8; 9];
+        let len = cbor_uint(n, &mut out);
+        assert_eq!(&out[..len], &minicbor_serde::to_vec(n).unwrap()[..], "{n}");
+    }
+}
+
+#[test]
+fn ping_frame_has_the_exact_bytes_of_the_spec() {
+    // 00 00 00 0c    length 12
+    // 82             array(2)
+    // 00             seq 0
+    // a1             map(1)
+    // 64 70696e67    "ping"
+    // a1             map(1)
+    // 61 6e          "n"
+    // 01             1
+    let expected = [
+        0x00, 0x00, 0x00, 0x0c, 0x82, 0x00, 0xa1, 0x64, b'p', b'i', b'n', b'g', 0xa1, 0x61, b'n',
+        0x01,
+    ];
+    let bytes = frame_bytes(
+        &mut FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES),
+        &Message::Ping(Ping { n: 1 }),
+    );
+    assert_eq!(bytes.len(), 16);
+    assert_eq!(&bytes[..], &expected);
+}
+
+#[test]
+fn welcome_is_an_empty_map_and_a_broadcast_target_is_null() {
+    let welcome = encode_message(&Message::Welcome(Welcome {})).unwrap();
+    // {"welcome": {}}
+    assert_eq!(&welcome.0[..], b"\xa1\x67welcome\xa0");
+
+    let env = envelope(None, b"");
+    let bytes = encode_event(&env).unwrap();
+    let needle = b"\x66target\xf6"; // "target": null
+    assert!(bytes.0.windows(needle.len()).any(|w| w == needle));
+}
+
+#[test]
+fn encode_event_matches_encoding_the_event_message() {
+    for env in [envelope(None, b"\x01\x02"), envelope(Some("master"), b"")] {
+        let by_ref = encode_event(&env).unwrap();
+        let owned = encode_message(&Message::Event(env)).unwrap();
+        assert_eq!(by_ref.0, owned.0);
+    }
+}
+
+#[test]
+fn uuids_nonces_and_payloads_are_cbor_byte_strings() {
+    let hello = encode_message(&samples()[0]).unwrap();
+    // incarnation: 0x50 = byte string of 16; nonce: 0x58 0x20 = byte string of 32.
+    let inc = [&b"\x6bincarnation\x50"[..], &[1u8; 16]].concat();
+    let nonce = [&b"\x65nonce\x58\x20"[..], &[0x11u8; 32]].concat();
+    assert!(hello.0.windows(inc.len()).any(|w| w == inc));
+    assert!(hello.0.windows(nonce.len()).any(|w| w == nonce));
+
+    let event = encode_event(&envelope(None, b"\xf6")).unwrap();
+    assert!(event.0.ends_with(b"\x67payload\x41\xf6"));
+}
+
+#[test]
+fn optional_fields_may_be_omitted() {
+    // An envelope without "target" (broadcast) and stats without "extra" decode.
+    let mut body = vec![0x82, 0x00, 0xa1, 0x65];
+    body.extend_from_slice(b"event");
+    body.push(0xa6); // map(6): no "target"
+    body.extend_from_slice(b"\x62id\x01");
+    body.extend_from_slice(b"\x65topic\x61t");
+    body.extend_from_slice(b"\x66origin\x61o");
+    body.extend_from_slice(b"\x72origin_incarnation\x50");
+    body.extend_from_slice(&[9; 16]);
+    body.extend_from_slice(b"\x63ttl\x02");
+    body.extend_from_slice(b"\x67payload\x40");
+    let mut buf = raw_frame(&body);
+    let frame = FrameCodec::new(MIB).decode(&mut buf).unwrap().unwrap();
+    let Message::Event(got) = frame.1 else {
+        panic!("not an event: {frame:?}")
+    };
+    assert_eq!(got.target, None);
+    assert_eq!(got.origin_incarnation, uuid(9));
+    assert_eq!(got.ttl, 2);
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    // {"ping": {"n": 5, "future": [1, {"x": h''}]}}
+    let mut body = vec![0x82, 0x00, 0xa1, 0x64];
+    body.extend_from_slice(b"ping");
+    body.extend_from_slice(b"\xa2\x61n\x05\x66future\x82\x01\xa1\x61x\x40");
+    let mut buf = raw_frame(&body);
+    let frame = FrameCodec::new(MIB).decode(&mut buf).unwrap().unwrap();
+    assert_eq!(frame, Frame(0, Message::Ping(Ping { n: 5 })));
+}
+
+#[test]
+fn payload_helpers_round_trip_and_refuse_trailing_bytes() {
+    let value = (String::from("celsius"), 21.5f64);
+    let bytes = encode_payload(&value).unwrap();
+    assert_eq!(decode_payload::<(String, f64)>(&bytes).unwrap(), value);
+    let mut longer = bytes.to_vec();
+    longer.push(0x00);
+    assert!(matches!(
+        decode_payload::<(String, f64)>(&longer),
+        Err(WireError::Malformed(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Reassembly
+
+#[test]
+fn frame_fed_one_byte_at_a_time_is_decoded_once_complete() {
+    let msg = Message::Ping(Ping { n: 1 });
+    let bytes = frame_bytes(&mut FrameCodec::new(MIB), &msg);
+    let mut codec = FrameCodec::new(MIB);
+    let mut buf = BytesMut::new();
+    for (i, b) in bytes.iter().enumerate() {
+        buf.extend_from_slice(&[*b]);
+        let got = codec.decode(&mut buf).unwrap();
+        if i + 1 < bytes.len() {
+            assert_eq!(got, None, "after {} bytes", i + 1);
+        } else {
+            assert_eq!(got, Some(Frame(0, msg.clone())));
+        }
+    }
+}
+
+#[test]
+fn frame_whose_body_arrives_in_a_later_read_is_decoded() {
+    // A large event split the way TCP delivers it: the prefix and a first part of the body,
+    // then the rest.
+    let env = envelope(None, &[0x5a; 20_000]);
+    let bytes = frame_bytes(&mut FrameCodec::new(MIB), &Message::Event(env.clone()));
+    let mut codec = FrameCodec::new(MIB);
+    let mut buf = BytesMut::from(&bytes[..8192]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(&bytes[8192..]);
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Frame(0, Message::Event(env)))
+    );
+}
+
+#[test]
+fn two_frames_in_one_read_are_both_decoded_in_order() {
+    let mut out = FrameCodec::new(MIB);
+    let mut buf = frame_bytes(&mut out, &Message::Ping(Ping { n: 1 }));
+    buf.extend_from_slice(&frame_bytes(&mut out, &Message::Pong(Ping { n: 1 })));
+    let frames = decode_all(&mut FrameCodec::new(MIB), &mut buf).unwrap();
+    assert_eq!(
+        frames,
+        vec![
+            Frame(0, Message::Ping(Ping { n: 1 })),
+            Frame(1, Message::Pong(Ping { n: 1 }))
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile input
+
+#[test]
+fn frame_truncated_at_eof_is_an_error() {
+    let bytes = frame_bytes(&mut FrameCodec::new(MIB), &Message::Ping(Ping { n: 1 }));
+    for cut in [2, 4, 5, 10, bytes.len() - 1] {
+        let mut codec = FrameCodec::new(MIB);
+        let mut buf = BytesMut::from(&bytes[..cut]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None, "cut at {cut}");
+        match codec.decode_eof(&mut buf) {
+            Err(WireError::Truncated { have }) => assert_eq!(have, cut, "cut at {cut}"),
+            other => panic!("cut at {cut}: expected Truncated, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn clean_eof_between_frames_is_not_an_error() {
+    let mut codec = FrameCodec::new(MIB);
+    let mut buf = frame_bytes(&mut FrameCodec::new(MIB), &Message::Ping(Ping { n: 1 }));
+    assert!(codec.decode_eof(&mut buf).unwrap().is_some());
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn length_over_the_maximum_is_rejected_from_the_prefix_alone() {
+    for announced in [MAX_HANDSHAKE_FRAME_BYTES as u32 + 1, 0xFFFF_FFF0, u32::MAX] {
+        let mut codec = FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES);
+        let mut buf = BytesMut::with_capacity(4);
+        buf.extend_from_slice(&announced.to_be_bytes());
+        match codec.decode(&mut buf) {
+            Err(WireError::FrameTooLarge { len, max }) => {
+                assert_eq!(len, u64::from(announced));
+                assert_eq!(max, MAX_HANDSHAKE_FRAME_BYTES);
+            }
+            other => panic!("{announced:#x}: expected FrameTooLarge, got {other:?}"),
+        }
+        // Nothing was reserved for the announced body.
+        assert!(buf.capacity() < 64, "capacity grew to {}", buf.capacity());
+        assert_eq!(
+            WireError::FrameTooLarge { len: 0, max: 0 }.code(),
+            "frame_too_large"
+        );
+    }
+}
+
+#[test]
+fn length_of_exactly_the_maximum_is_accepted() {
+    let mut codec = FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&(MAX_HANDSHAKE_FRAME_BYTES as u32).to_be_bytes());
+    assert_eq!(codec.decode(&mut buf).unwrap(), None, "waits for the body");
+}
+
+#[test]
+fn raising_the_maximum_after_authentication_admits_larger_frames() {
+    let env = envelope(None, &[1; 4096]);
+    let mut buf = frame_bytes(&mut FrameCodec::new(MIB), &Message::Event(env.clone()));
+    let mut codec = FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES);
+    assert!(matches!(
+        codec.clone().decode(&mut buf.clone()),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+    codec.set_max_frame_bytes(MIB);
+    assert_eq!(codec.max_frame_bytes(), MIB);
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Frame(0, Message::Event(env)))
+    );
+}
+
+#[test]
+fn junk_body_with_a_valid_length_is_malformed() {
+    for junk in [
+        &b"\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+        b"GET / HTTP/1.1\r\n",
+        b"\x1c",
+    ] {
+        let mut buf = raw_frame(junk);
+        let err = FrameCodec::new(MIB).decode(&mut buf).unwrap_err();
+        assert!(matches!(err, WireError::Malformed(_)), "{junk:?}: {err:?}");
+        assert_eq!(err.code(), "malformed_frame");
+    }
+}
+
+#[test]
+fn well_formed_cbor_of_the_wrong_shape_is_malformed() {
+    let shapes: [&[u8]; 5] = [
+        b"\x00",                                                   // a bare integer
+        b"\x82\x00\xa1\x65nope!\xa0",                              // unknown message kind
+        b"\x82\x00\xa2\x64ping\xa1\x61n\x01\x64pong\xa1\x61n\x01", // two kinds in one map
+        b"\x82\x00\xa1\x64ping\xa1\x61n\x20",                      // n = -1
+        b"\x82\x00\xa1\x64ping\xa0",                               // missing field n
+    ];
+    for body in shapes {
+        let mut buf = raw_frame(body);
+        let err = FrameCodec::new(MIB).decode(&mut buf).unwrap_err();
+        assert!(matches!(err, WireError::Malformed(_)), "{body:x?}: {err:?}");
+    }
+}
+
+#[test]
+fn trailing_bytes_after_the_cbor_item_are_malformed() {
+    let mut body =
+        frame_bytes(&mut FrameCodec::new(MIB), &Message::Ping(Ping { n: 1 }))[4..].to_vec();
+    body.push(0x00);
+    let mut buf = raw_frame(&body);
+    match FrameCodec::new(MIB).decode(&mut buf) {
+        Err(WireError::Malformed(why)) => assert!(why.contains("1 bytes after"), "{why}"),
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_sequence_number_is_out_of_sequence() {
+    let mut out = FrameCodec::new(MIB);
+    let first = frame_bytes(&mut out, &Message::Ping(Ping { n: 1 }));
+    let second = frame_bytes(&mut out, &Message::Ping(Ping { n: 2 }));
+
+    // Starting at 1 instead of 0.
+    let mut buf = second.clone();
+    match FrameCodec::new(MIB).decode(&mut buf) {
+        Err(
+            e @ WireError::OutOfSequence {
+                expected: 0,
+                got: 1,
+            },
+        ) => {
+            assert_eq!(e.code(), "out_of_sequence")
+        }
+        other => panic!("expected OutOfSequence, got {other:?}"),
+    }
+
+    // A replayed frame.
+    let mut codec = FrameCodec::new(MIB);
+    let mut buf = first.clone();
+    buf.extend_from_slice(&first);
+    assert!(codec.decode(&mut buf).unwrap().is_some());
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::OutOfSequence {
+            expected: 1,
+            got: 0
+        })
+    ));
+}
+
+#[test]
+fn zero_length_frame_is_malformed() {
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+    let err = FrameCodec::new(MIB).decode(&mut buf).unwrap_err();
+    assert!(matches!(err, WireError::Malformed(_)), "{err:?}");
+}
+
+/// A status frame whose `extra` field "k" holds `value` (spliced in after encoding).
+fn status_with_extra(value: &[u8]) -> BytesMut {
+    let mut s = status();
+    s.stats.extra.clear();
+    s.stats
+        .extra
+        .insert("k".into(), StatValue::Text("Z".into()));
+    let mut msg = encode_message(&Message::Status(s)).unwrap().0.to_vec();
+    // `extra` is the last field of `stats`, itself the last field of `status`.
+    assert!(msg.ends_with(b"\x61k\x61Z"));
+    msg.truncate(msg.len() - 2);
+    msg.extend_from_slice(value);
+    let mut buf = BytesMut::new();
+    FrameCodec::new(4 * MIB)
+        .encode_frame(&EncodedMessage(Bytes::from(msg)), &mut buf)
+        .unwrap();
+    buf
+}
+
+/// Decode on a thread with a small stack: recursion proportional to the nesting would
+/// overflow it.
+fn decode_on_small_stack(buf: BytesMut) -> Result<Option<Frame>, WireError> {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut buf = buf;
+            FrameCodec::new(4 * MIB).decode(&mut buf)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deeply_nested_arrays_in_a_status_extra_field_are_refused_without_recursion() {
+    const DEPTH: usize = 500_000;
+    let mut nested = vec![0x81u8; DEPTH]; // [[[[...0...]]]]
+    nested.push(0x00);
+    let err = decode_on_small_stack(status_with_extra(&nested)).unwrap_err();
+    assert!(matches!(err, WireError::Malformed(_)), "{err:?}");
+
+    let mut maps = Vec::with_capacity(DEPTH * 3);
+    for _ in 0..DEPTH {
+        maps.extend_from_slice(b"\xa1\x61a"); // {"a": {"a": ...}}
+    }
+    maps.push(0x00);
+    let err = decode_on_small_stack(status_with_extra(&maps)).unwrap_err();
+    assert!(matches!(err, WireError::Malformed(_)), "{err:?}");
+}
+
+#[test]
+fn deeply_nested_unknown_field_is_skipped_without_recursion() {
+    const DEPTH: usize = 500_000;
+    // {"ping": {"n": 1, "x": [[[...]]]}} with definite, then indefinite, arrays.
+    for (open, close) in [(0x81u8, None), (0x9fu8, Some(0xffu8))] {
+        let mut body = b"\x82\x00\xa1\x64ping\xa2\x61n\x01\x61x".to_vec();
+        body.extend(std::iter::repeat(open).take(DEPTH));
+        body.push(0x00);
+        if let Some(c) = close {
+            body.extend(std::iter::repeat(c).take(DEPTH));
+        }
+        let got = decode_on_small_stack(raw_frame(&body)).unwrap();
+        assert_eq!(got, Some(Frame(0, Message::Ping(Ping { n: 1 }))));
+    }
+}
+
+#[test]
+fn encode_frame_refuses_a_frame_over_the_maximum_and_sends_nothing() {
+    let mut codec = FrameCodec::new(64);
+    let big = encode_message(&Message::Bye(Bye {
+        reason: "x".repeat(100),
+    }))
+    .unwrap();
+    let mut buf = BytesMut::new();
+    match codec.encode_frame(&big, &mut buf) {
+        Err(WireError::FrameTooLarge { len, max: 64 }) => assert_eq!(len, 2 + big.len() as u64),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert!(buf.is_empty());
+    // The refused frame did not consume a sequence number.
+    assert_eq!(codec.next_out_seq(), 0);
+    let small = frame_bytes(&mut codec, &Message::Ping(Ping { n: 1 }));
+    assert_eq!(small[5], 0x00, "seq 0");
+}
+
+#[test]
+fn frame_of_exactly_the_maximum_is_encoded_and_decoded() {
+    // body = 0x82 + seq (1 byte) + message: grow the reason until the body is 64 bytes.
+    let msg = (0..64)
+        .map(|n| {
+            Message::Bye(Bye {
+                reason: "x".repeat(n),
+            })
+        })
+        .find(|m| 2 + encode_message(m).unwrap().len() == 64)
+        .unwrap();
+    let mut buf = frame_bytes(&mut FrameCodec::new(64), &msg);
+    assert_eq!(buf.len(), 4 + 64);
+    assert_eq!(
+        FrameCodec::new(64).decode(&mut buf).unwrap(),
+        Some(Frame(0, msg))
+    );
+}
