@@ -36,14 +36,6 @@ impl RouteTable {
         }
     }
 
-    pub fn routes(&self) -> &Routes {
-        &self.routes
-    }
-
-    pub fn link(&self, peer: &str) -> Option<&LinkHandle> {
-        self.links.get(peer)
-    }
-
     pub fn links(&self) -> impl Iterator<Item = &LinkHandle> {
         self.links.values()
     }

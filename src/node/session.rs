@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
-use uuid::Uuid;
 
 use super::event_bus::{Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
@@ -55,7 +54,6 @@ pub struct LinkCounters {
 #[derive(Clone)]
 pub struct LinkHandle {
     pub peer: String,
-    pub peer_incarnation: Uuid,
     /// Distinguishes successive links to the same peer.
     pub link_id: u64,
     pub tx: mpsc::Sender<Outbound>,
@@ -78,7 +76,6 @@ impl LinkHandle {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionClosed {
-    pub peer: String,
     pub link_id: u64,
 }
 
@@ -121,13 +118,14 @@ type ReadBatch = Vec<Result<Frame, WireError>>;
 impl Session {
     /// Start a session on an authenticated connection. `codec` carries the handshake's
     /// sequence numbers; `leftover` holds bytes the handshake read past its last frame.
+    /// Returns the session's address and its link id.
     pub fn start<R, W>(
         p: SessionParams,
         read: R,
         write: W,
         mut codec: FrameCodec,
         leftover: BytesMut,
-    ) -> Addr<Session>
+    ) -> (Addr<Session>, u64)
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
@@ -136,7 +134,7 @@ impl Session {
         let writer_codec = codec.clone();
         let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
         let link_id = p.shared.next_link_id();
-        Session::create(move |ctx| {
+        let addr = Session::create(move |ctx| {
             let mut frames = FramedRead::new(read, codec);
             frames.read_buffer_mut().extend_from_slice(&leftover);
             ctx.add_stream(frames.ready_chunks(READ_BATCH_FRAMES));
@@ -153,7 +151,8 @@ impl Session {
                 writer: Some(writer),
                 closing: false,
             }
-        })
+        });
+        (addr, link_id)
     }
 
     fn peer(&self) -> &str {
@@ -321,7 +320,6 @@ impl Actor for Session {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
         self.p.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
-            peer_incarnation: self.p.peer.incarnation,
             link_id: self.link_id,
             tx: self.tx.clone(),
             addr: ctx.address(),
@@ -341,10 +339,7 @@ impl Actor for Session {
             link_id: self.link_id,
         });
         if let Some(owner) = &self.p.owner {
-            owner.do_send(SessionClosed {
-                peer: self.p.peer.node.clone(),
-                link_id: self.link_id,
-            });
+            owner.do_send(SessionClosed { link_id: self.link_id });
         }
     }
 }

@@ -16,6 +16,9 @@ use super::shared::NodeShared;
 use super::stats::Stats;
 use super::upstream::Upstream;
 
+/// The node's children. Holding every address keeps the supervised ones alive: an
+/// `actix::Supervisor` restarts its actor only while someone holds its address.
+#[allow(dead_code)]
 pub struct Children {
     pub stats: Addr<Stats>,
     pub bus: Addr<EventBus>,

@@ -56,7 +56,8 @@ pub struct Upstream {
     candidate: usize,
     attempt: u32,
     failing: bool,
-    session: Option<Addr<Session>>,
+    /// The live session and its link id (a late close of an older link is ignored).
+    session: Option<(Addr<Session>, u64)>,
     router: Addr<Router>,
     membership: Addr<Membership>,
     bus: Addr<EventBus>,
@@ -156,7 +157,7 @@ impl Actor for Upstream {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(s) = self.session.take() {
+        if let Some((s, _)) = self.session.take() {
             s.do_send(Close("node shutting down".into()));
         }
     }
@@ -165,7 +166,10 @@ impl Actor for Upstream {
 impl Handler<SessionClosed> for Upstream {
     type Result = ();
 
-    fn handle(&mut self, _: SessionClosed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, closed: SessionClosed, ctx: &mut Context<Self>) {
+        if self.session.as_ref().is_some_and(|(_, id)| *id != closed.link_id) {
+            return;
+        }
         self.session = None;
         self.candidate = 0; // prefer the primary again
         self.retry(ctx);
