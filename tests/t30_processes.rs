@@ -17,6 +17,7 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    unmatched: Vec<String>,
 }
 
 impl Proc {
@@ -36,21 +37,26 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines, seen: Vec::new() }
+        Proc { child, lines, seen: Vec::new(), unmatched: Vec::new() }
     }
 
-    /// Wait for a new log line containing every one of `parts`.
+    /// Wait for a log line containing every one of `parts` that no earlier call matched
+    /// (lines may arrive in any order).
     fn expect_line(&mut self, parts: &[&str], timeout: Duration) -> String {
+        let hit = |line: &str| parts.iter().all(|p| line.contains(p));
+        if let Some(i) = self.unmatched.iter().position(|l| hit(l)) {
+            return self.unmatched.remove(i);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let hit = parts.iter().all(|p| line.contains(p));
                     self.seen.push(line.clone());
-                    if hit {
+                    if hit(&line) {
                         return line;
                     }
+                    self.unmatched.push(line);
                 }
                 Err(_) => panic!("no line with {parts:?} within {timeout:?}; saw:\n{}", self.seen.join("\n")),
             }
@@ -112,6 +118,7 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
         master.expect_line(&[&format!("membership: worker-{i} up")], WAIT);
     }
     // Every worker learns of the others through the master's floods.
+    workers[0].expect_line(&["membership: worker-2 up"], WAIT);
     workers[0].expect_line(&["membership: worker-3 up"], WAIT);
 
     let killed_at = Instant::now();
