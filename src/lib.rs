@@ -1,4 +1,26 @@
-//! nodecloud
+//! nodecloud: a cluster runtime in which every node is a supervised actix actor tree, and
+//! nodes exchange typed events over authenticated, length-prefixed CBOR links.
+//!
+//! ```text
+//! NodeSupervisor            root of one node (src/node/supervisor.rs)
+//! ├── Master                role master: the heartbeat clock
+//! ├── Membership            cluster view, failure detector, status flooding
+//! ├── EventBus              local subscriptions, typed delivery
+//! ├── Router                live links + routes (a lock-free snapshot)
+//! ├── PeerListener          accepts peer links ──┐
+//! ├── Upstream (per dial)   dials with backoff  ├──> Session (one per live peer link)
+//! └── Stats                 process samples for replication
+//! user actors               NodeHandle::supervise
+//! ```
+//!
+//! * [`config`] and [`topology`]: the TOML file, and who dials whom / how events are routed.
+//! * [`node`]: [`Node::start`] and the [`NodeHandle`] user code drives a node with.
+//! * [`cluster`]: every node of a file in one process, or one of them; signals; shutdown.
+//! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface.
+//! * [`wire`]: frames, codec and handshake, the only module that sees bytes
+//!   (specified in docs/PROTOCOL.md).
+//! * [`testing`]: loopback configurations and membership waits for tests.
+
 pub mod cluster;
 pub mod config;
 pub mod event;
@@ -6,5 +28,11 @@ pub mod node;
 pub mod testing;
 pub mod topology;
 pub mod wire;
+
 pub use event::{Delivery, Event, NodeId, Target};
 pub use node::{Node, NodeHandle};
+
+/// The README's Rust examples, compiled as doctests so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
