@@ -92,9 +92,12 @@ pub(crate) struct Subscribe {
 #[rtype(result = "()")]
 pub struct Unsubscribe(pub SubscriptionId);
 
+/// A topic's subscribers, in subscription order.
+type Subscribers = Vec<(SubscriptionId, Box<dyn Subscriber>)>;
+
 pub struct EventBus {
     shared: Arc<NodeShared>,
-    topics: HashMap<String, Vec<(SubscriptionId, Box<dyn Subscriber>)>>,
+    topics: HashMap<String, Subscribers>,
     /// Envelopes not yet offered to every subscriber; `cursor` is the next subscriber index
     /// for the front envelope (set when delivery paused on a full mailbox).
     pending: VecDeque<Envelope>,

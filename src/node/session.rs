@@ -285,7 +285,7 @@ impl Session {
                     }
                 }
             }
-        } else if table.next_links(&env, Some(self.peer())).first().is_some() {
+        } else if !table.next_links(&env, Some(self.peer())).is_empty() {
             tracing::debug!(node = %self.p.shared.name(), origin = %env.origin, "event TTL expired; not relayed");
         }
         if table.is_local(&env) && self.p.shared.local_topics.contains(&env.topic) {
