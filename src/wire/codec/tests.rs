@@ -188,7 +188,7 @@ fn framed_bytes_equal_the_serde_encoding_of_the_frame_array() {
     for seq in 0..300u64 {
         let msg = Message::Ping(Ping { n: seq });
         let framed = frame_bytes(&mut codec, &msg);
-        let body = minicbor_serde::to_vec(&Frame(seq, msg)).unwrap();
+        let body = minicbor_serde::to_vec(Frame(seq, msg)).unwrap();
         assert_eq!(&framed[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&framed[4..], &body[..], "seq {seq}");
     }
@@ -579,10 +579,10 @@ fn deeply_nested_unknown_field_is_skipped_without_recursion() {
     // {"ping": {"n": 1, "x": [[[...]]]}} with definite, then indefinite, arrays.
     for (open, close) in [(0x81u8, None), (0x9fu8, Some(0xffu8))] {
         let mut body = b"\x82\x00\xa1\x64ping\xa2\x61n\x01\x61x".to_vec();
-        body.extend(std::iter::repeat(open).take(DEPTH));
+        body.resize(body.len() + DEPTH, open);
         body.push(0x00);
         if let Some(c) = close {
-            body.extend(std::iter::repeat(c).take(DEPTH));
+            body.resize(body.len() + DEPTH, c);
         }
         let got = decode_on_small_stack(raw_frame(&body)).unwrap();
         assert_eq!(got, Some(Frame(0, Message::Ping(Ping { n: 1 }))));
@@ -624,5 +624,238 @@ fn frame_of_exactly_the_maximum_is_encoded_and_decoded() {
     assert_eq!(
         FrameCodec::new(64).decode(&mut buf).unwrap(),
         Some(Frame(0, msg))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// docs/PROTOCOL.md: its worked examples are the encoder's output, byte for byte.
+
+const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
+
+/// The fenced block that follows `<!-- check: name -->` in docs/PROTOCOL.md.
+fn doc_block(name: &str) -> &'static str {
+    let marker = format!("<!-- check: {name} -->");
+    let at = PROTOCOL_MD
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no {marker}"));
+    let rest = &PROTOCOL_MD[at + marker.len()..];
+    let open = rest.find("```").unwrap();
+    let start = open + rest[open..].find('\n').unwrap() + 1;
+    let end = start + rest[start..].find("```").unwrap();
+    &rest[start..end]
+}
+
+/// A generic CBOR item, to print diagnostic notation.
+enum Cbor {
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    Bytes(Vec<u8>),
+    Text(String),
+    Array(Vec<Cbor>),
+    Map(Vec<(Cbor, Cbor)>),
+}
+
+impl<'de> Deserialize<'de> for Cbor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cbor;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any CBOR item")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Cbor, E> {
+                Ok(Cbor::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Cbor, E> {
+                Ok(Cbor::Uint(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Cbor, E> {
+                Ok(Cbor::Int(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Cbor, E> {
+                Ok(Cbor::Float(v))
+            }
+            fn visit_none<E>(self) -> Result<Cbor, E> {
+                Ok(Cbor::Null)
+            }
+            fn visit_unit<E>(self) -> Result<Cbor, E> {
+                Ok(Cbor::Null)
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Cbor, E> {
+                Ok(Cbor::Bytes(v.to_vec()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Cbor, E> {
+                Ok(Cbor::Text(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Cbor, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element()? {
+                    items.push(item);
+                }
+                Ok(Cbor::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Cbor, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = a.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Cbor::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// RFC 8949 §8 diagnostic notation, on one line.
+fn diag(item: &Cbor) -> String {
+    match item {
+        Cbor::Uint(n) => n.to_string(),
+        Cbor::Int(n) => n.to_string(),
+        Cbor::Float(f) => format!("{f:?}"),
+        Cbor::Bool(b) => b.to_string(),
+        Cbor::Null => "null".into(),
+        Cbor::Bytes(b) => format!("h'{}'", hex(b)),
+        Cbor::Text(s) => format!("{s:?}"),
+        Cbor::Array(items) => format!(
+            "[{}]",
+            items.iter().map(diag).collect::<Vec<_>>().join(", ")
+        ),
+        Cbor::Map(entries) => format!(
+            "{{{}}}",
+            entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", diag(k), diag(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Diagnostic notation without `/ comments /` and without whitespace outside strings.
+fn normalize_diag(text: &str) -> String {
+    let (mut out, mut in_string, mut in_comment) = (String::new(), false, false);
+    for c in text.chars() {
+        match (in_string, in_comment, c) {
+            (false, false, '/') => in_comment = true,
+            (false, true, '/') => in_comment = false,
+            (_, true, _) => {}
+            (false, false, c) if c.is_whitespace() => {}
+            (_, _, '"') => {
+                in_string = !in_string;
+                out.push(c);
+            }
+            (_, _, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The values of the worked examples.
+fn example_incarnation() -> Uuid {
+    Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap()
+}
+
+fn example_hello() -> Message {
+    let mut nonce = [0u8; 32];
+    for (i, b) in nonce.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    Message::Hello(Hello {
+        version: 1,
+        cluster: "demo".into(),
+        node: "worker-1".into(),
+        incarnation: example_incarnation(),
+        nonce,
+    })
+}
+
+#[derive(serde::Serialize)]
+struct Temperature {
+    celsius: f32,
+}
+
+fn example_event() -> Message {
+    Message::Event(Envelope {
+        id: 7,
+        topic: "sensor.temperature".into(),
+        origin: "worker-1".into(),
+        origin_incarnation: example_incarnation(),
+        target: None,
+        ttl: 3,
+        payload: encode_payload(&Temperature { celsius: 21.5 }).unwrap(),
+    })
+}
+
+/// Check one example: the doc's hex is what the encoder writes for `msg` as frame `seq`,
+/// it decodes back to `msg`, and the doc's diagnostic notation (if any) describes it.
+fn check_example(name: &str, seq: u64, msg: &Message, with_diag: bool) {
+    // Frames before the example, so that both sides are at its seq.
+    let mut sender = FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES);
+    let mut receiver = FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES);
+    for _ in 0..seq {
+        let mut earlier = frame_bytes(&mut sender, &Message::Ping(Ping { n: 0 }));
+        receiver.decode(&mut earlier).unwrap().unwrap();
+    }
+    let ours = frame_bytes(&mut sender, msg);
+    let theirs = parse_hex(doc_block(&format!("{name}-hex")));
+    assert_eq!(
+        hex(&theirs),
+        hex(&ours),
+        "docs/PROTOCOL.md {name}-hex differs from the encoder"
+    );
+    let mut buf = BytesMut::from(&theirs[..]);
+    assert_eq!(
+        receiver.decode(&mut buf).unwrap(),
+        Some(Frame(seq, msg.clone()))
+    );
+
+    if with_diag {
+        let item: Cbor = decode_payload(&theirs[4..]).unwrap();
+        assert_eq!(
+            normalize_diag(doc_block(&format!("{name}-diag"))),
+            normalize_diag(&diag(&item)),
+            "docs/PROTOCOL.md {name}-diag does not describe the frame"
+        );
+    }
+}
+
+#[test]
+fn protocol_md_ping_example_is_the_encoder_output() {
+    check_example("ping-frame", 0, &Message::Ping(Ping { n: 1 }), false);
+}
+
+#[test]
+fn protocol_md_hello_example_is_the_encoder_output() {
+    check_example("hello-frame", 0, &example_hello(), true);
+}
+
+#[test]
+fn protocol_md_event_example_is_the_encoder_output() {
+    check_example("event-frame", 5, &example_event(), true);
+}
+
+#[test]
+fn diagnostic_notation_check_notices_a_difference() {
+    // The checker itself: a changed value or key is caught, comments and layout are not.
+    let item: Cbor = decode_payload(b"\x82\x05\xa1\x61k\xf6").unwrap();
+    assert_eq!(
+        normalize_diag(&diag(&item)),
+        normalize_diag("[5, / seq / {\"k\": null}]")
+    );
+    assert_ne!(
+        normalize_diag(&diag(&item)),
+        normalize_diag("[6, {\"k\": null}]")
+    );
+    assert_ne!(
+        normalize_diag(&diag(&item)),
+        normalize_diag("[5, {\"j\": null}]")
     );
 }

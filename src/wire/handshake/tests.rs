@@ -608,3 +608,63 @@ fn error_codes_are_the_documented_ones() {
         assert_eq!(err.code(), code, "{err:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// docs/PROTOCOL.md §6.3: the test vector is what this implementation computes.
+
+const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
+
+/// The fenced block that follows `<!-- check: name -->` in docs/PROTOCOL.md, as bytes
+/// (hex digits; `#` starts a comment).
+fn doc_hex(name: &str) -> Vec<u8> {
+    let marker = format!("<!-- check: {name} -->");
+    let at = PROTOCOL_MD
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no {marker}"));
+    let rest = &PROTOCOL_MD[at + marker.len()..];
+    let open = rest.find("```").unwrap();
+    let start = open + rest[open..].find('\n').unwrap() + 1;
+    let end = start + rest[start..].find("```").unwrap();
+    let digits: String = rest[start..end]
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn protocol_md_hmac_test_vector_is_what_the_handshake_computes() {
+    let secret = b"demo-secret-0123456789";
+    let inc_d = Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+    let inc_a = Uuid::parse_str("ffeeddcc-bbaa-9988-7766-554433221100").unwrap();
+    let mut nonce_d = [0u8; 32];
+    let mut nonce_a = [0u8; 32];
+    for i in 0..32 {
+        nonce_d[i] = i as u8;
+        nonce_a[i] = 0x20 + i as u8;
+    }
+    let t = Transcript {
+        cluster: "demo",
+        dialler: ("worker-1", inc_d, &nonce_d),
+        acceptor: ("master", inc_a, &nonce_a),
+    };
+
+    // The documented transcript bytes are what the MAC covers.
+    let transcript = doc_hex("transcript-dialler-hex");
+    assert_eq!(transcript.len(), 137);
+    let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+    mac.update(&transcript);
+    let over_doc_bytes: [u8; 32] = mac.finalize().into_bytes().into();
+    let proof_d = t.prove(secret, LABEL_DIALLER).unwrap();
+    assert_eq!(over_doc_bytes, proof_d);
+
+    assert_eq!(doc_hex("proof-dialler-hex"), proof_d.to_vec());
+    assert_eq!(
+        doc_hex("proof-acceptor-hex"),
+        t.prove(secret, LABEL_ACCEPTOR).unwrap().to_vec()
+    );
+}
