@@ -1,0 +1,430 @@
+//! How a local cluster scales with its node count: a ring or a mesh of 8 to 64 nodes, every
+//! node in this one process, over loopback TCP.
+//!
+//! ```text
+//! cargo run --release --example scale -- --topology ring --nodes 8,16,32,64
+//! cargo run --release --example scale -- --topology mesh --nodes 8,16,32,64
+//! ```
+//!
+//! One line per size:
+//!
+//! ```text
+//! topology=ring nodes=64 converge_ms=… rss_per_node_kib=… broadcast_events_per_s=… …
+//! ```
+//!
+//! * `converge_ms`: from the first node's start until every node sees all N nodes up.
+//! * `graph_ms`: until every node also sees every planned link (routes are final).
+//! * `rss_per_node_kib`: growth of the process's resident memory from before the cluster
+//!   started to after convergence, divided by N.
+//! * `idle_cpu_pct`: CPU the converged, idle cluster uses (heartbeats, status flooding), in
+//!   percent of one core, over `--idle-ms`; `status_frames_per_s` is what flooding implies:
+//!   every node floods a status per heartbeat interval and each status crosses
+//!   `2E − (N−1)` links (sent once on every link but the one it came on).
+//! * `broadcast_events_per_s`: one node publishes K events with `publish_wait`; every node
+//!   counts them; K×N deliveries divided by the time until every node has all K. K is picked
+//!   from a 500-event calibration run so the measured run takes about `--seconds`.
+//!
+//! Each size runs in a child process of its own (a clean RSS baseline, no threads or sockets
+//! left from the previous size) and gives up after `--limit-s` seconds with a `timeout=1` line
+//! saying how far it got.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use clap::Parser;
+use nodecloud::config::TopologyKind;
+use nodecloud::{cluster, testing, topology, Delivery, Event, NodeHandle};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "time to converge, memory per node and broadcast throughput of local clusters")]
+struct Args {
+    /// ring, mesh (or any preset that needs no extra fields: custom is not supported).
+    #[arg(long, default_value = "ring")]
+    topology: String,
+    /// Cluster sizes, comma-separated.
+    #[arg(long, default_value = "8,16,32,64", value_delimiter = ',')]
+    nodes: Vec<usize>,
+    /// Heartbeat interval of the clusters.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// Payload bytes per broadcast event.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Target duration of the measured broadcast run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Idle period over which the cluster's CPU use is measured.
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+    /// Each size gives up after this long.
+    #[arg(long, default_value_t = 60)]
+    limit_s: u64,
+    /// Hidden: run one size in this process (what the parent spawns).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+/// The broadcast event: a sequence number and `--size` bytes.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Load {
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+impl Event for Load {
+    const TOPIC: &'static str = "scale.load";
+}
+
+/// Counts deliveries on one node (runs on that node's arbiter).
+struct Counter(Arc<AtomicU64>);
+
+impl Actor for Counter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Delivery<Load>> for Counter {
+    type Result = ();
+    fn handle(&mut self, _: Delivery<Load>, _: &mut Context<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(kind) = TopologyKind::from_name(&args.topology)
+        .filter(|k| matches!(k, TopologyKind::Ring | TopologyKind::Mesh))
+    else {
+        eprintln!(
+            "error: --topology {:?}: expected ring or mesh",
+            args.topology
+        );
+        return ExitCode::from(2);
+    };
+    if args.child {
+        let Some(&n) = args.nodes.first() else {
+            return ExitCode::from(2);
+        };
+        let system = System::new();
+        let line = system.block_on(one_size(&args, kind, n));
+        println!("{}", line.text);
+        // Nodes that did not stop in time must not keep the process alive.
+        std::process::exit(i32::from(!line.ok));
+    }
+    let mut failed = false;
+    for &n in &args.nodes {
+        failed |= !spawn_size(&args, n);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs one size in a child process and prints its line; false if it failed or timed out.
+fn spawn_size(args: &Args, n: usize) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        println!("topology={} nodes={n} error=\"cannot find this executable\"", args.topology);
+        return false;
+    };
+    let spawned = Command::new(exe)
+        .args(["--child", "--topology", &args.topology])
+        .args(["--nodes", &n.to_string()])
+        .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
+        .args(["--size", &args.size.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--idle-ms", &args.idle_ms.to_string()])
+        .args(["--limit-s", &args.limit_s.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            println!("topology={} nodes={n} error=\"spawn: {e}\"", args.topology);
+            return false;
+        }
+    };
+    let (tx, rx) = std_mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    // The child keeps its own deadline; this one only catches a child that hangs past it.
+    let deadline = Instant::now() + Duration::from_secs(args.limit_s + 15);
+    let mut printed = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                println!("{line}");
+                printed = true;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std_mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                let _ = child.kill();
+                println!(
+                    "topology={} nodes={n} timeout=1 error=\"the run did not end within {} s; killed\"",
+                    args.topology,
+                    args.limit_s + 15
+                );
+                let _ = child.wait();
+                return false;
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    let ok = child.wait().is_ok_and(|s| s.success());
+    if !printed {
+        println!(
+            "topology={} nodes={n} error=\"the run ended without a result\"",
+            args.topology
+        );
+    }
+    ok && printed
+}
+
+struct Line {
+    ok: bool,
+    text: String,
+}
+
+/// One cluster of `n` nodes: start, converge, measure, stop.
+async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
+    let deadline = Instant::now() + Duration::from_secs(args.limit_s);
+    let mut fields = format!("topology={kind} nodes={n}");
+    let fail = |fields: String, phase: &str, detail: String| Line {
+        ok: false,
+        text: format!("{fields} timeout=1 phase={phase} {detail}"),
+    };
+
+    let mut cfg = testing::peers(kind, n);
+    cfg.cluster.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    // The production default; `for_test` shortens it.
+    cfg.cluster.handshake_timeout = Duration::from_secs(5);
+    let cfg = Arc::new(cfg);
+    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    let rss_before = rss_kib();
+
+    let t0 = Instant::now();
+    let nodes = match cluster::start(cfg.clone(), None).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            return Line {
+                ok: false,
+                text: format!("{fields} error=\"start: {e}\""),
+            }
+        }
+    };
+    let all_up = |nodes: &[NodeHandle]| {
+        nodes
+            .iter()
+            .map(|node| {
+                let view = node.membership().borrow().clone();
+                names.iter().filter(|n| view.is_up(n)).count()
+            })
+            .collect::<Vec<usize>>()
+    };
+    if !wait_all(&nodes, deadline, |v| names.iter().all(|n| v.is_up(n))).await {
+        let up = all_up(&nodes);
+        let detail = format!(
+            "elapsed_ms={} up_min={} up_max={} nodes_seeing_all={}",
+            t0.elapsed().as_millis(),
+            up.iter().min().copied().unwrap_or(0),
+            up.iter().max().copied().unwrap_or(0),
+            up.iter().filter(|&&u| u == n).count(),
+        );
+        stop(&nodes).await;
+        return fail(fields, "converge", detail);
+    }
+    let converge = t0.elapsed();
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(" converge_ms={}", converge.as_millis()),
+    );
+
+    // Every node must know every planned link, or broadcast trees could still differ.
+    let plan = topology::plan(&cfg).graph();
+    let complete = |v: &nodecloud::node::MembershipView| {
+        names.iter().all(|name| {
+            v.members.get(name).is_some_and(|m| {
+                m.links.len() == plan.neighbours(name).count()
+                    && plan.neighbours(name).all(|p| m.links.iter().any(|l| l == p))
+            })
+        })
+    };
+    if !wait_all(&nodes, deadline, complete).await {
+        let detail = format!("{fields} elapsed_ms={}", t0.elapsed().as_millis());
+        stop(&nodes).await;
+        return fail(String::new(), "graph", detail);
+    }
+    let graph = t0.elapsed();
+    let rss_after = rss_kib();
+    let per_node = rss_after.saturating_sub(rss_before) / n as u64;
+
+    // Idle: only heartbeats, pings and statuses flow.
+    let cpu0 = cpu_ms();
+    let idle_start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
+    let idle_cpu_pct = (cpu_ms().saturating_sub(cpu0)) as f64 * 100.0
+        / idle_start.elapsed().as_millis().max(1) as f64;
+    let edges = plan.edge_count() as f64;
+    let status_frames_per_s =
+        (2.0 * edges - (n as f64 - 1.0)) * n as f64 * 1000.0 / args.heartbeat_ms as f64;
+
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(
+            " graph_ms={} rss_per_node_kib={per_node} idle_cpu_pct={idle_cpu_pct:.0} status_frames_per_s={status_frames_per_s:.0}",
+            graph.as_millis()
+        ),
+    );
+
+    // Broadcast throughput.
+    let counters: Vec<Arc<AtomicU64>> = nodes.iter().map(|_| Arc::default()).collect();
+    for (node, count) in nodes.iter().zip(&counters) {
+        let count = count.clone();
+        let addr = Counter::start_in_arbiter(node.arbiter(), move |_| Counter(count));
+        node.subscribe::<Load>(addr.recipient());
+    }
+    let publisher = &nodes[0];
+    let data = vec![0x5a; args.size];
+    let mut seq = 0;
+    let mut delivered = 0u64;
+    let mut run = |k: u64| {
+        let data = data.clone();
+        let counters = counters.clone();
+        let start_seq = seq;
+        seq += k;
+        delivered += k;
+        let target = delivered;
+        async move {
+            let start = Instant::now();
+            for s in start_seq..start_seq + k {
+                let event = Load {
+                    seq: s,
+                    data: data.clone(),
+                };
+                if let Err(e) = publisher.publish_wait(&event).await {
+                    return Err(format!("publish: {e}"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("published {} of {k}", s - start_seq));
+                }
+            }
+            // Poll the counters: cheap next to the deliveries themselves.
+            while counters
+                .iter()
+                .any(|c| c.load(Ordering::Relaxed) < target)
+            {
+                if Instant::now() > deadline {
+                    let min = counters
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .min()
+                        .unwrap_or(0);
+                    return Err(format!(
+                        "slowest node has {} of {target} deliveries",
+                        min
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(start.elapsed())
+        }
+    };
+    let calibration = 500;
+    let took = match run(calibration).await {
+        Ok(t) => t,
+        Err(e) => {
+            stop(&nodes).await;
+            return fail(fields, "calibrate", format!("error=\"{e}\""));
+        }
+    };
+    let rate = calibration as f64 / took.as_secs_f64().max(1e-6);
+    let k = ((rate * args.seconds) as u64).clamp(1_000, 2_000_000);
+    let took = match run(k).await {
+        Ok(t) => t,
+        Err(e) => {
+            stop(&nodes).await;
+            return fail(fields, "broadcast", format!("events={k} error=\"{e}\""));
+        }
+    };
+    let per_s = (k * n as u64) as f64 / took.as_secs_f64().max(1e-6);
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(
+            " broadcast_events_per_s={per_s:.0} events={k} broadcast_ms={}",
+            took.as_millis()
+        ),
+    );
+    stop(&nodes).await;
+    Line {
+        ok: true,
+        text: fields,
+    }
+}
+
+/// Wait until `done` holds for every node's view, or the deadline passes.
+async fn wait_all(
+    nodes: &[NodeHandle],
+    deadline: Instant,
+    done: impl Fn(&nodecloud::node::MembershipView) -> bool,
+) -> bool {
+    for node in nodes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut rx = node.membership();
+        let ok = tokio::time::timeout(left, rx.wait_for(|v| done(v)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+async fn stop(nodes: &[NodeHandle]) {
+    cluster::stop(nodes).await;
+}
+
+/// Resident memory of this process (Linux; 0 elsewhere).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process in ms (Linux, 100 Hz clock ticks; 0 elsewhere).
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; `fields` starts at field 3.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
+}
