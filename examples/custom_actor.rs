@@ -46,7 +46,8 @@ impl Actor for Thermostat {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.node.subscribe::<Temperature>(ctx.address().recipient());
+        self.node
+            .subscribe::<Temperature>(ctx.address().recipient());
     }
 }
 
@@ -54,9 +55,16 @@ impl Handler<Delivery<Temperature>> for Thermostat {
     type Result = ();
 
     fn handle(&mut self, d: Delivery<Temperature>, _: &mut Context<Self>) {
-        println!("{}: {:.1} °C from {}", self.node.name(), d.event.celsius, d.from);
+        println!(
+            "{}: {:.1} °C from {}",
+            self.node.name(),
+            d.event.celsius,
+            d.from
+        );
         if d.event.celsius > self.threshold {
-            let order = Command { action: "cool down".into() };
+            let order = Command {
+                action: "cool down".into(),
+            };
             if let Err(e) = self.node.send_to(&d.from, &order) {
                 eprintln!("cannot answer {}: {e}", d.from);
             }
@@ -79,14 +87,20 @@ impl Handler<Delivery<Command>> for Hvac {
     type Result = ();
 
     fn handle(&mut self, d: Delivery<Command>, _: &mut Context<Self>) {
-        println!("{}: command {:?} from {}", self.name, d.event.action, d.from);
+        println!(
+            "{}: command {:?} from {}",
+            self.name, d.event.action, d.from
+        );
         let _ = self.done.send(self.name.clone());
     }
 }
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().skip_while(|a| a != "--config").nth(1).unwrap_or_else(|| "config/star.toml".into());
+    let path = std::env::args()
+        .skip_while(|a| a != "--config")
+        .nth(1)
+        .unwrap_or_else(|| "config/star.toml".into());
     let config = Arc::new(Config::load(path.as_ref())?);
     let nodes = cluster::start(config, None).await?;
     testing::wait_converged(&nodes, Duration::from_secs(10)).await?;
@@ -95,18 +109,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (commands_tx, mut commands) = mpsc::unbounded_channel();
     let (home, sensors) = nodes.split_last().ok_or("the topology has no nodes")?;
     let node = home.clone();
-    home.supervise("thermostat", move || Thermostat { node: node.clone(), done: readings_tx.clone(), threshold: 25.0 })
-        .await;
+    home.supervise("thermostat", move || Thermostat {
+        node: node.clone(),
+        done: readings_tx.clone(),
+        threshold: 25.0,
+    })
+    .await;
     for sensor in sensors {
-        let hvac = Hvac { name: sensor.name().to_owned(), done: commands_tx.clone() }.start();
+        let hvac = Hvac {
+            name: sensor.name().to_owned(),
+            done: commands_tx.clone(),
+        }
+        .start();
         sensor.subscribe::<Command>(hvac.recipient());
     }
 
     // One reading from every node, the thermostat's own included; the hot ones get an order.
     for (i, n) in nodes.iter().enumerate() {
-        n.publish(&Temperature { celsius: 20.0 + 3.0 * i as f32 })?;
+        n.publish(&Temperature {
+            celsius: 20.0 + 3.0 * i as f32,
+        })?;
     }
-    let hot = nodes.iter().enumerate().filter(|(i, n)| 20.0 + 3.0 * *i as f32 > 25.0 && n.name() != home.name()).count();
+    let hot = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| 20.0 + 3.0 * *i as f32 > 25.0 && n.name() != home.name())
+        .count();
     let wait = async {
         for _ in 0..nodes.len() {
             readings.recv().await;
@@ -115,7 +143,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             commands.recv().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), wait).await.map_err(|_| "not every event arrived within 10 s")?;
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| "not every event arrived within 10 s")?;
     println!("{} readings and {hot} commands delivered", nodes.len());
     cluster::stop(&nodes).await;
     Ok(())

@@ -136,7 +136,10 @@ fn main() -> ExitCode {
 /// Runs one size in a child process and prints its line; false if it failed or timed out.
 fn spawn_size(args: &Args, n: usize) -> bool {
     let Ok(exe) = std::env::current_exe() else {
-        println!("topology={} nodes={n} error=\"cannot find this executable\"", args.topology);
+        println!(
+            "topology={} nodes={n} error=\"cannot find this executable\"",
+            args.topology
+        );
         return false;
     };
     let spawned = Command::new(exe)
@@ -263,7 +266,9 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         names.iter().all(|name| {
             v.members.get(name).is_some_and(|m| {
                 m.links.len() == plan.neighbours(name).count()
-                    && plan.neighbours(name).all(|p| m.links.iter().any(|l| l == p))
+                    && plan
+                        .neighbours(name)
+                        .all(|p| m.links.iter().any(|l| l == p))
             })
         })
     };
@@ -327,20 +332,14 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
                 }
             }
             // Poll the counters: cheap next to the deliveries themselves.
-            while counters
-                .iter()
-                .any(|c| c.load(Ordering::Relaxed) < target)
-            {
+            while counters.iter().any(|c| c.load(Ordering::Relaxed) < target) {
                 if Instant::now() > deadline {
                     let min = counters
                         .iter()
                         .map(|c| c.load(Ordering::Relaxed))
                         .min()
                         .unwrap_or(0);
-                    return Err(format!(
-                        "slowest node has {} of {target} deliveries",
-                        min
-                    ));
+                    return Err(format!("slowest node has {} of {target} deliveries", min));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

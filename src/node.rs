@@ -40,9 +40,9 @@ pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, Target};
 use crate::topology;
-use crate::wire::{self, encode_event, Envelope, StatValue};
+use crate::wire::{self, Envelope, StatValue};
 use event_bus::{Deliver, EventBus, Subscribe, TypedSubscriber, Unsubscribe};
-use session::{LinkHandle, Outbound};
+use session::Outbound;
 use shared::NodeShared;
 use stats::{SetStat, Stats};
 use supervisor::{Children, NodeSupervisor, Shutdown};
@@ -252,8 +252,7 @@ impl NodeHandle {
     /// [`PublishError`]; on `Full`/`BusFull` nothing was sent: retry, or use
     /// [`publish_wait`](Self::publish_wait).
     pub fn publish<E: Event>(&self, event: &E) -> Result<(), PublishError> {
-        let env = self.envelope(event, None)?;
-        self.dispatch_now(env)
+        self.dispatch_now(event, None)
     }
 
     /// Publish, waiting for room when a link or the local bus is full (backpressure).
@@ -261,8 +260,7 @@ impl NodeHandle {
     /// # Errors
     /// [`PublishError`] other than `Full`/`BusFull`.
     pub async fn publish_wait<E: Event>(&self, event: &E) -> Result<(), PublishError> {
-        let env = self.envelope(event, None)?;
-        self.dispatch_wait(env).await
+        self.dispatch_wait(event, None).await
     }
 
     /// Send to one node, by name or incarnation.
@@ -275,8 +273,7 @@ impl NodeHandle {
         event: &E,
     ) -> Result<(), PublishError> {
         let target = self.resolve(target.into())?;
-        let env = self.envelope(event, target)?;
-        self.dispatch_now(env)
+        self.dispatch_now(event, target)
     }
 
     /// [`send_to`](Self::send_to), waiting for room when the link is full.
@@ -289,8 +286,7 @@ impl NodeHandle {
         event: &E,
     ) -> Result<(), PublishError> {
         let target = self.resolve(target.into())?;
-        let env = self.envelope(event, target)?;
-        self.dispatch_wait(env).await
+        self.dispatch_wait(event, target).await
     }
 
     /// This node's view of the cluster, updated on every change.
@@ -381,92 +377,137 @@ impl NodeHandle {
         }
     }
 
-    fn envelope<E: Event>(
+    /// Encode `event` once and plan where it goes: the links it leaves on (walked again from
+    /// the same table snapshot when sending), its frame, and its envelope if this node's own
+    /// subscribers take it. Nothing is allocated per event but the frame (and the local
+    /// envelope, when there are local subscribers).
+    fn prepare<E: Event>(
         &self,
         event: &E,
         target: Option<String>,
-    ) -> Result<Envelope, PublishError> {
-        Ok(Envelope {
-            id: self.shared.next_event_id(),
-            topic: E::TOPIC.to_owned(),
-            origin: self.shared.name().to_owned(),
-            origin_incarnation: self.shared.incarnation,
+    ) -> Result<Outgoing, PublishError> {
+        let s = &self.shared;
+        let id = s.next_event_id();
+        let table = s.routes.load_full();
+        let (frame, local) = wire::EncodedMessage::with_payload(event, |payload| {
+            let to = target.as_deref();
+            let linked = table.next_links_for(to, s.name(), None).next().is_some();
+            let here = table.is_local_for(to);
+            if let Some(t) = &target {
+                if !here && !linked {
+                    return Err(PublishError::Unreachable(t.clone()));
+                }
+            }
+            let frame = if linked {
+                let (incarnation, ttl) = (s.incarnation, s.ttl);
+                let f = wire::EncodedMessage::event(
+                    id,
+                    E::TOPIC,
+                    s.name(),
+                    incarnation,
+                    to,
+                    ttl,
+                    payload,
+                );
+                let max = s.config.cluster.max_frame_bytes;
+                if f.len() + 16 > max {
+                    return Err(PublishError::TooLarge { len: f.len(), max });
+                }
+                Some(f)
+            } else {
+                None
+            };
+            let local = (here && s.local_topics.contains(E::TOPIC)).then(|| Envelope {
+                id,
+                topic: E::TOPIC.to_owned(),
+                origin: s.name().to_owned(),
+                origin_incarnation: s.incarnation,
+                target: target.clone(),
+                ttl: s.ttl,
+                payload: bytes::Bytes::copy_from_slice(payload),
+            });
+            Ok((frame, local))
+        })??;
+        Ok(Outgoing {
+            table,
             target,
-            ttl: self.shared.ttl,
-            payload: wire::encode_payload(event)?,
+            frame,
+            local,
         })
     }
 
-    /// The links `env` leaves on, its encoded frame, and whether it is delivered here too.
-    fn plan_dispatch(
+    fn dispatch_now<E: Event>(
         &self,
-        env: &Envelope,
-    ) -> Result<(Vec<LinkHandle>, Option<wire::EncodedMessage>, bool), PublishError> {
-        let table = self.shared.routes.load();
-        let links: Vec<LinkHandle> = table.next_links(env, None).into_iter().cloned().collect();
-        let local = table.is_local(env);
-        if let Some(t) = &env.target {
-            if !local && links.is_empty() {
-                return Err(PublishError::Unreachable(t.clone()));
-            }
-        }
-        let frame = if links.is_empty() {
-            None
-        } else {
-            Some(encode_event(env)?)
-        };
-        if let Some(f) = &frame {
-            let max = self.shared.config.cluster.max_frame_bytes;
-            if f.len() + 16 > max {
-                return Err(PublishError::TooLarge { len: f.len(), max });
-            }
-        }
-        Ok((
-            links,
-            frame,
-            local && self.shared.local_topics.contains(&env.topic),
-        ))
-    }
-
-    fn dispatch_now(&self, env: Envelope) -> Result<(), PublishError> {
-        let (links, frame, local) = self.plan_dispatch(&env)?;
-        // Reserve room everywhere first, so a full link means nothing was sent.
-        let mut permits = Vec::with_capacity(links.len());
-        for link in &links {
-            permits.push(link.tx.try_reserve().map_err(|e| match e {
+        event: &E,
+        target: Option<String>,
+    ) -> Result<(), PublishError> {
+        let out = self.prepare(event, target)?;
+        let links = out
+            .table
+            .next_links_for(out.target.as_deref(), self.name(), None);
+        // Reserve room everywhere first, so a full link means nothing was sent. (The first
+        // permit is kept apart so that the usual single link costs no allocation.)
+        let mut first = None;
+        let mut more = Vec::new();
+        for link in links.clone() {
+            let permit = link.tx.try_reserve().map_err(|e| match e {
                 tokio::sync::mpsc::error::TrySendError::Full(()) => {
                     PublishError::Full(link.peer.clone())
                 }
                 tokio::sync::mpsc::error::TrySendError::Closed(()) => {
                     PublishError::Unreachable(link.peer.clone())
                 }
-            })?);
+            })?;
+            match first {
+                None => first = Some(permit),
+                Some(_) => more.push(permit),
+            }
         }
-        if local {
+        if let Some(env) = out.local {
             self.bus.try_send(Deliver(vec![env])).map_err(|e| match e {
                 SendError::Full(_) => PublishError::BusFull,
                 SendError::Closed(_) => PublishError::Stopped,
             })?;
         }
-        if let Some(frame) = frame {
-            for (permit, link) in permits.into_iter().zip(&links) {
-                permit.send(Outbound::Frame(frame.clone()));
-                link.counters.events_out.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut frame = out.frame;
+        let mut sends = links.zip(first.into_iter().chain(more)).peekable();
+        while let Some((link, permit)) = sends.next() {
+            // The last link takes the frame itself, the others a reference-counted clone.
+            let f = if sends.peek().is_some() {
+                frame.clone()
+            } else {
+                frame.take()
+            };
+            let Some(f) = f else { break };
+            permit.send(Outbound::Frame(f));
+            link.counters.events_out.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    async fn dispatch_wait(&self, env: Envelope) -> Result<(), PublishError> {
-        let (links, frame, local) = self.plan_dispatch(&env)?;
-        if let Some(frame) = frame {
-            for link in &links {
-                if link.tx.send(Outbound::Frame(frame.clone())).await.is_ok() {
-                    link.counters.events_out.fetch_add(1, Ordering::Relaxed);
-                }
+    async fn dispatch_wait<E: Event>(
+        &self,
+        event: &E,
+        target: Option<String>,
+    ) -> Result<(), PublishError> {
+        let out = self.prepare(event, target)?;
+        let mut frame = out.frame;
+        let mut links = out
+            .table
+            .next_links_for(out.target.as_deref(), self.name(), None)
+            .peekable();
+        while let Some(link) = links.next() {
+            let f = if links.peek().is_some() {
+                frame.clone()
+            } else {
+                frame.take()
+            };
+            let Some(f) = f else { break };
+            if link.tx.send(Outbound::Frame(f)).await.is_ok() {
+                link.counters.events_out.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if local {
+        if let Some(env) = out.local {
             self.bus
                 .send(Deliver(vec![env]))
                 .await
@@ -474,4 +515,15 @@ impl NodeHandle {
         }
         Ok(())
     }
+}
+
+/// An event [`NodeHandle::prepare`]d for sending.
+struct Outgoing {
+    /// The snapshot the event was planned on; sending walks its links again.
+    table: Arc<router::RouteTable>,
+    target: Option<String>,
+    /// `None` when no link takes the event.
+    frame: Option<wire::EncodedMessage>,
+    /// `Some` when this node's subscribers take it too.
+    local: Option<Envelope>,
 }

@@ -23,7 +23,11 @@ struct Proc {
 impl Proc {
     fn start(config: &Path, node: Option<&str>) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
-        cmd.arg("--config").arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         if let Some(n) = node {
             cmd.arg("--node").arg(n);
         }
@@ -37,7 +41,12 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines, seen: Vec::new(), unmatched: Vec::new() }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+            unmatched: Vec::new(),
+        }
     }
 
     /// Wait for a log line containing every one of `parts` that no earlier call matched
@@ -58,13 +67,20 @@ impl Proc {
                     }
                     self.unmatched.push(line);
                 }
-                Err(_) => panic!("no line with {parts:?} within {timeout:?}; saw:\n{}", self.seen.join("\n")),
+                Err(_) => panic!(
+                    "no line with {parts:?} within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -74,7 +90,10 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "process still running after {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "process still running after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(10)); // polling a pid: there is no event to await
         }
     }
@@ -88,7 +107,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A star config (master + 3 workers) on free ports, written to a temp dir.
@@ -97,7 +120,12 @@ fn star_config(dir: &Path) -> PathBuf {
         "[cluster]\nname = \"proc-test\"\ntopology = \"star\"\nsecret = \"process-test-secret-0123\"\n\
          heartbeat_interval_ms = 100\nfailure_threshold = 5\n",
     );
-    for (name, role) in [("master", "master"), ("worker-1", "worker"), ("worker-2", "worker"), ("worker-3", "worker")] {
+    for (name, role) in [
+        ("master", "master"),
+        ("worker-1", "worker"),
+        ("worker-2", "worker"),
+        ("worker-3", "worker"),
+    ] {
         text.push_str(&format!(
             "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:{}\"\n",
             free_port()
@@ -113,7 +141,9 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = star_config(dir.path());
     let mut master = Proc::start(&cfg, Some("master"));
-    let mut workers: Vec<Proc> = (1..=3).map(|i| Proc::start(&cfg, Some(&format!("worker-{i}")))).collect();
+    let mut workers: Vec<Proc> = (1..=3)
+        .map(|i| Proc::start(&cfg, Some(&format!("worker-{i}"))))
+        .collect();
     for i in 1..=3 {
         master.expect_line(&[&format!("membership: worker-{i} up")], WAIT);
     }
@@ -127,7 +157,10 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     let _ = w2.child.wait();
     master.expect_line(&["membership: worker-2 down"], WAIT);
     let took = killed_at.elapsed();
-    assert!(took <= FAILURE_TIMEOUT + Duration::from_secs(1), "down after {took:?}");
+    assert!(
+        took <= FAILURE_TIMEOUT + Duration::from_secs(1),
+        "down after {took:?}"
+    );
     workers[0].expect_line(&["membership: worker-2 down"], WAIT);
 
     let _w2 = Proc::start(&cfg, Some("worker-2"));
@@ -174,7 +207,10 @@ fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
     let cfg = star_config(dir.path());
     let mut all = Proc::start(&cfg, None);
     for i in 1..=3 {
-        all.expect_line(&[&format!("membership: worker-{i} up"), "node=master"], WAIT);
+        all.expect_line(
+            &[&format!("membership: worker-{i} up"), "node=master"],
+            WAIT,
+        );
     }
     all.expect_line(&["membership: master up", "node=worker-3"], WAIT);
     let t = Instant::now();
@@ -189,22 +225,41 @@ fn a_port_in_use_is_reported_with_the_node_and_address() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = star_config(dir.path());
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap()[..5].trim_end_matches('"').parse().unwrap();
+    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap()[..5]
+        .trim_end_matches('"')
+        .parse()
+        .unwrap();
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud")).arg("--config").arg(&cfg).arg("--node").arg("master").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--node")
+        .arg("master")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("master") && err.contains(&port.to_string()), "{err}");
+    assert!(
+        err.contains("master") && err.contains(&port.to_string()),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_prints_every_node_and_the_links_it_dials() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud")).args(["check", "--config", "config/star.toml"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud"))
+        .args(["check", "--config", "config/star.toml"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("4 nodes, 3 links"), "{text}");
     for w in ["worker-1", "worker-2", "worker-3"] {
-        assert!(text.lines().any(|l| l.contains(w) && l.contains("dials: master")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(w) && l.contains("dials: master")),
+            "{text}"
+        );
     }
 }
 
@@ -218,7 +273,12 @@ fn check_names_the_file_line_and_field_of_an_error() {
          [[nodes]]\nname = \"m\"\nrole = \"master\"\nlisten = \"127.0.0.1:7000\"\ncolour = \"red\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud")).arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodecloud"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:10"), "names file and line: {err}");
@@ -233,5 +293,8 @@ fn an_unknown_node_name_is_refused_with_the_known_names() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("worker-9") && err.contains("worker-1"), "{err}");
+    assert!(
+        err.contains("worker-9") && err.contains("worker-1"),
+        "{err}"
+    );
 }

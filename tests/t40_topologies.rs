@@ -69,7 +69,9 @@ fn collector(node: &NodeHandle) -> Rx {
 async fn recv(rx: &mut Rx, at: &str, waiting_for: &str) -> (String, Probe) {
     tokio::time::timeout(WAIT, rx.recv())
         .await
-        .unwrap_or_else(|_| panic!("{at}: no delivery within {WAIT:?} while waiting for {waiting_for}"))
+        .unwrap_or_else(|_| {
+            panic!("{at}: no delivery within {WAIT:?} while waiting for {waiting_for}")
+        })
         .expect("collector channel open")
 }
 
@@ -378,7 +380,10 @@ impl Live {
         for (i, node) in self.nodes.iter().enumerate() {
             let origin = node.name().to_owned();
             expected.insert(
-                (origin.clone(), probe(Kind::Broadcast, round * 100 + i as i64)),
+                (
+                    origin.clone(),
+                    probe(Kind::Broadcast, round * 100 + i as i64),
+                ),
                 1,
             );
             expected.insert((origin, probe(Kind::End, round)), 1);

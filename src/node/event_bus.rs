@@ -42,12 +42,13 @@ pub(crate) enum Delivered {
     /// (true) or died (false).
     Full(Pin<Box<dyn Future<Output = bool>>>),
     Closed,
-    Undecodable(WireError),
+    /// The payload does not decode into the subscriber's type; the sender is handed back.
+    Undecodable(WireError, NodeId),
 }
 
 /// A subscriber, type-erased: it knows how to turn a payload into its own message.
 pub(crate) trait Subscriber: Send {
-    fn deliver(&self, from: &NodeId, payload: &[u8]) -> Delivered;
+    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered;
 }
 
 /// A Rust actor subscribed to `E`.
@@ -56,15 +57,12 @@ pub(crate) struct TypedSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for TypedSubscriber<E> {
-    fn deliver(&self, from: &NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
-            Err(e) => return Delivered::Undecodable(e),
+            Err(e) => return Delivered::Undecodable(e, from),
         };
-        match self.recipient.try_send(Delivery {
-            from: from.clone(),
-            event,
-        }) {
+        match self.recipient.try_send(Delivery { from, event }) {
             Ok(()) => Delivered::Sent,
             Err(SendError::Full(msg)) => {
                 let recipient = self.recipient.clone();
@@ -118,44 +116,62 @@ impl EventBus {
 
     /// Offer pending envelopes to subscribers until done or a mailbox is full.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(env) = self.pending.pop_front() {
-            let from = NodeId {
-                name: env.origin.clone(),
+        while let Some(mut env) = self.pending.pop_front() {
+            // The origin's name moves into the last subscriber's delivery; the others get
+            // clones (one allocation fewer per event in the common one-subscriber case).
+            let mut from = NodeId {
+                name: std::mem::take(&mut env.origin),
                 incarnation: env.origin_incarnation,
             };
-            loop {
-                let i = self.cursor;
-                let Some((id, sub)) = self.topics.get(&env.topic).and_then(|v| v.get(i)) else {
-                    break;
-                };
-                self.cursor += 1;
-                match sub.deliver(&from, &env.payload) {
-                    Delivered::Sent => {}
-                    Delivered::Closed => {
-                        let id = *id;
-                        self.remove(&env.topic, id);
-                        self.cursor -= 1;
-                    }
-                    Delivered::Undecodable(err) => {
-                        self.undecodable += 1;
-                        if self.undecodable.is_power_of_two() {
-                            tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %env.origin,
-                                count = self.undecodable, "event payload does not decode for a subscriber: {err}");
+            // Looked up once per envelope, and again only after a subscriber was removed.
+            'lookup: while let Some(subs) = self.topics.get(&env.topic) {
+                while let Some((id, sub)) = subs.get(self.cursor) {
+                    self.cursor += 1;
+                    let last = self.cursor == subs.len();
+                    let to = if last {
+                        NodeId {
+                            name: std::mem::take(&mut from.name),
+                            incarnation: from.incarnation,
+                        }
+                    } else {
+                        from.clone()
+                    };
+                    match sub.deliver(to, &env.payload) {
+                        Delivered::Sent => {}
+                        Delivered::Closed => {
+                            let id = *id;
+                            self.remove(&env.topic, id);
+                            self.cursor -= 1;
+                            continue 'lookup;
+                        }
+                        Delivered::Undecodable(err, to) => {
+                            self.undecodable += 1;
+                            if self.undecodable.is_power_of_two() {
+                                tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %to.name,
+                                    count = self.undecodable, "event payload does not decode for a subscriber: {err}");
+                            }
+                        }
+                        Delivered::Full(wait) => {
+                            let (id, topic) = (*id, env.topic.clone());
+                            if last {
+                                // Every subscriber has it (or is waited for): done with it.
+                                self.cursor = 0;
+                            } else {
+                                env.origin = std::mem::take(&mut from.name);
+                                self.pending.push_front(env);
+                            }
+                            ctx.wait(wait.into_actor(self).map(move |alive, act, ctx| {
+                                if !alive {
+                                    act.remove(&topic, id);
+                                    act.cursor = act.cursor.saturating_sub(1);
+                                }
+                                act.drain(ctx);
+                            }));
+                            return;
                         }
                     }
-                    Delivered::Full(wait) => {
-                        let (id, topic) = (*id, env.topic.clone());
-                        self.pending.push_front(env);
-                        ctx.wait(wait.into_actor(self).map(move |alive, act, ctx| {
-                            if !alive {
-                                act.remove(&topic, id);
-                                act.cursor = act.cursor.saturating_sub(1);
-                            }
-                            act.drain(ctx);
-                        }));
-                        return;
-                    }
                 }
+                break;
             }
             self.cursor = 0;
         }

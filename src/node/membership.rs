@@ -5,7 +5,8 @@
 //! heartbeat tick reaches it, when its own links change, and on its own clock when no tick came
 //! for 1.5 intervals (topologies without a master). A status or tick is forwarded once, to every
 //! link but the one it came on, and only if it is newer than what this node holds, so floods
-//! stop by themselves.
+//! stop by themselves. A status is not forwarded to its origin nor to the peers the origin
+//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all).
 //!
 //! A node is **up** when it is reachable from here over edges both ends report, and its status
 //! is fresh (younger than `failure_threshold` heartbeat intervals). So a killed node is down as
@@ -156,8 +157,13 @@ impl Membership {
         name != self.shared.name() && self.shared.config.node(name).is_some()
     }
 
-    /// Send `msg` on every live link but `except`.
-    fn flood(&self, msg: &Message, except: Option<&str>) {
+    /// Send `msg` on every live link whose peer `skip` does not name.
+    fn flood(&self, msg: &Message, skip: impl Fn(&str) -> bool) {
+        let table = self.shared.routes.load();
+        let mut links = table.links().filter(|l| !skip(&l.peer)).peekable();
+        if links.peek().is_none() {
+            return;
+        }
         let frame = match encode_message(msg) {
             Ok(f) => f,
             Err(e) => {
@@ -165,8 +171,7 @@ impl Membership {
                 return;
             }
         };
-        let table = self.shared.routes.load();
-        for link in table.links().filter(|l| Some(l.peer.as_str()) != except) {
+        for link in links {
             let _ = link
                 .tx
                 .try_send(super::session::Outbound::Frame(frame.clone()));
@@ -186,7 +191,7 @@ impl Membership {
             links: self.my_links.iter().cloned().collect(),
             stats: (**self.shared.stats.load()).clone(),
         };
-        self.flood(&Message::Status(status), None);
+        self.flood(&Message::Status(status), |_| false);
     }
 
     fn fresh(&self, name: &str) -> Option<&Status> {
@@ -291,7 +296,14 @@ impl Membership {
         let config = &self.shared.config;
         status.links.retain(|l| config.node(l).is_some());
         status.links.truncate(config.nodes.len());
-        self.flood(&Message::Status(status.clone()), Some(&via));
+        // The origin sent its status to each of its linked peers itself: relaying it to them
+        // (or back to the origin) only makes copies they drop. In a mesh this turns the
+        // 2E − (N−1) frames of a plain flood into N−1.
+        let direct: BTreeSet<&str> = status.links.iter().map(String::as_str).collect();
+        let origin = status.node.as_str();
+        self.flood(&Message::Status(status.clone()), |peer| {
+            peer == via || peer == origin || direct.contains(peer)
+        });
         let changed = self.statuses.get(&status.node).is_none_or(|k| {
             k.status.links != status.links || k.status.incarnation != status.incarnation
         }) || !self.up.contains(&status.node);
@@ -322,7 +334,7 @@ impl Membership {
         }
         self.ticks_seen
             .insert(hb.master.clone(), (hb.incarnation, hb.n));
-        self.flood(&Message::Heartbeat(hb), Some(&via));
+        self.flood(&Message::Heartbeat(hb), |peer| peer == via);
         self.last_tick = Some(Instant::now());
         if self
             .last_announce

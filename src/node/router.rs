@@ -41,26 +41,44 @@ impl RouteTable {
     }
 
     /// The links `env` leaves this node on (never the one it `arrived_on`).
-    pub fn next_links(&self, env: &Envelope, arrived_on: Option<&str>) -> Vec<&LinkHandle> {
-        let hops: Vec<&str> = match &env.target {
-            None => self
-                .routes
-                .broadcast_next(&env.origin)
-                .iter()
-                .map(String::as_str)
-                .collect(),
-            Some(t) if t == self.routes.me() => Vec::new(),
-            Some(t) => self.routes.next_hop(t).into_iter().collect(),
+    pub fn next_links<'a>(
+        &'a self,
+        env: &'a Envelope,
+        arrived_on: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
+        self.next_links_for(env.target.as_deref(), &env.origin, arrived_on)
+    }
+
+    /// [`next_links`](Self::next_links) of an event from `origin` to `target` (`None`:
+    /// broadcast), for publishers that have no envelope yet. Lazy and allocation-free: it is
+    /// walked on every event.
+    pub fn next_links_for<'a>(
+        &'a self,
+        target: Option<&'a str>,
+        origin: &'a str,
+        arrived_on: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
+        let (broadcast, hop): (&[String], Option<&str>) = match target {
+            None => (self.routes.broadcast_next(origin), None),
+            Some(t) if t == self.routes.me() => (&[], None),
+            Some(t) => (&[], self.routes.next_hop(t)),
         };
-        hops.into_iter()
-            .filter(|h| Some(*h) != arrived_on)
+        broadcast
+            .iter()
+            .map(String::as_str)
+            .chain(hop)
+            .filter(move |h| Some(*h) != arrived_on)
             .filter_map(|h| self.links.get(h))
-            .collect()
     }
 
     /// Whether this node delivers `env` to its own subscribers.
     pub fn is_local(&self, env: &Envelope) -> bool {
-        env.target.as_deref().is_none_or(|t| t == self.routes.me())
+        self.is_local_for(env.target.as_deref())
+    }
+
+    /// [`is_local`](Self::is_local) of an event sent to `target`.
+    pub fn is_local_for(&self, target: Option<&str>) -> bool {
+        target.is_none_or(|t| t == self.routes.me())
     }
 }
 

@@ -27,12 +27,12 @@ use tokio_util::codec::FramedRead;
 
 use super::event_bus::{Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
-use super::router::{LinkDown, LinkUp, Router};
+use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::supervision::guard;
 use crate::wire::{
-    encode_event, encode_message, Bye, EncodedMessage, ErrorFrame, Frame, FrameCodec, Message,
-    PeerInfo, Ping, WireError,
+    encode_event, encode_message, Bye, EncodedMessage, Envelope, ErrorFrame, Frame, FrameCodec,
+    Message, PeerInfo, Ping, WireError,
 };
 
 /// What a link's writer task is asked to do.
@@ -115,6 +115,31 @@ pub struct Session {
 
 type ReadBatch = Vec<Result<Frame, WireError>>;
 
+/// What handling one read batch accumulates and caches, so the per-event work is only the
+/// event's own: the route table is loaded once per batch, the local-subscriber check is
+/// remembered for the last topic seen, and the link counter is bumped once.
+struct Batch {
+    /// Envelopes for this node's subscribers, handed to the bus as one message.
+    local: Vec<Envelope>,
+    table: Arc<RouteTable>,
+    /// The last topic looked up in `local_topics`, and the answer.
+    topic: Option<(String, bool)>,
+    events_in: u64,
+}
+
+impl Batch {
+    fn subscribed(&mut self, topic: &str, shared: &NodeShared) -> bool {
+        match &self.topic {
+            Some((t, known)) if t == topic => *known,
+            _ => {
+                let known = shared.local_topics.contains(topic);
+                self.topic = Some((topic.to_owned(), known));
+                known
+            }
+        }
+    }
+}
+
 impl Session {
     /// Start a session on an authenticated connection. `codec` carries the handshake's
     /// sequence numbers; `leftover` holds bytes the handshake read past its last frame.
@@ -185,14 +210,9 @@ impl Session {
         ctx.stop();
     }
 
-    fn on_message(
-        &mut self,
-        msg: Message,
-        local: &mut Vec<crate::wire::Envelope>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_message(&mut self, msg: Message, batch: &mut Batch, ctx: &mut Context<Self>) {
         match msg {
-            Message::Event(env) => self.on_event(env, local, ctx),
+            Message::Event(env) => self.on_event(env, batch, ctx),
             Message::Status(status) => {
                 // Periodic and superseded by the next one: dropping under load is safe.
                 let _ = self.p.membership.try_send(StatusReceived {
@@ -238,13 +258,8 @@ impl Session {
         }
     }
 
-    fn on_event(
-        &mut self,
-        mut env: crate::wire::Envelope,
-        local: &mut Vec<crate::wire::Envelope>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.counters.events_in.fetch_add(1, Ordering::Relaxed);
+    fn on_event(&mut self, mut env: Envelope, batch: &mut Batch, ctx: &mut Context<Self>) {
+        batch.events_in += 1;
         if env.target.is_none() {
             let fresh = self
                 .p
@@ -257,14 +272,14 @@ impl Session {
                 return;
             }
         }
-        let table = self.p.shared.routes.load();
+        let table = &*batch.table;
+        let relayed = table.next_links(&env, Some(self.peer())).next().is_some();
         if env.ttl > 1 {
-            let next = table.next_links(&env, Some(self.peer()));
-            if !next.is_empty() {
+            if relayed {
                 env.ttl -= 1;
                 match encode_event(&env) {
                     Ok(frame) => {
-                        for link in next {
+                        for link in table.next_links(&env, Some(self.peer())) {
                             if !link.try_send_event(frame.clone()) {
                                 // Full: wait for room, pausing this link's reads (backpressure).
                                 let (tx, frame, counters) =
@@ -285,11 +300,11 @@ impl Session {
                     }
                 }
             }
-        } else if !table.next_links(&env, Some(self.peer())).is_empty() {
+        } else if relayed {
             tracing::debug!(node = %self.p.shared.name(), origin = %env.origin, "event TTL expired; not relayed");
         }
-        if table.is_local(&env) && self.p.shared.local_topics.contains(&env.topic) {
-            local.push(env);
+        if table.is_local(&env) && batch.subscribed(&env.topic, &self.p.shared) {
+            batch.local.push(env);
         }
     }
 
@@ -339,7 +354,9 @@ impl Actor for Session {
             link_id: self.link_id,
         });
         if let Some(owner) = &self.p.owner {
-            owner.do_send(SessionClosed { link_id: self.link_id });
+            owner.do_send(SessionClosed {
+                link_id: self.link_id,
+            });
         }
     }
 }
@@ -347,14 +364,20 @@ impl Actor for Session {
 impl StreamHandler<ReadBatch> for Session {
     fn handle(&mut self, batch: ReadBatch, ctx: &mut Context<Self>) {
         self.last_inbound = Instant::now();
-        let mut local = Vec::new();
-        for item in batch {
+        let frames = batch;
+        let mut batch = Batch {
+            local: Vec::with_capacity(frames.len()),
+            table: self.p.shared.routes.load_full(),
+            topic: None,
+            events_in: 0,
+        };
+        for item in frames {
             if self.closing {
                 break;
             }
             match item {
                 Ok(Frame(_, msg)) => {
-                    if guard("session", ctx, |ctx| self.on_message(msg, &mut local, ctx)).is_none()
+                    if guard("session", ctx, |ctx| self.on_message(msg, &mut batch, ctx)).is_none()
                     {
                         self.closing = true;
                     }
@@ -368,8 +391,13 @@ impl StreamHandler<ReadBatch> for Session {
                 Err(e) => self.fail(ctx, e.code(), e.to_string()),
             }
         }
-        if !local.is_empty() {
-            match self.p.bus.try_send(Deliver(local)) {
+        if batch.events_in > 0 {
+            self.counters
+                .events_in
+                .fetch_add(batch.events_in, Ordering::Relaxed);
+        }
+        if !batch.local.is_empty() {
+            match self.p.bus.try_send(Deliver(batch.local)) {
                 Ok(()) => {}
                 Err(SendError::Full(batch)) => {
                     // The bus is behind: stop reading until it takes this batch.

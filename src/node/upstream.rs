@@ -167,7 +167,11 @@ impl Handler<SessionClosed> for Upstream {
     type Result = ();
 
     fn handle(&mut self, closed: SessionClosed, ctx: &mut Context<Self>) {
-        if self.session.as_ref().is_some_and(|(_, id)| *id != closed.link_id) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|(_, id)| *id != closed.link_id)
+        {
             return;
         }
         self.session = None;

@@ -9,6 +9,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use uuid::Uuid;
+
 use super::frame::{Envelope, Frame, Message};
 
 /// Bytes of the big-endian length prefix.
@@ -69,16 +71,168 @@ pub fn encode_message(msg: &Message) -> Result<EncodedMessage, WireError> {
 /// Encode `{"event": envelope}` from a borrowed envelope (relays and publishers keep theirs).
 ///
 /// # Errors
-/// [`WireError::Encode`] if serde refuses the value.
+/// None in practice (kept for callers written against the serde encoder): the envelope is
+/// written by [`encode_event_ref`].
 pub fn encode_event(env: &Envelope) -> Result<EncodedMessage, WireError> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "snake_case")]
-    enum MessageRef<'a> {
-        Event(&'a Envelope),
+    Ok(encode_event_ref(&EventRef {
+        id: env.id,
+        topic: &env.topic,
+        origin: &env.origin,
+        origin_incarnation: env.origin_incarnation,
+        target: env.target.as_deref(),
+        ttl: env.ttl,
+        payload: &env.payload,
+    }))
+}
+
+/// The fields of an [`Envelope`], borrowed.
+#[derive(Debug, Clone, Copy)]
+struct EventRef<'a> {
+    id: u64,
+    topic: &'a str,
+    origin: &'a str,
+    origin_incarnation: Uuid,
+    target: Option<&'a str>,
+    ttl: u8,
+    payload: &'a [u8],
+}
+
+impl EncodedMessage {
+    /// `{"event": envelope}` from the envelope's fields, borrowed: a publisher encodes its
+    /// event without building (and allocating) an [`Envelope`] first. Byte-identical to
+    /// [`encode_event`] of the same envelope.
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        id: u64,
+        topic: &str,
+        origin: &str,
+        origin_incarnation: Uuid,
+        target: Option<&str>,
+        ttl: u8,
+        payload: &[u8],
+    ) -> EncodedMessage {
+        encode_event_ref(&EventRef {
+            id,
+            topic,
+            origin,
+            origin_incarnation,
+            target,
+            ttl,
+            payload,
+        })
     }
-    minicbor_serde::to_vec(MessageRef::Event(env))
-        .map(|v| EncodedMessage(Bytes::from(v)))
-        .map_err(|e| WireError::Encode(e.to_string()))
+
+    /// Encode `value` as an event payload (what [`encode_payload`] returns) into a reused
+    /// per-thread buffer and hand the bytes to `f`: no allocation once the buffer has grown.
+    ///
+    /// # Errors
+    /// [`WireError::Encode`] if serde refuses the value; `f` is not called then.
+    pub fn with_payload<T: Serialize + ?Sized, R>(
+        value: &T,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, WireError> {
+        with_encoded_payload(value, f)
+    }
+}
+
+/// The envelope's map keys, in the order serde writes them (declaration order of `Envelope`).
+const KEY_ID: &str = "id";
+const KEY_TOPIC: &str = "topic";
+const KEY_ORIGIN: &str = "origin";
+const KEY_INCARNATION: &str = "origin_incarnation";
+const KEY_TARGET: &str = "target";
+const KEY_TTL: &str = "ttl";
+const KEY_PAYLOAD: &str = "payload";
+const KEY_EVENT: &str = "event";
+const ENVELOPE_FIELDS: u64 = 7;
+const UUID_BYTES: usize = 16;
+
+const MAJOR_UINT: u8 = 0;
+const MAJOR_BYTES: u8 = 2;
+const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
+const MAJOR_MAP: u8 = 5;
+const CBOR_NULL: u8 = 0xf6;
+
+/// Encode `{"event": envelope}` by hand, into one buffer of exactly the right size (one
+/// allocation, no growth). The bytes are identical to serde's encoding of
+/// `Message::Event(envelope)` (shortest-form heads, fields in declaration order, uuid and
+/// payload as byte strings, a broadcast target as null); the codec tests check this.
+fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
+    let text = |s: &str| head_len(s.len() as u64) + s.len();
+    let target = match e.target {
+        None => 1,
+        Some(t) => text(t),
+    };
+    let len = 1
+        + text(KEY_EVENT)
+        + 1
+        + text(KEY_ID)
+        + head_len(e.id)
+        + text(KEY_TOPIC)
+        + text(e.topic)
+        + text(KEY_ORIGIN)
+        + text(e.origin)
+        + text(KEY_INCARNATION)
+        + 1
+        + UUID_BYTES
+        + text(KEY_TARGET)
+        + target
+        + text(KEY_TTL)
+        + head_len(u64::from(e.ttl))
+        + text(KEY_PAYLOAD)
+        + head_len(e.payload.len() as u64)
+        + e.payload.len();
+    let mut v = Vec::with_capacity(len);
+    put_head(&mut v, MAJOR_MAP, 1);
+    put_text(&mut v, KEY_EVENT);
+    put_head(&mut v, MAJOR_MAP, ENVELOPE_FIELDS);
+    put_text(&mut v, KEY_ID);
+    put_head(&mut v, MAJOR_UINT, e.id);
+    put_text(&mut v, KEY_TOPIC);
+    put_text(&mut v, e.topic);
+    put_text(&mut v, KEY_ORIGIN);
+    put_text(&mut v, e.origin);
+    put_text(&mut v, KEY_INCARNATION);
+    put_head(&mut v, MAJOR_BYTES, UUID_BYTES as u64);
+    v.extend_from_slice(e.origin_incarnation.as_bytes());
+    put_text(&mut v, KEY_TARGET);
+    match e.target {
+        None => v.push(CBOR_NULL),
+        Some(t) => put_text(&mut v, t),
+    }
+    put_text(&mut v, KEY_TTL);
+    put_head(&mut v, MAJOR_UINT, u64::from(e.ttl));
+    put_text(&mut v, KEY_PAYLOAD);
+    put_head(&mut v, MAJOR_BYTES, e.payload.len() as u64);
+    v.extend_from_slice(e.payload);
+    debug_assert_eq!(v.len(), len);
+    // len == capacity: the Vec becomes the Bytes' buffer without another allocation.
+    EncodedMessage(Bytes::from(v))
+}
+
+/// Bytes of a CBOR head carrying `n` in its shortest form.
+fn head_len(n: u64) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// A CBOR head (major type + argument) in its shortest form.
+fn put_head(v: &mut Vec<u8>, major: u8, n: u64) {
+    let mut buf = [0u8; 9];
+    let len = cbor_uint(n, &mut buf);
+    buf[0] |= major << 5;
+    v.extend_from_slice(&buf[..len]);
+}
+
+fn put_text(v: &mut Vec<u8>, s: &str) {
+    put_head(v, MAJOR_TEXT, s.len() as u64);
+    v.extend_from_slice(s.as_bytes());
 }
 
 /// Encode an application value as the CBOR payload of an event or call.
@@ -86,9 +240,45 @@ pub fn encode_event(env: &Envelope) -> Result<EncodedMessage, WireError> {
 /// # Errors
 /// [`WireError::Encode`] if serde refuses the value.
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, WireError> {
-    minicbor_serde::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| WireError::Encode(e.to_string()))
+    with_encoded_payload(value, Bytes::copy_from_slice)
+}
+
+/// A scratch buffer larger than this after a payload (one huge event) is released.
+const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Reused payload buffer: encoding into it costs no allocation once it has grown.
+    static PAYLOAD_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Encode `value` as a CBOR payload into a per-thread scratch buffer and hand the bytes to
+/// `f`. A nested call (a `Serialize` impl that publishes) gets a buffer of its own.
+///
+/// # Errors
+/// [`WireError::Encode`] if serde refuses the value; `f` is not called then.
+fn with_encoded_payload<T: Serialize + ?Sized, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, WireError> {
+    fn encode<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
+        value
+            .serialize(&mut minicbor_serde::Serializer::new(&mut *buf))
+            .map_err(|e| WireError::Encode(e.to_string()))
+    }
+    PAYLOAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let result = encode(value, &mut buf).map(|()| f(&buf));
+            if buf.capacity() > SCRATCH_KEEP_BYTES {
+                *buf = Vec::new();
+            }
+            result
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            encode(value, &mut buf).map(|()| f(&buf))
+        }
+    })
 }
 
 /// Decode an application payload into its typed form; exactly one CBOR item is accepted.
@@ -239,7 +429,11 @@ impl Decoder for FrameCodec {
             return Ok(None);
         };
         self.awaiting_body = false;
-        let frame: Frame = decode_one(&body)?;
+        let body = body.freeze();
+        let frame: Frame = match decode_event_fast(&body) {
+            Some(frame) => frame,
+            None => decode_one(&body)?,
+        };
         if frame.seq() != self.next_in_seq {
             return Err(WireError::OutOfSequence {
                 expected: self.next_in_seq,
@@ -265,6 +459,111 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// The event frame as this crate writes it, `[seq, {"event": {7 fields in declaration
+/// order}}]`, decoded without serde and with the payload sliced out of the frame (no copy).
+/// Returns `None` for anything else: other messages, another field order, omitted or unknown
+/// fields, non-UTF-8 text, trailing bytes... The serde decoder then takes the frame and gives
+/// the same result or the same error as always, so this path only ever accepts frames whose
+/// serde decoding is exactly what it returns.
+fn decode_event_fast(body: &Bytes) -> Option<Frame> {
+    let mut r = Reader { b: body, at: 0 };
+    if r.head(MAJOR_ARRAY)? != 2 {
+        return None;
+    }
+    let seq = r.head(MAJOR_UINT)?;
+    if r.head(MAJOR_MAP)? != 1 {
+        return None;
+    }
+    r.key(KEY_EVENT)?;
+    if r.head(MAJOR_MAP)? != ENVELOPE_FIELDS {
+        return None;
+    }
+    r.key(KEY_ID)?;
+    let id = r.head(MAJOR_UINT)?;
+    r.key(KEY_TOPIC)?;
+    let topic = r.text()?;
+    r.key(KEY_ORIGIN)?;
+    let origin = r.text()?;
+    r.key(KEY_INCARNATION)?;
+    if r.head(MAJOR_BYTES)? != UUID_BYTES as u64 {
+        return None;
+    }
+    let origin_incarnation = Uuid::from_slice(r.take(UUID_BYTES)?).ok()?;
+    r.key(KEY_TARGET)?;
+    let target = if r.peek()? == CBOR_NULL {
+        r.at += 1;
+        None
+    } else {
+        Some(r.text()?.to_owned())
+    };
+    r.key(KEY_TTL)?;
+    let ttl = u8::try_from(r.head(MAJOR_UINT)?).ok()?;
+    r.key(KEY_PAYLOAD)?;
+    let len = usize::try_from(r.head(MAJOR_BYTES)?).ok()?;
+    let start = r.at;
+    r.take(len)?;
+    if r.at != body.len() {
+        return None;
+    }
+    let env = Envelope {
+        id,
+        topic: topic.to_owned(),
+        origin: origin.to_owned(),
+        origin_incarnation,
+        target,
+        ttl,
+        payload: body.slice(start..start + len),
+    };
+    Some(Frame(seq, Message::Event(env)))
+}
+
+/// A cursor over one frame body for [`decode_event_fast`]; every method returns `None` when
+/// the bytes are not what the fast path expects.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let bytes = self.b.get(self.at..end)?;
+        self.at = end;
+        Some(bytes)
+    }
+
+    /// A definite head of `major`; its argument.
+    fn head(&mut self, major: u8) -> Option<u64> {
+        let initial = self.peek()?;
+        if initial >> 5 != major {
+            return None;
+        }
+        self.at += 1;
+        let n = match initial & 0x1f {
+            info @ 0..=23 => u64::from(info),
+            24 => u64::from(self.take(1)?[0]),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+            _ => return None,
+        };
+        Some(n)
+    }
+
+    fn text(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.head(MAJOR_TEXT)?).ok()?;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn key(&mut self, key: &str) -> Option<()> {
+        (self.text()? == key).then_some(())
+    }
+}
+
 impl Encoder<&Message> for FrameCodec {
     type Error = WireError;
 
@@ -276,3 +575,96 @@ impl Encoder<&Message> for FrameCodec {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fast_path_tests {
+    //! The hand-written event encoder and decoder against serde's, byte for byte.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn envelopes() -> Vec<Envelope> {
+        let mut v = Vec::new();
+        for (id, payload_len, target, ttl) in [
+            (0u64, 0usize, None, 0u8),
+            (23, 1, Some("master"), 23),
+            (24, 23, None, 24),
+            (255, 24, Some(""), 255),
+            (256, 255, None, 2),
+            (65_535, 256, Some("worker-12"), 7),
+            (65_536, 65_535, None, 1),
+            (u64::from(u32::MAX), 65_536, Some("n"), 3),
+            (u64::from(u32::MAX) + 1, 100, None, 4),
+            (u64::MAX, 64, Some("x".repeat(300).leak()), 5),
+        ] {
+            v.push(Envelope {
+                id,
+                topic: "bench.data".repeat(1 + id as usize % 3),
+                origin: "worker-1".to_owned(),
+                origin_incarnation: Uuid::from_bytes([id as u8; 16]),
+                target: target.map(str::to_owned),
+                ttl,
+                payload: Bytes::from(vec![0xa5; payload_len]),
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn hand_encoded_events_are_byte_identical_to_serde() {
+        for env in envelopes() {
+            let serde = minicbor_serde::to_vec(Message::Event(env.clone())).unwrap();
+            assert_eq!(&encode_event(&env).unwrap().0[..], &serde[..], "{env:?}");
+        }
+    }
+
+    #[test]
+    fn fast_decoding_equals_serde_decoding() {
+        for (seq, env) in envelopes().into_iter().enumerate() {
+            let frame = Frame(seq as u64 * 1000, Message::Event(env));
+            let body = Bytes::from(minicbor_serde::to_vec(&frame).unwrap());
+            assert_eq!(decode_event_fast(&body).unwrap(), frame);
+            assert_eq!(decode_one::<Frame>(&body).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn fast_decoding_declines_what_it_does_not_recognise() {
+        let env = envelopes().remove(1);
+        let good = minicbor_serde::to_vec(Frame(0, Message::Event(env))).unwrap();
+        // Trailing byte, truncation, another message, non-UTF-8 topic.
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_event_fast(&Bytes::from(trailing)).is_none());
+        assert!(decode_event_fast(&Bytes::copy_from_slice(&good[..good.len() - 1])).is_none());
+        let ping =
+            minicbor_serde::to_vec(Frame(0, Message::Ping(crate::wire::Ping { n: 1 }))).unwrap();
+        assert!(decode_event_fast(&Bytes::from(ping)).is_none());
+        let mut bad_utf8 = good.clone();
+        let at = good.windows(10).position(|w| w == b"bench.data").unwrap();
+        bad_utf8[at] = 0xff;
+        assert!(decode_event_fast(&Bytes::from(bad_utf8.clone())).is_none());
+        assert!(decode_one::<Frame>(&bad_utf8).is_err());
+        // A non-shortest head is still the same value to serde and to the fast path.
+        let mut long_seq = vec![0x82, 0x18, 0x00];
+        long_seq.extend_from_slice(&good[2..]);
+        let fast = decode_event_fast(&Bytes::from(long_seq.clone())).unwrap();
+        assert_eq!(fast, decode_one::<Frame>(&long_seq).unwrap());
+    }
+
+    #[test]
+    fn payload_scratch_survives_nested_and_failing_encodes() {
+        struct Nested;
+        impl Serialize for Nested {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = encode_payload(&7u8).map_err(serde::ser::Error::custom)?;
+                s.serialize_bytes(&inner)
+            }
+        }
+        let outer = with_encoded_payload(&Nested, <[u8]>::to_vec).unwrap();
+        assert_eq!(outer, vec![0x41, 0x07]);
+        let map: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let _ = with_encoded_payload(&map, <[u8]>::to_vec);
+        assert_eq!(encode_payload(&1u8).unwrap(), Bytes::from_static(&[1]));
+    }
+}

@@ -1,0 +1,1197 @@
+//! Throughput and latency of nodecloud links, every node in its own process, over loopback.
+//!
+//! ```text
+//! cargo run --release --example bench -- --workload w1 --size 64 --count 2000000
+//! cargo run --release --example bench -- --workload w2 --size 64 --count 20000
+//! cargo run --release --example bench -- --workload w3 --size 64 --count 500000 --subscribers 8
+//! cargo run --release --example bench -- --workload idle
+//! ```
+//!
+//! * `w1`: one-way throughput between two nodes of a star (the receiver is the master, the
+//!   sender a worker publishing with `publish_wait`). Measured at the receiver, from the first
+//!   event to the last.
+//! * `w2`: ping-pong with `send_to` between two nodes; latency percentiles of `--count` round
+//!   trips after `--warmup` ones.
+//! * `w3`: one publisher (the star's master) and `--subscribers` subscriber nodes; events
+//!   delivered per second across all subscribers, and how many never arrived.
+//! * `idle`: one node alone for 2 s; its resident memory.
+//!
+//! The parent process spawns itself (hidden `--role` arguments) once per node, passes the
+//! cluster layout on the command line, and drives the children through their stdin: `go`,
+//! `drain`, `quit`. A child exits when its stdin closes (the parent died) or when its hard
+//! deadline passes. Children print `ready` / `result ...` lines on stdout; only the parent's
+//! final line goes to the parent's stdout. Every run ends within 60 s: on a timeout the line
+//! carries what was achieved and `timeout=1`, and the exit status is non-zero.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use clap::Parser;
+use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::{testing, Delivery, Event, Node, NodeHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// The benchmark event: a sequence number and `--size` bytes of payload.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Bench {
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+impl Event for Bench {
+    const TOPIC: &'static str = "bench.data";
+}
+
+/// Whole-run budget: the parent gives up (and kills its children) after this.
+const RUN_BUDGET: Duration = Duration::from_secs(55);
+/// Children stop measuring this long before the parent's budget ends, to report in time.
+const CHILD_REPORT_MARGIN: Duration = Duration::from_secs(6);
+/// After the sender finished, how long a receiver may make no progress before it reports.
+const STRAGGLER_WAIT: Duration = Duration::from_secs(2);
+/// Deliveries a subscriber's mailbox holds before the event bus waits for it.
+const SINK_MAILBOX: usize = 4096;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "nodecloud benchmarks: w1 (throughput), w2 (ping-pong latency), w3 (fan-out), idle (RSS)"
+)]
+struct Args {
+    /// w1, w2, w3 or idle.
+    #[arg(long, default_value = "w1")]
+    workload: String,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Events (w1, w3) or measured round trips (w2). Default: 2000000 / 20000 / 500000.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Subscriber nodes (w3).
+    #[arg(long, default_value_t = 8)]
+    subscribers: usize,
+    /// Unmeasured round trips before w2 measures.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u64,
+    /// Heartbeat interval of the benchmark cluster.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Where the sending loop runs: `node` (the node's arbiter) or `main` (the System thread).
+    #[arg(long, default_value = "node")]
+    sender_on: String,
+    /// w1 only: `publish` (broadcast) or `send` (targeted `send_to_wait`).
+    #[arg(long, default_value = "publish")]
+    mode: String,
+
+    // ---- hidden: how the parent configures a child ----
+    #[arg(long, hide = true)]
+    role: Option<String>,
+    #[arg(long, hide = true)]
+    name: Option<String>,
+    /// `name=role@addr,...`
+    #[arg(long, hide = true)]
+    nodes: Option<String>,
+    /// The nodes a child waits for before it says `ready`, comma-separated.
+    #[arg(long, hide = true)]
+    peers: Option<String>,
+    /// The node a child sends to (w1 `send` mode, w2).
+    #[arg(long, hide = true)]
+    target: Option<String>,
+    /// Unix ms after which a child stops measuring and reports what it has.
+    #[arg(long, hide = true)]
+    deadline_ms: Option<u64>,
+}
+
+impl Args {
+    fn count(&self) -> u64 {
+        self.count.unwrap_or(match self.workload.as_str() {
+            "w2" => 20_000,
+            "w3" => 500_000,
+            _ => 2_000_000,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    nodecloud::node::install_panic_hook();
+    match args.role.clone() {
+        Some(role) => child_main(&role, &args),
+        None => match args.workload.as_str() {
+            "w1" => parent_w1(&args),
+            "w2" => parent_w2(&args),
+            "w3" => parent_w3(&args),
+            "idle" => idle(&args),
+            other => {
+                eprintln!("error: unknown workload {other:?}; expected w1, w2, w3 or idle");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn unix_ms() -> u64 {
+    unix_ns() / 1_000_000
+}
+
+// ------------------------------------------------------------------------------------------
+// Cluster layout, shared by parent and children through `--nodes`.
+
+fn node_spec(nodes: &[(String, Role, SocketAddr)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, r, a)| format!("{n}={}@{a}", r.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_nodes(spec: &str) -> Result<Vec<NodeConfig>, String> {
+    spec.split(',')
+        .map(|item| {
+            let (name, rest) = item
+                .split_once('=')
+                .ok_or_else(|| format!("bad node {item:?}"))?;
+            let (role, addr) = rest
+                .split_once('@')
+                .ok_or_else(|| format!("bad node {item:?}"))?;
+            let role = Role::from_name(role).ok_or_else(|| format!("bad role {role:?}"))?;
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+            Ok(NodeConfig::new(name, role, addr))
+        })
+        .collect()
+}
+
+fn bench_config(nodes: Vec<NodeConfig>, heartbeat_ms: u64) -> Config {
+    let mut config = Config::for_test(TopologyKind::Star, nodes);
+    config.cluster.name = "bench".to_owned();
+    config.cluster.heartbeat_interval = Duration::from_millis(heartbeat_ms);
+    config
+}
+
+fn star_layout(workers: usize) -> Vec<(String, Role, SocketAddr)> {
+    let mut v = vec![("master".to_owned(), Role::Master, testing::free_addr())];
+    v.extend((1..=workers).map(|i| (format!("worker-{i}"), Role::Worker, testing::free_addr())));
+    v
+}
+
+// ------------------------------------------------------------------------------------------
+// Parent: spawn, drive and reap the children.
+
+struct Kid {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+struct Kids {
+    kids: Vec<Kid>,
+    lines: std_mpsc::Receiver<(usize, Option<String>)>,
+    lines_tx: std_mpsc::SyncSender<(usize, Option<String>)>,
+    deadline: Instant,
+}
+
+impl Kids {
+    fn new() -> Self {
+        let (lines_tx, lines) = std_mpsc::sync_channel(256);
+        Kids {
+            kids: Vec::new(),
+            lines,
+            lines_tx,
+            deadline: Instant::now() + RUN_BUDGET,
+        }
+    }
+
+    fn child_deadline_ms(&self) -> u64 {
+        let left = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(CHILD_REPORT_MARGIN);
+        unix_ms() + left.as_millis() as u64
+    }
+
+    fn spawn(
+        &mut self,
+        args: &Args,
+        role: &str,
+        name: &str,
+        nodes: &str,
+        peers: &[&str],
+        target: Option<&str>,
+    ) -> Result<usize, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        // Profiling aid: BENCH_WRAP="sink=valgrind --tool=callgrind" runs that role's children
+        // under the given command.
+        let wrap = std::env::var("BENCH_WRAP").ok().and_then(|w| {
+            let (r, cmd) = w.split_once('=')?;
+            (r == role).then(|| {
+                cmd.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        });
+        let mut cmd = match wrap.as_deref() {
+            Some([prog, args @ ..]) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&exe);
+                c
+            }
+            _ => Command::new(exe),
+        };
+        cmd.args(["--workload", &args.workload])
+            .args(["--size", &args.size.to_string()])
+            .args(["--count", &args.count().to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
+            .args(["--sender-on", &args.sender_on])
+            .args(["--mode", &args.mode])
+            .args(["--role", role, "--name", name, "--nodes", nodes])
+            .args(["--deadline-ms", &self.child_deadline_ms().to_string()]);
+        if !peers.is_empty() {
+            cmd.args(["--peers", &peers.join(",")]);
+        }
+        if let Some(t) = target {
+            cmd.args(["--target", t]);
+        }
+        cmd.env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {name}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no child stdout")?;
+        let stdin = child.stdin.take();
+        let idx = self.kids.len();
+        let tx = self.lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send((idx, Some(l))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send((idx, None));
+        });
+        self.kids.push(Kid {
+            name: name.to_owned(),
+            child,
+            stdin,
+        });
+        Ok(idx)
+    }
+
+    fn tell(&mut self, idx: usize, what: &str) {
+        if let Some(stdin) = self.kids[idx].stdin.as_mut() {
+            let _ = writeln!(stdin, "{what}");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// The next line from any child, until the run's deadline. A child whose stdout closes
+    /// before it reported is a failure.
+    fn next(&mut self) -> Result<(usize, String), Outcome> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok((idx, Some(line))) => Ok((idx, line)),
+            Ok((idx, None)) => {
+                let status = self.status(idx);
+                Err(Outcome::Failed(format!(
+                    "{} exited early ({status})",
+                    self.kids[idx].name
+                )))
+            }
+            Err(_) => Err(Outcome::Timeout),
+        }
+    }
+
+    fn status(&mut self, idx: usize) -> String {
+        std::thread::sleep(Duration::from_millis(50));
+        match self.kids[idx].child.try_wait() {
+            Ok(Some(s)) => s.to_string(),
+            _ => "still running".to_owned(),
+        }
+    }
+
+    /// Wait until child `idx` listens for peers (so nodes that dial it do not start with a
+    /// refused connection).
+    fn wait_listening(&mut self, idx: usize) -> Result<(), Outcome> {
+        loop {
+            let (i, line) = self.next()?;
+            if i == idx && line == "listening" {
+                return Ok(());
+            }
+            eprintln!("bench: unexpected line from {}: {line}", self.kids[i].name);
+        }
+    }
+
+    /// Wait until every child in `which` printed `ready`.
+    fn wait_ready(&mut self, which: &[usize]) -> Result<(), Outcome> {
+        let mut left: Vec<usize> = which.to_vec();
+        while !left.is_empty() {
+            let (idx, line) = self.next()?;
+            if line == "ready" {
+                left.retain(|i| *i != idx);
+            } else if line != "listening" {
+                eprintln!(
+                    "bench: unexpected line from {}: {line}",
+                    self.kids[idx].name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask every child to stop, give them a moment, then kill the ones still running.
+    fn finish(mut self) {
+        for i in 0..self.kids.len() {
+            self.tell(i, "quit");
+        }
+        let until = Instant::now() + Duration::from_secs(3);
+        for kid in &mut self.kids {
+            drop(kid.stdin.take());
+            loop {
+                match kid.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        eprintln!("bench: {} did not exit; killing it", kid.name);
+                        let _ = kid.child.kill();
+                        let _ = kid.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Timeout,
+    Failed(String),
+}
+
+/// `key=value` fields of a child's `result` line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a sink reported: events, first and last arrival (unix ns), errors, and whether it
+/// stopped at its deadline.
+#[derive(Default, Clone, Copy)]
+struct SinkReport {
+    received: u64,
+    first_ns: u64,
+    last_ns: u64,
+    errors: u64,
+    timeout: bool,
+}
+
+impl SinkReport {
+    fn parse(line: &str) -> Self {
+        SinkReport {
+            received: field(line, "received"),
+            first_ns: field(line, "first_ns"),
+            last_ns: field(line, "last_ns"),
+            errors: field(line, "errors"),
+            timeout: field(line, "timeout") == 1,
+        }
+    }
+}
+
+/// Run a one-sender, many-sinks workload; returns each sink's report (missing ones default).
+fn run_fanout(args: &Args, sinks: usize) -> (Vec<SinkReport>, bool, Option<String>) {
+    let layout = star_layout(sinks);
+    let spec = node_spec(&layout);
+    let mut kids = Kids::new();
+    // The sender is the master for w3 (it reaches every subscriber directly) and a worker for
+    // w1 (the receiver is the master).
+    let (sender_name, sink_names): (String, Vec<String>) = if args.workload == "w1" {
+        ("worker-1".to_owned(), vec!["master".to_owned()])
+    } else {
+        (
+            "master".to_owned(),
+            (1..=sinks).map(|i| format!("worker-{i}")).collect(),
+        )
+    };
+    let mut reports = vec![SinkReport::default(); sink_names.len()];
+    let mut failure = None;
+    let mut timed_out = false;
+    let result = (|| -> Result<(), Outcome> {
+        let peers: Vec<&str> = sink_names.iter().map(String::as_str).collect();
+        let target = (args.mode == "send").then(|| sink_names[0].as_str());
+        // The master first: the workers dial it.
+        let mut sink_idx = Vec::new();
+        let sender;
+        if sender_name == "master" {
+            sender = kids
+                .spawn(args, "source", &sender_name, &spec, &peers, target)
+                .map_err(Outcome::Failed)?;
+            kids.wait_listening(sender)?;
+            for s in &sink_names {
+                sink_idx.push(
+                    kids.spawn(args, "sink", s, &spec, &[&sender_name], None)
+                        .map_err(Outcome::Failed)?,
+                );
+            }
+        } else {
+            for s in &sink_names {
+                let idx = kids
+                    .spawn(args, "sink", s, &spec, &[&sender_name], None)
+                    .map_err(Outcome::Failed)?;
+                kids.wait_listening(idx)?;
+                sink_idx.push(idx);
+            }
+            sender = kids
+                .spawn(args, "source", &sender_name, &spec, &peers, target)
+                .map_err(Outcome::Failed)?;
+        }
+        let mut all = sink_idx.clone();
+        all.push(sender);
+        kids.wait_ready(&all)?;
+        kids.tell(sender, "go");
+        let mut done = vec![false; sink_idx.len()];
+        while done.iter().any(|d| !d) {
+            let (idx, line) = kids.next()?;
+            if idx == sender && line.starts_with("sent") {
+                let n = field(&line, "n").max(1);
+                eprintln!("bench: sender cpu {} ns/event", field(&line, "cpu_ns") / n);
+                if field(&line, "timeout") == 1 {
+                    timed_out = true;
+                }
+                for &s in &sink_idx {
+                    kids.tell(s, "drain");
+                }
+            } else if let Some(pos) = sink_idx.iter().position(|&s| s == idx) {
+                if line.starts_with("result") {
+                    let n = field(&line, "received").max(1);
+                    eprintln!(
+                        "bench: {} cpu {} ns/event",
+                        kids.kids[idx].name,
+                        field(&line, "cpu_ns") / n
+                    );
+                    reports[pos] = SinkReport::parse(&line);
+                    done[pos] = true;
+                }
+            } else {
+                eprintln!(
+                    "bench: unexpected line from {}: {line}",
+                    kids.kids[idx].name
+                );
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {}
+        Err(Outcome::Timeout) => timed_out = true,
+        Err(Outcome::Failed(why)) => failure = Some(why),
+    }
+    kids.finish();
+    timed_out |= reports.iter().any(|r| r.timeout);
+    (reports, timed_out, failure)
+}
+
+fn parent_w1(args: &Args) -> ExitCode {
+    let (reports, timed_out, failure) = run_fanout(args, 1);
+    let r = reports[0];
+    let secs = r.last_ns.saturating_sub(r.first_ns) as f64 / 1e9;
+    let rate = if secs > 0.0 {
+        r.received as f64 / secs
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "workload=W1-{}B msgs_per_s={:.0} mb_per_s={:.1}",
+        args.size,
+        rate,
+        rate * args.size as f64 / 1e6
+    );
+    let lost = args.count().saturating_sub(r.received);
+    if lost > 0 {
+        line.push_str(&format!(" lost={lost}"));
+    }
+    if r.errors > 0 {
+        line.push_str(&format!(" errors={}", r.errors));
+    }
+    if timed_out {
+        line.push_str(" timeout=1");
+    }
+    println!("{line}");
+    verdict(failure, timed_out || lost > 0 || r.errors > 0)
+}
+
+fn parent_w3(args: &Args) -> ExitCode {
+    let (reports, timed_out, failure) = run_fanout(args, args.subscribers.max(1));
+    let delivered: u64 = reports.iter().map(|r| r.received).sum();
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let first = reports
+        .iter()
+        .filter(|r| r.received > 0)
+        .map(|r| r.first_ns)
+        .min()
+        .unwrap_or(0);
+    let last = reports.iter().map(|r| r.last_ns).max().unwrap_or(0);
+    let secs = last.saturating_sub(first) as f64 / 1e9;
+    let rate = if secs > 0.0 {
+        delivered as f64 / secs
+    } else {
+        0.0
+    };
+    let expected = args.count() * reports.len() as u64;
+    let lost = expected.saturating_sub(delivered);
+    let mut line = format!(
+        "workload=W3-{}B msgs_per_s={rate:.0} delivered={delivered} lost={lost}",
+        args.size
+    );
+    if errors > 0 {
+        line.push_str(&format!(" errors={errors}"));
+    }
+    if timed_out {
+        line.push_str(" timeout=1");
+    }
+    println!("{line}");
+    verdict(failure, timed_out || lost > 0 || errors > 0)
+}
+
+fn parent_w2(args: &Args) -> ExitCode {
+    let layout = star_layout(1);
+    let spec = node_spec(&layout);
+    let mut kids = Kids::new();
+    let mut report = None;
+    let result = (|| -> Result<(), Outcome> {
+        let ponger = kids
+            .spawn(args, "ponger", "master", &spec, &["worker-1"], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_listening(ponger)?;
+        let pinger = kids
+            .spawn(
+                args,
+                "pinger",
+                "worker-1",
+                &spec,
+                &["master"],
+                Some("master"),
+            )
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[ponger, pinger])?;
+        kids.tell(pinger, "go");
+        loop {
+            let (idx, line) = kids.next()?;
+            if idx == pinger && line.starts_with("result") {
+                report = Some(line);
+                return Ok(());
+            }
+            eprintln!(
+                "bench: unexpected line from {}: {line}",
+                kids.kids[idx].name
+            );
+        }
+    })();
+    let mut failure = None;
+    let mut timed_out = false;
+    match result {
+        Ok(()) => {}
+        Err(Outcome::Timeout) => timed_out = true,
+        Err(Outcome::Failed(why)) => failure = Some(why),
+    }
+    kids.finish();
+    let r = report.unwrap_or_default();
+    timed_out |= field(&r, "timeout") == 1;
+    let us = |k: &str| field(&r, k) as f64 / 1000.0;
+    let mut line = format!(
+        "workload=W2-{}B p50_us={:.1} p99_us={:.1} p999_us={:.1}",
+        args.size,
+        us("p50_ns"),
+        us("p99_ns"),
+        us("p999_ns")
+    );
+    let rounds = field(&r, "rounds");
+    if rounds < args.count() {
+        line.push_str(&format!(" rounds={rounds}"));
+    }
+    if timed_out {
+        line.push_str(" timeout=1");
+    }
+    println!("{line}");
+    verdict(failure, timed_out || rounds < args.count())
+}
+
+fn verdict(failure: Option<String>, bad: bool) -> ExitCode {
+    match failure {
+        Some(why) => {
+            eprintln!("bench: failed: {why}");
+            ExitCode::FAILURE
+        }
+        None if bad => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
+    }
+}
+
+fn idle(args: &Args) -> ExitCode {
+    let layout = vec![("master".to_owned(), Role::Master, testing::free_addr())];
+    let Ok(nodes) = parse_nodes(&node_spec(&layout)) else {
+        return ExitCode::FAILURE;
+    };
+    let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
+    let system = actix_rt::System::new();
+    let rss = system.block_on(async move {
+        let node = match Node::start(config, "master").await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                return None;
+            }
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib();
+        node.shutdown().await;
+        rss
+    });
+    match rss {
+        Some(kib) => {
+            println!("workload=IDLE rss_kib={kib}");
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ------------------------------------------------------------------------------------------
+// Children.
+
+/// Commands from the parent, read on a thread; the process exits when stdin closes.
+fn parent_commands() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.blocking_send(l).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        // The parent is gone (or closed our stdin): nobody will read our results.
+        std::process::exit(3);
+    });
+    rx
+}
+
+/// Last resort: a child never outlives its deadline by more than a few seconds.
+fn watchdog(deadline_ms: u64) {
+    std::thread::spawn(move || {
+        let hard = deadline_ms + CHILD_REPORT_MARGIN.as_millis() as u64;
+        let wait = hard.saturating_sub(unix_ms());
+        std::thread::sleep(Duration::from_millis(wait));
+        eprintln!("bench child: hard deadline passed; exiting");
+        std::process::exit(4);
+    });
+}
+
+/// CPU time this process has used so far, all threads (ns; 0 if /proc cannot tell).
+fn cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn child_main(role: &str, args: &Args) -> ExitCode {
+    let deadline_ms = args.deadline_ms.unwrap_or_else(|| unix_ms() + 40_000);
+    watchdog(deadline_ms);
+    let commands = parent_commands();
+    let nodes = match args.nodes.as_deref().map(parse_nodes) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("bench child: {e}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("bench child: --nodes is required");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
+    let name = args.name.clone().unwrap_or_default();
+    let peers: Vec<String> = args
+        .peers
+        .as_deref()
+        .map(|p| p.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let ctx = ChildCtx {
+        args: args.clone(),
+        config,
+        name,
+        peers,
+        deadline_ms,
+        commands,
+    };
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        match role {
+            "sink" => sink(ctx).await,
+            "source" => source(ctx).await,
+            "ponger" => ponger(ctx).await,
+            "pinger" => pinger(ctx).await,
+            other => Err(format!("unknown role {other:?}")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench child: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct ChildCtx {
+    args: Args,
+    config: Arc<Config>,
+    name: String,
+    peers: Vec<String>,
+    deadline_ms: u64,
+    commands: mpsc::Receiver<String>,
+}
+
+impl ChildCtx {
+    async fn start(&self) -> Result<NodeHandle, String> {
+        let node = Node::start(self.config.clone(), &self.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        say("listening");
+        Ok(node)
+    }
+
+    async fn wait_peers(&self, node: &NodeHandle) -> Result<(), String> {
+        let peers: Vec<&str> = self.peers.iter().map(String::as_str).collect();
+        testing::wait_up(node, &peers, Duration::from_secs(20)).await
+    }
+
+    fn until_deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.saturating_sub(unix_ms()))
+    }
+
+    /// Wait for `what` from the parent (other lines are ignored), or the deadline.
+    async fn expect(&mut self, what: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.until_deadline();
+        loop {
+            match tokio::time::timeout_at(deadline, self.commands.recv()).await {
+                Ok(Some(l)) if l == what => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("parent gone".into()),
+                Err(_) => return Err(format!("no {what:?} from the parent before the deadline")),
+            }
+        }
+    }
+
+    /// After the result: stay up (links open) until the parent says quit, then shut down.
+    async fn linger(mut self, node: NodeHandle) {
+        let _ = self.expect("quit").await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), node.shutdown()).await;
+    }
+}
+
+/// Counters a sink actor shares with its process's main task.
+#[derive(Default)]
+struct SinkCounters {
+    received: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The receiving actor: counts `Delivery<Bench>`, checks order and size.
+struct Sink {
+    node: NodeHandle,
+    counters: Arc<SinkCounters>,
+    expected: u64,
+    size: usize,
+    next_seq: u64,
+}
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(SINK_MAILBOX);
+        self.node.subscribe::<Bench>(ctx.address().recipient());
+    }
+}
+
+impl Handler<Delivery<Bench>> for Sink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivery<Bench>, _: &mut Context<Self>) {
+        let n = self.counters.received.load(Ordering::Relaxed) + 1;
+        if n == 1 {
+            self.counters.first_ns.store(unix_ns(), Ordering::Relaxed);
+        }
+        if msg.event.seq != self.next_seq || msg.event.data.len() != self.size {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.next_seq = msg.event.seq + 1;
+        if n == self.expected || n % 256 == 0 {
+            self.counters.last_ns.store(unix_ns(), Ordering::Relaxed);
+        }
+        self.counters.received.store(n, Ordering::Release);
+    }
+}
+
+/// Answers once every message before it was handled: the actor has started (and subscribed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Started;
+
+impl Handler<Started> for Sink {
+    type Result = ();
+    fn handle(&mut self, _: Started, _: &mut Context<Self>) {}
+}
+
+async fn sink(mut cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    let counters = Arc::new(SinkCounters::default());
+    let expected = cx.args.count();
+    let size = cx.args.size;
+    let sup = node
+        .supervise("sink", {
+            let (node, counters) = (node.clone(), counters.clone());
+            move || Sink {
+                node: node.clone(),
+                counters: counters.clone(),
+                expected,
+                size,
+                next_seq: 0,
+            }
+        })
+        .await;
+    let addr = sup.addr().ok_or("the sink actor did not start")?;
+    addr.send(Started)
+        .await
+        .map_err(|e| format!("sink actor: {e}"))?;
+    cx.wait_peers(&node).await?;
+    say("ready");
+    let cpu_at_ready = cpu_ns();
+    let deadline = tokio::time::Instant::now() + cx.until_deadline();
+    let mut draining: Option<(u64, tokio::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let timeout = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            cmd = cx.commands.recv() => match cmd.as_deref() {
+                Some("drain") => draining = Some((counters.received.load(Ordering::Acquire), tokio::time::Instant::now())),
+                Some(_) => {}
+                None => return Err("parent gone".into()),
+            },
+        }
+        let now = tokio::time::Instant::now();
+        let received = counters.received.load(Ordering::Acquire);
+        if received >= expected {
+            break false;
+        }
+        if let Some((seen, since)) = draining.as_mut() {
+            if received != *seen {
+                (*seen, *since) = (received, now);
+            } else if now.duration_since(*since) >= STRAGGLER_WAIT {
+                break false;
+            }
+        }
+        if now >= deadline {
+            break true;
+        }
+    };
+    let received = counters.received.load(Ordering::Acquire);
+    say(&format!(
+        "result received={received} first_ns={} last_ns={} errors={} timeout={} cpu_ns={}",
+        counters.first_ns.load(Ordering::Relaxed),
+        counters.last_ns.load(Ordering::Relaxed),
+        counters.errors.load(Ordering::Relaxed),
+        u8::from(timeout),
+        cpu_ns().saturating_sub(cpu_at_ready)
+    ));
+    cx.linger(node).await;
+    Ok(())
+}
+
+async fn source(mut cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    cx.wait_peers(&node).await?;
+    say("ready");
+    cx.expect("go").await?;
+    let cpu_at_go = cpu_ns();
+    let count = cx.args.count();
+    let size = cx.args.size;
+    let target = cx.args.target.clone();
+    let stop_at = tokio::time::Instant::now() + cx.until_deadline();
+    let run = {
+        let node = node.clone();
+        async move {
+            let start = unix_ns();
+            let mut ev = Bench {
+                seq: 0,
+                data: vec![0xa5; size],
+            };
+            let mut sent = 0u64;
+            let mut timeout = false;
+            for seq in 0..count {
+                ev.seq = seq;
+                let r = match &target {
+                    Some(t) => node.send_to_wait(t.as_str(), &ev).await,
+                    None => node.publish_wait(&ev).await,
+                };
+                if let Err(e) = r {
+                    return Err(format!("publish: {e}"));
+                }
+                sent += 1;
+                if seq % 4096 == 0 && tokio::time::Instant::now() >= stop_at {
+                    timeout = true;
+                    break;
+                }
+            }
+            Ok((sent, start, unix_ns(), timeout))
+        }
+    };
+    let result = if cx.args.sender_on == "main" {
+        run.await
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        node.arbiter().spawn(async move {
+            let _ = tx.send(run.await);
+        });
+        rx.await.map_err(|_| "the sending task died".to_owned())?
+    };
+    let (sent, start, end, timeout) = result?;
+    say(&format!(
+        "sent n={sent} start_ns={start} end_ns={end} timeout={} cpu_ns={}",
+        u8::from(timeout),
+        cpu_ns().saturating_sub(cpu_at_go)
+    ));
+    cx.linger(node).await;
+    Ok(())
+}
+
+/// W2's echo: sends every event back to the node it came from.
+struct Echo {
+    node: NodeHandle,
+}
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(SINK_MAILBOX);
+        self.node.subscribe::<Bench>(ctx.address().recipient());
+    }
+}
+
+impl Handler<Delivery<Bench>> for Echo {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivery<Bench>, ctx: &mut Context<Self>) {
+        match self.node.send_to(&msg.from, &msg.event) {
+            Ok(()) => {}
+            Err(nodecloud::node::PublishError::Full(_)) => {
+                let node = self.node.clone();
+                ctx.wait(
+                    async move {
+                        if let Err(e) = node.send_to_wait(&msg.from, &msg.event).await {
+                            tracing::warn!("echo: {e}");
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
+            Err(e) => tracing::warn!("echo: {e}"),
+        }
+    }
+}
+
+impl Handler<Started> for Echo {
+    type Result = ();
+    fn handle(&mut self, _: Started, _: &mut Context<Self>) {}
+}
+
+/// W2's pinger side: hands each echoed sequence number to the driving task.
+struct Catcher {
+    node: NodeHandle,
+    tx: mpsc::Sender<u64>,
+}
+
+impl Actor for Catcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(SINK_MAILBOX);
+        self.node.subscribe::<Bench>(ctx.address().recipient());
+    }
+}
+
+impl Handler<Delivery<Bench>> for Catcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivery<Bench>, _: &mut Context<Self>) {
+        // One event is in flight at a time: the channel is never full.
+        let _ = self.tx.try_send(msg.event.seq);
+    }
+}
+
+impl Handler<Started> for Catcher {
+    type Result = ();
+    fn handle(&mut self, _: Started, _: &mut Context<Self>) {}
+}
+
+async fn ponger(cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    let sup = node
+        .supervise("echo", {
+            let node = node.clone();
+            move || Echo { node: node.clone() }
+        })
+        .await;
+    let addr = sup.addr().ok_or("the echo actor did not start")?;
+    addr.send(Started)
+        .await
+        .map_err(|e| format!("echo actor: {e}"))?;
+    cx.wait_peers(&node).await?;
+    say("ready");
+    cx.linger(node).await;
+    Ok(())
+}
+
+async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    let (tx, mut rx) = mpsc::channel(16);
+    let sup = node
+        .supervise("catcher", {
+            let node = node.clone();
+            move || Catcher {
+                node: node.clone(),
+                tx: tx.clone(),
+            }
+        })
+        .await;
+    let addr = sup.addr().ok_or("the catcher actor did not start")?;
+    addr.send(Started)
+        .await
+        .map_err(|e| format!("catcher actor: {e}"))?;
+    cx.wait_peers(&node).await?;
+    say("ready");
+    cx.expect("go").await?;
+    let target = cx.args.target.clone().ok_or("--target is required")?;
+    let (warmup, count, size) = (cx.args.warmup, cx.args.count(), cx.args.size);
+    let stop_at = tokio::time::Instant::now() + cx.until_deadline();
+    // The driving loop runs on the node's arbiter, with the sessions and the catcher.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let driver = node.clone();
+    node.arbiter().spawn(async move {
+        let mut ev = Bench {
+            seq: 0,
+            data: vec![0xa5; size],
+        };
+        let mut rtts: Vec<u64> = Vec::with_capacity(count as usize);
+        let mut outcome: Result<bool, String> = Ok(false);
+        for seq in 0..warmup + count {
+            ev.seq = seq;
+            let t0 = Instant::now();
+            if let Err(e) = driver.send_to_wait(target.as_str(), &ev).await {
+                outcome = Err(format!("send_to: {e}"));
+                break;
+            }
+            match tokio::time::timeout_at(stop_at, rx.recv()).await {
+                Ok(Some(back)) if back == seq => {}
+                Ok(Some(back)) => {
+                    outcome = Err(format!("echo of {back} while waiting for {seq}"));
+                    break;
+                }
+                Ok(None) => {
+                    outcome = Err("catcher gone".into());
+                    break;
+                }
+                Err(_) => {
+                    outcome = Ok(true);
+                    break;
+                }
+            }
+            if seq >= warmup {
+                rtts.push(t0.elapsed().as_nanos() as u64);
+            }
+        }
+        let _ = done_tx.send((rtts, outcome));
+    });
+    let (mut rtts, outcome) = done_rx
+        .await
+        .map_err(|_| "the driving task died".to_owned())?;
+    let timeout = outcome.clone().unwrap_or(false);
+    rtts.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if rtts.is_empty() {
+            return 0;
+        }
+        let i = ((rtts.len() as f64 * p) as usize).min(rtts.len() - 1);
+        rtts[i]
+    };
+    say(&format!(
+        "result rounds={} p50_ns={} p99_ns={} p999_ns={} timeout={}",
+        rtts.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        u8::from(timeout)
+    ));
+    if let Err(e) = outcome {
+        return Err(e);
+    }
+    cx.linger(node).await;
+    Ok(())
+}
