@@ -201,14 +201,24 @@ impl Graph {
         if a == b {
             return;
         }
-        self.adjacency
-            .entry(a.to_owned())
-            .or_default()
-            .insert(b.to_owned());
-        self.adjacency
-            .entry(b.to_owned())
-            .or_default()
-            .insert(a.to_owned());
+        self.half_edge(a, b);
+        self.half_edge(b, a);
+    }
+
+    /// `b` into `a`'s neighbours, allocating only for names not yet present (membership
+    /// rebuilds graphs of thousands of edges on every change).
+    fn half_edge(&mut self, a: &str, b: &str) {
+        match self.adjacency.get_mut(a) {
+            Some(next) => {
+                if !next.contains(b) {
+                    next.insert(b.to_owned());
+                }
+            }
+            None => {
+                self.adjacency
+                    .insert(a.to_owned(), BTreeSet::from([b.to_owned()]));
+            }
+        }
     }
 
     /// Nodes in name order.
@@ -255,8 +265,76 @@ impl Graph {
     }
 
     /// Precomputes routing for `me`: next hops over shortest paths and, for every origin,
-    /// the neighbours `me` forwards that origin's broadcasts to. Costs one BFS per node.
+    /// the neighbours `me` forwards that origin's broadcasts to. Costs one BFS per node, over
+    /// node indices rather than names (a 64-node mesh: 65 BFS of 4032 edges each).
     pub fn routes_from(&self, me: &str) -> Routes {
+        let mut routes = Routes {
+            me: me.to_owned(),
+            ..Routes::default()
+        };
+        let indexed = Indexed::new(self);
+        let Some(me_ix) = indexed.index(me) else {
+            return routes;
+        };
+        let tree = indexed.bfs(me_ix);
+        // Resolve each destination's first hop by walking up its BFS parents; memoised so
+        // the total work stays linear.
+        let mut first_hop: Vec<Option<usize>> = vec![None; indexed.names.len()];
+        for dest in 0..indexed.names.len() {
+            if dest == me_ix || tree[dest].is_none() {
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut at = dest;
+            let hop = loop {
+                if let Some(hop) = first_hop[at] {
+                    break hop;
+                }
+                match tree[at] {
+                    Some(up) if up == me_ix => break at,
+                    Some(up) if up != at => {
+                        chain.push(at);
+                        at = up;
+                    }
+                    // Unreachable for a BFS tree from `me`; stop rather than loop.
+                    _ => break at,
+                }
+            };
+            first_hop[at] = Some(hop);
+            for node in chain {
+                first_hop[node] = Some(hop);
+            }
+        }
+        routes.next_hop = first_hop
+            .iter()
+            .enumerate()
+            .filter_map(|(dest, hop)| {
+                let hop = (*hop)?;
+                Some((
+                    indexed.names[dest].to_owned(),
+                    indexed.names[hop].to_owned(),
+                ))
+            })
+            .collect();
+        for origin in 0..indexed.names.len() {
+            let parents = indexed.bfs(origin);
+            let children: Vec<String> = parents
+                .iter()
+                .enumerate()
+                .filter(|&(child, parent)| *parent == Some(me_ix) && child != me_ix)
+                .map(|(child, _)| indexed.names[child].to_owned())
+                .collect();
+            routes
+                .broadcast
+                .insert(indexed.names[origin].to_owned(), children);
+        }
+        routes
+    }
+
+    /// The former name-keyed computation of [`routes_from`](Self::routes_from), kept as the
+    /// reference its tests compare against.
+    #[cfg(test)]
+    fn routes_from_by_name(&self, me: &str) -> Routes {
         let mut routes = Routes {
             me: me.to_owned(),
             ..Routes::default()
@@ -306,6 +384,52 @@ impl Graph {
             }
         }
         routes
+    }
+}
+
+/// A graph's nodes numbered in name order, with neighbour lists in name order, so a BFS over
+/// indices visits exactly what [`Graph::bfs`] visits by name.
+struct Indexed<'a> {
+    names: Vec<&'a str>,
+    neighbours: Vec<Vec<usize>>,
+}
+
+impl<'a> Indexed<'a> {
+    fn new(graph: &'a Graph) -> Self {
+        let names: Vec<&str> = graph.adjacency.keys().map(String::as_str).collect();
+        let neighbours = graph
+            .adjacency
+            .values()
+            .map(|next| {
+                next.iter()
+                    .filter_map(|n| names.binary_search(&n.as_str()).ok())
+                    .collect()
+            })
+            .collect();
+        Indexed { names, neighbours }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.binary_search(&name).ok()
+    }
+
+    /// BFS parents from `root` (the root is its own parent; `None`: unreachable).
+    fn bfs(&self, root: usize) -> Vec<Option<usize>> {
+        let mut parent = vec![None; self.names.len()];
+        if root >= parent.len() {
+            return parent;
+        }
+        parent[root] = Some(root);
+        let mut queue = VecDeque::from([root]);
+        while let Some(at) = queue.pop_front() {
+            for &next in self.neighbours.get(at).map_or(&[][..], Vec::as_slice) {
+                if parent[next].is_none() {
+                    parent[next] = Some(at);
+                    queue.push_back(next);
+                }
+            }
+        }
+        parent
     }
 }
 

@@ -596,6 +596,56 @@ fn irregular_graphs_route_shortest_and_broadcast_once() {
     }
 }
 
+/// Every field of two route sets, for comparing computations.
+fn same_routes(a: &Routes, b: &Routes) -> bool {
+    a.me == b.me && a.next_hop == b.next_hop && a.broadcast == b.broadcast
+}
+
+#[test]
+fn index_based_routes_equal_the_name_keyed_reference_on_every_graph() {
+    let mut graphs: Vec<Graph> = presets().iter().map(|c| plan(c).graph()).collect();
+    graphs.push(graph_of(&[("a", "b"), ("b", "c"), ("x", "y")]));
+    graphs.push(graph_of(&[("a", "c"), ("c", "d"), ("d", "b"), ("b", "a")]));
+    graphs.push(plan(&mesh(20)).graph());
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    for n in [5, 9, 13, 30] {
+        let mut g = Graph::new();
+        for i in 0..n {
+            g.add_node(&format!("v{i}"));
+            for j in 0..i {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                if seed % 4 == 0 {
+                    g.add_edge(&format!("v{i}"), &format!("v{j}"));
+                }
+            }
+        }
+        graphs.push(g);
+    }
+    for g in &graphs {
+        for me in g.nodes().chain(["ghost"]) {
+            assert!(
+                same_routes(&g.routes_from(me), &g.routes_from_by_name(me)),
+                "routes of {me} over {g:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn add_edge_is_idempotent_and_ignores_self_edges() {
+    let mut g = Graph::new();
+    g.add_edge("a", "b");
+    g.add_edge("b", "a");
+    g.add_edge("a", "b");
+    g.add_edge("c", "c");
+    assert_eq!(g.edge_count(), 1);
+    assert_eq!(g.nodes().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(g.neighbours("a").collect::<Vec<_>>(), ["b"]);
+    assert_eq!(g.neighbours("b").collect::<Vec<_>>(), ["a"]);
+}
+
 #[test]
 fn mesh_of_64_routes_directly_and_quickly() {
     let g = plan(&mesh(64)).graph();
