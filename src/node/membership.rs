@@ -116,11 +116,17 @@ pub struct HeartbeatReceived {
 
 struct Known {
     status: Status,
+    /// `status.links` as indices into [`Membership::names`].
+    links: Vec<usize>,
     received: Instant,
 }
 
 pub struct Membership {
     shared: Arc<NodeShared>,
+    /// The configured nodes in declared order, and each one's index: statuses arrive by the
+    /// thousand in a large mesh, and their links are checked and counted by index.
+    names: Vec<String>,
+    ids: HashMap<String, usize>,
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
@@ -129,15 +135,33 @@ pub struct Membership {
     last_announce: Option<Instant>,
     last_tick: Option<Instant>,
     ticks_seen: HashMap<String, (Uuid, u64)>,
+    /// A recompute is scheduled (see [`Membership::soon`]).
+    recompute_pending: bool,
+    /// An announcement of this node's links is scheduled with it.
+    announce_pending: bool,
+    /// When a change of this node's links was last announced.
+    links_announced: Option<Instant>,
 }
 
 /// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
 const MEMBERSHIP_MAILBOX: usize = 1024;
 
+/// The longest a membership change waits for the rest of its burst (a tenth of the heartbeat
+/// interval, at most this).
+const COALESCE_MAX: Duration = Duration::from_millis(50);
+
 impl Membership {
     pub fn new(shared: Arc<NodeShared>) -> Self {
+        let names: Vec<String> = shared.config.nodes.iter().map(|n| n.name.clone()).collect();
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
         Membership {
             shared,
+            names,
+            ids,
             router: None,
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
@@ -146,7 +170,44 @@ impl Membership {
             last_announce: None,
             last_tick: None,
             ticks_seen: HashMap::new(),
+            recompute_pending: false,
+            announce_pending: false,
+            links_announced: None,
         }
+    }
+
+    /// Recompute (and, if `announce`, announce this node's links) after a short delay rather
+    /// than at once: changes come in bursts (a starting node's links come up one by one, and
+    /// each of its peers announces the new link), and one status and one recompute (and one
+    /// route computation in the Router) cover the whole burst. Without this, a node of a
+    /// 32-node mesh announced 31 times while starting, each status went to every node, every
+    /// node recomputed on each, and the cluster spent its CPU on that and never converged.
+    /// The first link change after a quiet spell is still announced at once.
+    fn soon(&mut self, ctx: &mut Context<Self>, announce: bool) {
+        let delay = (self.interval() / 10).min(COALESCE_MAX);
+        if announce && !self.announce_pending {
+            if self.links_announced.is_none_or(|t| t.elapsed() >= delay) {
+                self.links_announced = Some(Instant::now());
+                guard("membership", ctx, |_| self.announce());
+            } else {
+                self.announce_pending = true;
+            }
+        }
+        if self.recompute_pending {
+            return;
+        }
+        self.recompute_pending = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.recompute_pending = false;
+            let announce = std::mem::take(&mut act.announce_pending);
+            guard("membership", ctx, |_| {
+                if announce {
+                    act.links_announced = Some(Instant::now());
+                    act.announce();
+                }
+                act.recompute();
+            });
+        });
     }
 
     fn interval(&self) -> Duration {
@@ -154,7 +215,7 @@ impl Membership {
     }
 
     fn is_member(&self, name: &str) -> bool {
-        name != self.shared.name() && self.shared.config.node(name).is_some()
+        name != self.shared.name() && self.ids.contains_key(name)
     }
 
     /// Send `msg` on every live link whose peer `skip` does not name.
@@ -202,36 +263,65 @@ impl Membership {
             .map(|k| &k.status)
     }
 
-    /// Recompute reachability; log and publish what changed.
+    /// Recompute reachability; log and publish what changed. Works on node indices and is
+    /// linear in the number of links reported: it runs on every tick and after every burst
+    /// of changes, and a 64-node mesh reports 4032 links.
     fn recompute(&mut self) {
         let me = self.shared.name().to_owned();
-        let reports = |a: &Status, b: &str| a.links.iter().any(|l| l == b);
-        let mut all = Graph::new();
-        all.add_node(&me);
+        let timeout = self.shared.failure_timeout();
+        let Some(&me_ix) = self.ids.get(&me) else {
+            return;
+        };
+        // reports.has(a, b): a reports a live link to b (my own links, and fresh statuses).
+        let mut reports = Reports::new(self.names.len());
         for peer in &self.my_links {
-            if self.fresh(peer).is_some_and(|s| reports(s, &me)) {
-                all.add_edge(&me, peer);
+            if let Some(&b) = self.ids.get(peer) {
+                reports.set(me_ix, b);
             }
         }
-        for name in self.statuses.keys() {
-            let Some(status) = self.fresh(name) else {
+        for (name, known) in &self.statuses {
+            if known.received.elapsed() > timeout {
                 continue;
-            };
-            for other in status.links.iter().filter(|o| **o != me) {
-                if self.fresh(other).is_some_and(|s| reports(s, name)) {
-                    all.add_edge(name, other);
+            }
+            if let Some(&a) = self.ids.get(name) {
+                for &b in &known.links {
+                    reports.set(a, b);
                 }
             }
         }
-        let reachable = all.reachable_from(&me);
-        let mut graph = Graph::new();
-        for n in &reachable {
-            graph.add_node(n);
-            for m in all.neighbours(n).filter(|m| reachable.contains(*m)) {
-                graph.add_edge(n, m);
+        // An edge counts when both of its ends report it; walk them from me.
+        let edge = |a: usize, b: usize| reports.has(a, b) && reports.has(b, a);
+        let mut reachable = vec![false; self.names.len()];
+        let mut order = Vec::with_capacity(self.names.len());
+        if let Some(r) = reachable.get_mut(me_ix) {
+            *r = true;
+        }
+        order.push(me_ix);
+        let mut next = 0;
+        while let Some(&a) = order.get(next) {
+            next += 1;
+            for b in reports.reported_by(a) {
+                if edge(a, b) && reachable.get(b) == Some(&false) {
+                    if let Some(r) = reachable.get_mut(b) {
+                        *r = true;
+                    }
+                    order.push(b);
+                }
             }
         }
-        let up: BTreeSet<String> = reachable.into_iter().filter(|n| *n != me).collect();
+        let mut graph = Graph::new();
+        for &a in &order {
+            let name = self.names.get(a).map_or("", String::as_str);
+            graph.add_node(name);
+            for b in reports.reported_by(a).filter(|&b| b > a && edge(a, b)) {
+                graph.add_edge(name, self.names.get(b).map_or("", String::as_str));
+            }
+        }
+        let up: BTreeSet<String> = order
+            .iter()
+            .filter(|&&a| a != me_ix)
+            .filter_map(|&a| self.names.get(a).cloned())
+            .collect();
         for gone in self.up.difference(&up) {
             tracing::info!(node = %me, "membership: {gone} down");
         }
@@ -280,22 +370,27 @@ impl Membership {
         }
     }
 
-    fn on_status(&mut self, via: String, mut status: Status) {
+    /// Take a status in and relay it; true if the graph or the members may have changed.
+    fn on_status(&mut self, via: String, mut status: Status) -> bool {
         if !self.is_member(&status.node) {
             tracing::debug!(node = %self.shared.name(), via = %via, "status from unknown node {:?} ignored", status.node);
-            return;
+            return false;
         }
         let newer = match self.statuses.get(&status.node) {
             None => true,
             Some(k) => (status.boot_ms, status.version) > (k.status.boot_ms, k.status.version),
         };
         if !newer {
-            return;
+            return false;
         }
         // A peer can only name configured nodes; anything else is noise, not graph.
-        let config = &self.shared.config;
-        status.links.retain(|l| config.node(l).is_some());
-        status.links.truncate(config.nodes.len());
+        status.links.retain(|l| self.ids.contains_key(l));
+        status.links.truncate(self.names.len());
+        let links = status
+            .links
+            .iter()
+            .filter_map(|l| self.ids.get(l).copied())
+            .collect();
         // The origin sent its status to each of its linked peers itself: relaying it to them
         // (or back to the origin) only makes copies they drop. In a mesh this turns the
         // 2E − (N−1) frames of a plain flood into N−1.
@@ -312,12 +407,11 @@ impl Membership {
             name,
             Known {
                 status,
+                links,
                 received: Instant::now(),
             },
         );
-        if changed {
-            self.recompute();
-        }
+        changed
     }
 
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
@@ -370,6 +464,8 @@ impl actix::Supervised for Membership {
         // Rebuild from the next statuses rather than trust state a panic may have torn.
         self.statuses.clear();
         self.ticks_seen.clear();
+        self.recompute_pending = false;
+        self.announce_pending = false;
     }
 }
 
@@ -385,11 +481,8 @@ impl Handler<LinksChanged> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| {
-            self.my_links = msg.0;
-            self.announce();
-            self.recompute();
-        });
+        self.my_links = msg.0;
+        self.soon(ctx, true);
     }
 }
 
@@ -397,7 +490,9 @@ impl Handler<StatusReceived> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: StatusReceived, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| self.on_status(msg.via, msg.status));
+        if guard("membership", ctx, |_| self.on_status(msg.via, msg.status)) == Some(true) {
+            self.soon(ctx, false);
+        }
     }
 }
 
@@ -408,5 +503,81 @@ impl Handler<HeartbeatReceived> for Membership {
         guard("membership", ctx, |_| {
             self.on_heartbeat(msg.via, msg.heartbeat)
         });
+    }
+}
+
+/// Who reports a link to whom, as one bit per ordered pair of configured nodes.
+struct Reports {
+    n: usize,
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Reports {
+    fn new(n: usize) -> Self {
+        let words = n.div_ceil(64);
+        Reports {
+            n,
+            words,
+            bits: vec![0; n * words],
+        }
+    }
+
+    fn set(&mut self, a: usize, b: usize) {
+        if a < self.n && b < self.n {
+            if let Some(w) = self.bits.get_mut(a * self.words + b / 64) {
+                *w |= 1 << (b % 64);
+            }
+        }
+    }
+
+    fn has(&self, a: usize, b: usize) -> bool {
+        a < self.n
+            && b < self.n
+            && self
+                .bits
+                .get(a * self.words + b / 64)
+                .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    /// The nodes `a` reports links to, in index order.
+    fn reported_by(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
+        let row = self
+            .bits
+            .get(a * self.words..(a + 1) * self.words)
+            .unwrap_or_default();
+        row.iter().enumerate().flat_map(|(i, &word)| {
+            let mut w = word;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = w.trailing_zeros() as usize;
+                w &= w - 1;
+                Some(i * 64 + bit)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reports;
+
+    #[test]
+    fn reports_list_each_reported_link_once_in_index_order_across_words() {
+        let mut r = Reports::new(130);
+        for b in [129, 0, 64, 63, 65, 64] {
+            r.set(3, b);
+        }
+        r.set(129, 3);
+        r.set(200, 1); // out of range: ignored
+        r.set(1, 200);
+        assert_eq!(r.reported_by(3).collect::<Vec<_>>(), [0, 63, 64, 65, 129]);
+        assert_eq!(r.reported_by(129).collect::<Vec<_>>(), [3]);
+        assert_eq!(r.reported_by(1).count(), 0);
+        assert_eq!(r.reported_by(500).count(), 0);
+        assert!(r.has(3, 129) && r.has(129, 3));
+        assert!(!r.has(3, 1) && !r.has(200, 1) && !r.has(1, 200));
     }
 }
