@@ -18,8 +18,9 @@
 //!   started to after convergence, divided by N.
 //! * `idle_cpu_pct`: CPU the converged, idle cluster uses (heartbeats, status flooding), in
 //!   percent of one core, over `--idle-ms`; `status_frames_per_s` is what flooding implies:
-//!   every node floods a status per heartbeat interval and each status crosses
-//!   `2E − (N−1)` links (sent once on every link but the one it came on).
+//!   every node announces a status per heartbeat interval, sent to each of its peers and
+//!   relayed once by every node to its links except the one it came on, the origin and the
+//!   origin's peers (simulated here with statuses arriving along shortest paths).
 //! * `broadcast_events_per_s`: one node publishes K events with `publish_wait`; every node
 //!   counts them; K×N deliveries divided by the time until every node has all K. K is picked
 //!   from a 500-event calibration run so the measured run takes about `--seconds`.
@@ -28,7 +29,9 @@
 //! left from the previous size) and gives up after `--limit-s` seconds with a `timeout=1` line
 //! saying how far it got.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -36,8 +39,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use clap::Parser;
-use nodecloud::config::TopologyKind;
-use nodecloud::{cluster, testing, topology, Delivery, Event, NodeHandle};
+use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::topology::{self, Graph};
+use nodecloud::{cluster, Delivery, Event, NodeHandle};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug, Clone)]
@@ -215,7 +219,22 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         text: format!("{fields} timeout=1 phase={phase} {detail}"),
     };
 
-    let mut cfg = testing::peers(kind, n);
+    let mut cfg = match distinct_ports(n) {
+        Ok(addrs) => {
+            let nodes = addrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| NodeConfig::new(&format!("n{}", i + 1), Role::Worker, a))
+                .collect();
+            Config::for_test(kind, nodes)
+        }
+        Err(e) => {
+            return Line {
+                ok: false,
+                text: format!("{fields} error=\"no free ports: {e}\""),
+            }
+        }
+    };
     cfg.cluster.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     // The production default; `for_test` shortens it.
     cfg.cluster.handshake_timeout = Duration::from_secs(5);
@@ -287,9 +306,8 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
     let idle_cpu_pct = (cpu_ms().saturating_sub(cpu0)) as f64 * 100.0
         / idle_start.elapsed().as_millis().max(1) as f64;
-    let edges = plan.edge_count() as f64;
     let status_frames_per_s =
-        (2.0 * edges - (n as f64 - 1.0)) * n as f64 * 1000.0 / args.heartbeat_ms as f64;
+        status_frames_per_interval(&plan) as f64 * 1000.0 / args.heartbeat_ms as f64;
 
     let _ = std::fmt::Write::write_fmt(
         &mut fields,
@@ -426,4 +444,65 @@ fn cpu_ms() -> u64 {
             .unwrap_or(0)
     };
     (ticks(11) + ticks(12)) * 10
+}
+
+/// Status frames sent when every node announces once (see the module docs).
+fn status_frames_per_interval(g: &Graph) -> u64 {
+    let mut total = 0;
+    for origin in g.nodes() {
+        let direct: BTreeSet<&str> = g.neighbours(origin).collect();
+        let mut seen = BTreeSet::from([origin]);
+        // (node, the peer it got the status from)
+        let mut queue: VecDeque<(&str, &str)> = direct.iter().map(|&p| (p, origin)).collect();
+        total += direct.len() as u64;
+        while let Some((at, via)) = queue.pop_front() {
+            if !seen.insert(at) {
+                continue; // a copy: dropped, not relayed
+            }
+            for next in g.neighbours(at) {
+                if next != via && next != origin && !direct.contains(next) {
+                    total += 1;
+                    queue.push_back((next, at));
+                }
+            }
+        }
+    }
+    total
+}
+
+/// `n` distinct loopback addresses that are free now, below the kernel's ephemeral port range.
+/// (`testing::free_addr` hands out ephemeral ports one at a time: with 64 nodes, two of them
+/// can get the same port, or a node's dial can take a port before the node that owns it binds.)
+fn distinct_ports(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32768);
+    // Start somewhere in the 8000 ports below the range, so concurrent runs rarely meet.
+    let span = 8000u16.min(low.saturating_sub(1024));
+    let offset = (std::process::id() as u16).wrapping_mul(7919) % span.max(1);
+    let mut held = Vec::with_capacity(n);
+    let mut port = low - span + offset;
+    let mut tried = 0;
+    while held.len() < n && tried < span {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+        port = if port + 1 >= low {
+            low - span
+        } else {
+            port + 1
+        };
+        tried += 1;
+    }
+    if held.len() < n {
+        return Err(std::io::Error::other(format!(
+            "found {} of {n}",
+            held.len()
+        )));
+    }
+    held.iter().map(std::net::TcpListener::local_addr).collect()
 }
