@@ -1189,9 +1189,7 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
         pct(0.999),
         u8::from(timeout)
     ));
-    if let Err(e) = outcome {
-        return Err(e);
-    }
+    outcome?;
     cx.linger(node).await;
     Ok(())
 }
