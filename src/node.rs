@@ -464,10 +464,12 @@ impl NodeHandle {
             }
         }
         if let Some(env) = out.local {
-            self.bus.try_send(Deliver(vec![env])).map_err(|e| match e {
-                SendError::Full(_) => PublishError::BusFull,
-                SendError::Closed(_) => PublishError::Stopped,
-            })?;
+            self.bus
+                .try_send(Deliver(vec![env], None))
+                .map_err(|e| match e {
+                    SendError::Full(_) => PublishError::BusFull,
+                    SendError::Closed(_) => PublishError::Stopped,
+                })?;
         }
         let mut frame = out.frame;
         let mut sends = links.zip(first.into_iter().chain(more)).peekable();
@@ -509,7 +511,7 @@ impl NodeHandle {
         }
         if let Some(env) = out.local {
             self.bus
-                .send(Deliver(vec![env]))
+                .send(Deliver(vec![env], None))
                 .await
                 .map_err(|_| PublishError::Stopped)?;
         }

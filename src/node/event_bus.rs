@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::shared::{NodeShared, BUS_QUEUE_BATCHES};
+use super::shared::{NodeShared, BUS_QUEUE_BATCHES, READ_BATCH_FRAMES};
 use super::supervision::guard;
 use crate::event::{Delivery, Event, NodeId};
 use crate::wire::{decode_payload, Envelope, WireError};
@@ -73,10 +73,67 @@ impl<E: Event> Subscriber for TypedSubscriber<E> {
     }
 }
 
+/// FNV-1a for the topic table: it is looked up once per delivered event, and SipHash of a
+/// topic costs more than the rest of the lookup. Flooding is not a concern: only local
+/// `subscribe` calls insert keys; network input only looks them up.
+#[derive(Default, Clone, Copy)]
+struct TopicHash;
+
+impl std::hash::BuildHasher for TopicHash {
+    type Hasher = Fnv1a;
+    fn build_hasher(&self) -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Envelopes for this node's subscribers.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Vec<Envelope>);
+pub struct Deliver(pub Vec<Envelope>, pub Option<BatchPool>);
+
+/// The vectors a session takes its delivery batches from: the bus hands each one back emptied,
+/// so steady-state delivery allocates no batch vectors (a batch vector is tens of KiB, and
+/// every allocation that large makes the allocator consolidate all its small free chunks).
+#[derive(Clone, Default)]
+pub struct BatchPool(Arc<std::sync::Mutex<Vec<Vec<Envelope>>>>);
+
+impl BatchPool {
+    /// Vectors kept: a session hands the bus up to 16 batches before the bus runs (actix
+    /// polls a stream 16 times before it yields), so this many cover a whole round.
+    const KEEP: usize = 17;
+
+    pub fn take(&self) -> Vec<Envelope> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_else(|| Vec::with_capacity(READ_BATCH_FRAMES))
+    }
+
+    pub fn give(&self, mut batch: Vec<Envelope>) {
+        batch.clear();
+        if batch.capacity() <= READ_BATCH_FRAMES {
+            if let Ok(mut pool) = self.0.lock() {
+                if pool.len() < Self::KEEP {
+                    pool.push(batch);
+                }
+            }
+        }
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -95,7 +152,7 @@ type Subscribers = Vec<(SubscriptionId, Box<dyn Subscriber>)>;
 
 pub struct EventBus {
     shared: Arc<NodeShared>,
-    topics: HashMap<String, Subscribers>,
+    topics: HashMap<String, Subscribers, TopicHash>,
     /// Envelopes not yet offered to every subscriber; `cursor` is the next subscriber index
     /// for the front envelope (set when delivery paused on a full mailbox).
     pending: VecDeque<Envelope>,
@@ -107,7 +164,7 @@ impl EventBus {
     pub fn new(shared: Arc<NodeShared>) -> Self {
         EventBus {
             shared,
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             pending: VecDeque::new(),
             cursor: 0,
             undecodable: 0,
@@ -116,65 +173,91 @@ impl EventBus {
 
     /// Offer pending envelopes to subscribers until done or a mailbox is full.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(mut env) = self.pending.pop_front() {
-            // The origin's name moves into the last subscriber's delivery; the others get
-            // clones (one allocation fewer per event in the common one-subscriber case).
-            let mut from = NodeId {
-                name: std::mem::take(&mut env.origin),
-                incarnation: env.origin_incarnation,
-            };
-            // Looked up once per envelope, and again only after a subscriber was removed.
-            'lookup: while let Some(subs) = self.topics.get(&env.topic) {
-                while let Some((id, sub)) = subs.get(self.cursor) {
-                    self.cursor += 1;
-                    let last = self.cursor == subs.len();
-                    let to = if last {
-                        NodeId {
-                            name: std::mem::take(&mut from.name),
-                            incarnation: from.incarnation,
-                        }
-                    } else {
-                        from.clone()
-                    };
-                    match sub.deliver(to, &env.payload) {
-                        Delivered::Sent => {}
-                        Delivered::Closed => {
-                            let id = *id;
-                            self.remove(&env.topic, id);
-                            self.cursor -= 1;
-                            continue 'lookup;
-                        }
-                        Delivered::Undecodable(err, to) => {
-                            self.undecodable += 1;
-                            if self.undecodable.is_power_of_two() {
-                                tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %to.name,
-                                    count = self.undecodable, "event payload does not decode for a subscriber: {err}");
-                            }
-                        }
-                        Delivered::Full(wait) => {
-                            let (id, topic) = (*id, env.topic.clone());
-                            if last {
-                                // Every subscriber has it (or is waited for): done with it.
-                                self.cursor = 0;
-                            } else {
-                                env.origin = std::mem::take(&mut from.name);
-                                self.pending.push_front(env);
-                            }
-                            ctx.wait(wait.into_actor(self).map(move |alive, act, ctx| {
-                                if !alive {
-                                    act.remove(&topic, id);
-                                    act.cursor = act.cursor.saturating_sub(1);
-                                }
-                                act.drain(ctx);
-                            }));
-                            return;
+        while let Some(env) = self.pending.pop_front() {
+            if !self.offer(env, ctx) {
+                return;
+            }
+        }
+    }
+
+    /// Offer a batch: straight from its vector while nothing is pending (no copy through the
+    /// queue), queued behind what is pending otherwise.
+    fn deliver_batch(&mut self, envelopes: &mut Vec<Envelope>, ctx: &mut Context<Self>) {
+        if !self.pending.is_empty() {
+            self.pending.extend(envelopes.drain(..));
+            return self.drain(ctx);
+        }
+        let mut batch = envelopes.drain(..);
+        while let Some(env) = batch.next() {
+            if !self.offer(env, ctx) {
+                self.pending.extend(batch);
+                return;
+            }
+        }
+    }
+
+    /// Offer `env` to its topic's subscribers, from subscriber `cursor` on. False when a full
+    /// mailbox paused delivery: `env` is then back at the front of `pending` if subscribers
+    /// are left to offer it to, and `drain` resumes once the mailbox took its event.
+    fn offer(&mut self, mut env: Envelope, ctx: &mut Context<Self>) -> bool {
+        // The origin's name moves into the last subscriber's delivery; the others get
+        // clones (one allocation fewer per event in the common one-subscriber case).
+        let mut from = NodeId {
+            name: std::mem::take(&mut env.origin),
+            incarnation: env.origin_incarnation,
+        };
+        // Looked up once per envelope, and again only after a subscriber was removed.
+        'lookup: while let Some(subs) = self.topics.get(&env.topic) {
+            while let Some((id, sub)) = subs.get(self.cursor) {
+                self.cursor += 1;
+                let last = self.cursor == subs.len();
+                let to = if last {
+                    NodeId {
+                        name: std::mem::take(&mut from.name),
+                        incarnation: from.incarnation,
+                    }
+                } else {
+                    from.clone()
+                };
+                match sub.deliver(to, &env.payload) {
+                    Delivered::Sent => {}
+                    Delivered::Closed => {
+                        let id = *id;
+                        self.remove(&env.topic, id);
+                        self.cursor -= 1;
+                        continue 'lookup;
+                    }
+                    Delivered::Undecodable(err, to) => {
+                        self.undecodable += 1;
+                        if self.undecodable.is_power_of_two() {
+                            tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %to.name,
+                                count = self.undecodable, "event payload does not decode for a subscriber: {err}");
                         }
                     }
+                    Delivered::Full(wait) => {
+                        let (id, topic) = (*id, env.topic.clone());
+                        if last {
+                            // Every subscriber has it (or is waited for): done with it.
+                            self.cursor = 0;
+                        } else {
+                            env.origin = std::mem::take(&mut from.name);
+                            self.pending.push_front(env);
+                        }
+                        ctx.wait(wait.into_actor(self).map(move |alive, act, ctx| {
+                            if !alive {
+                                act.remove(&topic, id);
+                                act.cursor = act.cursor.saturating_sub(1);
+                            }
+                            act.drain(ctx);
+                        }));
+                        return false;
+                    }
                 }
-                break;
             }
-            self.cursor = 0;
+            break;
         }
+        self.cursor = 0;
+        true
     }
 
     fn remove(&mut self, topic: &str, id: SubscriptionId) {
@@ -211,9 +294,14 @@ impl actix::Supervised for EventBus {
 impl Handler<Deliver> for EventBus {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        self.pending.extend(msg.0);
-        guard("event_bus", ctx, |ctx| self.drain(ctx));
+    fn handle(&mut self, Deliver(mut envelopes, pool): Deliver, ctx: &mut Context<Self>) {
+        guard("event_bus", ctx, |ctx| {
+            self.deliver_batch(&mut envelopes, ctx)
+        });
+        envelopes.clear();
+        if let Some(pool) = pool {
+            pool.give(envelopes);
+        }
     }
 }
 

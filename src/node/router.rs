@@ -24,15 +24,28 @@ use crate::wire::Envelope;
 pub struct RouteTable {
     routes: Routes,
     links: HashMap<String, LinkHandle>,
+    /// The links this node's own broadcasts leave on, resolved once per table: every publish
+    /// walks them, and resolving them costs two hash lookups per hop.
+    own_broadcast: Vec<LinkHandle>,
 }
 
 impl RouteTable {
     pub fn empty(me: &str) -> Self {
         let mut g = Graph::new();
         g.add_node(me);
+        RouteTable::new(g.routes_from(me), HashMap::new())
+    }
+
+    fn new(routes: Routes, links: HashMap<String, LinkHandle>) -> Self {
+        let own_broadcast = routes
+            .broadcast_next(routes.me())
+            .iter()
+            .filter_map(|h| links.get(h).cloned())
+            .collect();
         RouteTable {
-            routes: g.routes_from(me),
-            links: HashMap::new(),
+            routes,
+            links,
+            own_broadcast,
         }
     }
 
@@ -58,17 +71,21 @@ impl RouteTable {
         origin: &'a str,
         arrived_on: Option<&'a str>,
     ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
-        let (broadcast, hop): (&[String], Option<&str>) = match target {
-            None => (self.routes.broadcast_next(origin), None),
-            Some(t) if t == self.routes.me() => (&[], None),
-            Some(t) => (&[], self.routes.next_hop(t)),
+        let me = self.routes.me();
+        let (own, broadcast, hop): (&[LinkHandle], &[String], Option<&str>) = match target {
+            None if arrived_on.is_none() && origin == me => (&self.own_broadcast, &[], None),
+            None => (&[], self.routes.broadcast_next(origin), None),
+            Some(t) if t == me => (&[], &[], None),
+            Some(t) => (&[], &[], self.routes.next_hop(t)),
         };
-        broadcast
-            .iter()
-            .map(String::as_str)
-            .chain(hop)
-            .filter(move |h| Some(*h) != arrived_on)
-            .filter_map(|h| self.links.get(h))
+        own.iter().chain(
+            broadcast
+                .iter()
+                .map(String::as_str)
+                .chain(hop)
+                .filter(move |h| Some(*h) != arrived_on)
+                .filter_map(|h| self.links.get(h)),
+        )
     }
 
     /// Whether this node delivers `env` to its own subscribers.
@@ -136,10 +153,10 @@ impl Router {
     }
 
     fn publish(&self) {
-        let table = RouteTable {
-            routes: self.graph.routes_from(self.shared.name()),
-            links: self.links.clone(),
-        };
+        let table = RouteTable::new(
+            self.graph.routes_from(self.shared.name()),
+            self.links.clone(),
+        );
         self.shared.routes.store(Arc::new(table));
     }
 

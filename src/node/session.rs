@@ -2,7 +2,7 @@
 //! (dialled links) after the handshake; reports to the Router (LinkUp/LinkDown) and to its
 //! starter when it ends. Never restarted: a broken link is redialled by its Upstream.
 //!
-//! Reading: `FramedRead` + `ready_chunks` as an actor stream, so up to `READ_BATCH_FRAMES`
+//! Reading: `FramedRead` + a recycling `ready_chunks` as an actor stream, so up to `READ_BATCH_FRAMES`
 //! frames are handled per wake-up and local events reach the bus as one batch.
 //! Writing: a writer task owned by the session drains a bounded channel, encodes a batch of
 //! frames into one buffer and writes it with one syscall. Producers (publishers, relaying
@@ -14,18 +14,24 @@
 //! or `failure_threshold` heartbeat intervals without a frame closes the link, logged once with
 //! the peer address and reason.
 
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
+use futures_util::stream::{Fuse, Stream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::event_bus::{Deliver, EventBus};
+use super::dedup::Dedup;
+use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
@@ -111,28 +117,94 @@ pub struct Session {
     ping_sent_at: Option<(u64, Instant)>,
     writer: Option<actix_rt::task::JoinHandle<()>>,
     closing: bool,
+    /// Read batches come back here once handled, for the reader to fill again.
+    spare_reads: SpareBatch,
+    /// Batches for the bus, lent to it and handed back.
+    spare_local: BatchPool,
 }
 
 type ReadBatch = Vec<Result<Frame, WireError>>;
 
+/// Bytes the reader asks the socket for at most per read: one read takes in a few hundred
+/// small frames.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The read batch vector the session gives back to its reader.
+type SpareBatch = Rc<RefCell<Option<ReadBatch>>>;
+
+/// `ready_chunks(READ_BATCH_FRAMES)` that reuses its vectors: each batch is the frames ready
+/// now (at most `READ_BATCH_FRAMES`), in a vector the session handed back after the previous
+/// batch. Without the reuse every batch is a fresh allocation of tens of KiB.
+struct ReadyBatches<S> {
+    frames: Fuse<S>,
+    spare: SpareBatch,
+}
+
+impl<S: Stream<Item = Result<Frame, WireError>> + Unpin> Stream for ReadyBatches<S> {
+    type Item = ReadBatch;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<ReadBatch>> {
+        let mut batch = self
+            .spare
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BATCH_FRAMES));
+        loop {
+            match self.frames.poll_next_unpin(cx) {
+                Poll::Ready(Some(frame)) => {
+                    batch.push(frame);
+                    if batch.len() >= READ_BATCH_FRAMES {
+                        return Poll::Ready(Some(batch));
+                    }
+                }
+                Poll::Ready(None) if batch.is_empty() => return Poll::Ready(None),
+                Poll::Pending if batch.is_empty() => {
+                    *self.spare.borrow_mut() = Some(batch);
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) | Poll::Pending => return Poll::Ready(Some(batch)),
+            }
+        }
+    }
+}
+
 /// What handling one read batch accumulates and caches, so the per-event work is only the
 /// event's own: the route table is loaded once per batch, the local-subscriber check is
 /// remembered for the last topic seen, and the link counter is bumped once.
-struct Batch {
+struct Batch<'a> {
     /// Envelopes for this node's subscribers, handed to the bus as one message.
     local: Vec<Envelope>,
     table: Arc<RouteTable>,
     /// The last topic looked up in `local_topics`, and the answer.
     topic: Option<(String, bool)>,
+    /// The last origin whose broadcasts this node does not relay (a leaf of its tree).
+    leaf_of: Option<String>,
     events_in: u64,
+    shared: &'a NodeShared,
+    /// Duplicate suppression, locked at the first broadcast of the batch and held to its end
+    /// (every session of a node runs on the node's thread: nobody waits for it).
+    dedup: Option<MutexGuard<'a, Dedup>>,
 }
 
-impl Batch {
-    fn subscribed(&mut self, topic: &str, shared: &NodeShared) -> bool {
+impl Batch<'_> {
+    /// Whether a broadcast is seen here for the first time (true if the table is unusable).
+    fn first_sighting(&mut self, origin: uuid::Uuid, id: u64) -> bool {
+        if self.dedup.is_none() {
+            self.dedup = self.shared.dedup.lock().ok();
+        }
+        self.dedup
+            .as_mut()
+            .is_none_or(|d| d.first_sighting(origin, id))
+    }
+
+    fn subscribed(&mut self, topic: &str) -> bool {
         match &self.topic {
             Some((t, known)) if t == topic => *known,
             _ => {
-                let known = shared.local_topics.contains(topic);
+                let known = self.shared.local_topics.contains(topic);
                 self.topic = Some((topic.to_owned(), known));
                 known
             }
@@ -159,10 +231,14 @@ impl Session {
         let writer_codec = codec.clone();
         let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
         let link_id = p.shared.next_link_id();
+        let spare_reads = SpareBatch::default();
         let addr = Session::create(move |ctx| {
-            let mut frames = FramedRead::new(read, codec);
+            let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER_BYTES);
             frames.read_buffer_mut().extend_from_slice(&leftover);
-            ctx.add_stream(frames.ready_chunks(READ_BATCH_FRAMES));
+            ctx.add_stream(ReadyBatches {
+                frames: frames.fuse(),
+                spare: spare_reads.clone(),
+            });
             let writer = actix_rt::spawn(write_loop(write, rx, writer_codec, ctx.address()));
             Session {
                 p,
@@ -175,6 +251,8 @@ impl Session {
                 ping_sent_at: None,
                 writer: Some(writer),
                 closing: false,
+                spare_reads,
+                spare_local: BatchPool::default(),
             }
         });
         (addr, link_id)
@@ -210,7 +288,7 @@ impl Session {
         ctx.stop();
     }
 
-    fn on_message(&mut self, msg: Message, batch: &mut Batch, ctx: &mut Context<Self>) {
+    fn on_message(&mut self, msg: Message, batch: &mut Batch<'_>, ctx: &mut Context<Self>) {
         match msg {
             Message::Event(env) => self.on_event(env, batch, ctx),
             Message::Status(status) => {
@@ -258,22 +336,22 @@ impl Session {
         }
     }
 
-    fn on_event(&mut self, mut env: Envelope, batch: &mut Batch, ctx: &mut Context<Self>) {
+    fn on_event(&mut self, mut env: Envelope, batch: &mut Batch<'_>, ctx: &mut Context<Self>) {
         batch.events_in += 1;
-        if env.target.is_none() {
-            let fresh = self
-                .p
-                .shared
-                .dedup
-                .lock()
-                .map(|mut d| d.first_sighting(env.origin_incarnation, env.id))
-                .unwrap_or(true);
-            if !fresh {
-                return;
-            }
+        if env.target.is_none() && !batch.first_sighting(env.origin_incarnation, env.id) {
+            return;
         }
         let table = &*batch.table;
-        let relayed = table.next_links(&env, Some(self.peer())).next().is_some();
+        let broadcast = env.target.is_none();
+        let relayed = if broadcast && batch.leaf_of.as_deref() == Some(env.origin.as_str()) {
+            false
+        } else {
+            let relayed = table.next_links(&env, Some(self.peer())).next().is_some();
+            if broadcast && !relayed {
+                batch.leaf_of = Some(env.origin.clone());
+            }
+            relayed
+        };
         if env.ttl > 1 {
             if relayed {
                 env.ttl -= 1;
@@ -303,7 +381,7 @@ impl Session {
         } else if relayed {
             tracing::debug!(node = %self.p.shared.name(), origin = %env.origin, "event TTL expired; not relayed");
         }
-        if table.is_local(&env) && batch.subscribed(&env.topic, &self.p.shared) {
+        if table.is_local(&env) && batch.subscribed(&env.topic) {
             batch.local.push(env);
         }
     }
@@ -364,14 +442,19 @@ impl Actor for Session {
 impl StreamHandler<ReadBatch> for Session {
     fn handle(&mut self, batch: ReadBatch, ctx: &mut Context<Self>) {
         self.last_inbound = Instant::now();
-        let frames = batch;
+        let mut frames = batch;
+        let shared = self.p.shared.clone();
+        let local = self.spare_local.take();
         let mut batch = Batch {
-            local: Vec::with_capacity(frames.len()),
-            table: self.p.shared.routes.load_full(),
+            local,
+            table: shared.routes.load_full(),
             topic: None,
+            leaf_of: None,
             events_in: 0,
+            shared: &shared,
+            dedup: None,
         };
-        for item in frames {
+        for item in frames.drain(..) {
             if self.closing {
                 break;
             }
@@ -391,13 +474,18 @@ impl StreamHandler<ReadBatch> for Session {
                 Err(e) => self.fail(ctx, e.code(), e.to_string()),
             }
         }
+        frames.clear();
+        *self.spare_reads.borrow_mut() = Some(frames);
         if batch.events_in > 0 {
             self.counters
                 .events_in
                 .fetch_add(batch.events_in, Ordering::Relaxed);
         }
-        if !batch.local.is_empty() {
-            match self.p.bus.try_send(Deliver(batch.local)) {
+        if batch.local.is_empty() {
+            self.spare_local.give(batch.local);
+        } else {
+            let pool = Some(self.spare_local.clone());
+            match self.p.bus.try_send(Deliver(batch.local, pool)) {
                 Ok(()) => {}
                 Err(SendError::Full(batch)) => {
                     // The bus is behind: stop reading until it takes this batch.

@@ -5,7 +5,7 @@
 //! sequence number. Encoding writes `[seq, message]` around a message encoded once, so a
 //! broadcast is serialized once however many links it leaves on.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -147,6 +147,16 @@ const KEY_EVENT: &str = "event";
 const ENVELOPE_FIELDS: u64 = 7;
 const UUID_BYTES: usize = 16;
 
+/// The encoded constant runs of an event message: `{"event": {"id": ...` up to the id's value,
+/// then each key (and for the incarnation, the head of its 16-byte string).
+const ENC_EVENT_TO_ID: &[u8; 11] = b"\xa1\x65event\xa7\x62id";
+const ENC_TOPIC: &[u8; 6] = b"\x65topic";
+const ENC_ORIGIN: &[u8; 7] = b"\x66origin";
+const ENC_INCARNATION: &[u8; 20] = b"\x72origin_incarnation\x50";
+const ENC_TARGET: &[u8; 7] = b"\x66target";
+const ENC_TTL: &[u8; 4] = b"\x63ttl";
+const ENC_PAYLOAD: &[u8; 8] = b"\x67payload";
+
 const MAJOR_UINT: u8 = 0;
 const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
@@ -183,27 +193,24 @@ fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
         + text(KEY_PAYLOAD)
         + head_len(e.payload.len() as u64)
         + e.payload.len();
+    // The constant runs (keys, and the heads next to them) are copied as fixed-size arrays.
     let mut v = Vec::with_capacity(len);
-    put_head(&mut v, MAJOR_MAP, 1);
-    put_text(&mut v, KEY_EVENT);
-    put_head(&mut v, MAJOR_MAP, ENVELOPE_FIELDS);
-    put_text(&mut v, KEY_ID);
+    v.extend_from_slice(ENC_EVENT_TO_ID);
     put_head(&mut v, MAJOR_UINT, e.id);
-    put_text(&mut v, KEY_TOPIC);
+    v.extend_from_slice(ENC_TOPIC);
     put_text(&mut v, e.topic);
-    put_text(&mut v, KEY_ORIGIN);
+    v.extend_from_slice(ENC_ORIGIN);
     put_text(&mut v, e.origin);
-    put_text(&mut v, KEY_INCARNATION);
-    put_head(&mut v, MAJOR_BYTES, UUID_BYTES as u64);
+    v.extend_from_slice(ENC_INCARNATION);
     v.extend_from_slice(e.origin_incarnation.as_bytes());
-    put_text(&mut v, KEY_TARGET);
+    v.extend_from_slice(ENC_TARGET);
     match e.target {
         None => v.push(CBOR_NULL),
         Some(t) => put_text(&mut v, t),
     }
-    put_text(&mut v, KEY_TTL);
+    v.extend_from_slice(ENC_TTL);
     put_head(&mut v, MAJOR_UINT, u64::from(e.ttl));
-    put_text(&mut v, KEY_PAYLOAD);
+    v.extend_from_slice(ENC_PAYLOAD);
     put_head(&mut v, MAJOR_BYTES, e.payload.len() as u64);
     v.extend_from_slice(e.payload);
     debug_assert_eq!(v.len(), len);
@@ -224,6 +231,10 @@ fn head_len(n: u64) -> usize {
 
 /// A CBOR head (major type + argument) in its shortest form.
 fn put_head(v: &mut Vec<u8>, major: u8, n: u64) {
+    if n < 24 {
+        v.push(major << 5 | n as u8);
+        return;
+    }
     let mut buf = [0u8; 9];
     let len = cbor_uint(n, &mut buf);
     buf[0] |= major << 5;
@@ -314,6 +325,8 @@ pub struct FrameCodec {
     awaiting_body: bool,
     next_in_seq: u64,
     next_out_seq: u64,
+    /// The last topic and origin decoded: a link's events mostly repeat them.
+    recent: RecentText,
 }
 
 impl FrameCodec {
@@ -329,6 +342,7 @@ impl FrameCodec {
             awaiting_body: false,
             next_in_seq: 0,
             next_out_seq: 0,
+            recent: RecentText::default(),
         }
     }
 
@@ -357,6 +371,8 @@ impl FrameCodec {
         msg: &EncodedMessage,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
+        // Length prefix, array head and sequence number are assembled on the stack and
+        // appended with the message in two copies.
         let mut seq_buf = [0u8; 9];
         let seq_len = cbor_uint(self.next_out_seq, &mut seq_buf);
         let body_len = 1 + seq_len + msg.0.len();
@@ -366,11 +382,13 @@ impl FrameCodec {
                 max: self.max_frame_bytes,
             });
         }
+        let mut head = [0u8; LENGTH_PREFIX_BYTES + 1 + 9];
+        head[..LENGTH_PREFIX_BYTES].copy_from_slice(&(body_len as u32).to_be_bytes());
+        head[LENGTH_PREFIX_BYTES] = 0x82; // CBOR array of two items
+        head[LENGTH_PREFIX_BYTES + 1..][..seq_len].copy_from_slice(&seq_buf[..seq_len]);
         dst.reserve(LENGTH_PREFIX_BYTES + body_len);
-        dst.put_u32(body_len as u32);
-        dst.put_u8(0x82); // CBOR array of two items
-        dst.put_slice(&seq_buf[..seq_len]);
-        dst.put_slice(&msg.0);
+        dst.extend_from_slice(&head[..LENGTH_PREFIX_BYTES + 1 + seq_len]);
+        dst.extend_from_slice(&msg.0);
         self.next_out_seq += 1;
         Ok(())
     }
@@ -406,6 +424,20 @@ fn cbor_uint(n: u64, out: &mut [u8; 9]) -> usize {
     }
 }
 
+impl FrameCodec {
+    /// Check the sender's numbering of a decoded frame.
+    fn in_sequence(&mut self, frame: Frame) -> Result<Frame, WireError> {
+        if frame.seq() != self.next_in_seq {
+            return Err(WireError::OutOfSequence {
+                expected: self.next_in_seq,
+                got: frame.seq(),
+            });
+        }
+        self.next_in_seq += 1;
+        Ok(frame)
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = WireError;
@@ -422,6 +454,17 @@ impl Decoder for FrameCodec {
                     max: self.max_frame_bytes,
                 });
             }
+            // An event whose whole frame is buffered (the usual case when reading in bulk) is
+            // decoded where it lies, without `lengths` splitting it into a buffer of its own.
+            let end = LENGTH_PREFIX_BYTES + len as usize;
+            let recent = &mut self.recent;
+            if let Some(frame) = src
+                .get(LENGTH_PREFIX_BYTES..end)
+                .and_then(|body| decode_event_fast(body, recent))
+            {
+                src.advance(end);
+                return self.in_sequence(frame).map(Some);
+            }
         }
         let Some(body) = self.lengths.decode(src)? else {
             // With a whole prefix buffered, `lengths` consumed it and now waits for the body.
@@ -429,19 +472,11 @@ impl Decoder for FrameCodec {
             return Ok(None);
         };
         self.awaiting_body = false;
-        let body = body.freeze();
-        let frame: Frame = match decode_event_fast(&body) {
+        let frame: Frame = match decode_event_fast(&body, &mut self.recent) {
             Some(frame) => frame,
             None => decode_one(&body)?,
         };
-        if frame.seq() != self.next_in_seq {
-            return Err(WireError::OutOfSequence {
-                expected: self.next_in_seq,
-                got: frame.seq(),
-            });
-        }
-        self.next_in_seq += 1;
-        Ok(Some(frame))
+        self.in_sequence(frame).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
@@ -460,12 +495,12 @@ impl Decoder for FrameCodec {
 }
 
 /// The event frame as this crate writes it, `[seq, {"event": {7 fields in declaration
-/// order}}]`, decoded without serde and with the payload sliced out of the frame (no copy).
+/// order}}]`, decoded without serde.
 /// Returns `None` for anything else: other messages, another field order, omitted or unknown
 /// fields, non-UTF-8 text, trailing bytes... The serde decoder then takes the frame and gives
 /// the same result or the same error as always, so this path only ever accepts frames whose
 /// serde decoding is exactly what it returns.
-fn decode_event_fast(body: &Bytes) -> Option<Frame> {
+fn decode_event_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
     let mut r = Reader { b: body, at: 0 };
     if r.head(MAJOR_ARRAY)? != 2 {
         return None;
@@ -481,9 +516,9 @@ fn decode_event_fast(body: &Bytes) -> Option<Frame> {
     r.key(KEY_ID)?;
     let id = r.head(MAJOR_UINT)?;
     r.key(KEY_TOPIC)?;
-    let topic = r.text()?;
+    let topic = recent_text(r.text_bytes()?, &mut recent.topic)?;
     r.key(KEY_ORIGIN)?;
-    let origin = r.text()?;
+    let origin = recent_text(r.text_bytes()?, &mut recent.origin)?;
     r.key(KEY_INCARNATION)?;
     if r.head(MAJOR_BYTES)? != UUID_BYTES as u64 {
         return None;
@@ -507,14 +542,40 @@ fn decode_event_fast(body: &Bytes) -> Option<Frame> {
     }
     let env = Envelope {
         id,
-        topic: topic.to_owned(),
-        origin: origin.to_owned(),
+        topic,
+        origin,
         origin_incarnation,
         target,
         ttl,
-        payload: body.slice(start..start + len),
+        // Copied, not sliced: a slice would keep the whole read buffer shared, and the reader
+        // would then allocate a fresh buffer for every read instead of reusing its own.
+        payload: Bytes::copy_from_slice(&body[start..start + len]),
     };
     Some(Frame(seq, Message::Event(env)))
+}
+
+/// Texts that repeat from one event to the next on a link.
+#[derive(Debug, Clone, Default)]
+struct RecentText {
+    topic: String,
+    origin: String,
+}
+
+/// Longer texts are not remembered (a link's memory stays small whatever a peer sends).
+const RECENT_TEXT_MAX_BYTES: usize = 256;
+
+/// `bytes` as a `String`: validated as UTF-8 unless they are the `last` text seen here, which
+/// then becomes this one.
+fn recent_text(bytes: &[u8], last: &mut String) -> Option<String> {
+    if last.as_bytes() == bytes {
+        return Some(last.clone());
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.len() <= RECENT_TEXT_MAX_BYTES {
+        last.clear();
+        last.push_str(text);
+    }
+    Some(text.to_owned())
 }
 
 /// A cursor over one frame body for [`decode_event_fast`]; every method returns `None` when
@@ -525,10 +586,12 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let bytes = self.b.get(self.at..end)?;
@@ -537,6 +600,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A definite head of `major`; its argument.
+    #[inline(always)]
     fn head(&mut self, major: u8) -> Option<u64> {
         let initial = self.peek()?;
         if initial >> 5 != major {
@@ -555,12 +619,24 @@ impl<'a> Reader<'a> {
     }
 
     fn text(&mut self) -> Option<&'a str> {
-        let len = usize::try_from(self.head(MAJOR_TEXT)?).ok()?;
-        std::str::from_utf8(self.take(len)?).ok()
+        std::str::from_utf8(self.text_bytes()?).ok()
     }
 
+    /// A text string's bytes, not yet validated as UTF-8.
+    #[inline(always)]
+    fn text_bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.head(MAJOR_TEXT)?).ok()?;
+        self.take(len)
+    }
+
+    /// The text `key`, compared as bytes (no UTF-8 validation needed to recognise it). Keys
+    /// are shorter than 24 bytes, so their head is the one byte `0x60 | len`.
+    #[inline(always)]
     fn key(&mut self, key: &str) -> Option<()> {
-        (self.text()? == key).then_some(())
+        let len = key.len();
+        debug_assert!(len < 24);
+        let got = self.take(1 + len)?;
+        (got[0] == (MAJOR_TEXT << 5) | len as u8 && &got[1..] == key.as_bytes()).then_some(())
     }
 }
 
@@ -623,9 +699,31 @@ mod fast_path_tests {
         for (seq, env) in envelopes().into_iter().enumerate() {
             let frame = Frame(seq as u64 * 1000, Message::Event(env));
             let body = Bytes::from(minicbor_serde::to_vec(&frame).unwrap());
-            assert_eq!(decode_event_fast(&body).unwrap(), frame);
+            assert_eq!(
+                decode_event_fast(&body, &mut RecentText::default()).unwrap(),
+                frame
+            );
             assert_eq!(decode_one::<Frame>(&body).unwrap(), frame);
         }
+    }
+
+    #[test]
+    fn remembered_topics_and_origins_never_change_what_is_decoded() {
+        let mut recent = RecentText::default();
+        let mut envs = envelopes();
+        envs[3].origin = "n\u{e9}ud".to_owned();
+        for (seq, env) in envs.iter().chain(envs.iter().rev()).cloned().enumerate() {
+            let frame = Frame(seq as u64, Message::Event(env));
+            let body = minicbor_serde::to_vec(&frame).unwrap();
+            assert_eq!(decode_event_fast(&body, &mut recent).unwrap(), frame);
+        }
+        // A topic that is not UTF-8 is refused even right after a valid one was remembered.
+        let good = minicbor_serde::to_vec(Frame(0, Message::Event(envs.remove(1)))).unwrap();
+        assert!(decode_event_fast(&good, &mut recent).is_some());
+        let mut bad = good.clone();
+        let at = good.windows(10).position(|w| w == b"bench.data").unwrap();
+        bad[at + 9] = 0xff;
+        assert!(decode_event_fast(&bad, &mut recent).is_none());
     }
 
     #[test]
@@ -635,20 +733,20 @@ mod fast_path_tests {
         // Trailing byte, truncation, another message, non-UTF-8 topic.
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(decode_event_fast(&Bytes::from(trailing)).is_none());
-        assert!(decode_event_fast(&Bytes::copy_from_slice(&good[..good.len() - 1])).is_none());
+        assert!(decode_event_fast(&Bytes::from(trailing), &mut RecentText::default()).is_none());
+        assert!(decode_event_fast(&good[..good.len() - 1], &mut RecentText::default()).is_none());
         let ping =
             minicbor_serde::to_vec(Frame(0, Message::Ping(crate::wire::Ping { n: 1 }))).unwrap();
-        assert!(decode_event_fast(&Bytes::from(ping)).is_none());
+        assert!(decode_event_fast(&ping, &mut RecentText::default()).is_none());
         let mut bad_utf8 = good.clone();
         let at = good.windows(10).position(|w| w == b"bench.data").unwrap();
         bad_utf8[at] = 0xff;
-        assert!(decode_event_fast(&Bytes::from(bad_utf8.clone())).is_none());
+        assert!(decode_event_fast(&bad_utf8, &mut RecentText::default()).is_none());
         assert!(decode_one::<Frame>(&bad_utf8).is_err());
         // A non-shortest head is still the same value to serde and to the fast path.
         let mut long_seq = vec![0x82, 0x18, 0x00];
         long_seq.extend_from_slice(&good[2..]);
-        let fast = decode_event_fast(&Bytes::from(long_seq.clone())).unwrap();
+        let fast = decode_event_fast(&long_seq, &mut RecentText::default()).unwrap();
         assert_eq!(fast, decode_one::<Frame>(&long_seq).unwrap());
     }
 
