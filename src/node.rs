@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use event_bus::SubscriptionId;
 pub use membership::{Member, MembershipView};
@@ -505,7 +505,13 @@ impl NodeHandle {
                 frame.take()
             };
             let Some(f) = f else { break };
-            if link.tx.send(Outbound::Frame(f)).await.is_ok() {
+            // The synchronous attempt first: it skips the semaphore's future when there is room.
+            let sent = match link.tx.try_send(Outbound::Frame(f)) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(f)) => link.tx.send(f).await.is_ok(),
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if sent {
                 link.counters.events_out.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -459,6 +459,12 @@ impl StreamHandler<ReadBatch> for Session {
                 break;
             }
             match item {
+                // Events first, taken straight out of the frame (one copy fewer of a large value).
+                Ok(Frame(_, Message::Event(env))) => {
+                    if guard("session", ctx, |ctx| self.on_event(env, &mut batch, ctx)).is_none() {
+                        self.closing = true;
+                    }
+                }
                 Ok(Frame(_, msg)) => {
                     if guard("session", ctx, |ctx| self.on_message(msg, &mut batch, ctx)).is_none()
                     {
