@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, Role, TopologyKind};
 
@@ -264,9 +265,12 @@ impl Graph {
         parent
     }
 
-    /// Precomputes routing for `me`: next hops over shortest paths and, for every origin,
-    /// the neighbours `me` forwards that origin's broadcasts to. Costs one BFS per node, over
-    /// node indices rather than names (a 64-node mesh: 65 BFS of 4032 edges each).
+    /// Routing for `me`: next hops over shortest paths now (one BFS), and for every origin the
+    /// neighbours `me` forwards that origin's broadcasts to (my children in the origin's BFS
+    /// tree), computed on first use. Everything runs over node indices: a node's routes are
+    /// recomputed on every change of its links or of the live graph, and in a 64-node mesh
+    /// computing all 64 broadcast trees up front (65 BFS of 4032 edges) took most of the CPU
+    /// of a starting cluster, although no event had been sent yet.
     pub fn routes_from(&self, me: &str) -> Routes {
         let mut routes = Routes {
             me: me.to_owned(),
@@ -281,16 +285,16 @@ impl Graph {
         // the total work stays linear.
         let mut first_hop: Vec<Option<usize>> = vec![None; indexed.names.len()];
         for dest in 0..indexed.names.len() {
-            if dest == me_ix || tree[dest].is_none() {
+            if dest == me_ix || tree.get(dest).copied().flatten().is_none() {
                 continue;
             }
             let mut chain = Vec::new();
             let mut at = dest;
             let hop = loop {
-                if let Some(hop) = first_hop[at] {
+                if let Some(hop) = first_hop.get(at).copied().flatten() {
                     break hop;
                 }
-                match tree[at] {
+                match tree.get(at).copied().flatten() {
                     Some(up) if up == me_ix => break at,
                     Some(up) if up != at => {
                         chain.push(at);
@@ -300,45 +304,32 @@ impl Graph {
                     _ => break at,
                 }
             };
-            first_hop[at] = Some(hop);
-            for node in chain {
-                first_hop[node] = Some(hop);
+            for node in chain.into_iter().chain([at]) {
+                if let Some(slot) = first_hop.get_mut(node) {
+                    *slot = Some(hop);
+                }
             }
         }
         routes.next_hop = first_hop
             .iter()
             .enumerate()
             .filter_map(|(dest, hop)| {
-                let hop = (*hop)?;
-                Some((
-                    indexed.names[dest].to_owned(),
-                    indexed.names[hop].to_owned(),
-                ))
+                let dest = indexed.names.get(dest)?;
+                let hop = indexed.names.get((*hop)?)?;
+                Some((dest.clone(), hop.clone()))
             })
             .collect();
-        for origin in 0..indexed.names.len() {
-            let parents = indexed.bfs(origin);
-            let children: Vec<String> = parents
-                .iter()
-                .enumerate()
-                .filter(|&(child, parent)| *parent == Some(me_ix) && child != me_ix)
-                .map(|(child, _)| indexed.names[child].to_owned())
-                .collect();
-            routes
-                .broadcast
-                .insert(indexed.names[origin].to_owned(), children);
-        }
+        routes.broadcast = (0..indexed.names.len()).map(|_| OnceLock::new()).collect();
+        routes.me_ix = me_ix;
+        routes.graph = Some(Arc::new(indexed));
         routes
     }
 
     /// The former name-keyed computation of [`routes_from`](Self::routes_from), kept as the
     /// reference its tests compare against.
     #[cfg(test)]
-    fn routes_from_by_name(&self, me: &str) -> Routes {
-        let mut routes = Routes {
-            me: me.to_owned(),
-            ..Routes::default()
-        };
+    fn routes_from_by_name(&self, me: &str) -> ReferenceRoutes {
+        let mut routes = ReferenceRoutes::default();
         let tree = self.bfs(me);
         // Resolve each destination's first hop by walking up its BFS parents; memoised so
         // the total work stays linear.
@@ -389,20 +380,21 @@ impl Graph {
 
 /// A graph's nodes numbered in name order, with neighbour lists in name order, so a BFS over
 /// indices visits exactly what [`Graph::bfs`] visits by name.
-struct Indexed<'a> {
-    names: Vec<&'a str>,
+#[derive(Debug)]
+struct Indexed {
+    names: Vec<String>,
     neighbours: Vec<Vec<usize>>,
 }
 
-impl<'a> Indexed<'a> {
-    fn new(graph: &'a Graph) -> Self {
-        let names: Vec<&str> = graph.adjacency.keys().map(String::as_str).collect();
+impl Indexed {
+    fn new(graph: &Graph) -> Self {
+        let names: Vec<String> = graph.adjacency.keys().cloned().collect();
         let neighbours = graph
             .adjacency
             .values()
             .map(|next| {
                 next.iter()
-                    .filter_map(|n| names.binary_search(&n.as_str()).ok())
+                    .filter_map(|n| names.binary_search(n).ok())
                     .collect()
             })
             .collect();
@@ -410,37 +402,53 @@ impl<'a> Indexed<'a> {
     }
 
     fn index(&self, name: &str) -> Option<usize> {
-        self.names.binary_search(&name).ok()
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
     }
 
     /// BFS parents from `root` (the root is its own parent; `None`: unreachable).
     fn bfs(&self, root: usize) -> Vec<Option<usize>> {
         let mut parent = vec![None; self.names.len()];
-        if root >= parent.len() {
+        let Some(slot) = parent.get_mut(root) else {
             return parent;
-        }
-        parent[root] = Some(root);
+        };
+        *slot = Some(root);
         let mut queue = VecDeque::from([root]);
         while let Some(at) = queue.pop_front() {
             for &next in self.neighbours.get(at).map_or(&[][..], Vec::as_slice) {
-                if parent[next].is_none() {
-                    parent[next] = Some(at);
+                if let Some(slot @ None) = parent.get_mut(next) {
+                    *slot = Some(at);
                     queue.push_back(next);
                 }
             }
         }
         parent
     }
+
+    /// `me`'s children in `origin`'s BFS tree, in name order.
+    fn children(&self, me: usize, origin: usize) -> Vec<String> {
+        self.bfs(origin)
+            .iter()
+            .zip(&self.names)
+            .enumerate()
+            .filter(|&(child, (parent, _))| *parent == Some(me) && child != me)
+            .map(|(_, (_, name))| name.clone())
+            .collect()
+    }
 }
 
-/// Precomputed routing for one node over one live graph.
+/// Precomputed routing for one node over one live graph. Cheap to share: route tables are
+/// read on every event by every thread of the node.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     me: String,
     /// Destination → first hop, for every node reachable from `me` (excluding `me`).
     next_hop: BTreeMap<String, String>,
-    /// Origin → my children in origin's BFS tree (name order).
-    broadcast: BTreeMap<String, Vec<String>>,
+    /// The live graph by index; `None` when `me` is not in it.
+    graph: Option<Arc<Indexed>>,
+    me_ix: usize,
+    /// By origin index: my children in the origin's BFS tree (name order), computed the first
+    /// time a broadcast from that origin passes here.
+    broadcast: Vec<OnceLock<Vec<String>>>,
 }
 
 impl Routes {
@@ -456,7 +464,15 @@ impl Routes {
     /// The neighbours I forward a broadcast from `origin` to (my children in origin's
     /// BFS tree). Empty if `origin` is unknown.
     pub fn broadcast_next(&self, origin: &str) -> &[String] {
-        self.broadcast.get(origin).map_or(&[], Vec::as_slice)
+        let Some(graph) = &self.graph else {
+            return &[];
+        };
+        let Some(o) = graph.index(origin) else {
+            return &[];
+        };
+        self.broadcast.get(o).map_or(&[], |children| {
+            children.get_or_init(|| graph.children(self.me_ix, o))
+        })
     }
 
     /// Nodes I can reach, excluding me, in name order.
@@ -468,6 +484,14 @@ impl Routes {
     pub fn is_reachable(&self, n: &str) -> bool {
         self.next_hop.contains_key(n)
     }
+}
+
+/// What the former name-keyed computation produced, for comparing with [`Routes`].
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct ReferenceRoutes {
+    next_hop: BTreeMap<String, String>,
+    broadcast: BTreeMap<String, Vec<String>>,
 }
 
 #[cfg(test)]

@@ -596,9 +596,19 @@ fn irregular_graphs_route_shortest_and_broadcast_once() {
     }
 }
 
-/// Every field of two route sets, for comparing computations.
-fn same_routes(a: &Routes, b: &Routes) -> bool {
-    a.me == b.me && a.next_hop == b.next_hop && a.broadcast == b.broadcast
+/// Whether `routes_from(me)` routes exactly as the former name-keyed computation.
+fn routes_as_reference(g: &Graph, me: &str) -> bool {
+    let routes = g.routes_from(me);
+    let reference = g.routes_from_by_name(me);
+    routes.me() == me
+        && routes.next_hop == reference.next_hop
+        && g.nodes().chain(["ghost"]).all(|origin| {
+            routes.broadcast_next(origin)
+                == reference
+                    .broadcast
+                    .get(origin)
+                    .map_or(&[][..], Vec::as_slice)
+        })
 }
 
 #[test]
@@ -625,12 +635,26 @@ fn index_based_routes_equal_the_name_keyed_reference_on_every_graph() {
     }
     for g in &graphs {
         for me in g.nodes().chain(["ghost"]) {
-            assert!(
-                same_routes(&g.routes_from(me), &g.routes_from_by_name(me)),
-                "routes of {me} over {g:?}"
-            );
+            assert!(routes_as_reference(g, me), "routes of {me} over {g:?}");
         }
     }
+}
+
+#[test]
+fn broadcast_trees_are_computed_on_first_use_and_kept() {
+    let g = plan(&ring(6)).graph();
+    let r = g.routes_from("n1");
+    let copy = r.clone();
+    // From n3 the tree runs n3-n2-n1-n6 one way and n3-n4-n5 the other.
+    assert_eq!(r.broadcast_next("n3"), ["n6"]);
+    assert_eq!(copy.broadcast_next("n3"), ["n6"]);
+    assert_eq!(r.broadcast_next("n1"), ["n2", "n6"]);
+    assert!(r.broadcast_next("n4").is_empty());
+    // A second call answers from the first computation.
+    assert!(std::ptr::eq(
+        r.broadcast_next("n3").as_ptr(),
+        r.broadcast_next("n3").as_ptr()
+    ));
 }
 
 #[test]
