@@ -141,6 +141,10 @@ pub struct Membership {
     announce_pending: bool,
     /// When a change of this node's links was last announced.
     links_announced: Option<Instant>,
+    /// The live graph last computed, with its bits (see `recompute`).
+    last_graph: Option<(Vec<u64>, Graph)>,
+    /// How long the last recompute took (see `soon`).
+    recompute_cost: Duration,
 }
 
 /// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
@@ -173,6 +177,8 @@ impl Membership {
             recompute_pending: false,
             announce_pending: false,
             links_announced: None,
+            last_graph: None,
+            recompute_cost: Duration::ZERO,
         }
     }
 
@@ -182,9 +188,15 @@ impl Membership {
     /// route computation in the Router) cover the whole burst. Without this, a node of a
     /// 32-node mesh announced 31 times while starting, each status went to every node, every
     /// node recomputed on each, and the cluster spent its CPU on that and never converged.
-    /// The first link change after a quiet spell is still announced at once.
+    /// The first link change after a quiet spell is still announced at once. The delay is a
+    /// tenth of the heartbeat interval (at most 50 ms), or 20 times what the last recompute
+    /// took if that is longer (at most an interval): recomputing then costs at most about 5%
+    /// of the node's thread, however large the graph and however loaded the machine.
     fn soon(&mut self, ctx: &mut Context<Self>, announce: bool) {
-        let delay = (self.interval() / 10).min(COALESCE_MAX);
+        let delay = (self.interval() / 10)
+            .min(COALESCE_MAX)
+            .max(self.recompute_cost * 20)
+            .min(self.interval());
         if announce && !self.announce_pending {
             if self.links_announced.is_none_or(|t| t.elapsed() >= delay) {
                 self.links_announced = Some(Instant::now());
@@ -218,14 +230,16 @@ impl Membership {
         name != self.shared.name() && self.ids.contains_key(name)
     }
 
-    /// Send `msg` on every live link whose peer `skip` does not name.
-    fn flood(&self, msg: &Message, skip: impl Fn(&str) -> bool) {
+    /// Send the message `make` builds on every live link whose peer `skip` does not name
+    /// (built and encoded only if there is such a link).
+    fn flood(&self, make: impl FnOnce() -> Message, skip: impl Fn(&str) -> bool) {
         let table = self.shared.routes.load();
         let mut links = table.links().filter(|l| !skip(&l.peer)).peekable();
         if links.peek().is_none() {
             return;
         }
-        let frame = match encode_message(msg) {
+        let msg = make();
+        let frame = match encode_message(&msg) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(node = %self.shared.name(), "cannot encode {}: {e}", msg.kind());
@@ -252,7 +266,7 @@ impl Membership {
             links: self.my_links.iter().cloned().collect(),
             stats: (**self.shared.stats.load()).clone(),
         };
-        self.flood(&Message::Status(status), |_| false);
+        self.flood(|| Message::Status(status), |_| false);
     }
 
     fn fresh(&self, name: &str) -> Option<&Status> {
@@ -267,6 +281,12 @@ impl Membership {
     /// linear in the number of links reported: it runs on every tick and after every burst
     /// of changes, and a 64-node mesh reports 4032 links.
     fn recompute(&mut self) {
+        let started = Instant::now();
+        self.recompute_graph();
+        self.recompute_cost = started.elapsed();
+    }
+
+    fn recompute_graph(&mut self) {
         let me = self.shared.name().to_owned();
         let timeout = self.shared.failure_timeout();
         let Some(&me_ix) = self.ids.get(&me) else {
@@ -309,14 +329,30 @@ impl Membership {
                 }
             }
         }
-        let mut graph = Graph::new();
+        // The live graph as bits (a row per reachable node): most recomputes (every tick)
+        // find the graph of last time, and then copy it rather than build it from names.
+        let mut live = Reports::new(self.names.len());
         for &a in &order {
-            let name = self.names.get(a).map_or("", String::as_str);
-            graph.add_node(name);
-            for b in reports.reported_by(a).filter(|&b| b > a && edge(a, b)) {
-                graph.add_edge(name, self.names.get(b).map_or("", String::as_str));
+            for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
+                live.set(a, b);
             }
+            live.set(a, a); // marks a as reachable, isolated or not
         }
+        let graph = match &self.last_graph {
+            Some((bits, graph)) if *bits == live.bits => graph.clone(),
+            _ => {
+                let mut graph = Graph::new();
+                for &a in &order {
+                    let name = self.names.get(a).map_or("", String::as_str);
+                    graph.add_node(name);
+                    for b in live.reported_by(a).filter(|&b| b > a) {
+                        graph.add_edge(name, self.names.get(b).map_or("", String::as_str));
+                    }
+                }
+                self.last_graph = Some((live.bits, graph.clone()));
+                graph
+            }
+        };
         let up: BTreeSet<String> = order
             .iter()
             .filter(|&&a| a != me_ix)
@@ -386,7 +422,7 @@ impl Membership {
         // A peer can only name configured nodes; anything else is noise, not graph.
         status.links.retain(|l| self.ids.contains_key(l));
         status.links.truncate(self.names.len());
-        let links = status
+        let links: Vec<usize> = status
             .links
             .iter()
             .filter_map(|l| self.ids.get(l).copied())
@@ -394,14 +430,20 @@ impl Membership {
         // The origin sent its status to each of its linked peers itself: relaying it to them
         // (or back to the origin) only makes copies they drop. In a mesh this turns the
         // 2E − (N−1) frames of a plain flood into N−1.
-        let direct: BTreeSet<&str> = status.links.iter().map(String::as_str).collect();
         let origin = status.node.as_str();
-        self.flood(&Message::Status(status.clone()), |peer| {
-            peer == via || peer == origin || direct.contains(peer)
-        });
-        let changed = self.statuses.get(&status.node).is_none_or(|k| {
-            k.status.links != status.links || k.status.incarnation != status.incarnation
-        }) || !self.up.contains(&status.node);
+        self.flood(
+            || Message::Status(status.clone()),
+            |peer| {
+                peer == via
+                    || peer == origin
+                    || self.ids.get(peer).is_some_and(|ix| links.contains(ix))
+            },
+        );
+        let changed = self
+            .statuses
+            .get(&status.node)
+            .is_none_or(|k| k.links != links || k.status.incarnation != status.incarnation)
+            || !self.up.contains(&status.node);
         let name = status.node.clone();
         self.statuses.insert(
             name,
@@ -428,7 +470,7 @@ impl Membership {
         }
         self.ticks_seen
             .insert(hb.master.clone(), (hb.incarnation, hb.n));
-        self.flood(&Message::Heartbeat(hb), |peer| peer == via);
+        self.flood(|| Message::Heartbeat(hb.clone()), |peer| peer == via);
         self.last_tick = Some(Instant::now());
         if self
             .last_announce
