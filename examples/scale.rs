@@ -56,6 +56,10 @@ struct Args {
     /// Heartbeat interval of the clusters.
     #[arg(long, default_value_t = 500)]
     heartbeat_ms: u64,
+    /// Missed heartbeat intervals before a link or node is declared dead (the default of a
+    /// config file is 5).
+    #[arg(long, default_value_t = 5)]
+    failure_threshold: u32,
     /// Payload bytes per broadcast event.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -150,6 +154,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--child", "--topology", &args.topology])
         .args(["--nodes", &n.to_string()])
         .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
+        .args(["--failure-threshold", &args.failure_threshold.to_string()])
         .args(["--size", &args.size.to_string()])
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--idle-ms", &args.idle_ms.to_string()])
@@ -236,6 +241,7 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         }
     };
     cfg.cluster.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    cfg.cluster.failure_threshold = args.failure_threshold;
     // The production default; `for_test` shortens it.
     cfg.cluster.handshake_timeout = Duration::from_secs(5);
     let cfg = Arc::new(cfg);
