@@ -25,6 +25,10 @@
 //!   counts them; K×N deliveries divided by the time until every node has all K. K is picked
 //!   from a 500-event calibration run so the measured run takes about `--seconds`.
 //!
+//! `--failure-threshold` (default 5, as in a config file) sets how many silent heartbeat
+//! intervals close a link; raising it shows whether a size fails for lack of CPU (starved
+//! links time out) or for another reason.
+//!
 //! Each size runs in a child process of its own (a clean RSS baseline, no threads or sockets
 //! left from the previous size) and gives up after `--limit-s` seconds with a `timeout=1` line
 //! saying how far it got.

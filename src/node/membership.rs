@@ -2,8 +2,9 @@
 //! heartbeats and statuses. Supervised by NodeSupervisor.
 //!
 //! Every node floods a [`Status`] (its replicated state and its live links) when a master's
-//! heartbeat tick reaches it, when its own links change, and on its own clock when no tick came
-//! for 1.5 intervals (topologies without a master). A status or tick is forwarded once, to every
+//! heartbeat tick reaches it, when its own links change (a burst of changes is announced once,
+//! see `Membership::soon`), and on its own clock when no tick came for 1.5 intervals
+//! (topologies without a master). A status or tick is forwarded once, to every
 //! link but the one it came on, and only if it is newer than what this node holds, so floods
 //! stop by themselves. A status is not forwarded to its origin nor to the peers the origin
 //! reports links to: the origin sent it to them itself (in a mesh nobody relays at all).
