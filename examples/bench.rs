@@ -535,9 +535,10 @@ fn parent_w1(args: &Args) -> ExitCode {
         rate,
         rate * args.size as f64 / 1e6
     );
+    // Short of the count: cut off by the deadline (with timeout=1), or lost.
     let lost = args.count().saturating_sub(r.received);
     if lost > 0 {
-        line.push_str(&format!(" lost={lost}"));
+        line.push_str(&format!(" received={}", r.received));
     }
     if r.errors > 0 {
         line.push_str(&format!(" errors={}", r.errors));
