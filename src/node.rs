@@ -339,21 +339,25 @@ impl NodeHandle {
 
     /// Start a user actor on this node's arbiter and restart it when a handler panics (at most
     /// 5 restarts in 10 s; past that the node is reported degraded and shut down). Subscribe in
-    /// the actor's `started` so a restarted actor subscribes again.
+    /// the actor's `started` so a restarted actor subscribes again. Returns once the first
+    /// `started` has run, so its subscriptions are in place.
     pub async fn supervise<A, F>(&self, name: &str, factory: F) -> SupervisedActor<A>
     where
         A: Actor<Context = Context<A>>,
         F: Fn() -> A + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let (started_tx, started) = oneshot::channel();
         let (shared, name) = (self.shared.clone(), name.to_owned());
         self.arbiter.spawn(async move {
-            let _ = tx.send(supervision::supervise(shared, name, factory));
+            let _ = tx.send(supervision::supervise(shared, name, factory, started_tx));
         });
-        match rx.await {
-            Ok(s) => s,
-            Err(_) => SupervisedActor::stopped(),
-        }
+        let Ok(handle) = rx.await else {
+            return SupervisedActor::stopped();
+        };
+        // Whatever `started` set up (subscriptions, methods) is in place before we return.
+        let _ = started.await;
+        handle
     }
 
     /// Close every link with a `bye` and stop the node. Bounded: returns within ~0.5 s.

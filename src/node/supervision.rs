@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context};
 
+use tokio::sync::oneshot;
+
 use super::shared::NodeShared;
 
 pub const MAX_RESTARTS: usize = 5;
@@ -132,20 +134,36 @@ impl<A: Actor<Context = Context<A>>> Supervised<A> {
 
 /// Start `factory()` on the current arbiter and restart it whenever a handler panics, within
 /// the restart budget. An actor that stops by itself is not restarted.
-pub(crate) fn supervise<A, F>(shared: Arc<NodeShared>, name: String, factory: F) -> Supervised<A>
+///
+/// `started` fires once the first incarnation's `Actor::started` has run (so whatever it
+/// subscribes to is in place); it is dropped unfired if the actor never gets that far.
+pub(crate) fn supervise<A, F>(
+    shared: Arc<NodeShared>,
+    name: String,
+    factory: F,
+    started: oneshot::Sender<()>,
+) -> Supervised<A>
 where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
 {
     let current = Arc::new(Mutex::new(None));
-    let start = |current: &Arc<Mutex<Option<Addr<A>>>>, factory: &F| {
-        let ctx = Context::<A>::new();
+    let start = |current: &Arc<Mutex<Option<Addr<A>>>>,
+                 factory: &F,
+                 started: Option<oneshot::Sender<()>>| {
+        let mut ctx = Context::<A>::new();
         if let Ok(mut slot) = current.lock() {
             *slot = Some(ctx.address());
         }
+        if let Some(tx) = started {
+            // Items spawned on a context run only after `Actor::started` returned.
+            ctx.spawn(actix::fut::wrap_future(async move {
+                let _ = tx.send(());
+            }));
+        }
         actix_rt::spawn(ctx.into_future(factory()))
     };
-    let mut task = start(&current, &factory);
+    let mut task = start(&current, &factory, Some(started));
     let handle = Supervised {
         current: current.clone(),
     };
@@ -159,7 +177,7 @@ where
                         break;
                     }
                     tracing::warn!(node = %shared.name(), actor = %name, "user actor panicked; restarting it");
-                    task = start(&current, &factory);
+                    task = start(&current, &factory, None);
                 }
                 _ => break,
             }
