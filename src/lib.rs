@@ -6,9 +6,11 @@
 //! ├── Master                role master: the heartbeat clock
 //! ├── Membership            cluster view, failure detector, status flooding
 //! ├── EventBus              local subscriptions, typed delivery
+//! ├── Calls                 method table, calls in flight
 //! ├── Router                live links + routes (a lock-free snapshot)
 //! ├── PeerListener          accepts peer links ──┐
 //! ├── Upstream (per dial)   dials with backoff  ├──> Session (one per live peer link)
+//! ├── ServiceListener       accepts applications ──> ServiceSession (one per application)
 //! └── Stats                 process samples for replication
 //! user actors               NodeHandle::supervise
 //! ```
@@ -16,11 +18,14 @@
 //! * [`config`] and [`topology`]: the TOML file, and who dials whom / how events are routed.
 //! * [`node`]: [`Node::start`] and the [`NodeHandle`] user code drives a node with.
 //! * [`cluster`]: every node of a file in one process, or one of them; signals; shutdown.
-//! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface.
+//! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface of events.
+//! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
+//! * [`service`]: the client applications attach to a node with.
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
 //! * [`testing`]: loopback configurations and membership waits for tests.
 
+pub mod call;
 pub mod cluster;
 pub mod config;
 pub mod event;
@@ -29,6 +34,7 @@ pub mod testing;
 pub mod topology;
 pub mod wire;
 
+pub use call::{CallError, CallTarget, Invocation, Request};
 pub use event::{Delivery, Event, NodeId, Target};
 pub use node::{Node, NodeHandle};
 

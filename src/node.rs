@@ -5,6 +5,7 @@
 //! ├── Master                role master only: the heartbeat clock
 //! ├── Membership            cluster view, failure detector, status flooding
 //! ├── EventBus              local subscriptions, typed delivery
+//! ├── Calls                 method table, calls in flight (request/response)
 //! ├── Router                live links + routes, published as a snapshot
 //! ├── PeerListener          accepts peer links ──┐
 //! ├── Upstream (per dial)   dials, backs off    ├──> Session (one per live peer link)
@@ -13,6 +14,7 @@
 //! ```
 //! Every node runs on its own arbiter (thread); a whole cluster can share one process.
 
+mod calls;
 mod dedup;
 mod event_bus;
 mod listener;
@@ -33,16 +35,19 @@ use actix::prelude::*;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
 pub use event_bus::SubscriptionId;
 pub use membership::{Member, MembershipView};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 
+use crate::call::{CallError, CallTarget, Invocation, Request};
 use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, Target};
 use crate::topology;
 use crate::wire::{self, Envelope, StatValue};
 use event_bus::{Deliver, EventBus, Subscribe, TypedSubscriber, Unsubscribe};
-use session::Outbound;
+use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
+use session::{Outbound, Wiring};
 use shared::NodeShared;
 use stats::{SetStat, Stats};
 use supervisor::{Children, NodeSupervisor, Shutdown};
@@ -153,36 +158,33 @@ async fn start_here(
         move |_| router::Router::new(s, m)
     });
     membership.do_send(membership::AttachRouter(router.clone()));
+    let calls = actix::Supervisor::start({
+        let (s, m) = (s.clone(), membership.clone());
+        move |_| Calls::new(s, m)
+    });
+    let wiring = Wiring {
+        router: router.clone(),
+        membership: membership.clone(),
+        bus: bus.clone(),
+        calls: calls.clone(),
+    };
     let master = (s.me.role == Role::Master).then(|| {
         let (sh, m) = (s.clone(), membership.clone());
         actix::Supervisor::start(move |_| master::Master::new(sh, m))
     });
-    let listener = listener::PeerListener::new(
-        s.clone(),
-        listener,
-        router.clone(),
-        membership.clone(),
-        bus.clone(),
-    )
-    .start();
+    let listener = listener::PeerListener::new(s.clone(), listener, wiring.clone()).start();
     let upstreams = s
         .plan
         .dials_of(s.name())
         .into_iter()
         .map(|link| {
-            upstream::Upstream::new(
-                s.clone(),
-                link.clone(),
-                router.clone(),
-                membership.clone(),
-                bus.clone(),
-            )
-            .start()
+            upstream::Upstream::new(s.clone(), link.clone(), wiring.clone()).start()
         })
         .collect();
     let children = Children {
         stats: stats.clone(),
         bus: bus.clone(),
+        calls: calls.clone(),
         membership,
         router,
         master,
@@ -195,6 +197,7 @@ async fn start_here(
         shared: s,
         supervisor,
         bus,
+        calls,
         stats,
         arbiter,
     })
@@ -207,6 +210,7 @@ pub struct NodeHandle {
     shared: Arc<NodeShared>,
     supervisor: Addr<NodeSupervisor>,
     bus: Addr<EventBus>,
+    calls: Addr<Calls>,
     stats: Addr<Stats>,
     arbiter: ArbiterHandle,
 }
@@ -244,6 +248,86 @@ impl NodeHandle {
 
     pub fn unsubscribe(&self, id: SubscriptionId) {
         self.bus.do_send(Unsubscribe(id));
+    }
+
+    /// Serve calls of `R` with `recipient`, which handles [`Invocation<R>`]. Several
+    /// implementations of a method on one node are served in turn. Call this in the actor's
+    /// `started` so a restarted actor implements again (a stopped actor's implementation is
+    /// dropped at its next call). Effective for every call that reaches this node after it
+    /// returns; other nodes learn of the method with this node's next status.
+    pub fn implement<R: Request>(&self, recipient: Recipient<Invocation<R>>) -> ImplementationId {
+        let id = ImplementationId::next();
+        // Not fed from the network: one message per implement call.
+        self.calls.do_send(Implement {
+            id,
+            method: R::METHOD.to_owned(),
+            implementer: Box::new(TypedImplementer { recipient }),
+        });
+        id
+    }
+
+    /// Stop serving with one implementation.
+    pub fn unimplement(&self, id: ImplementationId) {
+        self.calls.do_send(Unimplement(id));
+    }
+
+    /// Call `R::METHOD` on `target` (a node name, or [`CallTarget::Any`] for the least loaded
+    /// implementer) and wait for the response, at most [`DEFAULT_CALL_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`CallError`]: no implementer, timeout, target down or unknown, the implementer's own
+    /// error, a payload that does not decode, too many calls in flight, node stopped.
+    pub async fn call<R: Request>(
+        &self,
+        target: impl Into<CallTarget>,
+        request: &R,
+    ) -> Result<R::Response, CallError> {
+        self.call_timeout(target, request, DEFAULT_CALL_TIMEOUT)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own timeout.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub async fn call_timeout<R: Request>(
+        &self,
+        target: impl Into<CallTarget>,
+        request: &R,
+        timeout: std::time::Duration,
+    ) -> Result<R::Response, CallError> {
+        let payload = wire::encode_payload(request)
+            .map_err(|e| CallError::BadPayload(format!("request does not encode: {e}")))?;
+        let target = match target.into() {
+            CallTarget::Any => None,
+            CallTarget::Node(n) => Some(n),
+        };
+        match self.call_raw(R::METHOD, target, timeout, payload).await {
+            wire::Outcome::Ok(bytes) => wire::decode_payload(&bytes).map_err(|e| {
+                CallError::BadPayload(format!("response of {} does not decode: {e}", R::METHOD))
+            }),
+            wire::Outcome::Error(f) => Err(CallError::from_failure(f)),
+        }
+    }
+
+    /// A call with an encoded request; the outcome as it travels.
+    pub(crate) async fn call_raw(
+        &self,
+        method: &str,
+        target: Option<String>,
+        timeout: std::time::Duration,
+        payload: bytes::Bytes,
+    ) -> wire::Outcome {
+        let call = StartCall {
+            method: method.to_owned(),
+            target,
+            timeout,
+            payload,
+        };
+        match self.calls.send(call).await {
+            Ok(outcome) => outcome,
+            Err(_) => wire::Outcome::Error(CallError::Stopped.to_failure()),
+        }
     }
 
     /// Publish to every node of the cluster, this one included.

@@ -87,3 +87,33 @@ pub async fn wait_converged(nodes: &[NodeHandle], timeout: Duration) -> Result<(
     }
     Ok(())
 }
+
+/// Wait until `node` sees `method` served by exactly the nodes in `by`.
+///
+/// # Errors
+/// After `timeout`, naming who serves it then.
+pub async fn wait_implemented(
+    node: &NodeHandle,
+    method: &str,
+    by: &[&str],
+    timeout: Duration,
+) -> Result<(), String> {
+    let serving = |v: &crate::node::MembershipView| -> Vec<String> {
+        v.implementers(method).map(|m| m.name.clone()).collect()
+    };
+    let mut want: Vec<String> = by.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    let mut rx = node.membership();
+    let ok = tokio::time::timeout(timeout, rx.wait_for(|v| serving(v) == want))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if ok {
+        Ok(())
+    } else {
+        let now = serving(&node.membership().borrow());
+        Err(format!(
+            "{}: after {timeout:?} {method} is served by {now:?}, not {want:?}",
+            node.name()
+        ))
+    }
+}

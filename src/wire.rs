@@ -5,7 +5,7 @@
 //! sent on this link (from 0), `message` is a [`Message`]. The length is checked against the
 //! link's maximum before a byte of the body is buffered.
 //!
-//! * [`frame`] — the message schema, shared by peer links and (later) service links.
+//! * [`frame`] — the message schema, shared by peer links and service links.
 //! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks.
 //! * [`handshake`] — version/cluster check and mutual HMAC-SHA256 authentication.
 //!
@@ -20,8 +20,9 @@ pub use codec::{
     WireError,
 };
 pub use frame::{
-    Auth, Bye, Envelope, ErrorFrame, Frame, Heartbeat, Hello, HelloAck, Message, NodeStats, Ping,
-    StatValue, Status, Welcome,
+    Auth, Bye, Call, Deliver, Envelope, ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck,
+    Message, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply,
+    Request, StatValue, Status, Topic, Welcome,
 };
 pub use handshake::{accept, dial, HandshakeError, Identity, PeerInfo};
 

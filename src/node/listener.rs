@@ -13,10 +13,7 @@ use actix::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
-use super::event_bus::EventBus;
-use super::membership::Membership;
-use super::router::Router;
-use super::session::{Session, SessionClosed, SessionParams};
+use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
@@ -25,9 +22,7 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 pub struct PeerListener {
     shared: Arc<NodeShared>,
     listener: Option<TcpListener>,
-    router: Addr<Router>,
-    membership: Addr<Membership>,
-    bus: Addr<EventBus>,
+    wiring: Wiring,
     pending: usize,
 }
 
@@ -35,16 +30,12 @@ impl PeerListener {
     pub fn new(
         shared: Arc<NodeShared>,
         listener: TcpListener,
-        router: Addr<Router>,
-        membership: Addr<Membership>,
-        bus: Addr<EventBus>,
+        wiring: Wiring,
     ) -> Self {
         PeerListener {
             shared,
             listener: Some(listener),
-            router,
-            membership,
-            bus,
+            wiring,
             pending: 0,
         }
     }
@@ -125,9 +116,7 @@ impl StreamHandler<Accepted> for PeerListener {
                         shared: act.shared.clone(),
                         peer,
                         peer_addr: addr.to_string(),
-                        router: act.router.clone(),
-                        membership: act.membership.clone(),
-                        bus: act.bus.clone(),
+                        wiring: act.wiring.clone(),
                         owner: Some(ctx.address().recipient()),
                     };
                     Session::start(params, read, write, parts.codec, parts.read_buf);

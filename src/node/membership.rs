@@ -40,6 +40,8 @@ pub struct Member {
     pub role: String,
     pub links: Vec<String>,
     pub stats: NodeStats,
+    /// Methods the node serves, sorted.
+    pub methods: Vec<String>,
 }
 
 /// This node's view of the cluster: itself and every node it considers up.
@@ -70,6 +72,13 @@ impl MembershipView {
             .filter(move |n| *n != self.me)
     }
 
+    /// The nodes that are up and serve `method` (this one included), in name order.
+    pub fn implementers<'a>(&'a self, method: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
+        self.members
+            .values()
+            .filter(move |m| m.methods.binary_search_by(|x| x.as_str().cmp(method)).is_ok())
+    }
+
     /// The name of the node running `incarnation`, if it is up.
     pub fn resolve(&self, incarnation: Uuid) -> Option<&str> {
         self.members
@@ -94,6 +103,11 @@ pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AttachRouter(pub Addr<Router>);
+
+/// The methods this node serves changed (sent by Calls): announce them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MethodsChanged(pub Vec<String>);
 
 /// The set of peers this node has a live link to.
 #[derive(Message)]
@@ -131,6 +145,8 @@ pub struct Membership {
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
+    /// Methods this node serves, sorted (from Calls).
+    my_methods: Vec<String>,
     version: u64,
     up: BTreeSet<String>,
     last_announce: Option<Instant>,
@@ -147,6 +163,9 @@ pub struct Membership {
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
 }
+
+/// Methods kept from one status: a node serves at most this many (Calls enforces it locally).
+pub const MAX_METHODS_PER_STATUS: usize = 4096;
 
 /// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
 const MEMBERSHIP_MAILBOX: usize = 1024;
@@ -170,6 +189,7 @@ impl Membership {
             router: None,
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
+            my_methods: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
             last_announce: None,
@@ -266,6 +286,7 @@ impl Membership {
             role: self.shared.me.role.to_string(),
             links: self.my_links.iter().cloned().collect(),
             stats: (**self.shared.stats.load()).clone(),
+            methods: self.my_methods.clone(),
         };
         self.flood(|| Message::Status(status), |_| false);
     }
@@ -385,6 +406,7 @@ impl Membership {
                 role: self.shared.me.role.to_string(),
                 links: self.my_links.iter().cloned().collect(),
                 stats: (**self.shared.stats.load()).clone(),
+                methods: self.my_methods.clone(),
             },
         );
         for name in &self.up {
@@ -397,6 +419,7 @@ impl Membership {
                         role: s.role.clone(),
                         links: s.links.clone(),
                         stats: s.stats.clone(),
+                        methods: s.methods.clone(),
                     },
                 );
             }
@@ -423,6 +446,10 @@ impl Membership {
         // A peer can only name configured nodes; anything else is noise, not graph.
         status.links.retain(|l| self.ids.contains_key(l));
         status.links.truncate(self.names.len());
+        // Method names are looked up by binary search: keep them sorted, unique and bounded.
+        status.methods.truncate(MAX_METHODS_PER_STATUS);
+        status.methods.sort_unstable();
+        status.methods.dedup();
         let links: Vec<usize> = status
             .links
             .iter()
@@ -443,7 +470,11 @@ impl Membership {
         let changed = self
             .statuses
             .get(&status.node)
-            .is_none_or(|k| k.links != links || k.status.incarnation != status.incarnation)
+            .is_none_or(|k| {
+                k.links != links
+                    || k.status.incarnation != status.incarnation
+                    || k.status.methods != status.methods
+            })
             || !self.up.contains(&status.node);
         let name = status.node.clone();
         self.statuses.insert(
@@ -517,6 +548,17 @@ impl Handler<AttachRouter> for Membership {
 
     fn handle(&mut self, msg: AttachRouter, _: &mut Context<Self>) {
         self.router = Some(msg.0);
+    }
+}
+
+impl Handler<MethodsChanged> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, msg: MethodsChanged, ctx: &mut Context<Self>) {
+        if self.my_methods != msg.0 {
+            self.my_methods = msg.0;
+            self.soon(ctx, true);
+        }
     }
 }
 

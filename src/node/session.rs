@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
@@ -95,14 +96,21 @@ pub struct Close(pub String);
 #[rtype(result = "()")]
 struct WriterFailed(String);
 
+/// The node actors a session reports to and hands what it reads to.
+#[derive(Clone)]
+pub struct Wiring {
+    pub router: Addr<Router>,
+    pub membership: Addr<Membership>,
+    pub bus: Addr<EventBus>,
+    pub calls: Addr<Calls>,
+}
+
 /// Everything a session needs besides the socket.
 pub struct SessionParams {
     pub shared: Arc<NodeShared>,
     pub peer: PeerInfo,
     pub peer_addr: String,
-    pub router: Addr<Router>,
-    pub membership: Addr<Membership>,
-    pub bus: Addr<EventBus>,
+    pub wiring: Wiring,
     pub owner: Option<Recipient<SessionClosed>>,
 }
 
@@ -293,13 +301,13 @@ impl Session {
             Message::Event(env) => self.on_event(env, batch, ctx),
             Message::Status(status) => {
                 // Periodic and superseded by the next one: dropping under load is safe.
-                let _ = self.p.membership.try_send(StatusReceived {
+                let _ = self.p.wiring.membership.try_send(StatusReceived {
                     via: self.peer().to_owned(),
                     status,
                 });
             }
             Message::Heartbeat(hb) => {
-                let _ = self.p.membership.try_send(HeartbeatReceived {
+                let _ = self.p.wiring.membership.try_send(HeartbeatReceived {
                     via: self.peer().to_owned(),
                     heartbeat: hb,
                 });
@@ -323,6 +331,20 @@ impl Session {
                 self.closing = true;
                 ctx.stop();
             }
+            Message::PeerCall(mut call) => {
+                if call.target == self.p.shared.name() {
+                    self.hand_to_calls(IncomingCall(call), ctx);
+                } else if let Some(hop) = self.relay_hop(&call.target, &mut call.ttl, batch) {
+                    self.relay(hop, &Message::PeerCall(call), ctx);
+                }
+            }
+            Message::PeerReply(mut reply) => {
+                if reply.target == self.p.shared.name() {
+                    self.hand_to_calls(IncomingReply(reply), ctx);
+                } else if let Some(hop) = self.relay_hop(&reply.target, &mut reply.ttl, batch) {
+                    self.relay(hop, &Message::PeerReply(reply), ctx);
+                }
+            }
             other @ (Message::Hello(_)
             | Message::HelloAck(_)
             | Message::Auth(_)
@@ -333,6 +355,79 @@ impl Session {
                     format!("{} after the handshake", other.kind()),
                 );
             }
+            other @ (Message::Subscribe(_)
+            | Message::Unsubscribe(_)
+            | Message::Publish(_)
+            | Message::Deliver(_)
+            | Message::Implement(_)
+            | Message::Unimplement(_)
+            | Message::Call(_)
+            | Message::Reply(_)
+            | Message::Request(_)
+            | Message::Respond(_)
+            | Message::Refused(_)) => {
+                self.fail(
+                    ctx,
+                    "unexpected_message",
+                    format!("{} is a service message, not allowed on a peer link", other.kind()),
+                );
+            }
+        }
+    }
+
+    /// Hand a call or reply to Calls; when its mailbox is full, wait (pausing this link's
+    /// reads, so TCP pushes back on the peer).
+    fn hand_to_calls<M>(&mut self, msg: M, ctx: &mut Context<Self>)
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        Calls: Handler<M>,
+    {
+        if let Err(SendError::Full(msg)) = self.p.wiring.calls.try_send(msg) {
+            let calls = self.p.wiring.calls.clone();
+            ctx.wait(
+                async move {
+                    let _ = calls.send(msg).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// The link a call frame for `target` leaves on, its TTL spent by one; `None` (logged)
+    /// when it expired or no live path leads on.
+    fn relay_hop(&self, target: &str, ttl: &mut u8, batch: &Batch<'_>) -> Option<LinkHandle> {
+        if *ttl <= 1 {
+            tracing::debug!(node = %self.p.shared.name(), target, "call TTL expired; not relayed");
+            return None;
+        }
+        *ttl -= 1;
+        let hop = batch
+            .table
+            .next_links_for(Some(target), self.p.shared.name(), Some(self.peer()))
+            .next()
+            .cloned();
+        if hop.is_none() {
+            tracing::debug!(node = %self.p.shared.name(), target, "no live path for a call frame; dropped");
+        }
+        hop
+    }
+
+    /// Forward a frame on `link`, waiting for room when it is full (backpressure).
+    fn relay(&mut self, link: LinkHandle, msg: &Message, ctx: &mut Context<Self>) {
+        let frame = match encode_message(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(node = %self.p.shared.name(), "cannot re-encode {} to relay: {e}", msg.kind());
+                return;
+            }
+        };
+        if let Err(mpsc::error::TrySendError::Full(frame)) = link.tx.try_send(Outbound::Frame(frame)) {
+            ctx.wait(
+                async move {
+                    let _ = link.tx.send(frame).await;
+                }
+                .into_actor(self),
+            );
         }
     }
 
@@ -411,7 +506,7 @@ impl Actor for Session {
             act.heartbeat(ctx)
         });
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
-        self.p.router.do_send(LinkUp(LinkHandle {
+        self.p.wiring.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
             link_id: self.link_id,
             tx: self.tx.clone(),
@@ -427,7 +522,7 @@ impl Actor for Session {
                 w.abort();
             }
         }
-        self.p.router.do_send(LinkDown {
+        self.p.wiring.router.do_send(LinkDown {
             peer: self.p.peer.node.clone(),
             link_id: self.link_id,
         });
@@ -491,11 +586,11 @@ impl StreamHandler<ReadBatch> for Session {
             self.spare_local.give(batch.local);
         } else {
             let pool = Some(self.spare_local.clone());
-            match self.p.bus.try_send(Deliver(batch.local, pool)) {
+            match self.p.wiring.bus.try_send(Deliver(batch.local, pool)) {
                 Ok(()) => {}
                 Err(SendError::Full(batch)) => {
                     // The bus is behind: stop reading until it takes this batch.
-                    ctx.wait(self.p.bus.send(batch).into_actor(self).map(|_, _, _| ()));
+                    ctx.wait(self.p.wiring.bus.send(batch).into_actor(self).map(|_, _, _| ()));
                 }
                 Err(SendError::Closed(_)) => {}
             }

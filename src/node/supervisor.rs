@@ -12,6 +12,7 @@ use super::listener::PeerListener;
 use super::master::Master;
 use super::membership::Membership;
 use super::router::{CloseAll, Router};
+use super::calls::Calls;
 use super::shared::NodeShared;
 use super::stats::Stats;
 use super::upstream::Upstream;
@@ -22,6 +23,7 @@ use super::upstream::Upstream;
 pub struct Children {
     pub stats: Addr<Stats>,
     pub bus: Addr<EventBus>,
+    pub calls: Addr<Calls>,
     pub membership: Addr<Membership>,
     pub router: Addr<Router>,
     pub master: Option<Addr<Master>>,

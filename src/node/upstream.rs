@@ -13,10 +13,7 @@ use actix::prelude::*;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use super::event_bus::EventBus;
-use super::membership::Membership;
-use super::router::Router;
-use super::session::{Close, Session, SessionClosed, SessionParams};
+use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use crate::topology::PlannedLink;
 use crate::wire::{self, FrameCodec, HandshakeError, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
@@ -58,18 +55,14 @@ pub struct Upstream {
     failing: bool,
     /// The live session and its link id (a late close of an older link is ignored).
     session: Option<(Addr<Session>, u64)>,
-    router: Addr<Router>,
-    membership: Addr<Membership>,
-    bus: Addr<EventBus>,
+    wiring: Wiring,
 }
 
 impl Upstream {
     pub fn new(
         shared: Arc<NodeShared>,
         link: PlannedLink,
-        router: Addr<Router>,
-        membership: Addr<Membership>,
-        bus: Addr<EventBus>,
+        wiring: Wiring,
     ) -> Self {
         Upstream {
             shared,
@@ -78,9 +71,7 @@ impl Upstream {
             attempt: 0,
             failing: false,
             session: None,
-            router,
-            membership,
-            bus,
+            wiring,
         }
     }
 
@@ -122,9 +113,7 @@ impl Upstream {
                     shared: act.shared.clone(),
                     peer,
                     peer_addr: addr.to_string(),
-                    router: act.router.clone(),
-                    membership: act.membership.clone(),
-                    bus: act.bus.clone(),
+                    wiring: act.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
                 };
                 act.session = Some(Session::start(params, read, write, parts.codec, parts.read_buf));

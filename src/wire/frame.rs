@@ -47,6 +47,34 @@ pub enum Message {
     Event(Envelope),
     /// Orderly close.
     Bye(Bye),
+    /// A method call travelling between nodes to the node that serves it.
+    PeerCall(PeerCall),
+    /// The outcome of a `peer_call`, travelling back to the caller's node.
+    PeerReply(PeerReply),
+
+    // The service protocol (an application and its node); see docs/PROTOCOL.md §12.
+    /// Application → node: deliver events of `topic` to me.
+    Subscribe(Topic),
+    /// Application → node: stop delivering `topic`.
+    Unsubscribe(Topic),
+    /// Application → node: publish an event (to every node, or to `target`).
+    Publish(Publish),
+    /// Node → application: an event of a topic it subscribed to.
+    Deliver(Deliver),
+    /// Application → node: route calls of `method` to me.
+    Implement(Method),
+    /// Application → node: stop routing `method` to me.
+    Unimplement(Method),
+    /// Application → node: call a method; answered by `reply` with the same `id`.
+    Call(Call),
+    /// Node → application: the outcome of its `call`.
+    Reply(Reply),
+    /// Node → application: a call of a method it implements; answer with `respond`.
+    Request(Request),
+    /// Application → node: the outcome of a `request`.
+    Respond(Reply),
+    /// Node → application: an operation was refused; the link stays open.
+    Refused(Refused),
 }
 
 impl Message {
@@ -64,6 +92,19 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::Event(_) => "event",
             Message::Bye(_) => "bye",
+            Message::PeerCall(_) => "peer_call",
+            Message::PeerReply(_) => "peer_reply",
+            Message::Subscribe(_) => "subscribe",
+            Message::Unsubscribe(_) => "unsubscribe",
+            Message::Publish(_) => "publish",
+            Message::Deliver(_) => "deliver",
+            Message::Implement(_) => "implement",
+            Message::Unimplement(_) => "unimplement",
+            Message::Call(_) => "call",
+            Message::Reply(_) => "reply",
+            Message::Request(_) => "request",
+            Message::Respond(_) => "respond",
+            Message::Refused(_) => "refused",
         }
     }
 }
@@ -139,6 +180,9 @@ pub struct Status {
     /// Names of the nodes this node has a live, authenticated link to.
     pub links: Vec<String>,
     pub stats: NodeStats,
+    /// Methods this node serves (actors and attached applications), sorted, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
 }
 
 /// The replicated state of a node (NodeCloud's `heartbeat-ack` payload).
@@ -211,4 +255,126 @@ pub struct Envelope {
     pub ttl: u8,
     /// The event itself, CBOR-encoded by the publisher.
     pub payload: Bytes,
+}
+
+/// A call in flight between nodes. Relays forward it along the shortest live path to `target`
+/// without decoding `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerCall {
+    /// Chosen by the calling node; unique among its calls in flight.
+    pub id: u64,
+    pub method: String,
+    pub origin: String,
+    pub origin_incarnation: Uuid,
+    /// The node that serves the call.
+    pub target: String,
+    /// Hops left, as for events.
+    pub ttl: u8,
+    /// How long the caller still waits; the serving node gives up after this.
+    pub timeout_ms: u64,
+    /// The request, CBOR-encoded by the caller.
+    pub payload: Bytes,
+}
+
+/// The answer to a [`PeerCall`], routed back to the calling node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReply {
+    /// The `id` of the call answered.
+    pub id: u64,
+    /// The calling node, and its incarnation (a reply to an earlier run is dropped).
+    pub target: String,
+    pub target_incarnation: Uuid,
+    pub ttl: u8,
+    pub outcome: Outcome,
+}
+
+/// How a call ended: `{"ok": bytes}` (the CBOR-encoded response) or `{"error": {code, message}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Bytes),
+    Error(Failure),
+}
+
+/// Why a call failed. Codes: `no_implementer`, `timeout`, `target_down`, `remote_error`,
+/// `bad_payload`, `implementer_gone`, `busy`, `unknown_node`, `stopped`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Failure {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Method {
+    pub method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    pub topic: String,
+    /// `None`: every node; `Some(name)`: that node only.
+    #[serde(default)]
+    pub target: Option<String>,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deliver {
+    pub topic: String,
+    /// The node the event was published on.
+    pub from: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// Chosen by the application; echoed in the `reply`.
+    pub id: u64,
+    pub method: String,
+    /// `None`: any node that implements `method` (the least loaded); `Some(name)`: that node.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `None`: the node's default.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    pub payload: Bytes,
+}
+
+/// `reply` (node → application) and `respond` (application → node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the node; echo it in `respond`.
+    pub id: u64,
+    pub method: String,
+    /// The node the call came from.
+    pub from: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The message kind refused (`subscribe`, `publish`, ...).
+    pub op: String,
+    pub code: String,
+    pub message: String,
 }
