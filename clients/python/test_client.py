@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Tests of the Python client against a real node.
+
+Each test class starts one node (the ``nodecloud`` binary: ``$NODECLOUD_BIN``, by default
+``target/debug/nodecloud``) from a temporary configuration with a service listener on a free
+port, and attaches clients to it.
+
+    NODECLOUD_BIN=target/debug/nodecloud python3 clients/python/test_client.py
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nodecloud_client import (  # noqa: E402
+    CallError, Client, ConnectionClosed, HandshakeError, Refused,
+)
+
+CLUSTER = "py-test"
+SECRET = "py-test-secret-0123456789abcdef"
+SERVICE_KEY = "py-test-service-key-0123456789"
+NODE = "n1"
+STARTUP_TIMEOUT = 20.0  # seconds for the node to open its service port
+WAIT = 5.0  # seconds for anything the node should do at once
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout):
+    """Connect attempts until the port accepts, the node exits, or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing accepts on port {port} after {timeout} s")
+            # Retry pacing while the node starts; not used to order events under test.
+            time.sleep(0.05)
+
+
+class Node:
+    """One nodecloud process with a service listener on 127.0.0.1."""
+
+    def __init__(self, service_key=SERVICE_KEY):
+        self.dir = tempfile.TemporaryDirectory(prefix="nodecloud-py-")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        key_line = f'service_key = "{service_key}"\n' if service_key else ""
+        config = (
+            "[cluster]\n"
+            f'name = "{CLUSTER}"\n'
+            'topology = "mesh"\n'
+            f'secret = "{SECRET}"\n'
+            f"{key_line}"
+            "heartbeat_interval_ms = 200\n"
+            "\n"
+            "[[nodes]]\n"
+            f'name = "{NODE}"\n'
+            'role = "master"\n'
+            f'listen = "127.0.0.1:{free_port()}"\n'
+            f'service = "{self.address}"\n'
+        )
+        self.config = os.path.join(self.dir.name, "cluster.toml")
+        with open(self.config, "w") as f:
+            f.write(config)
+        binary = os.environ.get("NODECLOUD_BIN", "target/debug/nodecloud")
+        self.log = open(os.path.join(self.dir.name, "node.log"), "w+")
+        self.proc = subprocess.Popen([binary, "--config", self.config, "--node", NODE],
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.port, self.proc, STARTUP_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    def logs(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        self.dir.cleanup()
+
+
+class NodeTest(unittest.TestCase):
+    node = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.node is not None:
+            cls.node.stop()
+
+    def connect(self, name="py-test", key=SERVICE_KEY, **kw):
+        client = Client.connect(self.node.address, CLUSTER, key, name=name, timeout=WAIT, **kw)
+        self.addCleanup(client.close)
+        return client
+
+    def run(self, result=None):
+        # On failure, show the node's log.
+        before = len(result.failures) + len(result.errors) if result is not None else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            if self.node is not None and self.node.proc.poll() is None:
+                sys.stderr.write(f"\n--- node log ---\n{self.node.logs()[-4000:]}\n")
+        return out
+
+
+class HandshakeTest(NodeTest):
+    def test_service_key_authenticates(self):
+        client = self.connect()
+        self.assertEqual(client.node, NODE)
+        client.sync(WAIT)
+
+    def test_wrong_key_is_auth_failed(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.address, CLUSTER, "not-the-service-key-0123", timeout=WAIT)
+        self.assertEqual(cm.exception.code, "auth_failed")
+
+    def test_cluster_secret_is_not_the_service_key(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.address, CLUSTER, SECRET, timeout=WAIT)
+        self.assertEqual(cm.exception.code, "auth_failed")
+
+    def test_wrong_cluster_is_refused(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.address, "other-cluster", SERVICE_KEY, timeout=WAIT)
+        self.assertEqual(cm.exception.code, "cluster")
+
+    def test_expected_node_name(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.address, CLUSTER, SERVICE_KEY, node="n9", timeout=WAIT)
+        self.assertEqual(cm.exception.code, "bad_name")
+        self.connect(node=NODE).sync(WAIT)
+
+
+class EventTest(NodeTest):
+    def test_publish_round_trip(self):
+        client = self.connect()
+        client.subscribe("sensor.temperature")
+        client.sync(WAIT)
+        client.publish("sensor.temperature", {"celsius": 21.5})
+        event = client.next_event(WAIT)
+        self.assertEqual(event, ("sensor.temperature", NODE, {"celsius": 21.5}))
+        self.assertIsInstance(event[2]["celsius"], float)
+
+    def test_floats_stay_floats_and_bytes_stay_bytes(self):
+        client = self.connect()
+        client.subscribe("t.values")
+        client.sync(WAIT)
+        value = {"f": 1.0, "i": 1, "b": b"\x00\x01", "s": "x", "l": [1, 2.5, None, True]}
+        client.publish("t.values", value, target=NODE)
+        topic, from_node, got = client.next_event(WAIT)
+        self.assertEqual(got, value)
+        self.assertIsInstance(got["f"], float)
+        self.assertIsInstance(got["b"], bytes)
+
+    def test_one_app_publishes_to_another(self):
+        sub = self.connect("py-sub")
+        pub = self.connect("py-pub")
+        sub.subscribe("t.between")
+        sub.sync(WAIT)
+        for i in range(100):
+            pub.publish("t.between", i)
+        got = [sub.next_event(WAIT) for _ in range(100)]
+        self.assertEqual([e[2] for e in got], list(range(100)))
+        self.assertIsNone(pub.next_event(0))  # pub did not subscribe
+
+    def test_unsubscribe_stops_deliveries(self):
+        client = self.connect()
+        client.subscribe("t.a")
+        client.subscribe("t.b")
+        client.unsubscribe("t.a")
+        client.sync(WAIT)
+        client.publish("t.a", 1)
+        client.publish("t.b", 2)
+        self.assertEqual(client.next_event(WAIT), ("t.b", NODE, 2))
+        client.sync(WAIT)
+        self.assertIsNone(client.next_event(0))
+
+    def test_refused_empty_topic_keeps_link(self):
+        client = self.connect()
+        client.subscribe("")
+        with self.assertRaises(Refused) as cm:
+            client.sync(WAIT)
+        self.assertEqual((cm.exception.op, cm.exception.code), ("subscribe", "bad_topic"))
+        # The link stays open.
+        client.subscribe("t.after")
+        client.sync(WAIT)
+        client.publish("t.after", "ok")
+        self.assertEqual(client.next_event(WAIT), ("t.after", NODE, "ok"))
+
+    def test_refused_callback(self):
+        refusals = []
+        got = threading.Event()
+
+        def on_refused(r):
+            refusals.append(r)
+            got.set()
+
+        client = self.connect(on_refused=on_refused)
+        client.unsubscribe("t.never")
+        self.assertTrue(got.wait(WAIT))
+        self.assertEqual((refusals[0].op, refusals[0].code), ("unsubscribe", "not_subscribed"))
+        client.sync(WAIT)  # nothing left to raise
+
+    def test_publish_to_unknown_target_is_unreachable(self):
+        client = self.connect()
+        client.publish("t.x", 1, target="nowhere")
+        with self.assertRaises(Refused) as cm:
+            client.sync(WAIT)
+        self.assertEqual((cm.exception.op, cm.exception.code), ("publish", "unreachable"))
+
+
+class CallTest(NodeTest):
+    def test_call_own_method_through_the_node(self):
+        client = self.connect()
+        froms = []
+
+        def add(value, from_node):
+            froms.append(from_node)
+            return {"sum": value["a"] + value["b"]}
+
+        client.implement("py.add", add)
+        client.sync(WAIT)
+        self.assertEqual(client.call("py.add", {"a": 2, "b": 3}, timeout_ms=5000), {"sum": 5})
+        self.assertEqual(froms, [NODE])
+
+    def test_call_between_apps(self):
+        server = self.connect("py-server")
+        server.implement("py.echo", lambda v, f: v)
+        server.sync(WAIT)
+        caller = self.connect("py-caller")
+        value = {"x": [1.5, b"raw", "text"]}
+        self.assertEqual(caller.call("py.echo", value, target=NODE), value)
+
+    def test_remote_error(self):
+        client = self.connect()
+
+        def fail(value, from_node):
+            raise ValueError("no")
+
+        client.implement("py.fail", fail)
+        client.sync(WAIT)
+        with self.assertRaises(CallError) as cm:
+            client.call("py.fail", {})
+        self.assertEqual(cm.exception.code, "remote_error")
+        self.assertIn("handler_error: no", cm.exception.message)
+
+    def test_unknown_method_is_no_implementer(self):
+        client = self.connect()
+        with self.assertRaises(CallError) as cm:
+            client.call("py.nobody", 1)
+        self.assertEqual(cm.exception.code, "no_implementer")
+
+    def test_unknown_target_is_unknown_node(self):
+        client = self.connect()
+        with self.assertRaises(CallError) as cm:
+            client.call("py.add", 1, target="nowhere")
+        self.assertEqual(cm.exception.code, "unknown_node")
+
+    def test_slow_handler_times_out(self):
+        client = self.connect()
+        release = threading.Event()
+        self.addCleanup(release.set)
+        client.implement("py.slow", lambda v, f: release.wait(WAIT * 2))
+        client.sync(WAIT)
+        with self.assertRaises(CallError) as cm:
+            client.call("py.slow", 1, timeout_ms=300)
+        self.assertEqual(cm.exception.code, "timeout")
+
+    def test_concurrent_calls(self):
+        client = self.connect()
+        client.implement("py.square", lambda v, f: v * v)
+        client.sync(WAIT)
+        results = {}
+
+        def worker(i):
+            results[i] = client.call("py.square", i)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT * 2)
+        self.assertEqual(results, {i: i * i for i in range(20)})
+
+    def test_implementer_gone(self):
+        server = self.connect("py-gone")
+        entered = threading.Event()
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def hang(value, from_node):
+            entered.set()
+            release.wait(WAIT * 2)
+
+        server.implement("py.gone", hang)
+        server.sync(WAIT)
+        caller = self.connect("py-caller")
+        outcome = {}
+
+        def call():
+            try:
+                caller.call("py.gone", 1, timeout_ms=int(WAIT * 2000))
+            except CallError as exc:
+                outcome["code"] = exc.code
+
+        t = threading.Thread(target=call)
+        t.start()
+        self.assertTrue(entered.wait(WAIT))
+        server.close()
+        t.join(WAIT)
+        self.assertEqual(outcome.get("code"), "implementer_gone")
+
+    def test_close_fails_pending_calls(self):
+        client = self.connect()
+        client.close()
+        with self.assertRaises(ConnectionClosed):
+            client.call("py.anything", 1)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
