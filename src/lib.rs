@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod node;
+pub mod service;
 pub mod testing;
 pub mod topology;
 pub mod wire;

@@ -20,7 +20,10 @@ mod event_bus;
 mod listener;
 mod master;
 mod membership;
+mod publish;
 mod router;
+mod service_listener;
+mod service_session;
 mod session;
 mod shared;
 mod stats;
@@ -33,7 +36,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
 pub use event_bus::SubscriptionId;
@@ -44,10 +47,10 @@ use crate::call::{CallError, CallTarget, Invocation, Request};
 use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, Target};
 use crate::topology;
-use crate::wire::{self, Envelope, StatValue};
-use event_bus::{Deliver, EventBus, Subscribe, TypedSubscriber, Unsubscribe};
+use crate::wire::{self, StatValue};
+use event_bus::{EventBus, Subscribe, TypedSubscriber, Unsubscribe};
 use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
-use session::{Outbound, Wiring};
+use session::Wiring;
 use shared::NodeShared;
 use stats::{SetStat, Stats};
 use supervisor::{Children, NodeSupervisor, Shutdown};
@@ -61,6 +64,12 @@ pub enum StartError {
     Bind {
         node: String,
         addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("node {node}: cannot listen for applications on {endpoint}: {source}")]
+    BindService {
+        node: String,
+        endpoint: String,
         source: std::io::Error,
     },
     #[error("node {0}: its arbiter stopped before the node started")]
@@ -139,6 +148,18 @@ async fn start_here(
             addr: me.listen,
             source,
         })?;
+    let services = if me.service.is_some() || me.service_socket.is_some() {
+        let sockets = service_listener::bind(me.service, me.service_socket.as_deref()).map_err(
+            |(endpoint, source)| StartError::BindService {
+                node: me.name.clone(),
+                endpoint,
+                source,
+            },
+        )?;
+        Some(sockets)
+    } else {
+        None
+    };
     let plan = topology::plan(&config);
     let s = NodeShared::new(config, me, plan);
     let stats = actix::Supervisor::start({
@@ -181,6 +202,14 @@ async fn start_here(
             upstream::Upstream::new(s.clone(), link.clone(), wiring.clone()).start()
         })
         .collect();
+    let services = services.map(|sockets| {
+        let w = service_session::ServiceWiring {
+            shared: s.clone(),
+            bus: bus.clone(),
+            calls: calls.clone(),
+        };
+        service_listener::ServiceListener::new(w, sockets).start()
+    });
     let children = Children {
         stats: stats.clone(),
         bus: bus.clone(),
@@ -189,6 +218,7 @@ async fn start_here(
         router,
         master,
         listener,
+        services,
         upstreams,
     };
     let supervisor = NodeSupervisor::new(s.clone(), children).start();
@@ -465,114 +495,13 @@ impl NodeHandle {
         }
     }
 
-    /// Encode `event` once and plan where it goes: the links it leaves on (walked again from
-    /// the same table snapshot when sending), its frame, and its envelope if this node's own
-    /// subscribers take it. Nothing is allocated per event but the frame (and the local
-    /// envelope, when there are local subscribers).
-    fn prepare<E: Event>(
-        &self,
-        event: &E,
-        target: Option<String>,
-    ) -> Result<Outgoing, PublishError> {
-        let s = &self.shared;
-        let id = s.next_event_id();
-        let table = s.routes.load_full();
-        let (frame, local) = wire::EncodedMessage::with_payload(event, |payload| {
-            let to = target.as_deref();
-            let linked = table.next_links_for(to, s.name(), None).next().is_some();
-            let here = table.is_local_for(to);
-            if let Some(t) = &target {
-                if !here && !linked {
-                    return Err(PublishError::Unreachable(t.clone()));
-                }
-            }
-            let frame = if linked {
-                let (incarnation, ttl) = (s.incarnation, s.ttl);
-                let f = wire::EncodedMessage::event(
-                    id,
-                    E::TOPIC,
-                    s.name(),
-                    incarnation,
-                    to,
-                    ttl,
-                    payload,
-                );
-                let max = s.config.cluster.max_frame_bytes;
-                if f.len() + 16 > max {
-                    return Err(PublishError::TooLarge { len: f.len(), max });
-                }
-                Some(f)
-            } else {
-                None
-            };
-            let local = (here && s.local_topics.contains(E::TOPIC)).then(|| Envelope {
-                id,
-                topic: E::TOPIC.to_owned(),
-                origin: s.name().to_owned(),
-                origin_incarnation: s.incarnation,
-                target: target.clone(),
-                ttl: s.ttl,
-                payload: bytes::Bytes::copy_from_slice(payload),
-            });
-            Ok((frame, local))
-        })??;
-        Ok(Outgoing {
-            table,
-            target,
-            frame,
-            local,
-        })
-    }
-
     fn dispatch_now<E: Event>(
         &self,
         event: &E,
         target: Option<String>,
     ) -> Result<(), PublishError> {
-        let out = self.prepare(event, target)?;
-        let links = out
-            .table
-            .next_links_for(out.target.as_deref(), self.name(), None);
-        // Reserve room everywhere first, so a full link means nothing was sent. (The first
-        // permit is kept apart so that the usual single link costs no allocation.)
-        let mut first = None;
-        let mut more = Vec::new();
-        for link in links.clone() {
-            let permit = link.tx.try_reserve().map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(()) => {
-                    PublishError::Full(link.peer.clone())
-                }
-                tokio::sync::mpsc::error::TrySendError::Closed(()) => {
-                    PublishError::Unreachable(link.peer.clone())
-                }
-            })?;
-            match first {
-                None => first = Some(permit),
-                Some(_) => more.push(permit),
-            }
-        }
-        if let Some(env) = out.local {
-            self.bus
-                .try_send(Deliver(vec![env], None))
-                .map_err(|e| match e {
-                    SendError::Full(_) => PublishError::BusFull,
-                    SendError::Closed(_) => PublishError::Stopped,
-                })?;
-        }
-        let mut frame = out.frame;
-        let mut sends = links.zip(first.into_iter().chain(more)).peekable();
-        while let Some((link, permit)) = sends.next() {
-            // The last link takes the frame itself, the others a reference-counted clone.
-            let f = if sends.peek().is_some() {
-                frame.clone()
-            } else {
-                frame.take()
-            };
-            let Some(f) = f else { break };
-            permit.send(Outbound::Frame(f));
-            link.counters.events_out.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        let out = publish::prepare(&self.shared, event, target)?;
+        publish::send_now(&self.bus, out)
     }
 
     async fn dispatch_wait<E: Event>(
@@ -580,46 +509,7 @@ impl NodeHandle {
         event: &E,
         target: Option<String>,
     ) -> Result<(), PublishError> {
-        let out = self.prepare(event, target)?;
-        let mut frame = out.frame;
-        let mut links = out
-            .table
-            .next_links_for(out.target.as_deref(), self.name(), None)
-            .peekable();
-        while let Some(link) = links.next() {
-            let f = if links.peek().is_some() {
-                frame.clone()
-            } else {
-                frame.take()
-            };
-            let Some(f) = f else { break };
-            // The synchronous attempt first: it skips the semaphore's future when there is room.
-            let sent = match link.tx.try_send(Outbound::Frame(f)) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(f)) => link.tx.send(f).await.is_ok(),
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if sent {
-                link.counters.events_out.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(env) = out.local {
-            self.bus
-                .send(Deliver(vec![env], None))
-                .await
-                .map_err(|_| PublishError::Stopped)?;
-        }
-        Ok(())
+        let out = publish::prepare(&self.shared, event, target)?;
+        publish::send_wait(&self.bus, out).await
     }
-}
-
-/// An event [`NodeHandle::prepare`]d for sending.
-struct Outgoing {
-    /// The snapshot the event was planned on; sending walks its links again.
-    table: Arc<router::RouteTable>,
-    target: Option<String>,
-    /// `None` when no link takes the event.
-    frame: Option<wire::EncodedMessage>,
-    /// `Some` when this node's subscribers take it too.
-    local: Option<Envelope>,
 }

@@ -8,12 +8,14 @@
 //! * [`frame`] — the message schema, shared by peer links and service links.
 //! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks.
 //! * [`handshake`] — version/cluster check and mutual HMAC-SHA256 authentication.
+//! * [`json`] — JSON ↔ CBOR payloads for the command line.
 //!
 //! docs/PROTOCOL.md is the normative description; keep the two in step.
 
 mod codec;
 mod frame;
 mod handshake;
+pub mod json;
 
 pub use codec::{
     decode_payload, encode_event, encode_message, encode_payload, EncodedMessage, FrameCodec,

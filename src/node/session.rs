@@ -94,7 +94,7 @@ pub struct Close(pub String);
 /// The writer task could not write: the connection is dead.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct WriterFailed(String);
+pub(crate) struct WriterFailed(pub String);
 
 /// The node actors a session reports to and hands what it reads to.
 #[derive(Clone)]
@@ -247,7 +247,7 @@ impl Session {
                 frames: frames.fuse(),
                 spare: spare_reads.clone(),
             });
-            let writer = actix_rt::spawn(write_loop(write, rx, writer_codec, ctx.address()));
+            let writer = actix_rt::spawn(write_loop(write, rx, writer_codec, ctx.address().recipient()));
             Session {
                 p,
                 link_id,
@@ -636,11 +636,13 @@ const WRITE_BATCH_FRAMES: usize = 512;
 /// A write buffer that grew past this (a burst of large frames) is released afterwards.
 const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+/// The writer task of a link (peer or service): drains `rx`, encodes a batch of frames into one
+/// buffer, writes it with one syscall; tells `session` if a write fails.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: mpsc::Receiver<Outbound>,
     mut codec: FrameCodec,
-    session: Addr<Session>,
+    session: Recipient<WriterFailed>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     let mut buf = BytesMut::with_capacity(64 * 1024);

@@ -13,6 +13,7 @@ use super::master::Master;
 use super::membership::Membership;
 use super::router::{CloseAll, Router};
 use super::calls::Calls;
+use super::service_listener::{CloseServices, ServiceListener};
 use super::shared::NodeShared;
 use super::stats::Stats;
 use super::upstream::Upstream;
@@ -28,6 +29,7 @@ pub struct Children {
     pub router: Addr<Router>,
     pub master: Option<Addr<Master>>,
     pub listener: Addr<PeerListener>,
+    pub services: Option<Addr<ServiceListener>>,
     pub upstreams: Vec<Addr<Upstream>>,
 }
 
@@ -78,6 +80,9 @@ impl Handler<Shutdown> for NodeSupervisor {
             up.do_send(StopActor);
         }
         self.children.listener.do_send(StopActor);
+        if let Some(services) = &self.children.services {
+            services.do_send(CloseServices("node shutting down".into()));
+        }
         let close = self
             .children
             .router

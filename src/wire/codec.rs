@@ -250,7 +250,7 @@ fn put_text(v: &mut Vec<u8>, s: &str) {
 ///
 /// # Errors
 /// [`WireError::Encode`] if serde refuses the value.
-pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, WireError> {
+pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, WireError> {
     with_encoded_payload(value, Bytes::copy_from_slice)
 }
 

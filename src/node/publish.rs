@@ -1,0 +1,184 @@
+//! Publishing from this node: encode an event once, plan the links it leaves on and whether
+//! this node's own subscribers take it, then send it without waiting (nothing sent if any link
+//! is full) or waiting for room. Used by [`NodeHandle`](super::NodeHandle) for typed events and
+//! by ServiceSession for applications' encoded payloads. Not an actor: it runs on the caller.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::event_bus::{Deliver, EventBus};
+use super::router::RouteTable;
+use super::session::Outbound;
+use super::shared::NodeShared;
+use super::PublishError;
+use crate::event::Event;
+use crate::wire::{EncodedMessage, Envelope};
+
+/// An event planned for sending.
+pub(crate) struct Outgoing {
+    /// The snapshot the event was planned on; sending walks its links again.
+    table: Arc<RouteTable>,
+    target: Option<String>,
+    /// `None` when no link takes the event.
+    frame: Option<EncodedMessage>,
+    /// `Some` when this node's subscribers take it too.
+    local: Option<Envelope>,
+    origin: Arc<NodeShared>,
+}
+
+/// Plan a typed event: its payload is encoded into a reused scratch buffer, so nothing is
+/// allocated per event but the frame (and the local envelope, when there are local
+/// subscribers).
+pub(crate) fn prepare<E: Event>(
+    shared: &Arc<NodeShared>,
+    event: &E,
+    target: Option<String>,
+) -> Result<Outgoing, PublishError> {
+    let id = shared.next_event_id();
+    let table = shared.routes.load_full();
+    let (frame, local) = EncodedMessage::with_payload(event, |payload| {
+        plan(shared, &table, id, E::TOPIC, target.as_deref(), payload)
+    })??;
+    Ok(Outgoing {
+        table,
+        target,
+        frame,
+        local,
+        origin: shared.clone(),
+    })
+}
+
+/// Plan an event whose payload is already encoded (an application's).
+pub(crate) fn prepare_raw(
+    shared: &Arc<NodeShared>,
+    topic: &str,
+    target: Option<String>,
+    payload: &[u8],
+) -> Result<Outgoing, PublishError> {
+    let id = shared.next_event_id();
+    let table = shared.routes.load_full();
+    let (frame, local) = plan(shared, &table, id, topic, target.as_deref(), payload)?;
+    Ok(Outgoing {
+        table,
+        target,
+        frame,
+        local,
+        origin: shared.clone(),
+    })
+}
+
+type Planned = (Option<EncodedMessage>, Option<Envelope>);
+
+fn plan(
+    s: &NodeShared,
+    table: &RouteTable,
+    id: u64,
+    topic: &str,
+    to: Option<&str>,
+    payload: &[u8],
+) -> Result<Planned, PublishError> {
+    let linked = table.next_links_for(to, s.name(), None).next().is_some();
+    let here = table.is_local_for(to);
+    if let Some(t) = to {
+        if !here && !linked {
+            return Err(PublishError::Unreachable(t.to_owned()));
+        }
+    }
+    let frame = if linked {
+        let f = EncodedMessage::event(id, topic, s.name(), s.incarnation, to, s.ttl, payload);
+        let max = s.config.cluster.max_frame_bytes;
+        if f.len() + 16 > max {
+            return Err(PublishError::TooLarge { len: f.len(), max });
+        }
+        Some(f)
+    } else {
+        None
+    };
+    let local = (here && s.local_topics.contains(topic)).then(|| Envelope {
+        id,
+        topic: topic.to_owned(),
+        origin: s.name().to_owned(),
+        origin_incarnation: s.incarnation,
+        target: to.map(str::to_owned),
+        ttl: s.ttl,
+        payload: Bytes::copy_from_slice(payload),
+    });
+    Ok((frame, local))
+}
+
+/// Send without waiting. Room is reserved on every link first, so a full link means nothing
+/// was sent.
+pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
+    let links = out
+        .table
+        .next_links_for(out.target.as_deref(), out.origin.name(), None);
+    // The first permit is kept apart so that the usual single link costs no allocation.
+    let mut first = None;
+    let mut more = Vec::new();
+    for link in links.clone() {
+        let permit = link.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
+            mpsc::error::TrySendError::Closed(()) => PublishError::Unreachable(link.peer.clone()),
+        })?;
+        match first {
+            None => first = Some(permit),
+            Some(_) => more.push(permit),
+        }
+    }
+    if let Some(env) = out.local {
+        bus.try_send(Deliver(vec![env], None)).map_err(|e| match e {
+            SendError::Full(_) => PublishError::BusFull,
+            SendError::Closed(_) => PublishError::Stopped,
+        })?;
+    }
+    let mut frame = out.frame;
+    let mut sends = links.zip(first.into_iter().chain(more)).peekable();
+    while let Some((link, permit)) = sends.next() {
+        // The last link takes the frame itself, the others a reference-counted clone.
+        let f = if sends.peek().is_some() {
+            frame.clone()
+        } else {
+            frame.take()
+        };
+        let Some(f) = f else { break };
+        permit.send(Outbound::Frame(f));
+        link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Send, waiting for room on each link and on the bus (backpressure).
+pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
+    let mut frame = out.frame;
+    let mut links = out
+        .table
+        .next_links_for(out.target.as_deref(), out.origin.name(), None)
+        .peekable();
+    while let Some(link) = links.next() {
+        let f = if links.peek().is_some() {
+            frame.clone()
+        } else {
+            frame.take()
+        };
+        let Some(f) = f else { break };
+        // The synchronous attempt first: it skips the semaphore's future when there is room.
+        let sent = match link.tx.try_send(Outbound::Frame(f)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(f)) => link.tx.send(f).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if sent {
+            link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(env) = out.local {
+        bus.send(Deliver(vec![env], None))
+            .await
+            .map_err(|_| PublishError::Stopped)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,655 @@
+//! ServiceSession: one attached application, after its handshake. Started and supervised by
+//! ServiceListener; never restarted (the application reconnects).
+//!
+//! It turns the application's frames into node operations (subscribe, publish, implement,
+//! call, respond) and the node's deliveries, requests and replies into frames. What the
+//! application subscribed and implemented is removed when it goes; calls waiting on it fail
+//! at once with `implementer_gone`, because their answer channels are dropped.
+//!
+//! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics, [`MAX_METHODS`] methods,
+//! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
+//! (past them: `refused`, or `busy` for calls). The queue toward the application holds
+//! `LINK_QUEUE_FRAMES` frames; publishes wait for room in the cluster (the session stops
+//! reading, so TCP pushes back). An application whose queue stays full for the failure
+//! timeout is closed as a `slow_consumer`; one that sends nothing for that long, as `timeout`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use super::calls::{Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement};
+use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
+use super::publish;
+use super::service_listener::ServiceClosed;
+use super::session::{write_loop, Outbound, WriterFailed};
+use super::shared::{NodeShared, LINK_QUEUE_FRAMES};
+use super::supervision::guard;
+use super::{PublishError, DEFAULT_CALL_TIMEOUT};
+use crate::call::CallError;
+use crate::event::NodeId;
+use crate::wire::{
+    encode_message, Bye, Call, Deliver, ErrorFrame, Failure, Frame, FrameCodec, Message, Outcome,
+    PeerInfo, Ping, Publish, Refused, Reply, Request, WireError,
+};
+
+/// Topics one application may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// Methods one application may implement.
+pub const MAX_METHODS: usize = 256;
+/// Calls one application may have waiting.
+pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
+/// Requests one application may be serving at once.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
+/// Topic and method names: 1..=255 bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// What a service session needs of its node.
+#[derive(Clone)]
+pub struct ServiceWiring {
+    pub shared: Arc<NodeShared>,
+    pub bus: Addr<EventBus>,
+    pub calls: Addr<Calls>,
+}
+
+pub struct ServiceSession {
+    w: ServiceWiring,
+    app: PeerInfo,
+    peer_addr: String,
+    tx: mpsc::Sender<Outbound>,
+    writer: Option<actix_rt::task::JoinHandle<()>>,
+    last_inbound: Instant,
+    last_outbound_ping: u64,
+    subscriptions: HashMap<String, SubscriptionId>,
+    methods: HashMap<String, ImplementationId>,
+    calls_in_flight: usize,
+    /// Requests sent to the application, by the id it must echo.
+    serving: HashMap<u64, Answer>,
+    next_request: u64,
+    closing: bool,
+    /// The listener, told when this session ends, and this session's number there.
+    owner: (Recipient<ServiceClosed>, u64),
+}
+
+/// Close the application's session, telling it why (`bye`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseService(pub String);
+
+/// The application's queue stayed full: it does not keep up.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SlowConsumer;
+
+/// A call of a method the application implements.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Serve {
+    method: String,
+    from: NodeId,
+    payload: Bytes,
+    answer: Answer,
+}
+
+/// A call the application made has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CallEnded {
+    id: u64,
+    outcome: Outcome,
+}
+
+impl ServiceSession {
+    /// Start a session on an authenticated connection (`codec` carries the handshake's
+    /// sequence numbers; `leftover`, bytes read past the handshake).
+    pub fn start<R, W>(
+        w: ServiceWiring,
+        app: PeerInfo,
+        peer_addr: String,
+        read: R,
+        write: W,
+        mut codec: FrameCodec,
+        leftover: bytes::BytesMut,
+        owner: (Recipient<ServiceClosed>, u64),
+    ) -> Addr<ServiceSession>
+    where
+        R: AsyncRead + Unpin + 'static,
+        W: AsyncWrite + Unpin + 'static,
+    {
+        codec.set_max_frame_bytes(w.shared.config.cluster.max_frame_bytes);
+        let writer_codec = codec.clone();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
+        ServiceSession::create(move |ctx| {
+            let mut frames = FramedRead::new(read, codec);
+            frames.read_buffer_mut().extend_from_slice(&leftover);
+            ctx.add_stream(frames);
+            let writer = actix_rt::spawn(write_loop(
+                write,
+                rx,
+                writer_codec,
+                ctx.address().recipient(),
+            ));
+            ServiceSession {
+                w,
+                app,
+                peer_addr,
+                tx,
+                writer: Some(writer),
+                last_inbound: Instant::now(),
+                last_outbound_ping: 0,
+                subscriptions: HashMap::new(),
+                methods: HashMap::new(),
+                calls_in_flight: 0,
+                serving: HashMap::new(),
+                next_request: 0,
+                closing: false,
+                owner,
+            }
+        })
+    }
+
+    fn node(&self) -> &str {
+        self.w.shared.name()
+    }
+
+    fn encode(&self, msg: &Message) -> Option<crate::wire::EncodedMessage> {
+        match encode_message(msg) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(node = %self.node(), app = %self.app.node, "cannot encode {}: {e}", msg.kind());
+                None
+            }
+        }
+    }
+
+    /// Queue a frame for the application; if its queue is full, wait for room in the
+    /// background, and close it as a slow consumer if that takes the failure timeout.
+    fn push(&self, msg: &Message, ctx: &mut Context<Self>) {
+        let Some(frame) = self.encode(msg) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(Outbound::Frame(frame)) {
+            let (tx, me, limit) = (self.tx.clone(), ctx.address(), self.w.shared.failure_timeout());
+            actix_rt::spawn(async move {
+                if tokio::time::timeout(limit, tx.send(frame)).await.is_err() {
+                    me.do_send(SlowConsumer);
+                }
+            });
+        }
+    }
+
+    fn refuse(&self, op: &str, code: &str, message: String, ctx: &mut Context<Self>) {
+        tracing::debug!(node = %self.node(), app = %self.app.node, op, code, "refused: {message}");
+        self.push(
+            &Message::Refused(Refused {
+                op: op.to_owned(),
+                code: code.to_owned(),
+                message,
+            }),
+            ctx,
+        );
+    }
+
+    /// Close after a fault of the application's: log once, tell it why, stop.
+    fn fail(&mut self, code: &str, reason: String, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                "closing application: {reason}");
+            if let Some(f) = self.encode(&Message::Error(ErrorFrame {
+                code: code.to_owned(),
+                message: reason,
+            })) {
+                let _ = self.tx.try_send(Outbound::Frame(f));
+            }
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+
+    fn on_message(&mut self, msg: Message, ctx: &mut Context<Self>) {
+        match msg {
+            Message::Subscribe(t) => self.subscribe(t.topic, ctx),
+            Message::Unsubscribe(t) => match self.subscriptions.remove(&t.topic) {
+                Some(id) => self.w.bus.do_send(Unsubscribe(id)),
+                None => self.refuse(
+                    "unsubscribe",
+                    "not_subscribed",
+                    format!("not subscribed to {:?}", t.topic),
+                    ctx,
+                ),
+            },
+            Message::Publish(p) => self.publish(p, ctx),
+            Message::Implement(m) => self.implement(m.method, ctx),
+            Message::Unimplement(m) => match self.methods.remove(&m.method) {
+                Some(id) => self.w.calls.do_send(Unimplement(id)),
+                None => self.refuse(
+                    "unimplement",
+                    "not_implemented",
+                    format!("{:?} is not implemented by this application", m.method),
+                    ctx,
+                ),
+            },
+            Message::Call(c) => self.call(c, ctx),
+            Message::Respond(r) => match self.serving.remove(&r.id) {
+                Some(answer) => {
+                    let outcome = match r.outcome {
+                        Outcome::Ok(b) => Outcome::Ok(b),
+                        Outcome::Error(f) => Outcome::Error(Failure::new(
+                            "remote_error",
+                            format!("{}: {}", f.code, f.message),
+                        )),
+                    };
+                    let _ = answer.send(outcome);
+                }
+                None => self.refuse(
+                    "respond",
+                    "unknown_request",
+                    format!("no request {} is waiting (answered, or timed out)", r.id),
+                    ctx,
+                ),
+            },
+            Message::Ping(p) => self.push(&Message::Pong(p), ctx),
+            Message::Pong(_) => {}
+            Message::Bye(bye) => {
+                tracing::debug!(node = %self.node(), app = %self.app.node, "application left: {}", bye.reason);
+                self.closing = true;
+                ctx.stop();
+            }
+            Message::Error(e) => {
+                tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                    "application reported an error and closes: {}: {}", e.code, e.message);
+                self.closing = true;
+                ctx.stop();
+            }
+            other => {
+                let kind = other.kind();
+                self.fail(
+                    "unexpected_message",
+                    format!("{kind} is not a message an application may send after the handshake"),
+                    ctx,
+                );
+            }
+        }
+    }
+
+    fn subscribe(&mut self, topic: String, ctx: &mut Context<Self>) {
+        if let Err(why) = check_name(&topic) {
+            return self.refuse("subscribe", "bad_topic", format!("topic {why}"), ctx);
+        }
+        if self.subscriptions.contains_key(&topic) {
+            return;
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return self.refuse(
+                "subscribe",
+                "too_many_subscriptions",
+                format!("{topic:?}: an application subscribes to at most {MAX_SUBSCRIPTIONS} topics"),
+                ctx,
+            );
+        }
+        let id = SubscriptionId::next();
+        self.w.shared.local_topics.add(&topic);
+        self.w.bus.do_send(Subscribe {
+            id,
+            topic: topic.clone(),
+            subscriber: Box::new(AppSubscriber {
+                topic: topic.clone(),
+                tx: self.tx.clone(),
+                session: ctx.address(),
+                limit: self.w.shared.failure_timeout(),
+            }),
+        });
+        self.subscriptions.insert(topic, id);
+    }
+
+    fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
+        if let Err(why) = check_name(&p.topic) {
+            return self.refuse("publish", "bad_topic", format!("topic {why}"), ctx);
+        }
+        let target = p.target;
+        let out = match publish::prepare_raw(&self.w.shared, &p.topic, target.clone(), &p.payload) {
+            Ok(out) => out,
+            Err(e) => return self.refuse_publish(&e, ctx),
+        };
+        // Nothing is sent when a queue is full: then plan again and wait for room, reading
+        // nothing more from the application meanwhile (TCP pushes back on it).
+        match publish::send_now(&self.w.bus, out) {
+            Ok(()) => {}
+            Err(PublishError::Full(_) | PublishError::BusFull) => {
+                let (shared, bus) = (self.w.shared.clone(), self.w.bus.clone());
+                let (topic, payload) = (p.topic, p.payload);
+                ctx.wait(
+                    async move {
+                        match publish::prepare_raw(&shared, &topic, target, &payload) {
+                            Ok(out) => publish::send_wait(&bus, out).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|result, act, ctx| {
+                        if let Err(e) = result {
+                            act.refuse_publish(&e, ctx);
+                        }
+                    }),
+                );
+            }
+            Err(e) => self.refuse_publish(&e, ctx),
+        }
+    }
+
+    fn refuse_publish(&self, e: &PublishError, ctx: &mut Context<Self>) {
+        let code = match e {
+            PublishError::Unreachable(_) | PublishError::UnknownIncarnation(_) => "unreachable",
+            PublishError::TooLarge { .. } | PublishError::Encode(_) => "too_large",
+            PublishError::Full(_) | PublishError::BusFull => "busy",
+            PublishError::Stopped => "stopped",
+        };
+        self.refuse("publish", code, e.to_string(), ctx);
+    }
+
+    fn implement(&mut self, method: String, ctx: &mut Context<Self>) {
+        if let Err(why) = check_name(&method) {
+            return self.refuse("implement", "bad_method", format!("method {why}"), ctx);
+        }
+        if self.methods.contains_key(&method) {
+            return;
+        }
+        if self.methods.len() >= MAX_METHODS {
+            return self.refuse(
+                "implement",
+                "too_many_methods",
+                format!("{method:?}: an application implements at most {MAX_METHODS} methods"),
+                ctx,
+            );
+        }
+        let id = ImplementationId::next();
+        self.w.calls.do_send(Implement {
+            id,
+            method: method.clone(),
+            implementer: Box::new(AppImplementer {
+                method: method.clone(),
+                app: self.app.node.clone(),
+                session: ctx.address(),
+            }),
+        });
+        self.methods.insert(method, id);
+    }
+
+    fn call(&mut self, c: Call, ctx: &mut Context<Self>) {
+        if self.calls_in_flight >= MAX_CALLS_IN_FLIGHT {
+            let e = CallError::Busy(format!(
+                "an application has at most {MAX_CALLS_IN_FLIGHT} calls in flight"
+            ));
+            return self.push(
+                &Message::Reply(Reply {
+                    id: c.id,
+                    outcome: Outcome::Error(e.to_failure()),
+                }),
+                ctx,
+            );
+        }
+        self.calls_in_flight += 1;
+        let timeout = c.timeout_ms.map_or(DEFAULT_CALL_TIMEOUT, Duration::from_millis);
+        let started = self.w.calls.send(StartCall {
+            method: c.method,
+            target: c.target,
+            timeout,
+            payload: c.payload,
+        });
+        let (me, id) = (ctx.address(), c.id);
+        actix_rt::spawn(async move {
+            let outcome = started
+                .await
+                .unwrap_or_else(|_| Outcome::Error(CallError::Stopped.to_failure()));
+            me.do_send(CallEnded { id, outcome });
+        });
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let silent = self.last_inbound.elapsed();
+        if silent > self.w.shared.failure_timeout() {
+            return self.fail(
+                "timeout",
+                format!("nothing from the application for {} ms", silent.as_millis()),
+                ctx,
+            );
+        }
+        // Ask for a sign of life when the application was quiet for an interval.
+        if silent >= self.w.shared.heartbeat_interval() {
+            self.last_outbound_ping += 1;
+            self.push(
+                &Message::Ping(Ping {
+                    n: self.last_outbound_ping,
+                }),
+                ctx,
+            );
+        }
+        // Requests whose caller gave up are not worth remembering.
+        self.serving.retain(|_, answer| !answer.is_closed());
+    }
+}
+
+/// Topic and method names: 1..=255 bytes of text.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("is empty".into())
+    } else if name.len() > MAX_NAME_BYTES {
+        Err(format!("is {} bytes, more than {MAX_NAME_BYTES}", name.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// An application subscribed to a topic: deliveries become `deliver` frames on its queue.
+struct AppSubscriber {
+    topic: String,
+    tx: mpsc::Sender<Outbound>,
+    session: Addr<ServiceSession>,
+    limit: Duration,
+}
+
+impl Subscriber for AppSubscriber {
+    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered {
+        let msg = Message::Deliver(Deliver {
+            topic: self.topic.clone(),
+            from: from.name,
+            payload: Bytes::copy_from_slice(payload),
+        });
+        let frame = match encode_message(&msg) {
+            Ok(f) => f,
+            Err(_) => return Delivered::Sent,
+        };
+        match self.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => Delivered::Sent,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let (tx, session, limit) = (self.tx.clone(), self.session.clone(), self.limit);
+                Delivered::Full(Box::pin(async move {
+                    match tokio::time::timeout(limit, tx.send(frame)).await {
+                        Ok(sent) => sent.is_ok(),
+                        Err(_) => {
+                            session.do_send(SlowConsumer);
+                            false
+                        }
+                    }
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Closed,
+        }
+    }
+}
+
+/// An application implementing a method: calls become `request` frames.
+struct AppImplementer {
+    method: String,
+    app: String,
+    session: Addr<ServiceSession>,
+}
+
+impl Implementer for AppImplementer {
+    fn serve(&self, from: NodeId, payload: Bytes, answer: Answer) {
+        let serve = Serve {
+            method: self.method.clone(),
+            from,
+            payload,
+            answer,
+        };
+        // The session's mailbox is not fed from the network directly: calls are bounded by
+        // the callers' limits. A closed session drops the answer: implementer_gone.
+        self.session.do_send(serve);
+    }
+
+    fn describe(&self) -> String {
+        format!("application {}", self.app)
+    }
+
+    fn alive(&self) -> bool {
+        self.session.connected()
+    }
+}
+
+impl Actor for ServiceSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.w.shared.heartbeat_interval(), |act, ctx| {
+            act.heartbeat(ctx)
+        });
+        tracing::info!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr, "application attached");
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for (_, id) in self.subscriptions.drain() {
+            self.w.bus.do_send(Unsubscribe(id));
+        }
+        for (_, id) in self.methods.drain() {
+            self.w.calls.do_send(Unimplement(id));
+        }
+        // Dropping the answers fails every call waiting on this application at once.
+        self.serving.clear();
+        if self.tx.try_send(Outbound::Close).is_err() {
+            if let Some(w) = self.writer.take() {
+                w.abort();
+            }
+        }
+        self.owner.0.do_send(ServiceClosed(self.owner.1));
+        tracing::info!(node = %self.node(), app = %self.app.node, "application detached");
+    }
+}
+
+impl StreamHandler<Result<Frame, WireError>> for ServiceSession {
+    fn handle(&mut self, item: Result<Frame, WireError>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.last_inbound = Instant::now();
+        match item {
+            Ok(Frame(_, msg)) => {
+                if guard("service session", ctx, |ctx| self.on_message(msg, ctx)).is_none() {
+                    self.closing = true;
+                }
+            }
+            Err(e) => {
+                let code = e.code();
+                self.fail(code, e.to_string(), ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::info!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                "application closed the connection");
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Serve> for ServiceSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Serve, ctx: &mut Context<Self>) {
+        if self.serving.len() >= MAX_REQUESTS_IN_FLIGHT {
+            let e = CallError::Busy(format!(
+                "application {} is serving {MAX_REQUESTS_IN_FLIGHT} requests",
+                self.app.node
+            ));
+            let _ = msg.answer.send(Outcome::Error(e.to_failure()));
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        self.serving.insert(id, msg.answer);
+        self.push(
+            &Message::Request(Request {
+                id,
+                method: msg.method,
+                from: msg.from.name,
+                payload: msg.payload,
+            }),
+            ctx,
+        );
+    }
+}
+
+impl Handler<CallEnded> for ServiceSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallEnded, ctx: &mut Context<Self>) {
+        self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
+        self.push(
+            &Message::Reply(Reply {
+                id: msg.id,
+                outcome: msg.outcome,
+            }),
+            ctx,
+        );
+    }
+}
+
+impl Handler<SlowConsumer> for ServiceSession {
+    type Result = ();
+
+    fn handle(&mut self, _: SlowConsumer, ctx: &mut Context<Self>) {
+        let limit = self.w.shared.failure_timeout();
+        self.fail(
+            "slow_consumer",
+            format!(
+                "the application's queue stayed full for {} ms",
+                limit.as_millis()
+            ),
+            ctx,
+        );
+    }
+}
+
+impl Handler<CloseService> for ServiceSession {
+    type Result = ();
+
+    fn handle(&mut self, CloseService(reason): CloseService, ctx: &mut Context<Self>) {
+        if !self.closing {
+            if let Some(f) = self.encode(&Message::Bye(Bye { reason })) {
+                let _ = self.tx.try_send(Outbound::Frame(f));
+            }
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<WriterFailed> for ServiceSession {
+    type Result = ();
+
+    fn handle(&mut self, WriterFailed(reason): WriterFailed, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::info!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                "write to the application failed: {reason}");
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}

@@ -1,0 +1,490 @@
+//! The Rust client applications attach to a node with: the service protocol of
+//! docs/PROTOCOL.md §12 over TCP or a Unix socket.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nodecloud::service::ClientError> {
+//! use nodecloud::service::{Client, Endpoint, Incoming};
+//! let mut app = Client::connect(
+//!     &Endpoint::Tcp("127.0.0.1:7501".parse().unwrap()),
+//!     "demo", b"an example secret, 16+ bytes", "my-app",
+//! ).await?;
+//! app.subscribe("sensor.temperature").await?;
+//! app.publish("sensor.temperature", &serde_json::json!({"celsius": 21.5}), None).await?;
+//! while let Some(incoming) = app.next().await {
+//!     if let Incoming::Event { topic, from, payload } = incoming {
+//!         println!("{topic} from {from}: {} bytes", payload.len());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! One reader task answers the node's pings, resolves calls and queues everything else
+//! ([`Incoming`]) in a bounded queue of [`INCOMING_QUEUE`] items; when the application does
+//! not take them, the reader stops reading and the node's queue toward it fills (after the
+//! failure timeout the node closes it as a slow consumer).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use uuid::Uuid;
+
+use crate::call::{CallError, CallTarget, Request};
+use crate::config::Config;
+use crate::wire::{
+    self, Bye, Call, Failure, Frame, FrameCodec, HandshakeError, Identity, Message, Method,
+    Outcome, Ping, Publish, Reply, Topic, WireError, MAX_HANDSHAKE_FRAME_BYTES,
+};
+
+/// Items the reader queues for the application before it stops reading.
+pub const INCOMING_QUEUE: usize = 4096;
+/// Frames queued toward the node before senders wait.
+const OUTGOING_QUEUE: usize = 4096;
+/// The frame limit after the handshake when no configuration says otherwise (the default
+/// `max_frame_bytes`).
+const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Where a node listens for applications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What went wrong talking to the node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("handshake with the node failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("cannot encode the payload: {0}")]
+    Encode(#[from] WireError),
+    #[error("the connection to the node is closed: {0}")]
+    Closed(String),
+    #[error("node {node} has no service endpoint (`service` or `service_socket`) in the configuration")]
+    NoEndpoint { node: String },
+    #[error("no node is named {0:?} in the configuration")]
+    UnknownNode(String),
+}
+
+/// What the node sends the application, besides replies to its calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// An event of a subscribed topic; `payload` is one CBOR item.
+    Event {
+        topic: String,
+        from: String,
+        payload: Bytes,
+    },
+    /// A call of an implemented method: answer it with [`Client::respond`].
+    Request {
+        id: u64,
+        method: String,
+        from: String,
+        payload: Bytes,
+    },
+    /// An operation was refused; the connection stays open.
+    Refused {
+        op: String,
+        code: String,
+        message: String,
+    },
+    /// The node closed the connection (`bye` or `error`), or it broke.
+    Closed(String),
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+/// An application attached to a node.
+pub struct Client {
+    out: mpsc::Sender<Message>,
+    incoming: mpsc::Receiver<Incoming>,
+    calls: Waiting,
+    pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    next_id: AtomicU64,
+    node: String,
+}
+
+impl Client {
+    /// Connect to the service endpoint of node `via` of a cluster configuration (TCP if the
+    /// node has one, else its Unix socket), with the cluster's service key.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn connect_via(config: &Config, via: &str, name: &str) -> Result<Client, ClientError> {
+        let node = config
+            .node(via)
+            .ok_or_else(|| ClientError::UnknownNode(via.to_owned()))?;
+        let endpoint = match (&node.service, &node.service_socket) {
+            (Some(a), _) => Endpoint::Tcp(*a),
+            (None, Some(p)) => Endpoint::Unix(p.clone()),
+            (None, None) => return Err(ClientError::NoEndpoint { node: via.to_owned() }),
+        };
+        let key = config
+            .cluster
+            .service_key
+            .as_ref()
+            .unwrap_or(&config.cluster.secret);
+        let (cluster, max) = (&config.cluster.name, config.cluster.max_frame_bytes);
+        Client::connect_limited(&endpoint, cluster, key.as_bytes(), name, max).await
+    }
+
+    /// Connect and authenticate as application `name` with the cluster's service `key`.
+    ///
+    /// # Errors
+    /// [`ClientError`]: the connection, or the handshake (a wrong key is `auth_failed`).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        cluster: &str,
+        key: &[u8],
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        Client::connect_limited(endpoint, cluster, key, name, DEFAULT_MAX_FRAME).await
+    }
+
+    async fn connect_limited(
+        endpoint: &Endpoint,
+        cluster: &str,
+        key: &[u8],
+        name: &str,
+        max_frame: usize,
+    ) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(connect_err)?;
+                let _ = s.set_nodelay(true);
+                Client::start(s, cluster, key, name, max_frame).await
+            }
+            Endpoint::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path).await.map_err(connect_err)?;
+                Client::start(s, cluster, key, name, max_frame).await
+            }
+        }
+    }
+
+    async fn start<T>(
+        io: T,
+        cluster: &str,
+        key: &[u8],
+        name: &str,
+        max_frame: usize,
+    ) -> Result<Client, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let me = Identity {
+            cluster: cluster.to_owned(),
+            node: name.to_owned(),
+            incarnation: Uuid::new_v4(),
+            secret: key.to_vec(),
+        };
+        let mut framed = tokio_util::codec::Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+        let peer = wire::dial(&mut framed, &me, Duration::from_secs(5)).await?;
+        let parts = framed.into_parts();
+        let mut codec = parts.codec;
+        codec.set_max_frame_bytes(max_frame);
+        let (read, write) = tokio::io::split(parts.io);
+        let mut reader = FramedRead::new(read, codec.clone());
+        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let writer = FramedWrite::new(write, codec);
+
+        let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (in_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+        let calls: Waiting = Arc::default();
+        let pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+        tokio::spawn(write_loop(writer, out_rx));
+        tokio::spawn(read_loop(reader, out.clone(), in_tx, calls.clone(), pongs.clone()));
+        Ok(Client {
+            out,
+            incoming,
+            calls,
+            pongs,
+            next_id: AtomicU64::new(1),
+            node: peer.node,
+        })
+    }
+
+    /// The node this application is attached to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn send(&self, msg: Message) -> Result<(), ClientError> {
+        self.out
+            .send(msg)
+            .await
+            .map_err(|_| ClientError::Closed("the writer stopped".into()))
+    }
+
+    /// Receive events of `topic` (published anywhere in the cluster).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
+        self.send(Message::Subscribe(Topic { topic: topic.to_owned() })).await
+    }
+
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientError> {
+        self.send(Message::Unsubscribe(Topic { topic: topic.to_owned() })).await
+    }
+
+    /// Publish `value` (any serde value, sent as CBOR) on `topic`, to every node or to `target`.
+    ///
+    /// # Errors
+    /// [`ClientError`]: the value does not encode, or the connection is closed.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        target: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let payload = wire::encode_payload(value)?;
+        self.publish_raw(topic, payload, target).await
+    }
+
+    /// Publish an already CBOR-encoded payload.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        target: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.send(Message::Publish(Publish {
+            topic: topic.to_owned(),
+            target: target.map(str::to_owned),
+            payload,
+        }))
+        .await
+    }
+
+    /// Serve calls of `method`: they arrive as [`Incoming::Request`].
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn implement(&self, method: &str) -> Result<(), ClientError> {
+        self.send(Message::Implement(Method { method: method.to_owned() })).await
+    }
+
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn unimplement(&self, method: &str) -> Result<(), ClientError> {
+        self.send(Message::Unimplement(Method { method: method.to_owned() })).await
+    }
+
+    /// Answer request `id`: `Ok(cbor)` or `Err((code, message))`.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn respond(&self, id: u64, result: Result<Bytes, (String, String)>) -> Result<(), ClientError> {
+        let outcome = match result {
+            Ok(b) => Outcome::Ok(b),
+            Err((code, message)) => Outcome::Error(Failure { code, message }),
+        };
+        self.send(Message::Respond(Reply { id, outcome })).await
+    }
+
+    /// Call a method with a typed request.
+    ///
+    /// # Errors
+    /// [`CallError`]; a broken connection is [`CallError::Stopped`].
+    pub async fn call<R: Request>(
+        &self,
+        target: impl Into<CallTarget>,
+        request: &R,
+        timeout: Option<Duration>,
+    ) -> Result<R::Response, CallError> {
+        let payload = wire::encode_payload(request)
+            .map_err(|e| CallError::BadPayload(format!("request does not encode: {e}")))?;
+        let target = match target.into() {
+            CallTarget::Any => None,
+            CallTarget::Node(n) => Some(n),
+        };
+        let bytes = self.call_raw(R::METHOD, target.as_deref(), timeout, payload).await?;
+        wire::decode_payload(&bytes)
+            .map_err(|e| CallError::BadPayload(format!("response of {} does not decode: {e}", R::METHOD)))
+    }
+
+    /// Call `method` with a CBOR payload; `None` target: any implementer; `None` timeout: the
+    /// node's default.
+    ///
+    /// # Errors
+    /// [`CallError`]; a broken connection is [`CallError::Stopped`].
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        target: Option<&str>,
+        timeout: Option<Duration>,
+        payload: Bytes,
+    ) -> Result<Bytes, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(id, tx);
+        }
+        let call = Message::Call(Call {
+            id,
+            method: method.to_owned(),
+            target: target.map(str::to_owned),
+            timeout_ms: timeout.map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+            payload,
+        });
+        if self.send(call).await.is_err() {
+            return Err(CallError::Stopped);
+        }
+        match rx.await {
+            Ok(Outcome::Ok(b)) => Ok(b),
+            Ok(Outcome::Error(f)) => Err(CallError::from_failure(f)),
+            Err(_) => Err(CallError::Stopped),
+        }
+    }
+
+    /// Wait until the node has handled everything sent before (a `ping` round trip): any
+    /// refusal of it is then already queued in [`next`](Self::next).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pongs.lock() {
+            p.insert(n, tx);
+        }
+        self.send(Message::Ping(Ping { n })).await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("closed before the node answered".into()))
+    }
+
+    /// The next event, request or refusal; `None` once the connection is closed and
+    /// everything was taken.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        self.incoming.recv().await
+    }
+
+    /// Leave: tell the node, and close.
+    pub async fn close(self) {
+        let _ = self
+            .out
+            .send(Message::Bye(Bye {
+                reason: "application leaves".into(),
+            }))
+            .await;
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FramedWrite<W, FrameCodec>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut bye = false;
+        for msg in batch.drain(..) {
+            bye |= matches!(msg, Message::Bye(_));
+            if writer.feed(&msg).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() || bye {
+            let _ = writer.close().await;
+            return;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: FramedRead<R, FrameCodec>,
+    out: mpsc::Sender<Message>,
+    incoming: mpsc::Sender<Incoming>,
+    calls: Waiting,
+    pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+) {
+    let closed = loop {
+        let msg = match reader.next().await {
+            None => break "the node closed the connection".to_owned(),
+            Some(Err(e)) => break format!("bad frame from the node: {e}"),
+            Some(Ok(Frame(_, msg))) => msg,
+        };
+        let item = match msg {
+            Message::Deliver(d) => Incoming::Event {
+                topic: d.topic,
+                from: d.from,
+                payload: d.payload,
+            },
+            Message::Request(r) => Incoming::Request {
+                id: r.id,
+                method: r.method,
+                from: r.from,
+                payload: r.payload,
+            },
+            Message::Refused(r) => Incoming::Refused {
+                op: r.op,
+                code: r.code,
+                message: r.message,
+            },
+            Message::Reply(r) => {
+                let waiting = calls.lock().ok().and_then(|mut c| c.remove(&r.id));
+                if let Some(tx) = waiting {
+                    let _ = tx.send(r.outcome);
+                }
+                continue;
+            }
+            Message::Ping(p) => {
+                let _ = out.send(Message::Pong(p)).await;
+                continue;
+            }
+            Message::Pong(p) => {
+                let waiting = pongs.lock().ok().and_then(|mut w| w.remove(&p.n));
+                if let Some(tx) = waiting {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            Message::Bye(b) => break format!("the node said bye: {}", b.reason),
+            Message::Error(e) => break format!("the node refused the connection: {}: {}", e.code, e.message),
+            other => break format!("unexpected {} from the node", other.kind()),
+        };
+        if incoming.send(item).await.is_err() {
+            // The application dropped its client.
+            return;
+        }
+    };
+    if let Ok(mut c) = calls.lock() {
+        c.clear();
+    }
+    if let Ok(mut p) = pongs.lock() {
+        p.clear();
+    }
+    let _ = incoming.send(Incoming::Closed(closed)).await;
+}

@@ -1,0 +1,241 @@
+//! JSON ↔ CBOR payloads, for the command line (`nodecloud pub/sub/call`).
+//!
+//! The mapping is faithful for everything JSON has: null, booleans, integers (as CBOR
+//! integers), floats (as CBOR floats, `1.0` stays a float), text, arrays and maps. CBOR has
+//! more, shown as follows: a byte string is the object `{"$bytes": "<hex>"}` (and that object
+//! is turned back into a byte string), a map key that is not text is written as the key's
+//! JSON text, `undefined` is null, and a non-finite float is null (JSON has none). Nesting
+//! deeper than [`MAX_DEPTH`] is refused, so hostile payloads cannot exhaust the stack.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Number, Value};
+
+use super::codec::encode_payload;
+use super::WireError;
+
+/// Arrays and maps nested deeper than this are refused.
+pub const MAX_DEPTH: usize = 64;
+
+/// Encode a JSON value as one CBOR item.
+///
+/// # Errors
+/// [`WireError::Encode`] when nested deeper than [`MAX_DEPTH`], or a `$bytes` value is not hex.
+pub fn json_to_cbor(value: &Value) -> Result<Bytes, WireError> {
+    encode_payload(&AsCbor(value, 0))
+}
+
+/// Decode one CBOR item into JSON.
+///
+/// # Errors
+/// [`WireError::Malformed`] when the bytes are not one CBOR item or nest deeper than
+/// [`MAX_DEPTH`].
+pub fn cbor_to_json(bytes: &[u8]) -> Result<Value, WireError> {
+    let mut de = minicbor_serde::Deserializer::new(bytes);
+    let value = Seed(0)
+        .deserialize(&mut de)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let used = de.decoder().position();
+    if used != bytes.len() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the CBOR item",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+struct AsCbor<'a>(&'a Value, usize);
+
+impl Serialize for AsCbor<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let depth = self.1 + 1;
+        if depth > MAX_DEPTH {
+            return Err(S::Error::custom(format!("nested deeper than {MAX_DEPTH}")));
+        }
+        match self.0 {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Number(n) => {
+                if let Some(i) = n.as_u64() {
+                    s.serialize_u64(i)
+                } else if let Some(i) = n.as_i64() {
+                    s.serialize_i64(i)
+                } else {
+                    s.serialize_f64(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(t) => s.serialize_str(t),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&AsCbor(item, depth))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                if let (1, Some(Value::String(hex))) = (map.len(), map.get("$bytes")) {
+                    let bytes = from_hex(hex)
+                        .ok_or_else(|| S::Error::custom("\"$bytes\" must be an even number of hex digits"))?;
+                    return s.serialize_bytes(&bytes);
+                }
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    m.serialize_entry(k, &AsCbor(v, depth))?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deserializes any CBOR item into JSON, counting depth.
+#[derive(Clone, Copy)]
+struct Seed(usize);
+
+impl<'de> DeserializeSeed<'de> for Seed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.0 >= MAX_DEPTH {
+            return Err(de::Error::custom(format!("nested deeper than {MAX_DEPTH}")));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any CBOR item")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        let mut m = Map::new();
+        m.insert("$bytes".into(), Value::String(to_hex(v)));
+        Ok(Value::Object(m))
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = Seed(self.0 + 1);
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(inner)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = Seed(self.0 + 1);
+        let mut m = Map::new();
+        while let Some(k) = map.next_key_seed(inner)? {
+            let key = match k {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let v = map.next_value_seed(inner)?;
+            m.insert(key, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_survives_a_round_trip_through_cbor_with_floats_kept_floats() {
+        let v = json!({"a": 1, "b": -2, "c": 1.0, "d": 2.5, "e": "text", "f": [true, false, null],
+                       "g": {"nested": [1, [2, [3]]]}, "h": 18446744073709551615u64});
+        let back = cbor_to_json(&json_to_cbor(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert!(back["c"].is_f64(), "1.0 stays a float");
+    }
+
+    #[test]
+    fn byte_strings_are_shown_as_hex_objects_and_read_back_as_bytes() {
+        let v = json!({"$bytes": "00ff10"});
+        let cbor = json_to_cbor(&v).unwrap();
+        assert_eq!(&cbor[..], &[0x43, 0x00, 0xff, 0x10]);
+        assert_eq!(cbor_to_json(&cbor).unwrap(), v);
+        assert!(json_to_cbor(&json!({"$bytes": "abc"})).is_err());
+    }
+
+    #[test]
+    fn a_typed_payload_reads_as_the_json_a_user_expects() {
+        #[derive(Serialize)]
+        struct Temperature {
+            celsius: f32,
+        }
+        let cbor = encode_payload(&Temperature { celsius: 21.5 }).unwrap();
+        assert_eq!(cbor_to_json(&cbor).unwrap(), json!({"celsius": 21.5}));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_both_ways() {
+        let mut deep = json!(0);
+        for _ in 0..MAX_DEPTH + 1 {
+            deep = json!([deep]);
+        }
+        assert!(json_to_cbor(&deep).is_err());
+        let mut cbor = vec![0x81u8; 100_000];
+        cbor.push(0x00);
+        assert!(cbor_to_json(&cbor).is_err());
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_errors_not_panics() {
+        assert!(cbor_to_json(&[0xff]).is_err());
+        assert!(cbor_to_json(&[0x01, 0x02]).is_err());
+        assert!(cbor_to_json(&[]).is_err());
+        assert!(cbor_to_json(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+}
