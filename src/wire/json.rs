@@ -59,7 +59,7 @@ impl Serialize for AsCbor<'_> {
             return Err(S::Error::custom(format!("nested deeper than {MAX_DEPTH}")));
         }
         match self.0 {
-            Value::Null => s.serialize_unit(),
+            Value::Null => s.serialize_none(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Number(n) => {
                 if let Some(i) = n.as_u64() {

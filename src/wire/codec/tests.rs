@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::wire::frame::{
-    Auth, Bye, ErrorFrame, Heartbeat, Hello, HelloAck, NodeStats, Ping, StatValue, Status, Welcome,
+    Auth, Bye, Call, Deliver, ErrorFrame, Failure, Heartbeat, Hello, HelloAck, Method, NodeStats,
+    Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic,
+    Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -58,6 +60,7 @@ fn status() -> Status {
             total_mem_bytes: 4 << 30,
             extra,
         },
+        methods: vec!["math.add".into(), "py.add".into()],
     }
 }
 
@@ -98,6 +101,83 @@ fn samples() -> Vec<Message> {
         Message::Bye(Bye {
             reason: "node shutting down".into(),
         }),
+        Message::PeerCall(PeerCall {
+            id: 7,
+            method: "math.add".into(),
+            origin: "worker-1".into(),
+            origin_incarnation: uuid(4),
+            target: "worker-2".into(),
+            ttl: 4,
+            timeout_ms: 5000,
+            payload: Bytes::from_static(b"\xa2\x61a\x01\x61b\x02"),
+        }),
+        Message::PeerReply(PeerReply {
+            id: 7,
+            target: "worker-1".into(),
+            target_incarnation: uuid(4),
+            ttl: 4,
+            outcome: Outcome::Ok(Bytes::from_static(b"\x03")),
+        }),
+        Message::PeerReply(PeerReply {
+            id: 8,
+            target: "worker-1".into(),
+            target_incarnation: uuid(4),
+            ttl: 1,
+            outcome: Outcome::Error(Failure::new("timeout", "no answer within 250 ms")),
+        }),
+        Message::Subscribe(Topic {
+            topic: "sensor.temperature".into(),
+        }),
+        Message::Unsubscribe(Topic {
+            topic: "sensor.temperature".into(),
+        }),
+        Message::Publish(Publish {
+            topic: "sensor.temperature".into(),
+            target: None,
+            payload: Bytes::from_static(b"\xa1\x67celsius\xfb\x40\x35\x80\x00\x00\x00\x00\x00"),
+        }),
+        Message::Publish(Publish {
+            topic: "hvac.command".into(),
+            target: Some("worker-2".into()),
+            payload: Bytes::new(),
+        }),
+        Message::Deliver(Deliver {
+            topic: "sensor.temperature".into(),
+            from: "master".into(),
+            payload: Bytes::from_static(b"\xf6"),
+        }),
+        Message::Implement(Method {
+            method: "py.add".into(),
+        }),
+        Message::Unimplement(Method {
+            method: "py.add".into(),
+        }),
+        Message::Call(Call {
+            id: u64::MAX,
+            method: "py.add".into(),
+            target: None,
+            timeout_ms: Some(250),
+            payload: Bytes::from_static(b"\x80"),
+        }),
+        Message::Reply(Reply {
+            id: 1,
+            outcome: Outcome::Error(Failure::new("no_implementer", "py.add")),
+        }),
+        Message::Request(Request {
+            id: 0,
+            method: "py.add".into(),
+            from: "worker-1".into(),
+            payload: Bytes::from_static(b"\xa0"),
+        }),
+        Message::Respond(Reply {
+            id: 0,
+            outcome: Outcome::Ok(Bytes::from_static(b"\xa1\x63sum\x03")),
+        }),
+        Message::Refused(Refused {
+            op: "subscribe".into(),
+            code: "bad_topic".into(),
+            message: "topic is empty".into(),
+        }),
     ]
 }
 
@@ -115,7 +195,20 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Status(_)
         | Message::Heartbeat(_)
         | Message::Event(_)
-        | Message::Bye(_) => true,
+        | Message::Bye(_)
+        | Message::PeerCall(_)
+        | Message::PeerReply(_)
+        | Message::Subscribe(_)
+        | Message::Unsubscribe(_)
+        | Message::Publish(_)
+        | Message::Deliver(_)
+        | Message::Implement(_)
+        | Message::Unimplement(_)
+        | Message::Call(_)
+        | Message::Reply(_)
+        | Message::Request(_)
+        | Message::Respond(_)
+        | Message::Refused(_) => true,
     }
 }
 
@@ -163,7 +256,7 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 11, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 24, "one sample per variant: {kinds:?}");
 
     let mut out = FrameCodec::new(MIB);
     let mut buf = BytesMut::new();
@@ -526,6 +619,7 @@ fn zero_length_frame_is_malformed() {
 /// A status frame whose `extra` field "k" holds `value` (spliced in after encoding).
 fn status_with_extra(value: &[u8]) -> BytesMut {
     let mut s = status();
+    s.methods.clear();
     s.stats.extra.clear();
     s.stats
         .extra
