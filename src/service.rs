@@ -125,6 +125,18 @@ pub struct Client {
     pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
     next_id: AtomicU64,
     node: String,
+    /// The reader and writer tasks: dropping the client stops them, which closes the socket.
+    reader: tokio::task::JoinHandle<()>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if let Some(w) = &self.writer {
+            w.abort();
+        }
+    }
 }
 
 impl Client {
@@ -218,8 +230,8 @@ impl Client {
         let (in_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let calls: Waiting = Arc::default();
         let pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
-        tokio::spawn(write_loop(writer, out_rx));
-        tokio::spawn(read_loop(reader, out.clone(), in_tx, calls.clone(), pongs.clone()));
+        let writer = tokio::spawn(write_loop(writer, out_rx));
+        let reader = tokio::spawn(read_loop(reader, out.clone(), in_tx, calls.clone(), pongs.clone()));
         Ok(Client {
             out,
             incoming,
@@ -227,6 +239,8 @@ impl Client {
             pongs,
             next_id: AtomicU64::new(1),
             node: peer.node,
+            reader,
+            writer: Some(writer),
         })
     }
 
@@ -391,14 +405,17 @@ impl Client {
         self.incoming.recv().await
     }
 
-    /// Leave: tell the node, and close.
-    pub async fn close(self) {
-        let _ = self
-            .out
-            .send(Message::Bye(Bye {
-                reason: "application leaves".into(),
-            }))
-            .await;
+    /// Leave: tell the node (`bye`, after everything queued before it), and close. Dropping
+    /// the client closes the connection without the `bye`.
+    pub async fn close(mut self) {
+        let bye = Message::Bye(Bye {
+            reason: "application leaves".into(),
+        });
+        if self.out.send(bye).await.is_ok() {
+            if let Some(writer) = self.writer.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            }
+        }
     }
 }
 
