@@ -76,10 +76,12 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     def watch_stdin():
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader makes the
+        # interpreter abort at exit.
         try:
-            while sys.stdin.buffer.read1(4096):
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         stop()
 

@@ -8,8 +8,11 @@ port, and attaches clients to it.
     NODECLOUD_BIN=target/debug/nodecloud python3 clients/python/test_client.py
 """
 
+import json
 import os
+import queue
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -60,6 +63,7 @@ class Node:
         self.dir = tempfile.TemporaryDirectory(prefix="nodecloud-py-")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.socket_path = os.path.join(self.dir.name, "service.sock")
         key_line = f'service_key = "{service_key}"\n' if service_key else ""
         config = (
             "[cluster]\n"
@@ -74,6 +78,7 @@ class Node:
             'role = "master"\n'
             f'listen = "127.0.0.1:{free_port()}"\n'
             f'service = "{self.address}"\n'
+            f'service_socket = "{self.socket_path}"\n'
         )
         self.config = os.path.join(self.dir.name, "cluster.toml")
         with open(self.config, "w") as f:
@@ -159,6 +164,18 @@ class HandshakeTest(NodeTest):
             Client.connect(self.node.address, CLUSTER, SERVICE_KEY, node="n9", timeout=WAIT)
         self.assertEqual(cm.exception.code, "bad_name")
         self.connect(node=NODE).sync(WAIT)
+
+
+class UnixSocketTest(NodeTest):
+    def test_unix_socket(self):
+        mode = stat.S_IMODE(os.stat(self.node.socket_path).st_mode)
+        self.assertEqual(mode, 0o600)
+        client = Client.connect(self.node.socket_path, CLUSTER, SERVICE_KEY, timeout=WAIT)
+        self.addCleanup(client.close)
+        client.implement("py.unix", lambda v, f: v + 1)
+        client.sync(WAIT)
+        tcp = self.connect("py-tcp")
+        self.assertEqual(tcp.call("py.unix", 41), 42)
 
 
 class EventTest(NodeTest):
@@ -340,11 +357,84 @@ class CallTest(NodeTest):
         t.join(WAIT)
         self.assertEqual(outcome.get("code"), "implementer_gone")
 
+    def test_respond_to_unknown_request(self):
+        client = self.connect()
+        # Not something the client does by itself: a respond to a request never sent.
+        client._send("respond", {"id": 987654321, "outcome": {"ok": b"\xf6"}})
+        with self.assertRaises(Refused) as cm:
+            client.sync(WAIT)
+        self.assertEqual((cm.exception.op, cm.exception.code), ("respond", "unknown_request"))
+        client.sync(WAIT)
+
+    def test_peer_only_message_is_unexpected(self):
+        client = self.connect()
+        client._send("deliver", {"topic": "t", "from": NODE, "payload": b"\xf6"})
+        with self.assertRaises(ConnectionClosed) as cm:
+            client.next_event(WAIT)
+        self.assertEqual(cm.exception.code, "unexpected_message")
+
     def test_close_fails_pending_calls(self):
         client = self.connect()
         client.close()
         with self.assertRaises(ConnectionClosed):
             client.call("py.anything", 1)
+
+
+class ExampleTest(NodeTest):
+    """example.py, driven as an integration test would drive it."""
+
+    def start_example(self):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example.py")
+        env = dict(os.environ, PY_TEST_KEY=SERVICE_KEY)
+        proc = subprocess.Popen(
+            [sys.executable, script, "--address", self.node.address, "--cluster", CLUSTER,
+             "--key-env", "PY_TEST_KEY", "--name", "py-example"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+
+        def cleanup():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+            for pipe in (proc.stdin, proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+        self.addCleanup(cleanup)
+        lines = queue.Queue()
+
+        def read():
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        self.assertEqual(lines.get(timeout=WAIT * 2), "ready")
+        return proc, lines
+
+    def test_example_serves_and_prints_events(self):
+        proc, lines = self.start_example()
+        # Its own publish comes back to it.
+        event = json.loads(lines.get(timeout=WAIT))
+        self.assertEqual(event, {"topic": "sensor.temperature", "from": NODE,
+                                 "value": {"celsius": 21.5}})
+        client = self.connect()
+        self.assertEqual(client.call("py.add", {"a": 20, "b": 22}), {"sum": 42})
+        with self.assertRaises(CallError) as cm:
+            client.call("py.fail", {})
+        self.assertEqual((cm.exception.code, cm.exception.message), ("remote_error",
+                                                                   "handler_error: no"))
+        client.publish("sensor.temperature", {"celsius": -3.0})
+        event = json.loads(lines.get(timeout=WAIT))
+        self.assertEqual(event["value"], {"celsius": -3.0})
+        proc.stdin.close()
+        self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_example_stops_on_sigterm(self):
+        proc, lines = self.start_example()
+        proc.terminate()
+        self.assertEqual(proc.wait(WAIT), 0)
 
 
 if __name__ == "__main__":
