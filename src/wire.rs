@@ -16,6 +16,7 @@ mod codec;
 mod frame;
 mod handshake;
 pub mod json;
+mod lenient;
 
 pub use codec::{
     decode_payload, encode_event, encode_message, encode_payload, EncodedMessage, FrameCodec,

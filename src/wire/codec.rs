@@ -293,11 +293,14 @@ fn with_encoded_payload<T: Serialize + ?Sized, R>(
 }
 
 /// Decode an application payload into its typed form; exactly one CBOR item is accepted.
+/// Numbers are taken by value: an `f32` field accepts a double or an integer.
 ///
 /// # Errors
 /// [`WireError::Malformed`] if the bytes are not one CBOR item of the expected shape.
 pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    decode_one(bytes)
+    // Numbers in another width than the type's (a double for an `f32`, from Python or JSON)
+    // get a second, slower chance; the first error is the one reported.
+    decode_one(bytes).or_else(|first| super::lenient::decode(bytes).map_err(|_| first))
 }
 
 fn decode_one<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, WireError> {
