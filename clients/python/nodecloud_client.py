@@ -16,6 +16,15 @@ methods anywhere in the cluster:
 
 Dependencies: the standard library and ``cbor2``.
 
+Values. Events, requests and responses are any value this module can write as CBOR: None,
+bools, integers, floats, text, bytes, lists, tuples and dicts (anything else goes through
+``cbor2``). Floats stay floats: each is written as a float32 when that is exact and as a
+float64 otherwise, never as an integer or a half-precision float. This matters to Rust
+subscribers: an ``f32`` field there accepts only a float32 (an ``f64`` field takes both), so
+``{"celsius": 21.5}`` reaches a ``Temperature { celsius: f32 }`` actor, while a value such as
+21.3, which a float32 cannot hold exactly, can only be decoded into an ``f64``. Received
+values are decoded by ``cbor2``: byte strings come back as ``bytes``, floats as ``float``.
+
 Threads. ``connect`` starts one background reader thread. It answers the node's pings,
 resolves calls, queues deliveries and hands requests to a small pool of handler threads, so a
 slow handler never stops the reading. Every public method may be called from any thread.
@@ -150,11 +159,75 @@ class _Malformed(Exception):
 # CBOR and framing helpers
 
 
+def _head(major: int, n: int) -> bytes:
+    if n < 24:
+        return bytes([major << 5 | n])
+    if n < 0x100:
+        return bytes([major << 5 | 24, n])
+    if n < 0x10000:
+        return bytes([major << 5 | 25]) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
+    return bytes([major << 5 | 27]) + n.to_bytes(8, "big")
+
+
+def _float(v: float) -> bytes:
+    # float32 when that is exact, else float64; never an integer, never half precision.
+    # A Rust f32 field decodes only float32 (an f64 field takes both), so {"celsius": 21.5}
+    # must be fa 41ac0000 for a `Temperature { celsius: f32 }` subscriber.
+    try:
+        single = struct.pack(">f", v)
+    except OverflowError:
+        return b"\xfb" + struct.pack(">d", v)
+    back = struct.unpack(">f", single)[0]
+    if back == v or (math.isnan(v) and math.isnan(back)):
+        return b"\xfa" + single
+    return b"\xfb" + struct.pack(">d", v)
+
+
+def _encode(value: Any, out: bytearray) -> None:
+    if value is None:
+        out += b"\xf6"
+    elif value is True:
+        out += b"\xf5"
+    elif value is False:
+        out += b"\xf4"
+    elif isinstance(value, int):
+        if 0 <= value <= U64_MAX:
+            out += _head(0, value)
+        elif -(1 << 64) <= value < 0:
+            out += _head(1, -1 - value)
+        else:  # a bignum: cbor2 writes it as a tag (2 or 3)
+            out += cbor2.dumps(value)
+    elif isinstance(value, float):
+        out += _float(value)
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+        out += _head(3, len(data))
+        out += data
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out += _head(2, len(data))
+        out += data
+    elif isinstance(value, (list, tuple)):
+        out += _head(4, len(value))
+        for item in value:
+            _encode(item, out)
+    elif isinstance(value, dict):
+        out += _head(5, len(value))
+        for k, v in value.items():
+            _encode(k, out)
+            _encode(v, out)
+    else:  # anything else cbor2 knows (datetimes, decimals, ...), with its tags
+        out += cbor2.dumps(value)
+
+
 def _dumps(value: Any) -> bytes:
-    # cbor2 writes floats as float64 (never as integers), definite lengths, and no tags for
-    # the types used here. Non-finite floats come out as half precision (0xf9), which the
-    # protocol's own fields never carry.
-    return cbor2.dumps(value)
+    """One CBOR item with definite lengths and integers in their shortest form. Floats stay
+    floats: float32 when exact, else float64."""
+    out = bytearray()
+    _encode(value, out)
+    return bytes(out)
 
 
 def _loads_one(data: bytes) -> Any:

@@ -22,6 +22,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import nodecloud_client  # noqa: E402
 from nodecloud_client import (  # noqa: E402
     CallError, Client, ConnectionClosed, HandshakeError, Refused,
 )
@@ -109,6 +110,43 @@ class Node:
                 self.proc.wait(10)
         self.log.close()
         self.dir.cleanup()
+
+
+class CodecTest(unittest.TestCase):
+    """No node needed: the encodings of docs/PROTOCOL.md."""
+
+    def test_proof_test_vector(self):
+        args = ("demo", "worker-1", "master",
+                bytes.fromhex("00112233445566778899aabbccddeeff"),
+                bytes.fromhex("ffeeddccbbaa99887766554433221100"),
+                bytes(range(0x00, 0x20)), bytes(range(0x20, 0x40)))
+        secret = b"demo-secret-0123456789"
+        self.assertEqual(
+            nodecloud_client.proof(secret, nodecloud_client.LABEL_ACCEPTOR, *args).hex(),
+            "3b09c1261bfbe0476b0ec7d86cf02d578cfdd945d59eb8d8f95c9c67b67bd7c7")
+        self.assertEqual(
+            nodecloud_client.proof(secret, nodecloud_client.LABEL_DIALLER, *args).hex(),
+            "3a63a39d98bd3172dfc54519e6ac0267512520089ae3b2da01a2b0b0d35bee52")
+
+    def test_floats(self):
+        dumps = nodecloud_client._dumps
+        # The payload of the worked example: 21.5 as a float32.
+        self.assertEqual(dumps({"celsius": 21.5}).hex(), "a16763656c73697573fa41ac0000")
+        self.assertEqual(dumps(1.0).hex(), "fa3f800000")  # a float, not the integer 1
+        self.assertEqual(dumps(21.3)[:1], b"\xfb")  # not exact as a float32
+        self.assertEqual(dumps(float("inf")).hex(), "fa7f800000")  # never half precision
+
+    def test_call_frame_of_the_worked_example(self):
+        conn = nodecloud_client._Conn.__new__(nodecloud_client._Conn)
+        conn.limit, conn.send_seq = 1 << 20, 5
+        sent = []
+        conn.sock = type("S", (), {"sendall": lambda self, b: sent.append(b)})()
+        conn._write("call", {"id": 0, "method": "py.add", "target": None, "timeout_ms": 1000,
+                             "payload": nodecloud_client._dumps({"a": 2, "b": 3})})
+        self.assertEqual(sent[0].hex(),
+                         "000000418205a16463616c6ca562696400666d6574686f646670792e616464"
+                         "66746172676574f66a74696d656f75745f6d731903e8677061796c6f616447"
+                         "a2616102616203")
 
 
 class NodeTest(unittest.TestCase):
