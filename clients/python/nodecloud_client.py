@@ -19,11 +19,11 @@ Dependencies: the standard library and ``cbor2``.
 Values. Events, requests and responses are any value this module can write as CBOR: None,
 bools, integers, floats, text, bytes, lists, tuples and dicts (anything else goes through
 ``cbor2``). Floats stay floats: each is written as a float32 when that is exact and as a
-float64 otherwise, never as an integer or a half-precision float. This matters to Rust
-subscribers: an ``f32`` field there accepts only a float32 (an ``f64`` field takes both), so
-``{"celsius": 21.5}`` reaches a ``Temperature { celsius: f32 }`` actor, while a value such as
-21.3, which a float32 cannot hold exactly, can only be decoded into an ``f64``. Received
-values are decoded by ``cbor2``: byte strings come back as ``bytes``, floats as ``float``.
+float64 otherwise, never as an integer or a half-precision float. A Rust subscriber decodes
+numbers by value (an ``f32`` field takes a double too), but its fast path expects a float32
+for an ``f32``: ``{"celsius": 21.5}`` goes out as ``fa 41ac0000``, exactly as a Rust
+publisher of ``Temperature { celsius: f32 }`` writes it. Received values are decoded by
+``cbor2``: byte strings come back as ``bytes``, floats as ``float``.
 
 Threads. ``connect`` starts one background reader thread. It answers the node's pings,
 resolves calls, queues deliveries and hands requests to a small pool of handler threads, so a
@@ -173,8 +173,8 @@ def _head(major: int, n: int) -> bytes:
 
 def _float(v: float) -> bytes:
     # float32 when that is exact, else float64; never an integer, never half precision.
-    # A Rust f32 field decodes only float32 (an f64 field takes both), so {"celsius": 21.5}
-    # must be fa 41ac0000 for a `Temperature { celsius: f32 }` subscriber.
+    # {"celsius": 21.5} is then fa 41ac0000, as a Rust `Temperature { celsius: f32 }` is
+    # written, which Rust decoders take on their fast path.
     try:
         single = struct.pack(">f", v)
     except OverflowError:
