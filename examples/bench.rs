@@ -5,6 +5,8 @@
 //! cargo run --release --example bench -- --workload w2 --size 64 --count 20000
 //! cargo run --release --example bench -- --workload w3 --size 64 --count 500000 --subscribers 8
 //! cargo run --release --example bench -- --workload idle
+//! cargo run --release --example bench -- --workload w2call --size 64 --count 20000
+//! cargo run --release --example bench -- --workload w1app --size 64 --count 2000000
 //! ```
 //!
 //! * `w1`: one-way throughput between two nodes of a star (the receiver is the master, the
@@ -33,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use clap::Parser;
 use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
-use nodecloud::{testing, Delivery, Event, Node, NodeHandle};
+use nodecloud::service::{Client, Incoming};
+use nodecloud::{testing, Delivery, Event, Invocation, Node, NodeHandle, Request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -49,6 +52,12 @@ impl Event for Bench {
     const TOPIC: &'static str = "bench.data";
 }
 
+/// W2CALL calls an echo method with the same value.
+impl Request for Bench {
+    const METHOD: &'static str = "bench.echo";
+    type Response = Bench;
+}
+
 /// Whole-run budget: the parent gives up (and kills its children) after this.
 const RUN_BUDGET: Duration = Duration::from_secs(55);
 /// Children stop measuring this long before the parent's budget ends, to report in time.
@@ -60,10 +69,10 @@ const SINK_MAILBOX: usize = 4096;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    about = "nodecloud benchmarks: w1 (throughput), w2 (ping-pong latency), w3 (fan-out), idle (RSS)"
+    about = "nodecloud benchmarks: w1 (throughput), w2 (ping-pong latency), w3 (fan-out), idle (RSS), w2call (call latency), w1app (application throughput)"
 )]
 struct Args {
-    /// w1, w2, w3 or idle.
+    /// w1, w2, w3, idle, w2call or w1app.
     #[arg(long, default_value = "w1")]
     workload: String,
     /// Payload bytes per event.
@@ -93,7 +102,7 @@ struct Args {
     role: Option<String>,
     #[arg(long, hide = true)]
     name: Option<String>,
-    /// `name=role@addr,...`
+    /// `name=role@addr[/service-addr],...`
     #[arg(long, hide = true)]
     nodes: Option<String>,
     /// The nodes a child waits for before it says `ready`, comma-separated.
@@ -110,7 +119,7 @@ struct Args {
 impl Args {
     fn count(&self) -> u64 {
         self.count.unwrap_or(match self.workload.as_str() {
-            "w2" => 20_000,
+            "w2" | "w2call" => 20_000,
             "w3" => 500_000,
             _ => 2_000_000,
         })
@@ -131,11 +140,13 @@ fn main() -> ExitCode {
         Some(role) => child_main(&role, &args),
         None => match args.workload.as_str() {
             "w1" => parent_w1(&args),
-            "w2" => parent_w2(&args),
+            "w2" => parent_w2(&args, ("ponger", "pinger"), "W2"),
+            "w2call" => parent_w2(&args, ("callee", "caller"), "W2CALL"),
+            "w1app" => parent_w1app(&args),
             "w3" => parent_w3(&args),
             "idle" => idle(&args),
             other => {
-                eprintln!("error: unknown workload {other:?}; expected w1, w2, w3 or idle");
+                eprintln!("error: unknown workload {other:?}; expected w1, w2, w3, idle, w2call or w1app");
                 ExitCode::from(2)
             }
         },
@@ -170,14 +181,21 @@ fn parse_nodes(spec: &str) -> Result<Vec<NodeConfig>, String> {
             let (name, rest) = item
                 .split_once('=')
                 .ok_or_else(|| format!("bad node {item:?}"))?;
-            let (role, addr) = rest
+            let (role, addrs) = rest
                 .split_once('@')
                 .ok_or_else(|| format!("bad node {item:?}"))?;
             let role = Role::from_name(role).ok_or_else(|| format!("bad role {role:?}"))?;
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-            Ok(NodeConfig::new(name, role, addr))
+            // `addr` or `addr/service-addr`.
+            let (addr, service) = match addrs.split_once('/') {
+                Some((a, s)) => (a, Some(s)),
+                None => (addrs, None),
+            };
+            let parse = |a: &str| -> Result<SocketAddr, String> {
+                a.parse().map_err(|e| format!("bad address {a:?}: {e}"))
+            };
+            let mut node = NodeConfig::new(name, role, parse(addr)?);
+            node.service = service.map(parse).transpose()?;
+            Ok(node)
         })
         .collect()
 }
@@ -583,20 +601,21 @@ fn parent_w3(args: &Args) -> ExitCode {
     verdict(failure, timed_out || lost > 0 || errors > 0)
 }
 
-fn parent_w2(args: &Args) -> ExitCode {
+/// W2 (events) and W2CALL (calls): sequential round trips between two node processes.
+fn parent_w2(args: &Args, roles: (&str, &str), label: &str) -> ExitCode {
     let layout = star_layout(1);
     let spec = node_spec(&layout);
     let mut kids = Kids::new();
     let mut report = None;
     let result = (|| -> Result<(), Outcome> {
         let ponger = kids
-            .spawn(args, "ponger", "master", &spec, &["worker-1"], None)
+            .spawn(args, roles.0, "master", &spec, &["worker-1"], None)
             .map_err(Outcome::Failed)?;
         kids.wait_listening(ponger)?;
         let pinger = kids
             .spawn(
                 args,
-                "pinger",
+                roles.1,
                 "worker-1",
                 &spec,
                 &["master"],
@@ -629,7 +648,7 @@ fn parent_w2(args: &Args) -> ExitCode {
     timed_out |= field(&r, "timeout") == 1;
     let us = |k: &str| field(&r, k) as f64 / 1000.0;
     let mut line = format!(
-        "workload=W2-{}B p50_us={:.1} p99_us={:.1} p999_us={:.1}",
+        "workload={label}-{}B p50_us={:.1} p99_us={:.1} p999_us={:.1}",
         args.size,
         us("p50_ns"),
         us("p99_ns"),
@@ -785,6 +804,11 @@ fn child_main(role: &str, args: &Args) -> ExitCode {
             "source" => source(ctx).await,
             "ponger" => ponger(ctx).await,
             "pinger" => pinger(ctx).await,
+            "callee" => callee(ctx).await,
+            "caller" => pinger(ctx).await,
+            "appnode" => appnode(ctx).await,
+            "appsink" => appsink(ctx).await,
+            "appsource" => appsource(ctx).await,
             other => Err(format!("unknown role {other:?}")),
         }
     });
@@ -1131,6 +1155,7 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
     cx.expect("go").await?;
     let target = cx.args.target.clone().ok_or("--target is required")?;
     let (warmup, count, size) = (cx.args.warmup, cx.args.count(), cx.args.size);
+    let calls = cx.args.role.as_deref() == Some("caller");
     let stop_at = tokio::time::Instant::now() + cx.until_deadline();
     // The driving loop runs on the node's arbiter, with the sessions and the catcher.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -1145,6 +1170,27 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
         for seq in 0..warmup + count {
             ev.seq = seq;
             let t0 = Instant::now();
+            if calls {
+                match driver.call(target.as_str(), &ev).await {
+                    Ok(back) if back.seq == seq => {}
+                    Ok(back) => {
+                        outcome = Err(format!("reply {} to call {seq}", back.seq));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Err(format!("call: {e}"));
+                        break;
+                    }
+                }
+                if seq >= warmup {
+                    rtts.push(t0.elapsed().as_nanos() as u64);
+                }
+                if tokio::time::Instant::now() >= stop_at {
+                    outcome = Ok(true);
+                    break;
+                }
+                continue;
+            }
             if let Err(e) = driver.send_to_wait(target.as_str(), &ev).await {
                 outcome = Err(format!("send_to: {e}"));
                 break;
@@ -1192,5 +1238,206 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
     ));
     outcome?;
     cx.linger(node).await;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// W2CALL: the callee serves `bench.echo` with an actor.
+
+/// Answers every call with its request.
+struct EchoCalls;
+
+impl Actor for EchoCalls {
+    type Context = Context<Self>;
+}
+
+impl Handler<Invocation<Bench>> for EchoCalls {
+    type Result = Result<Bench, String>;
+    fn handle(&mut self, call: Invocation<Bench>, _: &mut Context<Self>) -> Self::Result {
+        Ok(call.request)
+    }
+}
+
+async fn callee(cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    let echo = node.supervise("echo", || EchoCalls).await;
+    let addr = echo.addr().ok_or("the echo actor did not start")?;
+    node.implement::<Bench>(addr.recipient());
+    cx.wait_peers(&node).await?;
+    say("ready");
+    cx.linger(node).await;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// W1APP: application → its node → another node → that node's application. Four processes:
+// two nodes with service listeners, and one application attached to each.
+
+fn parent_w1app(args: &Args) -> ExitCode {
+    let layout = star_layout(1);
+    let services: Vec<SocketAddr> = layout.iter().map(|_| testing::free_addr()).collect();
+    let spec = node_spec(&layout)
+        .split(',')
+        .zip(&services)
+        .map(|(n, s)| format!("{n}/{s}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut kids = Kids::new();
+    let mut report = SinkReport::default();
+    let mut timed_out = false;
+    let result = (|| -> Result<(), Outcome> {
+        let master = kids
+            .spawn(args, "appnode", "master", &spec, &["worker-1"], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_listening(master)?;
+        let worker = kids
+            .spawn(args, "appnode", "worker-1", &spec, &["master"], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[master, worker])?;
+        let sink = kids
+            .spawn(args, "appsink", "master", &spec, &[], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[sink])?;
+        let source = kids
+            .spawn(args, "appsource", "worker-1", &spec, &[], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[source])?;
+        kids.tell(source, "go");
+        loop {
+            let (idx, line) = kids.next()?;
+            if idx == source && line.starts_with("sent") {
+                timed_out |= field(&line, "timeout") == 1;
+                kids.tell(sink, "drain");
+            } else if idx == sink && line.starts_with("result") {
+                report = SinkReport::parse(&line);
+                return Ok(());
+            } else {
+                eprintln!("bench: unexpected line from {}: {line}", kids.kids[idx].name);
+            }
+        }
+    })();
+    let mut failure = None;
+    match result {
+        Ok(()) => {}
+        Err(Outcome::Timeout) => timed_out = true,
+        Err(Outcome::Failed(why)) => failure = Some(why),
+    }
+    kids.finish();
+    timed_out |= report.timeout;
+    let secs = report.last_ns.saturating_sub(report.first_ns) as f64 / 1e9;
+    let rate = if secs > 0.0 { report.received as f64 / secs } else { 0.0 };
+    let mut line = format!(
+        "workload=W1APP-{}B msgs_per_s={rate:.0} mb_per_s={:.1}",
+        args.size,
+        rate * args.size as f64 / 1e6
+    );
+    if report.received < args.count() {
+        line.push_str(&format!(" received={}", report.received));
+    }
+    if report.errors > 0 {
+        line.push_str(&format!(" errors={}", report.errors));
+    }
+    if timed_out {
+        line.push_str(" timeout=1");
+    }
+    println!("{line}");
+    verdict(failure, timed_out || report.received < args.count() || report.errors > 0)
+}
+
+async fn appnode(cx: ChildCtx) -> Result<(), String> {
+    let node = cx.start().await?;
+    cx.wait_peers(&node).await?;
+    say("ready");
+    cx.linger(node).await;
+    Ok(())
+}
+
+async fn attach(cx: &ChildCtx) -> Result<Client, String> {
+    Client::connect_via(&cx.config, &cx.name, "bench-app")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
+    let mut app = attach(&cx).await?;
+    app.subscribe(Bench::TOPIC).await.map_err(|e| e.to_string())?;
+    app.sync().await.map_err(|e| e.to_string())?;
+    say("ready");
+    let expected = cx.args.count();
+    let (mut received, mut first_ns, mut last_ns, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + cx.until_deadline();
+    let mut draining = false;
+    let timeout = loop {
+        let wait = if draining { STRAGGLER_WAIT } else { Duration::from_millis(100) };
+        tokio::select! {
+            item = app.next() => match item {
+                Some(Incoming::Event { payload, .. }) => {
+                    received += 1;
+                    if received == 1 {
+                        first_ns = unix_ns();
+                    }
+                    match nodecloud::wire::decode_payload::<Bench>(&payload) {
+                        Ok(b) if b.seq == received - 1 && b.data.len() == cx.args.size => {}
+                        _ => errors += 1,
+                    }
+                    if received == expected || received % 256 == 0 {
+                        last_ns = unix_ns();
+                    }
+                    if received >= expected {
+                        break false;
+                    }
+                }
+                Some(Incoming::Closed(why)) => return Err(why),
+                Some(_) => {}
+                None => return Err("the node closed the connection".into()),
+            },
+            cmd = cx.commands.recv() => match cmd.as_deref() {
+                Some("drain") => draining = true,
+                Some(_) => {}
+                None => return Err("parent gone".into()),
+            },
+            () = tokio::time::sleep(wait) => {
+                if draining {
+                    break false;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break true;
+        }
+    };
+    say(&format!(
+        "result received={received} first_ns={first_ns} last_ns={last_ns} errors={errors} timeout={}",
+        u8::from(timeout)
+    ));
+    let _ = cx.expect("quit").await;
+    Ok(())
+}
+
+async fn appsource(mut cx: ChildCtx) -> Result<(), String> {
+    let app = attach(&cx).await?;
+    say("ready");
+    cx.expect("go").await?;
+    let stop_at = tokio::time::Instant::now() + cx.until_deadline();
+    let mut ev = Bench {
+        seq: 0,
+        data: vec![0xa5; cx.args.size],
+    };
+    let (mut sent, mut timeout) = (0u64, false);
+    for seq in 0..cx.args.count() {
+        ev.seq = seq;
+        let payload = nodecloud::wire::encode_payload(&ev).map_err(|e| e.to_string())?;
+        app.publish_raw(Bench::TOPIC, payload, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += 1;
+        if seq % 4096 == 0 && tokio::time::Instant::now() >= stop_at {
+            timeout = true;
+            break;
+        }
+    }
+    app.sync().await.map_err(|e| e.to_string())?;
+    say(&format!("sent n={sent} timeout={}", u8::from(timeout)));
+    let _ = cx.expect("quit").await;
     Ok(())
 }

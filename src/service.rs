@@ -222,7 +222,7 @@ impl Client {
         let mut codec = parts.codec;
         codec.set_max_frame_bytes(max_frame);
         let (read, write) = tokio::io::split(parts.io);
-        let mut reader = FramedRead::new(read, codec.clone());
+        let mut reader = FramedRead::with_capacity(read, codec.clone(), 64 * 1024);
         reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
         let writer = FramedWrite::new(write, codec);
 

@@ -125,7 +125,7 @@ impl ServiceSession {
         let writer_codec = codec.clone();
         let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
         ServiceSession::create(move |ctx| {
-            let mut frames = FramedRead::new(read, codec);
+            let mut frames = FramedRead::with_capacity(read, codec, 64 * 1024);
             frames.read_buffer_mut().extend_from_slice(&leftover);
             ctx.add_stream(frames);
             let writer = actix_rt::spawn(write_loop(
