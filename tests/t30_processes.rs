@@ -224,12 +224,13 @@ fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
 fn a_port_in_use_is_reported_with_the_node_and_address() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = star_config(dir.path());
+    // Hold a port first, then give it to the master: no other test can take it meanwhile.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = squatter.local_addr().unwrap().port();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap()[..5]
-        .trim_end_matches('"')
-        .parse()
-        .unwrap();
-    let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let master_listen = text.split("listen = \"").nth(1).unwrap().split('"').next().unwrap();
+    let text = text.replacen(master_listen, &format!("127.0.0.1:{port}"), 1);
+    std::fs::write(&cfg, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nodecloud"))
         .arg("--config")
         .arg(&cfg)
