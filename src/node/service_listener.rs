@@ -176,18 +176,13 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
             act.pending -= 1;
             match result {
                 Ok(app) => {
-                    let parts = framed.into_parts();
-                    let (read, write) = tokio::io::split(parts.io);
                     let id = act.next_session;
                     act.next_session += 1;
                     let session = ServiceSession::start(
                         act.w.clone(),
                         app,
                         addr,
-                        read,
-                        write,
-                        parts.codec,
-                        parts.read_buf,
+                        framed.into_parts(),
                         (ctx.address().recipient(), id),
                     );
                     act.sessions.insert(id, session);

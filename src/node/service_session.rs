@@ -21,7 +21,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{FramedParts, FramedRead};
 
 use super::calls::{Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement};
 use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
@@ -105,22 +105,21 @@ struct CallEnded {
 }
 
 impl ServiceSession {
-    /// Start a session on an authenticated connection (`codec` carries the handshake's
-    /// sequence numbers; `leftover`, bytes read past the handshake).
-    pub fn start<R, W>(
+    /// Start a session on an authenticated connection: `parts` are the handshake's socket,
+    /// codec (with its sequence numbers) and any bytes read past the handshake.
+    pub fn start<T>(
         w: ServiceWiring,
         app: PeerInfo,
         peer_addr: String,
-        read: R,
-        write: W,
-        mut codec: FrameCodec,
-        leftover: bytes::BytesMut,
+        parts: FramedParts<T, FrameCodec>,
         owner: (Recipient<ServiceClosed>, u64),
     ) -> Addr<ServiceSession>
     where
-        R: AsyncRead + Unpin + 'static,
-        W: AsyncWrite + Unpin + 'static,
+        T: AsyncRead + AsyncWrite + 'static,
     {
+        let mut codec = parts.codec;
+        let (read, write) = tokio::io::split(parts.io);
+        let leftover = parts.read_buf;
         codec.set_max_frame_bytes(w.shared.config.cluster.max_frame_bytes);
         let writer_codec = codec.clone();
         let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);

@@ -187,6 +187,7 @@ impl<'de> Visitor<'de> for Seed {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -206,6 +206,7 @@ impl<'de> VariantAccess<'de> for Content {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::wire::json::json_to_cbor;
