@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::router::{GraphChanged, Router};
 use super::shared::NodeShared;
 use super::supervision::guard;
-use crate::topology::Graph;
+use crate::topology::IndexedGraph;
 use crate::wire::{encode_message, Heartbeat, Message, NodeStats, Status};
 
 /// One member as this node sees it.
@@ -128,6 +128,8 @@ pub struct Membership {
     /// thousand in a large mesh, and their links are checked and counted by index.
     names: Vec<String>,
     ids: HashMap<String, usize>,
+    /// Indices into `names` in name order: the order of the live graph's nodes.
+    by_name: Vec<usize>,
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
@@ -142,8 +144,8 @@ pub struct Membership {
     announce_pending: bool,
     /// When a change of this node's links was last announced.
     links_announced: Option<Instant>,
-    /// The live graph last computed, with its bits (see `recompute`).
-    last_graph: Option<(Vec<u64>, Graph)>,
+    /// The bits of the live graph last sent to the Router (see `recompute`).
+    last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
 }
@@ -163,10 +165,13 @@ impl Membership {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        let mut by_name: Vec<usize> = (0..names.len()).collect();
+        by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
         Membership {
             shared,
             names,
             ids,
+            by_name,
             router: None,
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
@@ -199,11 +204,20 @@ impl Membership {
             .max(self.recompute_cost * 20)
             .min(self.interval());
         if announce && !self.announce_pending {
-            if self.links_announced.is_none_or(|t| t.elapsed() >= delay) {
-                self.links_announced = Some(Instant::now());
-                guard("membership", ctx, |_| self.announce());
-            } else {
-                self.announce_pending = true;
+            let gap = self.announce_gap();
+            match self.links_announced.map(|t| t.elapsed()) {
+                Some(since) if since < gap => {
+                    self.announce_pending = true;
+                    ctx.run_later(gap - since, |act, ctx| {
+                        act.announce_pending = false;
+                        act.links_announced = Some(Instant::now());
+                        guard("membership", ctx, |_| act.announce());
+                    });
+                }
+                _ => {
+                    self.links_announced = Some(Instant::now());
+                    guard("membership", ctx, |_| self.announce());
+                }
             }
         }
         if self.recompute_pending {
@@ -212,15 +226,13 @@ impl Membership {
         self.recompute_pending = true;
         ctx.run_later(delay, |act, ctx| {
             act.recompute_pending = false;
-            let announce = std::mem::take(&mut act.announce_pending);
-            guard("membership", ctx, |_| {
-                if announce {
-                    act.links_announced = Some(Instant::now());
-                    act.announce();
-                }
-                act.recompute();
-            });
+            guard("membership", ctx, |_| act.recompute());
         });
+    }
+
+    /// The least time between two announcements of this node's links.
+    fn announce_gap(&self) -> Duration {
+        self.interval() / 2
     }
 
     fn interval(&self) -> Duration {
@@ -331,7 +343,8 @@ impl Membership {
             }
         }
         // The live graph as bits (a row per reachable node): most recomputes (every tick)
-        // find the graph of last time, and then copy it rather than build it from names.
+        // find the graph of last time, and then the Router is told nothing changed and keeps
+        // its routes.
         let mut live = Reports::new(self.names.len());
         for &a in &order {
             for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
@@ -339,20 +352,12 @@ impl Membership {
             }
             live.set(a, a); // marks a as reachable, isolated or not
         }
-        let graph = match &self.last_graph {
-            Some((bits, graph)) if *bits == live.bits => graph.clone(),
-            _ => {
-                let mut graph = Graph::new();
-                for &a in &order {
-                    let name = self.names.get(a).map_or("", String::as_str);
-                    graph.add_node(name);
-                    for b in live.reported_by(a).filter(|&b| b > a) {
-                        graph.add_edge(name, self.names.get(b).map_or("", String::as_str));
-                    }
-                }
-                self.last_graph = Some((live.bits, graph.clone()));
-                graph
-            }
+        let graph = if self.last_graph.as_ref() == Some(&live.bits) {
+            None
+        } else {
+            let graph = self.indexed_graph(&live, &reachable);
+            self.last_graph = Some(live.bits);
+            graph.map(Arc::new)
         };
         let up: BTreeSet<String> = order
             .iter()
@@ -372,6 +377,39 @@ impl Membership {
             // can already route to it.
             Some(router) => router.do_send(GraphChanged { graph, view }),
             None => publish_view(&self.shared, view),
+        }
+    }
+
+    /// The live graph in name order, from its bits: reachable nodes only, each with its
+    /// neighbours (`live` is symmetric: both ends of an edge are reachable).
+    fn indexed_graph(&self, live: &Reports, reachable: &[bool]) -> Option<IndexedGraph> {
+        let is_reachable = |a: usize| reachable.get(a) == Some(&true);
+        let mut position = vec![usize::MAX; self.names.len()];
+        let mut names = Vec::new();
+        for &a in self.by_name.iter().filter(|&&a| is_reachable(a)) {
+            if let Some(p) = position.get_mut(a) {
+                *p = names.len();
+            }
+            names.push(self.names.get(a).cloned().unwrap_or_default());
+        }
+        let neighbours = self
+            .by_name
+            .iter()
+            .filter(|&&a| is_reachable(a))
+            .map(|&a| {
+                self.by_name
+                    .iter()
+                    .filter(|&&b| b != a && live.has(a, b))
+                    .filter_map(|&b| position.get(b).copied().filter(|&p| p != usize::MAX))
+                    .collect()
+            })
+            .collect();
+        match IndexedGraph::from_sorted(names, neighbours) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(node = %self.shared.name(), "live graph not built: {e}");
+                None
+            }
         }
     }
 
@@ -432,12 +470,21 @@ impl Membership {
         // (or back to the origin) only makes copies they drop. In a mesh this turns the
         // 2E − (N−1) frames of a plain flood into N−1.
         let origin = status.node.as_str();
+        let mut origin_linked = vec![false; self.names.len()];
+        for &l in &links {
+            if let Some(b) = origin_linked.get_mut(l) {
+                *b = true;
+            }
+        }
         self.flood(
             || Message::Status(status.clone()),
             |peer| {
                 peer == via
                     || peer == origin
-                    || self.ids.get(peer).is_some_and(|ix| links.contains(ix))
+                    || self
+                        .ids
+                        .get(peer)
+                        .is_some_and(|&ix| origin_linked.get(ix) == Some(&true))
             },
         );
         let changed = self
@@ -507,6 +554,7 @@ impl actix::Supervised for Membership {
         // Rebuild from the next statuses rather than trust state a panic may have torn.
         self.statuses.clear();
         self.ticks_seen.clear();
+        self.last_graph = None;
         self.recompute_pending = false;
         self.announce_pending = false;
     }
@@ -517,6 +565,7 @@ impl Handler<AttachRouter> for Membership {
 
     fn handle(&mut self, msg: AttachRouter, _: &mut Context<Self>) {
         self.router = Some(msg.0);
+        self.last_graph = None; // the new Router gets the whole graph
     }
 }
 

@@ -396,6 +396,11 @@ impl Session {
             );
             return;
         }
+        // Any frame is proof of life: a link that carried one within the last interval needs
+        // no probe (in a mesh every peer's status arrives each interval, so none are sent).
+        if silent < self.p.shared.heartbeat_interval() {
+            return;
+        }
         self.pings_sent += 1;
         self.ping_sent_at = Some((self.pings_sent, Instant::now()));
         self.send(&Message::Ping(Ping { n: self.pings_sent }));
