@@ -27,7 +27,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::router::{GraphChanged, Router};
-use super::shared::NodeShared;
+use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
 use crate::topology::IndexedGraph;
 use crate::wire::{encode_message, Heartbeat, Message, NodeStats, Status};
@@ -133,6 +133,8 @@ pub struct Membership {
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
+    /// `my_links` as indices into `names`.
+    my_link_ixs: Vec<usize>,
     version: u64,
     up: BTreeSet<String>,
     last_announce: Option<Instant>,
@@ -175,6 +177,7 @@ impl Membership {
             router: None,
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
+            my_link_ixs: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
             last_announce: None,
@@ -476,7 +479,14 @@ impl Membership {
                 *b = true;
             }
         }
-        self.flood(
+        // Whether any of my peers needs a copy, by index (no name lookups per link): in a
+        // complete mesh none does, and this runs for every status received.
+        let (via_ix, origin_ix) = (self.ids.get(&via).copied(), self.ids.get(origin).copied());
+        let needed = self.my_link_ixs.iter().any(|&ix| {
+            Some(ix) != via_ix && Some(ix) != origin_ix && origin_linked.get(ix) != Some(&true)
+        });
+        if needed {
+            self.flood(
             || Message::Status(status.clone()),
             |peer| {
                 peer == via
@@ -487,6 +497,7 @@ impl Membership {
                         .is_some_and(|&ix| origin_linked.get(ix) == Some(&true))
             },
         );
+        }
         let changed = self
             .statuses
             .get(&status.node)
@@ -542,8 +553,12 @@ impl Actor for Membership {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MEMBERSHIP_MAILBOX);
-        ctx.run_interval(self.interval(), |act, ctx| {
-            guard("membership", ctx, |_| act.tick());
+        // Ticks start at a random phase: the nodes of one process started together would
+        // otherwise all announce and recompute at the same instant.
+        ctx.run_later(random_below(self.interval()), |act, ctx| {
+            ctx.run_interval(act.interval(), |act, ctx| {
+                guard("membership", ctx, |_| act.tick());
+            });
         });
         publish_view(&self.shared, self.view());
     }
@@ -574,6 +589,11 @@ impl Handler<LinksChanged> for Membership {
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
         self.my_links = msg.0;
+        self.my_link_ixs = self
+            .my_links
+            .iter()
+            .filter_map(|l| self.ids.get(l).copied())
+            .collect();
         self.soon(ctx, true);
     }
 }
