@@ -479,24 +479,33 @@ impl Membership {
                 *b = true;
             }
         }
-        // Whether any of my peers needs a copy, by index (no name lookups per link): in a
+        // Which of my peers need a copy, decided by index (no name lookups per link): in a
         // complete mesh none does, and this runs for every status received.
         let (via_ix, origin_ix) = (self.ids.get(&via).copied(), self.ids.get(origin).copied());
-        let needed = self.my_link_ixs.iter().any(|&ix| {
-            Some(ix) != via_ix && Some(ix) != origin_ix && origin_linked.get(ix) != Some(&true)
-        });
-        if needed {
+        let me_ix = self.ids.get(self.shared.name()).copied();
+        let direct = via_ix.is_some() && via_ix == origin_ix;
+        let needs = |p: usize| {
+            Some(p) != via_ix
+                && Some(p) != origin_ix
+                && origin_linked.get(p) != Some(&true)
+                && !(direct && self.relayed_by_another(p, &origin_linked, me_ix))
+        };
+        let targets: Vec<usize> = self.my_link_ixs.iter().copied().filter(|&p| needs(p)).collect();
+        if !targets.is_empty() {
+            let mut target = vec![false; self.names.len()];
+            for p in targets {
+                if let Some(t) = target.get_mut(p) {
+                    *t = true;
+                }
+            }
             self.flood(
-            || Message::Status(status.clone()),
-            |peer| {
-                peer == via
-                    || peer == origin
-                    || self
-                        .ids
+                || Message::Status(status.clone()),
+                |peer| {
+                    self.ids
                         .get(peer)
-                        .is_some_and(|&ix| origin_linked.get(ix) == Some(&true))
-            },
-        );
+                        .is_none_or(|&ix| target.get(ix) != Some(&true))
+                },
+            );
         }
         let changed = self
             .statuses
@@ -513,6 +522,27 @@ impl Membership {
             },
         );
         changed
+    }
+
+    /// Whether peer `p`, which the origin of a status does not link to, gets that status from
+    /// a neighbour of the origin declared before this node (`me_ix`): one that `p`'s last
+    /// status reports a link to. Every direct receiver of a status decides the same way, so
+    /// `p` gets one relayed copy rather than one from each common neighbour (in a starting
+    /// mesh, dozens of copies per status went to each node that joined late, and decoding
+    /// them starved its thread until its links timed out). Unknown `p`: no one else is
+    /// counted on. A wrong guess (a link that just dropped) costs `p` one version; the next
+    /// status comes an interval later.
+    fn relayed_by_another(&self, p: usize, origin_linked: &[bool], me_ix: Option<usize>) -> bool {
+        let Some(me_ix) = me_ix else {
+            return false;
+        };
+        let Some(known) = self.names.get(p).and_then(|name| self.statuses.get(name)) else {
+            return false;
+        };
+        known
+            .links
+            .iter()
+            .any(|&y| y < me_ix && origin_linked.get(y) == Some(&true))
     }
 
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
