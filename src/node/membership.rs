@@ -490,7 +490,12 @@ impl Membership {
                 && origin_linked.get(p) != Some(&true)
                 && !(direct && self.relayed_by_another(p, &origin_linked, me_ix))
         };
-        let targets: Vec<usize> = self.my_link_ixs.iter().copied().filter(|&p| needs(p)).collect();
+        let targets: Vec<usize> = self
+            .my_link_ixs
+            .iter()
+            .copied()
+            .filter(|&p| needs(p))
+            .collect();
         if !targets.is_empty() {
             let mut target = vec![false; self.names.len()];
             for p in targets {
