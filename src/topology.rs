@@ -345,7 +345,7 @@ pub enum IndexedGraphError {
     Unsorted(usize),
     #[error("{0} neighbour lists for {1} nodes")]
     Lengths(usize, usize),
-    #[error("the neighbours of node {0} are not increasing indices of other nodes below the node count, or not symmetric")]
+    #[error("the neighbours of node {0} are not increasing, in range and symmetric")]
     Neighbours(usize),
 }
 

@@ -7,7 +7,15 @@
 //! (topologies without a master). A status or tick is forwarded once, to every
 //! link but the one it came on, and only if it is newer than what this node holds, so floods
 //! stop by themselves. A status is not forwarded to its origin nor to the peers the origin
-//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all).
+//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all). A
+//! status heard directly from its origin goes to a peer the origin does not link to only from
+//! the first (in declared order) of their common neighbours (see `relayed_by_another`), so
+//! that peer gets one copy, not one per common neighbour.
+//!
+//! Cost at scale: a change of this node's links is announced at once after a quiet spell, and
+//! then at most every half interval; recomputes are coalesced (see `Membership::soon`); the
+//! live graph goes to the Router only when it changed, in index form (no string per edge); the
+//! periodic tick starts at a random phase, so nodes started together do not tick together.
 //!
 //! A node is **up** when it is reachable from here over edges both ends report, and its status
 //! is fresh (younger than `failure_threshold` heartbeat intervals). So a killed node is down as
@@ -197,10 +205,13 @@ impl Membership {
     /// route computation in the Router) cover the whole burst. Without this, a node of a
     /// 32-node mesh announced 31 times while starting, each status went to every node, every
     /// node recomputed on each, and the cluster spent its CPU on that and never converged.
-    /// The first link change after a quiet spell is still announced at once. The delay is a
-    /// tenth of the heartbeat interval (at most 50 ms), or 20 times what the last recompute
-    /// took if that is longer (at most an interval): recomputing then costs at most about 5%
-    /// of the node's thread, however large the graph and however loaded the machine.
+    /// The first link change after a quiet spell is still announced at once; later ones wait
+    /// until half an interval has passed since the last announcement (a 64-node mesh, whose
+    /// nodes announced every 50 ms while starting, flooded itself into link timeouts). The
+    /// recompute delay is a tenth of the heartbeat interval (at most 50 ms), or 20 times what
+    /// the last recompute took if that is longer (at most an interval): recomputing then costs
+    /// at most about 5% of the node's thread, however large the graph and however loaded the
+    /// machine.
     fn soon(&mut self, ctx: &mut Context<Self>, announce: bool) {
         let delay = (self.interval() / 10)
             .min(COALESCE_MAX)

@@ -13,6 +13,10 @@
 //! not fit are dropped (the next one supersedes them). Any malformed frame, protocol violation,
 //! or `failure_threshold` heartbeat intervals without a frame closes the link, logged once with
 //! the peer address and reason.
+//!
+//! Liveness: any inbound frame counts. A ping goes out only on a link that received nothing
+//! during the last interval, so a link carrying statuses or events carries no pings (a 64-node
+//! mesh would otherwise send 8064 pings and pongs per interval on top of its statuses).
 
 use std::cell::RefCell;
 use std::pin::Pin;
