@@ -272,57 +272,7 @@ impl Graph {
     /// computing all 64 broadcast trees up front (65 BFS of 4032 edges) took most of the CPU
     /// of a starting cluster, although no event had been sent yet.
     pub fn routes_from(&self, me: &str) -> Routes {
-        let mut routes = Routes {
-            me: me.to_owned(),
-            ..Routes::default()
-        };
-        let indexed = Indexed::new(self);
-        let Some(me_ix) = indexed.index(me) else {
-            return routes;
-        };
-        let tree = indexed.bfs(me_ix);
-        // Resolve each destination's first hop by walking up its BFS parents; memoised so
-        // the total work stays linear.
-        let mut first_hop: Vec<Option<usize>> = vec![None; indexed.names.len()];
-        for dest in 0..indexed.names.len() {
-            if dest == me_ix || tree.get(dest).copied().flatten().is_none() {
-                continue;
-            }
-            let mut chain = Vec::new();
-            let mut at = dest;
-            let hop = loop {
-                if let Some(hop) = first_hop.get(at).copied().flatten() {
-                    break hop;
-                }
-                match tree.get(at).copied().flatten() {
-                    Some(up) if up == me_ix => break at,
-                    Some(up) if up != at => {
-                        chain.push(at);
-                        at = up;
-                    }
-                    // Unreachable for a BFS tree from `me`; stop rather than loop.
-                    _ => break at,
-                }
-            };
-            for node in chain.into_iter().chain([at]) {
-                if let Some(slot) = first_hop.get_mut(node) {
-                    *slot = Some(hop);
-                }
-            }
-        }
-        routes.next_hop = first_hop
-            .iter()
-            .enumerate()
-            .filter_map(|(dest, hop)| {
-                let dest = indexed.names.get(dest)?;
-                let hop = indexed.names.get((*hop)?)?;
-                Some((dest.clone(), hop.clone()))
-            })
-            .collect();
-        routes.broadcast = (0..indexed.names.len()).map(|_| OnceLock::new()).collect();
-        routes.me_ix = me_ix;
-        routes.graph = Some(Arc::new(indexed));
-        routes
+        Arc::new(IndexedGraph::new(self)).routes_from(me)
     }
 
     /// The former name-keyed computation of [`routes_from`](Self::routes_from), kept as the
@@ -379,14 +329,27 @@ impl Graph {
 }
 
 /// A graph's nodes numbered in name order, with neighbour lists in name order, so a BFS over
-/// indices visits exactly what [`Graph::bfs`] visits by name.
-#[derive(Debug)]
-struct Indexed {
+/// indices visits exactly what [`Graph::bfs`] visits by name. Membership builds the live
+/// graph in this form straight from its bit matrix (no string per edge), and the Router turns
+/// it into [`Routes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedGraph {
     names: Vec<String>,
     neighbours: Vec<Vec<usize>>,
 }
 
-impl Indexed {
+/// Why an [`IndexedGraph`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexedGraphError {
+    #[error("node names are not strictly increasing at index {0}")]
+    Unsorted(usize),
+    #[error("{0} neighbour lists for {1} nodes")]
+    Lengths(usize, usize),
+    #[error("the neighbours of node {0} are not increasing, in range and symmetric")]
+    Neighbours(usize),
+}
+
+impl IndexedGraph {
     fn new(graph: &Graph) -> Self {
         let names: Vec<String> = graph.adjacency.keys().cloned().collect();
         let neighbours = graph
@@ -398,7 +361,107 @@ impl Indexed {
                     .collect()
             })
             .collect();
-        Indexed { names, neighbours }
+        IndexedGraph { names, neighbours }
+    }
+
+    /// A graph from names in strictly increasing order and, for each, its neighbours as
+    /// increasing indices into `names` (undirected: `b` lists `a` when `a` lists `b`).
+    ///
+    /// # Errors
+    /// When the names are not sorted or the neighbour lists are not as described.
+    pub fn from_sorted(
+        names: Vec<String>,
+        neighbours: Vec<Vec<usize>>,
+    ) -> Result<Self, IndexedGraphError> {
+        if let Some(i) = names.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(IndexedGraphError::Unsorted(i + 1));
+        }
+        if names.len() != neighbours.len() {
+            return Err(IndexedGraphError::Lengths(neighbours.len(), names.len()));
+        }
+        for (a, next) in neighbours.iter().enumerate() {
+            let increasing = next.windows(2).all(|w| w[0] < w[1]);
+            let valid = next.iter().all(|&b| {
+                b != a
+                    && neighbours
+                        .get(b)
+                        .is_some_and(|back| back.binary_search(&a).is_ok())
+            });
+            if !increasing || !valid {
+                return Err(IndexedGraphError::Neighbours(a));
+            }
+        }
+        Ok(IndexedGraph { names, neighbours })
+    }
+
+    /// The same graph keyed by name.
+    pub fn to_graph(&self) -> Graph {
+        let mut g = Graph::new();
+        for (a, name) in self.names.iter().enumerate() {
+            g.add_node(name);
+            for &b in self.neighbours.get(a).map_or(&[][..], Vec::as_slice) {
+                if let Some(other) = self.names.get(b) {
+                    g.add_edge(name, other);
+                }
+            }
+        }
+        g
+    }
+
+    /// Routing for `me` over this graph: see [`Graph::routes_from`]. Shares the graph with the
+    /// routes rather than copying it.
+    pub fn routes_from(self: Arc<Self>, me: &str) -> Routes {
+        let mut routes = Routes {
+            me: me.to_owned(),
+            ..Routes::default()
+        };
+        let indexed = self;
+        let Some(me_ix) = indexed.index(me) else {
+            return routes;
+        };
+        let tree = indexed.bfs(me_ix);
+        // Resolve each destination's first hop by walking up its BFS parents; memoised so
+        // the total work stays linear.
+        let mut first_hop: Vec<Option<usize>> = vec![None; indexed.names.len()];
+        for dest in 0..indexed.names.len() {
+            if dest == me_ix || tree.get(dest).copied().flatten().is_none() {
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut at = dest;
+            let hop = loop {
+                if let Some(hop) = first_hop.get(at).copied().flatten() {
+                    break hop;
+                }
+                match tree.get(at).copied().flatten() {
+                    Some(up) if up == me_ix => break at,
+                    Some(up) if up != at => {
+                        chain.push(at);
+                        at = up;
+                    }
+                    // Unreachable for a BFS tree from `me`; stop rather than loop.
+                    _ => break at,
+                }
+            };
+            for node in chain.into_iter().chain([at]) {
+                if let Some(slot) = first_hop.get_mut(node) {
+                    *slot = Some(hop);
+                }
+            }
+        }
+        routes.next_hop = first_hop
+            .iter()
+            .enumerate()
+            .filter_map(|(dest, hop)| {
+                let dest = indexed.names.get(dest)?;
+                let hop = indexed.names.get((*hop)?)?;
+                Some((dest.clone(), hop.clone()))
+            })
+            .collect();
+        routes.broadcast = (0..indexed.names.len()).map(|_| OnceLock::new()).collect();
+        routes.me_ix = me_ix;
+        routes.graph = Some(indexed);
+        routes
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -444,7 +507,7 @@ pub struct Routes {
     /// Destination → first hop, for every node reachable from `me` (excluding `me`).
     next_hop: BTreeMap<String, String>,
     /// The live graph by index; `None` when `me` is not in it.
-    graph: Option<Arc<Indexed>>,
+    graph: Option<Arc<IndexedGraph>>,
     me_ix: usize,
     /// By origin index: my children in the origin's BFS tree (name order), computed the first
     /// time a broadcast from that origin passes here.

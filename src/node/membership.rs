@@ -7,7 +7,15 @@
 //! (topologies without a master). A status or tick is forwarded once, to every
 //! link but the one it came on, and only if it is newer than what this node holds, so floods
 //! stop by themselves. A status is not forwarded to its origin nor to the peers the origin
-//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all).
+//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all). A
+//! status heard directly from its origin goes to a peer the origin does not link to only from
+//! the first (in declared order) of their common neighbours (see `relayed_by_another`), so
+//! that peer gets one copy, not one per common neighbour.
+//!
+//! Cost at scale: a change of this node's links is announced at once after a quiet spell, and
+//! then at most every half interval; recomputes are coalesced (see `Membership::soon`); the
+//! live graph goes to the Router only when it changed, in index form (no string per edge); the
+//! periodic tick starts at a random phase, so nodes started together do not tick together.
 //!
 //! A node is **up** when it is reachable from here over edges both ends report, and its status
 //! is fresh (younger than `failure_threshold` heartbeat intervals). So a killed node is down as
@@ -27,9 +35,9 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::router::{GraphChanged, Router};
-use super::shared::NodeShared;
+use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
-use crate::topology::Graph;
+use crate::topology::IndexedGraph;
 use crate::wire::{encode_message, Heartbeat, Message, NodeStats, Status};
 
 /// One member as this node sees it.
@@ -142,11 +150,15 @@ pub struct Membership {
     /// thousand in a large mesh, and their links are checked and counted by index.
     names: Vec<String>,
     ids: HashMap<String, usize>,
+    /// Indices into `names` in name order: the order of the live graph's nodes.
+    by_name: Vec<usize>,
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
     /// Methods this node serves, sorted (from Calls).
     my_methods: Vec<String>,
+    /// `my_links` as indices into `names`.
+    my_link_ixs: Vec<usize>,
     version: u64,
     up: BTreeSet<String>,
     last_announce: Option<Instant>,
@@ -158,8 +170,8 @@ pub struct Membership {
     announce_pending: bool,
     /// When a change of this node's links was last announced.
     links_announced: Option<Instant>,
-    /// The live graph last computed, with its bits (see `recompute`).
-    last_graph: Option<(Vec<u64>, Graph)>,
+    /// The bits of the live graph last sent to the Router (see `recompute`).
+    last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
 }
@@ -182,14 +194,18 @@ impl Membership {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        let mut by_name: Vec<usize> = (0..names.len()).collect();
+        by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
         Membership {
             shared,
             names,
             ids,
+            by_name,
             router: None,
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
             my_methods: Vec::new(),
+            my_link_ixs: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
             last_announce: None,
@@ -209,21 +225,33 @@ impl Membership {
     /// route computation in the Router) cover the whole burst. Without this, a node of a
     /// 32-node mesh announced 31 times while starting, each status went to every node, every
     /// node recomputed on each, and the cluster spent its CPU on that and never converged.
-    /// The first link change after a quiet spell is still announced at once. The delay is a
-    /// tenth of the heartbeat interval (at most 50 ms), or 20 times what the last recompute
-    /// took if that is longer (at most an interval): recomputing then costs at most about 5%
-    /// of the node's thread, however large the graph and however loaded the machine.
+    /// The first link change after a quiet spell is still announced at once; later ones wait
+    /// until half an interval has passed since the last announcement (a 64-node mesh, whose
+    /// nodes announced every 50 ms while starting, flooded itself into link timeouts). The
+    /// recompute delay is a tenth of the heartbeat interval (at most 50 ms), or 20 times what
+    /// the last recompute took if that is longer (at most an interval): recomputing then costs
+    /// at most about 5% of the node's thread, however large the graph and however loaded the
+    /// machine.
     fn soon(&mut self, ctx: &mut Context<Self>, announce: bool) {
         let delay = (self.interval() / 10)
             .min(COALESCE_MAX)
             .max(self.recompute_cost * 20)
             .min(self.interval());
         if announce && !self.announce_pending {
-            if self.links_announced.is_none_or(|t| t.elapsed() >= delay) {
-                self.links_announced = Some(Instant::now());
-                guard("membership", ctx, |_| self.announce());
-            } else {
-                self.announce_pending = true;
+            let gap = self.announce_gap();
+            match self.links_announced.map(|t| t.elapsed()) {
+                Some(since) if since < gap => {
+                    self.announce_pending = true;
+                    ctx.run_later(gap - since, |act, ctx| {
+                        act.announce_pending = false;
+                        act.links_announced = Some(Instant::now());
+                        guard("membership", ctx, |_| act.announce());
+                    });
+                }
+                _ => {
+                    self.links_announced = Some(Instant::now());
+                    guard("membership", ctx, |_| self.announce());
+                }
             }
         }
         if self.recompute_pending {
@@ -232,15 +260,13 @@ impl Membership {
         self.recompute_pending = true;
         ctx.run_later(delay, |act, ctx| {
             act.recompute_pending = false;
-            let announce = std::mem::take(&mut act.announce_pending);
-            guard("membership", ctx, |_| {
-                if announce {
-                    act.links_announced = Some(Instant::now());
-                    act.announce();
-                }
-                act.recompute();
-            });
+            guard("membership", ctx, |_| act.recompute());
         });
+    }
+
+    /// The least time between two announcements of this node's links.
+    fn announce_gap(&self) -> Duration {
+        self.interval() / 2
     }
 
     fn interval(&self) -> Duration {
@@ -352,7 +378,8 @@ impl Membership {
             }
         }
         // The live graph as bits (a row per reachable node): most recomputes (every tick)
-        // find the graph of last time, and then copy it rather than build it from names.
+        // find the graph of last time, and then the Router is told nothing changed and keeps
+        // its routes.
         let mut live = Reports::new(self.names.len());
         for &a in &order {
             for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
@@ -360,20 +387,12 @@ impl Membership {
             }
             live.set(a, a); // marks a as reachable, isolated or not
         }
-        let graph = match &self.last_graph {
-            Some((bits, graph)) if *bits == live.bits => graph.clone(),
-            _ => {
-                let mut graph = Graph::new();
-                for &a in &order {
-                    let name = self.names.get(a).map_or("", String::as_str);
-                    graph.add_node(name);
-                    for b in live.reported_by(a).filter(|&b| b > a) {
-                        graph.add_edge(name, self.names.get(b).map_or("", String::as_str));
-                    }
-                }
-                self.last_graph = Some((live.bits, graph.clone()));
-                graph
-            }
+        let graph = if self.last_graph.as_ref() == Some(&live.bits) {
+            None
+        } else {
+            let graph = self.indexed_graph(&live, &reachable);
+            self.last_graph = Some(live.bits);
+            graph.map(Arc::new)
         };
         let up: BTreeSet<String> = order
             .iter()
@@ -393,6 +412,39 @@ impl Membership {
             // can already route to it.
             Some(router) => router.do_send(GraphChanged { graph, view }),
             None => publish_view(&self.shared, view),
+        }
+    }
+
+    /// The live graph in name order, from its bits: reachable nodes only, each with its
+    /// neighbours (`live` is symmetric: both ends of an edge are reachable).
+    fn indexed_graph(&self, live: &Reports, reachable: &[bool]) -> Option<IndexedGraph> {
+        let is_reachable = |a: usize| reachable.get(a) == Some(&true);
+        let mut position = vec![usize::MAX; self.names.len()];
+        let mut names = Vec::new();
+        for &a in self.by_name.iter().filter(|&&a| is_reachable(a)) {
+            if let Some(p) = position.get_mut(a) {
+                *p = names.len();
+            }
+            names.push(self.names.get(a).cloned().unwrap_or_default());
+        }
+        let neighbours = self
+            .by_name
+            .iter()
+            .filter(|&&a| is_reachable(a))
+            .map(|&a| {
+                self.by_name
+                    .iter()
+                    .filter(|&&b| b != a && live.has(a, b))
+                    .filter_map(|&b| position.get(b).copied().filter(|&p| p != usize::MAX))
+                    .collect()
+            })
+            .collect();
+        match IndexedGraph::from_sorted(names, neighbours) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(node = %self.shared.name(), "live graph not built: {e}");
+                None
+            }
         }
     }
 
@@ -459,14 +511,45 @@ impl Membership {
         // (or back to the origin) only makes copies they drop. In a mesh this turns the
         // 2E − (N−1) frames of a plain flood into N−1.
         let origin = status.node.as_str();
-        self.flood(
-            || Message::Status(status.clone()),
-            |peer| {
-                peer == via
-                    || peer == origin
-                    || self.ids.get(peer).is_some_and(|ix| links.contains(ix))
-            },
-        );
+        let mut origin_linked = vec![false; self.names.len()];
+        for &l in &links {
+            if let Some(b) = origin_linked.get_mut(l) {
+                *b = true;
+            }
+        }
+        // Which of my peers need a copy, decided by index (no name lookups per link): in a
+        // complete mesh none does, and this runs for every status received.
+        let (via_ix, origin_ix) = (self.ids.get(&via).copied(), self.ids.get(origin).copied());
+        let me_ix = self.ids.get(self.shared.name()).copied();
+        let direct = via_ix.is_some() && via_ix == origin_ix;
+        let needs = |p: usize| {
+            Some(p) != via_ix
+                && Some(p) != origin_ix
+                && origin_linked.get(p) != Some(&true)
+                && !(direct && self.relayed_by_another(p, &origin_linked, me_ix))
+        };
+        let targets: Vec<usize> = self
+            .my_link_ixs
+            .iter()
+            .copied()
+            .filter(|&p| needs(p))
+            .collect();
+        if !targets.is_empty() {
+            let mut target = vec![false; self.names.len()];
+            for p in targets {
+                if let Some(t) = target.get_mut(p) {
+                    *t = true;
+                }
+            }
+            self.flood(
+                || Message::Status(status.clone()),
+                |peer| {
+                    self.ids
+                        .get(peer)
+                        .is_none_or(|&ix| target.get(ix) != Some(&true))
+                },
+            );
+        }
         let changed = self
             .statuses
             .get(&status.node)
@@ -486,6 +569,27 @@ impl Membership {
             },
         );
         changed
+    }
+
+    /// Whether peer `p`, which the origin of a status does not link to, gets that status from
+    /// a neighbour of the origin declared before this node (`me_ix`): one that `p`'s last
+    /// status reports a link to. Every direct receiver of a status decides the same way, so
+    /// `p` gets one relayed copy rather than one from each common neighbour (in a starting
+    /// mesh, dozens of copies per status went to each node that joined late, and decoding
+    /// them starved its thread until its links timed out). Unknown `p`: no one else is
+    /// counted on. A wrong guess (a link that just dropped) costs `p` one version; the next
+    /// status comes an interval later.
+    fn relayed_by_another(&self, p: usize, origin_linked: &[bool], me_ix: Option<usize>) -> bool {
+        let Some(me_ix) = me_ix else {
+            return false;
+        };
+        let Some(known) = self.names.get(p).and_then(|name| self.statuses.get(name)) else {
+            return false;
+        };
+        known
+            .links
+            .iter()
+            .any(|&y| y < me_ix && origin_linked.get(y) == Some(&true))
     }
 
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
@@ -526,8 +630,12 @@ impl Actor for Membership {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MEMBERSHIP_MAILBOX);
-        ctx.run_interval(self.interval(), |act, ctx| {
-            guard("membership", ctx, |_| act.tick());
+        // Ticks start at a random phase: the nodes of one process started together would
+        // otherwise all announce and recompute at the same instant.
+        ctx.run_later(random_below(self.interval()), |act, ctx| {
+            ctx.run_interval(act.interval(), |act, ctx| {
+                guard("membership", ctx, |_| act.tick());
+            });
         });
         publish_view(&self.shared, self.view());
     }
@@ -538,6 +646,7 @@ impl actix::Supervised for Membership {
         // Rebuild from the next statuses rather than trust state a panic may have torn.
         self.statuses.clear();
         self.ticks_seen.clear();
+        self.last_graph = None;
         self.recompute_pending = false;
         self.announce_pending = false;
     }
@@ -548,6 +657,7 @@ impl Handler<AttachRouter> for Membership {
 
     fn handle(&mut self, msg: AttachRouter, _: &mut Context<Self>) {
         self.router = Some(msg.0);
+        self.last_graph = None; // the new Router gets the whole graph
     }
 }
 
@@ -567,6 +677,11 @@ impl Handler<LinksChanged> for Membership {
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
         self.my_links = msg.0;
+        self.my_link_ixs = self
+            .my_links
+            .iter()
+            .filter_map(|l| self.ids.get(l).copied())
+            .collect();
         self.soon(ctx, true);
     }
 }

@@ -8,6 +8,10 @@
 //! Routing: a broadcast follows the origin's BFS tree over the live graph, so it reaches every
 //! live node once and crosses each tree edge once (N−1 crossings); a targeted event takes the
 //! first hop of a shortest path. Dedup (see `dedup`) and the TTL are safety nets.
+//!
+//! Cost: routes depend on the live graph only, so they are computed once per graph Membership
+//! reports as changed and shared (behind an `Arc`) by every table built until the next one; a
+//! link coming up or going down only rebuilds the small table of links around them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,12 +21,12 @@ use actix::prelude::*;
 use super::membership::{publish_view, LinksChanged, Membership, MembershipView};
 use super::session::{Close, LinkHandle};
 use super::shared::NodeShared;
-use crate::topology::{Graph, Routes};
+use crate::topology::{Graph, IndexedGraph, Routes};
 use crate::wire::Envelope;
 
 /// One consistent view of links and routes.
 pub struct RouteTable {
-    routes: Routes,
+    routes: Arc<Routes>,
     links: HashMap<String, LinkHandle>,
     /// The links this node's own broadcasts leave on, resolved once per table: every publish
     /// walks them, and resolving them costs two hash lookups per hop.
@@ -33,10 +37,10 @@ impl RouteTable {
     pub fn empty(me: &str) -> Self {
         let mut g = Graph::new();
         g.add_node(me);
-        RouteTable::new(g.routes_from(me), HashMap::new())
+        RouteTable::new(Arc::new(g.routes_from(me)), HashMap::new())
     }
 
-    fn new(routes: Routes, links: HashMap<String, LinkHandle>) -> Self {
+    fn new(routes: Arc<Routes>, links: HashMap<String, LinkHandle>) -> Self {
         let own_broadcast = routes
             .broadcast_next(routes.me())
             .iter()
@@ -112,12 +116,13 @@ pub struct LinkDown {
     pub link_id: u64,
 }
 
-/// Membership's live graph or view changed. The Router installs the routes first, then
-/// publishes the view.
+/// Membership recomputed: the live graph if it changed since the last message (`None`: the
+/// same as before), and the view. The Router installs the routes first, then publishes the
+/// view.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct GraphChanged {
-    pub graph: Graph,
+    pub graph: Option<Arc<IndexedGraph>>,
     pub view: MembershipView,
 }
 
@@ -134,7 +139,8 @@ pub struct Router {
     shared: Arc<NodeShared>,
     membership: Addr<Membership>,
     links: HashMap<String, LinkHandle>,
-    graph: Graph,
+    /// Routes over the last live graph, shared by every table until the graph changes.
+    routes: Arc<Routes>,
     /// Shutdown waiters, told when the last link is down.
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -143,20 +149,18 @@ impl Router {
     pub fn new(shared: Arc<NodeShared>, membership: Addr<Membership>) -> Self {
         let mut graph = Graph::new();
         graph.add_node(shared.name());
+        let routes = Arc::new(graph.routes_from(shared.name()));
         Router {
             shared,
             membership,
             links: HashMap::new(),
-            graph,
+            routes,
             drained: Vec::new(),
         }
     }
 
     fn publish(&self) {
-        let table = RouteTable::new(
-            self.graph.routes_from(self.shared.name()),
-            self.links.clone(),
-        );
+        let table = RouteTable::new(self.routes.clone(), self.links.clone());
         self.shared.routes.store(Arc::new(table));
     }
 
@@ -211,8 +215,8 @@ impl Handler<GraphChanged> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: GraphChanged, _: &mut Context<Self>) {
-        if msg.graph != self.graph {
-            self.graph = msg.graph;
+        if let Some(graph) = msg.graph {
+            self.routes = Arc::new(graph.routes_from(self.shared.name()));
             self.publish();
         }
         publish_view(&self.shared, msg.view);

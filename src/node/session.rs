@@ -13,6 +13,10 @@
 //! not fit are dropped (the next one supersedes them). Any malformed frame, protocol violation,
 //! or `failure_threshold` heartbeat intervals without a frame closes the link, logged once with
 //! the peer address and reason.
+//!
+//! Liveness: any inbound frame counts. A ping goes out only on a link that received nothing
+//! during the last interval, so a link carrying statuses or events carries no pings (a 64-node
+//! mesh would otherwise send 8064 pings and pongs per interval on top of its statuses).
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -489,6 +493,11 @@ impl Session {
                 "timeout",
                 format!("no frame from the peer for {} ms", silent.as_millis()),
             );
+            return;
+        }
+        // Any frame is proof of life: a link that carried one within the last interval needs
+        // no probe (in a mesh every peer's status arrives each interval, so none are sent).
+        if silent < self.p.shared.heartbeat_interval() {
             return;
         }
         self.pings_sent += 1;

@@ -125,6 +125,16 @@ impl NodeShared {
     }
 }
 
+/// A random duration in `[0, below)` (zero if `below` is zero or no randomness is available):
+/// the phase of periodic timers, so the nodes of one process do not all fire at once.
+pub fn random_below(below: Duration) -> Duration {
+    let mut r = [0u8; 8];
+    let random = getrandom::getrandom(&mut r)
+        .map(|_| u64::from_le_bytes(r))
+        .unwrap_or(0);
+    Duration::from_nanos(random % (below.as_nanos().max(1) as u64))
+}
+
 /// Topic → number of local subscriptions. Incremented by `subscribe` before the bus hears of
 /// it, decremented by the bus when a subscription goes.
 #[derive(Default)]

@@ -730,3 +730,56 @@ fn describe_shows_fallbacks_and_several_dials() {
         describe(&single, &plan(&single)).starts_with("cluster \"test\": ring, 1 node, 0 links\n")
     );
 }
+
+#[test]
+fn an_indexed_graph_from_sorted_names_is_the_same_graph_and_routes_the_same() {
+    let mut g = Graph::new();
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "d"), ("a", "d"), ("d", "e")] {
+        g.add_edge(a, b);
+    }
+    g.add_node("z");
+    let names: Vec<String> = ["a", "b", "c", "d", "e", "z"].map(String::from).into();
+    let neighbours = vec![
+        vec![1, 3],
+        vec![0, 2],
+        vec![1, 3],
+        vec![0, 2, 4],
+        vec![3],
+        vec![],
+    ];
+    let indexed = IndexedGraph::from_sorted(names, neighbours).unwrap();
+    assert_eq!(indexed.to_graph(), g);
+    let (by_index, by_name) = (Arc::new(indexed).routes_from("a"), g.routes_from("a"));
+    assert_eq!(by_index.next_hop, by_name.next_hop);
+    for origin in g.nodes() {
+        assert_eq!(
+            by_index.broadcast_next(origin),
+            by_name.broadcast_next(origin)
+        );
+    }
+}
+
+#[test]
+fn an_indexed_graph_refuses_unsorted_names_and_lopsided_or_out_of_range_neighbours() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        IndexedGraph::from_sorted(names(&["b", "a"]), vec![vec![], vec![]]),
+        Err(IndexedGraphError::Unsorted(1))
+    );
+    assert_eq!(
+        IndexedGraph::from_sorted(names(&["a", "b"]), vec![vec![]]),
+        Err(IndexedGraphError::Lengths(1, 2))
+    );
+    assert_eq!(
+        IndexedGraph::from_sorted(names(&["a", "b"]), vec![vec![1], vec![]]),
+        Err(IndexedGraphError::Neighbours(0))
+    );
+    assert_eq!(
+        IndexedGraph::from_sorted(names(&["a", "b"]), vec![vec![7], vec![]]),
+        Err(IndexedGraphError::Neighbours(0))
+    );
+    assert_eq!(
+        IndexedGraph::from_sorted(names(&["a"]), vec![vec![0]]),
+        Err(IndexedGraphError::Neighbours(0))
+    );
+}
