@@ -82,9 +82,11 @@ impl MembershipView {
 
     /// The nodes that are up and serve `method` (this one included), in name order.
     pub fn implementers<'a>(&'a self, method: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
-        self.members
-            .values()
-            .filter(move |m| m.methods.binary_search_by(|x| x.as_str().cmp(method)).is_ok())
+        self.members.values().filter(move |m| {
+            m.methods
+                .binary_search_by(|x| x.as_str().cmp(method))
+                .is_ok()
+        })
     }
 
     /// The name of the node running `incarnation`, if it is up.
@@ -175,9 +177,6 @@ pub struct Membership {
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
 }
-
-/// Methods kept from one status: a node serves at most this many (Calls enforces it locally).
-pub const MAX_METHODS_PER_STATUS: usize = 4096;
 
 /// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
 const MEMBERSHIP_MAILBOX: usize = 1024;
@@ -499,7 +498,7 @@ impl Membership {
         status.links.retain(|l| self.ids.contains_key(l));
         status.links.truncate(self.names.len());
         // Method names are looked up by binary search: keep them sorted, unique and bounded.
-        status.methods.truncate(MAX_METHODS_PER_STATUS);
+        status.methods.truncate(super::calls::MAX_METHODS);
         status.methods.sort_unstable();
         status.methods.dedup();
         let links: Vec<usize> = status
@@ -550,15 +549,11 @@ impl Membership {
                 },
             );
         }
-        let changed = self
-            .statuses
-            .get(&status.node)
-            .is_none_or(|k| {
-                k.links != links
-                    || k.status.incarnation != status.incarnation
-                    || k.status.methods != status.methods
-            })
-            || !self.up.contains(&status.node);
+        let changed = self.statuses.get(&status.node).is_none_or(|k| {
+            k.links != links
+                || k.status.incarnation != status.incarnation
+                || k.status.methods != status.methods
+        }) || !self.up.contains(&status.node);
         let name = status.node.clone();
         self.statuses.insert(
             name,

@@ -7,19 +7,17 @@
 //! JSON text, `undefined` is null, and a non-finite float is null (JSON has none). Nesting
 //! deeper than [`MAX_DEPTH`] is refused, so hostile payloads cannot exhaust the stack.
 
-use std::fmt;
-
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use super::codec::encode_payload;
+use super::lenient::{self, Value as Cbor};
 use super::WireError;
 
-/// Arrays and maps nested deeper than this are refused.
-pub const MAX_DEPTH: usize = 64;
+/// Arrays and maps nested deeper than this are refused (both ways, as in payload decoding).
+pub use super::lenient::MAX_DEPTH;
 
 /// Encode a JSON value as one CBOR item.
 ///
@@ -35,18 +33,40 @@ pub fn json_to_cbor(value: &Value) -> Result<Bytes, WireError> {
 /// [`WireError::Malformed`] when the bytes are not one CBOR item or nest deeper than
 /// [`MAX_DEPTH`].
 pub fn cbor_to_json(bytes: &[u8]) -> Result<Value, WireError> {
-    let mut de = minicbor_serde::Deserializer::new(bytes);
-    let value = Seed(0)
-        .deserialize(&mut de)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    let used = de.decoder().position();
-    if used != bytes.len() {
-        return Err(WireError::Malformed(format!(
-            "{} bytes after the CBOR item",
-            bytes.len() - used
-        )));
+    lenient::decode_value(bytes)
+        .map(to_json)
+        .map_err(WireError::Malformed)
+}
+
+/// The JSON form of a decoded CBOR item (its nesting is bounded by the decoder).
+fn to_json(v: Cbor) -> Value {
+    match v {
+        Cbor::Null => Value::Null,
+        Cbor::Bool(b) => Value::Bool(b),
+        Cbor::U64(n) => Value::Number(n.into()),
+        Cbor::I64(n) => Value::Number(n.into()),
+        Cbor::I128(n) => Value::String(n.to_string()),
+        Cbor::F64(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Cbor::Text(t) => Value::String(t),
+        Cbor::Bytes(b) => {
+            let mut m = Map::new();
+            m.insert("$bytes".into(), Value::String(to_hex(&b)));
+            Value::Object(m)
+        }
+        Cbor::Seq(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Cbor::Map(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match to_json(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
     }
-    Ok(value)
 }
 
 struct AsCbor<'a>(&'a Value, usize);
@@ -80,8 +100,9 @@ impl Serialize for AsCbor<'_> {
             }
             Value::Object(map) => {
                 if let (1, Some(Value::String(hex))) = (map.len(), map.get("$bytes")) {
-                    let bytes = from_hex(hex)
-                        .ok_or_else(|| S::Error::custom("\"$bytes\" must be an even number of hex digits"))?;
+                    let bytes = from_hex(hex).ok_or_else(|| {
+                        S::Error::custom("\"$bytes\" must be an even number of hex digits")
+                    })?;
                     return s.serialize_bytes(&bytes);
                 }
                 let mut m = s.serialize_map(Some(map.len()))?;
@@ -100,90 +121,15 @@ fn from_hex(hex: &str) -> Option<Vec<u8>> {
     }
     (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect()
 }
 
 fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Deserializes any CBOR item into JSON, counting depth.
-#[derive(Clone, Copy)]
-struct Seed(usize);
-
-impl<'de> DeserializeSeed<'de> for Seed {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.0 >= MAX_DEPTH {
-            return Err(de::Error::custom(format!("nested deeper than {MAX_DEPTH}")));
-        }
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Seed {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any CBOR item")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-        let mut m = Map::new();
-        m.insert("$bytes".into(), Value::String(to_hex(v)));
-        Ok(Value::Object(m))
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        self.deserialize(d)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let inner = Seed(self.0 + 1);
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(v) = seq.next_element_seed(inner)? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let inner = Seed(self.0 + 1);
-        let mut m = Map::new();
-        while let Some(k) = map.next_key_seed(inner)? {
-            let key = match k {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            let v = map.next_value_seed(inner)?;
-            m.insert(key, v);
-        }
-        Ok(Value::Object(m))
-    }
 }
 
 #[cfg(test)]

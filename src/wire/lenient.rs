@@ -21,21 +21,29 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Decode `bytes` (one CBOR item) into `T`, numbers by value.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    T::deserialize(decode_value(bytes)?).map_err(|e| e.to_string())
+}
+
+/// Decode `bytes`, exactly one CBOR item, into a generic tree (also what JSON is made from).
+pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, String> {
     let mut de = minicbor_serde::Deserializer::new(bytes);
     let value = Seed(0).deserialize(&mut de).map_err(|e| e.to_string())?;
-    if de.decoder().position() != bytes.len() {
-        return Err("bytes after the CBOR item".into());
+    let used = de.decoder().position();
+    if used != bytes.len() {
+        return Err(format!("{} bytes after the CBOR item", bytes.len() - used));
     }
-    T::deserialize(value).map_err(|e| e.to_string())
+    Ok(value)
 }
 
 /// Any CBOR item.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Null,
     Bool(bool),
     U64(u64),
     I64(i64),
+    /// An integer outside the `i64` and `u64` ranges (CBOR reaches −2⁶⁴).
+    I128(i128),
     F64(f64),
     Text(String),
     Bytes(Vec<u8>),
@@ -69,6 +77,12 @@ impl<'de> Visitor<'de> for Seed {
     }
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
         Ok(Value::U64(v))
+    }
+    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::I128(v))
+    }
+    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
+        Ok(i128::try_from(v).map_or(Value::F64(v as f64), Value::I128))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::F64(v))
@@ -122,6 +136,7 @@ impl<'de> Deserializer<'de> for Value {
             Value::Bool(b) => v.visit_bool(b),
             Value::U64(n) => v.visit_u64(n),
             Value::I64(n) => v.visit_i64(n),
+            Value::I128(n) => v.visit_i128(n),
             Value::F64(f) => v.visit_f64(f),
             Value::Text(s) => v.visit_string(s),
             Value::Bytes(b) => v.visit_byte_buf(b),
@@ -233,7 +248,10 @@ mod tests {
         .unwrap();
         let t: Temperature = decode(&cbor).unwrap();
         assert_eq!(t.celsius, 21.5);
-        assert_eq!((t.at, t.tag, t.raw.into_vec()), (None, Kind::Indoor, vec![1, 2]));
+        assert_eq!(
+            (t.at, t.tag, t.raw.into_vec()),
+            (None, Kind::Indoor, vec![1, 2])
+        );
         let cbor = json_to_cbor(&json!({"celsius": 21, "at": 7, "tag": {"Probe": 3},
                                         "raw": {"$bytes": ""}}))
         .unwrap();
