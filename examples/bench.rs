@@ -138,18 +138,20 @@ fn main() -> ExitCode {
     nodecloud::node::install_panic_hook();
     match args.role.clone() {
         Some(role) => child_main(&role, &args),
-        None => match args.workload.as_str() {
-            "w1" => parent_w1(&args),
-            "w2" => parent_w2(&args, ("ponger", "pinger"), "W2"),
-            "w2call" => parent_w2(&args, ("callee", "caller"), "W2CALL"),
-            "w1app" => parent_w1app(&args),
-            "w3" => parent_w3(&args),
-            "idle" => idle(&args),
-            other => {
-                eprintln!("error: unknown workload {other:?}; expected w1, w2, w3, idle, w2call or w1app");
-                ExitCode::from(2)
+        None => {
+            match args.workload.as_str() {
+                "w1" => parent_w1(&args),
+                "w2" => parent_w2(&args, ("ponger", "pinger"), "W2"),
+                "w2call" => parent_w2(&args, ("callee", "caller"), "W2CALL"),
+                "w1app" => parent_w1app(&args),
+                "w3" => parent_w3(&args),
+                "idle" => idle(&args),
+                other => {
+                    eprintln!("error: unknown workload {other:?}; expected w1, w2, w3, idle, w2call or w1app");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
     }
 }
 
@@ -1312,7 +1314,10 @@ fn parent_w1app(args: &Args) -> ExitCode {
                 report = SinkReport::parse(&line);
                 return Ok(());
             } else {
-                eprintln!("bench: unexpected line from {}: {line}", kids.kids[idx].name);
+                eprintln!(
+                    "bench: unexpected line from {}: {line}",
+                    kids.kids[idx].name
+                );
             }
         }
     })();
@@ -1325,7 +1330,11 @@ fn parent_w1app(args: &Args) -> ExitCode {
     kids.finish();
     timed_out |= report.timeout;
     let secs = report.last_ns.saturating_sub(report.first_ns) as f64 / 1e9;
-    let rate = if secs > 0.0 { report.received as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        report.received as f64 / secs
+    } else {
+        0.0
+    };
     let mut line = format!(
         "workload=W1APP-{}B msgs_per_s={rate:.0} mb_per_s={:.1}",
         args.size,
@@ -1341,7 +1350,10 @@ fn parent_w1app(args: &Args) -> ExitCode {
         line.push_str(" timeout=1");
     }
     println!("{line}");
-    verdict(failure, timed_out || report.received < args.count() || report.errors > 0)
+    verdict(
+        failure,
+        timed_out || report.received < args.count() || report.errors > 0,
+    )
 }
 
 async fn appnode(cx: ChildCtx) -> Result<(), String> {
@@ -1360,7 +1372,9 @@ async fn attach(cx: &ChildCtx) -> Result<Client, String> {
 
 async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
     let mut app = attach(&cx).await?;
-    app.subscribe(Bench::TOPIC).await.map_err(|e| e.to_string())?;
+    app.subscribe(Bench::TOPIC)
+        .await
+        .map_err(|e| e.to_string())?;
     app.sync().await.map_err(|e| e.to_string())?;
     say("ready");
     let expected = cx.args.count();
@@ -1368,7 +1382,11 @@ async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + cx.until_deadline();
     let mut draining = false;
     let timeout = loop {
-        let wait = if draining { STRAGGLER_WAIT } else { Duration::from_millis(100) };
+        let wait = if draining {
+            STRAGGLER_WAIT
+        } else {
+            Duration::from_millis(100)
+        };
         tokio::select! {
             item = app.next() => match item {
                 Some(Incoming::Event { payload, .. }) => {

@@ -54,7 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let serving = tokio::spawn(async move {
         while let Some(item) = thermometer.next().await {
             match item {
-                Incoming::Request { id, from, payload, .. } => {
+                Incoming::Request {
+                    id, from, payload, ..
+                } => {
                     let read: Read = decode_payload(&payload)?;
                     println!("thermometer: {from} asks for the {}", read.room);
                     let reading = encode_payload(&Reading { celsius: 21.5 })?;
@@ -90,7 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let order = Command {
         action: "heat".into(),
     };
-    panel.publish("hvac.command", &order, Some("worker-2")).await?;
+    panel
+        .publish("hvac.command", &order, Some("worker-2"))
+        .await?;
 
     tokio::time::timeout(Duration::from_secs(10), serving)
         .await

@@ -209,7 +209,11 @@ where
         Err(code) => return code,
     };
     if cfg.node(&via.via).is_none() {
-        eprintln!("error: {}: no node named {:?}", via.config.display(), via.via);
+        eprintln!(
+            "error: {}: no node named {:?}",
+            via.config.display(),
+            via.via
+        );
         return ExitCode::from(2);
     }
     let system = actix_rt::System::new();
@@ -242,11 +246,17 @@ async fn sub(mut client: Client, topic: String, count: Option<u64>) -> Result<()
             () = &mut stop => break,
         };
         match item {
-            Some(Incoming::Event { topic, from, payload }) => {
+            Some(Incoming::Event {
+                topic,
+                from,
+                payload,
+            }) => {
                 let payload = json::cbor_to_json(&payload)
                     .unwrap_or_else(|e| serde_json::json!({"$undecodable": e.to_string()}));
                 let line = serde_json::json!({"topic": topic, "from": from, "payload": payload});
-                writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(|e| e.to_string())?;
                 printed += 1;
             }
             Some(Incoming::Refused { op, code, message }) => {

@@ -48,8 +48,8 @@ use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, Target};
 use crate::topology;
 use crate::wire::{self, StatValue};
-use event_bus::{EventBus, Subscribe, TypedSubscriber, Unsubscribe};
 use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
+use event_bus::{EventBus, Subscribe, TypedSubscriber, Unsubscribe};
 use session::Wiring;
 use shared::NodeShared;
 use stats::{SetStat, Stats};
@@ -198,9 +198,7 @@ async fn start_here(
         .plan
         .dials_of(s.name())
         .into_iter()
-        .map(|link| {
-            upstream::Upstream::new(s.clone(), link.clone(), wiring.clone()).start()
-        })
+        .map(|link| upstream::Upstream::new(s.clone(), link.clone(), wiring.clone()).start())
         .collect();
     let services = services.map(|sockets| {
         let w = service_session::ServiceWiring {

@@ -83,7 +83,9 @@ pub enum ClientError {
     Encode(#[from] WireError),
     #[error("the connection to the node is closed: {0}")]
     Closed(String),
-    #[error("node {node} has no service endpoint (`service` or `service_socket`) in the configuration")]
+    #[error(
+        "node {node} has no service endpoint (`service` or `service_socket`) in the configuration"
+    )]
     NoEndpoint { node: String },
     #[error("no node is named {0:?} in the configuration")]
     UnknownNode(String),
@@ -145,14 +147,22 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`].
-    pub async fn connect_via(config: &Config, via: &str, name: &str) -> Result<Client, ClientError> {
+    pub async fn connect_via(
+        config: &Config,
+        via: &str,
+        name: &str,
+    ) -> Result<Client, ClientError> {
         let node = config
             .node(via)
             .ok_or_else(|| ClientError::UnknownNode(via.to_owned()))?;
         let endpoint = match (&node.service, &node.service_socket) {
             (Some(a), _) => Endpoint::Tcp(*a),
             (None, Some(p)) => Endpoint::Unix(p.clone()),
-            (None, None) => return Err(ClientError::NoEndpoint { node: via.to_owned() }),
+            (None, None) => {
+                return Err(ClientError::NoEndpoint {
+                    node: via.to_owned(),
+                })
+            }
         };
         let key = config
             .cluster
@@ -189,12 +199,16 @@ impl Client {
         };
         match endpoint {
             Endpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await.map_err(connect_err)?;
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(connect_err)?;
                 let _ = s.set_nodelay(true);
                 Client::start(s, cluster, key, name, max_frame).await
             }
             Endpoint::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path).await.map_err(connect_err)?;
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect_err)?;
                 Client::start(s, cluster, key, name, max_frame).await
             }
         }
@@ -216,7 +230,8 @@ impl Client {
             incarnation: Uuid::new_v4(),
             secret: key.to_vec(),
         };
-        let mut framed = tokio_util::codec::Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+        let mut framed =
+            tokio_util::codec::Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
         let peer = wire::dial(&mut framed, &me, Duration::from_secs(5)).await?;
         let parts = framed.into_parts();
         let mut codec = parts.codec;
@@ -231,7 +246,13 @@ impl Client {
         let calls: Waiting = Arc::default();
         let pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
         let writer = tokio::spawn(write_loop(writer, out_rx));
-        let reader = tokio::spawn(read_loop(reader, out.clone(), in_tx, calls.clone(), pongs.clone()));
+        let reader = tokio::spawn(read_loop(
+            reader,
+            out.clone(),
+            in_tx,
+            calls.clone(),
+            pongs.clone(),
+        ));
         Ok(Client {
             out,
             incoming,
@@ -261,13 +282,19 @@ impl Client {
     /// # Errors
     /// [`ClientError::Closed`].
     pub async fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
-        self.send(Message::Subscribe(Topic { topic: topic.to_owned() })).await
+        self.send(Message::Subscribe(Topic {
+            topic: topic.to_owned(),
+        }))
+        .await
     }
 
     /// # Errors
     /// [`ClientError::Closed`].
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientError> {
-        self.send(Message::Unsubscribe(Topic { topic: topic.to_owned() })).await
+        self.send(Message::Unsubscribe(Topic {
+            topic: topic.to_owned(),
+        }))
+        .await
     }
 
     /// Publish `value` (any serde value, sent as CBOR) on `topic`, to every node or to `target`.
@@ -307,20 +334,30 @@ impl Client {
     /// # Errors
     /// [`ClientError::Closed`].
     pub async fn implement(&self, method: &str) -> Result<(), ClientError> {
-        self.send(Message::Implement(Method { method: method.to_owned() })).await
+        self.send(Message::Implement(Method {
+            method: method.to_owned(),
+        }))
+        .await
     }
 
     /// # Errors
     /// [`ClientError::Closed`].
     pub async fn unimplement(&self, method: &str) -> Result<(), ClientError> {
-        self.send(Message::Unimplement(Method { method: method.to_owned() })).await
+        self.send(Message::Unimplement(Method {
+            method: method.to_owned(),
+        }))
+        .await
     }
 
     /// Answer request `id`: `Ok(cbor)` or `Err((code, message))`.
     ///
     /// # Errors
     /// [`ClientError::Closed`].
-    pub async fn respond(&self, id: u64, result: Result<Bytes, (String, String)>) -> Result<(), ClientError> {
+    pub async fn respond(
+        &self,
+        id: u64,
+        result: Result<Bytes, (String, String)>,
+    ) -> Result<(), ClientError> {
         let outcome = match result {
             Ok(b) => Outcome::Ok(b),
             Err((code, message)) => Outcome::Error(Failure { code, message }),
@@ -344,9 +381,12 @@ impl Client {
             CallTarget::Any => None,
             CallTarget::Node(n) => Some(n),
         };
-        let bytes = self.call_raw(R::METHOD, target.as_deref(), timeout, payload).await?;
-        wire::decode_payload(&bytes)
-            .map_err(|e| CallError::BadPayload(format!("response of {} does not decode: {e}", R::METHOD)))
+        let bytes = self
+            .call_raw(R::METHOD, target.as_deref(), timeout, payload)
+            .await?;
+        wire::decode_payload(&bytes).map_err(|e| {
+            CallError::BadPayload(format!("response of {} does not decode: {e}", R::METHOD))
+        })
     }
 
     /// Call `method` with a CBOR payload; `None` target: any implementer; `None` timeout: the
@@ -489,7 +529,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
             Message::Bye(b) => break format!("the node said bye: {}", b.reason),
-            Message::Error(e) => break format!("the node refused the connection: {}: {}", e.code, e.message),
+            Message::Error(e) => {
+                break format!("the node refused the connection: {}: {}", e.code, e.message)
+            }
             other => break format!("unexpected {} from the node", other.kind()),
         };
         if incoming.send(item).await.is_err() {

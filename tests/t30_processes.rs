@@ -228,7 +228,13 @@ fn a_port_in_use_is_reported_with_the_node_and_address() {
     let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = squatter.local_addr().unwrap().port();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let master_listen = text.split("listen = \"").nth(1).unwrap().split('"').next().unwrap();
+    let master_listen = text
+        .split("listen = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let text = text.replacen(master_listen, &format!("127.0.0.1:{port}"), 1);
     std::fs::write(&cfg, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nodecloud"))

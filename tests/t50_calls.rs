@@ -106,7 +106,10 @@ fn adder_telling(
 async fn a_call_between_workers_is_relayed_by_the_master_and_answered() {
     let nodes = star(2).await;
     let _adder = adder_on(&nodes[2]);
-    let sum = nodes[1].call("worker-2", &Add { a: 2, b: 3 }).await.unwrap();
+    let sum = nodes[1]
+        .call("worker-2", &Add { a: 2, b: 3 })
+        .await
+        .unwrap();
     assert_eq!(
         sum,
         Sum {
@@ -127,7 +130,10 @@ async fn a_call_to_any_implementer_takes_the_equally_loaded_nodes_in_turn() {
         .unwrap();
     let mut by = Vec::new();
     for i in 0..4 {
-        let sum = nodes[0].call(CallTarget::Any, &Add { a: i, b: 1 }).await.unwrap();
+        let sum = nodes[0]
+            .call(CallTarget::Any, &Add { a: i, b: 1 })
+            .await
+            .unwrap();
         assert_eq!(sum.sum, i + 1);
         by.push(sum.by);
     }
@@ -142,7 +148,10 @@ async fn a_node_serves_its_own_calls_locally() {
     let _adder = adder_on(&nodes[0]);
     let sum = nodes[0].call("master", &Add { a: 40, b: 2 }).await.unwrap();
     assert_eq!(sum.sum, 42);
-    let any = nodes[0].call(CallTarget::Any, &Add { a: 1, b: 1 }).await.unwrap();
+    let any = nodes[0]
+        .call(CallTarget::Any, &Add { a: 1, b: 1 })
+        .await
+        .unwrap();
     assert_eq!(any.by, "master");
     cluster::stop(&nodes).await;
 }
@@ -156,14 +165,23 @@ async fn every_call_error_is_distinct_and_says_what_happened() {
         .unwrap();
     let caller = &nodes[1];
 
-    let e = caller.call("worker-2", &Add { a: 13, b: 0 }).await.unwrap_err();
+    let e = caller
+        .call("worker-2", &Add { a: 13, b: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(
         e,
         CallError::Remote("worker-2 refuses 13 (caller worker-1)".into())
     );
 
-    let e = caller.call("master", &Add { a: 1, b: 1 }).await.unwrap_err();
-    assert!(matches!(e, CallError::NoImplementer(ref m) if m.contains("math.add")), "{e}");
+    let e = caller
+        .call("master", &Add { a: 1, b: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CallError::NoImplementer(ref m) if m.contains("math.add")),
+        "{e}"
+    );
 
     #[derive(Serialize, Deserialize)]
     struct Nobody;
@@ -174,7 +192,10 @@ async fn every_call_error_is_distinct_and_says_what_happened() {
     let e = caller.call(CallTarget::Any, &Nobody).await.unwrap_err();
     assert_eq!(e, CallError::NoImplementer("nobody.home".into()));
 
-    let e = caller.call("worker-9", &Add { a: 1, b: 1 }).await.unwrap_err();
+    let e = caller
+        .call("worker-9", &Add { a: 1, b: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e, CallError::UnknownNode("worker-9".into()));
 
     let e = caller
@@ -224,7 +245,10 @@ async fn a_call_pending_on_a_node_that_stops_fails_with_target_down_before_its_t
         "{e}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let e = nodes[1].call("worker-2", &Add { a: 1, b: 1 }).await.unwrap_err();
+    let e = nodes[1]
+        .call("worker-2", &Add { a: 1, b: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e, CallError::TargetDown("worker-2".into()));
     cluster::stop(&nodes).await;
 }

@@ -89,7 +89,9 @@ fn config(workers: usize) -> Config {
 
 async fn start(c: Config) -> (Arc<Config>, Vec<NodeHandle>) {
     let c = Arc::new(c);
-    let nodes = cluster::start(c.clone(), None).await.expect("cluster starts");
+    let nodes = cluster::start(c.clone(), None)
+        .await
+        .expect("cluster starts");
     testing::wait_converged(&nodes, WAIT)
         .await
         .expect("membership converges");
@@ -136,7 +138,10 @@ async fn an_application_publish_reaches_an_actor_on_another_node_as_a_typed_deli
     a.publish("sensor.temperature", &Temperature { celsius: 21.5 }, None)
         .await
         .unwrap();
-    let (from, t) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let (from, t) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((from.as_str(), t.celsius), ("worker-1", 21.5));
     cluster::stop(&nodes).await;
 }
@@ -148,33 +153,56 @@ async fn an_actor_publish_and_an_application_publish_reach_a_subscribed_applicat
     sub.subscribe("sensor.temperature").await.unwrap();
     sub.sync().await.unwrap();
     nodes[0].publish(&Temperature { celsius: 1.0 }).unwrap();
-    let Incoming::Event { topic, from, payload } = next(&mut sub).await else {
+    let Incoming::Event {
+        topic,
+        from,
+        payload,
+    } = next(&mut sub).await
+    else {
         panic!("an event")
     };
-    assert_eq!((topic.as_str(), from.as_str()), ("sensor.temperature", "master"));
-    assert_eq!(decode_payload::<Temperature>(&payload).unwrap().celsius, 1.0);
+    assert_eq!(
+        (topic.as_str(), from.as_str()),
+        ("sensor.temperature", "master")
+    );
+    assert_eq!(
+        decode_payload::<Temperature>(&payload).unwrap().celsius,
+        1.0
+    );
 
     // Targeted, from another application on another node.
     let pubr = app(&c, "worker-1", "publisher").await;
-    pubr.publish("sensor.temperature", &Temperature { celsius: 2.0 }, Some("worker-2"))
-        .await
-        .unwrap();
+    pubr.publish(
+        "sensor.temperature",
+        &Temperature { celsius: 2.0 },
+        Some("worker-2"),
+    )
+    .await
+    .unwrap();
     let Incoming::Event { from, payload, .. } = next(&mut sub).await else {
         panic!("an event")
     };
     assert_eq!(from, "worker-1");
-    assert_eq!(decode_payload::<Temperature>(&payload).unwrap().celsius, 2.0);
+    assert_eq!(
+        decode_payload::<Temperature>(&payload).unwrap().celsius,
+        2.0
+    );
 
     // Unsubscribed: the next event is not delivered (a later targeted marker is).
     sub.unsubscribe("sensor.temperature").await.unwrap();
     sub.subscribe("marker").await.unwrap();
     sub.sync().await.unwrap();
     nodes[0].publish(&Temperature { celsius: 3.0 }).unwrap();
-    pubr.publish("marker", &1u8, Some("worker-2")).await.unwrap();
+    pubr.publish("marker", &1u8, Some("worker-2"))
+        .await
+        .unwrap();
     let Incoming::Event { topic, .. } = next(&mut sub).await else {
         panic!("an event")
     };
-    assert_eq!(topic, "marker", "nothing of the unsubscribed topic came first");
+    assert_eq!(
+        topic, "marker",
+        "nothing of the unsubscribed topic came first"
+    );
     cluster::stop(&nodes).await;
 }
 
@@ -188,19 +216,31 @@ async fn an_actor_calls_an_application_method_through_a_relay_and_an_application
         .await
         .unwrap();
     // worker-1 → master → worker-2 → application.
-    let sum = nodes[1].call(CallTarget::Any, &Add { a: 2, b: 3 }).await.unwrap();
+    let sum = nodes[1]
+        .call(CallTarget::Any, &Add { a: 2, b: 3 })
+        .await
+        .unwrap();
     assert_eq!(sum, Sum { sum: 5 });
-    let e = nodes[1].call("worker-2", &Add { a: 13, b: 0 }).await.unwrap_err();
+    let e = nodes[1]
+        .call("worker-2", &Add { a: 13, b: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(e, CallError::Remote("unlucky: 13 is refused".into()));
 
     let (tx, _rx) = mpsc::unbounded_channel();
     let thermo = Thermo { tx }.start();
     nodes[0].implement::<Double>(thermo.recipient());
     let caller = app(&c, "worker-1", "caller").await;
-    let doubled = caller.call("master", &Double { n: 21 }, None).await.unwrap();
+    let doubled = caller
+        .call("master", &Double { n: 21 }, None)
+        .await
+        .unwrap();
     assert_eq!(doubled, 42);
     // An application calls another application's method, named by node.
-    let sum = caller.call("worker-2", &Add { a: 1, b: 1 }, None).await.unwrap();
+    let sum = caller
+        .call("worker-2", &Add { a: 1, b: 1 }, None)
+        .await
+        .unwrap();
     assert_eq!(sum, Sum { sum: 2 });
     cluster::stop(&nodes).await;
 }
@@ -225,13 +265,23 @@ async fn an_application_that_dies_fails_its_pending_calls_at_once_and_its_method
     assert_eq!(method, "app.add");
     let started = Instant::now();
     drop(server); // the application dies with the request unanswered
-    let e = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap().unwrap_err();
+    let e = tokio::time::timeout(WAIT, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(e, CallError::ImplementerGone(_)), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(5), "failed at once, not at the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed at once, not at the timeout"
+    );
     testing::wait_implemented(&nodes[0], "app.add", &[], WAIT)
         .await
         .unwrap();
-    let e = nodes[0].call(CallTarget::Any, &Add { a: 1, b: 2 }).await.unwrap_err();
+    let e = nodes[0]
+        .call(CallTarget::Any, &Add { a: 1, b: 2 })
+        .await
+        .unwrap_err();
     assert_eq!(e, CallError::NoImplementer("app.add".into()));
     cluster::stop(&nodes).await;
 }
@@ -245,27 +295,54 @@ async fn every_refusal_names_the_operation_and_keeps_the_connection_open() {
         other => panic!("a refusal, not {other:?}"),
     };
     a.subscribe("").await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("subscribe".into(), "bad_topic".into()));
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("subscribe".into(), "bad_topic".into())
+    );
     a.unsubscribe("never").await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("unsubscribe".into(), "not_subscribed".into()));
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("unsubscribe".into(), "not_subscribed".into())
+    );
     a.unimplement("never").await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("unimplement".into(), "not_implemented".into()));
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("unimplement".into(), "not_implemented".into())
+    );
     a.implement(&"m".repeat(256)).await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("implement".into(), "bad_method".into()));
-    a.respond(99, Ok(Bytes::from_static(b"\x00"))).await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("respond".into(), "unknown_request".into()));
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("implement".into(), "bad_method".into())
+    );
+    a.respond(99, Ok(Bytes::from_static(b"\x00")))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("respond".into(), "unknown_request".into())
+    );
     a.publish("x", &1u8, Some("worker-9")).await.unwrap();
-    assert_eq!(refused(next(&mut a).await), ("publish".into(), "unreachable".into()));
+    assert_eq!(
+        refused(next(&mut a).await),
+        ("publish".into(), "unreachable".into())
+    );
 
-    let e = a.call_raw("nobody.home", None, None, encode_payload(&()).unwrap()).await;
+    let e = a
+        .call_raw("nobody.home", None, None, encode_payload(&()).unwrap())
+        .await;
     assert_eq!(e, Err(CallError::NoImplementer("nobody.home".into())));
-    let e = a.call_raw("app.add", Some("worker-9"), None, Bytes::new()).await;
+    let e = a
+        .call_raw("app.add", Some("worker-9"), None, Bytes::new())
+        .await;
     assert_eq!(e, Err(CallError::UnknownNode("worker-9".into())));
 
     // Still attached and served.
     a.subscribe("ok").await.unwrap();
     a.sync().await.unwrap();
-    nodes[0].publish_wait(&Temperature { celsius: 0.0 }).await.unwrap();
+    nodes[0]
+        .publish_wait(&Temperature { celsius: 0.0 })
+        .await
+        .unwrap();
     cluster::stop(&nodes).await;
 }
 
@@ -287,14 +364,19 @@ async fn a_flood_of_subscriptions_is_bounded_with_a_clear_refusal() {
     assert_eq!(refusals, 1100 - 1024);
     // Subscribed topics still work.
     a.subscribe("topic.7").await.unwrap();
-    nodes[0].publish_wait(&Temperature { celsius: 0.0 }).await.unwrap();
+    nodes[0]
+        .publish_wait(&Temperature { celsius: 0.0 })
+        .await
+        .unwrap();
     cluster::stop(&nodes).await;
 }
 
 #[actix_rt::test]
 async fn a_wrong_service_key_is_refused_with_auth_failed() {
     let mut c = config(1);
-    c.cluster.service_key = Some(nodecloud::config::Secret::new(b"the-service-key-0123".to_vec()));
+    c.cluster.service_key = Some(nodecloud::config::Secret::new(
+        b"the-service-key-0123".to_vec(),
+    ));
     let (c, nodes) = start(c).await;
     let addr = c.nodes[1].service.unwrap();
     let e = Client::connect(&Endpoint::Tcp(addr), "test", b"test-secret-0123456789", "x")
@@ -369,7 +451,10 @@ async fn raw_app(c: &Config, via: &str) -> Framed<TcpStream, FrameCodec> {
 }
 
 async fn still_serving(honest: &mut Client, nodes: &[NodeHandle]) {
-    nodes[0].publish_wait(&Temperature { celsius: 9.0 }).await.unwrap();
+    nodes[0]
+        .publish_wait(&Temperature { celsius: 9.0 })
+        .await
+        .unwrap();
     loop {
         if let Incoming::Event { topic, .. } = next(honest).await {
             if topic == "sensor.temperature" {
@@ -405,7 +490,10 @@ async fn hostile_clients_get_an_error_frame_and_are_closed_while_others_are_serv
         .send(&Message::Subscribe(Topic { topic: "x".into() }))
         .await
         .unwrap();
-    assert_eq!(codes_until_close(framed.into_inner()).await, ["unexpected_message"]);
+    assert_eq!(
+        codes_until_close(framed.into_inner()).await,
+        ["unexpected_message"]
+    );
     still_serving(&mut honest, &nodes).await;
 
     // After authenticating: a peer-only message, then an oversized frame, then a cut frame.
@@ -432,7 +520,10 @@ async fn hostile_clients_get_an_error_frame_and_are_closed_while_others_are_serv
 
     // Vanishing mid-frame: the node closes its side too.
     let mut raw = raw_app(&c, "worker-1").await;
-    raw.get_mut().write_all(&[0, 0, 0, 100, 0x82, 0x03]).await.unwrap();
+    raw.get_mut()
+        .write_all(&[0, 0, 0, 100, 0x82, 0x03])
+        .await
+        .unwrap();
     raw.get_mut().shutdown().await.unwrap();
     let mut s = raw.into_inner();
     let mut rest = BytesMut::new();

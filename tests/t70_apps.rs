@@ -81,7 +81,11 @@ fn write_config(dir: &Path) -> PathBuf {
         "[cluster]\nname = \"apps\"\ntopology = \"star\"\nsecret = \"{SECRET}\"\n\
          heartbeat_interval_ms = 100\nfailure_threshold = 5\n"
     );
-    for (name, role) in [("master", "master"), ("worker-1", "worker"), ("worker-2", "worker")] {
+    for (name, role) in [
+        ("master", "master"),
+        ("worker-1", "worker"),
+        ("worker-2", "worker"),
+    ] {
         text += &format!(
             "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:{}\"\n\
              service = \"127.0.0.1:{}\"\n",
@@ -137,7 +141,13 @@ impl PyApp {
     async fn start(c: &Config, via: &str) -> PyApp {
         let addr = c.node(via).unwrap().service.unwrap().to_string();
         let mut child = python()
-            .args(["clients/python/example.py", "--address", &addr, "--cluster", "apps"])
+            .args([
+                "clients/python/example.py",
+                "--address",
+                &addr,
+                "--cluster",
+                "apps",
+            ])
             .args(["--key", SECRET, "--name", "py-example"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -181,22 +191,40 @@ async fn a_python_app_publishes_to_a_rust_actor_and_serves_calls_from_rust_and_t
 
     let py = PyApp::start(&c, "worker-2").await;
     // The Python publish arrives on the master as a typed Delivery<Temperature>.
-    let (from, t) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let (from, t) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((from.as_str(), t.celsius), ("worker-2", 21.5));
 
     // A Rust actor's node calls the Python method, by any-implementer choice.
     testing::wait_implemented(&nodes[1], "py.add", &["worker-2"], WAIT)
         .await
         .unwrap();
-    let sum = nodes[1].call(CallTarget::Any, &PyAdd { a: 20, b: 22 }).await.unwrap();
+    let sum = nodes[1]
+        .call(CallTarget::Any, &PyAdd { a: 20, b: 22 })
+        .await
+        .unwrap();
     assert_eq!(sum, PySum { sum: 42 });
 
     // The command line calls it through another node; JSON in, JSON out.
     let cfg = path.to_str().unwrap();
-    let o = nodecloud(&["call", "py.add", r#"{"a": 2, "b": 3}"#, "--config", cfg, "--via", "worker-1"]).await;
+    let o = nodecloud(&[
+        "call",
+        "py.add",
+        r#"{"a": 2, "b": 3}"#,
+        "--config",
+        cfg,
+        "--via",
+        "worker-1",
+    ])
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), r#"{"sum":5}"#);
-    let o = nodecloud(&["call", "py.fail", "{}", "--config", cfg, "--via", "master", "--to", "worker-2"]).await;
+    let o = nodecloud(&[
+        "call", "py.fail", "{}", "--config", cfg, "--via", "master", "--to", "worker-2",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("remote_error"), "{}", stderr(&o));
     assert!(stderr(&o).contains("no"), "{}", stderr(&o));
@@ -216,14 +244,35 @@ async fn the_command_line_publishes_subscribes_and_calls_with_faithful_json() {
     nodes[2].implement::<Scale>(actor.recipient());
 
     // pub: JSON becomes the typed event of a Rust actor (1.0 stays a float).
-    let o = nodecloud(&["pub", "sensor.temperature", r#"{"celsius": 1.0}"#, "--config", &cfg, "--via", "worker-1"]).await;
+    let o = nodecloud(&[
+        "pub",
+        "sensor.temperature",
+        r#"{"celsius": 1.0}"#,
+        "--config",
+        &cfg,
+        "--via",
+        "worker-1",
+    ])
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
-    let (from, t) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let (from, t) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((from.as_str(), t.celsius), ("worker-1", 1.0));
 
     // sub: a Rust publish prints as one JSON line; --count ends it.
     let mut sub = Command::new(env!("CARGO_BIN_EXE_nodecloud"))
-        .args(["sub", "sensor.temperature", "--config", &cfg, "--via", "worker-1", "--count", "1"])
+        .args([
+            "sub",
+            "sensor.temperature",
+            "--config",
+            &cfg,
+            "--via",
+            "worker-1",
+            "--count",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -244,28 +293,102 @@ async fn the_command_line_publishes_subscribes_and_calls_with_faithful_json() {
         printed,
         r#"{"from":"master","payload":{"celsius":2.5},"topic":"sensor.temperature"}"#
     );
-    let status = tokio::task::spawn_blocking(move || sub.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || sub.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     // call: a Rust actor's method; its error; the errors of the call itself.
-    let o = nodecloud(&["call", "rust.scale", r#"{"values": [1, 2.5], "by": 2.0}"#, "--config", &cfg, "--via", "master", "--to", "worker-2"]).await;
+    let o = nodecloud(&[
+        "call",
+        "rust.scale",
+        r#"{"values": [1, 2.5], "by": 2.0}"#,
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+        "--to",
+        "worker-2",
+    ])
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "[2.0,5.0]");
-    let o = nodecloud(&["call", "rust.scale", r#"{"values": [], "by": 0.0}"#, "--config", &cfg, "--via", "master", "--to", "worker-2"]).await;
+    let o = nodecloud(&[
+        "call",
+        "rust.scale",
+        r#"{"values": [], "by": 0.0}"#,
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+        "--to",
+        "worker-2",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("remote_error") && stderr(&o).contains("scaling by zero"), "{}", stderr(&o));
-    let o = nodecloud(&["call", "rust.scale", r#""not a request""#, "--config", &cfg, "--via", "master", "--to", "worker-2"]).await;
+    assert!(
+        stderr(&o).contains("remote_error") && stderr(&o).contains("scaling by zero"),
+        "{}",
+        stderr(&o)
+    );
+    let o = nodecloud(&[
+        "call",
+        "rust.scale",
+        r#""not a request""#,
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+        "--to",
+        "worker-2",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad_payload"), "{}", stderr(&o));
-    let o = nodecloud(&["call", "nobody.home", "{}", "--config", &cfg, "--via", "master"]).await;
+    let o = nodecloud(&[
+        "call",
+        "nobody.home",
+        "{}",
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no_implementer"), "{}", stderr(&o));
-    let o = nodecloud(&["call", "rust.scale", "{}", "--config", &cfg, "--via", "master", "--to", "worker-2", "--timeout", "1"]).await;
+    let o = nodecloud(&[
+        "call",
+        "rust.scale",
+        "{}",
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+        "--to",
+        "worker-2",
+        "--timeout",
+        "1",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let o = nodecloud(&["call", "x", "{not json", "--config", &cfg, "--via", "master"]).await;
+    let o = nodecloud(&[
+        "call",
+        "x",
+        "{not json",
+        "--config",
+        &cfg,
+        "--via",
+        "master",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not JSON"), "{}", stderr(&o));
-    let o = nodecloud(&["pub", "t", "1", "--config", &cfg, "--via", "master", "--to", "nowhere"]).await;
+    let o = nodecloud(&[
+        "pub", "t", "1", "--config", &cfg, "--via", "master", "--to", "nowhere",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("unreachable"), "{}", stderr(&o));
     cluster::stop(&nodes).await;

@@ -28,7 +28,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::membership::{MembershipView, Membership, MethodsChanged};
+use super::membership::{Membership, MembershipView, MethodsChanged};
 use super::session::Outbound;
 use super::shared::NodeShared;
 use crate::call::{CallError, Invocation, Request};
@@ -211,7 +211,13 @@ impl Calls {
 
     /// Serve a call here with the next local implementation of `method` in turn; false if
     /// there is none.
-    fn serve_locally(&mut self, method: &str, from: NodeId, payload: Bytes, answer: Answer) -> bool {
+    fn serve_locally(
+        &mut self,
+        method: &str,
+        from: NodeId,
+        payload: Bytes,
+        answer: Answer,
+    ) -> bool {
         loop {
             let Some(ids) = self.by_method.get(method).filter(|ids| !ids.is_empty()) else {
                 return false;
@@ -250,8 +256,12 @@ impl Calls {
     /// The node to serve a call of `method` with no target: least loaded, ties in turn.
     fn pick(&mut self, method: &str, view: &MembershipView) -> Option<String> {
         let me = self.shared.name();
-        let local = self.by_method.get(method).is_some_and(|ids| !ids.is_empty());
-        let load = |stats: &crate::wire::NodeStats| stats.load_avg[0] / f64::from(stats.cpus.max(1));
+        let local = self
+            .by_method
+            .get(method)
+            .is_some_and(|ids| !ids.is_empty());
+        let load =
+            |stats: &crate::wire::NodeStats| stats.load_avg[0] / f64::from(stats.cpus.max(1));
         let mut candidates: Vec<(&str, f64)> = view
             .implementers(method)
             .filter(|m| m.name != me)
@@ -275,7 +285,11 @@ impl Calls {
         Some(chosen)
     }
 
-    fn start_call(&mut self, call: StartCall, ctx: &mut Context<Self>) -> Pin<Box<dyn Future<Output = Outcome>>> {
+    fn start_call(
+        &mut self,
+        call: StartCall,
+        ctx: &mut Context<Self>,
+    ) -> Pin<Box<dyn Future<Output = Outcome>>> {
         let fail = |e: CallError| -> Pin<Box<dyn Future<Output = Outcome>>> {
             Box::pin(std::future::ready(Outcome::Error(e.to_failure())))
         };

@@ -27,11 +27,7 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    pub fn new(
-        shared: Arc<NodeShared>,
-        listener: TcpListener,
-        wiring: Wiring,
-    ) -> Self {
+    pub fn new(shared: Arc<NodeShared>, listener: TcpListener, wiring: Wiring) -> Self {
         PeerListener {
             shared,
             listener: Some(listener),

@@ -130,10 +130,11 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
         }
     }
     if let Some(env) = out.local {
-        bus.try_send(Deliver(vec![env], None)).map_err(|e| match e {
-            SendError::Full(_) => PublishError::BusFull,
-            SendError::Closed(_) => PublishError::Stopped,
-        })?;
+        bus.try_send(Deliver(vec![env], None))
+            .map_err(|e| match e {
+                SendError::Full(_) => PublishError::BusFull,
+                SendError::Closed(_) => PublishError::Stopped,
+            })?;
     }
     let mut frame = out.frame;
     let mut sends = links.zip(first.into_iter().chain(more)).peekable();

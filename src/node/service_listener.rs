@@ -141,7 +141,9 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
             }
         };
         let full = if self.pending >= MAX_PENDING_HANDSHAKES {
-            Some(format!("{MAX_PENDING_HANDSHAKES} handshakes already in progress"))
+            Some(format!(
+                "{MAX_PENDING_HANDSHAKES} handshakes already in progress"
+            ))
         } else if self.sessions.len() >= MAX_APPLICATIONS {
             Some(format!("{MAX_APPLICATIONS} applications already attached"))
         } else {

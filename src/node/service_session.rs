@@ -23,7 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedParts, FramedRead};
 
-use super::calls::{Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement};
+use super::calls::{
+    Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
+};
 use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
 use super::publish;
 use super::service_listener::ServiceClosed;
@@ -172,8 +174,14 @@ impl ServiceSession {
         let Some(frame) = self.encode(msg) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(Outbound::Frame(frame)) {
-            let (tx, me, limit) = (self.tx.clone(), ctx.address(), self.w.shared.failure_timeout());
+        if let Err(mpsc::error::TrySendError::Full(frame)) =
+            self.tx.try_send(Outbound::Frame(frame))
+        {
+            let (tx, me, limit) = (
+                self.tx.clone(),
+                ctx.address(),
+                self.w.shared.failure_timeout(),
+            );
             actix_rt::spawn(async move {
                 if tokio::time::timeout(limit, tx.send(frame)).await.is_err() {
                     me.do_send(SlowConsumer);
@@ -287,7 +295,9 @@ impl ServiceSession {
             return self.refuse(
                 "subscribe",
                 "too_many_subscriptions",
-                format!("{topic:?}: an application subscribes to at most {MAX_SUBSCRIPTIONS} topics"),
+                format!(
+                    "{topic:?}: an application subscribes to at most {MAX_SUBSCRIPTIONS} topics"
+                ),
                 ctx,
             );
         }
@@ -393,7 +403,9 @@ impl ServiceSession {
             );
         }
         self.calls_in_flight += 1;
-        let timeout = c.timeout_ms.map_or(DEFAULT_CALL_TIMEOUT, Duration::from_millis);
+        let timeout = c
+            .timeout_ms
+            .map_or(DEFAULT_CALL_TIMEOUT, Duration::from_millis);
         let started = self.w.calls.send(StartCall {
             method: c.method,
             target: c.target,
@@ -438,7 +450,10 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("is empty".into())
     } else if name.len() > MAX_NAME_BYTES {
-        Err(format!("is {} bytes, more than {MAX_NAME_BYTES}", name.len()))
+        Err(format!(
+            "is {} bytes, more than {MAX_NAME_BYTES}",
+            name.len()
+        ))
     } else {
         Ok(())
     }

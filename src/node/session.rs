@@ -251,7 +251,12 @@ impl Session {
                 frames: frames.fuse(),
                 spare: spare_reads.clone(),
             });
-            let writer = actix_rt::spawn(write_loop(write, rx, writer_codec, ctx.address().recipient()));
+            let writer = actix_rt::spawn(write_loop(
+                write,
+                rx,
+                writer_codec,
+                ctx.address().recipient(),
+            ));
             Session {
                 p,
                 link_id,
@@ -373,7 +378,10 @@ impl Session {
                 self.fail(
                     ctx,
                     "unexpected_message",
-                    format!("{} is a service message, not allowed on a peer link", other.kind()),
+                    format!(
+                        "{} is a service message, not allowed on a peer link",
+                        other.kind()
+                    ),
                 );
             }
         }
@@ -425,7 +433,9 @@ impl Session {
                 return;
             }
         };
-        if let Err(mpsc::error::TrySendError::Full(frame)) = link.tx.try_send(Outbound::Frame(frame)) {
+        if let Err(mpsc::error::TrySendError::Full(frame)) =
+            link.tx.try_send(Outbound::Frame(frame))
+        {
             ctx.wait(
                 async move {
                     let _ = link.tx.send(frame).await;
@@ -599,7 +609,14 @@ impl StreamHandler<ReadBatch> for Session {
                 Ok(()) => {}
                 Err(SendError::Full(batch)) => {
                     // The bus is behind: stop reading until it takes this batch.
-                    ctx.wait(self.p.wiring.bus.send(batch).into_actor(self).map(|_, _, _| ()));
+                    ctx.wait(
+                        self.p
+                            .wiring
+                            .bus
+                            .send(batch)
+                            .into_actor(self)
+                            .map(|_, _, _| ()),
+                    );
                 }
                 Err(SendError::Closed(_)) => {}
             }

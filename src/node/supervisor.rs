@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::calls::Calls;
 use super::event_bus::EventBus;
 use super::listener::PeerListener;
 use super::master::Master;
 use super::membership::Membership;
 use super::router::{CloseAll, Router};
-use super::calls::Calls;
 use super::service_listener::{CloseServices, ServiceListener};
 use super::shared::NodeShared;
 use super::stats::Stats;

@@ -59,11 +59,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(
-        shared: Arc<NodeShared>,
-        link: PlannedLink,
-        wiring: Wiring,
-    ) -> Self {
+    pub fn new(shared: Arc<NodeShared>, link: PlannedLink, wiring: Wiring) -> Self {
         Upstream {
             shared,
             link,
