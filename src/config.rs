@@ -289,9 +289,34 @@ impl Config {
     /// Parses and validates config text. `source` names it in messages; relative
     /// `secret_file` / `service_key_file` paths are resolved against `base_dir`.
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Config::parse_for(text, source, base_dir, Purpose::Node)
+    }
+
+    /// Like [`Config::load`], for an application attaching to one of the file's nodes: when
+    /// the file gives a service key, the cluster secret is not read (it may be unset where the
+    /// application runs) and `cluster.secret` holds the service key.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_for_application(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
+            path: source.clone(),
+            source: err,
+        })?;
+        let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse_for(&text, &source, base_dir, Purpose::Application)
+    }
+
+    fn parse_for(
+        text: &str,
+        source: &str,
+        base_dir: &Path,
+        purpose: Purpose,
+    ) -> Result<Config, ConfigError> {
         let ctx = Ctx { text, source };
         let raw: RawFile = toml::from_str(text).map_err(|err| ctx.toml_error(&err))?;
-        Validator::new(&ctx, &raw, base_dir).run()
+        Validator::new(&ctx, &raw, base_dir, purpose).run()
     }
 
     /// The node called `name`, if declared.
@@ -655,15 +680,28 @@ struct Validator<'a> {
     base_dir: &'a Path,
     /// Node name → index in declared order (filled once names are known unique).
     index: BTreeMap<&'a str, usize>,
+    /// What the file is read for: an application needs only the service key.
+    purpose: Purpose,
+}
+
+/// What a configuration file is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Running nodes: the cluster secret must resolve.
+    Node,
+    /// Attaching an application: with a service key given, the cluster secret is not read
+    /// (an application host need not hold it).
+    Application,
 }
 
 impl<'a> Validator<'a> {
-    fn new(ctx: &'a Ctx<'a>, raw: &'a RawFile, base_dir: &'a Path) -> Self {
+    fn new(ctx: &'a Ctx<'a>, raw: &'a RawFile, base_dir: &'a Path, purpose: Purpose) -> Self {
         Validator {
             ctx,
             raw,
             base_dir,
             index: BTreeMap::new(),
+            purpose,
         }
     }
 
@@ -708,16 +746,6 @@ impl<'a> Validator<'a> {
                 "one of star, ring, master-ring-slave, mesh, tree, custom",
             )
         })?;
-        let secret = self
-            .secret("secret", [&raw.secret, &raw.secret_env, &raw.secret_file])?
-            .ok_or_else(|| {
-                ctx.invalid(
-                    &self.raw.cluster.span(),
-                    "cluster.secret",
-                    "no cluster secret given",
-                    "exactly one of secret, secret_env or secret_file in [cluster]",
-                )
-            })?;
         let service_key = self.secret(
             "service_key",
             [
@@ -726,6 +754,19 @@ impl<'a> Validator<'a> {
                 &raw.service_key_file,
             ],
         )?;
+        let secret = match (&service_key, self.purpose) {
+            // The secret is never used by an application; the key stands in.
+            (Some(key), Purpose::Application) => Some(key.clone()),
+            _ => self.secret("secret", [&raw.secret, &raw.secret_env, &raw.secret_file])?,
+        };
+        let secret = secret.ok_or_else(|| {
+            ctx.invalid(
+                &self.raw.cluster.span(),
+                "cluster.secret",
+                "no cluster secret given",
+                "exactly one of secret, secret_env or secret_file in [cluster]",
+            )
+        })?;
         let heartbeat_ms = self.number(
             &raw.heartbeat_interval_ms,
             "heartbeat_interval_ms",

@@ -21,11 +21,13 @@
 //! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface of events.
 //! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
 //! * [`service`]: the client applications attach to a node with.
+//! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
 //! * [`testing`]: loopback configurations and membership waits for tests.
 
 pub mod call;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod event;

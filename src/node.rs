@@ -87,8 +87,12 @@ pub enum PublishError {
     Full(String),
     #[error("the event bus is full; retry, or use the awaiting variant")]
     BusFull,
-    #[error("node {0} is not reachable")]
-    Unreachable(String),
+    /// The target is declared but not up, or no live path leads to it now.
+    #[error("node {0} is down or not reachable")]
+    TargetDown(String),
+    /// The target is not a node of the configuration.
+    #[error("no node is named {0:?} in the configuration")]
+    UnknownNode(String),
     #[error("no node with incarnation {0} is up")]
     UnknownIncarnation(uuid::Uuid),
     #[error("the node is shut down")]
@@ -378,7 +382,8 @@ impl NodeHandle {
     /// Send to one node, by name or incarnation.
     ///
     /// # Errors
-    /// [`PublishError`], `Unreachable` when no live path leads to the target.
+    /// [`PublishError`]: `UnknownNode` for a name the configuration lacks, `TargetDown` when no
+    /// live path leads to the target.
     pub fn send_to<E: Event>(
         &self,
         target: impl Into<Target>,

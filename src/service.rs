@@ -45,6 +45,23 @@ use crate::wire::{
     Outcome, Ping, Publish, Reply, Topic, WireError, MAX_HANDSHAKE_FRAME_BYTES,
 };
 
+/// Resolves `host` and connects to the first address that answers.
+async fn connect_host(host: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(host).await? {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        )
+    }))
+}
+
 /// Items the reader queues for the application before it stops reading.
 pub const INCOMING_QUEUE: usize = 4096;
 /// Frames queued toward the node before senders wait.
@@ -57,13 +74,44 @@ const DEFAULT_MAX_FRAME: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Tcp(SocketAddr),
+    /// `HOST:PORT` with a host name, resolved on each connect; every address it resolves to
+    /// is tried in order.
+    Host(String),
     Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Reads `HOST:PORT`, `[IPv6]:PORT` or a Unix socket path (anything containing a `/`,
+    /// or prefixed `unix:`).
+    ///
+    /// # Errors
+    /// A message saying what was expected.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if text.contains('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(text)));
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Endpoint::Tcp(addr));
+        }
+        let expected = "expected HOST:PORT, [IPv6]:PORT or a Unix socket path";
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} has no port; {expected}"))?;
+        if host.is_empty() || host.contains([':', '[', ']']) || port.parse::<u16>().is_err() {
+            return Err(format!("{text:?} is not an address; {expected}"));
+        }
+        Ok(Endpoint::Host(text.to_owned()))
+    }
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Host(h) => f.write_str(h),
             Endpoint::Unix(p) => write!(f, "{}", p.display()),
         }
     }
@@ -89,6 +137,9 @@ pub enum ClientError {
     NoEndpoint { node: String },
     #[error("no node is named {0:?} in the configuration")]
     UnknownNode(String),
+    /// Nothing was sent: the node would refuse the frame and close the connection.
+    #[error("a message of {len} bytes exceeds the maximum frame of {max} bytes")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// What the node sends the application, besides replies to its calls.
@@ -127,6 +178,8 @@ pub struct Client {
     pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
     next_id: AtomicU64,
     node: String,
+    /// The node's frame limit: a larger message is refused here, not sent.
+    max_frame: usize,
     /// The reader and writer tasks: dropping the client stops them, which closes the socket.
     reader: tokio::task::JoinHandle<()>,
     writer: Option<tokio::task::JoinHandle<()>>,
@@ -186,7 +239,11 @@ impl Client {
         Client::connect_limited(endpoint, cluster, key, name, DEFAULT_MAX_FRAME).await
     }
 
-    async fn connect_limited(
+    /// Like [`Client::connect`], with the node's `max_frame_bytes` when it is not the default.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn connect_limited(
         endpoint: &Endpoint,
         cluster: &str,
         key: &[u8],
@@ -202,6 +259,11 @@ impl Client {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(connect_err)?;
+                let _ = s.set_nodelay(true);
+                Client::start(s, cluster, key, name, max_frame).await
+            }
+            Endpoint::Host(host) => {
+                let s = connect_host(host).await.map_err(connect_err)?;
                 let _ = s.set_nodelay(true);
                 Client::start(s, cluster, key, name, max_frame).await
             }
@@ -260,6 +322,7 @@ impl Client {
             pongs,
             next_id: AtomicU64::new(1),
             node: peer.node,
+            max_frame,
             reader,
             writer: Some(writer),
         })
@@ -268,6 +331,26 @@ impl Client {
     /// The node this application is attached to.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Check that a message carrying `payload` plus `names` bytes of text fits in a frame.
+    /// Small ones are taken on a bound (no encoding); only near the limit is the message
+    /// encoded to measure it exactly.
+    fn fits(&self, msg: &Message, payload: usize, names: usize) -> Result<(), ClientError> {
+        /// More than the CBOR heads, keys, ids and the sequence number of any message.
+        const OVERHEAD_BYTES: usize = 128;
+        if payload + names + OVERHEAD_BYTES <= self.max_frame {
+            return Ok(());
+        }
+        // `[seq, message]` adds at most 10 bytes to the message.
+        let len = wire::encode_message(msg)?.len() + 10;
+        if len > self.max_frame {
+            return Err(ClientError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        Ok(())
     }
 
     async fn send(&self, msg: Message) -> Result<(), ClientError> {
@@ -314,19 +397,21 @@ impl Client {
     /// Publish an already CBOR-encoded payload.
     ///
     /// # Errors
-    /// [`ClientError::Closed`].
+    /// [`ClientError::TooLarge`] (nothing was sent), [`ClientError::Closed`].
     pub async fn publish_raw(
         &self,
         topic: &str,
         payload: Bytes,
         target: Option<&str>,
     ) -> Result<(), ClientError> {
-        self.send(Message::Publish(Publish {
+        let (len, names) = (payload.len(), topic.len() + target.map_or(0, str::len));
+        let msg = Message::Publish(Publish {
             topic: topic.to_owned(),
             target: target.map(str::to_owned),
             payload,
-        }))
-        .await
+        });
+        self.fits(&msg, len, names)?;
+        self.send(msg).await
     }
 
     /// Serve calls of `method`: they arrive as [`Incoming::Request`].
@@ -358,11 +443,17 @@ impl Client {
         id: u64,
         result: Result<Bytes, (String, String)>,
     ) -> Result<(), ClientError> {
+        let (len, names) = match &result {
+            Ok(b) => (b.len(), 0),
+            Err((code, message)) => (0, code.len() + message.len()),
+        };
         let outcome = match result {
             Ok(b) => Outcome::Ok(b),
             Err((code, message)) => Outcome::Error(Failure { code, message }),
         };
-        self.send(Message::Respond(Reply { id, outcome })).await
+        let msg = Message::Respond(Reply { id, outcome });
+        self.fits(&msg, len, names)?;
+        self.send(msg).await
     }
 
     /// Call a method with a typed request.
@@ -402,10 +493,7 @@ impl Client {
         payload: Bytes,
     ) -> Result<Bytes, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(id, tx);
-        }
+        let (len, names) = (payload.len(), method.len() + target.map_or(0, str::len));
         let call = Message::Call(Call {
             id,
             method: method.to_owned(),
@@ -413,6 +501,13 @@ impl Client {
             timeout_ms: timeout.map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
             payload,
         });
+        if let Err(e) = self.fits(&call, len, names) {
+            return Err(CallError::BadPayload(format!("request not sent: {e}")));
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(id, tx);
+        }
         if self.send(call).await.is_err() {
             return Err(CallError::Stopped);
         }
@@ -443,6 +538,11 @@ impl Client {
     /// everything was taken.
     pub async fn next(&mut self) -> Option<Incoming> {
         self.incoming.recv().await
+    }
+
+    /// What is already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Incoming> {
+        self.incoming.try_recv().ok()
     }
 
     /// Leave: tell the node (`bye`, after everything queued before it), and close. Dropping

@@ -324,7 +324,7 @@ async fn every_refusal_names_the_operation_and_keeps_the_connection_open() {
     a.publish("x", &1u8, Some("worker-9")).await.unwrap();
     assert_eq!(
         refused(next(&mut a).await),
-        ("publish".into(), "unreachable".into())
+        ("publish".into(), "unknown_node".into())
     );
 
     let e = a

@@ -389,8 +389,8 @@ async fn the_command_line_publishes_subscribes_and_calls_with_faithful_json() {
         "pub", "t", "1", "--config", &cfg, "--via", "master", "--to", "nowhere",
     ])
     .await;
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unreachable"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown_node"), "{}", stderr(&o));
     cluster::stop(&nodes).await;
 }
 

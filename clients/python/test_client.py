@@ -286,12 +286,12 @@ class EventTest(NodeTest):
         self.assertEqual((refusals[0].op, refusals[0].code), ("unsubscribe", "not_subscribed"))
         client.sync(WAIT)  # nothing left to raise
 
-    def test_publish_to_unknown_target_is_unreachable(self):
+    def test_publish_to_unknown_target_is_unknown_node(self):
         client = self.connect()
         client.publish("t.x", 1, target="nowhere")
         with self.assertRaises(Refused) as cm:
             client.sync(WAIT)
-        self.assertEqual((cm.exception.op, cm.exception.code), ("publish", "unreachable"))
+        self.assertEqual((cm.exception.op, cm.exception.code), ("publish", "unknown_node"))
 
 
 class CallTest(NodeTest):

@@ -163,6 +163,9 @@ pub struct Membership {
     my_link_ixs: Vec<usize>,
     version: u64,
     up: BTreeSet<String>,
+    /// The incarnation each node had when last seen up, so that a restart is logged with its
+    /// new incarnation (bounded: configured nodes only).
+    last_incarnation: HashMap<String, Uuid>,
     last_announce: Option<Instant>,
     last_tick: Option<Instant>,
     ticks_seen: HashMap<String, (Uuid, u64)>,
@@ -207,6 +210,7 @@ impl Membership {
             my_link_ixs: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
+            last_incarnation: HashMap::new(),
             last_announce: None,
             last_tick: None,
             ticks_seen: HashMap::new(),
@@ -399,10 +403,10 @@ impl Membership {
             .filter_map(|&a| self.names.get(a).cloned())
             .collect();
         for gone in self.up.difference(&up) {
-            tracing::info!(node = %me, "membership: {gone} down");
+            tracing::warn!(node = %me, "membership: {gone} down");
         }
-        for new in up.difference(&self.up) {
-            tracing::info!(node = %me, "membership: {new} up");
+        for name in &up {
+            self.log_up(name);
         }
         self.up = up;
         let view = self.view();
@@ -444,6 +448,25 @@ impl Membership {
                 tracing::error!(node = %self.shared.name(), "live graph not built: {e}");
                 None
             }
+        }
+    }
+
+    /// Log `name` up when it comes up, or when it is up with a new incarnation (a restart
+    /// faster than the failure detector), naming the incarnation.
+    fn log_up(&mut self, name: &str) {
+        let me = self.shared.name();
+        let Some(now) = self.statuses.get(name).map(|k| k.status.incarnation) else {
+            return;
+        };
+        let before = self.last_incarnation.insert(name.to_owned(), now);
+        let was_up = self.up.contains(name);
+        match before {
+            None => tracing::info!(node = %me, incarnation = %now, "membership: {name} up"),
+            Some(old) if old != now => tracing::info!(node = %me, incarnation = %now,
+                previous = %old, "membership: {name} up (rejoined with a new incarnation)"),
+            Some(_) if !was_up => tracing::info!(node = %me, incarnation = %now,
+                "membership: {name} up (rejoined)"),
+            Some(_) => {}
         }
     }
 

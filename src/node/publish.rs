@@ -85,7 +85,10 @@ fn plan(
     let here = table.is_local_for(to);
     if let Some(t) = to {
         if !here && !linked {
-            return Err(PublishError::Unreachable(t.to_owned()));
+            return Err(match s.config.node(t) {
+                Some(_) => PublishError::TargetDown(t.to_owned()),
+                None => PublishError::UnknownNode(t.to_owned()),
+            });
         }
     }
     let frame = if linked {
@@ -122,7 +125,7 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
     for link in links.clone() {
         let permit = link.tx.try_reserve().map_err(|e| match e {
             mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
-            mpsc::error::TrySendError::Closed(()) => PublishError::Unreachable(link.peer.clone()),
+            mpsc::error::TrySendError::Closed(()) => PublishError::TargetDown(link.peer.clone()),
         })?;
         match first {
             None => first = Some(permit),

@@ -353,7 +353,8 @@ impl ServiceSession {
 
     fn refuse_publish(&self, e: &PublishError, ctx: &mut Context<Self>) {
         let code = match e {
-            PublishError::Unreachable(_) | PublishError::UnknownIncarnation(_) => "unreachable",
+            PublishError::TargetDown(_) => "target_down",
+            PublishError::UnknownNode(_) | PublishError::UnknownIncarnation(_) => "unknown_node",
             PublishError::TooLarge { .. } | PublishError::Encode(_) => "too_large",
             PublishError::Full(_) | PublishError::BusFull => "busy",
             PublishError::Stopped => "stopped",
@@ -533,7 +534,7 @@ impl Actor for ServiceSession {
         ctx.run_interval(self.w.shared.heartbeat_interval(), |act, ctx| {
             act.heartbeat(ctx)
         });
-        tracing::info!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr, "application attached");
+        tracing::debug!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr, "application attached");
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -551,7 +552,7 @@ impl Actor for ServiceSession {
             }
         }
         self.owner.0.do_send(ServiceClosed(self.owner.1));
-        tracing::info!(node = %self.node(), app = %self.app.node, "application detached");
+        tracing::debug!(node = %self.node(), app = %self.app.node, "application detached");
     }
 }
 
@@ -576,7 +577,7 @@ impl StreamHandler<Result<Frame, WireError>> for ServiceSession {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         if !self.closing {
-            tracing::info!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+            tracing::debug!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
                 "application closed the connection");
         }
         ctx.stop();

@@ -1,0 +1,225 @@
+//! The `nodecloud` command line: its arguments and what each command does. `main.rs` parses
+//! the arguments and calls [`run`].
+//!
+//! `nodecloud --config F [--node N]` runs nodes; `check` validates a file; `sub`, `pub` and
+//! `call` are applications attached to one node's service listener (see [`attach`] for how
+//! they find it). Exit statuses are one table for every command: [`exit`].
+
+pub mod app;
+pub mod attach;
+pub mod exit;
+pub mod logging;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use app::Body;
+use attach::Attach;
+use exit::CliError;
+use logging::LogFormat;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodecloud",
+    version,
+    about = "Run a nodecloud cluster, or one node of it, from a topology file; attach to it \
+             from the command line"
+)]
+pub struct Cli {
+    /// The topology file.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Start only this node (one process per machine). Without it, every node of the file
+    /// starts in this process.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Log options, accepted before or after any command.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// Log lines as text or as one JSON object per line (on stderr).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        global = true,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+    /// A level (error, warn, info, debug, trace) or directives ("info,nodecloud=debug");
+    /// overrides RUST_LOG. Default: info for nodes, warn for application commands.
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log_level: Option<String>,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a topology file and print each node and the links it will dial.
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print each event of TOPIC (`*` matches one token, `>` the rest) as one JSON line:
+    /// {"topic":…,"from":…,"payload":…}. Says `subscribed to TOPIC` on stderr once the node
+    /// has confirmed.
+    Sub {
+        topic: String,
+        #[command(flatten)]
+        attach: Attach,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+    /// Publish one event: JSON, sent as CBOR. Returns once the node has taken it.
+    Pub {
+        topic: String,
+        #[command(flatten)]
+        body: Body,
+        #[command(flatten)]
+        attach: Attach,
+        /// Only this node receives it (default: every node).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// Call a method with a JSON request; print the JSON response.
+    Call {
+        method: String,
+        #[command(flatten)]
+        body: Body,
+        #[command(flatten)]
+        attach: Attach,
+        /// The node that serves it (default: the least loaded implementer).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Give up after this many milliseconds: 1 to 3600000 (default 5000).
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        timeout: Option<u64>,
+    },
+}
+
+/// Run what the command line asks for; the exit status follows [`exit`]'s table.
+pub fn run(cli: Cli) -> ExitCode {
+    let app = matches!(
+        cli.command,
+        Some(Command::Sub { .. } | Command::Pub { .. } | Command::Call { .. })
+    );
+    let default = if app { "warn" } else { "info" };
+    if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref(), default) {
+        return e.report();
+    }
+    if cli.command.is_some() && (cli.config.is_some() || cli.node.is_some()) {
+        return CliError::Usage(
+            "--config/--node before a command run nodes; give the command's own options after \
+             its name (nodecloud sub TOPIC --config FILE)"
+                .into(),
+        )
+        .report();
+    }
+    let result = match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(command) => application(command),
+        None => match cli.config {
+            Some(path) => run_nodes(&path, cli.node.as_deref()),
+            None => Err(CliError::Usage(
+                "--config FILE is required (try: nodecloud --config config/star.toml)".into(),
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}
+
+fn check(path: &Path) -> Result<(), CliError> {
+    let cfg = Config::load(path)?;
+    let plan = crate::topology::plan(&cfg);
+    print!("{}", crate::topology::describe(&cfg, &plan));
+    Ok(())
+}
+
+fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
+    let cfg = Arc::new(Config::load(path)?);
+    if let Some(name) = node {
+        if cfg.node(name).is_none() {
+            let known: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(CliError::Usage(format!(
+                "{}: no node named {name:?}; expected one of: {}",
+                path.display(),
+                known.join(", ")
+            )));
+        }
+    }
+    let system = actix_rt::System::new();
+    system
+        .block_on(crate::cluster::run(cfg, node, crate::cluster::signal()))
+        .map_err(|e| CliError::Failed(e.to_string()))
+}
+
+/// `sub`, `pub` and `call`: resolve where to attach, then run on a fresh actor system.
+fn application(command: Command) -> Result<(), CliError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let system = actix_rt::System::new();
+    match command {
+        Command::Sub {
+            topic,
+            attach,
+            count,
+        } => {
+            let target = attach.resolve(&env)?;
+            let name = app_name(&attach);
+            system.block_on(app::sub(&target, &name, &topic, count))
+        }
+        Command::Pub {
+            topic,
+            body,
+            attach,
+            to,
+        } => {
+            let payload = body.to_cbor()?;
+            let target = attach.resolve(&env)?;
+            let name = app_name(&attach);
+            system.block_on(app::publish(&target, &name, &topic, payload, to.as_deref()))
+        }
+        Command::Call {
+            method,
+            body,
+            attach,
+            to,
+            timeout,
+        } => {
+            let payload = body.to_cbor()?;
+            let target = attach.resolve(&env)?;
+            let name = app_name(&attach);
+            let timeout = timeout.map(Duration::from_millis);
+            system.block_on(app::call(
+                &target,
+                &name,
+                &method,
+                payload,
+                to.as_deref(),
+                timeout,
+            ))
+        }
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn app_name(attach: &Attach) -> String {
+    attach
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", std::process::id()))
+}
