@@ -1,7 +1,13 @@
 //! Applications in other processes against a cluster: the Python client (its example app and
 //! its own test suite) and the `nodecloud sub` / `pub` / `call` commands, interoperating with
-//! Rust actors. Needs `python3` with the `cbor2` package (`pip install cbor2`).
+//! Rust actors. Needs `python3` with its venv module and pip: the Python runs in a virtualenv
+//! with `clients/python` installed, built under the target directory on first use
+//! (`common/python.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common {
+    pub mod python;
+}
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -105,10 +111,14 @@ async fn start(path: &Path) -> (Arc<Config>, Vec<NodeHandle>) {
     (c, nodes)
 }
 
+/// Python from the tests' own environment, in the checkout's root.
 fn python() -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
+    common::python::command()
+}
+
+/// [`python`], made ready on a blocking thread: the first call builds the environment.
+async fn python_ready() -> Command {
+    tokio::task::spawn_blocking(python).await.unwrap()
 }
 
 /// `nodecloud ARGS…`, run to completion on a thread (the cluster keeps running here).
@@ -138,9 +148,9 @@ struct PyApp {
 }
 
 impl PyApp {
-    async fn start(c: &Config, via: &str) -> PyApp {
+    async fn start(mut python: Command, c: &Config, via: &str) -> PyApp {
         let addr = c.node(via).unwrap().service.unwrap().to_string();
-        let mut child = python()
+        let mut child = python
             .args([
                 "clients/python/example.py",
                 "--address",
@@ -153,7 +163,7 @@ impl PyApp {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 runs (install it, and `pip install cbor2`)");
+            .expect("the environment's python runs");
         let out = child.stdout.take().unwrap();
         // Read its output to the end (it prints every event), telling when `ready` came.
         let (tx, ready) = tokio::sync::oneshot::channel();
@@ -167,7 +177,7 @@ impl PyApp {
         let ready = tokio::time::timeout(WAIT, ready).await;
         assert!(
             matches!(ready, Ok(Ok(()))),
-            "the Python example printed `ready` (is cbor2 installed?)"
+            "the Python example printed `ready`"
         );
         PyApp { child }
     }
@@ -182,6 +192,7 @@ impl Drop for PyApp {
 
 #[actix_rt::test]
 async fn a_python_app_publishes_to_a_rust_actor_and_serves_calls_from_rust_and_the_cli() {
+    let python = python_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path());
     let (c, nodes) = start(&path).await;
@@ -189,7 +200,7 @@ async fn a_python_app_publishes_to_a_rust_actor_and_serves_calls_from_rust_and_t
     let actor = Actor1 { tx }.start();
     nodes[0].subscribe::<Temperature>(actor.recipient());
 
-    let py = PyApp::start(&c, "worker-2").await;
+    let py = PyApp::start(python, &c, "worker-2").await;
     // The Python publish arrives on the master as a typed Delivery<Temperature>.
     let (from, t) = tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -400,8 +411,43 @@ fn the_python_client_passes_its_own_tests_against_the_built_node() {
         .args(["clients/python/test_client.py"])
         .env("NODECLOUD_BIN", env!("CARGO_BIN_EXE_nodecloud"))
         .output()
-        .expect("python3 runs (install it, and `pip install cbor2`)");
+        .expect("the environment's python runs");
     let mut err = std::io::stderr();
     let _ = err.write_all(&out.stderr);
     assert!(out.status.success(), "the Python client's tests failed");
+}
+
+#[test]
+fn the_python_package_is_installed_in_the_test_environment_with_its_dependency() {
+    let env_dir = common::python::env().unwrap();
+    let out = python()
+        .args([
+            "-c",
+            "import cbor2, nodecloud; print(nodecloud.__file__); print(nodecloud.__version__)",
+        ])
+        .output()
+        .expect("the environment's python runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let file = PathBuf::from(lines.next().unwrap_or_default());
+    // The installed copy, not the source tree: the packaging works.
+    assert!(
+        file.starts_with(env_dir),
+        "{} is outside {}",
+        file.display(),
+        env_dir.display()
+    );
+    assert!(
+        file.components().any(|c| c.as_os_str() == "site-packages"),
+        "{}",
+        file.display()
+    );
+    let pyproject =
+        std::fs::read_to_string(common::python::package_source().join("pyproject.toml")).unwrap();
+    let version = lines.next().unwrap_or_default();
+    assert!(
+        pyproject.contains(&format!("version = \"{version}\"")),
+        "nodecloud.__version__ {version:?} is not pyproject.toml's"
+    );
 }

@@ -9,9 +9,13 @@ It attaches to a node's service listener, serves two methods and listens to one 
 
 Once the node has taken the methods and the subscription it prints ``ready``, then one JSON
 line per delivered event: ``{"topic": ..., "from": ..., "value": ...}``. It runs until its
-standard input closes or it receives SIGTERM (or SIGINT), then says ``bye`` and exits 0. It
-also exits 0 when the node says ``bye`` (it is shutting down), and 1 when the link fails.
+standard input closes or it receives SIGTERM (or SIGINT), then says ``bye``.
 
+Exit status, as the ``nodecloud`` command line: 0 after an orderly end (also when the node
+says ``bye``: it is shutting down); 1 when it cannot connect or attach, or the link fails,
+with one line on standard error naming the address and the cause; 2 for bad arguments.
+
+    pip install ./clients/python    # or run it from the checkout: it finds the package beside it
     python3 example.py --address 127.0.0.1:7200 --cluster star-demo --key-env NC_SERVICE_KEY
 """
 
@@ -22,9 +26,11 @@ import signal
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nodecloud import Client, NodecloudError
 
-from nodecloud_client import Client, ConnectionClosed  # noqa: E402
+# As the nodecloud command line: 0 ok, 1 a runtime error, 2 bad arguments (argparse's own
+# status, which parser.error uses).
+EXIT_FAILURE = 1
 
 
 def add(value, from_node):
@@ -62,8 +68,11 @@ def main():
         secret = args.key
     secret = os.fsencode(secret)
 
-    client = Client.connect(args.address, args.cluster, secret, name=args.name,
-                            timeout=args.timeout)
+    try:
+        client = Client.connect(args.address, args.cluster, secret, name=args.name,
+                                timeout=args.timeout)
+    except ValueError as exc:  # an invalid name or address: the arguments are wrong
+        parser.error(str(exc))
     stopping = threading.Event()
 
     def stop(*_):
@@ -102,12 +111,14 @@ def main():
     if stopping.is_set() or closed is None or closed.code in ("closed", "bye"):
         return 0
     print(f"example: the link closed: {closed.code}: {closed.message}", file=sys.stderr)
-    return 1
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConnectionClosed as exc:
+    except (NodecloudError, OSError) as exc:
+        # ConnectError, HandshakeError, a refusal, a closed link, a sync that timed out: one
+        # line, no traceback.
         print(f"example: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)

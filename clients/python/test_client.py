@@ -5,6 +5,10 @@ Each test class starts one node (the ``nodecloud`` binary: ``$NODECLOUD_BIN``, b
 ``target/debug/nodecloud``) from a temporary configuration with a service listener on a free
 port, and attaches clients to it.
 
+It imports the ``nodecloud`` package the way Python finds it: run as a script it finds the
+package beside it, unless ``PYTHONSAFEPATH=1`` (or ``python3 -P``) makes it use the
+installed one, as ``cargo test`` does with its own environment.
+
     NODECLOUD_BIN=target/debug/nodecloud python3 clients/python/test_client.py
 """
 
@@ -20,11 +24,9 @@ import threading
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import nodecloud_client  # noqa: E402
-from nodecloud_client import (  # noqa: E402
-    CallError, Client, ConnectionClosed, HandshakeError, Refused,
+import nodecloud as nodecloud_client
+from nodecloud import (
+    CallError, Client, ConnectError, ConnectionClosed, HandshakeError, Refused,
 )
 
 CLUSTER = "py-test"
@@ -39,6 +41,19 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ClosedPort:
+    """A loopback port that refuses connections for as long as this object lives: bound, so
+    nothing else can take it, and never listening."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def close(self):
+        self.sock.close()
 
 
 def wait_for_port(port, proc, timeout):
@@ -64,6 +79,7 @@ class Node:
         self.dir = tempfile.TemporaryDirectory(prefix="nodecloud-py-")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.peer_address = f"127.0.0.1:{free_port()}"
         self.socket_path = os.path.join(self.dir.name, "service.sock")
         key_line = f'service_key = "{service_key}"\n' if service_key else ""
         config = (
@@ -77,7 +93,7 @@ class Node:
             "[[nodes]]\n"
             f'name = "{NODE}"\n'
             'role = "master"\n'
-            f'listen = "127.0.0.1:{free_port()}"\n'
+            f'listen = "{self.peer_address}"\n'
             f'service = "{self.address}"\n'
             f'service_socket = "{self.socket_path}"\n'
         )
@@ -202,6 +218,63 @@ class HandshakeTest(NodeTest):
             Client.connect(self.node.address, CLUSTER, SERVICE_KEY, node="n9", timeout=WAIT)
         self.assertEqual(cm.exception.code, "bad_name")
         self.connect(node=NODE).sync(WAIT)
+
+
+class ConnectErrorTest(NodeTest):
+    """What connect says when the address is wrong, without a traceback to read."""
+
+    def closed_port(self):
+        port = ClosedPort()
+        self.addCleanup(port.close)
+        return port.address
+
+    def test_a_down_node_is_a_connect_error_naming_the_address(self):
+        address = self.closed_port()
+        with self.assertRaises(ConnectError) as cm:
+            Client.connect(address, CLUSTER, SERVICE_KEY, timeout=WAIT)
+        self.assertEqual(str(cm.exception),
+                         f"cannot connect to {address}: connection refused (is the node "
+                         "running, and is this its service port?)")
+        self.assertEqual(cm.exception.address, address)
+        self.assertIsNone(cm.exception.node)
+        self.assertIsInstance(cm.exception, ConnectionError)
+        self.assertIsInstance(cm.exception.__cause__, ConnectionRefusedError)
+
+    def test_a_connect_error_names_the_expected_node(self):
+        address = self.closed_port()
+        with self.assertRaises(ConnectError) as cm:
+            Client.connect(address, CLUSTER, SERVICE_KEY, node="worker-2", timeout=WAIT)
+        self.assertTrue(str(cm.exception).startswith(
+            f"cannot connect to {address} (node worker-2): connection refused"),
+            str(cm.exception))
+        self.assertEqual(cm.exception.node, "worker-2")
+
+    def test_a_missing_unix_socket_is_a_connect_error(self):
+        path = os.path.join(self.node.dir.name, "nobody.sock")
+        with self.assertRaises(ConnectError) as cm:
+            Client.connect(path, CLUSTER, SERVICE_KEY, timeout=WAIT)
+        self.assertEqual(str(cm.exception),
+                         f"cannot connect to {path}: no such socket (is the node running, "
+                         "and is this its service_socket path?)")
+
+    def test_a_peer_port_is_not_admitted_and_says_so(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.peer_address, CLUSTER, SERVICE_KEY, timeout=WAIT)
+        self.assertEqual(cm.exception.code, "not_admitted")
+        self.assertEqual(cm.exception.address, self.node.peer_address)
+        text = str(cm.exception)
+        self.assertTrue(text.startswith(f"cannot attach to {self.node.peer_address}: "
+                                        "not_admitted: "), text)
+        self.assertTrue(text.endswith("this is a peer port; use the node's service port"),
+                        text)
+        # The node's own reason is kept.
+        self.assertIn('"py-app" is not in this cluster\'s configuration', text)
+
+    def test_handshake_errors_name_the_address(self):
+        with self.assertRaises(HandshakeError) as cm:
+            Client.connect(self.node.address, CLUSTER, "not-the-service-key-0123", timeout=WAIT)
+        self.assertTrue(str(cm.exception).startswith(
+            f"cannot attach to {self.node.address}: auth_failed: "), str(cm.exception))
 
 
 class UnixSocketTest(NodeTest):
@@ -421,11 +494,61 @@ class CallTest(NodeTest):
 class ExampleTest(NodeTest):
     """example.py, driven as an integration test would drive it."""
 
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example.py")
+
+    def run_example(self, *args):
+        """example.py run to completion, with stdin closed: (status, stdout, stderr)."""
+        env = dict(os.environ, PY_TEST_KEY=SERVICE_KEY)
+        done = subprocess.run([sys.executable, self.SCRIPT, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, env=env, text=True, timeout=WAIT * 4)
+        return done.returncode, done.stdout, done.stderr
+
+    def test_example_reports_a_down_node_in_one_line_and_exits_1(self):
+        port = ClosedPort()
+        self.addCleanup(port.close)
+        status, out, err = self.run_example("--address", port.address, "--cluster", CLUSTER,
+                                            "--key-env", "PY_TEST_KEY")
+        self.assertEqual(status, 1, err)
+        self.assertEqual(out, "")
+        self.assertEqual(err, f"example: cannot connect to {port.address}: connection refused "
+                              "(is the node running, and is this its service port?)\n")
+
+    def test_example_pointed_at_a_peer_port_exits_1_with_the_hint(self):
+        status, out, err = self.run_example("--address", self.node.peer_address,
+                                            "--cluster", CLUSTER, "--key-env", "PY_TEST_KEY")
+        self.assertEqual(status, 1, err)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertTrue(err.startswith(
+            f"example: cannot attach to {self.node.peer_address}: not_admitted: "), err)
+        self.assertTrue(err.rstrip("\n").endswith("use the node's service port"), err)
+
+    def test_example_wrong_key_exits_1(self):
+        status, _, err = self.run_example("--address", self.node.address, "--cluster",
+                                          CLUSTER, "--key", "not-the-service-key-0123")
+        self.assertEqual(status, 1, err)
+        self.assertIn("auth_failed", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_example_bad_arguments_exit_2(self):
+        cases = [
+            ("--address", self.node.address, "--key-env", "PY_TEST_KEY"),  # no --cluster
+            ("--address", "no-port-here", "--cluster", CLUSTER, "--key-env", "PY_TEST_KEY"),
+            ("--address", self.node.address, "--cluster", CLUSTER, "--key-env",
+             "PY_TEST_UNSET_VARIABLE"),
+            ("--address", self.node.address, "--cluster", CLUSTER, "--key-env", "PY_TEST_KEY",
+             "--name", "not a name"),
+        ]
+        for args in cases:
+            with self.subTest(args=args):
+                status, out, err = self.run_example(*args)
+                self.assertEqual(status, 2, err)
+                self.assertEqual(out, "")
+                self.assertNotIn("Traceback", err)
+
     def start_example(self):
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example.py")
         env = dict(os.environ, PY_TEST_KEY=SERVICE_KEY)
         proc = subprocess.Popen(
-            [sys.executable, script, "--address", self.node.address, "--cluster", CLUSTER,
+            [sys.executable, self.SCRIPT, "--address", self.node.address, "--cluster", CLUSTER,
              "--key-env", "PY_TEST_KEY", "--name", "py-example"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 

@@ -4,7 +4,7 @@ An application attaches to one node's service listener, authenticates with the c
 service key, and then publishes and subscribes to events, implements methods and calls
 methods anywhere in the cluster:
 
-    from nodecloud_client import Client, CallError
+    from nodecloud import Client, CallError
 
     with Client.connect("127.0.0.1:7200", "star-demo", b"the-service-key") as c:
         c.subscribe("sensor.temperature")
@@ -14,7 +14,14 @@ methods anywhere in the cluster:
         print(c.call("py.add", {"a": 1, "b": 2}))  # {'sum': 3}
         print(c.next_event(timeout=5))             # ('sensor.temperature', 'master', {...})
 
-Dependencies: the standard library and ``cbor2``.
+Dependencies: the standard library and ``cbor2``. Install with ``pip install ./clients/python``
+from a checkout of nodecloud.
+
+Connecting. ``connect`` raises :class:`ConnectError` when nothing answers at the address (the
+node is down, or the address is wrong), with the address and the likely cause in its message,
+and :class:`HandshakeError` when the node answers but refuses: ``auth_failed`` for a wrong key,
+or ``not_admitted`` when the address is a node's peer port (``listen``) instead of its service
+port (``service``).
 
 Values. Events, requests and responses are any value this module can write as CBOR: None,
 bools, integers, floats, text, bytes, lists, tuples and dicts (anything else goes through
@@ -75,12 +82,15 @@ __all__ = [
     "NodecloudError",
     "ConnectionClosed",
     "HandshakeError",
+    "ConnectError",
     "CallError",
     "Refused",
     "FrameTooLarge",
 ]
 
-log = logging.getLogger("nodecloud_client")
+__version__ = "0.1.0"
+
+log = logging.getLogger("nodecloud")
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_FRAME_LIMIT = 1024
@@ -93,6 +103,8 @@ U64_MAX = (1 << 64) - 1
 
 # Kinds a node may send on a service link after the handshake.
 _NODE_KINDS = {"ping", "pong", "deliver", "reply", "request", "refused", "error", "bye"}
+# Kinds only a node's peer link carries: receiving one means the address is a peer port.
+_PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply"}
 # Kinds that exist in the protocol but a node never sends to an application.
 _OTHER_KINDS = {
     "hello", "hello_ack", "auth", "welcome", "heartbeat", "status", "event", "peer_call",
@@ -121,8 +133,29 @@ class ConnectionClosed(NodecloudError, ConnectionError):
 
 
 class HandshakeError(ConnectionClosed):
-    """``connect`` failed: ``code`` is ``auth_failed``, ``version``, ``cluster``,
-    ``bad_name``, ``timeout``, ... (docs/PROTOCOL.md section 8)."""
+    """``connect`` reached something at ``address`` but the handshake failed: ``code`` is
+    ``auth_failed``, ``version``, ``cluster``, ``bad_name``, ``not_admitted`` (the address is
+    a peer port, not a service port), ``timeout``, ``io``, ... (docs/PROTOCOL.md section 8)."""
+
+    def __init__(self, code: str, message: str, address: Optional[str] = None):
+        super().__init__(code, message)
+        self.address = address
+        if address is not None:
+            self.args = (f"cannot attach to {address}: {code}: {message}",)
+
+
+class ConnectError(NodecloudError, ConnectionError):
+    """``connect`` could not open a connection: nothing accepts at ``address``, it timed out,
+    the name does not resolve, or a Unix socket is missing or not ours. ``address`` is the
+    address as given, ``node`` the node name expected there (None if not given), ``reason`` a
+    short description with a hint, and ``__cause__`` the underlying ``OSError``."""
+
+    def __init__(self, address: str, node: Optional[str], reason: str):
+        where = address if node is None else f"{address} (node {node})"
+        super().__init__(f"cannot connect to {where}: {reason}")
+        self.address = address
+        self.node = node
+        self.reason = reason
 
 
 class CallError(NodecloudError):
@@ -291,6 +324,30 @@ def _outcome(v: Any) -> bool:
         return (isinstance(val, dict) and isinstance(val.get("code"), str)
                 and isinstance(val.get("message"), str))
     return False
+
+
+# Why an address did not accept a connection, by errno class: what to check next.
+_SERVICE_PORT_HINT = "is the node running, and is this its service port?"
+_SERVICE_SOCKET_HINT = "is the node running, and is this its service_socket path?"
+
+
+def _connect_error(address: str, node: Optional[str], unix: bool, exc: OSError,
+                   timeout: float) -> ConnectError:
+    """A :class:`ConnectError` naming the address, the node and the likely cause."""
+    hint = _SERVICE_SOCKET_HINT if unix else _SERVICE_PORT_HINT
+    if isinstance(exc, ConnectionRefusedError):
+        reason = f"connection refused ({hint})"
+    elif isinstance(exc, FileNotFoundError):
+        reason = f"no such socket ({hint})"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied (the node creates its socket with mode 0600: run as its user)"
+    elif isinstance(exc, socket.timeout):
+        reason = f"no answer within {timeout:g} s (is the address reachable from here?)"
+    elif isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve the host name: {exc.strerror or exc}"
+    else:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    return ConnectError(address, node, reason)
 
 
 def _parse_address(address: str) -> Tuple[int, Any]:
@@ -487,8 +544,11 @@ class Client:
         ``hello_ack``. ``max_frame_bytes`` must be the cluster's value (default 1 MiB).
         ``call_timeout_ms`` is the timeout the node applies to a call that gives none.
 
-        Raises :class:`HandshakeError` (with the ``error`` code) if the node or this client
-        refuses the handshake, and ``OSError`` if the connection fails.
+        Raises :class:`ConnectError` if nothing accepts the connection (its message names the
+        address and the likely cause), :class:`HandshakeError` (with the ``error`` code) if
+        the node or this client refuses the handshake (``not_admitted``: the address is a
+        peer port, not a service port), and ``ValueError`` for an invalid name or address.
+        Both errors are ``ConnectionError`` subclasses.
         """
         if not NAME_RE.match(name):
             raise ValueError(f"invalid application name {name!r}: 1-64 of A-Z a-z 0-9 . _ -")
@@ -497,20 +557,31 @@ class Client:
         secret = key.encode("utf-8") if isinstance(key, str) else bytes(key)
         family, target = _parse_address(address)
         deadline = time.monotonic() + timeout
-        if family == socket.AF_UNIX:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(target)
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            sock = socket.create_connection(target, timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        unix = family == socket.AF_UNIX
+        try:
+            if unix:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(target)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(target, timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise _connect_error(address, node, unix, exc, timeout) from exc
         conn = _Conn(sock)
         try:
-            node_name = _handshake(conn, secret, cluster, name, node, deadline)
+            node_name = _handshake(conn, secret, cluster, name, node, deadline, address)
+        except HandshakeError:
+            sock.close()
+            raise
+        except OSError as exc:  # reset or broken pipe: not a node, or one that went away
+            sock.close()
+            raise HandshakeError("io", f"the connection broke during the handshake: {exc}",
+                                 address) from exc
         except BaseException:
             sock.close()
             raise
@@ -804,6 +875,11 @@ class Client:
             reason = _field(f, "reason", _text, "text")
             self._shutdown(ConnectionClosed("bye", reason))
             raise self._closed  # type: ignore[misc]
+        elif kind in _PEER_KINDS:
+            # A peer listener that admitted this application under a node's name.
+            self._fail("unexpected_message", f"{kind} on a service link, from the node: this "
+                       "is a peer port; use the node's service port")
+            raise self._closed  # type: ignore[misc]
         elif kind in _OTHER_KINDS:
             self._fail("unexpected_message", f"{kind} on a service link, from the node")
             raise self._closed  # type: ignore[misc]
@@ -851,8 +927,9 @@ class Client:
 
 
 def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
-               expected_node: Optional[str], deadline: float) -> str:
-    """The dialler's side of docs/PROTOCOL.md section 6; returns the node's name."""
+               expected_node: Optional[str], deadline: float, address: str) -> str:
+    """The dialler's side of docs/PROTOCOL.md section 6; returns the node's name. Every
+    :class:`HandshakeError` it raises names ``address``."""
     inc_d = uuid.uuid4().bytes
     nonce_d = os.urandom(32)
 
@@ -862,7 +939,7 @@ def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
             conn.send("error", {"code": code, "message": message})
         except (OSError, NodecloudError):
             pass
-        return HandshakeError(code, message)
+        return HandshakeError(code, message, address)
 
     def read(expected: str) -> dict:
         remaining = deadline - time.monotonic()
@@ -880,13 +957,20 @@ def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
         except _Malformed as exc:
             raise refuse("malformed_frame", str(exc)) from None
         if frame is None:
-            raise HandshakeError("io", f"the node closed the connection before {expected}")
+            raise HandshakeError("io", f"the node closed the connection before {expected}",
+                                 address)
         kind, fields = frame
         if kind == "error":
             code = fields.get("code")
+            code = code if isinstance(code, str) else "error"
             message = fields.get("message")
-            raise HandshakeError(code if isinstance(code, str) else "error",
-                                 message if isinstance(message, str) else "")
+            message = message if isinstance(message, str) else ""
+            if code == "not_admitted":
+                # A service listener admits any application (section 12.2); only a peer
+                # listener checks admission, so this is the node's `listen` address.
+                message = (f"{message}: this is a peer port; use the node's service port"
+                           if message else "this is a peer port; use the node's service port")
+            raise HandshakeError(code, message, address)
         if kind != expected:
             raise refuse("unexpected_message", f"expected {expected}, got {kind}")
         return fields
