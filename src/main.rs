@@ -150,6 +150,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => {
             let plan = nodecloud::topology::plan(&cfg);
             print!("{}", nodecloud::topology::describe(&cfg, &plan));
+            for warning in &cfg.warnings {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -170,6 +173,13 @@ fn run(path: &std::path::Path, node: Option<&str>) -> ExitCode {
                 known.join(", ")
             );
             return ExitCode::from(2);
+        }
+    }
+    // One process per machine: peers elsewhere must be able to dial every node. (With every
+    // node in one process, loopback is right and the warnings would be noise.)
+    if node.is_some() {
+        for warning in &cfg.warnings {
+            tracing::warn!("{warning}");
         }
     }
     let system = actix_rt::System::new();
