@@ -185,14 +185,13 @@ impl Upstream {
         to: &HostPort,
         result: Result<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>,
     ) {
-        let act = self;
         match result {
             Ok((framed, peer, addr)) => {
-                if act.failing {
-                    tracing::info!(node = %act.shared.name(), target = %target, "linked again");
+                if self.failing {
+                    tracing::info!(node = %self.shared.name(), target = %target, "linked again");
                 }
-                act.failing = false;
-                act.attempt = 0;
+                self.failing = false;
+                self.attempt = 0;
                 let parts = framed.into_parts();
                 let (read, write) = parts.io.into_split();
                 // Name the address dialled and, for a host name, the one that answered.
@@ -201,13 +200,13 @@ impl Upstream {
                     None => format!("{to} ({addr})"),
                 };
                 let params = SessionParams {
-                    shared: act.shared.clone(),
+                    shared: self.shared.clone(),
                     peer,
                     peer_addr,
-                    wiring: act.wiring.clone(),
+                    wiring: self.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
                 };
-                act.session = Some(Session::start(
+                self.session = Some(Session::start(
                     params,
                     read,
                     write,
@@ -216,16 +215,17 @@ impl Upstream {
                 ));
             }
             Err(e) => {
-                // A name that does not resolve was logged by note_resolution already.
+                // A name that does not resolve has its own log state (note_resolution), so
+                // that once it resolves, a refused address is still reported.
                 let resolution = matches!(&e, DialError::Connect(c) if c.is_resolution());
-                if act.failing || resolution {
-                    tracing::debug!(node = %act.shared.name(), target = %target, address = %to, "still cannot link: {e}");
+                if self.failing || resolution {
+                    tracing::debug!(node = %self.shared.name(), target = %target, address = %to, "still cannot link: {e}");
                 } else {
-                    tracing::warn!(node = %act.shared.name(), target = %target, address = %to, "cannot link: {e}; retrying with backoff");
+                    tracing::warn!(node = %self.shared.name(), target = %target, address = %to, "cannot link: {e}; retrying with backoff");
+                    self.failing = true;
                 }
-                act.failing = true;
-                act.candidate = (act.candidate + 1) % act.link.candidates.len().max(1);
-                act.retry(ctx);
+                self.candidate = (self.candidate + 1) % self.link.candidates.len().max(1);
+                self.retry(ctx);
             }
         }
     }
