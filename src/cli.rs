@@ -147,6 +147,9 @@ fn check(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
     let plan = crate::topology::plan(&cfg);
     print!("{}", crate::topology::describe(&cfg, &plan));
+    for warning in &cfg.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(())
 }
 
@@ -160,6 +163,13 @@ fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
                 path.display(),
                 known.join(", ")
             )));
+        }
+    }
+    // One process per machine: peers elsewhere must be able to dial every node. (With every
+    // node in one process, loopback is right and the warnings would be noise.)
+    if node.is_some() {
+        for warning in &cfg.warnings {
+            tracing::warn!("{warning}");
         }
     }
     let system = actix_rt::System::new();

@@ -17,6 +17,10 @@ use toml::Spanned;
 
 use crate::topology;
 
+mod address;
+
+pub use address::{binds_overlap, local_dial, valid_host_name, AddressError, Host, HostPort};
+
 /// A fully validated cluster configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -27,6 +31,9 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// Explicit links; only non-empty for [`TopologyKind::Custom`].
     pub links: Vec<LinkConfig>,
+    /// Things that load but are probably wrong for a real deployment (a wildcard `listen`
+    /// without `advertise`); `nodecloud check` prints them.
+    pub warnings: Vec<Warning>,
 }
 
 /// Cluster-wide settings from `[cluster]`.
@@ -153,8 +160,13 @@ impl fmt::Display for Role {
 pub struct NodeConfig {
     pub name: String,
     pub role: Role,
-    /// Where this node accepts links from its peers.
+    /// Where this node accepts links from its peers: an IP literal, possibly a wildcard
+    /// (`0.0.0.0`, `[::]`). Host names are refused here: a bind address names a local
+    /// interface, and a name can resolve to several, or to none of this machine's.
     pub listen: SocketAddr,
+    /// What peers dial to reach this node (a host name is resolved at each dial); `None`
+    /// means `listen`. The port may differ from listen's (NAT, container port mapping).
+    pub advertise: Option<HostPort>,
     /// Optional TCP endpoint for local services.
     pub service: Option<SocketAddr>,
     /// Optional Unix socket for local services.
@@ -176,6 +188,7 @@ impl NodeConfig {
             name: name.to_owned(),
             role,
             listen,
+            advertise: None,
             service: None,
             service_socket: None,
             api: None,
@@ -183,6 +196,15 @@ impl NodeConfig {
             fallback_masters: Vec::new(),
             parent: None,
         }
+    }
+
+    /// What peers dial to reach this node: `advertise`, else `listen`, a wildcard listen
+    /// being dialled at loopback (which only works for peers on the same machine; `check`
+    /// warns about it).
+    pub fn dial_address(&self) -> HostPort {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| local_dial(self.listen).into())
     }
 }
 
@@ -233,6 +255,27 @@ impl fmt::Display for ErrorDetail {
             f,
             "{}: {}: {}; expected {}",
             self.at, self.field, self.problem, self.expected
+        )
+    }
+}
+
+/// A rule of thumb a loadable config breaks; printed, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub at: Location,
+    /// Dotted path of the field concerned, e.g. `nodes[0].listen`.
+    pub field: String,
+    pub problem: String,
+    /// What to change to silence it.
+    pub advice: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}; {}",
+            self.at, self.field, self.problem, self.advice
         )
     }
 }
@@ -340,6 +383,7 @@ impl Config {
             },
             nodes,
             links: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -381,6 +425,7 @@ struct RawNode {
     name: Spanned<String>,
     role: Option<Spanned<String>>,
     listen: Spanned<String>,
+    advertise: Option<Spanned<String>>,
     service: Option<Spanned<String>>,
     service_socket: Option<Spanned<String>>,
     api: Option<Spanned<String>>,
@@ -713,6 +758,7 @@ impl<'a> Validator<'a> {
         let config = Config {
             source: self.ctx.source.to_owned(),
             cluster,
+            warnings: self.warnings(&nodes),
             nodes,
             links,
         };
@@ -928,7 +974,9 @@ impl<'a> Validator<'a> {
             ));
         };
         // Every bound address, to catch two listeners on one port.
-        let mut addresses: BTreeMap<SocketAddr, (String, usize)> = BTreeMap::new();
+        let mut bound: Vec<Bound> = Vec::new();
+        // Every address peers dial, to catch two nodes reached at one address.
+        let mut dialled: BTreeMap<HostPort, (&str, String, usize)> = BTreeMap::new();
         let mut sockets: BTreeMap<&str, (String, usize)> = BTreeMap::new();
         let mut nodes = Vec::with_capacity(raw.nodes.len());
         for (i, spanned) in raw.nodes.iter().enumerate() {
@@ -965,28 +1013,62 @@ impl<'a> Validator<'a> {
                     )
                 })?,
             };
+            // A node with advertise may run on another machine than any other node, so its
+            // bound addresses only have to differ from its own.
+            let remote = node.advertise.is_some();
             let mut address = |key: &str, value: &Spanned<String>| {
                 let field = format!("nodes[{i}].{key}");
                 let addr: SocketAddr = value.get_ref().parse().map_err(|_| {
-                    ctx.invalid(
-                        &value.span(),
-                        &field,
-                        format!("invalid socket address {:?}", value.get_ref()),
-                        "IP:PORT such as \"127.0.0.1:7100\" or \"[::1]:7100\" (host names are not resolved)",
-                    )
-                })?;
-                // Port 0 asks the OS for a fresh port, so several of them never clash.
-                if addr.port() != 0 {
-                    if let Some((other, line)) = addresses.get(&addr) {
-                        return Err(ctx.invalid(
+                    // A host name in listen: say where names go instead.
+                    let named = matches!(
+                        HostPort::parse(value.get_ref()),
+                        Ok(HostPort { host: Host::Name(_), .. })
+                    );
+                    if key == "listen" && named {
+                        ctx.invalid(
                             &value.span(),
                             &field,
-                            format!("address {addr} is already used by {other} (line {line})"),
-                            "a distinct address for every listen, service and api endpoint",
-                        ));
+                            format!("host name in {:?}", value.get_ref()),
+                            "an IP address to bind, such as \"0.0.0.0:7100\" (every interface), \"10.0.0.5:7100\" or \"[::]:7100\"; put the host name peers dial in advertise",
+                        )
+                    } else {
+                        ctx.invalid(
+                            &value.span(),
+                            &field,
+                            format!("invalid socket address {:?}", value.get_ref()),
+                            "IP:PORT such as \"127.0.0.1:7100\" or \"[::1]:7100\" (host names are not resolved)",
+                        )
                     }
-                    addresses.insert(addr, (field, ctx.line_of(&value.span())));
+                })?;
+                let clash = bound.iter().find(|b| {
+                    binds_overlap(b.addr, addr) && (b.node == i || !(b.remote || remote))
+                });
+                if let Some(other) = clash {
+                    let problem = if other.addr == addr {
+                        format!(
+                            "address {addr} is already used by {} (line {})",
+                            other.field, other.line
+                        )
+                    } else {
+                        format!(
+                            "address {addr} overlaps {} of {} (line {})",
+                            other.addr, other.field, other.line
+                        )
+                    };
+                    return Err(ctx.invalid(
+                        &value.span(),
+                        &field,
+                        problem,
+                        "a distinct address for every listen, service and api endpoint (a node with advertise may share one with nodes on other machines)",
+                    ));
                 }
+                bound.push(Bound {
+                    addr,
+                    field,
+                    line: ctx.line_of(&value.span()),
+                    node: i,
+                    remote,
+                });
                 Ok(addr)
             };
             let listen = address("listen", &node.listen)?;
@@ -996,6 +1078,34 @@ impl<'a> Validator<'a> {
                 .map(|v| address("service", v))
                 .transpose()?;
             let api = node.api.as_ref().map(|v| address("api", v)).transpose()?;
+            let advertise = match &node.advertise {
+                None => None,
+                Some(value) => Some(HostPort::parse(value.get_ref()).map_err(|problem| {
+                    ctx.invalid(
+                        &value.span(),
+                        format!("nodes[{i}].advertise"),
+                        problem.to_string(),
+                        "HOST:PORT peers can dial: a host name, an IPv4 address or a bracketed IPv6 address, such as \"node-1.example.org:7100\", \"10.0.0.5:7100\" or \"[fd00::5]:7100\"",
+                    )
+                })?),
+            };
+            // Two nodes dialled at one address: one of them is unreachable.
+            let (dial, dial_key, dial_span) = match (&advertise, &node.advertise) {
+                (Some(a), Some(value)) => (a.clone(), "advertise", value.span()),
+                _ => (local_dial(listen).into(), "listen", node.listen.span()),
+            };
+            if dial.port != 0 {
+                let field = format!("nodes[{i}].{dial_key}");
+                if let Some((other, other_field, line)) = dialled.get(&dial) {
+                    return Err(ctx.invalid(
+                        &dial_span,
+                        field,
+                        format!("peers already dial {dial} to reach {other:?} ({other_field}, line {line})"),
+                        "a distinct advertise address for every node",
+                    ));
+                }
+                dialled.insert(dial, (name, field, ctx.line_of(&dial_span)));
+            }
             if let Some(socket) = &node.service_socket {
                 let field = format!("nodes[{i}].service_socket");
                 if socket.get_ref().is_empty() {
@@ -1020,6 +1130,7 @@ impl<'a> Validator<'a> {
                 name: name.to_owned(),
                 role,
                 listen,
+                advertise,
                 service,
                 service_socket: node
                     .service_socket
@@ -1036,6 +1147,28 @@ impl<'a> Validator<'a> {
             });
         }
         Ok(nodes)
+    }
+
+    /// A wildcard `listen` without `advertise` loads (a one-machine cluster works: peers dial
+    /// loopback) but peers on other machines could not reach the node.
+    fn warnings(&self, nodes: &[NodeConfig]) -> Vec<Warning> {
+        nodes
+            .iter()
+            .zip(&self.raw.nodes)
+            .enumerate()
+            .filter(|(_, (node, _))| node.advertise.is_none() && node.listen.ip().is_unspecified())
+            .map(|(i, (node, raw))| Warning {
+                at: self.ctx.location(Some(raw.get_ref().listen.span().start)),
+                field: format!("nodes[{i}].listen"),
+                problem: format!(
+                    "wildcard address {} without advertise: peers will dial {}, which reaches {:?} only from its own machine",
+                    node.listen,
+                    node.dial_address(),
+                    node.name
+                ),
+                advice: "add advertise = \"HOST:PORT\" with an address the other nodes can reach".to_owned(),
+            })
+            .collect()
     }
 
     /// An error unless `value` names a declared node.
@@ -1460,6 +1593,17 @@ impl<'a> Validator<'a> {
             "a connected cluster (add [[links]] joining it to the others)",
         ))
     }
+}
+
+/// A bound address seen so far while validating `[[nodes]]`.
+struct Bound {
+    addr: SocketAddr,
+    /// `nodes[i].key`, for messages.
+    field: String,
+    line: usize,
+    node: usize,
+    /// The node has advertise, so it may run on a machine of its own.
+    remote: bool,
 }
 
 fn master_indices(config: &Config) -> Vec<usize> {

@@ -16,6 +16,7 @@
 
 mod calls;
 mod dedup;
+mod dial;
 mod event_bus;
 mod listener;
 mod master;
@@ -224,7 +225,7 @@ async fn start_here(
         upstreams,
     };
     let supervisor = NodeSupervisor::new(s.clone(), children).start();
-    tracing::info!(node = %s.name(), listen = %s.me.listen, incarnation = %s.incarnation, "node started");
+    tracing::info!(node = %s.name(), listen = %s.me.listen, advertise = %s.me.dial_address(), incarnation = %s.incarnation, "node started");
     Ok(NodeHandle {
         shared: s,
         supervisor,

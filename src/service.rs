@@ -196,7 +196,8 @@ impl Drop for Client {
 
 impl Client {
     /// Connect to the service endpoint of node `via` of a cluster configuration (TCP if the
-    /// node has one, else its Unix socket), with the cluster's service key.
+    /// node has one, else its Unix socket), with the cluster's service key. A wildcard
+    /// `service` (`0.0.0.0`, `[::]`) is dialled at the loopback address of its family.
     ///
     /// # Errors
     /// [`ClientError`].
@@ -209,7 +210,8 @@ impl Client {
             .node(via)
             .ok_or_else(|| ClientError::UnknownNode(via.to_owned()))?;
         let endpoint = match (&node.service, &node.service_socket) {
-            (Some(a), _) => Endpoint::Tcp(*a),
+            // A wildcard service is reached at loopback: `via` attaches from the node's machine.
+            (Some(a), _) => Endpoint::Tcp(crate::config::local_dial(*a)),
             (None, Some(p)) => Endpoint::Unix(p.clone()),
             (None, None) => {
                 return Err(ClientError::NoEndpoint {

@@ -153,6 +153,11 @@ pub fn describe(cfg: &Config, plan: &LinkPlan) -> String {
     );
     for node in &cfg.nodes {
         let mut line = format!("  {} ({}) listen {}", node.name, node.role, node.listen);
+        // What peers dial: printed for every node, marked when it is derived from listen.
+        let _ = write!(line, " advertise {}", node.dial_address());
+        if node.advertise.is_none() {
+            line.push_str(" (from listen)");
+        }
         if let Some(service) = node.service {
             let _ = write!(line, " service {service}");
         }

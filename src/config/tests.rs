@@ -499,7 +499,7 @@ fn duplicate_addresses_across_listen_service_and_api() {
     let text = format!("{}{}", star_text(), node("w3", 7101, ""));
     assert_eq!(
         err(&text),
-        "test.toml:24:10: nodes[3].listen: address 127.0.0.1:7101 is already used by nodes[1].listen (line 14); expected a distinct address for every listen, service and api endpoint"
+        "test.toml:24:10: nodes[3].listen: address 127.0.0.1:7101 is already used by nodes[1].listen (line 14); expected a distinct address for every listen, service and api endpoint (a node with advertise may share one with nodes on other machines)"
     );
     let text = format!(
         "{}{}",
@@ -1005,5 +1005,195 @@ fn toml_messages_use_toml_terms_and_find_the_field() {
     assert!(
         e.starts_with("test.toml:2:25: cluster.heartbeat_interval_ms: "),
         "{e}"
+    );
+}
+
+// --- listen and advertise ----------------------------------------------------------------
+
+/// A node with a listen value written as is (the `node` helper writes 127.0.0.1:PORT).
+fn node_at(name: &str, listen: &str, extra: &str) -> String {
+    format!("\n[[nodes]]\nname = \"{name}\"\nlisten = \"{listen}\"\n{extra}")
+}
+
+#[test]
+fn advertise_takes_a_host_name_ipv4_or_bracketed_ipv6_with_its_own_port() {
+    let text = format!(
+        "{CLUSTER}{}{}{}",
+        node_at(
+            "m",
+            "0.0.0.0:7601",
+            "role = \"master\"\nadvertise = \"M.Example.org:17601\"\n"
+        ),
+        node_at("w1", "[::]:7601", "advertise = \"10.77.0.2:7601\"\n"),
+        node_at("w2", "10.77.0.3:7601", "advertise = \"[fd77::3]:7601\"\n"),
+    );
+    let cfg = parse(&text).unwrap();
+    let shown: Vec<String> = cfg
+        .nodes
+        .iter()
+        .map(|n| n.dial_address().to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        ["m.example.org:17601", "10.77.0.2:7601", "[fd77::3]:7601"]
+    );
+    assert_eq!(cfg.nodes[0].listen, "0.0.0.0:7601".parse().unwrap());
+    assert_eq!(
+        cfg.nodes[0].advertise.as_ref().map(|a| a.host.clone()),
+        Some(Host::Name("m.example.org".into()))
+    );
+    // Every wildcard has an advertise: nothing to warn about.
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}
+
+#[test]
+fn without_advertise_peers_dial_listen_and_a_wildcard_at_loopback() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at("m", "127.0.0.1:7100", "role = \"master\"\n"),
+        node_at("w", "[::]:7101", ""),
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.nodes[0].dial_address().to_string(), "127.0.0.1:7100");
+    assert_eq!(cfg.nodes[1].dial_address().to_string(), "[::1]:7101");
+}
+
+#[test]
+fn a_wildcard_listen_without_advertise_loads_with_a_warning_at_its_line() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at("m", "0.0.0.0:7100", "role = \"master\"\n"),
+        node_at("w", "127.0.0.1:7101", ""),
+    );
+    let cfg = parse(&text).unwrap();
+    let warnings: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "test.toml:8:10: nodes[0].listen: wildcard address 0.0.0.0:7100 without advertise: \
+          peers will dial 127.0.0.1:7100, which reaches \"m\" only from its own machine; \
+          add advertise = \"HOST:PORT\" with an address the other nodes can reach"
+        ]
+    );
+}
+
+#[test]
+fn a_host_name_in_listen_is_refused_and_pointed_to_advertise() {
+    let text = format!(
+        "{CLUSTER}{}",
+        node_at("m", "localhost:7100", "role = \"master\"\n")
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:8:10: nodes[0].listen: host name in \"localhost:7100\"; expected an IP \
+         address to bind, such as \"0.0.0.0:7100\" (every interface), \"10.0.0.5:7100\" or \
+         \"[::]:7100\"; put the host name peers dial in advertise"
+    );
+}
+
+#[test]
+fn a_bad_advertise_names_its_line_field_and_problem() {
+    for (value, problem) in [
+        ("::1:7100", "IPv6 address without brackets in \"::1:7100\""),
+        (
+            "0.0.0.0:7100",
+            "wildcard address 0.0.0.0 in \"0.0.0.0:7100\", which peers cannot dial",
+        ),
+        ("node-1", "no port in \"node-1\""),
+        (
+            "node-1:0",
+            "port 0 in \"node-1:0\", which peers cannot dial",
+        ),
+        ("bad_-name.:1", "invalid host name \"bad_-name.\""),
+    ] {
+        let extra = format!("role = \"master\"\nadvertise = \"{value}\"\n");
+        let text = format!("{CLUSTER}{}", node("m", 7100, &extra));
+        assert_eq!(
+            err(&text),
+            format!(
+                "test.toml:10:13: nodes[0].advertise: {problem}; expected HOST:PORT peers can \
+                 dial: a host name, an IPv4 address or a bracketed IPv6 address, such as \
+                 \"node-1.example.org:7100\", \"10.0.0.5:7100\" or \"[fd00::5]:7100\""
+            )
+        );
+    }
+}
+
+#[test]
+fn two_nodes_advertising_one_address_is_an_error() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at(
+            "m",
+            "0.0.0.0:7100",
+            "role = \"master\"\nadvertise = \"Box.example:7100\"\n"
+        ),
+        node_at("w", "0.0.0.0:7100", "advertise = \"box.example:7100\"\n"),
+    );
+    assert_eq!(
+        err(&text),
+        "test.toml:15:13: nodes[1].advertise: peers already dial box.example:7100 to reach \
+         \"m\" (nodes[0].advertise, line 10); expected a distinct advertise address for every node"
+    );
+    // A node without advertise is dialled at its listen address: that counts too.
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at(
+            "m",
+            "127.0.0.1:7100",
+            "role = \"master\"\nadvertise = \"127.0.0.1:7100\"\n"
+        ),
+        node_at("w", "127.0.0.1:7100", ""),
+    );
+    assert!(
+        err(&text).starts_with(
+            "test.toml:14:10: nodes[1].listen: peers already dial 127.0.0.1:7100 to reach \"m\" (nodes[0].advertise, line 10)"
+        ),
+        "{}",
+        err(&text)
+    );
+}
+
+#[test]
+fn nodes_with_advertise_may_bind_the_same_wildcard_on_their_own_machines() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at(
+            "m",
+            "0.0.0.0:7601",
+            "role = \"master\"\nadvertise = \"10.77.0.1:7601\"\n"
+        ),
+        node_at("w", "0.0.0.0:7601", "advertise = \"10.77.0.2:7601\"\n"),
+    );
+    parse(&text).unwrap();
+    // Within one node the endpoints still have to differ.
+    let text = format!(
+        "{CLUSTER}{}",
+        node_at(
+            "m",
+            "0.0.0.0:7601",
+            "role = \"master\"\nadvertise = \"10.77.0.1:7601\"\nservice = \"127.0.0.1:7601\"\n"
+        ),
+    );
+    assert!(
+        err(&text).starts_with(
+            "test.toml:11:11: nodes[0].service: address 127.0.0.1:7601 overlaps 0.0.0.0:7601 of nodes[0].listen (line 8)"
+        ),
+        "{}",
+        err(&text)
+    );
+    // Without advertise, both are on this machine: a wildcard clashes with any address
+    // of its family on the same port.
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at("m", "0.0.0.0:7601", "role = \"master\"\n"),
+        node_at("w", "127.0.0.1:7601", ""),
+    );
+    assert!(
+        err(&text).starts_with(
+            "test.toml:13:10: nodes[1].listen: address 127.0.0.1:7601 overlaps 0.0.0.0:7601 of nodes[0].listen (line 8)"
+        ),
+        "{}",
+        err(&text)
     );
 }

@@ -5,7 +5,14 @@
 //! slave whose master died joins a fallback master), with exponential backoff and full jitter
 //! between attempts (50 ms doubling to 2 s). A refused or failing target is logged once when it
 //! starts failing, not at every attempt.
+//!
+//! A target is dialled at its `advertise` address (else its `listen`). A host name is resolved
+//! again at every attempt, within the handshake timeout, and each address it gives is tried in
+//! order (`dial.rs`). What a name resolves to is logged when the outcome changes (first
+//! failure, recovery, a different address list), not at every backoff attempt.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +20,10 @@ use actix::prelude::*;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use super::dial::{self, ConnectError, Resolution};
 use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
+use crate::config::{Host, HostPort};
 use crate::topology::PlannedLink;
 use crate::wire::{self, FrameCodec, HandshakeError, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
@@ -37,10 +46,8 @@ pub fn backoff(attempt: u32) -> Duration {
 
 #[derive(Debug, thiserror::Error)]
 enum DialError {
-    #[error("connect: {0}")]
-    Connect(#[from] std::io::Error),
-    #[error("connect timed out")]
-    Timeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error("dialled {expected:?} but {actual:?} answered")]
@@ -56,6 +63,33 @@ pub struct Upstream {
     /// The live session and its link id (a late close of an older link is ignored).
     session: Option<(Addr<Session>, u64)>,
     wiring: Wiring,
+    /// The last resolution of each candidate's host name (by node name), to log changes only.
+    resolutions: BTreeMap<String, Resolution>,
+}
+
+/// How a host name's resolution changed since the previous attempt: what gets logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResolutionChange {
+    /// Resolved for the first time (debug).
+    First,
+    /// Stopped resolving, or fails differently (warn).
+    Failing,
+    /// Resolves again after failing (info).
+    Recovered,
+    /// Resolves to a different list of addresses (info).
+    Moved,
+}
+
+fn resolution_change(before: Option<&Resolution>, now: &Resolution) -> Option<ResolutionChange> {
+    match (before, now) {
+        (Some(b), n) if b == n => None,
+        (_, Resolution::Failed(_)) => Some(ResolutionChange::Failing),
+        (None, Resolution::Addresses(_)) => Some(ResolutionChange::First),
+        (Some(Resolution::Failed(_)), Resolution::Addresses(_)) => {
+            Some(ResolutionChange::Recovered)
+        }
+        (Some(Resolution::Addresses(_)), Resolution::Addresses(_)) => Some(ResolutionChange::Moved),
+    }
 }
 
 impl Upstream {
@@ -68,63 +102,132 @@ impl Upstream {
             failing: false,
             session: None,
             wiring,
+            resolutions: BTreeMap::new(),
         }
+    }
+
+    /// Logs what `to` (the address of node `target`) resolved to, if that changed.
+    fn note_resolution(&mut self, target: &str, to: &HostPort, now: Resolution) {
+        let change = resolution_change(self.resolutions.get(target), &now);
+        let node = self.shared.name();
+        match (change, &now) {
+            (None, _) => {}
+            (Some(ResolutionChange::Failing), Resolution::Failed(e)) => {
+                tracing::warn!(%node, %target, address = %to, "{e}; retrying with backoff")
+            }
+            (Some(ResolutionChange::First), Resolution::Addresses(a)) => {
+                tracing::debug!(%node, %target, address = %to, "resolved to {a:?}")
+            }
+            (Some(ResolutionChange::Recovered), Resolution::Addresses(a)) => {
+                tracing::info!(%node, %target, address = %to, "resolves again, to {a:?}")
+            }
+            (Some(ResolutionChange::Moved), Resolution::Addresses(a)) => {
+                tracing::info!(%node, %target, address = %to, "now resolves to {a:?}")
+            }
+            (Some(_), _) => {}
+        }
+        self.resolutions.insert(target.to_owned(), now);
     }
 
     fn dial(&mut self, ctx: &mut Context<Self>) {
         let Some(target) = self.link.candidates.get(self.candidate).cloned() else {
             return;
         };
-        let Some(addr) = self.shared.config.node(&target).map(|n| n.listen) else {
+        let Some(to) = self.shared.config.node(&target).map(|n| n.dial_address()) else {
             return;
         };
         let shared = self.shared.clone();
         let expected = target.clone();
+        let dialled = to.clone();
         let attempt = async move {
+            // One bound for each step: the lookup, each address's connect, the handshake.
             let deadline = shared.config.cluster.handshake_timeout;
-            let stream = tokio::time::timeout(deadline, TcpStream::connect(addr))
-                .await
-                .map_err(|_| DialError::Timeout)??;
-            let _ = stream.set_nodelay(true);
-            let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
-            let peer = wire::dial(&mut framed, &shared.identity, deadline).await?;
-            if peer.node != expected {
-                return Err(DialError::WrongNode {
-                    expected,
-                    actual: peer.node,
-                });
-            }
-            Ok::<(Framed<TcpStream, FrameCodec>, PeerInfo), DialError>((framed, peer))
-        };
-        ctx.spawn(attempt.into_actor(self).map(move |result, act, ctx| match result {
-            Ok((framed, peer)) => {
-                if act.failing {
-                    tracing::info!(node = %act.shared.name(), target = %target, "linked again");
+            let resolved = dial::resolve(&dialled, deadline).await;
+            // Only names have an outcome worth tracking; an IP literal always "resolves".
+            let outcome = matches!(dialled.host, Host::Name(_)).then(|| match &resolved {
+                Ok(addrs) => Resolution::Addresses(addrs.clone()),
+                Err(e) => Resolution::Failed(e.to_string()),
+            });
+            let linked = async {
+                let (stream, addr) = dial::connect_first(&resolved?, deadline).await?;
+                let _ = stream.set_nodelay(true);
+                let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+                let peer = wire::dial(&mut framed, &shared.identity, deadline).await?;
+                if peer.node != expected {
+                    return Err(DialError::WrongNode {
+                        expected,
+                        actual: peer.node,
+                    });
                 }
-                act.failing = false;
-                act.attempt = 0;
+                Ok::<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>((
+                    framed, peer, addr,
+                ))
+            };
+            (outcome, linked.await)
+        };
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |(outcome, result), act, ctx| {
+                    if let Some(outcome) = outcome {
+                        act.note_resolution(&target, &to, outcome);
+                    }
+                    act.linked(ctx, &target, &to, result)
+                }),
+        );
+    }
+
+    /// The end of one dial attempt: start the session, or log and retry.
+    fn linked(
+        &mut self,
+        ctx: &mut Context<Self>,
+        target: &str,
+        to: &HostPort,
+        result: Result<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>,
+    ) {
+        match result {
+            Ok((framed, peer, addr)) => {
+                if self.failing {
+                    tracing::info!(node = %self.shared.name(), target = %target, "linked again");
+                }
+                self.failing = false;
+                self.attempt = 0;
                 let parts = framed.into_parts();
                 let (read, write) = parts.io.into_split();
+                // Name the address dialled and, for a host name, the one that answered.
+                let peer_addr = match to.socket_addr() {
+                    Some(_) => addr.to_string(),
+                    None => format!("{to} ({addr})"),
+                };
                 let params = SessionParams {
-                    shared: act.shared.clone(),
+                    shared: self.shared.clone(),
                     peer,
-                    peer_addr: addr.to_string(),
-                    wiring: act.wiring.clone(),
+                    peer_addr,
+                    wiring: self.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
                 };
-                act.session = Some(Session::start(params, read, write, parts.codec, parts.read_buf));
+                self.session = Some(Session::start(
+                    params,
+                    read,
+                    write,
+                    parts.codec,
+                    parts.read_buf,
+                ));
             }
             Err(e) => {
-                if act.failing {
-                    tracing::debug!(node = %act.shared.name(), target = %target, %addr, "still cannot link: {e}");
+                // A name that does not resolve has its own log state (note_resolution), so
+                // that once it resolves, a refused address is still reported.
+                let resolution = matches!(&e, DialError::Connect(c) if c.is_resolution());
+                if self.failing || resolution {
+                    tracing::debug!(node = %self.shared.name(), target = %target, address = %to, "still cannot link: {e}");
                 } else {
-                    tracing::warn!(node = %act.shared.name(), target = %target, %addr, "cannot link: {e}; retrying with backoff");
-                    act.failing = true;
+                    tracing::warn!(node = %self.shared.name(), target = %target, address = %to, "cannot link: {e}; retrying with backoff");
+                    self.failing = true;
                 }
-                act.candidate = (act.candidate + 1) % act.link.candidates.len().max(1);
-                act.retry(ctx);
+                self.candidate = (self.candidate + 1) % self.link.candidates.len().max(1);
+                self.retry(ctx);
             }
-        }));
+        }
     }
 
     fn retry(&mut self, ctx: &mut Context<Self>) {
@@ -167,7 +270,43 @@ impl Handler<SessionClosed> for Upstream {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_resolution_is_logged_only_when_its_outcome_changes() {
+        let addrs = |a: &str| Resolution::Addresses(vec![a.parse().unwrap()]);
+        let failed = |e: &str| Resolution::Failed(e.to_owned());
+        let a = addrs("10.0.0.1:7");
+        use ResolutionChange::*;
+        assert_eq!(resolution_change(None, &a), Some(First));
+        assert_eq!(resolution_change(Some(&a), &a), None);
+        assert_eq!(
+            resolution_change(None, &failed("no such host")),
+            Some(Failing)
+        );
+        assert_eq!(
+            resolution_change(Some(&a), &failed("no such host")),
+            Some(Failing)
+        );
+        // The same failure at every backoff attempt is logged once.
+        assert_eq!(
+            resolution_change(Some(&failed("no such host")), &failed("no such host")),
+            None
+        );
+        assert_eq!(
+            resolution_change(Some(&failed("no such host")), &failed("timed out")),
+            Some(Failing)
+        );
+        assert_eq!(
+            resolution_change(Some(&failed("no such host")), &a),
+            Some(Recovered)
+        );
+        assert_eq!(
+            resolution_change(Some(&a), &addrs("10.0.0.2:7")),
+            Some(Moved)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped_with_jitter() {

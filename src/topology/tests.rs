@@ -696,14 +696,15 @@ fn describe_star() {
     cfg.nodes[0].service = Some(addr(7200));
     cfg.nodes[0].listen = addr(7100);
     cfg.nodes[1].listen = addr(7101);
-    cfg.nodes[2].listen = addr(7102);
+    cfg.nodes[2].listen = "0.0.0.0:7102".parse().unwrap();
+    cfg.nodes[2].advertise = Some(crate::config::HostPort::parse("w2.example:9102").unwrap());
     let text = describe(&cfg, &plan(&cfg));
     assert_eq!(
         text,
         "cluster \"test\": star, 3 nodes, 2 links\n\
-         \x20 hub (master) listen 127.0.0.1:7100 service 127.0.0.1:7200 api 127.0.0.1:8080  dials: nothing\n\
-         \x20 w1 (worker) listen 127.0.0.1:7101  dials: hub\n\
-         \x20 w2 (worker) listen 127.0.0.1:7102  dials: hub\n"
+         \x20 hub (master) listen 127.0.0.1:7100 advertise 127.0.0.1:7100 (from listen) service 127.0.0.1:7200 api 127.0.0.1:8080  dials: nothing\n\
+         \x20 w1 (worker) listen 127.0.0.1:7101 advertise 127.0.0.1:7101 (from listen)  dials: hub\n\
+         \x20 w2 (worker) listen 0.0.0.0:7102 advertise w2.example:9102  dials: hub\n"
     );
 }
 
@@ -717,10 +718,10 @@ fn describe_shows_fallbacks_and_several_dials() {
     assert_eq!(
         text,
         "cluster \"test\": master-ring-slave, 4 nodes, 3 links\n\
-         \x20 m1 (master) listen 127.0.0.1:7400  dials: m2\n\
-         \x20 m2 (master) listen 127.0.0.1:7401  dials: nothing\n\
-         \x20 s1-1 (worker) listen 127.0.0.1:7402  dials: m1 (fallback m2)\n\
-         \x20 s2-1 (worker) listen 127.0.0.1:7403  dials: m2 (fallback m1)\n"
+         \x20 m1 (master) listen 127.0.0.1:7400 advertise 127.0.0.1:7400 (from listen)  dials: m2\n\
+         \x20 m2 (master) listen 127.0.0.1:7401 advertise 127.0.0.1:7401 (from listen)  dials: nothing\n\
+         \x20 s1-1 (worker) listen 127.0.0.1:7402 advertise 127.0.0.1:7402 (from listen)  dials: m1 (fallback m2)\n\
+         \x20 s2-1 (worker) listen 127.0.0.1:7403 advertise 127.0.0.1:7403 (from listen)  dials: m2 (fallback m1)\n"
     );
     let mesh = mesh(3);
     let text = describe(&mesh, &plan(&mesh));
