@@ -977,7 +977,7 @@ impl<'a> Validator<'a> {
         let mut bound: Vec<Bound> = Vec::new();
         // Every address peers dial, to catch two nodes reached at one address.
         let mut dialled: BTreeMap<HostPort, (&str, String, usize)> = BTreeMap::new();
-        let mut sockets: BTreeMap<&str, (String, usize)> = BTreeMap::new();
+        let mut sockets: BTreeMap<&str, (String, usize, bool)> = BTreeMap::new();
         let mut nodes = Vec::with_capacity(raw.nodes.len());
         for (i, spanned) in raw.nodes.iter().enumerate() {
             let node = spanned.get_ref();
@@ -1116,15 +1116,21 @@ impl<'a> Validator<'a> {
                         "a Unix socket path",
                     ));
                 }
-                if let Some((other, line)) = sockets.get(socket.get_ref().as_str()) {
-                    return Err(ctx.invalid(
-                        &socket.span(),
-                        field,
-                        format!("socket path is already used by {other} (line {line})"),
-                        "a distinct service_socket path per node",
-                    ));
+                // As for bind addresses: nodes that advertise an address may each be on a
+                // machine of their own, where one path serves each.
+                let mine = advertise.is_some();
+                if let Some((other, line, theirs)) = sockets.get(socket.get_ref().as_str()) {
+                    if !mine && !theirs {
+                        return Err(ctx.invalid(
+                            &socket.span(),
+                            field,
+                            format!("socket path is already used by {other} (line {line})"),
+                            "a distinct service_socket path per node (or `advertise` on \
+                             nodes that run on machines of their own)",
+                        ));
+                    }
                 }
-                sockets.insert(socket.get_ref(), (field, ctx.line_of(&socket.span())));
+                sockets.insert(socket.get_ref(), (field, ctx.line_of(&socket.span()), mine));
             }
             nodes.push(NodeConfig {
                 name: name.to_owned(),

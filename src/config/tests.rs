@@ -1197,3 +1197,29 @@ fn nodes_with_advertise_may_bind_the_same_wildcard_on_their_own_machines() {
         err(&text)
     );
 }
+
+#[test]
+fn nodes_that_advertise_may_share_a_service_socket_path_on_their_own_machines() {
+    let sock = "service_socket = \"/run/nodecloud/app.sock\"\n";
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at(
+            "m",
+            "0.0.0.0:7601",
+            &format!("role = \"master\"\nadvertise = \"m.example:7601\"\n{sock}")
+        ),
+        node_at(
+            "w",
+            "0.0.0.0:7601",
+            &format!("advertise = \"w.example:7601\"\n{sock}")
+        ),
+    );
+    assert!(parse(&text).is_ok());
+    // Without advertise they may share a machine: one path cannot serve both.
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node_at("m", "127.0.0.1:7100", &format!("role = \"master\"\n{sock}")),
+        node_at("w", "127.0.0.1:7101", sock),
+    );
+    assert!(err(&text).contains("socket path is already used"));
+}
