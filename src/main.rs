@@ -157,6 +157,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, node: Option<&str>) -> ExitCode {
+    // Before any thread starts: taking the inherited sockets clears LISTEN_* variables.
+    let inherited = match nodecloud::sockets::Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match load(path) {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
@@ -172,10 +180,18 @@ fn run(path: &std::path::Path, node: Option<&str>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let bound = match inherited.into_bound(&nodecloud::cluster::names(&cfg, node)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let system = actix_rt::System::new();
     let result = system.block_on(nodecloud::cluster::run(
         cfg,
         node,
+        bound,
         nodecloud::cluster::signal(),
     ));
     match result {
