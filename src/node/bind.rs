@@ -23,6 +23,10 @@ pub(super) async fn peer(
         Some(l) => {
             let addr = l.local_addr().map_err(bind_err(me.listen))?;
             tracing::debug!(node = %me.name, "peer listener handed over, on {addr}");
+            if addr != me.listen && me.listen.port() != 0 {
+                // Peers dial the configured address, not this one.
+                tracing::warn!(node = %me.name, "the peer listener handed over is on {addr}, not on the configured {}", me.listen);
+            }
             l.set_nonblocking(true).map_err(bind_err(addr))?;
             TcpListener::from_std(l).map_err(bind_err(addr))
         }
