@@ -21,7 +21,8 @@
 //! The parent process spawns itself (hidden `--role` arguments) once per node, passes the
 //! cluster layout on the command line, and drives the children through their stdin: `go`,
 //! `drain`, `quit`. A child exits when its stdin closes (the parent died) or when its hard
-//! deadline passes. Children print `ready` / `result ...` lines on stdout; only the parent's
+//! deadline passes. The parent binds every node's ports and hands the listeners to the
+//! children (socket activation), so no port is free for another process to take meanwhile. Children print `ready` / `result ...` lines on stdout; only the parent's
 //! final line goes to the parent's stdout. Every run ends within 60 s: on a timeout the line
 //! carries what was achieved and `timeout=1`, and the exit status is non-zero.
 
@@ -34,8 +35,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use clap::Parser;
+use command_fds::{CommandFdExt, FdMapping};
 use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
 use nodecloud::service::{Client, Incoming};
+use nodecloud::sockets::{Bound, Inherited};
+use nodecloud::testing::Ports;
 use nodecloud::{testing, Delivery, Event, Invocation, Node, NodeHandle, Request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -209,11 +213,16 @@ fn bench_config(nodes: Vec<NodeConfig>, heartbeat_ms: u64) -> Config {
     config
 }
 
-fn star_layout(workers: usize) -> Vec<(String, Role, SocketAddr)> {
-    let mut v = vec![("master".to_owned(), Role::Master, testing::free_addr())];
-    v.extend((1..=workers).map(|i| (format!("worker-{i}"), Role::Worker, testing::free_addr())));
+fn star_layout(ports: &mut Ports, workers: usize) -> Vec<(String, Role, SocketAddr)> {
+    let mut v = vec![("master".to_owned(), Role::Master, ports.reserve())];
+    v.extend((1..=workers).map(|i| (format!("worker-{i}"), Role::Worker, ports.reserve())));
     v
 }
+
+/// Roles whose child runs a node (the others attach to one as applications).
+const NODE_ROLES: [&str; 7] = [
+    "sink", "source", "ponger", "pinger", "callee", "caller", "appnode",
+];
 
 // ------------------------------------------------------------------------------------------
 // Parent: spawn, drive and reap the children.
@@ -229,6 +238,8 @@ struct Kids {
     lines: std_mpsc::Receiver<(usize, Option<String>)>,
     lines_tx: std_mpsc::SyncSender<(usize, Option<String>)>,
     deadline: Instant,
+    /// Every node's ports, bound here and handed to the child that runs the node.
+    ports: Ports,
 }
 
 impl Kids {
@@ -238,6 +249,7 @@ impl Kids {
             kids: Vec::new(),
             lines,
             lines_tx,
+            ports: Ports::new(),
             deadline: Instant::now() + RUN_BUDGET,
         }
     }
@@ -293,6 +305,9 @@ impl Kids {
         if let Some(t) = target {
             cmd.args(["--target", t]);
         }
+        if NODE_ROLES.contains(&role) {
+            self.hand_over(&mut cmd, name, nodes)?;
+        }
         cmd.env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -321,6 +336,37 @@ impl Kids {
             stdin,
         });
         Ok(idx)
+    }
+
+    /// Socket activation: the child gets node `name`'s listeners as fds 3 (peer) and 4
+    /// (service), named in LISTEN_FDNAMES.
+    fn hand_over(&self, cmd: &mut Command, name: &str, nodes: &str) -> Result<(), String> {
+        let layout = parse_nodes(nodes)?;
+        let node = layout
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| format!("{name} is not in the layout"))?;
+        let bound = self.ports.bound(node);
+        let named = [("peer", bound.peer), ("service", bound.service)];
+        let named: Vec<_> = named
+            .into_iter()
+            .filter_map(|(n, l)| l.map(|l| (n, l)))
+            .collect();
+        let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+        cmd.env("LISTEN_FDS", named.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env_remove("LISTEN_PID");
+        let mappings = named
+            .into_iter()
+            .zip(3..)
+            .map(|((_, l), child_fd)| FdMapping {
+                parent_fd: l.into(),
+                child_fd,
+            })
+            .collect();
+        cmd.fd_mappings(mappings)
+            .map(|_| ())
+            .map_err(|e| format!("hand {name} its sockets: {e}"))
     }
 
     fn tell(&mut self, idx: usize, what: &str) {
@@ -449,9 +495,9 @@ impl SinkReport {
 
 /// Run a one-sender, many-sinks workload; returns each sink's report (missing ones default).
 fn run_fanout(args: &Args, sinks: usize) -> (Vec<SinkReport>, bool, Option<String>) {
-    let layout = star_layout(sinks);
-    let spec = node_spec(&layout);
     let mut kids = Kids::new();
+    let layout = star_layout(&mut kids.ports, sinks);
+    let spec = node_spec(&layout);
     // The sender is the master for w3 (it reaches every subscriber directly) and a worker for
     // w1 (the receiver is the master).
     let (sender_name, sink_names): (String, Vec<String>) = if args.workload == "w1" {
@@ -605,9 +651,9 @@ fn parent_w3(args: &Args) -> ExitCode {
 
 /// W2 (events) and W2CALL (calls): sequential round trips between two node processes.
 fn parent_w2(args: &Args, roles: (&str, &str), label: &str) -> ExitCode {
-    let layout = star_layout(1);
-    let spec = node_spec(&layout);
     let mut kids = Kids::new();
+    let layout = star_layout(&mut kids.ports, 1);
+    let spec = node_spec(&layout);
     let mut report = None;
     let result = (|| -> Result<(), Outcome> {
         let ponger = kids
@@ -679,14 +725,16 @@ fn verdict(failure: Option<String>, bad: bool) -> ExitCode {
 }
 
 fn idle(args: &Args) -> ExitCode {
-    let layout = vec![("master".to_owned(), Role::Master, testing::free_addr())];
+    let mut ports = Ports::new();
+    let layout = vec![("master".to_owned(), Role::Master, ports.reserve())];
     let Ok(nodes) = parse_nodes(&node_spec(&layout)) else {
         return ExitCode::FAILURE;
     };
+    let bound = ports.bound(&nodes[0]);
     let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
     let system = actix_rt::System::new();
     let rss = system.block_on(async move {
-        let node = match Node::start(config, "master").await {
+        let node = match Node::start_bound(config, "master", bound).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("bench: {e}");
@@ -770,6 +818,14 @@ fn say(line: &str) {
 }
 
 fn child_main(role: &str, args: &Args) -> ExitCode {
+    // First, before any thread starts: it clears the LISTEN_* variables.
+    let inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("bench child: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let deadline_ms = args.deadline_ms.unwrap_or_else(|| unix_ms() + 40_000);
     watchdog(deadline_ms);
     let commands = parent_commands();
@@ -786,6 +842,13 @@ fn child_main(role: &str, args: &Args) -> ExitCode {
     };
     let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
     let name = args.name.clone().unwrap_or_default();
+    let bound = match inherited.into_bound(std::slice::from_ref(&name)) {
+        Ok(mut b) => b.remove(&name).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("bench child: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let peers: Vec<String> = args
         .peers
         .as_deref()
@@ -798,6 +861,7 @@ fn child_main(role: &str, args: &Args) -> ExitCode {
         peers,
         deadline_ms,
         commands,
+        bound: std::cell::Cell::new(Some(bound)),
     };
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
@@ -830,11 +894,14 @@ struct ChildCtx {
     peers: Vec<String>,
     deadline_ms: u64,
     commands: mpsc::Receiver<String>,
+    /// The node's sockets, handed over by the parent; taken by `start`.
+    bound: std::cell::Cell<Option<Bound>>,
 }
 
 impl ChildCtx {
     async fn start(&self) -> Result<NodeHandle, String> {
-        let node = Node::start(self.config.clone(), &self.name)
+        let bound = self.bound.take().unwrap_or_default();
+        let node = Node::start_bound(self.config.clone(), &self.name, bound)
             .await
             .map_err(|e| e.to_string())?;
         say("listening");
@@ -1276,15 +1343,15 @@ async fn callee(cx: ChildCtx) -> Result<(), String> {
 // two nodes with service listeners, and one application attached to each.
 
 fn parent_w1app(args: &Args) -> ExitCode {
-    let layout = star_layout(1);
-    let services: Vec<SocketAddr> = layout.iter().map(|_| testing::free_addr()).collect();
+    let mut kids = Kids::new();
+    let layout = star_layout(&mut kids.ports, 1);
+    let services: Vec<SocketAddr> = layout.iter().map(|_| kids.ports.reserve()).collect();
     let spec = node_spec(&layout)
         .split(',')
         .zip(&services)
         .map(|(n, s)| format!("{n}/{s}"))
         .collect::<Vec<_>>()
         .join(",");
-    let mut kids = Kids::new();
     let mut report = SinkReport::default();
     let mut timed_out = false;
     let result = (|| -> Result<(), Outcome> {

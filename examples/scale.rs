@@ -35,7 +35,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -44,6 +43,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use clap::Parser;
 use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::testing::TestCluster;
 use nodecloud::topology::{self, Graph};
 use nodecloud::{cluster, Delivery, Event, NodeHandle};
 use serde::{Deserialize, Serialize};
@@ -228,32 +228,25 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         text: format!("{fields} timeout=1 phase={phase} {detail}"),
     };
 
-    let mut cfg = match distinct_ports(n) {
-        Ok(addrs) => {
-            let nodes = addrs
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| NodeConfig::new(&format!("n{}", i + 1), Role::Worker, a))
-                .collect();
-            Config::for_test(kind, nodes)
-        }
-        Err(e) => {
-            return Line {
-                ok: false,
-                text: format!("{fields} error=\"no free ports: {e}\""),
-            }
-        }
-    };
+    // Every port is bound before any node starts and handed to its node: distinct, and no
+    // dial can take one before its node listens.
+    let mut reserved = TestCluster::new(|ports| {
+        let nodes = (1..=n)
+            .map(|i| NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve()))
+            .collect();
+        Config::for_test(kind, nodes)
+    });
+    let cfg = &mut reserved.config;
     cfg.cluster.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     cfg.cluster.failure_threshold = args.failure_threshold;
     // The production default; `for_test` shortens it.
     cfg.cluster.handshake_timeout = Duration::from_secs(5);
-    let cfg = Arc::new(cfg);
+    let cfg = reserved.config();
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
     let rss_before = rss_kib();
 
     let t0 = Instant::now();
-    let nodes = match cluster::start(cfg.clone(), None).await {
+    let nodes = match reserved.start().await {
         Ok(nodes) => nodes,
         Err(e) => {
             return Line {
@@ -478,41 +471,4 @@ fn status_frames_per_interval(g: &Graph) -> u64 {
         }
     }
     total
-}
-
-/// `n` distinct loopback addresses that are free now, below the kernel's ephemeral port range.
-/// (`testing::free_addr` hands out ephemeral ports one at a time: with 64 nodes, two of them
-/// can get the same port, or a node's dial can take a port before the node that owns it binds.)
-fn distinct_ports(n: usize) -> std::io::Result<Vec<SocketAddr>> {
-    let range =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let low: u16 = range
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32768);
-    // Start somewhere in the 8000 ports below the range, so concurrent runs rarely meet.
-    let span = 8000u16.min(low.saturating_sub(1024));
-    let offset = (std::process::id() as u16).wrapping_mul(7919) % span.max(1);
-    let mut held = Vec::with_capacity(n);
-    let mut port = low - span + offset;
-    let mut tried = 0;
-    while held.len() < n && tried < span {
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(l);
-        }
-        port = if port + 1 >= low {
-            low - span
-        } else {
-            port + 1
-        };
-        tried += 1;
-    }
-    if held.len() < n {
-        return Err(std::io::Error::other(format!(
-            "found {} of {n}",
-            held.len()
-        )));
-    }
-    held.iter().map(std::net::TcpListener::local_addr).collect()
 }

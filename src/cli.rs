@@ -154,6 +154,9 @@ fn check(path: &Path) -> Result<(), CliError> {
 }
 
 fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
+    // Before any thread starts: taking the inherited sockets clears the LISTEN_* variables.
+    let inherited = crate::sockets::Inherited::from_env()
+        .map_err(|e| CliError::Usage(format!("socket activation: {e}")))?;
     let cfg = Arc::new(Config::load(path)?);
     if let Some(name) = node {
         if cfg.node(name).is_none() {
@@ -172,9 +175,17 @@ fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
             tracing::warn!("{warning}");
         }
     }
+    let bound = inherited
+        .into_bound(&crate::cluster::names(&cfg, node))
+        .map_err(|e| CliError::Usage(format!("socket activation: {e}")))?;
     let system = actix_rt::System::new();
     system
-        .block_on(crate::cluster::run(cfg, node, crate::cluster::signal()))
+        .block_on(crate::cluster::run(
+            cfg,
+            node,
+            bound,
+            crate::cluster::signal(),
+        ))
         .map_err(|e| CliError::Failed(e.to_string()))
 }
 

@@ -1,28 +1,37 @@
 //! Running nodes from a configuration: every node of the file in one process (the local
 //! cluster a newcomer starts with one command), or one node of it (one process per machine).
 //! Each node gets its own arbiter; shutdown is two-phase: every node closes its links with a
-//! `bye`, then the process exits.
+//! `bye`, then the process exits. Sockets bound beforehand (socket activation, tests) are
+//! handed to their nodes as [`Bound`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::node::{Node, NodeHandle, StartError};
+use crate::sockets::Bound;
 
 /// How long a shutdown may take before the process exits anyway.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
 
-/// Start `only` (or every node of `config`), run until `shutdown` resolves or a node asks to
-/// stop (an escalation), then shut every node down.
+/// Start `only` (or every node of `config`) on the sockets in `bound` (by node name; the rest
+/// bound from the configuration), run until `shutdown` resolves or a node asks to stop (an
+/// escalation), then shut every node down.
 ///
 /// # Errors
 /// [`StartError`] if a node cannot start; the nodes already started are shut down first.
-pub async fn run<S>(config: Arc<Config>, only: Option<&str>, shutdown: S) -> Result<(), StartError>
+pub async fn run<S>(
+    config: Arc<Config>,
+    only: Option<&str>,
+    bound: BTreeMap<String, Bound>,
+    shutdown: S,
+) -> Result<(), StartError>
 where
     S: Future<Output = ()>,
 {
-    let handles = start(config.clone(), only).await?;
+    let handles = start_bound(config.clone(), only, bound).await?;
     tracing::info!(
         cluster = %config.cluster.name,
         topology = %config.cluster.topology,
@@ -44,13 +53,23 @@ where
 /// # Errors
 /// [`StartError`] if a node cannot start; the nodes already started are shut down first.
 pub async fn start(config: Arc<Config>, only: Option<&str>) -> Result<Vec<NodeHandle>, StartError> {
-    let names: Vec<String> = match only {
-        Some(name) => vec![name.to_owned()],
-        None => config.nodes.iter().map(|n| n.name.clone()).collect(),
-    };
+    start_bound(config, only, BTreeMap::new()).await
+}
+
+/// [`start`], handing each node the sockets `bound` holds for it (see [`Node::start_bound`]).
+///
+/// # Errors
+/// [`StartError`] if a node cannot start; the nodes already started are shut down first.
+pub async fn start_bound(
+    config: Arc<Config>,
+    only: Option<&str>,
+    mut bound: BTreeMap<String, Bound>,
+) -> Result<Vec<NodeHandle>, StartError> {
+    let names = names(&config, only);
     let mut handles = Vec::with_capacity(names.len());
     for name in &names {
-        match Node::start(config.clone(), name).await {
+        let sockets = bound.remove(name).unwrap_or_default();
+        match Node::start_bound(config.clone(), name, sockets).await {
             Ok(h) => handles.push(h),
             Err(e) => {
                 stop(&handles).await;
@@ -59,6 +78,14 @@ pub async fn start(config: Arc<Config>, only: Option<&str>) -> Result<Vec<NodeHa
         }
     }
     Ok(handles)
+}
+
+/// The nodes a process runs: `only`, or every node of `config` in declared order.
+pub fn names(config: &Config, only: Option<&str>) -> Vec<String> {
+    match only {
+        Some(name) => vec![name.to_owned()],
+        None => config.nodes.iter().map(|n| n.name.clone()).collect(),
+    }
 }
 
 /// Shut nodes down concurrently, bounded by [`SHUTDOWN_DEADLINE`].

@@ -18,6 +18,8 @@
 //! * [`config`] and [`topology`]: the TOML file, and who dials whom / how events are routed.
 //! * [`node`]: [`Node::start`] and the [`NodeHandle`] user code drives a node with.
 //! * [`cluster`]: every node of a file in one process, or one of them; signals; shutdown.
+//! * [`sockets`]: listeners bound before a node starts: handed over, or inherited (socket
+//!   activation).
 //! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface of events.
 //! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
 //! * [`service`]: the client applications attach to a node with.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod event;
 pub mod node;
 pub mod service;
+pub mod sockets;
 pub mod testing;
 pub mod topology;
 pub mod wire;

@@ -14,6 +14,7 @@
 //! ```
 //! Every node runs on its own arbiter (thread); a whole cluster can share one process.
 
+mod bind;
 mod calls;
 mod dedup;
 mod dial;
@@ -36,7 +37,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
@@ -47,6 +47,7 @@ pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 use crate::call::{CallError, CallTarget, Invocation, Request};
 use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, Target};
+use crate::sockets::Bound;
 use crate::topology;
 use crate::wire::{self, StatValue};
 use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
@@ -118,6 +119,20 @@ impl Node {
     /// # Errors
     /// [`StartError`] when the name is unknown or the listen address cannot be bound.
     pub async fn start(config: Arc<Config>, name: &str) -> Result<NodeHandle, StartError> {
+        Node::start_bound(config, name, Bound::default()).await
+    }
+
+    /// [`Node::start`] on sockets already bound (by a test, or inherited by socket
+    /// activation): the node serves on exactly those; what `bound` leaves `None` is bound
+    /// from the configuration.
+    ///
+    /// # Errors
+    /// [`StartError`] when the name is unknown or a socket cannot be bound or used.
+    pub async fn start_bound(
+        config: Arc<Config>,
+        name: &str,
+        bound: Bound,
+    ) -> Result<NodeHandle, StartError> {
         let me = config
             .node(name)
             .cloned()
@@ -126,7 +141,7 @@ impl Node {
         let handle = arbiter.handle();
         let (tx, rx) = oneshot::channel();
         let spawned = handle.spawn(async move {
-            let _ = tx.send(start_here(config, me, Arbiter::current()).await);
+            let _ = tx.send(start_here(config, me, bound, Arbiter::current()).await);
         });
         if !spawned {
             return Err(StartError::ArbiterGone(name.to_owned()));
@@ -144,27 +159,17 @@ impl Node {
 async fn start_here(
     config: Arc<Config>,
     me: crate::config::NodeConfig,
+    bound: Bound,
     arbiter: ArbiterHandle,
 ) -> Result<NodeHandle, StartError> {
-    let listener = TcpListener::bind(me.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            node: me.name.clone(),
-            addr: me.listen,
-            source,
-        })?;
-    let services = if me.service.is_some() || me.service_socket.is_some() {
-        let sockets = service_listener::bind(me.service, me.service_socket.as_deref()).map_err(
-            |(endpoint, source)| StartError::BindService {
-                node: me.name.clone(),
-                endpoint,
-                source,
-            },
-        )?;
-        Some(sockets)
-    } else {
-        None
-    };
+    let listener = bind::peer(&me, bound.peer).await?;
+    let services = bind::services(&me, bound.service)?;
+    // The addresses served on, which differ from the configuration's on port 0.
+    let listen_addr = listener.local_addr().unwrap_or(me.listen);
+    let service_addr = services
+        .as_ref()
+        .and_then(|s| s.tcp.as_ref())
+        .and_then(|l| l.local_addr().ok());
     let plan = topology::plan(&config);
     let s = NodeShared::new(config, me, plan);
     let stats = actix::Supervisor::start({
@@ -225,7 +230,7 @@ async fn start_here(
         upstreams,
     };
     let supervisor = NodeSupervisor::new(s.clone(), children).start();
-    tracing::info!(node = %s.name(), listen = %s.me.listen, advertise = %s.me.dial_address(), incarnation = %s.incarnation, "node started");
+    tracing::info!(node = %s.name(), listen = %listen_addr, advertise = %s.me.dial_address(), incarnation = %s.incarnation, "node started");
     Ok(NodeHandle {
         shared: s,
         supervisor,
@@ -233,6 +238,8 @@ async fn start_here(
         calls,
         stats,
         arbiter,
+        listen_addr,
+        service_addr,
     })
 }
 
@@ -246,9 +253,22 @@ pub struct NodeHandle {
     calls: Addr<Calls>,
     stats: Addr<Stats>,
     arbiter: ArbiterHandle,
+    listen_addr: std::net::SocketAddr,
+    service_addr: Option<std::net::SocketAddr>,
 }
 
 impl NodeHandle {
+    /// The address this node accepts peer links on (its bound socket, so the real port
+    /// even when the configuration says 0).
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.listen_addr
+    }
+
+    /// The TCP address applications attach to, if the node serves them over TCP.
+    pub fn service_addr(&self) -> Option<std::net::SocketAddr> {
+        self.service_addr
+    }
+
     /// This node's configured name.
     pub fn name(&self) -> &str {
         self.shared.name()

@@ -1,7 +1,6 @@
 //! A star cluster in one process: membership, typed pub/sub, targeted events, supervision.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -48,7 +47,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Reading)>) -> (String, R
 }
 
 async fn star(workers: usize) -> Vec<NodeHandle> {
-    let nodes = cluster::start(Arc::new(testing::star(workers)), None)
+    let nodes = testing::star(workers)
+        .start()
         .await
         .expect("cluster starts");
     testing::wait_converged(&nodes, WAIT)

@@ -3,19 +3,30 @@
 //! which sits a forwarder standing in for NAT).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nodecloud::config::{Config, HostPort, NodeConfig, Role, TopologyKind};
+use nodecloud::sockets::Bound;
 use nodecloud::{cluster, testing, NodeHandle};
 use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn converged(config: Config) -> Vec<NodeHandle> {
-    let nodes = cluster::start(Arc::new(config), None)
+/// Start `config`, the master on the listener `master` (bound by the test, so no other test
+/// can take its port), and wait until every node sees every other.
+async fn converged(config: Config, master: std::net::TcpListener) -> Vec<NodeHandle> {
+    let bound = BTreeMap::from([(
+        "master".to_owned(),
+        Bound {
+            peer: Some(master),
+            service: None,
+        },
+    )]);
+    let nodes = cluster::start_bound(Arc::new(config), None, bound)
         .await
         .expect("cluster starts");
     testing::wait_converged(&nodes, WAIT)
@@ -37,15 +48,16 @@ fn star(master: SocketAddr, workers: usize) -> Config {
 
 #[actix_rt::test]
 async fn a_star_on_ipv6_loopback_converges() {
-    // The port is free a moment ago, as with `testing::free_addr` for IPv4.
+    // Bound here and handed to the master: nobody else can take the port.
     let master = match std::net::TcpListener::bind("[::1]:0") {
-        Ok(l) => l.local_addr().unwrap(),
+        Ok(l) => l,
         Err(e) => {
             eprintln!("skipped: no IPv6 loopback on this machine ([::1]:0: {e})");
             return;
         }
     };
-    let nodes = converged(star(master, 2)).await;
+    let addr = master.local_addr().unwrap();
+    let nodes = converged(star(addr, 2), master).await;
     let view = nodes[1].membership().borrow().clone();
     assert_eq!(view.members.len(), 3, "{:?}", view.members.keys());
     for node in &nodes {
@@ -73,7 +85,8 @@ fn forward(front: TcpListener, back: SocketAddr) -> Arc<AtomicUsize> {
 
 #[actix_rt::test]
 async fn workers_dial_the_host_name_and_port_a_master_advertises() {
-    let listen = testing::free_addr();
+    let master = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = master.local_addr().unwrap();
     // Held for the whole test, so this port cannot be taken by anyone else.
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let advertised = front.local_addr().unwrap().port();
@@ -81,7 +94,7 @@ async fn workers_dial_the_host_name_and_port_a_master_advertises() {
     let through_front = forward(front, listen);
     let mut config = star(listen, 2);
     config.nodes[0].advertise = Some(HostPort::parse(&format!("localhost:{advertised}")).unwrap());
-    let nodes = converged(config).await;
+    let nodes = converged(config, master).await;
     // Each worker's link went through the advertised address, not straight to listen.
     assert!(
         through_front.load(Ordering::SeqCst) >= 2,
@@ -157,11 +170,21 @@ fn check_warns_on_a_wildcard_listen_without_advertise_and_still_succeeds() {
 
 #[actix_rt::test]
 async fn an_application_attaches_via_a_wildcard_service_at_loopback() {
-    let mut config = star(testing::free_addr(), 0);
-    let port = testing::free_addr().port();
-    config.nodes[0].service = Some(SocketAddr::from(([0, 0, 0, 0], port)));
+    // Both listeners bound here and handed over: no port race. The service one on the
+    // wildcard, as the configuration says.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let mut config = star(peer.local_addr().unwrap(), 0);
+    config.nodes[0].service = Some(service.local_addr().unwrap());
     let config = Arc::new(config);
-    let nodes = cluster::start(config.clone(), None)
+    let bound = BTreeMap::from([(
+        "master".to_owned(),
+        Bound {
+            peer: Some(peer),
+            service: Some(service),
+        },
+    )]);
+    let nodes = cluster::start_bound(config.clone(), None, bound)
         .await
         .expect("cluster starts");
     // Dialling 0.0.0.0 literally is not portable; the client dials 127.0.0.1 instead.

@@ -22,7 +22,7 @@ use nodecloud::wire::{
     self, Auth, Envelope, FrameCodec, HandshakeError, Hello, Identity, Message, Ping,
     MAX_HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use nodecloud::{testing, Delivery, Event, Node, NodeHandle};
+use nodecloud::{testing, Delivery, Event, NodeHandle};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -193,11 +193,11 @@ impl Cluster {
     /// A star of `workers` configured workers, of which only master and worker-1 run.
     async fn start(workers: usize) -> Cluster {
         log();
-        let mut cfg = testing::star(workers);
-        cfg.cluster.handshake_timeout = HANDSHAKE_DEADLINE;
-        let config = Arc::new(cfg);
-        let master = Node::start(config.clone(), "master").await.unwrap();
-        let worker = Node::start(config.clone(), "worker-1").await.unwrap();
+        let mut c = testing::star(workers);
+        c.config.cluster.handshake_timeout = HANDSHAKE_DEADLINE;
+        let master = c.start_node("master").await.unwrap();
+        let worker = c.start_node("worker-1").await.unwrap();
+        let config = c.config();
         testing::wait_converged(&[master.clone(), worker.clone()], WAIT)
             .await
             .unwrap();

@@ -1,12 +1,21 @@
 //! Real processes of the built `nodecloud` binary on loopback: one process per node, a whole
 //! cluster in one process, kill -9 and restart, signals, and `check`.
+//!
+//! The test binds every port itself and the processes inherit the listeners (socket
+//! activation), so no port is ever free for another test to take; a node that tried to bind
+//! its configured address itself would fail, since the test holds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use nodecloud::config::Config;
+use nodecloud::testing::Ports;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// heartbeat_interval_ms × failure_threshold in the test config.
@@ -21,7 +30,9 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(config: &Path, node: Option<&str>) -> Proc {
+    /// `nodecloud --config CONFIG [--node NODE]`, handed its nodes' listeners from `ports`
+    /// (named `peer`/`service` for one node, `NODE.peer`/`NODE.service` for a whole cluster).
+    fn start(config: &Path, node: Option<&str>, ports: &Ports) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
         cmd.arg("--config")
             .arg(config)
@@ -31,6 +42,7 @@ impl Proc {
         if let Some(n) = node {
             cmd.arg("--node").arg(n);
         }
+        inherit(&mut cmd, sockets(config, node, ports));
         let mut child = cmd.spawn().expect("spawn nodecloud");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -106,16 +118,50 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The listeners `ports` holds for the node(s) a process runs, with their activation names.
+fn sockets(config: &Path, node: Option<&str>, ports: &Ports) -> Vec<(String, TcpListener)> {
+    let cfg = Config::load(config).unwrap();
+    let mut out = Vec::new();
+    for n in cfg
+        .nodes
+        .iter()
+        .filter(|n| node.is_none_or(|o| o == n.name))
+    {
+        let prefix = match node {
+            Some(_) => String::new(),
+            None => format!("{}.", n.name),
+        };
+        let bound = ports.bound(n);
+        out.extend(bound.peer.map(|l| (format!("{prefix}peer"), l)));
+        out.extend(bound.service.map(|l| (format!("{prefix}service"), l)));
+    }
+    out
 }
 
-/// A star config (master + 3 workers) on free ports, written to a temp dir.
-fn star_config(dir: &Path) -> PathBuf {
+/// Socket activation: the listeners become the child's fds 3, 4, … and are named in
+/// LISTEN_FDNAMES (LISTEN_PID is left unset: the child's pid is not known before it starts).
+fn inherit(cmd: &mut Command, sockets: Vec<(String, TcpListener)>) {
+    cmd.env_remove("LISTEN_PID");
+    if sockets.is_empty() {
+        cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
+        return;
+    }
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    cmd.env("LISTEN_FDS", sockets.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    let mappings = sockets
+        .into_iter()
+        .zip(3..)
+        .map(|((_, l), child_fd)| FdMapping {
+            parent_fd: l.into(),
+            child_fd,
+        })
+        .collect();
+    cmd.fd_mappings(mappings).unwrap();
+}
+
+/// A star config (master + 3 workers) on ports reserved in `ports`, written to a temp dir.
+fn star_config(dir: &Path, ports: &mut Ports) -> PathBuf {
     let mut text = String::from(
         "[cluster]\nname = \"proc-test\"\ntopology = \"star\"\nsecret = \"process-test-secret-0123\"\n\
          heartbeat_interval_ms = 100\nfailure_threshold = 5\n",
@@ -127,8 +173,8 @@ fn star_config(dir: &Path) -> PathBuf {
         ("worker-3", "worker"),
     ] {
         text.push_str(&format!(
-            "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
+            "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{}\"\n",
+            ports.reserve()
         ));
     }
     let path = dir.join("star.toml");
@@ -139,10 +185,11 @@ fn star_config(dir: &Path) -> PathBuf {
 #[test]
 fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = star_config(dir.path());
-    let mut master = Proc::start(&cfg, Some("master"));
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let mut master = Proc::start(&cfg, Some("master"), &ports);
     let mut workers: Vec<Proc> = (1..=3)
-        .map(|i| Proc::start(&cfg, Some(&format!("worker-{i}"))))
+        .map(|i| Proc::start(&cfg, Some(&format!("worker-{i}")), &ports))
         .collect();
     for i in 1..=3 {
         master.expect_line(&[&format!("membership: worker-{i} up")], WAIT);
@@ -163,7 +210,7 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     );
     workers[0].expect_line(&["membership: worker-2 down"], WAIT);
 
-    let _w2 = Proc::start(&cfg, Some("worker-2"));
+    let _w2 = Proc::start(&cfg, Some("worker-2"), &ports);
     master.expect_line(&["membership: worker-2 up"], WAIT);
     workers[0].expect_line(&["membership: worker-2 up"], WAIT);
 }
@@ -171,9 +218,10 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
 #[test]
 fn workers_rejoin_after_the_master_is_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = star_config(dir.path());
-    let mut master = Proc::start(&cfg, Some("master"));
-    let mut w1 = Proc::start(&cfg, Some("worker-1"));
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    let mut w1 = Proc::start(&cfg, Some("worker-1"), &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.expect_line(&["membership: master up"], WAIT);
 
@@ -181,7 +229,7 @@ fn workers_rejoin_after_the_master_is_killed_and_restarted() {
     let _ = master.child.wait();
     w1.expect_line(&["membership: master down"], WAIT);
 
-    let mut master = Proc::start(&cfg, Some("master"));
+    let mut master = Proc::start(&cfg, Some("master"), &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.expect_line(&["membership: master up"], WAIT);
 }
@@ -189,9 +237,10 @@ fn workers_rejoin_after_the_master_is_killed_and_restarted() {
 #[test]
 fn sigterm_stops_a_node_cleanly_with_exit_code_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = star_config(dir.path());
-    let mut master = Proc::start(&cfg, Some("master"));
-    let mut w1 = Proc::start(&cfg, Some("worker-1"));
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    let mut w1 = Proc::start(&cfg, Some("worker-1"), &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.signal("TERM");
     let status = w1.wait_exit(Duration::from_secs(2));
@@ -204,8 +253,9 @@ fn sigterm_stops_a_node_cleanly_with_exit_code_zero() {
 #[test]
 fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = star_config(dir.path());
-    let mut all = Proc::start(&cfg, None);
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let mut all = Proc::start(&cfg, None, &ports);
     for i in 1..=3 {
         all.expect_line(
             &[&format!("membership: worker-{i} up"), "node=master"],
@@ -221,9 +271,51 @@ fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
 }
 
 #[test]
+fn a_node_process_serves_on_the_listener_it_inherits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let listen = Config::load(&cfg).unwrap().node("master").unwrap().listen;
+    // The test holds `listen` all along: binding it in the child would fail.
+    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    master.expect_line(
+        &[
+            "peer listener inherited (socket activation)",
+            &listen.to_string(),
+        ],
+        WAIT,
+    );
+    master.expect_line(&["node started", &format!("listen={listen}")], WAIT);
+    let _w1 = Proc::start(&cfg, Some("worker-1"), &ports);
+    master.expect_line(&["membership: worker-1 up"], WAIT);
+}
+
+#[test]
+fn an_inherited_socket_named_for_no_node_of_the_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
+    let stray = ports.reserve();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
+    cmd.arg("--config").arg(&cfg).args(["--node", "master"]);
+    inherit(
+        &mut cmd,
+        vec![("worker-7.peer".to_owned(), ports.listener(stray).unwrap())],
+    );
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"worker-7.peer\"") && err.contains("master"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_port_in_use_is_reported_with_the_node_and_address() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = star_config(dir.path());
+    let mut ports = Ports::new();
+    let cfg = star_config(dir.path(), &mut ports);
     // Hold a port first, then give it to the master: no other test can take it meanwhile.
     let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = squatter.local_addr().unwrap().port();

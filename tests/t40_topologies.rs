@@ -5,14 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use nodecloud::config::{Config, LinkConfig, NodeConfig, Role, TopologyKind};
-use nodecloud::node::{MembershipView, StartError};
+use nodecloud::node::MembershipView;
+use nodecloud::testing::TestCluster;
 use nodecloud::topology::{self, Graph};
-use nodecloud::{cluster, testing, Delivery, Event, Node, NodeHandle};
+use nodecloud::{cluster, testing, Delivery, Event, NodeHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -87,8 +89,9 @@ fn config(topology: TopologyKind, nodes: Vec<NodeConfig>) -> Config {
     cfg
 }
 
+/// Every address is a placeholder: `Live::start` gives each node a reserved loopback port.
 fn node(name: &str, role: Role) -> NodeConfig {
-    NodeConfig::new(name, role, testing::free_addr())
+    NodeConfig::new(name, role, SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn workers(names: &[&str]) -> Vec<NodeConfig> {
@@ -281,38 +284,34 @@ fn distances(g: &Graph, from: &str) -> BTreeMap<String, u64> {
 /// Live nodes with their collectors, in declared order.
 struct Live {
     config: Arc<Config>,
+    /// Holds every node's port, so a node restarts on the same address.
+    cluster: Arc<TestCluster>,
     nodes: Vec<NodeHandle>,
     rxs: Vec<Rx>,
 }
 
 impl Live {
     /// Start every node, wait until each sees exactly the planned graph, subscribe everywhere.
-    /// `make` builds the configuration; it is called again (new free ports) if a port was
-    /// taken between `free_addr` and the bind, by another test or process.
     async fn start(make: fn() -> Config) -> Live {
         // RUST_LOG=nodecloud=debug shows what the nodes did when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let mut attempts = 0;
-        let (config, nodes) = loop {
-            let config = Arc::new(make());
-            match cluster::start(config.clone(), None).await {
-                Ok(nodes) => break (config, nodes),
-                Err(e @ StartError::Bind { .. }) if attempts < 5 => {
-                    attempts += 1;
-                    eprintln!("start again on other ports: {e}");
-                }
-                Err(e) => panic!("cluster starts: {e}"),
-            }
-        };
+        let cluster = Arc::new(TestCluster::reserving(make()));
+        let config = cluster.config();
+        let nodes = cluster.start().await.expect("cluster starts");
         testing::wait_converged(&nodes, WAIT)
             .await
             .expect("membership converges");
         wait_graph(&nodes, &planned(&config)).await;
         let rxs = nodes.iter().map(collector).collect();
-        Live { config, nodes, rxs }
+        Live {
+            config,
+            cluster,
+            nodes,
+            rxs,
+        }
     }
 
     fn index(&self, name: &str) -> usize {
@@ -332,17 +331,11 @@ impl Live {
 
     /// Start `name` again (a new incarnation on the same port) and subscribe on it.
     async fn restart(&mut self, name: &str) {
-        let deadline = Instant::now() + WAIT;
-        let node = loop {
-            match Node::start(self.config.clone(), name).await {
-                Ok(node) => break node,
-                // The old listener may still be closing on its arbiter.
-                Err(StartError::Bind { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{name} restarts: {e}"),
-            }
-        };
+        let node = self
+            .cluster
+            .start_node(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} restarts: {e}"));
         self.rxs.push(collector(&node));
         self.nodes.push(node);
     }
@@ -603,6 +596,7 @@ async fn a_tree_whose_inner_node_dies_reports_the_cut_off_subtree_down_until_it_
     wait_graph(&live.nodes, &split).await;
     let mut connected = Live {
         config: live.config.clone(),
+        cluster: live.cluster.clone(),
         nodes: Vec::new(),
         rxs: Vec::new(),
     };

@@ -2,7 +2,6 @@
 //! error a caller can see.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -75,7 +74,8 @@ impl Handler<Invocation<Stall>> for Adder {
 }
 
 async fn star(workers: usize) -> Vec<NodeHandle> {
-    let nodes = cluster::start(Arc::new(testing::star(workers)), None)
+    let nodes = testing::star(workers)
+        .start()
         .await
         .expect("cluster starts");
     testing::wait_converged(&nodes, WAIT)

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use nodecloud::config::Config;
 use nodecloud::service::{Client, ClientError, Endpoint, Incoming};
+use nodecloud::testing::TestCluster;
 use nodecloud::wire::{
     self, decode_payload, encode_payload, FrameCodec, Identity, Message, Status, Topic,
     MAX_HANDSHAKE_FRAME_BYTES,
@@ -79,19 +80,19 @@ impl Handler<Invocation<Double>> for Thermo {
 }
 
 /// A star whose master and workers all accept applications on TCP.
-fn config(workers: usize) -> Config {
+fn config(workers: usize) -> TestCluster {
     let mut c = testing::star(workers);
-    for n in &mut c.nodes {
-        n.service = Some(testing::free_addr());
+    for n in &mut c.config.nodes {
+        n.service = Some(c.ports.reserve());
     }
     c
 }
 
-async fn start(c: Config) -> (Arc<Config>, Vec<NodeHandle>) {
-    let c = Arc::new(c);
-    let nodes = cluster::start(c.clone(), None)
-        .await
-        .expect("cluster starts");
+/// Start every node; the configuration as the nodes have it. The reserved sockets are
+/// released once the nodes hold them (no test here restarts a node).
+async fn start(c: TestCluster) -> (Arc<Config>, Vec<NodeHandle>) {
+    let nodes = c.start().await.expect("cluster starts");
+    let c = c.config();
     testing::wait_converged(&nodes, WAIT)
         .await
         .expect("membership converges");
@@ -374,7 +375,7 @@ async fn a_flood_of_subscriptions_is_bounded_with_a_clear_refusal() {
 #[actix_rt::test]
 async fn a_wrong_service_key_is_refused_with_auth_failed() {
     let mut c = config(1);
-    c.cluster.service_key = Some(nodecloud::config::Secret::new(
+    c.config.cluster.service_key = Some(nodecloud::config::Secret::new(
         b"the-service-key-0123".to_vec(),
     ));
     let (c, nodes) = start(c).await;
@@ -398,7 +399,7 @@ async fn a_unix_socket_endpoint_is_owner_only_and_serves_applications() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.sock");
     let mut c = testing::star(1);
-    c.nodes[1].service_socket = Some(path.clone());
+    c.config.nodes[1].service_socket = Some(path.clone());
     let (c, nodes) = start(c).await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

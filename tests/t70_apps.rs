@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use nodecloud::config::Config;
+use nodecloud::testing::Ports;
 use nodecloud::{cluster, testing, CallTarget, Delivery, Event, Invocation, NodeHandle, Request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -80,9 +81,9 @@ impl Handler<Invocation<Scale>> for Actor1 {
 }
 
 /// A star of three, every node accepting applications on TCP, written to a file the
-/// command-line clients read.
-fn write_config(dir: &Path) -> PathBuf {
-    let port = || testing::free_addr().port();
+/// command-line clients read; its ports are reserved in `ports`.
+fn write_config(dir: &Path, ports: &mut Ports) -> PathBuf {
+    let mut port = || ports.reserve().port();
     let mut text = format!(
         "[cluster]\nname = \"apps\"\ntopology = \"star\"\nsecret = \"{SECRET}\"\n\
          heartbeat_interval_ms = 100\nfailure_threshold = 5\n"
@@ -104,9 +105,15 @@ fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
-async fn start(path: &Path) -> (Arc<Config>, Vec<NodeHandle>) {
+/// Every node of the file at `path`, on the sockets reserved in `ports`.
+async fn start(path: &Path, ports: &Ports) -> (Arc<Config>, Vec<NodeHandle>) {
     let c = Arc::new(Config::load(path).unwrap());
-    let nodes = cluster::start(c.clone(), None).await.unwrap();
+    let bound = c
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), ports.bound(n)))
+        .collect();
+    let nodes = cluster::start_bound(c.clone(), None, bound).await.unwrap();
     testing::wait_converged(&nodes, WAIT).await.unwrap();
     (c, nodes)
 }
@@ -194,8 +201,9 @@ impl Drop for PyApp {
 async fn a_python_app_publishes_to_a_rust_actor_and_serves_calls_from_rust_and_the_cli() {
     let python = python_ready().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path());
-    let (c, nodes) = start(&path).await;
+    let mut ports = Ports::new();
+    let path = write_config(dir.path(), &mut ports);
+    let (c, nodes) = start(&path, &ports).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let actor = Actor1 { tx }.start();
     nodes[0].subscribe::<Temperature>(actor.recipient());
@@ -246,8 +254,9 @@ async fn a_python_app_publishes_to_a_rust_actor_and_serves_calls_from_rust_and_t
 #[actix_rt::test]
 async fn the_command_line_publishes_subscribes_and_calls_with_faithful_json() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path());
-    let (_c, nodes) = start(&path).await;
+    let mut ports = Ports::new();
+    let path = write_config(dir.path(), &mut ports);
+    let (_c, nodes) = start(&path, &ports).await;
     let cfg = path.to_str().unwrap().to_owned();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let actor = Actor1 { tx }.start();

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use command_fds::{CommandFdExt, FdMapping};
 use nodecloud::config::Config;
-use nodecloud::{testing, Delivery, Event, Invocation, Node, NodeHandle, Request};
+use nodecloud::testing::{self, Ports};
+use nodecloud::{Delivery, Event, Invocation, Node, NodeHandle, Request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -67,12 +69,15 @@ struct Cluster {
     config: Arc<Config>,
     nodes: Vec<NodeHandle>,
     notes: mpsc::UnboundedReceiver<Note>,
+    /// Holds every reserved port (worker-2's too: no one else may take it while it is down).
+    _ports: Ports,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let port = || testing::free_addr().port();
+        let mut ports = Ports::new();
+        let mut port = || ports.reserve().port();
         let mut text = format!(
             "[cluster]\nname = \"cli\"\ntopology = \"star\"\nsecret_env = \"NC_T75_SECRET\"\n\
              service_key = \"{KEY}\"\nheartbeat_interval_ms = 100\nfailure_threshold = 5\n"
@@ -103,8 +108,13 @@ impl Cluster {
             )
             .unwrap(),
         );
-        let master = Node::start(config.clone(), "master").await.unwrap();
-        let worker = Node::start(config.clone(), "worker-1").await.unwrap();
+        let on_ports = |name| ports.bound(config.node(name).unwrap());
+        let master = Node::start_bound(config.clone(), "master", on_ports("master"))
+            .await
+            .unwrap();
+        let worker = Node::start_bound(config.clone(), "worker-1", on_ports("worker-1"))
+            .await
+            .unwrap();
         let nodes = vec![master, worker];
         testing::wait_converged(&nodes, WAIT).await.unwrap();
         let (tx, notes) = mpsc::unbounded_channel();
@@ -120,6 +130,7 @@ impl Cluster {
             config,
             nodes,
             notes,
+            _ports: ports,
         }
     }
 
@@ -485,13 +496,11 @@ async fn attaching_to_the_wrong_place_says_what_is_wrong() {
             run(&a, &[("K", key)], None).await
         }
     };
-    // Nothing listens there: down (3), naming the address.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = l.local_addr().unwrap();
-        drop(l);
-        a.to_string()
-    };
+    // Nothing listens there: down (3), naming the address. The port is bound and never
+    // listens, so it refuses connections and no one else can take it meanwhile.
+    let closed_port = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_port.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = closed_port.local_addr().unwrap().to_string();
     let o = go(closed.clone(), KEY).await;
     assert_exit(&o, 3, &format!("cannot reach node {closed}"));
     // A wrong key: configuration (2).
@@ -537,8 +546,9 @@ struct JsonNode {
 }
 
 impl JsonNode {
-    fn start(config: &Path, node: &str) -> JsonNode {
-        let mut child = nodecloud_cmd(
+    /// Started with its peer listener handed over from `ports` (socket activation).
+    fn start(config: &Path, node: &str, listen: std::net::TcpListener) -> JsonNode {
+        let mut cmd = nodecloud_cmd(
             &[
                 "--config",
                 config.to_str().unwrap(),
@@ -547,12 +557,19 @@ impl JsonNode {
                 "--log-format",
                 "json",
             ],
-            &[],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "peer")],
+        );
+        cmd.env_remove("LISTEN_PID")
+            .fd_mappings(vec![FdMapping {
+                parent_fd: listen.into(),
+                child_fd: 3,
+            }])
+            .unwrap();
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let err = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -603,19 +620,19 @@ impl Drop for JsonNode {
 #[test]
 fn json_logs_parse_and_a_rejoin_names_its_new_incarnation() {
     let dir = tempfile::tempdir().unwrap();
-    let port = || testing::free_addr().port();
+    let mut ports = Ports::new();
+    let (master_addr, worker_addr) = (ports.reserve(), ports.reserve());
     let text = format!(
         "[cluster]\nname = \"logs\"\ntopology = \"star\"\nsecret = \"{SECRET}\"\n\
          heartbeat_interval_ms = 100\nfailure_threshold = 5\n\n\
-         [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"127.0.0.1:{}\"\n\n\
-         [[nodes]]\nname = \"worker-1\"\nlisten = \"127.0.0.1:{}\"\n",
-        port(),
-        port()
+         [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{master_addr}\"\n\n\
+         [[nodes]]\nname = \"worker-1\"\nlisten = \"{worker_addr}\"\n",
     );
     let path = dir.path().join("logs.toml");
     std::fs::write(&path, text).unwrap();
-    let mut master = JsonNode::start(&path, "master");
-    let mut worker = JsonNode::start(&path, "worker-1");
+    let listener = |addr| ports.listener(addr).unwrap();
+    let mut master = JsonNode::start(&path, "master", listener(master_addr));
+    let mut worker = JsonNode::start(&path, "worker-1", listener(worker_addr));
     let up = master.expect("membership: worker-1 up");
     assert_eq!(up["level"], "INFO");
     let first = up["fields"]["incarnation"].as_str().unwrap().to_owned();
@@ -625,7 +642,7 @@ fn json_logs_parse_and_a_rejoin_names_its_new_incarnation() {
     let down = master.expect("membership: worker-1 down");
     assert_eq!(down["level"], "WARN", "{down}");
 
-    let _worker = JsonNode::start(&path, "worker-1");
+    let _worker = JsonNode::start(&path, "worker-1", listener(worker_addr));
     let again = master.expect("membership: worker-1 up");
     assert!(
         again["fields"]["message"]

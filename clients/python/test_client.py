@@ -2,8 +2,9 @@
 """Tests of the Python client against a real node.
 
 Each test class starts one node (the ``nodecloud`` binary: ``$NODECLOUD_BIN``, by default
-``target/debug/nodecloud``) from a temporary configuration with a service listener on a free
-port, and attaches clients to it.
+``target/debug/nodecloud``) from a temporary configuration, hands it its listeners bound here
+on port 0 (socket activation: no port is ever free for another test to take between), and
+attaches clients to it.
 
 It imports the ``nodecloud`` package the way Python finds it: run as a script it finds the
 package beside it, unless ``PYTHONSAFEPATH=1`` (or ``python3 -P``) makes it use the
@@ -14,6 +15,7 @@ installed one, as ``cargo test`` does with its own environment.
 
 import json
 import os
+import fcntl
 import queue
 import socket
 import stat
@@ -37,10 +39,12 @@ STARTUP_TIMEOUT = 20.0  # seconds for the node to open its service port
 WAIT = 5.0  # seconds for anything the node should do at once
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listener():
+    """A loopback TCP listener on a port the system picks."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    return s
 
 
 class ClosedPort:
@@ -56,20 +60,29 @@ class ClosedPort:
         self.sock.close()
 
 
-def wait_for_port(port, proc, timeout):
-    """Connect attempts until the port accepts, the node exits, or the timeout passes."""
+def inherit(*socks):
+    """A preexec_fn giving the child ``socks`` as fds 3, 4, ... (the systemd protocol)."""
+    fds = [s.fileno() for s in socks]
+
+    def hand_over():
+        # Out of the way first, so that placing one cannot overwrite another.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+            os.close(fd)
+    return hand_over
+
+
+def wait_started(node, timeout):
+    """Poll the node's log until it has started, exited, or the timeout passes."""
     deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing accepts on port {port} after {timeout} s")
-            # Retry pacing while the node starts; not used to order events under test.
-            time.sleep(0.05)
+    while "node started" not in node.logs():
+        if node.proc.poll() is not None:
+            raise RuntimeError(f"the node exited with status {node.proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the node did not start within {timeout} s")
+        # Polling a log file: there is no event to await.
+        time.sleep(0.05)
 
 
 class Node:
@@ -77,9 +90,10 @@ class Node:
 
     def __init__(self, service_key=SERVICE_KEY):
         self.dir = tempfile.TemporaryDirectory(prefix="nodecloud-py-")
-        self.port = free_port()
+        peer, service = listener(), listener()
+        self.port = service.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
-        self.peer_address = f"127.0.0.1:{free_port()}"
+        self.peer_address = f"127.0.0.1:{peer.getsockname()[1]}"
         self.socket_path = os.path.join(self.dir.name, "service.sock")
         key_line = f'service_key = "{service_key}"\n' if service_key else ""
         config = (
@@ -102,11 +116,18 @@ class Node:
             f.write(config)
         binary = os.environ.get("NODECLOUD_BIN", "target/debug/nodecloud")
         self.log = open(os.path.join(self.dir.name, "node.log"), "w+")
+        env = {k: v for k, v in os.environ.items() if k != "LISTEN_PID"}
+        env.update(LISTEN_FDS="2", LISTEN_FDNAMES="peer:service")
+        # close_fds=False: the handed-over fds must survive; Python's own are not inheritable.
         self.proc = subprocess.Popen([binary, "--config", self.config, "--node", NODE],
                                      stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=env, close_fds=False,
+                                     preexec_fn=inherit(peer, service))
+        # The node holds them now.
+        peer.close()
+        service.close()
         try:
-            wait_for_port(self.port, self.proc, STARTUP_TIMEOUT)
+            wait_started(self, STARTUP_TIMEOUT)
         except BaseException:
             self.stop()
             raise
