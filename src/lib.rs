@@ -18,7 +18,9 @@
 //! * [`config`] and [`topology`]: the TOML file, and who dials whom / how events are routed.
 //! * [`node`]: [`Node::start`] and the [`NodeHandle`] user code drives a node with.
 //! * [`cluster`]: every node of a file in one process, or one of them; signals; shutdown.
-//! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface of events.
+//! * [`event`]: [`Event`], [`Delivery`], [`PatternDelivery`], [`Target`], [`NodeId`] — the
+//!   typed surface of events.
+//! * [`topic`]: topic and pattern grammar (`*`, `>` wildcards), and the matching trie.
 //! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
 //! * [`service`]: the client applications attach to a node with.
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
@@ -32,11 +34,12 @@ pub mod event;
 pub mod node;
 pub mod service;
 pub mod testing;
+pub mod topic;
 pub mod topology;
 pub mod wire;
 
 pub use call::{CallError, CallTarget, Invocation, Request};
-pub use event::{Delivery, Event, NodeId, Target};
+pub use event::{Delivery, Event, NodeId, PatternDelivery, Target};
 pub use node::{Node, NodeHandle};
 
 /// The README's Rust examples, compiled as doctests so they cannot drift from the API.
