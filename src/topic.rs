@@ -139,7 +139,7 @@ impl<T> TrieNode<T> {
         pick: &mut impl FnMut(&T) -> bool,
     ) -> Option<T> {
         fn take<T>(v: &mut Vec<T>, pick: &mut impl FnMut(&T) -> bool) -> Option<T> {
-            let i = v.iter().position(|x| pick(x))?;
+            let i = v.iter().position(&mut *pick)?;
             Some(v.remove(i))
         }
         match tokens.next() {

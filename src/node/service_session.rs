@@ -6,7 +6,7 @@
 //! application subscribed and implemented is removed when it goes; calls waiting on it fail
 //! at once with `implementer_gone`, because their answer channels are dropped.
 //!
-//! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics, [`MAX_METHODS`] methods,
+//! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics and patterns, [`MAX_METHODS`] methods,
 //! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
 //! (past them: `refused`, or `busy` for calls). The queue toward the application holds
 //! `LINK_QUEUE_FRAMES` frames; publishes wait for room in the cluster (the session stops
