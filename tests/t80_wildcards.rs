@@ -297,6 +297,67 @@ async fn patterns_are_refused_where_a_topic_is_needed_and_malformed_patterns_eve
     cluster::stop(&nodes).await;
 }
 
+/// Takes one event at a time (a mailbox of one), so the bus finds it full and waits.
+struct Slow {
+    tx: mpsc::UnboundedSender<(String, i64)>,
+}
+impl Actor for Slow {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+impl Handler<PatternDelivery<Reading>> for Slow {
+    type Result = ();
+    fn handle(&mut self, d: PatternDelivery<Reading>, _: &mut Context<Self>) {
+        let _ = self.tx.send((d.topic, d.event.v));
+    }
+}
+impl Handler<nodecloud::Delivery<Reading>> for Slow {
+    type Result = ();
+    fn handle(&mut self, d: nodecloud::Delivery<Reading>, _: &mut Context<Self>) {
+        let _ = self.tx.send((Reading::TOPIC.to_owned(), d.event.v));
+    }
+}
+
+#[actix_rt::test]
+async fn full_mailboxes_of_exact_and_pattern_subscribers_lose_and_repeat_nothing() {
+    let (_c, nodes) = start(config(1)).await;
+    let mut receivers = Vec::new();
+    for pattern in [None, Some("sensor.*"), Some(">"), Some("sensor.reading")] {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slow = Slow { tx }.start();
+        match pattern {
+            None => {
+                nodes[1].subscribe::<Reading>(slow.recipient());
+            }
+            Some(p) => {
+                nodes[1]
+                    .subscribe_pattern::<Reading>(p, slow.recipient())
+                    .unwrap();
+            }
+        }
+        receivers.push(rx);
+    }
+    const EVENTS: i64 = 2000;
+    for v in 0..EVENTS {
+        nodes[0].publish_wait(&Reading { v }).await.unwrap();
+    }
+    for rx in &mut receivers {
+        for v in 0..EVENTS {
+            let got = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, ("sensor.reading".to_owned(), v));
+        }
+    }
+    cluster::stop(&nodes).await;
+    for rx in &mut receivers {
+        assert!(rx.try_recv().is_err(), "nothing was delivered twice");
+    }
+}
+
 /// A star of two accepting applications on TCP, written to a file the command line reads.
 fn write_config(dir: &std::path::Path) -> String {
     let port = || testing::free_addr().port();
