@@ -20,6 +20,8 @@ use uuid::Uuid;
 /// ```
 pub trait Event: Serialize + DeserializeOwned + Send + 'static {
     /// The topic the event is published on; every subscriber of this type listens on it.
+    /// `.`-separated non-empty tokens, no wildcards (see [`crate::topic`]): publishing on an
+    /// invalid topic fails with [`PublishError::BadTopic`](crate::node::PublishError).
     const TOPIC: &'static str;
 }
 
@@ -46,6 +48,23 @@ pub struct Delivery<E> {
 }
 
 impl<E: Event> Message for Delivery<E> {
+    type Result = ();
+}
+
+/// An event delivered to a pattern subscriber
+/// ([`NodeHandle::subscribe_pattern`](crate::NodeHandle::subscribe_pattern)): a
+/// [`Delivery`] plus the concrete topic it was published on (`sensor.a` for `sensor.*`).
+///
+/// A type of its own rather than a `topic` field on every `Delivery`, so exact-topic
+/// subscribers, whose topic is `E::TOPIC`, pay for no topic copy per event.
+#[derive(Debug, Clone)]
+pub struct PatternDelivery<E> {
+    pub topic: String,
+    pub from: NodeId,
+    pub event: E,
+}
+
+impl<E: Event> Message for PatternDelivery<E> {
     type Result = ();
 }
 

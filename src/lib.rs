@@ -20,7 +20,9 @@
 //! * [`cluster`]: every node of a file in one process, or one of them; signals; shutdown.
 //! * [`sockets`]: listeners bound before a node starts: handed over, or inherited (socket
 //!   activation).
-//! * [`event`]: [`Event`], [`Delivery`], [`Target`], [`NodeId`] — the typed surface of events.
+//! * [`event`]: [`Event`], [`Delivery`], [`PatternDelivery`], [`Target`], [`NodeId`] — the
+//!   typed surface of events.
+//! * [`topic`]: topic and pattern grammar (`*`, `>` wildcards), and the matching trie.
 //! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
 //! * [`service`]: the client applications attach to a node with.
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
@@ -37,11 +39,12 @@ pub mod node;
 pub mod service;
 pub mod sockets;
 pub mod testing;
+pub mod topic;
 pub mod topology;
 pub mod wire;
 
 pub use call::{CallError, CallTarget, Invocation, Request};
-pub use event::{Delivery, Event, NodeId, Target};
+pub use event::{Delivery, Event, NodeId, PatternDelivery, Target};
 pub use node::{Node, NodeHandle};
 
 /// The README's Rust examples, compiled as doctests so they cannot drift from the API.

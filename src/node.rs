@@ -46,12 +46,13 @@ pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 
 use crate::call::{CallError, CallTarget, Invocation, Request};
 use crate::config::{Config, Role};
-use crate::event::{Delivery, Event, Target};
+use crate::event::{Delivery, Event, PatternDelivery, Target};
 use crate::sockets::Bound;
+use crate::topic::{check_pattern, TopicError};
 use crate::topology;
 use crate::wire::{self, StatValue};
 use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
-use event_bus::{EventBus, Subscribe, TypedSubscriber, Unsubscribe};
+use event_bus::{EventBus, PatternSubscriber, Subscribe, TypedSubscriber, Unsubscribe};
 use session::Wiring;
 use shared::NodeShared;
 use stats::{SetStat, Stats};
@@ -99,6 +100,10 @@ pub enum PublishError {
     UnknownIncarnation(uuid::Uuid),
     #[error("the node is shut down")]
     Stopped,
+    /// The topic is not one events may be published on: a pattern (`sensor.*`), an empty
+    /// token, too long (see [`crate::topic`]).
+    #[error("cannot publish on {topic:?}: topic {reason}")]
+    BadTopic { topic: String, reason: TopicError },
 }
 
 /// One link's counters, for tests and the API.
@@ -299,6 +304,35 @@ impl NodeHandle {
         id
     }
 
+    /// Deliver every event published anywhere in the cluster on a topic matching `pattern` to
+    /// `recipient`, decoded as `E`, as [`PatternDelivery<E>`] (which carries the concrete
+    /// topic). `*` matches one token, `>` one or more trailing tokens: `sensor.*` takes
+    /// `sensor.a`, `sensor.>` takes `sensor.a.b` too, `>` takes everything (see
+    /// [`crate::topic`]). A payload that does not decode as `E` is skipped (and logged).
+    /// A pattern without wildcards matches its own topic only. Effective as
+    /// [`subscribe`](Self::subscribe) is; an actor subscribed both ways gets both messages.
+    ///
+    /// # Errors
+    /// [`TopicError`] when `pattern` is not a valid pattern (`sens*`, `a..b`, `>.a`).
+    pub fn subscribe_pattern<E: Event>(
+        &self,
+        pattern: &str,
+        recipient: Recipient<PatternDelivery<E>>,
+    ) -> Result<SubscriptionId, TopicError> {
+        check_pattern(pattern)?;
+        let id = SubscriptionId::next();
+        self.shared.local_topics.add(pattern);
+        // Not fed from the network: one message per subscribe call.
+        self.bus.do_send(Subscribe {
+            id,
+            topic: pattern.to_owned(),
+            subscriber: Box::new(PatternSubscriber { recipient }),
+        });
+        Ok(id)
+    }
+
+    /// Remove a subscription, exact or pattern. Effective for the events the bus handles
+    /// after it.
     pub fn unsubscribe(&self, id: SubscriptionId) {
         self.bus.do_send(Unsubscribe(id));
     }

@@ -145,7 +145,8 @@ pub enum ClientError {
 /// What the node sends the application, besides replies to its calls.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    /// An event of a subscribed topic; `payload` is one CBOR item.
+    /// An event of a subscribed topic or pattern; `topic` is the event's own (concrete)
+    /// topic, and `payload` one CBOR item.
     Event {
         topic: String,
         from: String,
@@ -362,7 +363,9 @@ impl Client {
             .map_err(|_| ClientError::Closed("the writer stopped".into()))
     }
 
-    /// Receive events of `topic` (published anywhere in the cluster).
+    /// Receive events of `topic` (published anywhere in the cluster). `topic` may be a
+    /// pattern (`sensor.*`, `sensor.>`, `>`: see [`crate::topic`]); events then arrive with
+    /// their concrete topic, once however many of this client's subscriptions match.
     ///
     /// # Errors
     /// [`ClientError::Closed`].

@@ -1,9 +1,16 @@
-//! EventBus: this node's subscriptions (topic → subscribers) and local delivery. Supervised by
-//! NodeSupervisor.
+//! EventBus: this node's subscriptions (topic → subscribers, pattern → subscribers) and local
+//! delivery. Supervised by NodeSupervisor.
 //!
 //! Sessions hand it batches of envelopes addressed to this node; the publisher's own node hands
 //! it local publishes. It decodes each payload into the subscriber's type and sends an ordinary
 //! `Delivery<E>` message, so a subscriber cannot tell a remote event from a local one.
+//!
+//! Exact topics are one hash lookup; patterns (`sensor.*`, `sensor.>`) live in a token trie
+//! (crate::topic) that is walked only while at least one pattern subscription exists, so the
+//! exact-topic path costs what it did before wildcards. An envelope goes to its topic's exact
+//! subscribers first, then to the matching patterns' in the trie's order. A subscriber that
+//! belongs to a group (an application) gets an envelope once however many of its group's
+//! subscriptions match it.
 //!
 //! Bounds and policy: the bus mailbox holds `BUS_QUEUE_BATCHES` batches. A subscriber whose
 //! mailbox is full is waited for (`ctx.wait`): the bus stops taking batches, sessions stop
@@ -20,7 +27,8 @@ use actix::prelude::*;
 
 use super::shared::{NodeShared, BUS_QUEUE_BATCHES, READ_BATCH_FRAMES};
 use super::supervision::guard;
-use crate::event::{Delivery, Event, NodeId};
+use crate::event::{Delivery, Event, NodeId, PatternDelivery};
+use crate::topic::{is_pattern, TopicTrie};
 use crate::wire::{decode_payload, Envelope, WireError};
 
 static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
@@ -48,7 +56,13 @@ pub(crate) enum Delivered {
 
 /// A subscriber, type-erased: it knows how to turn a payload into its own message.
 pub(crate) trait Subscriber: Send {
-    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered;
+    /// `topic` is the envelope's concrete topic (for a pattern subscriber, what matched).
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered;
+
+    /// Subscribers of one group take an envelope once, whichever of them match it.
+    fn group(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A Rust actor subscribed to `E`.
@@ -57,12 +71,39 @@ pub(crate) struct TypedSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for TypedSubscriber<E> {
-    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, _topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
             Err(e) => return Delivered::Undecodable(e, from),
         };
         match self.recipient.try_send(Delivery { from, event }) {
+            Ok(()) => Delivered::Sent,
+            Err(SendError::Full(msg)) => {
+                let recipient = self.recipient.clone();
+                Delivered::Full(Box::pin(async move { recipient.send(msg).await.is_ok() }))
+            }
+            Err(SendError::Closed(_)) => Delivered::Closed,
+        }
+    }
+}
+
+/// A Rust actor subscribed to a pattern, decoding every matching event as `E`.
+pub(crate) struct PatternSubscriber<E: Event> {
+    pub recipient: Recipient<PatternDelivery<E>>,
+}
+
+impl<E: Event> Subscriber for PatternSubscriber<E> {
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+        let event: E = match decode_payload(payload) {
+            Ok(e) => e,
+            Err(e) => return Delivered::Undecodable(e, from),
+        };
+        let msg = PatternDelivery {
+            topic: topic.to_owned(),
+            from,
+            event,
+        };
+        match self.recipient.try_send(msg) {
             Ok(()) => Delivered::Sent,
             Err(SendError::Full(msg)) => {
                 let recipient = self.recipient.clone();
@@ -153,6 +194,13 @@ type Subscribers = Vec<(SubscriptionId, Box<dyn Subscriber>)>;
 pub struct EventBus {
     shared: Arc<NodeShared>,
     topics: HashMap<String, Subscribers, TopicHash>,
+    /// Pattern subscriptions by id, with their pattern; the trie files their ids.
+    pattern_subs: HashMap<SubscriptionId, (String, Box<dyn Subscriber>)>,
+    patterns: TopicTrie<SubscriptionId>,
+    /// Scratch, reused for every envelope: the pattern subscriptions matching the one offered.
+    matched: Vec<SubscriptionId>,
+    /// Groups that already took the envelope offered (kept across a pause on a full mailbox).
+    served: Vec<u64>,
     /// Envelopes not yet offered to every subscriber; `cursor` is the next subscriber index
     /// for the front envelope (set when delivery paused on a full mailbox).
     pending: VecDeque<Envelope>,
@@ -165,6 +213,10 @@ impl EventBus {
         EventBus {
             shared,
             topics: HashMap::default(),
+            pattern_subs: HashMap::new(),
+            patterns: TopicTrie::default(),
+            matched: Vec::new(),
+            served: Vec::new(),
             pending: VecDeque::new(),
             cursor: 0,
             undecodable: 0,
@@ -196,9 +248,11 @@ impl EventBus {
         }
     }
 
-    /// Offer `env` to its topic's subscribers, from subscriber `cursor` on. False when a full
-    /// mailbox paused delivery: `env` is then back at the front of `pending` if subscribers
-    /// are left to offer it to, and `drain` resumes once the mailbox took its event.
+    /// Offer `env` to its topic's subscribers (exact ones, then matching patterns'), from
+    /// subscriber `cursor` on. False when a full mailbox paused delivery: `env` is then back
+    /// at the front of `pending` if subscribers are left to offer it to, and `drain` resumes
+    /// once the mailbox took its event. While the bus waits it handles no other message, so
+    /// the subscriber sequence `cursor` indexes does not change in between.
     fn offer(&mut self, mut env: Envelope, ctx: &mut Context<Self>) -> bool {
         // The origin's name moves into the last subscriber's delivery; the others get
         // clones (one allocation fewer per event in the common one-subscriber case).
@@ -206,11 +260,39 @@ impl EventBus {
             name: std::mem::take(&mut env.origin),
             incarnation: env.origin_incarnation,
         };
+        if self.cursor == 0 {
+            self.served.clear();
+        }
         // Looked up once per envelope, and again only after a subscriber was removed.
-        'lookup: while let Some(subs) = self.topics.get(&env.topic) {
-            while let Some((id, sub)) = subs.get(self.cursor) {
+        'lookup: loop {
+            self.matched.clear();
+            let matched = &mut self.matched;
+            self.patterns
+                .for_each_match(&env.topic, |id| matched.push(*id));
+            let exact = self.topics.get(&env.topic);
+            let n_exact = exact.map_or(0, Vec::len);
+            let total = n_exact + self.matched.len();
+            // Groups can only take an envelope twice when a pattern matched it.
+            let grouped = !self.matched.is_empty();
+            while self.cursor < total {
+                let i = self.cursor;
                 self.cursor += 1;
-                let last = self.cursor == subs.len();
+                let last = self.cursor == total;
+                let (id, sub) = match exact {
+                    Some(subs) if i < n_exact => (subs[i].0, &subs[i].1),
+                    _ => match self.pattern_subs.get(&self.matched[i - n_exact]) {
+                        Some((_, sub)) => (self.matched[i - n_exact], sub),
+                        None => continue,
+                    },
+                };
+                if grouped {
+                    if let Some(g) = sub.group() {
+                        if self.served.contains(&g) {
+                            continue;
+                        }
+                        self.served.push(g);
+                    }
+                }
                 let to = if last {
                     NodeId {
                         name: std::mem::take(&mut from.name),
@@ -219,10 +301,9 @@ impl EventBus {
                 } else {
                     from.clone()
                 };
-                match sub.deliver(to, &env.payload) {
+                match sub.deliver(&env.topic, to, &env.payload) {
                     Delivered::Sent => {}
                     Delivered::Closed => {
-                        let id = *id;
                         self.remove(&env.topic, id);
                         self.cursor -= 1;
                         continue 'lookup;
@@ -235,7 +316,7 @@ impl EventBus {
                         }
                     }
                     Delivered::Full(wait) => {
-                        let (id, topic) = (*id, env.topic.clone());
+                        let topic = env.topic.clone();
                         if last {
                             // Every subscriber has it (or is waited for): done with it.
                             self.cursor = 0;
@@ -260,7 +341,13 @@ impl EventBus {
         true
     }
 
+    /// Remove subscription `id`: a pattern subscription, or one of `topic`'s.
     fn remove(&mut self, topic: &str, id: SubscriptionId) {
+        if let Some((pattern, _)) = self.pattern_subs.remove(&id) {
+            self.patterns.remove(&pattern, |sid| *sid == id);
+            self.shared.local_topics.remove(&pattern);
+            return;
+        }
         if let Some(subs) = self.topics.get_mut(topic) {
             let before = subs.len();
             subs.retain(|(sid, _)| *sid != id);
@@ -311,10 +398,16 @@ impl Handler<Subscribe> for EventBus {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         // The caller counted the topic in `local_topics` already, synchronously, so a publish
         // right after `subscribe` returns is delivered here.
-        self.topics
-            .entry(msg.topic)
-            .or_default()
-            .push((msg.id, msg.subscriber));
+        if is_pattern(&msg.topic) {
+            self.patterns.insert(&msg.topic, msg.id);
+            self.pattern_subs
+                .insert(msg.id, (msg.topic, msg.subscriber));
+        } else {
+            self.topics
+                .entry(msg.topic)
+                .or_default()
+                .push((msg.id, msg.subscriber));
+        }
     }
 }
 
@@ -322,6 +415,9 @@ impl Handler<Unsubscribe> for EventBus {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        if self.pattern_subs.contains_key(&msg.0) {
+            return self.remove("", msg.0);
+        }
         let topics: Vec<String> = self.topics.keys().cloned().collect();
         for topic in topics {
             self.remove(&topic, msg.0);

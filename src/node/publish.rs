@@ -16,6 +16,7 @@ use super::session::Outbound;
 use super::shared::NodeShared;
 use super::PublishError;
 use crate::event::Event;
+use crate::topic::check_topic;
 use crate::wire::{EncodedMessage, Envelope};
 
 /// An event planned for sending.
@@ -38,6 +39,15 @@ pub(crate) fn prepare<E: Event>(
     event: &E,
     target: Option<String>,
 ) -> Result<Outgoing, PublishError> {
+    // Checked at compile time, once per event type: the hot path pays nothing.
+    if !const { check_topic(E::TOPIC).is_ok() } {
+        if let Err(reason) = check_topic(E::TOPIC) {
+            return Err(PublishError::BadTopic {
+                topic: E::TOPIC.to_owned(),
+                reason,
+            });
+        }
+    }
     let id = shared.next_event_id();
     let table = shared.routes.load_full();
     let (frame, local) = EncodedMessage::with_payload(event, |payload| {
@@ -52,7 +62,8 @@ pub(crate) fn prepare<E: Event>(
     })
 }
 
-/// Plan an event whose payload is already encoded (an application's).
+/// Plan an event whose payload is already encoded (an application's). The caller checked
+/// the topic (`check_topic`).
 pub(crate) fn prepare_raw(
     shared: &Arc<NodeShared>,
     topic: &str,

@@ -6,7 +6,7 @@
 //! application subscribed and implemented is removed when it goes; calls waiting on it fail
 //! at once with `implementer_gone`, because their answer channels are dropped.
 //!
-//! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics, [`MAX_METHODS`] methods,
+//! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics and patterns, [`MAX_METHODS`] methods,
 //! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
 //! (past them: `refused`, or `busy` for calls). The queue toward the application holds
 //! `LINK_QUEUE_FRAMES` frames; publishes wait for room in the cluster (the session stops
@@ -14,6 +14,7 @@
 //! timeout is closed as a `slow_consumer`; one that sends nothing for that long, as `timeout`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
 use crate::event::NodeId;
+use crate::topic::{check_pattern, check_topic};
 use crate::wire::{
     encode_message, Bye, Call, Deliver, ErrorFrame, Failure, Frame, FrameCodec, Message, Outcome,
     PeerInfo, Ping, Publish, Refused, Reply, Request, WireError,
@@ -50,6 +52,9 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Topic and method names: 1..=255 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
+
+/// Numbers the sessions' subscriber groups (unique in the process).
+static NEXT_GROUP: AtomicU64 = AtomicU64::new(1);
 
 /// What a service session needs of its node.
 #[derive(Clone)]
@@ -67,7 +72,10 @@ pub struct ServiceSession {
     writer: Option<actix_rt::task::JoinHandle<()>>,
     last_inbound: Instant,
     last_outbound_ping: u64,
+    /// Topics and patterns, as the application wrote them.
     subscriptions: HashMap<String, SubscriptionId>,
+    /// This session's subscriber group at the bus (see `AppSubscriber`).
+    group: u64,
     methods: HashMap<String, ImplementationId>,
     calls_in_flight: usize,
     /// Requests sent to the application, by the id it must echo.
@@ -144,6 +152,7 @@ impl ServiceSession {
                 last_inbound: Instant::now(),
                 last_outbound_ping: 0,
                 subscriptions: HashMap::new(),
+                group: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
                 methods: HashMap::new(),
                 calls_in_flight: 0,
                 serving: HashMap::new(),
@@ -284,9 +293,16 @@ impl ServiceSession {
         }
     }
 
+    /// `topic` may be a pattern. The application's subscriptions form one group at the bus,
+    /// so an event matching several of them is delivered once.
     fn subscribe(&mut self, topic: String, ctx: &mut Context<Self>) {
-        if let Err(why) = check_name(&topic) {
-            return self.refuse("subscribe", "bad_topic", format!("topic {why}"), ctx);
+        if let Err(why) = check_pattern(&topic) {
+            return self.refuse(
+                "subscribe",
+                "bad_topic",
+                format!("topic {topic:?} {why}"),
+                ctx,
+            );
         }
         if self.subscriptions.contains_key(&topic) {
             return;
@@ -307,7 +323,7 @@ impl ServiceSession {
             id,
             topic: topic.clone(),
             subscriber: Box::new(AppSubscriber {
-                topic: topic.clone(),
+                group: self.group,
                 tx: self.tx.clone(),
                 session: ctx.address(),
                 limit: self.w.shared.failure_timeout(),
@@ -317,8 +333,9 @@ impl ServiceSession {
     }
 
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
-        if let Err(why) = check_name(&p.topic) {
-            return self.refuse("publish", "bad_topic", format!("topic {why}"), ctx);
+        if let Err(why) = check_topic(&p.topic) {
+            let message = format!("topic {:?} {why}", p.topic);
+            return self.refuse("publish", "bad_topic", message, ctx);
         }
         let target = p.target;
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, target.clone(), &p.payload) {
@@ -358,6 +375,7 @@ impl ServiceSession {
             PublishError::TooLarge { .. } | PublishError::Encode(_) => "too_large",
             PublishError::Full(_) | PublishError::BusFull => "busy",
             PublishError::Stopped => "stopped",
+            PublishError::BadTopic { .. } => "bad_topic",
         };
         self.refuse("publish", code, e.to_string(), ctx);
     }
@@ -446,7 +464,7 @@ impl ServiceSession {
     }
 }
 
-/// Topic and method names: 1..=255 bytes of text.
+/// Method names: 1..=255 bytes of text (topics: crate::topic).
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("is empty".into())
@@ -460,18 +478,24 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// An application subscribed to a topic: deliveries become `deliver` frames on its queue.
+/// An application subscribed to a topic or pattern: deliveries become `deliver` frames, with
+/// the event's concrete topic, on its queue.
 struct AppSubscriber {
-    topic: String,
+    /// The session's number: all of one application's subscriptions share it.
+    group: u64,
     tx: mpsc::Sender<Outbound>,
     session: Addr<ServiceSession>,
     limit: Duration,
 }
 
 impl Subscriber for AppSubscriber {
-    fn deliver(&self, from: NodeId, payload: &[u8]) -> Delivered {
+    fn group(&self) -> Option<u64> {
+        Some(self.group)
+    }
+
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
         let msg = Message::Deliver(Deliver {
-            topic: self.topic.clone(),
+            topic: topic.to_owned(),
             from: from.name,
             payload: Bytes::copy_from_slice(payload),
         });

@@ -16,6 +16,7 @@ use super::dedup::Dedup;
 use super::membership::MembershipView;
 use super::router::RouteTable;
 use crate::config::{Config, NodeConfig};
+use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
 use crate::wire::{Identity, NodeStats};
 
@@ -41,7 +42,8 @@ pub struct NodeShared {
     pub stats: ArcSwap<NodeStats>,
     pub view: watch::Sender<Arc<MembershipView>>,
     pub dedup: Mutex<Dedup>,
-    /// Topics with at least one local subscriber, so a publish skips the bus otherwise.
+    /// Topics and patterns with at least one local subscriber, so a publish skips the bus
+    /// otherwise.
     pub local_topics: LocalTopics,
     next_event_id: AtomicU64,
     next_link_id: AtomicU64,
@@ -135,33 +137,75 @@ pub fn random_below(below: Duration) -> Duration {
     Duration::from_nanos(random % (below.as_nanos().max(1) as u64))
 }
 
-/// Topic → number of local subscriptions. Incremented by `subscribe` before the bus hears of
-/// it, decremented by the bus when a subscription goes.
+/// What this node's subscribers listen to: exact topic → number of subscriptions, and the
+/// patterns in a trie. Incremented by `subscribe` before the bus hears of it, decremented by
+/// the bus when a subscription goes. Publishers and sessions ask it whether an event needs
+/// the bus at all.
 #[derive(Default)]
-pub struct LocalTopics(std::sync::RwLock<std::collections::HashMap<String, usize>>);
+pub struct LocalTopics(std::sync::RwLock<Interest>);
+
+#[derive(Default)]
+struct Interest {
+    exact: std::collections::HashMap<String, usize>,
+    patterns: TopicTrie<()>,
+}
 
 impl LocalTopics {
+    /// Count one subscription to `topic`, a topic or a pattern.
     pub fn add(&self, topic: &str) {
         if let Ok(mut m) = self.0.write() {
-            *m.entry(topic.to_owned()).or_default() += 1;
+            if is_pattern(topic) {
+                m.patterns.insert(topic, ());
+            } else {
+                *m.exact.entry(topic.to_owned()).or_default() += 1;
+            }
         }
     }
 
     pub fn remove(&self, topic: &str) {
         if let Ok(mut m) = self.0.write() {
-            if let Some(n) = m.get_mut(topic) {
+            if is_pattern(topic) {
+                m.patterns.remove(topic, |_| true);
+            } else if let Some(n) = m.exact.get_mut(topic) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    m.remove(topic);
+                    m.exact.remove(topic);
                 }
             }
         }
     }
 
+    /// Whether a local subscription (exact, or a pattern) takes events of `topic`.
     pub fn contains(&self, topic: &str) -> bool {
         self.0
             .read()
-            .map(|m| m.contains_key(topic))
+            .map(|m| m.exact.contains_key(topic) || m.patterns.matches(topic))
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalTopics;
+
+    #[test]
+    fn local_topics_answer_for_exact_topics_and_patterns_until_removed() {
+        let t = LocalTopics::default();
+        t.add("sensor.a");
+        t.add("sensor.*");
+        t.add("sensor.*");
+        assert!(t.contains("sensor.a"));
+        assert!(t.contains("sensor.b"), "by the pattern");
+        assert!(!t.contains("sensor.b.c"));
+        t.remove("sensor.*");
+        assert!(
+            t.contains("sensor.b"),
+            "one of two pattern subscriptions is left"
+        );
+        t.remove("sensor.*");
+        assert!(!t.contains("sensor.b"));
+        assert!(t.contains("sensor.a"));
+        t.add("sensor.>");
+        assert!(t.contains("sensor.b.c"));
     }
 }

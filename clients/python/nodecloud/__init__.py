@@ -601,7 +601,7 @@ class Client:
     # -- operations ----------------------------------------------------------------------------
 
     def subscribe(self, topic: str) -> None:
-        """Deliver events of ``topic``, published anywhere in the cluster, to this client."""
+        """Deliver events of ``topic`` (or a pattern: ``sensor.*``, ``sensor.>``) to this client."""
         self._op("subscribe", {"topic": topic})
 
     def unsubscribe(self, topic: str) -> None:
