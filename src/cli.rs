@@ -1,14 +1,15 @@
 //! The `nodecloud` command line: its arguments and what each command does. `main.rs` parses
 //! the arguments and calls [`run`].
 //!
-//! `nodecloud --config F [--node N]` runs nodes; `check` validates a file; `sub`, `pub` and
-//! `call` are applications attached to one node's service listener (see [`attach`] for how
+//! `nodecloud --config F [--node N]` runs nodes; `check` validates a file; `sub`, `pub`,
+//! `call` and `status` are applications attached to one node's service listener (see [`attach`] for how
 //! they find it). Exit statuses are one table for every command: [`exit`].
 
 pub mod app;
 pub mod attach;
 pub mod exit;
 pub mod logging;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -93,6 +94,15 @@ pub enum Command {
         #[arg(long, value_name = "NODE")]
         to: Option<String>,
     },
+    /// The members of the cluster as the attached node sees them. Exit 0 when every
+    /// declared node is up, 3 when some are down.
+    Status {
+        #[command(flatten)]
+        attach: Attach,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Call a method with a JSON request; print the JSON response.
     Call {
         method: String,
@@ -113,7 +123,12 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     let app = matches!(
         cli.command,
-        Some(Command::Sub { .. } | Command::Pub { .. } | Command::Call { .. })
+        Some(
+            Command::Sub { .. }
+                | Command::Pub { .. }
+                | Command::Call { .. }
+                | Command::Status { .. }
+        )
     );
     let default = if app { "warn" } else { "info" };
     if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref(), default) {
@@ -233,6 +248,11 @@ fn application(command: Command) -> Result<(), CliError> {
                 to.as_deref(),
                 timeout,
             ))
+        }
+        Command::Status { attach, json } => {
+            let target = attach.resolve(&env)?;
+            let name = app_name(&attach);
+            system.block_on(status::status(&target, &name, json))
         }
         Command::Check { config } => check(&config),
     }

@@ -23,7 +23,7 @@
 //! not take them, the reader stops reading and the node's queue toward it fills (after the
 //! failure timeout the node closes it as a slow consumer).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,8 +41,9 @@ use uuid::Uuid;
 use crate::call::{CallError, CallTarget, Request};
 use crate::config::Config;
 use crate::wire::{
-    self, Bye, Call, Failure, Frame, FrameCodec, HandshakeError, Identity, Message, Method,
-    Outcome, Ping, Publish, Reply, Topic, WireError, MAX_HANDSHAKE_FRAME_BYTES,
+    self, Bye, Call, ClusterQuery, ClusterView, Failure, Frame, FrameCodec, HandshakeError,
+    Identity, Message, Method, Outcome, Ping, Publish, Reply, Topic, WireError,
+    MAX_HANDSHAKE_FRAME_BYTES,
 };
 
 /// Resolves `host` and connects to the first address that answers.
@@ -137,6 +138,9 @@ pub enum ClientError {
     NoEndpoint { node: String },
     #[error("no node is named {0:?} in the configuration")]
     UnknownNode(String),
+    /// The node refused a request (`code: message`).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Nothing was sent: the node would refuse the frame and close the connection.
     #[error("a message of {len} bytes exceeds the maximum frame of {max} bytes")]
     TooLarge { len: usize, max: usize },
@@ -170,6 +174,8 @@ pub enum Incoming {
 }
 
 type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+/// `cluster` requests by id; the node answers them in order, so a refusal is the oldest's.
+type Views = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<ClusterView, String>>>>>;
 
 /// An application attached to a node.
 pub struct Client {
@@ -177,6 +183,7 @@ pub struct Client {
     incoming: mpsc::Receiver<Incoming>,
     calls: Waiting,
     pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    views: Views,
     next_id: AtomicU64,
     node: String,
     /// The node's frame limit: a larger message is refused here, not sent.
@@ -310,6 +317,7 @@ impl Client {
         let (in_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let calls: Waiting = Arc::default();
         let pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+        let views: Views = Arc::default();
         let writer = tokio::spawn(write_loop(writer, out_rx));
         let reader = tokio::spawn(read_loop(
             reader,
@@ -317,12 +325,14 @@ impl Client {
             in_tx,
             calls.clone(),
             pongs.clone(),
+            views.clone(),
         ));
         Ok(Client {
             out,
             incoming,
             calls,
             pongs,
+            views,
             next_id: AtomicU64::new(1),
             node: peer.node,
             max_frame,
@@ -539,6 +549,28 @@ impl Client {
             .map_err(|_| ClientError::Closed("closed before the node answered".into()))
     }
 
+    /// The cluster as the attached node sees it: every declared node, up or down, with the
+    /// replicated state of those up.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`]; [`ClientError::Refused`] if the node refused (a member list
+    /// too large for one frame).
+    pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut v) = self.views.lock() {
+            v.insert(id, tx);
+        }
+        self.send(Message::Cluster(ClusterQuery { id })).await?;
+        match rx.await {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(why)) => Err(ClientError::Refused(why)),
+            Err(_) => Err(ClientError::Closed(
+                "closed before the node answered".into(),
+            )),
+        }
+    }
+
     /// The next event, request or refusal; `None` once the connection is closed and
     /// everything was taken.
     pub async fn next(&mut self) -> Option<Incoming> {
@@ -591,6 +623,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     incoming: mpsc::Sender<Incoming>,
     calls: Waiting,
     pongs: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    views: Views,
 ) {
     let closed = loop {
         let msg = match reader.next().await {
@@ -610,11 +643,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 from: r.from,
                 payload: r.payload,
             },
+            Message::Refused(r) if r.op == "cluster" => {
+                let oldest = views.lock().ok().and_then(|mut v| v.pop_first());
+                if let Some((_, tx)) = oldest {
+                    let _ = tx.send(Err(format!("{}: {}", r.code, r.message)));
+                }
+                continue;
+            }
             Message::Refused(r) => Incoming::Refused {
                 op: r.op,
                 code: r.code,
                 message: r.message,
             },
+            Message::ClusterView(v) => {
+                let waiting = views.lock().ok().and_then(|mut w| w.remove(&v.id));
+                if let Some(tx) = waiting {
+                    let _ = tx.send(Ok(v));
+                }
+                continue;
+            }
             Message::Reply(r) => {
                 let waiting = calls.lock().ok().and_then(|mut c| c.remove(&r.id));
                 if let Some(tx) = waiting {
@@ -649,6 +696,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
     if let Ok(mut p) = pongs.lock() {
         p.clear();
+    }
+    if let Ok(mut v) = views.lock() {
+        v.clear();
     }
     let _ = incoming.send(Incoming::Closed(closed)).await;
 }

@@ -23,9 +23,9 @@ pub use codec::{
     WireError,
 };
 pub use frame::{
-    Auth, Bye, Call, Deliver, Envelope, ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck,
-    Message, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply,
-    Request, StatValue, Status, Topic, Welcome,
+    Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
+    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
+    PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic, Welcome,
 };
 pub use handshake::{accept, dial, HandshakeError, Identity, PeerInfo};
 

@@ -70,7 +70,7 @@ struct Cluster {
     nodes: Vec<NodeHandle>,
     notes: mpsc::UnboundedReceiver<Note>,
     /// Holds every reserved port (worker-2's too: no one else may take it while it is down).
-    _ports: Ports,
+    ports: Ports,
 }
 
 impl Cluster {
@@ -130,7 +130,7 @@ impl Cluster {
             config,
             nodes,
             notes,
-            _ports: ports,
+            ports,
         }
     }
 
@@ -656,4 +656,56 @@ fn json_logs_parse_and_a_rejoin_names_its_new_incarnation() {
         again["fields"]["incarnation"].as_str(),
         Some(first.as_str())
     );
+}
+
+#[actix_rt::test]
+async fn status_lists_every_declared_node_and_exits_3_while_one_is_down() {
+    let mut c = Cluster::start().await;
+    let env = [
+        ("NODECLOUD_ADDRESS", c.service()),
+        ("NODECLOUD_CLUSTER", "cli".to_owned()),
+        ("NODECLOUD_KEY", KEY.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run(&["status", "--json"], &env, None).await;
+    assert_exit(&o, 3, "down: worker-2");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["cluster"], "cli");
+    assert_eq!(v["node"], "master");
+    let states: Vec<(&str, &str)> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("master", "up"), ("worker-1", "up"), ("worker-2", "down")]
+    );
+    let w1 = &v["members"][1];
+    assert_eq!(w1["methods"], serde_json::json!(["cli.echo"]));
+    assert_eq!(w1["links"], serde_json::json!(["master"]));
+    assert!(w1["pid"].as_u64().unwrap() > 0, "{w1}");
+    assert_eq!(w1["incarnation"], c.nodes[1].incarnation().to_string());
+
+    // worker-2 comes up: every member is up, exit 0, and the table says so.
+    let config = c.config.clone();
+    let bound = c.ports.bound(config.node("worker-2").unwrap());
+    let w2 = Node::start_bound(config, "worker-2", bound).await.unwrap();
+    testing::wait_up(&c.nodes[0], &["worker-2"], WAIT)
+        .await
+        .unwrap();
+    c.nodes.push(w2);
+    let o = run(&["status", "--config", c.file()], &[], None).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(
+        table.starts_with("cluster cli (star), seen from master: 3 of 3 up\nNAME"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("worker-2  worker  up")),
+        "{table}"
+    );
+    c.stop().await;
 }

@@ -342,6 +342,44 @@ class EventTest(NodeTest):
         self.assertEqual([e[2] for e in got], list(range(100)))
         self.assertIsNone(pub.next_event(0))  # pub did not subscribe
 
+    def test_wildcards_match_one_token_or_the_rest(self):
+        client = self.connect("py-wild")
+        client.subscribe("w.*")
+        client.subscribe("x.>")
+        client.sync(WAIT)
+        for topic, value in [("w.a", 1), ("w.a.b", 2), ("x.a", 3), ("x.a.b", 4), ("w", 5)]:
+            client.publish(topic, value)
+        client.sync(WAIT)
+        got = [client.next_event(WAIT) for _ in range(3)]
+        self.assertEqual(got, [("w.a", NODE, 1), ("x.a", NODE, 3), ("x.a.b", NODE, 4)])
+        client.sync(WAIT)
+        self.assertIsNone(client.next_event(0))
+
+    def test_publishing_to_a_pattern_is_refused(self):
+        client = self.connect()
+        client.publish("w.*", 1)
+        with self.assertRaises(Refused) as cm:
+            client.sync(WAIT)
+        self.assertEqual((cm.exception.op, cm.exception.code), ("publish", "bad_topic"))
+
+    def test_cluster_lists_the_node_with_its_methods(self):
+        client = self.connect("py-cluster")
+        client.implement("py.cluster.test", lambda value, from_node: value)
+        client.sync(WAIT)
+        view = client.cluster()
+        self.assertEqual((view["cluster"], view["node"]), (CLUSTER, NODE))
+        (me,) = view["members"]
+        self.assertEqual((me["name"], me["state"]), (NODE, "up"))
+        self.assertEqual(len(me["incarnation"]), 36)
+        self.assertGreater(me["stats"]["pid"], 0)
+        # Methods are replicated state: the view shows the new one once the node's
+        # membership has taken it (within a heartbeat or so).
+        deadline = time.monotonic() + WAIT
+        while "py.cluster.test" not in me["methods"]:
+            self.assertLess(time.monotonic(), deadline, f"methods: {me['methods']}")
+            time.sleep(0.05)
+            (me,) = client.cluster()["members"]
+
     def test_unsubscribe_stops_deliveries(self):
         client = self.connect()
         client.subscribe("t.a")

@@ -73,7 +73,9 @@ impl CliError {
             }
             ClientError::Encode(_) => CliError::Usage(e.to_string()),
             ClientError::TooLarge { .. } => CliError::Failed(format!("too_large: {e}")),
-            ClientError::Closed(_) => CliError::Failed(format!("node {node}: {e}")),
+            ClientError::Closed(_) | ClientError::Refused(_) => {
+                CliError::Failed(format!("node {node}: {e}"))
+            }
         }
     }
 }

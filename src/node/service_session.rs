@@ -38,8 +38,8 @@ use crate::call::CallError;
 use crate::event::NodeId;
 use crate::topic::{check_pattern, check_topic};
 use crate::wire::{
-    encode_message, Bye, Call, Deliver, ErrorFrame, Failure, Frame, FrameCodec, Message, Outcome,
-    PeerInfo, Ping, Publish, Refused, Reply, Request, WireError,
+    encode_message, Bye, Call, ClusterView, Deliver, ErrorFrame, Failure, Frame, FrameCodec,
+    MemberView, Message, Outcome, PeerInfo, Ping, Publish, Refused, Reply, Request, WireError,
 };
 
 /// Topics one application may subscribe to.
@@ -180,9 +180,12 @@ impl ServiceSession {
     /// Queue a frame for the application; if its queue is full, wait for room in the
     /// background, and close it as a slow consumer if that takes the failure timeout.
     fn push(&self, msg: &Message, ctx: &mut Context<Self>) {
-        let Some(frame) = self.encode(msg) else {
-            return;
-        };
+        if let Some(frame) = self.encode(msg) {
+            self.push_frame(frame, ctx);
+        }
+    }
+
+    fn push_frame(&self, frame: crate::wire::EncodedMessage, ctx: &mut Context<Self>) {
         if let Err(mpsc::error::TrySendError::Full(frame)) =
             self.tx.try_send(Outbound::Frame(frame))
         {
@@ -271,6 +274,7 @@ impl ServiceSession {
             },
             Message::Ping(p) => self.push(&Message::Pong(p), ctx),
             Message::Pong(_) => {}
+            Message::Cluster(q) => self.cluster(q.id, ctx),
             Message::Bye(bye) => {
                 tracing::debug!(node = %self.node(), app = %self.app.node, "application left: {}", bye.reason);
                 self.closing = true;
@@ -290,6 +294,24 @@ impl ServiceSession {
                     ctx,
                 );
             }
+        }
+    }
+
+    /// Answer with every declared node, up ones with their replicated state. A view that
+    /// does not fit in a frame is refused (`too_large`) rather than cut.
+    fn cluster(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let msg = Message::ClusterView(cluster_view(&self.w.shared, id));
+        match self.encode(&msg) {
+            // `[seq, message]` adds at most 10 bytes.
+            Some(f) if f.len() + 10 <= self.w.shared.config.cluster.max_frame_bytes => {
+                self.push_frame(f, ctx);
+            }
+            _ => self.refuse(
+                "cluster",
+                "too_large",
+                "the member list does not fit in one frame".into(),
+                ctx,
+            ),
         }
     }
 
@@ -690,5 +712,43 @@ impl Handler<WriterFailed> for ServiceSession {
             self.closing = true;
         }
         ctx.stop();
+    }
+}
+
+/// The cluster as `shared`'s node sees it, for a `cluster` request: the configured nodes in
+/// declared order; the up ones with what their last status replicated.
+pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
+    let config = &shared.config;
+    let view = shared.view.borrow().clone();
+    let members = config
+        .nodes
+        .iter()
+        .map(|n| match view.members.get(&n.name) {
+            Some(m) => MemberView {
+                name: n.name.clone(),
+                role: m.role.clone(),
+                state: "up".into(),
+                incarnation: Some(m.incarnation),
+                stats: Some(m.stats.clone()),
+                links: m.links.clone(),
+                methods: m.methods.clone(),
+            },
+            None => MemberView {
+                name: n.name.clone(),
+                role: n.role.to_string(),
+                state: "down".into(),
+                incarnation: None,
+                stats: None,
+                links: Vec::new(),
+                methods: Vec::new(),
+            },
+        })
+        .collect();
+    ClusterView {
+        id,
+        cluster: config.cluster.name.clone(),
+        topology: config.cluster.topology.as_str().to_owned(),
+        node: shared.name().to_owned(),
+        members,
     }
 }

@@ -374,7 +374,9 @@ impl Session {
             | Message::Reply(_)
             | Message::Request(_)
             | Message::Respond(_)
-            | Message::Refused(_)) => {
+            | Message::Refused(_)
+            | Message::Cluster(_)
+            | Message::ClusterView(_)) => {
                 self.fail(
                     ctx,
                     "unexpected_message",

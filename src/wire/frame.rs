@@ -75,6 +75,10 @@ pub enum Message {
     Respond(Reply),
     /// Node → application: an operation was refused; the link stays open.
     Refused(Refused),
+    /// Application → node: the member list; answered by `cluster_view` with the same `id`.
+    Cluster(ClusterQuery),
+    /// Node → application: every declared node, up or down, as the node sees it.
+    ClusterView(ClusterView),
 }
 
 impl Message {
@@ -105,6 +109,8 @@ impl Message {
             Message::Request(_) => "request",
             Message::Respond(_) => "respond",
             Message::Refused(_) => "refused",
+            Message::Cluster(_) => "cluster",
+            Message::ClusterView(_) => "cluster_view",
         }
     }
 }
@@ -369,6 +375,45 @@ pub struct Request {
     /// The node the call came from.
     pub from: String,
     pub payload: Bytes,
+}
+
+/// An application's request for the member list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterQuery {
+    /// Chosen by the application; the answer carries it back.
+    pub id: u64,
+}
+
+/// The cluster as one node sees it: every node of its configuration, in declared order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: u64,
+    pub cluster: String,
+    pub topology: String,
+    /// The node that answered.
+    pub node: String,
+    pub members: Vec<MemberView>,
+}
+
+/// One node: its replicated state while it is up; name, role and `down` otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    pub role: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// The running incarnation; null while down.
+    #[serde(default)]
+    pub incarnation: Option<Uuid>,
+    /// Null while down.
+    #[serde(default)]
+    pub stats: Option<NodeStats>,
+    /// Nodes it has a live link to.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Methods it serves, sorted.
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -102,14 +102,15 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 U64_MAX = (1 << 64) - 1
 
 # Kinds a node may send on a service link after the handshake.
-_NODE_KINDS = {"ping", "pong", "deliver", "reply", "request", "refused", "error", "bye"}
+_NODE_KINDS = {"ping", "pong", "deliver", "reply", "request", "refused", "error", "bye",
+               "cluster_view"}
 # Kinds only a node's peer link carries: receiving one means the address is a peer port.
 _PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply"}
 # Kinds that exist in the protocol but a node never sends to an application.
 _OTHER_KINDS = {
     "hello", "hello_ack", "auth", "welcome", "heartbeat", "status", "event", "peer_call",
     "peer_reply", "subscribe", "unsubscribe", "publish", "implement", "unimplement", "call",
-    "respond",
+    "respond", "cluster",
 }
 
 
@@ -509,6 +510,8 @@ class Client:
         self._on_refused = on_refused
         self._ping_n = itertools.count(1)
         self._syncs: dict = {}
+        # `cluster` requests by id; the node answers in order, so a refusal is the oldest's.
+        self._views: dict = {}
         self._events: collections.deque = collections.deque()
         self._event_cap = max(1, event_queue)
         self._event_cond = threading.Condition(self._lock)
@@ -679,6 +682,28 @@ class Client:
                 self._syncs.pop(n, None)
         self._check_open_locked()
         self._raise_refusal()
+
+    def cluster(self, timeout: Optional[float] = None) -> dict:
+        """The cluster as the attached node sees it: ``{"cluster", "topology", "node",
+        "members"}``, each member ``{"name", "role", "state" ("up" or "down"), "incarnation"
+        (a uuid string, None while down), "stats" (a dict, None while down), "links",
+        "methods"}``. Raises :class:`Refused` if the node refuses (a member list too large for
+        one frame)."""
+        pending = _Pending()
+        with self._lock:
+            self._check_open()
+            view_id = next(self._call_ids)
+            self._views[view_id] = pending
+        try:
+            self._send("cluster", {"id": view_id})
+            if not pending.done.wait(self._io_timeout if timeout is None else timeout):
+                raise TimeoutError(f"node {self.node} did not answer cluster request {view_id}")
+        finally:
+            with self._lock:
+                self._views.pop(view_id, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.outcome
 
     def next_event(self, timeout: Optional[float] = None) -> Optional[Tuple[str, str, Any]]:
         """The next delivered event as ``(topic, from_node, value)``, or None after
@@ -855,9 +880,31 @@ class Client:
                 self._pool.submit(self._serve, req_id, method, from_node, payload)
             except RuntimeError:  # the pool is shut down: we are closing
                 pass
+        elif kind == "cluster_view":
+            view_id = _field(f, "id", _is_uint, "a u64")
+            with self._lock:
+                pending = self._views.pop(view_id, None)
+            if pending is None:
+                return
+            members = _field(f, "members", lambda v: isinstance(v, list), "an array")
+            for m in members:
+                inc = m.get("incarnation") if isinstance(m, dict) else None
+                if isinstance(inc, bytes) and len(inc) == 16:
+                    m["incarnation"] = str(uuid.UUID(bytes=inc))
+            pending.outcome = {k: f.get(k) for k in ("cluster", "topology", "node")}
+            pending.outcome["members"] = members
+            pending.done.set()
         elif kind == "refused":
             refusal = Refused(_field(f, "op", _text, "text"), _field(f, "code", _text, "text"),
                               _field(f, "message", _text, "text"))
+            if refusal.op == "cluster":
+                with self._lock:
+                    oldest = min(self._views, default=None)
+                    pending = self._views.pop(oldest, None) if oldest is not None else None
+                if pending is not None:
+                    pending.error = refusal
+                    pending.done.set()
+                return
             if self._on_refused is not None:
                 try:
                     self._on_refused(refusal)

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::wire::frame::{
-    Auth, Bye, Call, Deliver, ErrorFrame, Failure, Heartbeat, Hello, HelloAck, Method, NodeStats,
-    Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic,
-    Welcome,
+    Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat, Hello,
+    HelloAck, MemberView, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish, Refused,
+    Reply, Request, StatValue, Status, Topic, Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -178,6 +178,33 @@ fn samples() -> Vec<Message> {
             code: "bad_topic".into(),
             message: "topic is empty".into(),
         }),
+        Message::Cluster(ClusterQuery { id: 3 }),
+        Message::ClusterView(ClusterView {
+            id: 3,
+            cluster: "demo".into(),
+            topology: "star".into(),
+            node: "master".into(),
+            members: vec![
+                MemberView {
+                    name: "master".into(),
+                    role: "master".into(),
+                    state: "up".into(),
+                    incarnation: Some(uuid(1)),
+                    stats: Some(NodeStats::default()),
+                    links: vec!["worker-1".into()],
+                    methods: vec!["py.add".into()],
+                },
+                MemberView {
+                    name: "worker-1".into(),
+                    role: "worker".into(),
+                    state: "down".into(),
+                    incarnation: None,
+                    stats: None,
+                    links: vec![],
+                    methods: vec![],
+                },
+            ],
+        }),
     ]
 }
 
@@ -208,7 +235,9 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Reply(_)
         | Message::Request(_)
         | Message::Respond(_)
-        | Message::Refused(_) => true,
+        | Message::Refused(_)
+        | Message::Cluster(_)
+        | Message::ClusterView(_) => true,
     }
 }
 
@@ -256,7 +285,7 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 24, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 26, "one sample per variant: {kinds:?}");
 
     let mut out = FrameCodec::new(MIB);
     let mut buf = BytesMut::new();

@@ -1,0 +1,226 @@
+//! `nodecloud status`: the members of the cluster as the attached node sees them, as a table
+//! or as JSON. Exit status 0 when every declared node is up, 3 when some are down.
+
+use serde_json::{json, Value};
+
+use super::attach::Target;
+use super::exit::CliError;
+use crate::wire::{ClusterView, MemberView, StatValue};
+
+/// One member as JSON: `name`, `role`, `state`, `incarnation`, `pid`, `version`, `uptime_s`,
+/// `rss_bytes`, `cpus`, `load_1m`, `mem_free_bytes`, `mem_total_bytes`, `stats` (the custom
+/// ones), `links`, `methods`. The replicated fields are null while the member is down.
+pub fn member_json(m: &MemberView) -> Value {
+    let s = m.stats.as_ref();
+    let custom: serde_json::Map<String, Value> = s
+        .map(|s| {
+            s.extra
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        StatValue::Bool(b) => json!(b),
+                        StatValue::Int(i) => json!(i),
+                        StatValue::Float(f) => json!(f),
+                        StatValue::Text(t) => json!(t),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": m.name,
+        "role": m.role,
+        "state": m.state,
+        "incarnation": m.incarnation.map(|u| u.to_string()),
+        "pid": s.map(|s| s.pid),
+        "version": s.map(|s| s.version.clone()),
+        "uptime_s": s.map(|s| s.uptime_s),
+        "rss_bytes": s.map(|s| s.rss_bytes),
+        "cpus": s.map(|s| s.cpus),
+        "load_1m": s.map(|s| s.load_avg[0]),
+        "mem_free_bytes": s.map(|s| s.free_mem_bytes),
+        "mem_total_bytes": s.map(|s| s.total_mem_bytes),
+        "stats": custom,
+        "links": m.links,
+        "methods": m.methods,
+    })
+}
+
+/// The whole view as JSON: `cluster`, `topology`, `node` (who answered), `members`.
+pub fn view_json(v: &ClusterView) -> Value {
+    json!({
+        "cluster": v.cluster,
+        "topology": v.topology,
+        "node": v.node,
+        "members": v.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The view as an aligned table with a summary line.
+pub fn table(v: &ClusterView) -> String {
+    let up = v.members.iter().filter(|m| m.state == "up").count();
+    let mut rows = vec![[
+        "NAME",
+        "ROLE",
+        "STATE",
+        "INCARNATION",
+        "UPTIME",
+        "LOAD",
+        "RSS",
+        "LINKS",
+        "METHODS",
+    ]
+    .map(str::to_owned)];
+    for m in &v.members {
+        let dash = || "-".to_owned();
+        let s = m.stats.as_ref();
+        let list = |l: &[String]| if l.is_empty() { dash() } else { l.join(",") };
+        rows.push([
+            m.name.clone(),
+            m.role.clone(),
+            m.state.clone(),
+            m.incarnation
+                .map(|u| u.to_string().chars().take(8).collect())
+                .unwrap_or_else(dash),
+            s.map(|s| duration(s.uptime_s)).unwrap_or_else(dash),
+            s.map(|s| format!("{:.2}", s.load_avg[0]))
+                .unwrap_or_else(dash),
+            s.map(|s| bytes(s.rss_bytes)).unwrap_or_else(dash),
+            list(&m.links),
+            list(&m.methods),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "cluster {} ({}), seen from {}: {up} of {} up\n",
+        v.cluster,
+        v.topology,
+        v.node,
+        v.members.len()
+    );
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn bytes(b: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match b {
+        0..MIB => format!("{} KiB", b / 1024),
+        _ => format!("{:.1} MiB", b as f64 / MIB as f64),
+    }
+}
+
+/// Print the view; `Err(Down)` (exit 3) when a member is down, after printing.
+///
+/// # Errors
+/// [`CliError`]: attaching or asking failed, or some member is down.
+pub async fn status(target: &Target, name: &str, as_json: bool) -> Result<(), CliError> {
+    let client = target.connect(name).await?;
+    let view = client
+        .cluster()
+        .await
+        .map_err(|e| CliError::from_client(e, &target.node))?;
+    client.close().await;
+    if as_json {
+        println!("{}", view_json(&view));
+    } else {
+        print!("{}", table(&view));
+    }
+    let down: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| m.state != "up")
+        .map(|m| m.name.as_str())
+        .collect();
+    match down.as_slice() {
+        [] => Ok(()),
+        names => Err(CliError::Down(format!("down: {}", names.join(", ")))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::wire::NodeStats;
+
+    fn view() -> ClusterView {
+        let stats = NodeStats {
+            pid: 42,
+            uptime_s: 3725,
+            rss_bytes: 12 * 1024 * 1024,
+            load_avg: [0.5, 0.0, 0.0],
+            ..NodeStats::default()
+        };
+        ClusterView {
+            id: 1,
+            cluster: "demo".into(),
+            topology: "star".into(),
+            node: "master".into(),
+            members: vec![
+                MemberView {
+                    name: "master".into(),
+                    role: "master".into(),
+                    state: "up".into(),
+                    incarnation: Some(uuid::Uuid::from_bytes([0xab; 16])),
+                    stats: Some(stats),
+                    links: vec!["worker-1".into()],
+                    methods: vec![],
+                },
+                MemberView {
+                    name: "worker-1".into(),
+                    role: "worker".into(),
+                    state: "down".into(),
+                    incarnation: None,
+                    stats: None,
+                    links: vec![],
+                    methods: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_dashes_what_a_down_member_lacks() {
+        let t = table(&view());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "cluster demo (star), seen from master: 1 of 2 up");
+        assert_eq!(
+            lines[2],
+            "master    master  up     abababab     1h02m   0.50  12.0 MiB  worker-1  -"
+        );
+        assert_eq!(
+            lines[3],
+            "worker-1  worker  down   -            -       -     -         -         -"
+        );
+    }
+
+    #[test]
+    fn json_members_carry_null_state_while_down() {
+        let v = view_json(&view());
+        assert_eq!(v["members"][0]["pid"], 42);
+        assert_eq!(v["members"][0]["load_1m"], 0.5);
+        assert!(v["members"][1]["pid"].is_null());
+        assert_eq!(v["members"][1]["state"], "down");
+    }
+}
