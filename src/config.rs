@@ -320,13 +320,17 @@ const NAME_RULE: &str = "1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'";
 impl Config {
     /// Reads and validates a config file; `secret_file` paths are relative to its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_as(path, Purpose::Node)
+    }
+
+    fn load_as(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
             path: source.clone(),
             source: err,
         })?;
         let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-        Config::parse(&text, &source, base_dir)
+        Config::parse_for(&text, &source, base_dir, purpose)
     }
 
     /// Parses and validates config text. `source` names it in messages; relative
@@ -342,13 +346,7 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn load_for_application(path: &Path) -> Result<Config, ConfigError> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
-            path: source.clone(),
-            source: err,
-        })?;
-        let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-        Config::parse_for(&text, &source, base_dir, Purpose::Application)
+        Config::load_as(path, Purpose::Application)
     }
 
     fn parse_for(

@@ -502,7 +502,7 @@ async fn attaching_to_the_wrong_place_says_what_is_wrong() {
     closed_port.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed = closed_port.local_addr().unwrap().to_string();
     let o = go(closed.clone(), KEY).await;
-    assert_exit(&o, 3, &format!("cannot reach node {closed}"));
+    assert_exit(&o, 3, &format!("cannot reach {closed}: "));
     // A wrong key: configuration (2).
     let o = go(c.service(), "not-the-service-key-0000").await;
     assert_exit(&o, 2, "auth_failed");
@@ -707,5 +707,34 @@ async fn status_lists_every_declared_node_and_exits_3_while_one_is_down() {
         table.lines().any(|l| l.starts_with("worker-2  worker  up")),
         "{table}"
     );
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn sub_exits_3_when_its_node_goes_away() {
+    let c = Cluster::start().await;
+    let mut sub = nodecloud_cmd(&["sub", "notes.new", "--config", c.file()], &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(sub.stderr.take().unwrap());
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        (line, err)
+    });
+    let (line, mut err) = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert_eq!(line.trim(), "subscribed to notes.new");
+    c.nodes[0].shutdown().await;
+    let done = tokio::task::spawn_blocking(move || {
+        let status = sub.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        (status, rest)
+    });
+    let (status, rest) = tokio::time::timeout(WAIT, done).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("error: "), "{rest}");
     c.stop().await;
 }

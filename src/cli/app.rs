@@ -73,15 +73,16 @@ fn refusal(client: &mut Client, early: &mut Vec<Incoming>) -> Option<CliError> {
             Incoming::Refused { code, message, .. } => {
                 return Some(CliError::from_code(&code, &message))
             }
-            Incoming::Closed(why) => return Some(CliError::Failed(why)),
+            Incoming::Closed(why) => return Some(closed(why)),
             other => early.push(other),
         }
     }
     None
 }
 
+/// The node went away mid-command: down, like a node that does not answer.
 fn closed(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("the connection to the node broke: {e}"))
+    CliError::Down(format!("the connection to the node broke: {e}"))
 }
 
 /// Print each event of `topic` (a pattern may hold wildcards) as one JSON line; say

@@ -4,9 +4,9 @@
 //! | status | meaning |
 //! |---|---|
 //! | 0 | done |
-//! | 1 | the operation failed at run time (a call error, a refused publish, a broken link) |
+//! | 1 | the operation failed at run time (a call error, a refused publish) |
 //! | 2 | usage or configuration: bad arguments, a config error, a wrong key or cluster name, a node the cluster does not have |
-//! | 3 | down: the node to attach to, or the target, is not reachable now |
+//! | 3 | down: the node to attach to, or the target, is not reachable now, or went away |
 
 use std::process::ExitCode;
 
@@ -49,7 +49,8 @@ impl CliError {
     pub fn from_code(code: &str, message: &str) -> CliError {
         let line = format!("{code}: {message}");
         match code {
-            "target_down" => CliError::Down(line),
+            // `stopped`: the node is shutting down, or the link to it broke.
+            "target_down" | "stopped" => CliError::Down(line),
             "unknown_node" | "bad_topic" | "bad_method" => CliError::Usage(line),
             _ => CliError::Failed(line),
         }
@@ -63,19 +64,24 @@ impl CliError {
     /// A failure to attach to `node` (its name, or the address given) at `endpoint`.
     pub fn from_client(e: ClientError, node: &str) -> CliError {
         match e {
-            ClientError::Connect { endpoint, source } => CliError::Down(format!(
-                "cannot reach node {node} at {endpoint}: {source} \
-                 (is the node running, and is this its service address?)"
-            )),
+            ClientError::Connect { endpoint, source } => {
+                let whom = match node == endpoint {
+                    true => endpoint,
+                    false => format!("node {node} at {endpoint}"),
+                };
+                CliError::Down(format!(
+                    "cannot reach {whom}: {source} \
+                     (is the node running, and is this its service address?)"
+                ))
+            }
             ClientError::Handshake(h) => from_handshake(h, node),
             ClientError::NoEndpoint { .. } | ClientError::UnknownNode(_) => {
                 CliError::Usage(e.to_string())
             }
             ClientError::Encode(_) => CliError::Usage(e.to_string()),
             ClientError::TooLarge { .. } => CliError::Failed(format!("too_large: {e}")),
-            ClientError::Closed(_) | ClientError::Refused(_) => {
-                CliError::Failed(format!("node {node}: {e}"))
-            }
+            ClientError::Closed(_) => CliError::Down(format!("node {node}: {e}")),
+            ClientError::Refused(_) => CliError::Failed(format!("node {node}: {e}")),
         }
     }
 }
