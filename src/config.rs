@@ -18,6 +18,9 @@ use toml::Spanned;
 use crate::topology;
 
 mod address;
+mod secret_file;
+
+pub use secret_file::{read_secret_file, MAX_SECRET_FILE_BYTES};
 
 pub use address::{binds_overlap, local_dial, valid_host_name, AddressError, Host, HostPort};
 
@@ -940,22 +943,16 @@ impl<'a> Validator<'a> {
         field: &str,
     ) -> Result<Vec<u8>, ConfigError> {
         let full = self.base_dir.join(path.get_ref());
-        let mut bytes = std::fs::read(&full).map_err(|err| {
+        secret_file::read_secret_file(&full).map_err(|problem| {
             self.ctx.invalid(
                 &path.span(),
                 field,
-                format!("cannot read {}: {err}", full.display()),
-                "a readable file containing the secret",
+                problem,
+                format!(
+                    "a regular file of at most {MAX_SECRET_FILE_BYTES} bytes holding the secret"
+                ),
             )
-        })?;
-        // Editors add a final newline; it is not part of the secret.
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-        }
-        Ok(bytes)
+        })
     }
 
     // --- [[nodes]] ---

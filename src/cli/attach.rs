@@ -12,8 +12,6 @@ use crate::service::{Client, Endpoint};
 
 /// The longest a command waits to connect and authenticate.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
-/// A key file larger than this is not a key.
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// The frame limit assumed without a topology file (the default `max_frame_bytes`).
 const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
@@ -196,28 +194,13 @@ impl Attach {
 
 /// Reads a key file: a regular file of at most 64 KiB, without its final newline.
 fn read_key_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    use std::io::Read;
-    let bad = |why: String| CliError::Usage(format!("--key-file {}: {why}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(e.to_string()))?;
-    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(bad(format!("larger than {MAX_KEY_FILE_BYTES} bytes")));
-    }
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
+    let bytes = crate::config::read_secret_file(path)
+        .map_err(|why| CliError::Usage(format!("--key-file: {why}")))?;
     if bytes.is_empty() {
-        return Err(bad("the file is empty".into()));
+        return Err(CliError::Usage(format!(
+            "--key-file: {} is empty",
+            path.display()
+        )));
     }
     Ok(bytes)
 }

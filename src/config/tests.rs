@@ -460,7 +460,7 @@ fn unreadable_secret_file_is_an_error_at_its_line() {
     );
     assert!(e.contains("nope.key"), "{e}");
     assert!(
-        e.ends_with("; expected a readable file containing the secret"),
+        e.ends_with("; expected a regular file of at most 65536 bytes holding the secret"),
         "{e}"
     );
     // A secret file that holds only a newline is too short, not silently empty.

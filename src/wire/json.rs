@@ -3,9 +3,15 @@
 //! The mapping is faithful for everything JSON has: null, booleans, integers (as CBOR
 //! integers), floats (as CBOR floats, `1.0` stays a float), text, arrays and maps. CBOR has
 //! more, shown as follows: a byte string is the object `{"$bytes": "<hex>"}` (and that object
-//! is turned back into a byte string), a map key that is not text is written as the key's
-//! JSON text, `undefined` is null, and a non-finite float is null (JSON has none). Nesting
-//! deeper than [`MAX_DEPTH`] is refused, so hostile payloads cannot exhaust the stack.
+//! is turned back into a byte string), a map key that is not text is written in CBOR
+//! diagnostic notation (RFC 8949 §8: `1`, `h'00ff'`, `[1, "a"]`, `{1: 2}`), `undefined` is
+//! null, and a non-finite float is null (JSON has none). Nesting deeper than [`MAX_DEPTH`] is
+//! refused, so hostile payloads cannot exhaust the stack.
+//!
+//! Size: the JSON is at most a small constant times the CBOR it came from (hex doubles byte
+//! strings; escaping at most sextuples text). A key is written from the CBOR item itself, so
+//! keys nested in keys are escaped once, not once per level: maps used as map keys cannot make
+//! the output grow exponentially.
 
 use bytes::Bytes;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -58,14 +64,73 @@ fn to_json(v: Cbor) -> Value {
             entries
                 .into_iter()
                 .map(|(k, v)| {
-                    let key = match to_json(k) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
+                    let key = match k {
+                        Cbor::Text(t) => t,
+                        other => {
+                            let mut d = String::new();
+                            diagnostic(&other, &mut d);
+                            d
+                        }
                     };
                     (key, to_json(v))
                 })
                 .collect(),
         ),
+    }
+}
+
+/// CBOR diagnostic notation of `v`, appended to `out`: linear in the size of `v`.
+fn diagnostic(v: &Cbor, out: &mut String) {
+    use std::fmt::Write;
+    match v {
+        Cbor::Null => out.push_str("null"),
+        Cbor::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Cbor::U64(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Cbor::I64(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Cbor::I128(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Cbor::F64(f) if f.is_nan() => out.push_str("NaN"),
+        Cbor::F64(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
+        Cbor::F64(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Cbor::Text(t) => {
+            let _ = write!(out, "{t:?}");
+        }
+        Cbor::Bytes(b) => {
+            out.push_str("h'");
+            out.push_str(&to_hex(b));
+            out.push('\'');
+        }
+        Cbor::Seq(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                diagnostic(item, out);
+            }
+            out.push(']');
+        }
+        Cbor::Map(entries) => {
+            out.push('{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                diagnostic(k, out);
+                out.push_str(": ");
+                diagnostic(v, out);
+            }
+            out.push('}');
+        }
     }
 }
 
@@ -176,6 +241,32 @@ mod tests {
         let mut cbor = vec![0x81u8; 100_000];
         cbor.push(0x00);
         assert!(cbor_to_json(&cbor).is_err());
+    }
+
+    #[test]
+    fn keys_that_are_not_text_are_written_in_diagnostic_notation() {
+        // {1: "a", h'00ff': 2, [1, "x"]: 3, {true: null}: 4}
+        let cbor = [
+            0xa4, 0x01, 0x61, b'a', 0x42, 0x00, 0xff, 0x02, 0x82, 0x01, 0x61, b'x', 0x03, 0xa1,
+            0xf5, 0xf6, 0x04,
+        ];
+        let v = cbor_to_json(&cbor).unwrap();
+        assert_eq!(
+            v,
+            json!({"1": "a", "h'00ff'": 2, "[1, \"x\"]": 3, "{true: null}": 4})
+        );
+    }
+
+    #[test]
+    fn maps_used_as_map_keys_grow_the_output_linearly_not_exponentially() {
+        // 34 nested one-entry maps each keyed by the next: `a1` x 34, then 35 zeros. Writing
+        // each key as escaped JSON text doubled the size per level (2^34 bytes).
+        let mut cbor = vec![0xa1u8; 34];
+        cbor.extend([0x00u8; 35]);
+        let v = cbor_to_json(&cbor).unwrap();
+        let text = v.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(text.starts_with("{\"{{{{"), "{text}");
     }
 
     #[test]
