@@ -6,12 +6,21 @@
 //! 0, 1, 2, ...): `WINDOW` ids below the highest seen are remembered in a bitmap, older ones
 //! count as seen. Memory is bounded: at most `max_origins` incarnations are tracked, and the
 //! least recently active is forgotten first.
+//!
+//! Hostile ids: the arithmetic never overflows (an id near 2⁶⁴−1 is an ordinary id), and an
+//! id more than [`MAX_JUMP`] above the highest seen is refused (counted as seen, and logged
+//! at most once per [`JUMP_LOG_INTERVAL`] with a count): accepting it would push every real
+//! id of that origin out of the window.
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
 
 const WINDOW: u64 = 4096;
+/// No origin publishes 2³² events between two that one node sees: a larger jump is forged.
+pub const MAX_JUMP: u64 = 1 << 32;
+/// Refused jumps are logged at most this often.
+pub const JUMP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 const WORDS: usize = (WINDOW / 64) as usize;
 
 struct Window {
@@ -25,6 +34,9 @@ pub struct Dedup {
     origins: HashMap<Uuid, Window>,
     max_origins: usize,
     clock: u64,
+    /// Ids refused for jumping too far, since the last log line.
+    jumps_refused: u64,
+    last_jump_log: Option<std::time::Instant>,
 }
 
 impl Dedup {
@@ -34,6 +46,8 @@ impl Dedup {
             origins: HashMap::new(),
             max_origins: (nodes * 2).max(8),
             clock: 0,
+            jumps_refused: 0,
+            last_jump_log: None,
         }
     }
 
@@ -50,8 +64,12 @@ impl Dedup {
             last_used: clock,
         });
         w.last_used = clock;
-        if id + WINDOW <= w.highest {
+        if w.highest.checked_sub(id).is_some_and(|behind| behind >= WINDOW) {
             return false; // too old to tell: treat as seen
+        }
+        if id.checked_sub(w.highest).is_some_and(|ahead| ahead > MAX_JUMP) {
+            self.refused_jump(origin, id);
+            return false;
         }
         if id > w.highest {
             // Clear the slots the window slides over.
@@ -67,6 +85,20 @@ impl Dedup {
         let fresh = w.bits[word] & bit == 0;
         w.bits[word] |= bit;
         fresh
+    }
+
+    fn refused_jump(&mut self, origin: Uuid, id: u64) {
+        self.jumps_refused += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_jump_log
+            .is_none_or(|t| now.duration_since(t) >= JUMP_LOG_INTERVAL)
+        {
+            tracing::warn!(%origin, id, refused = self.jumps_refused,
+                "event ids jumping more than {MAX_JUMP} ahead refused (forged or corrupt)");
+            self.jumps_refused = 0;
+            self.last_jump_log = Some(now);
+        }
     }
 
     fn forget_oldest(&mut self) {
@@ -109,6 +141,23 @@ mod tests {
         assert!(!d.first_sighting(o, 50));
         assert!(d.first_sighting(o, 4_000));
         assert!(d.first_sighting(o, 99));
+    }
+
+    #[test]
+    fn ids_near_the_top_of_the_range_neither_overflow_nor_poison_the_window() {
+        let mut d = Dedup::new(4);
+        let o = Uuid::new_v4();
+        assert!(d.first_sighting(o, u64::MAX - 1));
+        assert!(d.first_sighting(o, u64::MAX));
+        assert!(!d.first_sighting(o, u64::MAX));
+        assert!(d.first_sighting(o, u64::MAX - 2));
+        // An origin whose first id is tiny, then a forged one near the top: refused, and the
+        // real ids that follow are still fresh.
+        let p = Uuid::new_v4();
+        assert!(d.first_sighting(p, 1));
+        assert!(!d.first_sighting(p, u64::MAX - 5), "a jump of ~2^64 is refused");
+        assert!(d.first_sighting(p, 2));
+        assert!(d.first_sighting(p, 3 + MAX_JUMP - 10), "a large but plausible jump is taken");
     }
 
     #[test]
