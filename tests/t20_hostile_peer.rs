@@ -636,3 +636,48 @@ async fn authenticated_peer_that_stops_mid_frame_is_told_and_closed() {
     );
     c.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_forged_status_from_the_future_cannot_mark_a_live_node_down() {
+    let mut c = Cluster::start(2).await;
+    let (mut link, _me) = authenticated_as_worker_2(&c).await;
+    info!("--- worker-2 claims worker-1 rebooted at the end of time, with no links");
+    let forged = Message::Status(wire::Status {
+        node: "worker-1".into(),
+        incarnation: Uuid::new_v4(),
+        boot_ms: u64::MAX,
+        version: u64::MAX,
+        role: "worker".into(),
+        links: vec![],
+        stats: wire::NodeStats::default(),
+        methods: vec![],
+    });
+    link.send(&forged).await.unwrap();
+    // The master reads its link in order: once it answers a later ping, the forged status
+    // has reached Membership's mailbox; a few heartbeats later it would have taken effect.
+    link.send(&Message::Ping(Ping { n: 7 })).await.unwrap();
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = link.next().await {
+            if frame.1 == Message::Pong(Ping { n: 7 }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the master answered the ping");
+    let real = c.worker.incarnation();
+    let mut view = c.master.membership();
+    let heartbeats = c.config.cluster.heartbeat_interval * 3;
+    let changed = tokio::time::timeout(
+        heartbeats,
+        view.wait_for(|v| v.members.get("worker-1").map(|m| m.incarnation) != Some(real)),
+    )
+    .await;
+    assert!(
+        changed.is_err(),
+        "the forged status replaced worker-1 in the master's view"
+    );
+    c.assert_still_serving().await;
+    c.stop().await;
+}

@@ -64,10 +64,16 @@ impl Dedup {
             last_used: clock,
         });
         w.last_used = clock;
-        if w.highest.checked_sub(id).is_some_and(|behind| behind >= WINDOW) {
+        if w.highest
+            .checked_sub(id)
+            .is_some_and(|behind| behind >= WINDOW)
+        {
             return false; // too old to tell: treat as seen
         }
-        if id.checked_sub(w.highest).is_some_and(|ahead| ahead > MAX_JUMP) {
+        if id
+            .checked_sub(w.highest)
+            .is_some_and(|ahead| ahead > MAX_JUMP)
+        {
             self.refused_jump(origin, id);
             return false;
         }
@@ -155,9 +161,15 @@ mod tests {
         // real ids that follow are still fresh.
         let p = Uuid::new_v4();
         assert!(d.first_sighting(p, 1));
-        assert!(!d.first_sighting(p, u64::MAX - 5), "a jump of ~2^64 is refused");
+        assert!(
+            !d.first_sighting(p, u64::MAX - 5),
+            "a jump of ~2^64 is refused"
+        );
         assert!(d.first_sighting(p, 2));
-        assert!(d.first_sighting(p, 3 + MAX_JUMP - 10), "a large but plausible jump is taken");
+        assert!(
+            d.first_sighting(p, 3 + MAX_JUMP - 10),
+            "a large but plausible jump is taken"
+        );
     }
 
     #[test]

@@ -24,10 +24,17 @@
 //! (`membership: worker-2 up` / `down`), the live graph goes to the Router, and the view goes
 //! to the shared watch channel.
 //!
+//! Claims are checked: a status whose boot time is more than [`MAX_CLOCK_SKEW_MS`] ahead of
+//! this node's clock is ignored (it would outrank the real incarnation).
+//!
 //! Bounds: only nodes named in the configuration are tracked; statuses that do not fit a full
 //! link queue are dropped (the next one supersedes them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How far ahead of this node's clock another node's boot time may be (clock skew between
+/// machines); a status claiming a later boot is ignored.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -508,6 +515,17 @@ impl Membership {
     fn on_status(&mut self, via: String, mut status: Status) -> bool {
         if !self.is_member(&status.node) {
             tracing::debug!(node = %self.shared.name(), via = %via, "status from unknown node {:?} ignored", status.node);
+            return false;
+        }
+        // Incarnations are ordered by boot time: one from the future would outrank the real
+        // one until it is restarted. Clocks differ, but not by this much.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if status.boot_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            tracing::debug!(node = %self.shared.name(), via = %via,
+                "status of {} booted {} ms in the future ignored", status.node,
+                status.boot_ms - now_ms);
             return false;
         }
         let newer = match self.statuses.get(&status.node) {
