@@ -13,6 +13,7 @@
 //! docs/PROTOCOL.md is the normative description; keep the two in step.
 
 mod codec;
+mod depth;
 mod frame;
 mod handshake;
 pub mod json;

@@ -295,9 +295,15 @@ fn with_encoded_payload<T: Serialize + ?Sized, R>(
 /// Decode an application payload into its typed form; exactly one CBOR item is accepted.
 /// Numbers are taken by value: an `f32` field accepts a double or an integer.
 ///
+/// Nesting deeper than 64 arrays, maps or tags is refused before decoding (a recursive type
+/// would otherwise recurse without bound).
+///
 /// # Errors
-/// [`WireError::Malformed`] if the bytes are not one CBOR item of the expected shape.
+/// [`WireError::Malformed`] if the bytes are not one CBOR item of the expected shape, or nest
+/// too deep.
 pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    // Typed decoding recurses once per level with no limit of its own.
+    super::depth::check_depth(bytes, super::lenient::MAX_DEPTH)?;
     // Numbers in another width than the type's (a double for an `f32`, from Python or JSON)
     // get a second, slower chance; the first error is the one reported.
     decode_one(bytes).or_else(|first| super::lenient::decode(bytes).map_err(|_| first))

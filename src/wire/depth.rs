@@ -1,0 +1,170 @@
+//! A nesting bound checked before typed decoding. serde decoding of a recursive type (a
+//! `serde_json::Value`, a user enum that nests) recurses once per level with no limit, so
+//! 20 000 nested arrays (20 KB) would overflow the stack. This scanner walks the CBOR heads
+//! iteratively — no recursion, no allocation beyond one small stack entry per open level —
+//! and refuses nesting deeper than the bound. It validates nothing else: whatever it cannot
+//! read it leaves to the decoder, which refuses it.
+
+use super::WireError;
+
+/// What remains of an open array, map or tag.
+#[derive(Clone, Copy)]
+enum Open {
+    /// This many more items (a map counts keys and values).
+    Items(u64),
+    /// Until a break byte.
+    UntilBreak,
+}
+
+/// `Err` when `bytes` opens more than `max` arrays, maps or tags inside one another.
+///
+/// # Errors
+/// [`WireError::Malformed`] naming the bound.
+pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
+    // Nothing can nest deeper than it has bytes.
+    if bytes.len() <= max {
+        return Ok(());
+    }
+    let too_deep = || WireError::Malformed(format!("nested deeper than {max} levels"));
+    // The bottom entry stands for the one top-level item.
+    let mut stack = vec![Open::Items(1)];
+    let mut pos = 0usize;
+    while let Some(top) = stack.last_mut() {
+        if let Open::Items(0) = top {
+            stack.pop();
+            continue;
+        }
+        let Some(&initial) = bytes.get(pos) else {
+            return Ok(()); // truncated: the decoder says so
+        };
+        pos += 1;
+        if initial == 0xff {
+            match top {
+                Open::UntilBreak => {
+                    stack.pop();
+                    continue;
+                }
+                Open::Items(_) => return Ok(()), // a stray break: the decoder's to refuse
+            }
+        }
+        if let Open::Items(n) = top {
+            *n -= 1;
+        }
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let arg = match info {
+            0..=23 => Some(u64::from(info)),
+            24..=27 => {
+                let len = 1usize << (info - 24);
+                let Some(raw) = bytes.get(pos..pos + len) else {
+                    return Ok(());
+                };
+                pos += len;
+                Some(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+            }
+            31 => None,
+            _ => return Ok(()), // reserved: malformed
+        };
+        let opened = match (major, arg) {
+            (2 | 3, Some(len)) => {
+                let Some(end) = usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) else {
+                    return Ok(());
+                };
+                if end > bytes.len() {
+                    return Ok(());
+                }
+                pos = end;
+                None
+            }
+            // Indefinite strings are chunks up to a break, one level down.
+            (2..=5, None) => Some(Open::UntilBreak),
+            (4, Some(n)) => Some(Open::Items(n)),
+            (5, Some(n)) => Some(Open::Items(n.saturating_mul(2))),
+            (6, Some(_)) => Some(Open::Items(1)),
+            _ => None,
+        };
+        if let Some(open) = opened {
+            stack.push(open);
+            // The bottom entry is not a level.
+            if stack.len() > max + 1 {
+                return Err(too_deep());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn nested_arrays(levels: usize) -> Vec<u8> {
+        let mut v = vec![0x81u8; levels];
+        v.push(0x00);
+        v
+    }
+
+    #[test]
+    fn nesting_up_to_the_bound_passes_and_one_more_level_fails() {
+        assert!(check_depth(&nested_arrays(64), 64).is_ok());
+        assert!(check_depth(&nested_arrays(65), 64).is_err());
+        assert!(check_depth(&nested_arrays(20_000), 64).is_err());
+    }
+
+    #[test]
+    fn maps_tags_and_indefinite_containers_count_as_levels() {
+        // {0: {0: ...}} 70 deep.
+        let mut maps = Vec::new();
+        for _ in 0..70 {
+            maps.extend([0xa1, 0x00]);
+        }
+        maps.push(0x00);
+        assert!(check_depth(&maps, 64).is_err());
+        let mut tags = vec![0xc6u8; 70];
+        tags.push(0x00);
+        assert!(check_depth(&tags, 64).is_err());
+        let mut indefinite = vec![0x9fu8; 70];
+        indefinite.push(0x00);
+        indefinite.extend(vec![0xffu8; 70]);
+        assert!(check_depth(&indefinite, 64).is_err());
+    }
+
+    #[test]
+    fn wide_and_flat_items_pass_whatever_their_size() {
+        // An array of 1000 byte strings of 100 bytes, and a long text.
+        let mut wide = vec![0x99, 0x03, 0xe8];
+        for _ in 0..1000 {
+            wide.extend([0x58, 100]);
+            wide.extend([7u8; 100]);
+        }
+        assert!(check_depth(&wide, 64).is_ok());
+        // Siblings do not add up: [[0], [0], ...] is two levels.
+        let mut siblings = vec![0x98, 200];
+        for _ in 0..200 {
+            siblings.extend([0x81, 0x00]);
+        }
+        assert!(check_depth(&siblings, 2).is_ok());
+        assert!(check_depth(&siblings, 1).is_err());
+    }
+
+    #[test]
+    fn a_recursive_type_refuses_deep_payloads_instead_of_overflowing_the_stack() {
+        let deep = nested_arrays(20_000);
+        let e = crate::wire::decode_payload::<serde_json::Value>(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than 64"), "{e}");
+        let ok: serde_json::Value = crate::wire::decode_payload(&nested_arrays(10)).unwrap();
+        assert_eq!(ok.to_string(), "[[[[[[[[[[0]]]]]]]]]]");
+    }
+
+    #[test]
+    fn malformed_input_is_left_to_the_decoder() {
+        for bad in [
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xff; 100][..],
+            &[0x1c; 100][..],
+        ] {
+            assert!(check_depth(bad, 64).is_ok());
+        }
+    }
+}
