@@ -10,6 +10,10 @@
 //! again at every attempt, within the handshake timeout, and each address it gives is tried in
 //! order (`dial.rs`). What a name resolves to is logged when the outcome changes (first
 //! failure, recovery, a different address list), not at every backoff attempt.
+//!
+//! A target that refuses this node as `duplicate_node` (another process runs this node and
+//! is up) ends the dialling for good: the node stops on a fatal error and the process exits 1
+//! (see `identity`). Every other failure is retried.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
