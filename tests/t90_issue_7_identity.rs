@@ -212,3 +212,128 @@ async fn round_trip(app: &mut Client, n: u64) {
     assert!(n < 24);
     assert_eq!(got.as_ref(), [n as u8].as_slice(), "event {n}");
 }
+
+// ---------------------------------------------------------------------------------------
+// In-process: the claims a node admits and refuses, seen from a scripted peer
+
+mod claims {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use nodecloud::testing::{self, TestCluster};
+    use nodecloud::wire::{self, FrameCodec, HandshakeError, Identity, MAX_HANDSHAKE_FRAME_BYTES};
+    use nodecloud::NodeHandle;
+    use tokio::net::TcpStream;
+    use tokio_util::codec::Framed;
+    use uuid::Uuid;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    type Link = Framed<TcpStream, FrameCodec>;
+
+    fn claim(c: &TestCluster, node: &str, incarnation: Uuid) -> Identity {
+        Identity {
+            cluster: c.config.cluster.name.clone(),
+            node: node.to_owned(),
+            incarnation,
+            secret: c.config.cluster.secret.as_bytes().to_vec(),
+        }
+    }
+
+    async fn connect(to: SocketAddr) -> Link {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(to))
+            .await
+            .expect("connect within bound")
+            .unwrap();
+        Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES))
+    }
+
+    fn link_count(node: &NodeHandle, peer: &str) -> usize {
+        node.link_stats().iter().filter(|l| l.peer == peer).count()
+    }
+
+    /// Poll `cond` until it holds (bounded): link tables have no event to await.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn another_incarnation_claiming_a_linked_name_is_refused_and_the_same_one_reconnects() {
+        let c = testing::star(2);
+        let master = c.start_node("master").await.unwrap();
+        let listen = master.listen_addr();
+        let first = Uuid::new_v4();
+
+        let mut held = connect(listen).await;
+        wire::dial(&mut held, &claim(&c, "worker-2", first), WAIT)
+            .await
+            .unwrap();
+        eventually("the master links worker-2", || {
+            link_count(&master, "worker-2") == 1
+        })
+        .await;
+
+        // --- another process claims worker-2 while the first link is alive
+        let mut second = connect(listen).await;
+        match wire::dial(&mut second, &claim(&c, "worker-2", Uuid::new_v4()), WAIT).await {
+            Err(HandshakeError::Refused { code, message }) => {
+                assert_eq!(code, "duplicate_node");
+                assert!(
+                    message.contains("worker-2") && message.contains(&first.to_string()),
+                    "{message}"
+                );
+            }
+            other => panic!("expected duplicate_node, got {other:?}"),
+        }
+        assert_eq!(link_count(&master, "worker-2"), 1, "the held link stays");
+
+        // --- the same incarnation reconnecting (its old link half-dead) is admitted
+        let mut again = connect(listen).await;
+        wire::dial(&mut again, &claim(&c, "worker-2", first), WAIT)
+            .await
+            .expect("the same incarnation is admitted");
+        master.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_node_refused_as_duplicate_by_a_peer_that_dialled_it_stops_and_names_the_peer() {
+        let c = testing::star(1);
+        let master = c.start_node("master").await.unwrap();
+        let mut link = connect(master.listen_addr()).await;
+        // The dialler holds a live link to another process named "master": it refuses this one.
+        let refused = wire::dial_checked(
+            &mut link,
+            &claim(&c, "worker-1", Uuid::new_v4()),
+            WAIT,
+            |p| {
+                Err(HandshakeError::Duplicate(format!(
+                    "node {:?} is already up",
+                    p.node
+                )))
+            },
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(HandshakeError::Duplicate(_))),
+            "{refused:?}"
+        );
+        tokio::time::timeout(WAIT, master.stop_requested())
+            .await
+            .expect("the refused node stops");
+        let reason = master.fatal().unwrap_or_default();
+        assert!(
+            reason.contains("node master")
+                && reason.contains("duplicate_node")
+                && reason.contains("refused"),
+            "{reason}"
+        );
+        master.shutdown().await;
+    }
+}

@@ -531,6 +531,11 @@ impl Session {
         let paused = self.pause.tick();
         if !paused.is_zero() {
             self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
+            // Admission judges this link's freshness too (see `identity`).
+            let silent_ms =
+                u64::try_from(self.last_inbound.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.counters
+                .heard_at(self.p.shared.now_ms().saturating_sub(silent_ms));
             tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(),
                 "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
         }
