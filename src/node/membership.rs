@@ -666,7 +666,9 @@ impl Actor for Membership {
         // Ticks start at a random phase: the nodes of one process started together would
         // otherwise all announce and recompute at the same instant.
         ctx.run_later(random_below(self.interval()), |act, ctx| {
-            act.pause = PauseClock::new(act.interval());
+            // A first tick at the phase: the pause clock runs from `new`, so a pause that
+            // began before the timer started is noticed too.
+            guard("membership", ctx, |_| act.tick());
             ctx.run_interval(act.interval(), |act, ctx| {
                 guard("membership", ctx, |_| act.tick());
             });
