@@ -18,10 +18,11 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// Start `only` (or every node of `config`) on the sockets in `bound` (by node name; the rest
 /// bound from the configuration), run until `shutdown` resolves or a node asks to stop (an
-/// escalation), then shut every node down.
+/// escalation or a fatal error), then shut every node down.
 ///
 /// # Errors
-/// [`StartError`] if a node cannot start; the nodes already started are shut down first.
+/// [`StartError`] if a node cannot start (the nodes already started are shut down first), or
+/// [`StartError::Fatal`] after a node stopped on a fatal error (`duplicate_node`).
 pub async fn run<S>(
     config: Arc<Config>,
     only: Option<&str>,
@@ -45,7 +46,10 @@ where
         _ = escalated => {}
     }
     stop(&handles).await;
-    Ok(())
+    match handles.iter().find_map(NodeHandle::fatal) {
+        Some(reason) => Err(StartError::Fatal(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Start `only` (or every node of `config`), each on its own arbiter.

@@ -19,9 +19,11 @@ mod calls;
 mod dedup;
 mod dial;
 mod event_bus;
+mod identity;
 mod listener;
 mod master;
 mod membership;
+mod pause;
 mod publish;
 mod router;
 mod service_listener;
@@ -77,6 +79,10 @@ pub enum StartError {
     },
     #[error("node {0}: its arbiter stopped before the node started")]
     ArbiterGone(String),
+    /// The node started but could not go on: a peer refused it as `duplicate_node` (another
+    /// process holds its name). The message names the node and the peer.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Why an event was not published. Nothing was sent anywhere when this is returned.
@@ -504,9 +510,15 @@ impl NodeHandle {
         self.shared.is_degraded()
     }
 
-    /// Resolves when the node must stop (an escalation asked for it).
+    /// Resolves when the node must stop (an escalation or a fatal error asked for it).
     pub async fn stop_requested(&self) {
         self.shared.stop_requested().await;
+    }
+
+    /// Why the node stopped on a fatal error (a peer refused it as `duplicate_node`), if it
+    /// did.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.fatal_reason()
     }
 
     /// Start a user actor on this node's arbiter and restart it when a handler panics (at most

@@ -28,7 +28,9 @@ pub use frame::{
     Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
     PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic, Welcome,
 };
-pub use handshake::{accept, dial, HandshakeError, Identity, PeerInfo};
+pub use handshake::{
+    accept, accept_checked, dial, dial_checked, HandshakeError, Identity, PeerInfo,
+};
 
 /// Version of the peer protocol this build speaks; a peer with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;

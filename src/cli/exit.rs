@@ -4,7 +4,7 @@
 //! | status | meaning |
 //! |---|---|
 //! | 0 | done |
-//! | 1 | the operation failed at run time (a call error, a refused publish) |
+//! | 1 | the operation failed at run time (a call error, a refused publish; a node refused as `duplicate_node`) |
 //! | 2 | usage or configuration: bad arguments, a config error, a wrong key or cluster name, a node the cluster does not have |
 //! | 3 | down: the node to attach to, or the target, is not reachable now, or went away |
 

@@ -5,6 +5,8 @@
 //! connections are closed at once, logged); each has the cluster's handshake deadline and
 //! frames of at most `MAX_HANDSHAKE_FRAME_BYTES`. Only nodes the configuration says may link
 //! to this one are admitted, so the number of sessions is bounded by the configuration.
+//! A second process claiming a node that is up is refused with `duplicate_node` (see
+//! `identity`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use actix::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use super::identity;
 use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
@@ -96,9 +99,14 @@ impl StreamHandler<Accepted> for PeerListener {
         let handshake = async move {
             let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let deadline = shared.config.cluster.handshake_timeout;
-            let result = wire::accept(&mut framed, &shared.identity, deadline, |h| {
-                admit(&shared, h)
-            })
+            let from = addr.to_string();
+            let result = wire::accept_checked(
+                &mut framed,
+                &shared.identity,
+                deadline,
+                |h| admit(&shared, h),
+                |peer| identity::check(&shared, peer, &from),
+            )
             .await;
             (framed, result)
         };
@@ -117,7 +125,13 @@ impl StreamHandler<Accepted> for PeerListener {
                     };
                     Session::start(params, read, write, parts.codec, parts.read_buf);
                 }
-                Err(e) => tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}"),
+                // Refused here as a duplicate: logged once by `identity::check`.
+                Err(HandshakeError::Duplicate(_)) => {}
+                Err(e) => match identity::refused_as_duplicate(act.shared.name(), &addr.to_string(), &e) {
+                    // A peer that dialled this node holds this node's name on a live link.
+                    Some(reason) => act.shared.fatal(reason),
+                    None => tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}"),
+                },
             }
         }));
     }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
+use super::pause::{self, PauseClock};
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
@@ -175,6 +176,8 @@ pub struct Membership {
     last_incarnation: HashMap<String, Uuid>,
     last_announce: Option<Instant>,
     last_tick: Option<Instant>,
+    /// The periodic tick's clock: statuses are not stale for this node's own pause.
+    pause: PauseClock,
     ticks_seen: HashMap<String, (Uuid, u64)>,
     /// A recompute is scheduled (see [`Membership::soon`]).
     recompute_pending: bool,
@@ -205,6 +208,7 @@ impl Membership {
             .collect();
         let mut by_name: Vec<usize> = (0..names.len()).collect();
         by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
+        let shared_interval = shared.heartbeat_interval();
         Membership {
             shared,
             names,
@@ -220,6 +224,7 @@ impl Membership {
             last_incarnation: HashMap::new(),
             last_announce: None,
             last_tick: None,
+            pause: PauseClock::new(shared_interval),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
             announce_pending: false,
@@ -653,6 +658,16 @@ impl Membership {
     }
 
     fn tick(&mut self) {
+        // After a pause of this node (SIGSTOP), the statuses that came meanwhile are still
+        // unread: age the ones held only by the time this node ran (see `pause`).
+        let paused = self.pause.tick();
+        if !paused.is_zero() {
+            tracing::info!(node = %self.shared.name(), "this node did not run for {} ms; silences are judged without that pause", paused.as_millis());
+            let now = Instant::now();
+            for known in self.statuses.values_mut() {
+                known.received = pause::excuse(known.received, paused, now);
+            }
+        }
         let quiet = self.interval() * 3 / 2;
         if self.last_tick.is_none_or(|t| t.elapsed() >= quiet) {
             self.announce();
@@ -669,6 +684,9 @@ impl Actor for Membership {
         // Ticks start at a random phase: the nodes of one process started together would
         // otherwise all announce and recompute at the same instant.
         ctx.run_later(random_below(self.interval()), |act, ctx| {
+            // A first tick at the phase: the pause clock runs from `new`, so a pause that
+            // began before the timer started is noticed too.
+            guard("membership", ctx, |_| act.tick());
             ctx.run_interval(act.interval(), |act, ctx| {
                 guard("membership", ctx, |_| act.tick());
             });

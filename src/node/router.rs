@@ -57,6 +57,11 @@ impl RouteTable {
         self.links.values()
     }
 
+    /// The live link to `peer`, if there is one.
+    pub fn link(&self, peer: &str) -> Option<&LinkHandle> {
+        self.links.get(peer)
+    }
+
     /// The links `env` leaves this node on (never the one it `arrived_on`).
     pub fn next_links<'a>(
         &'a self,

@@ -28,6 +28,7 @@ use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
 };
 use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
+use super::pause::{self, PauseClock};
 use super::publish;
 use super::service_listener::ServiceClosed;
 use super::session::{write_loop, Outbound, WriterFailed};
@@ -71,6 +72,8 @@ pub struct ServiceSession {
     tx: mpsc::Sender<Outbound>,
     writer: Option<actix_rt::task::JoinHandle<()>>,
     last_inbound: Instant,
+    /// The heartbeat timer's clock: a pause of this node is not the application's silence.
+    pause: PauseClock,
     last_outbound_ping: u64,
     /// Topics and patterns, as the application wrote them.
     subscriptions: HashMap<String, SubscriptionId>,
@@ -143,6 +146,7 @@ impl ServiceSession {
                 writer_codec,
                 ctx.address().recipient(),
             ));
+            let pause = PauseClock::new(w.shared.heartbeat_interval());
             ServiceSession {
                 w,
                 app,
@@ -150,6 +154,7 @@ impl ServiceSession {
                 tx,
                 writer: Some(writer),
                 last_inbound: Instant::now(),
+                pause,
                 last_outbound_ping: 0,
                 subscriptions: HashMap::new(),
                 group: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
@@ -463,6 +468,12 @@ impl ServiceSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        // After a pause of this node (SIGSTOP), what the application sent meanwhile is still
+        // unread: judge only the time this node ran (see `pause`).
+        let paused = self.pause.tick();
+        if !paused.is_zero() {
+            self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
+        }
         let silent = self.last_inbound.elapsed();
         if silent > self.w.shared.failure_timeout() {
             return self.fail(

@@ -38,6 +38,7 @@ use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
+use super::pause::{self, PauseClock};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::supervision::guard;
@@ -59,12 +60,34 @@ pub enum Outbound {
 pub struct LinkCounters {
     pub events_out: AtomicU64,
     pub events_in: AtomicU64,
+    /// When a frame last arrived, in ms since the node started: admission reads it to tell a
+    /// live link from a silent one (see `identity`) without a mailbox hop.
+    last_inbound_ms: AtomicU64,
+}
+
+impl LinkCounters {
+    fn new(now_ms: u64) -> Self {
+        LinkCounters {
+            last_inbound_ms: AtomicU64::new(now_ms),
+            ..LinkCounters::default()
+        }
+    }
+
+    pub fn last_inbound_ms(&self) -> u64 {
+        self.last_inbound_ms.load(Ordering::Relaxed)
+    }
+
+    fn heard_at(&self, now_ms: u64) {
+        self.last_inbound_ms.store(now_ms, Ordering::Relaxed);
+    }
 }
 
 /// How other actors reach a live link.
 #[derive(Clone)]
 pub struct LinkHandle {
     pub peer: String,
+    /// The peer's incarnation (who holds the name on this link; see `identity`).
+    pub incarnation: uuid::Uuid,
     /// Distinguishes successive links to the same peer.
     pub link_id: u64,
     pub tx: mpsc::Sender<Outbound>,
@@ -124,6 +147,8 @@ pub struct Session {
     tx: mpsc::Sender<Outbound>,
     counters: Arc<LinkCounters>,
     last_inbound: Instant,
+    /// The heartbeat timer's clock: a pause of this node is not the peer's silence.
+    pause: PauseClock,
     pings_sent: u64,
     rtt: Option<Duration>,
     ping_sent_at: Option<(u64, Instant)>,
@@ -257,12 +282,15 @@ impl Session {
                 writer_codec,
                 ctx.address().recipient(),
             ));
+            let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
+            let pause = PauseClock::new(p.shared.heartbeat_interval());
             Session {
                 p,
                 link_id,
                 tx,
-                counters: Arc::default(),
+                counters,
                 last_inbound: Instant::now(),
+                pause,
                 pings_sent: 0,
                 rtt: None,
                 ping_sent_at: None,
@@ -498,6 +526,19 @@ impl Session {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        // After a pause of this node (SIGSTOP), what the peer sent meanwhile is still unread:
+        // judge only the time this node ran (see `pause`).
+        let paused = self.pause.tick();
+        if !paused.is_zero() {
+            self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
+            // Admission judges this link's freshness too (see `identity`).
+            let silent_ms =
+                u64::try_from(self.last_inbound.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.counters
+                .heard_at(self.p.shared.now_ms().saturating_sub(silent_ms));
+            tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(),
+                "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
+        }
         let silent = self.last_inbound.elapsed();
         if silent > self.p.shared.failure_timeout() {
             self.fail(
@@ -529,6 +570,7 @@ impl Actor for Session {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
         self.p.wiring.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
+            incarnation: self.p.peer.incarnation,
             link_id: self.link_id,
             tx: self.tx.clone(),
             addr: ctx.address(),
@@ -558,6 +600,7 @@ impl Actor for Session {
 impl StreamHandler<ReadBatch> for Session {
     fn handle(&mut self, batch: ReadBatch, ctx: &mut Context<Self>) {
         self.last_inbound = Instant::now();
+        self.counters.heard_at(self.p.shared.now_ms());
         let mut frames = batch;
         let shared = self.p.shared.clone();
         let local = self.spare_local.take();

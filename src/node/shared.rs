@@ -50,6 +50,9 @@ pub struct NodeShared {
     degraded: AtomicBool,
     /// Set once when the node must shut down (an escalation); every waiter sees it.
     stop: watch::Sender<bool>,
+    /// Why the node stopped on a fatal error (another process holds its name), if it did:
+    /// the process exits 1 with this message.
+    fatal: Mutex<Option<String>>,
 }
 
 impl NodeShared {
@@ -85,6 +88,7 @@ impl NodeShared {
             next_link_id: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             stop: watch::channel(false).0,
+            fatal: Mutex::new(None),
         })
     }
 
@@ -118,6 +122,26 @@ impl NodeShared {
         self.degraded.store(true, Ordering::Relaxed);
         tracing::error!(node = %self.me.name, actor, "restart intensity exceeded; node degraded, shutting it down");
         self.stop.send_replace(true);
+    }
+
+    /// The node cannot go on (a peer refused it as `duplicate_node`): log it, keep the first
+    /// reason for the process's exit, and take the node down.
+    pub fn fatal(&self, reason: String) {
+        tracing::error!(node = %self.me.name, "{reason}; stopping");
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(reason);
+        }
+        self.stop.send_replace(true);
+    }
+
+    /// Why the node stopped on a fatal error, if it did.
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Milliseconds since this node started (a monotonic clock that fits an atomic).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Resolves once the node was asked to stop (at once if it already was).

@@ -10,6 +10,10 @@
 //! again at every attempt, within the handshake timeout, and each address it gives is tried in
 //! order (`dial.rs`). What a name resolves to is logged when the outcome changes (first
 //! failure, recovery, a different address list), not at every backoff attempt.
+//!
+//! A target that refuses this node as `duplicate_node` (another process runs this node and
+//! is up) ends the dialling for good: the node stops on a fatal error and the process exits 1
+//! (see `identity`). Every other failure is retried.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::dial::{self, ConnectError, Resolution};
+use super::identity;
 use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use crate::config::{Host, HostPort};
@@ -152,7 +157,11 @@ impl Upstream {
                 let (stream, addr) = dial::connect_first(&resolved?, deadline).await?;
                 let _ = stream.set_nodelay(true);
                 let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
-                let peer = wire::dial(&mut framed, &shared.identity, deadline).await?;
+                let from = addr.to_string();
+                let peer = wire::dial_checked(&mut framed, &shared.identity, deadline, |p| {
+                    identity::check(&shared, p, &from)
+                })
+                .await?;
                 if peer.node != expected {
                     return Err(DialError::WrongNode {
                         expected,
@@ -215,6 +224,15 @@ impl Upstream {
                 ));
             }
             Err(e) => {
+                if let DialError::Handshake(h) = &e {
+                    // Another process holds this node's name: fatal, no retry.
+                    if let Some(reason) =
+                        identity::refused_as_duplicate(self.shared.name(), target, h)
+                    {
+                        self.shared.fatal(reason);
+                        return;
+                    }
+                }
                 // A name that does not resolve has its own log state (note_resolution), so
                 // that once it resolves, a refused address is still reported.
                 let resolution = matches!(&e, DialError::Connect(c) if c.is_resolution());

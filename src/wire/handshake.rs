@@ -12,6 +12,9 @@
 //! both names, both incarnations and both nonces, and the label differs per direction so one
 //! side's proof can never be replayed as the other's. Proofs are compared in constant time; the
 //! secret never crosses the wire. Either side that refuses sends an `error` frame and closes.
+//! A side may refuse an authenticated peer too (`accept_checked` / `dial_checked`): the
+//! acceptor sends `error` in place of `welcome`, the dialler in place of `auth`; that is where
+//! a second process claiming a node that is up gets `duplicate_node`.
 //! The whole exchange runs under one deadline with frames of at most
 //! [`MAX_HANDSHAKE_FRAME_BYTES`](super::MAX_HANDSHAKE_FRAME_BYTES).
 
@@ -85,6 +88,10 @@ pub enum HandshakeError {
     Refused { code: String, message: String },
     #[error("{0}")]
     NotAdmitted(String),
+    /// The peer claims a node name that another process holds on a live link here
+    /// (see `node::identity`); sent as `duplicate_node`.
+    #[error("{0}")]
+    Duplicate(String),
     #[error("no randomness available for a nonce: {0}")]
     Rng(String),
 }
@@ -105,6 +112,7 @@ impl HandshakeError {
             HandshakeError::BadName(_) => "bad_name",
             HandshakeError::AuthFailed => "auth_failed",
             HandshakeError::NotAdmitted(_) => "not_admitted",
+            HandshakeError::Duplicate(_) => "duplicate_node",
         })
     }
 }
@@ -121,7 +129,26 @@ pub async fn dial<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = tokio::time::timeout(deadline, dial_steps(framed, me))
+    dial_checked(framed, me, deadline, |_| Ok(())).await
+}
+
+/// [`dial`], and `check` sees the acceptor once it has proved who it is, before this side
+/// proves itself: its error (such as [`HandshakeError::Duplicate`]) is sent as the `error`
+/// frame in place of `auth`.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn dial_checked<T, C>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    check: C,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
+{
+    let result = tokio::time::timeout(deadline, dial_steps(framed, me, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
@@ -142,18 +169,42 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Hello) -> Result<(), String>,
 {
-    let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit))
+    accept_checked(framed, me, deadline, admit, |_| Ok(())).await
+}
+
+/// [`accept`], and `check` sees the dialler once it has proved who it is, before `welcome`:
+/// its error (such as [`HandshakeError::Duplicate`]) is sent as the `error` frame in place of
+/// `welcome`. Checks that depend on who the peer really is belong here, not in `admit`, which
+/// runs before authentication.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn accept_checked<T, F, C>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    admit: F,
+    check: C,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<(), String>,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
+{
+    let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
 }
 
-async fn dial_steps<T>(
+async fn dial_steps<T, C>(
     framed: &mut Framed<T, FrameCodec>,
     me: &Identity,
+    check: C,
 ) -> Result<PeerInfo, HandshakeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
     let nonce = fresh_nonce()?;
     framed
@@ -176,25 +227,29 @@ where
         acceptor: (&ack.node, ack.incarnation, &ack.nonce),
     };
     transcript.verify(&me.secret, LABEL_ACCEPTOR, &ack.proof)?;
+    let peer = PeerInfo {
+        node: ack.node.clone(),
+        incarnation: ack.incarnation,
+    };
+    check(&peer)?;
     let proof = transcript.prove(&me.secret, LABEL_DIALLER)?;
     framed.send(&Message::Auth(Auth { proof })).await?;
     match next(framed).await? {
-        Message::Welcome(_) => Ok(PeerInfo {
-            node: ack.node,
-            incarnation: ack.incarnation,
-        }),
+        Message::Welcome(_) => Ok(peer),
         other => Err(unexpected("welcome", &other)),
     }
 }
 
-async fn accept_steps<T, F>(
+async fn accept_steps<T, F, C>(
     framed: &mut Framed<T, FrameCodec>,
     me: &Identity,
     admit: F,
+    check: C,
 ) -> Result<PeerInfo, HandshakeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Hello) -> Result<(), String>,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
     let hello = match next(framed).await? {
         Message::Hello(hello) => hello,
@@ -224,11 +279,13 @@ where
         other => return Err(unexpected("auth", &other)),
     };
     transcript.verify(&me.secret, LABEL_DIALLER, &auth.proof)?;
-    framed.send(&Message::Welcome(Welcome {})).await?;
-    Ok(PeerInfo {
+    let peer = PeerInfo {
         node: hello.node,
         incarnation: hello.incarnation,
-    })
+    };
+    check(&peer)?;
+    framed.send(&Message::Welcome(Welcome {})).await?;
+    Ok(peer)
 }
 
 /// Tell the peer why (best effort, bounded) before the caller drops the connection.

@@ -603,6 +603,10 @@ fn error_codes_are_the_documented_ones() {
             HandshakeError::NotAdmitted("no".into()),
             Some("not_admitted"),
         ),
+        (
+            HandshakeError::Duplicate("up".into()),
+            Some("duplicate_node"),
+        ),
     ];
     for (err, code) in cases {
         assert_eq!(err.code(), code, "{err:?}");
@@ -667,4 +671,81 @@ fn protocol_md_hmac_test_vector_is_what_the_handshake_computes() {
         doc_hex("proof-acceptor-hex"),
         t.prove(secret, LABEL_ACCEPTOR).unwrap().to_vec()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusing an authenticated peer (duplicate_node)
+
+fn duplicate(peer: &PeerInfo) -> Result<(), HandshakeError> {
+    Err(HandshakeError::Duplicate(format!(
+        "node {:?} is already up",
+        peer.node
+    )))
+}
+
+#[tokio::test]
+async fn an_acceptor_check_refuses_the_authenticated_dialler_with_duplicate_node() {
+    let (mut d, mut a) = pipe();
+    let (worker, master) = (identity("worker-1"), identity("master"));
+    let mut seen = None;
+    let (dialled, accepted) = tokio::join!(
+        dial(&mut d, &worker, DEADLINE),
+        accept_checked(&mut a, &master, DEADLINE, admit_all, |p: &PeerInfo| {
+            seen = Some(p.clone());
+            duplicate(p)
+        })
+    );
+    assert_eq!(
+        seen,
+        Some(PeerInfo {
+            node: "worker-1".into(),
+            incarnation: worker.incarnation
+        })
+    );
+    assert!(matches!(accepted, Err(HandshakeError::Duplicate(_))));
+    match dialled {
+        Err(HandshakeError::Refused { code, message }) => {
+            assert_eq!(code, "duplicate_node");
+            assert!(message.contains("worker-1"), "{message}");
+        }
+        other => panic!("expected a duplicate_node refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_dialler_check_refuses_the_authenticated_acceptor_with_duplicate_node() {
+    let (mut d, mut a) = pipe();
+    let (master, worker) = (identity("master"), identity("worker-1"));
+    let mut seen = None;
+    let (dialled, accepted) = tokio::join!(
+        dial_checked(&mut d, &master, DEADLINE, |p: &PeerInfo| {
+            seen = Some(p.clone());
+            duplicate(p)
+        }),
+        accept(&mut a, &worker, DEADLINE, admit_all)
+    );
+    assert_eq!(seen.map(|p| p.incarnation), Some(worker.incarnation));
+    assert!(matches!(dialled, Err(HandshakeError::Duplicate(_))));
+    match accepted {
+        Err(HandshakeError::Refused { code, .. }) => assert_eq!(code, "duplicate_node"),
+        other => panic!("expected a duplicate_node refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_check_is_not_consulted_for_a_dialler_that_fails_authentication() {
+    let (mut d, mut a) = pipe();
+    let master = identity("master");
+    let mut intruder = identity("worker-1");
+    intruder.secret = b"not-the-cluster-secret".to_vec();
+    let mut consulted = false;
+    let (_, accepted) = tokio::join!(
+        dial(&mut d, &intruder, DEADLINE),
+        accept_checked(&mut a, &master, DEADLINE, admit_all, |p: &PeerInfo| {
+            consulted = true;
+            duplicate(p)
+        })
+    );
+    assert!(!consulted, "a check runs only for an authenticated peer");
+    assert!(accepted.is_err());
 }
