@@ -6,7 +6,8 @@
 //! - [`Lab`] builds the namespaces, cuts and restores one node's link (the bridge-side end of
 //!   its veth, as a pulled cable at the switch: the node's own interface keeps its address
 //!   and routes, so TCP sees silence, not an error), and starts processes inside them.
-//! - [`Proc`] is one such process with its stderr lines captured.
+//! - [`Proc`] is one such process (or one started outside the lab, [`Proc::start`]) with its
+//!   stderr lines captured.
 //! - **Cleanup on every exit path.** Every process started through a lab is registered with
 //!   it; dropping the lab (after a panic too, as the stack unwinds) kills and reaps those
 //!   processes, then any other process still inside its namespaces, and only then deletes
@@ -283,6 +284,19 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Start `cmd` outside any lab (in this process's own namespace) with its stderr
+    /// captured. Killed when dropped.
+    ///
+    /// # Errors
+    /// If it cannot be started.
+    pub fn start(mut cmd: Command, what: &str) -> Result<Proc, String> {
+        let child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {what}: {e}"))?;
+        Proc::capture(child, what)
+    }
+
     fn capture(mut child: Child, program: &str) -> Result<Proc, String> {
         let Some(stderr) = child.stderr.take() else {
             let _ = child.kill();
