@@ -1,12 +1,14 @@
 //! The machinery of the chaos tests, tried on its own: the namespace lab cuts a node's link
-//! and restores it, cleans up after itself (on panic too), and the fault-injecting forwarder's
-//! delay shows in calls between two nodes linked through it.
+//! and restores it, cleans up after itself (on panic too), the fault-injecting forwarder's
+//! delay shows in calls between two nodes linked through it, and a chaos run
+//! (`common/chaos.rs`, what `examples/chaos.rs` prints) counts what it should.
 //!
 //! The namespace tests need root and `ip netns`. Without them a test prints why it is skipped,
 //! unless the environment variable CI is set, where it fails instead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common {
+    pub mod chaos;
     pub mod netns;
 }
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use common::chaos::{Launch, Network, Programs, Scenario};
 use common::netns::{ip, missing_prerequisite, skip, Lab, Proc};
 use nodecloud::testing::forwarder::{Faults, ForwarderHandle};
 use nodecloud::{testing, Invocation, Request};
@@ -204,4 +207,80 @@ async fn the_forwarders_delay_shows_in_the_round_trip_of_calls_through_it() {
     for n in nodes {
         n.shutdown().await;
     }
+}
+
+/// The chaos run's programs: the built `nodecloud` for nodes; no forwarder process (faults
+/// are tried on loopback, where the forwarders run in the test).
+fn programs() -> Programs {
+    Programs {
+        node: Launch {
+            program: env!("CARGO_BIN_EXE_nodecloud").to_owned(),
+            args: Vec::new(),
+        },
+        forwarder: None,
+    }
+}
+
+#[actix_rt::test]
+async fn a_chaos_run_without_faults_counts_every_event_once_and_in_order() {
+    let scenario = Scenario {
+        network: Network::Loopback,
+        flaps: 0,
+        events: 600,
+        rate: 2000,
+        ..Scenario::default()
+    };
+    let report = common::chaos::run(&scenario, &programs()).await.unwrap();
+    assert_eq!(
+        (report.sent, report.received, report.lost),
+        (600, 600, 0),
+        "{report}"
+    );
+    assert_eq!((report.duplicated, report.reordered), (0, 0), "{report}");
+    assert_eq!((report.downs, report.refused), (0, 0), "{report}");
+}
+
+#[actix_rt::test]
+async fn a_chaos_run_through_delay_and_stalls_still_delivers_every_event() {
+    let scenario = Scenario {
+        network: Network::Loopback,
+        flaps: 0,
+        events: 1000,
+        rate: 500,
+        loss: 0.05,
+        delay: Duration::from_millis(20),
+        ..Scenario::default()
+    };
+    let report = common::chaos::run(&scenario, &programs()).await.unwrap();
+    assert_eq!((report.sent, report.lost), (1000, 0), "{report}");
+    assert_eq!(report.downs, 0, "{report}");
+}
+
+#[actix_rt::test]
+async fn a_chaos_run_counts_the_downs_of_a_cut_longer_than_the_failure_timeout() {
+    if let Some(why) = missing_prerequisite() {
+        return skip(&why);
+    }
+    let cut = Duration::from_millis(1500);
+    let scenario = Scenario {
+        network: Network::Namespaces,
+        flaps: 1,
+        events: 1000,
+        rate: 500,
+        cut: (cut, cut),
+        gap: (Duration::from_millis(200), Duration::from_millis(200)),
+        // Failure timeout 0.5 s: the cut is three times as long.
+        heartbeat_ms: 100,
+        threshold: 5,
+        ..Scenario::default()
+    };
+    let report = common::chaos::run(&scenario, &programs()).await.unwrap();
+    // The master declares worker-2 down, and worker-2 the master (at least).
+    assert!(report.downs >= 2, "{report}");
+    assert_eq!(report.sent, 1000, "{report}");
+    assert_eq!(
+        report.received - report.duplicated + report.lost,
+        report.sent,
+        "{report}"
+    );
 }
