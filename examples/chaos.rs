@@ -90,6 +90,9 @@ struct Args {
     /// Loopback and forwarders even when namespaces are available.
     #[arg(long)]
     loopback: bool,
+    /// Print the nodes' `down` lines on stderr.
+    #[arg(long)]
+    show_downs: bool,
 }
 
 /// Hidden first arguments: this program as a node, or as a forwarder in a namespace.
@@ -173,6 +176,11 @@ async fn bench(args: Args) -> Result<(), String> {
         seed,
     };
     let report = common::chaos::run(&scenario, &programs).await?;
+    if args.show_downs {
+        for line in &report.down_lines {
+            eprintln!("{line}");
+        }
+    }
     println!(
         "{report} heartbeat_ms={} threshold={} loss={} delay_ms={} link={} seed={seed}",
         args.heartbeat_ms, args.threshold, args.loss, args.delay_ms, args.link

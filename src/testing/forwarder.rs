@@ -11,7 +11,8 @@
 //!   it is retransmitted, and everything behind it waits. With probability `stall_probability`
 //!   per chunk read, the chunk (and so everything after it) is held `stall` longer.
 //! - **Blackhole**: nothing is read or written while it lasts, and the sockets stay open: what
-//!   a cut cable looks like to TCP (the senders' data waits in their socket buffers).
+//!   a cut cable looks like to TCP (the senders' data waits in their socket buffers). A
+//!   connection accepted meanwhile is dialled on to the target only once it is lifted.
 //! - **Cut**: [`ForwarderHandle::drop_connections`] closes every forwarded connection at once.
 //!
 //! Bounded: each direction of a connection reads chunks of at most [`CHUNK_BYTES`] and holds at
@@ -232,11 +233,16 @@ async fn connection(
     inbound: TcpStream,
     to: SocketAddr,
     conn_no: u64,
-    faults: watch::Receiver<Faults>,
+    mut faults: watch::Receiver<Faults>,
     mut cuts: watch::Receiver<u64>,
     counters: Arc<Counters>,
 ) {
     let born = *cuts.borrow_and_update();
+    // A connection attempt cannot cross a blackhole either: the far side hears of it only
+    // once it is lifted (our listener's kernel has accepted it meanwhile, as a backlog would).
+    if wait_open(&mut faults).await.is_err() {
+        return;
+    }
     let Ok(outbound) = TcpStream::connect(to).await else {
         return;
     };
@@ -478,6 +484,27 @@ mod tests {
             .expect("the data came through once the blackhole was lifted")
             .unwrap();
         assert_eq!(&back, b"during");
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_during_a_blackhole_reaches_the_target_only_once_it_is_lifted() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fwd = ForwarderHandle::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            target.local_addr().unwrap(),
+            Faults::default(),
+        )
+        .await
+        .unwrap();
+        fwd.blackhole(true);
+        let _client = TcpStream::connect(fwd.local_addr()).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), target.accept()).await;
+        assert!(early.is_err(), "a connection crossed a blackhole");
+        fwd.blackhole(false);
+        tokio::time::timeout(WAIT, target.accept())
+            .await
+            .expect("the connection arrives once the blackhole is lifted")
+            .unwrap();
     }
 
     #[tokio::test]

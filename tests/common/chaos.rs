@@ -149,6 +149,8 @@ pub struct Report {
     pub duplicated: u64,
     pub reordered: u64,
     pub downs: usize,
+    /// The lines counted in `downs`, each prefixed with the node that logged it.
+    pub down_lines: Vec<String>,
     pub refused: u64,
     /// The first refusal, `code: message`.
     pub first_refusal: Option<String>,
@@ -260,17 +262,19 @@ impl Cluster {
         }
     }
 
-    fn downs(&mut self) -> usize {
-        self.procs
-            .iter_mut()
-            .map(|p| {
-                p.drain();
+    /// The `membership: … down` lines of every node's log, each prefixed with its node.
+    fn down_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (p, name) in self.procs.iter_mut().zip(NAMES) {
+            p.drain();
+            lines.extend(
                 p.seen
                     .iter()
                     .filter(|l| l.contains("membership:") && l.contains(" down"))
-                    .count()
-            })
-            .sum()
+                    .map(|l| format!("{name}: {l}")),
+            );
+        }
+        lines
     }
 }
 
@@ -641,7 +645,8 @@ pub async fn run(s: &Scenario, programs: &Programs) -> Result<Report, String> {
     report.duplicated = seen.duplicated;
     report.reordered = seen.reordered;
     report.lost = report.sent.saturating_sub(seen.distinct.len() as u64);
-    report.downs = cluster.downs();
+    report.down_lines = cluster.down_lines();
+    report.downs = report.down_lines.len();
     report.network = Some(s.network);
     Ok(report)
 }
