@@ -28,7 +28,8 @@
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
-//! * [`testing`]: loopback configurations and membership waits for tests.
+//! * [`testing`]: loopback configurations and membership waits for tests, and a fault-injecting
+//!   TCP forwarder.
 
 pub mod call;
 pub mod cli;

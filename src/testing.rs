@@ -6,6 +6,10 @@
 //! is stopped and started again gets the same address back (a fresh clone of the held
 //! socket), and nobody else can take it in between. The flip side: while a node is stopped,
 //! connections to it wait in the held socket's backlog instead of being refused.
+//!
+//! [`forwarder`] puts a faulty network (delay, stalls, blackholes, cuts) between two nodes.
+
+pub mod forwarder;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
