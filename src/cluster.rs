@@ -22,7 +22,9 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
 ///
 /// # Errors
 /// [`StartError`] if a node cannot start (the nodes already started are shut down first), or
-/// [`StartError::Fatal`] after a node stopped on a fatal error (`duplicate_node`).
+/// [`StartError::Fatal`] after a node stopped on a fatal error (`duplicate_node`), and
+/// [`StartError::Degraded`] after a node escalated (its supervisor gave up restarting), so
+/// the process exits non-zero and a service manager restarts it.
 pub async fn run<S>(
     config: Arc<Config>,
     only: Option<&str>,
@@ -46,9 +48,17 @@ where
         _ = escalated => {}
     }
     stop(&handles).await;
-    match handles.iter().find_map(NodeHandle::fatal) {
-        Some(reason) => Err(StartError::Fatal(reason)),
-        None => Ok(()),
+    if let Some(reason) = handles.iter().find_map(NodeHandle::fatal) {
+        return Err(StartError::Fatal(reason));
+    }
+    let degraded: Vec<&str> = handles
+        .iter()
+        .filter(|h| h.is_degraded())
+        .map(NodeHandle::name)
+        .collect();
+    match degraded.as_slice() {
+        [] => Ok(()),
+        names => Err(StartError::Degraded(names.join(", "))),
     }
 }
 

@@ -83,6 +83,9 @@ pub enum StartError {
     /// process holds its name). The message names the node and the peer.
     #[error("{0}")]
     Fatal(String),
+    /// A node's supervisor gave up restarting a failing actor and stopped the node.
+    #[error("node(s) {0} stopped degraded: an actor kept failing past its restart budget")]
+    Degraded(String),
 }
 
 /// Why an event was not published. Nothing was sent anywhere when this is returned.
