@@ -1,0 +1,531 @@
+//! The stream state machine: unit tests of each rule, and simulations of two nodes whose
+//! connection is cut at random points, checking that every frame arrives once and in order.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::*;
+
+/// A frame that counts for `1` byte per unit of its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Item {
+    value: u64,
+    size: usize,
+}
+
+impl WireSize for Item {
+    fn wire_bytes(&self) -> usize {
+        self.size
+    }
+}
+
+fn item(value: u64) -> Item {
+    Item { value, size: 10 }
+}
+
+fn limits(max_frames: usize, max_bytes: usize) -> StreamLimits {
+    StreamLimits {
+        max_frames,
+        max_bytes,
+        ack_every_frames: 4,
+        ack_delay: Duration::from_millis(20),
+    }
+}
+
+fn inc(n: u8) -> Uuid {
+    Uuid::from_bytes([n; 16])
+}
+
+fn stream(id: u64) -> PeerStream<Item> {
+    PeerStream::new(id, inc(2), limits(8, 1000))
+}
+
+// ---------------------------------------------------------------------------------------
+// Sending, acknowledging, bounds
+
+#[test]
+fn frames_are_numbered_from_one_and_released_by_cumulative_acks() {
+    let mut s = stream(1);
+    let seqs: Vec<Seq> = (0..5)
+        .map(|v| s.out_mut().on_send(item(v)).unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!((s.out().len(), s.out().bytes()), (5, 50));
+    assert_eq!(s.out_mut().on_ack(3).unwrap(), 3);
+    assert_eq!(
+        s.out_mut().on_ack(2).unwrap(),
+        0,
+        "an old ack releases nothing"
+    );
+    let left: Vec<Seq> = s.out().unacked().map(|(seq, _)| seq).collect();
+    assert_eq!(left, vec![4, 5]);
+    assert_eq!((s.out().acked(), s.out().bytes()), (3, 20));
+}
+
+#[test]
+fn an_ack_beyond_what_was_sent_is_an_error() {
+    let mut s = stream(1);
+    s.out_mut().on_send(item(0)).unwrap();
+    assert_eq!(
+        s.out_mut().on_ack(2),
+        Err(StreamError::AckBeyondSent {
+            acked: 2,
+            last_sent: 1
+        })
+    );
+    assert_eq!(
+        StreamError::AckBeyondSent {
+            acked: 0,
+            last_sent: 0
+        }
+        .code(),
+        "out_of_sequence"
+    );
+}
+
+#[test]
+fn a_full_buffer_gives_the_frame_back_until_an_ack_frees_room() {
+    // Count bound.
+    let mut s = PeerStream::new(1, inc(2), limits(3, 1000));
+    for v in 0..3 {
+        s.out_mut().on_send(item(v)).unwrap();
+    }
+    assert_eq!(s.out_mut().on_send(item(3)), Err(Full(item(3))));
+    s.out_mut().on_ack(1).unwrap();
+    assert_eq!(s.out_mut().on_send(item(3)), Ok(4));
+
+    // Byte bound.
+    let mut s = PeerStream::new(1, inc(2), limits(100, 25));
+    s.out_mut().on_send(item(0)).unwrap();
+    s.out_mut().on_send(item(1)).unwrap();
+    assert!(!s.out().has_room(10));
+    assert!(s.out().has_room(5));
+    assert_eq!(s.out_mut().on_send(item(2)), Err(Full(item(2))));
+    s.out_mut().on_ack(2).unwrap();
+    assert_eq!(s.out_mut().on_send(item(2)), Ok(3));
+}
+
+#[test]
+fn a_frame_larger_than_the_byte_bound_is_admitted_alone() {
+    let mut s = PeerStream::new(1, inc(2), limits(100, 25));
+    let big = Item {
+        value: 0,
+        size: 100,
+    };
+    assert_eq!(s.out_mut().on_send(big), Ok(1));
+    assert_eq!(s.out_mut().on_send(item(1)), Err(Full(item(1))));
+    s.out_mut().on_ack(1).unwrap();
+    assert_eq!(s.out_mut().on_send(item(1)), Ok(2));
+}
+
+#[test]
+fn dropping_a_session_counts_what_it_held() {
+    let mut s = stream(1);
+    for v in 0..4 {
+        s.out_mut().on_send(item(v)).unwrap();
+    }
+    s.out_mut().on_ack(1).unwrap();
+    assert_eq!(
+        s.into_dropped(),
+        Dropped {
+            frames: 3,
+            bytes: 30
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiving and ack scheduling
+
+#[test]
+fn receiving_accepts_the_next_seq_drops_repeats_and_reports_gaps() {
+    let now = Instant::now();
+    let mut s = stream(1);
+    let r = s.inbound_mut();
+    assert_eq!(r.on_receive(1, now), Receive::Accept);
+    assert_eq!(r.on_receive(2, now), Receive::Accept);
+    assert_eq!(r.on_receive(2, now), Receive::Duplicate);
+    assert_eq!(r.on_receive(1, now), Receive::Duplicate);
+    assert_eq!(r.on_receive(4, now), Receive::Gap { expected: 3 });
+    assert_eq!(r.received(), 2, "a gap changes nothing");
+    assert_eq!(r.on_receive(3, now), Receive::Accept);
+}
+
+#[test]
+fn an_ack_falls_due_after_enough_frames_or_after_the_delay() {
+    let t0 = Instant::now();
+    let mut s = stream(1);
+    let r = s.inbound_mut();
+    assert_eq!(r.ack_due(t0), None);
+    assert_eq!(r.ack_deadline(), None);
+    r.on_receive(1, t0);
+    assert_eq!(r.ack_due(t0), None, "one frame, no time passed");
+    assert_eq!(r.ack_deadline(), Some(t0 + Duration::from_millis(20)));
+    assert_eq!(r.ack_due(t0 + Duration::from_millis(20)), Some(1));
+    for seq in 2..=4 {
+        r.on_receive(seq, t0 + Duration::from_millis(1));
+    }
+    assert_eq!(r.ack_due(t0), Some(4), "four frames: ack_every_frames");
+    r.on_ack_sent(4);
+    assert_eq!(r.ack_due(t0 + Duration::from_secs(1)), None);
+    assert_eq!(r.ack_deadline(), None);
+    // The delay counts from the oldest frame not acknowledged, not from the last one.
+    r.on_receive(5, t0 + Duration::from_millis(100));
+    r.on_receive(6, t0 + Duration::from_millis(115));
+    assert_eq!(r.ack_due(t0 + Duration::from_millis(119)), None);
+    assert_eq!(r.ack_due(t0 + Duration::from_millis(120)), Some(6));
+    r.on_ack_sent(5);
+    assert_eq!(
+        r.ack_due(t0 + Duration::from_millis(120)),
+        Some(6),
+        "6 still untold"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The handshake's decisions
+
+#[test]
+fn a_dialler_without_a_session_gets_a_new_one_and_the_acceptor_drops_what_it_held() {
+    let mut held = stream(7);
+    held.out_mut().on_send(item(0)).unwrap();
+    let (acc, answer) = accept_session(Some(held), inc(2), None, 99, limits(8, 1000)).unwrap();
+    assert!(!acc.resumed);
+    assert_eq!(
+        acc.dropped,
+        Dropped {
+            frames: 1,
+            bytes: 10
+        }
+    );
+    assert_eq!(
+        answer,
+        SessionOffer {
+            id: 99,
+            received: 0
+        }
+    );
+    assert_eq!(acc.stream.out().last_sent(), 0);
+
+    let dial: Resumed<Item> = resume_dialled(None, None, inc(3), answer, limits(8, 1000)).unwrap();
+    assert!(!dial.resumed);
+    assert_eq!(dial.stream.id(), 99);
+    assert_eq!(dial.stream.peer_incarnation(), inc(3));
+}
+
+#[test]
+fn a_new_incarnation_of_the_dialler_ends_the_session_held_for_the_old_one() {
+    let mut held = PeerStream::new(7, inc(2), limits(8, 1000));
+    held.out_mut().on_send(item(0)).unwrap();
+    let offer = SessionOffer { id: 7, received: 0 };
+    let (acc, answer) =
+        accept_session(Some(held), inc(4), Some(offer), 8, limits(8, 1000)).unwrap();
+    assert!(!acc.resumed);
+    assert_eq!(acc.dropped.frames, 1);
+    assert_eq!(answer.id, 8);
+}
+
+#[test]
+fn a_fresh_id_equal_to_the_offered_one_is_changed() {
+    let offer = SessionOffer { id: 5, received: 3 };
+    let (_, answer) =
+        accept_session::<Item>(None, inc(2), Some(offer), 5, limits(8, 1000)).unwrap();
+    assert_ne!(answer.id, 5);
+    assert_eq!(answer.received, 0);
+}
+
+#[test]
+fn a_dialler_whose_session_the_acceptor_no_longer_holds_drops_its_buffer() {
+    let mut held = PeerStream::new(7, inc(2), limits(8, 1000));
+    held.out_mut().on_send(item(0)).unwrap();
+    held.out_mut().on_send(item(1)).unwrap();
+    let offered = Some(held.offer());
+    let answer = SessionOffer { id: 8, received: 0 };
+    let r = resume_dialled(Some(held), offered, inc(2), answer, limits(8, 1000)).unwrap();
+    assert!(!r.resumed);
+    assert_eq!(r.dropped.frames, 2);
+    assert_eq!(r.stream.out().last_sent(), 0);
+    // A new session that does not start at 0 is refused.
+    let bad = SessionOffer { id: 9, received: 1 };
+    assert_eq!(
+        resume_dialled::<Item>(None, None, inc(2), bad, limits(8, 1000)).unwrap_err(),
+        StreamError::NewSessionNotAtZero { id: 9, received: 1 }
+    );
+}
+
+#[test]
+fn resuming_replays_exactly_what_the_peer_did_not_receive() {
+    let mut held = stream(7);
+    for v in 0..5 {
+        held.out_mut().on_send(item(v)).unwrap();
+    }
+    held.out_mut().on_ack(1).unwrap();
+    held.inbound_mut().on_receive(1, Instant::now());
+    let offer = SessionOffer { id: 7, received: 3 };
+    let (acc, answer) =
+        accept_session(Some(held), inc(2), Some(offer), 8, limits(8, 1000)).unwrap();
+    assert!(acc.resumed);
+    assert_eq!(answer, SessionOffer { id: 7, received: 1 });
+    let replay: Vec<(Seq, u64)> = acc
+        .stream
+        .out()
+        .unacked()
+        .map(|(s, f)| (s, f.value))
+        .collect();
+    assert_eq!(replay, vec![(4, 3), (5, 4)]);
+    assert_eq!(
+        acc.stream
+            .inbound()
+            .ack_due(Instant::now() + Duration::from_secs(1)),
+        None,
+        "the answer told the peer"
+    );
+}
+
+#[test]
+fn resuming_from_an_impossible_seq_is_an_error() {
+    let mut held = stream(7);
+    for v in 0..3 {
+        held.out_mut().on_send(item(v)).unwrap();
+    }
+    held.out_mut().on_ack(2).unwrap();
+    assert_eq!(
+        held.out_mut().resume_from(1).err(),
+        Some(StreamError::ResumeBehindAck {
+            received: 1,
+            acked: 2
+        })
+    );
+    assert_eq!(
+        held.out_mut().resume_from(4).err(),
+        Some(StreamError::ResumeBeyondSent {
+            received: 4,
+            last_sent: 3
+        })
+    );
+    let offer = SessionOffer { id: 7, received: 9 };
+    assert!(accept_session(Some(held), inc(2), Some(offer), 8, limits(8, 1000)).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulation: two nodes, one connection at a time, cut at random points.
+
+/// xorshift64*: deterministic, so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What crosses a connection in one direction.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    Data(Seq, Item),
+    Ack(Seq),
+}
+
+/// One node's side: its session with the other node, what it still has to send, and what it
+/// received, in order.
+struct Node {
+    stream: Option<PeerStream<Item>>,
+    next_value: u64,
+    to_send: u64,
+    received: Vec<u64>,
+    dropped_frames: usize,
+}
+
+impl Node {
+    fn new(to_send: u64) -> Self {
+        Node {
+            stream: None,
+            next_value: 0,
+            to_send,
+            received: Vec::new(),
+            dropped_frames: 0,
+        }
+    }
+}
+
+/// One connection: frames in flight each way (a → b, b → a).
+#[derive(Default)]
+struct Connection {
+    ab: VecDeque<Wire>,
+    ba: VecDeque<Wire>,
+}
+
+fn deliver(to: &mut Node, w: Wire, now: Instant) {
+    let s = to.stream.as_mut().unwrap();
+    match w {
+        Wire::Data(seq, it) => match s.inbound_mut().on_receive(seq, now) {
+            Receive::Accept => to.received.push(it.value),
+            Receive::Duplicate => {}
+            Receive::Gap { expected } => panic!("gap: expected {expected}, got {seq}"),
+        },
+        Wire::Ack(seq) => {
+            s.out_mut().on_ack(seq).unwrap();
+        }
+    }
+}
+
+/// Send what the buffer admits; the rest waits (the producer is held back, nothing is lost).
+fn produce(from: &mut Node, out: &mut VecDeque<Wire>, burst: u64) {
+    let s = from.stream.as_mut().unwrap();
+    for _ in 0..burst {
+        if from.next_value == from.to_send {
+            return;
+        }
+        let it = Item {
+            value: from.next_value,
+            size: 1 + (from.next_value % 7) as usize,
+        };
+        match s.out_mut().on_send(it) {
+            Ok(seq) => {
+                out.push_back(Wire::Data(seq, it));
+                from.next_value += 1;
+            }
+            Err(Full(_)) => return,
+        }
+    }
+}
+
+fn maybe_ack(from: &mut Node, out: &mut VecDeque<Wire>, now: Instant) {
+    let s = from.stream.as_mut().unwrap();
+    if let Some(seq) = s.inbound().ack_due(now) {
+        s.inbound_mut().on_ack_sent(seq);
+        out.push_back(Wire::Ack(seq));
+    }
+}
+
+/// The handshake of a new connection, a dialling: the resume decisions of both sides, then
+/// each side's replay goes first on the new connection.
+fn handshake(a: &mut Node, b: &mut Node, conn: &mut Connection, fresh_id: u64) {
+    let lim = limits(16, 40);
+    let offered = a.stream.as_ref().map(PeerStream::offer);
+    let (acc, answer) = accept_session(b.stream.take(), inc(1), offered, fresh_id, lim).unwrap();
+    b.dropped_frames += acc.dropped.frames;
+    b.stream = Some(acc.stream);
+    let dial = resume_dialled(a.stream.take(), offered, inc(2), answer, lim).unwrap();
+    a.dropped_frames += dial.dropped.frames;
+    a.stream = Some(dial.stream);
+    for (from, out) in [(&*a, &mut conn.ab), (&*b, &mut conn.ba)] {
+        for (seq, it) in from.stream.as_ref().unwrap().out().unacked() {
+            out.push_back(Wire::Data(seq, *it));
+        }
+    }
+}
+
+/// Run one scenario; returns the number of cuts.
+fn simulate(seed: u64, per_side: u64) -> usize {
+    let mut rng = Rng(seed | 1);
+    let (mut a, mut b) = (Node::new(per_side), Node::new(per_side));
+    let mut conn = Connection::default();
+    // Frames a connection that was cut still delivers after the next handshake.
+    let mut stale = Connection::default();
+    let mut now = Instant::now();
+    let mut cuts = 0;
+    handshake(&mut a, &mut b, &mut conn, rng.next());
+    let mut steps = 0u64;
+    loop {
+        steps += 1;
+        assert!(steps < 1_000_000, "seed {seed}: no progress");
+        now += Duration::from_millis(rng.below(8));
+        match rng.below(10) {
+            0..=2 => produce(&mut a, &mut conn.ab, 1 + rng.below(6)),
+            3..=4 => produce(&mut b, &mut conn.ba, 1 + rng.below(6)),
+            5..=7 => {
+                // Deliver a few frames, in order, each way; sometimes from the stale
+                // connection first.
+                for _ in 0..rng.below(5) {
+                    if rng.chance(30) {
+                        if let Some(w) = stale.ab.pop_front() {
+                            deliver(&mut b, w, now);
+                        }
+                        if let Some(w) = stale.ba.pop_front() {
+                            deliver(&mut a, w, now);
+                        }
+                    }
+                    if let Some(w) = conn.ab.pop_front() {
+                        deliver(&mut b, w, now);
+                    }
+                    if let Some(w) = conn.ba.pop_front() {
+                        deliver(&mut a, w, now);
+                    }
+                }
+                maybe_ack(&mut a, &mut conn.ab, now);
+                maybe_ack(&mut b, &mut conn.ba, now);
+            }
+            8 if rng.chance(20) => {
+                // Cut: what is in flight is lost, or (sometimes) trickles in later.
+                cuts += 1;
+                let old = std::mem::take(&mut conn);
+                if rng.chance(40) && stale.ab.is_empty() && stale.ba.is_empty() {
+                    stale = old;
+                    // Only data trickles in: acks of a dead connection are not trusted.
+                    stale.ab.retain(|w| matches!(w, Wire::Data(..)));
+                    stale.ba.retain(|w| matches!(w, Wire::Data(..)));
+                }
+                handshake(&mut a, &mut b, &mut conn, rng.next());
+            }
+            _ => {}
+        }
+        let done = a.next_value == per_side
+            && b.next_value == per_side
+            && a.received.len() as u64 == per_side
+            && b.received.len() as u64 == per_side;
+        if done {
+            break;
+        }
+    }
+    let expected: Vec<u64> = (0..per_side).collect();
+    assert_eq!(a.received, expected, "seed {seed}: b → a");
+    assert_eq!(b.received, expected, "seed {seed}: a → b");
+    assert_eq!((a.dropped_frames, b.dropped_frames), (0, 0), "seed {seed}");
+    cuts
+}
+
+#[test]
+fn random_cuts_lose_nothing_duplicate_nothing_and_keep_order() {
+    let mut cuts = 0;
+    for seed in 1..=300u64 {
+        cuts += simulate(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 400);
+    }
+    assert!(cuts > 1000, "the simulation must actually cut: {cuts}");
+}
+
+#[test]
+fn a_session_ended_by_a_down_peer_starts_again_from_one() {
+    let mut a = Node::new(0);
+    let mut b = Node::new(0);
+    let mut conn = Connection::default();
+    handshake(&mut a, &mut b, &mut conn, 40);
+    a.to_send = 5;
+    produce(&mut a, &mut conn.ab, 5);
+    // b declares a down: its session ends; a's frames are never acknowledged.
+    let dropped = b.stream.take().unwrap().into_dropped();
+    assert_eq!(dropped, Dropped::default(), "b held nothing of its own");
+    let mut conn = Connection::default();
+    handshake(&mut a, &mut b, &mut conn, 41);
+    assert_eq!(
+        a.dropped_frames, 5,
+        "a counts what it held for the old session"
+    );
+    assert!(conn.ab.is_empty(), "nothing is replayed into a new session");
+    assert_eq!(a.stream.as_ref().unwrap().id(), 41);
+    a.to_send = 6;
+    produce(&mut a, &mut conn.ab, 1);
+    assert!(matches!(conn.ab.front(), Some(Wire::Data(1, _))));
+}
