@@ -301,6 +301,7 @@ impl Client {
             node: name.to_owned(),
             incarnation: Uuid::new_v4(),
             secret: key.to_vec(),
+            welcome: wire::Welcome::default(),
         };
         let mut framed =
             tokio_util::codec::Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));

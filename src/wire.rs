@@ -17,20 +17,28 @@ mod frame;
 mod handshake;
 pub mod json;
 mod lenient;
+mod rules;
 
 pub use codec::{
-    decode_payload, encode_event, encode_message, encode_payload, EncodedMessage, FrameCodec,
-    WireError,
+    decode_payload, encode_event, encode_message, encode_payload, envelope_overhead_bytes,
+    EncodedMessage, FrameCodec, WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
-    Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
     Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
-    PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic, Welcome,
+    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
+    KNOWN_KINDS,
 };
-pub use handshake::{accept, dial, HandshakeError, Identity, PeerInfo};
+pub use handshake::{
+    accept, accept_resumable, dial, dial_resumable, HandshakeError, Identity, PeerInfo,
+};
+pub use rules::{check_body, MAX_NESTING};
 
-/// Version of the peer protocol this build speaks; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this build speaks, offered in every `hello`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The lowest version this build still speaks: version 1 applications (and nodes) attach.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Frames before authentication are tiny; anything larger is hostile.
 pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 1024;

@@ -327,7 +327,8 @@ impl InStream {
 }
 
 /// The `session` a handshake message carries: the session id, and the last seq its sender
-/// received in it.
+/// received in it. On the wire, a dialler holding no session sends `{id: 0, received: 0}`;
+/// session ids drawn by an acceptor are never 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOffer {
     pub id: u64,
@@ -405,7 +406,8 @@ pub struct Resumed<F> {
 
 /// The acceptor's decision, on a `hello` from `peer_incarnation` offering `offer`: resume the
 /// session it `held` with that peer, or start a new one with `fresh_id` (random). Returns the
-/// outcome and the `session` to answer with in `hello_ack`.
+/// outcome and the `session` to answer with in `hello_ack`. `offer` is `None` when the hello
+/// carried `{id: 0, received: 0}`.
 ///
 /// # Errors
 /// [`StreamError`] when the offer names the held session but a seq it cannot have.
@@ -431,11 +433,12 @@ pub fn accept_session<F: WireSize>(
             Ok((resumed, answer))
         }
         (held, offer) => {
-            // A new id, never the one offered: the dialler must not mistake it for its own.
-            let id = match offer {
-                Some(o) if o.id == fresh_id => fresh_id ^ 1,
-                _ => fresh_id,
-            };
+            // A new id: never 0 (which asks for a new session on the wire), never the one
+            // offered (the dialler must not mistake it for its own).
+            let mut id = fresh_id.max(1);
+            if offer.is_some_and(|o| o.id == id) {
+                id = id.wrapping_add(1).max(1);
+            }
             let resumed = Resumed {
                 stream: PeerStream::new(id, peer_incarnation, limits),
                 resumed: false,

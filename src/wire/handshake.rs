@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! dialler                                   acceptor
-//!   hello {version, cluster, node, incarnation, nonce_d}  ->
-//!                 <-  hello_ack {version, cluster, node, incarnation, nonce_a, proof_a}
-//!   auth {proof_d}                                         ->
-//!                 <-  welcome {}
+//!   hello {version, cluster, node, incarnation, nonce_d, [session]}  ->
+//!         <-  hello_ack {version, cluster, node, incarnation, nonce_a, proof_a, [session]}
+//!   auth {proof_d}                                                    ->
+//!                 <-  welcome {limits}
 //! ```
+//! `hello.version` is the highest version the dialler speaks; the acceptor answers with the
+//! version both speak from then on (the lower of the two highest), or refuses one below
+//! [`MIN_PROTOCOL_VERSION`]. In version 2 a peer dialler may ask for a resumable link with a
+//! `session`; the acceptor's `admit` decides whether it gets one (and which), and states its
+//! limits in `welcome`.
 //! `proof_x = HMAC-SHA256(secret, transcript(label_x))`, where the transcript binds the cluster,
 //! both names, both incarnations and both nonces, and the label differs per direction so one
 //! side's proof can never be replayed as the other's. Proofs are compared in constant time; the
@@ -25,21 +30,23 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use super::codec::{FrameCodec, WireError};
-use super::frame::{Auth, ErrorFrame, Frame, Hello, HelloAck, Message, Welcome};
-use super::{valid_name, PROTOCOL_VERSION};
+use super::frame::{Auth, ErrorFrame, Frame, Hello, HelloAck, Message, Session, Welcome};
+use super::{valid_name, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
 const LABEL_DIALLER: &[u8] = b"nodecloud/1 dialler";
 const LABEL_ACCEPTOR: &[u8] = b"nodecloud/1 acceptor";
 
-/// Who this side is, and the key it proves it holds.
+/// Who this side is, the key it proves it holds, and the limits it states when it accepts.
 #[derive(Clone)]
 pub struct Identity {
     pub cluster: String,
     pub node: String,
     pub incarnation: Uuid,
     pub secret: Vec<u8>,
+    /// Sent as `welcome` on a version 2 link this side accepts (version 1: the empty map).
+    pub welcome: Welcome,
 }
 
 impl std::fmt::Debug for Identity {
@@ -52,11 +59,19 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The authenticated peer.
+/// The authenticated peer, and what the handshake settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub node: String,
     pub incarnation: Uuid,
+    /// The version both sides speak on this link.
+    pub version: u32,
+    /// `Some` on a resumable link: the peer's `session` (for the dialler, the acceptor's
+    /// answer; for the acceptor, the dialler's offer). The link then numbers frames as
+    /// streams ([`FrameCodec::set_resumable`] has been called).
+    pub session: Option<Session>,
+    /// The limits the acceptor stated (what the dialler received; empty for the acceptor).
+    pub welcome: Welcome,
 }
 
 /// Why a handshake failed. Every variant closes the connection.
@@ -73,8 +88,12 @@ pub enum HandshakeError {
         expected: &'static str,
         got: &'static str,
     },
-    #[error("protocol version {theirs} is not supported (this node speaks {ours})")]
+    #[error(
+        "protocol version {theirs} is not supported (this node speaks {MIN_PROTOCOL_VERSION} to {ours})"
+    )]
     Version { ours: u32, theirs: u32 },
+    #[error("the acceptor answered with a session the dialler did not ask for")]
+    UnaskedSession,
     #[error("peer belongs to cluster {theirs:?}, not {ours:?}")]
     Cluster { ours: String, theirs: String },
     #[error("invalid node name {0:?}")]
@@ -99,7 +118,9 @@ impl HandshakeError {
             }
             HandshakeError::Wire(WireError::Io(_)) => return None,
             HandshakeError::Wire(e) => e.code(),
-            HandshakeError::Unexpected { .. } => "unexpected_message",
+            HandshakeError::Unexpected { .. } | HandshakeError::UnaskedSession => {
+                "unexpected_message"
+            }
             HandshakeError::Version { .. } => "version",
             HandshakeError::Cluster { .. } => "cluster",
             HandshakeError::BadName(_) => "bad_name",
@@ -109,7 +130,8 @@ impl HandshakeError {
     }
 }
 
-/// Run the dialler's side. On success the codec in `framed` is ready for the session.
+/// Run the dialler's side of a plain link (no resume). On success the codec in `framed` is
+/// ready for the session.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.
@@ -121,14 +143,33 @@ pub async fn dial<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = tokio::time::timeout(deadline, dial_steps(framed, me))
+    dial_resumable(framed, me, deadline, None).await
+}
+
+/// Run the dialler's side, asking for a resumable link with `session` (`Some`: the session
+/// held with that peer, or `{id: 0, received: 0}` for a new one). The link is resumable if
+/// [`PeerInfo::session`] is `Some`.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn dial_resumable<T>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    session: Option<Session>,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = tokio::time::timeout(deadline, dial_steps(framed, me, session))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
 }
 
-/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and may
-/// refuse it, for example a node name the configuration does not know.
+/// Run the acceptor's side of a link that is never resumed. `admit` sees the dialler's (not
+/// yet authenticated) hello and may refuse it, for example a node name the configuration does
+/// not know.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.
@@ -142,6 +183,25 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Hello) -> Result<(), String>,
 {
+    accept_resumable(framed, me, deadline, |hello| admit(hello).map(|()| None)).await
+}
+
+/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and
+/// refuses it, or admits it with the `session` to answer (`Some` only when the hello asked
+/// for one on version 2; otherwise it is ignored and the link is plain).
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn accept_resumable<T, F>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    admit: F,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
+{
     let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
@@ -151,6 +211,7 @@ where
 async fn dial_steps<T>(
     framed: &mut Framed<T, FrameCodec>,
     me: &Identity,
+    session: Option<Session>,
 ) -> Result<PeerInfo, HandshakeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -163,13 +224,24 @@ where
             node: me.node.clone(),
             incarnation: me.incarnation,
             nonce,
+            session,
         }))
         .await?;
     let ack = match next(framed).await? {
         Message::HelloAck(ack) => ack,
         other => return Err(unexpected("hello_ack", &other)),
     };
-    check_peer(me, ack.version, &ack.cluster, &ack.node)?;
+    // The acceptor chose; it may not choose above what was offered.
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&ack.version) {
+        return Err(HandshakeError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: ack.version,
+        });
+    }
+    check_peer(me, &ack.cluster, &ack.node)?;
+    if ack.session.is_some() && (session.is_none() || ack.version < 2) {
+        return Err(HandshakeError::UnaskedSession);
+    }
     let transcript = Transcript {
         cluster: &me.cluster,
         dialler: (&me.node, me.incarnation, &nonce),
@@ -179,10 +251,18 @@ where
     let proof = transcript.prove(&me.secret, LABEL_DIALLER)?;
     framed.send(&Message::Auth(Auth { proof })).await?;
     match next(framed).await? {
-        Message::Welcome(_) => Ok(PeerInfo {
-            node: ack.node,
-            incarnation: ack.incarnation,
-        }),
+        Message::Welcome(welcome) => {
+            if ack.session.is_some() {
+                framed.codec_mut().set_resumable();
+            }
+            Ok(PeerInfo {
+                node: ack.node,
+                incarnation: ack.incarnation,
+                version: ack.version,
+                session: ack.session,
+                welcome,
+            })
+        }
         other => Err(unexpected("welcome", &other)),
     }
 }
@@ -194,14 +274,23 @@ async fn accept_steps<T, F>(
 ) -> Result<PeerInfo, HandshakeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Hello) -> Result<(), String>,
+    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
 {
     let hello = match next(framed).await? {
         Message::Hello(hello) => hello,
         other => return Err(unexpected("hello", &other)),
     };
-    check_peer(me, hello.version, &hello.cluster, &hello.node)?;
-    admit(&hello).map_err(HandshakeError::NotAdmitted)?;
+    if hello.version < MIN_PROTOCOL_VERSION {
+        return Err(HandshakeError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.version,
+        });
+    }
+    let version = hello.version.min(PROTOCOL_VERSION);
+    check_peer(me, &hello.cluster, &hello.node)?;
+    let answer = admit(&hello).map_err(HandshakeError::NotAdmitted)?;
+    // A session only where the dialler asked for one, on version 2.
+    let session = answer.filter(|_| hello.session.is_some() && version >= 2);
     let nonce = fresh_nonce()?;
     let transcript = Transcript {
         cluster: &me.cluster,
@@ -211,12 +300,13 @@ where
     let proof = transcript.prove(&me.secret, LABEL_ACCEPTOR)?;
     framed
         .send(&Message::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
+            version,
             cluster: me.cluster.clone(),
             node: me.node.clone(),
             incarnation: me.incarnation,
             nonce,
             proof,
+            session,
         }))
         .await?;
     let auth = match next(framed).await? {
@@ -224,10 +314,22 @@ where
         other => return Err(unexpected("auth", &other)),
     };
     transcript.verify(&me.secret, LABEL_DIALLER, &auth.proof)?;
-    framed.send(&Message::Welcome(Welcome {})).await?;
+    // Version 1 peers were promised the empty map.
+    let welcome = if version >= 2 {
+        me.welcome.clone()
+    } else {
+        Welcome::default()
+    };
+    framed.send(&Message::Welcome(welcome)).await?;
+    if session.is_some() {
+        framed.codec_mut().set_resumable();
+    }
     Ok(PeerInfo {
         node: hello.node,
         incarnation: hello.incarnation,
+        version,
+        session: session.and(hello.session),
+        welcome: Welcome::default(),
     })
 }
 
@@ -273,18 +375,7 @@ fn unexpected(expected: &'static str, got: &Message) -> HandshakeError {
     }
 }
 
-fn check_peer(
-    me: &Identity,
-    version: u32,
-    cluster: &str,
-    node: &str,
-) -> Result<(), HandshakeError> {
-    if version != PROTOCOL_VERSION {
-        return Err(HandshakeError::Version {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        });
-    }
+fn check_peer(me: &Identity, cluster: &str, node: &str) -> Result<(), HandshakeError> {
     if cluster != me.cluster {
         return Err(HandshakeError::Cluster {
             ours: me.cluster.clone(),

@@ -235,6 +235,8 @@ fn a_fresh_id_equal_to_the_offered_one_is_changed() {
         accept_session::<Item>(None, inc(2), Some(offer), 5, limits(8, 1000)).unwrap();
     assert_ne!(answer.id, 5);
     assert_eq!(answer.received, 0);
+    let (_, answer) = accept_session::<Item>(None, inc(2), None, 0, limits(8, 1000)).unwrap();
+    assert_ne!(answer.id, 0, "0 means no session on the wire");
 }
 
 #[test]
