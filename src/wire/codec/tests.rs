@@ -1072,7 +1072,7 @@ fn example_hello() -> Message {
         *b = i as u8;
     }
     Message::Hello(Hello {
-        version: 1,
+        version: 2,
         cluster: "demo".into(),
         node: "worker-1".into(),
         incarnation: example_incarnation(),
@@ -1144,6 +1144,73 @@ fn protocol_md_hello_example_is_the_encoder_output() {
 #[test]
 fn protocol_md_event_example_is_the_encoder_output() {
     check_example("event-frame", 5, &example_event(), true);
+}
+
+/// The §7.6 example: the session both sides hold.
+const EXAMPLE_SESSION: u64 = 0x0123_4567_89ab_cdef;
+
+fn bytes32(first: u8) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = first + i as u8;
+    }
+    b
+}
+
+#[test]
+fn protocol_md_resume_handshake_examples_are_the_encoder_output() {
+    let Message::Hello(mut hello) = example_hello() else {
+        unreachable!()
+    };
+    hello.session = Some(Session {
+        id: EXAMPLE_SESSION,
+        received: 41,
+    });
+    check_example("hello-resume-frame", 0, &Message::Hello(hello), false);
+
+    let mut proof = [0u8; 32];
+    let hex = "3b09c1261bfbe0476b0ec7d86cf02d578cfdd945d59eb8d8f95c9c67b67bd7c7";
+    for (i, b) in proof.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let ack = HelloAck {
+        version: 2,
+        cluster: "demo".into(),
+        node: "master".into(),
+        incarnation: Uuid::parse_str("ffeeddcc-bbaa-9988-7766-554433221100").unwrap(),
+        nonce: bytes32(0x20),
+        proof,
+        session: Some(Session {
+            id: EXAMPLE_SESSION,
+            received: 17,
+        }),
+    };
+    check_example("hello-ack-resume-frame", 0, &Message::HelloAck(ack), false);
+}
+
+#[test]
+fn protocol_md_welcome_and_ack_examples_are_the_encoder_output() {
+    let peer = Welcome {
+        max_frame_bytes: Some(MIB as u64),
+        envelope_overhead_bytes: Some(envelope_overhead_bytes("master") as u64),
+        ..Welcome::default()
+    };
+    check_example("welcome-peer-frame", 1, &Message::Welcome(peer), false);
+    let service = Welcome {
+        max_frame_bytes: Some(MIB as u64),
+        envelope_overhead_bytes: Some(envelope_overhead_bytes("worker-1") as u64),
+        max_subscriptions: Some(1024),
+        max_methods: Some(256),
+        max_calls: Some(4096),
+        max_requests: Some(4096),
+    };
+    check_example(
+        "welcome-service-frame",
+        1,
+        &Message::Welcome(service),
+        false,
+    );
+    check_example("ack-frame", 0, &Message::Ack(Ack { seq: 45 }), false);
 }
 
 #[test]
