@@ -16,8 +16,9 @@
 //!   [`OutStream::on_ack`] for every `ack` received;
 //! * [`InStream::on_receive`] for every stream frame received (→ accept, duplicate or gap),
 //!   [`InStream::ack_due`] / [`InStream::ack_deadline`] to schedule `ack`s;
-//! * [`PeerStream::offer`] for its `hello`, [`accept_session`] / [`resume_dialled`] with the
-//!   peer's handshake, then [`OutStream::unacked`] is the replay.
+//! * [`PeerStream::offer`] for its `hello`; as the acceptor [`answer_hello`] (before the
+//!   dialler is authenticated: it changes nothing) then [`accept_session`] (after), as the
+//!   dialler [`resume_dialled`]; then [`OutStream::unacked`] is the replay.
 //!
 //! Policies:
 //!
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::wire::EncodedMessage;
+use crate::wire::{EncodedMessage, Session};
 
 /// A stream frame's sequence number: 1, 2, 3, … per direction of a session; 0 means none.
 pub type Seq = u64;
@@ -103,12 +104,18 @@ pub enum StreamError {
     ResumeBeyondSent { received: Seq, last_sent: Seq },
     #[error("peer starts a new session {id:#x} at seq {received} instead of 0")]
     NewSessionNotAtZero { id: u64, received: Seq },
+    #[error("session {id:#x} ended while the handshake resuming it ran")]
+    SessionChanged { id: u64 },
 }
 
 impl StreamError {
-    /// The `error` code sent before closing.
+    /// The `error` code sent before closing: the peer broke the stream's rules, except for
+    /// [`StreamError::SessionChanged`], which is this side's own state moving on.
     pub fn code(&self) -> &'static str {
-        "out_of_sequence"
+        match self {
+            StreamError::SessionChanged { .. } => "internal",
+            _ => "out_of_sequence",
+        }
     }
 }
 
@@ -193,6 +200,12 @@ impl<F: WireSize> OutStream<F> {
 
     /// [`OutStream::resume_from`] without the replay.
     fn release_for_resume(&mut self, peer_received: Seq) -> Result<(), StreamError> {
+        self.check_resume(peer_received)?;
+        self.on_ack(peer_received).map(drop)
+    }
+
+    /// Whether the peer may resume after `peer_received`.
+    fn check_resume(&self, peer_received: Seq) -> Result<(), StreamError> {
         if peer_received < self.acked {
             return Err(StreamError::ResumeBehindAck {
                 received: peer_received,
@@ -205,7 +218,7 @@ impl<F: WireSize> OutStream<F> {
                 last_sent: self.last_sent(),
             });
         }
-        self.on_ack(peer_received).map(drop)
+        Ok(())
     }
 
     /// The frames not acknowledged yet, oldest first, with their seq: after a resume, the
@@ -335,6 +348,36 @@ pub struct SessionOffer {
     pub received: Seq,
 }
 
+impl SessionOffer {
+    /// The `session` of a `hello`: `None` (no session held) is `{id: 0, received: 0}`.
+    pub fn to_hello(offer: Option<SessionOffer>) -> Session {
+        offer.map_or(Session { id: 0, received: 0 }, Session::from)
+    }
+
+    /// A hello's `session` as an offer: `{id: 0, …}` asks for a new session.
+    pub fn from_hello(session: Session) -> Option<SessionOffer> {
+        (session.id != 0).then_some(SessionOffer::from(session))
+    }
+}
+
+impl From<Session> for SessionOffer {
+    fn from(s: Session) -> Self {
+        SessionOffer {
+            id: s.id,
+            received: s.received,
+        }
+    }
+}
+
+impl From<SessionOffer> for Session {
+    fn from(o: SessionOffer) -> Self {
+        Session {
+            id: o.id,
+            received: o.received,
+        }
+    }
+}
+
 /// Both directions of one session with one peer incarnation.
 #[derive(Debug)]
 pub struct PeerStream<F> {
@@ -404,47 +447,78 @@ pub struct Resumed<F> {
     pub dropped: Dropped,
 }
 
-/// The acceptor's decision, on a `hello` from `peer_incarnation` offering `offer`: resume the
-/// session it `held` with that peer, or start a new one with `fresh_id` (random). Returns the
-/// outcome and the `session` to answer with in `hello_ack`. `offer` is `None` when the hello
-/// carried `{id: 0, received: 0}`.
+/// The acceptor's answer to a `hello` from `peer_incarnation` offering `offer` (`None` when
+/// the hello carried `{id: 0, received: 0}`): the `session` of its `hello_ack`. It resumes
+/// the session `held` with that peer if the offer names it, and otherwise names a new session
+/// `fresh_id` (random; never 0, never the offered id).
+///
+/// This changes nothing: the dialler is not authenticated yet. Once it is (its `auth`
+/// verified), [`accept_session`] carries the decision out.
 ///
 /// # Errors
 /// [`StreamError`] when the offer names the held session but a seq it cannot have.
-pub fn accept_session<F: WireSize>(
-    held: Option<PeerStream<F>>,
+pub fn answer_hello<F: WireSize>(
+    held: Option<&PeerStream<F>>,
     peer_incarnation: Uuid,
     offer: Option<SessionOffer>,
     fresh_id: u64,
-    limits: StreamLimits,
-) -> Result<(Resumed<F>, SessionOffer), StreamError> {
+) -> Result<SessionOffer, StreamError> {
     match (held, offer) {
-        (Some(mut stream), Some(offer))
-            if stream.peer_incarnation == peer_incarnation && stream.id == offer.id =>
-        {
-            stream.out.release_for_resume(offer.received)?;
-            let answer = stream.offer();
-            stream.inbound.on_ack_sent(answer.received);
-            let resumed = Resumed {
-                stream,
-                resumed: true,
-                dropped: Dropped::default(),
-            };
-            Ok((resumed, answer))
+        (Some(stream), Some(offer)) if resumes(stream, peer_incarnation, offer.id) => {
+            stream.out.check_resume(offer.received)?;
+            Ok(stream.offer())
         }
-        (held, offer) => {
-            // A new id: never 0 (which asks for a new session on the wire), never the one
-            // offered (the dialler must not mistake it for its own).
+        _ => {
             let mut id = fresh_id.max(1);
             if offer.is_some_and(|o| o.id == id) {
                 id = id.wrapping_add(1).max(1);
             }
-            let resumed = Resumed {
-                stream: PeerStream::new(id, peer_incarnation, limits),
+            Ok(SessionOffer { id, received: 0 })
+        }
+    }
+}
+
+fn resumes<F>(stream: &PeerStream<F>, peer_incarnation: Uuid, id: u64) -> bool {
+    stream.peer_incarnation == peer_incarnation && stream.id == id
+}
+
+/// The acceptor carries out its `answered` (from [`answer_hello`]) once the dialler is
+/// authenticated: the held session goes on, or it ends and the answered one starts.
+///
+/// # Errors
+/// [`StreamError::SessionChanged`] if the answer resumed a session that ended meanwhile (the
+/// connection is closed; the dialler's next hello starts a new one), or a [`StreamError`] of
+/// the offer's seq.
+pub fn accept_session<F: WireSize>(
+    held: Option<PeerStream<F>>,
+    peer_incarnation: Uuid,
+    offer: Option<SessionOffer>,
+    answered: SessionOffer,
+    limits: StreamLimits,
+) -> Result<Resumed<F>, StreamError> {
+    match (held, offer) {
+        (Some(mut stream), Some(offer))
+            if resumes(&stream, peer_incarnation, offer.id) && answered.id == offer.id =>
+        {
+            stream.out.release_for_resume(offer.received)?;
+            // The peer knows what the hello_ack said; frames an old connection delivered
+            // since are acknowledged by the next `ack`.
+            stream.inbound.on_ack_sent(answered.received);
+            Ok(Resumed {
+                stream,
+                resumed: true,
+                dropped: Dropped::default(),
+            })
+        }
+        (held, offer) => {
+            if answered.received != 0 || offer.is_some_and(|o| o.id == answered.id) {
+                return Err(StreamError::SessionChanged { id: answered.id });
+            }
+            Ok(Resumed {
+                stream: PeerStream::new(answered.id, peer_incarnation, limits),
                 resumed: false,
                 dropped: held.map(PeerStream::into_dropped).unwrap_or_default(),
-            };
-            Ok((resumed, SessionOffer { id, received: 0 }))
+            })
         }
     }
 }

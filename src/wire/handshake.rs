@@ -188,7 +188,10 @@ where
 
 /// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and
 /// refuses it, or admits it with the `session` to answer (`Some` only when the hello asked
-/// for one on version 2; otherwise it is ignored and the link is plain).
+/// for one on version 2; otherwise it is ignored and the link is plain). The dialler is not
+/// authenticated when `admit` runs: it must change nothing (see
+/// [`answer_hello`](crate::link::stream::answer_hello)); the caller acts on the session once
+/// this returns `Ok`.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.

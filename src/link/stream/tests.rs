@@ -192,7 +192,8 @@ fn an_ack_falls_due_after_enough_frames_or_after_the_delay() {
 fn a_dialler_without_a_session_gets_a_new_one_and_the_acceptor_drops_what_it_held() {
     let mut held = stream(7);
     held.out_mut().on_send(item(0)).unwrap();
-    let (acc, answer) = accept_session(Some(held), inc(2), None, 99, limits(8, 1000)).unwrap();
+    let answer = answer_hello(Some(&held), inc(2), None, 99).unwrap();
+    let acc = accept_session(Some(held), inc(2), None, answer, limits(8, 1000)).unwrap();
     assert!(!acc.resumed);
     assert_eq!(
         acc.dropped,
@@ -221,8 +222,8 @@ fn a_new_incarnation_of_the_dialler_ends_the_session_held_for_the_old_one() {
     let mut held = PeerStream::new(7, inc(2), limits(8, 1000));
     held.out_mut().on_send(item(0)).unwrap();
     let offer = SessionOffer { id: 7, received: 0 };
-    let (acc, answer) =
-        accept_session(Some(held), inc(4), Some(offer), 8, limits(8, 1000)).unwrap();
+    let answer = answer_hello(Some(&held), inc(4), Some(offer), 8).unwrap();
+    let acc = accept_session(Some(held), inc(4), Some(offer), answer, limits(8, 1000)).unwrap();
     assert!(!acc.resumed);
     assert_eq!(acc.dropped.frames, 1);
     assert_eq!(answer.id, 8);
@@ -231,11 +232,10 @@ fn a_new_incarnation_of_the_dialler_ends_the_session_held_for_the_old_one() {
 #[test]
 fn a_fresh_id_equal_to_the_offered_one_is_changed() {
     let offer = SessionOffer { id: 5, received: 3 };
-    let (_, answer) =
-        accept_session::<Item>(None, inc(2), Some(offer), 5, limits(8, 1000)).unwrap();
+    let answer = answer_hello::<Item>(None, inc(2), Some(offer), 5).unwrap();
     assert_ne!(answer.id, 5);
     assert_eq!(answer.received, 0);
-    let (_, answer) = accept_session::<Item>(None, inc(2), None, 0, limits(8, 1000)).unwrap();
+    let answer = answer_hello::<Item>(None, inc(2), None, 0).unwrap();
     assert_ne!(answer.id, 0, "0 means no session on the wire");
 }
 
@@ -267,8 +267,8 @@ fn resuming_replays_exactly_what_the_peer_did_not_receive() {
     held.out_mut().on_ack(1).unwrap();
     held.inbound_mut().on_receive(1, Instant::now());
     let offer = SessionOffer { id: 7, received: 3 };
-    let (acc, answer) =
-        accept_session(Some(held), inc(2), Some(offer), 8, limits(8, 1000)).unwrap();
+    let answer = answer_hello(Some(&held), inc(2), Some(offer), 8).unwrap();
+    let acc = accept_session(Some(held), inc(2), Some(offer), answer, limits(8, 1000)).unwrap();
     assert!(acc.resumed);
     assert_eq!(answer, SessionOffer { id: 7, received: 1 });
     let replay: Vec<(Seq, u64)> = acc
@@ -309,7 +309,7 @@ fn resuming_from_an_impossible_seq_is_an_error() {
         })
     );
     let offer = SessionOffer { id: 7, received: 9 };
-    assert!(accept_session(Some(held), inc(2), Some(offer), 8, limits(8, 1000)).is_err());
+    assert!(answer_hello(Some(&held), inc(2), Some(offer), 8).is_err());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -415,9 +415,23 @@ fn maybe_ack(from: &mut Node, out: &mut VecDeque<Wire>, now: Instant) {
 /// The handshake of a new connection, a dialling: the resume decisions of both sides, then
 /// each side's replay goes first on the new connection.
 fn handshake(a: &mut Node, b: &mut Node, conn: &mut Connection, fresh_id: u64) {
+    handshake_with(a, b, conn, fresh_id, |_, _| {});
+}
+
+/// [`handshake`], with `meanwhile` run after the hello and its answer and before either side
+/// acts on them (an old connection still delivering, say).
+fn handshake_with(
+    a: &mut Node,
+    b: &mut Node,
+    conn: &mut Connection,
+    fresh_id: u64,
+    mut meanwhile: impl FnMut(&mut Node, &mut Node),
+) {
     let lim = limits(16, 40);
     let offered = a.stream.as_ref().map(PeerStream::offer);
-    let (acc, answer) = accept_session(b.stream.take(), inc(1), offered, fresh_id, lim).unwrap();
+    let answer = answer_hello(b.stream.as_ref(), inc(1), offered, fresh_id).unwrap();
+    meanwhile(a, b);
+    let acc = accept_session(b.stream.take(), inc(1), offered, answer, lim).unwrap();
     b.dropped_frames += acc.dropped.frames;
     b.stream = Some(acc.stream);
     let dial = resume_dialled(a.stream.take(), offered, inc(2), answer, lim).unwrap();
@@ -480,7 +494,18 @@ fn simulate(seed: u64, per_side: u64) -> usize {
                     stale.ab.retain(|w| matches!(w, Wire::Data(..)));
                     stale.ba.retain(|w| matches!(w, Wire::Data(..)));
                 }
-                handshake(&mut a, &mut b, &mut conn, rng.next());
+                let fresh_id = rng.next();
+                let early = rng.below(4);
+                handshake_with(&mut a, &mut b, &mut conn, fresh_id, |a, b| {
+                    for _ in 0..early {
+                        if let Some(w) = stale.ab.pop_front() {
+                            deliver(b, w, now);
+                        }
+                        if let Some(w) = stale.ba.pop_front() {
+                            deliver(a, w, now);
+                        }
+                    }
+                });
             }
             _ => {}
         }
@@ -530,4 +555,68 @@ fn a_session_ended_by_a_down_peer_starts_again_from_one() {
     a.to_send = 6;
     produce(&mut a, &mut conn.ab, 1);
     assert!(matches!(conn.ab.front(), Some(Wire::Data(1, _))));
+}
+
+#[test]
+fn a_hello_without_a_session_says_id_zero_and_is_read_back_as_none() {
+    use crate::wire::Session;
+    assert_eq!(SessionOffer::to_hello(None), Session { id: 0, received: 0 });
+    assert_eq!(
+        SessionOffer::from_hello(Session { id: 0, received: 0 }),
+        None
+    );
+    let offer = SessionOffer { id: 9, received: 4 };
+    assert_eq!(
+        SessionOffer::from_hello(SessionOffer::to_hello(Some(offer))),
+        Some(offer)
+    );
+}
+
+#[test]
+fn answering_a_hello_changes_nothing_until_the_dialler_is_authenticated() {
+    let mut held = stream(7);
+    held.out_mut().on_send(item(0)).unwrap();
+    // An unauthenticated hello naming no session: the answer is a new session…
+    let answer = answer_hello(Some(&held), inc(2), None, 30).unwrap();
+    assert_eq!(
+        answer,
+        SessionOffer {
+            id: 30,
+            received: 0
+        }
+    );
+    // …and the session held is intact until accept_session is called.
+    assert_eq!((held.id(), held.out().len()), (7, 1));
+}
+
+#[test]
+fn a_session_that_ended_between_answer_and_authentication_is_an_error() {
+    let held = stream(7);
+    let offer = SessionOffer { id: 7, received: 0 };
+    let answer = answer_hello(Some(&held), inc(2), Some(offer), 30).unwrap();
+    assert_eq!(answer.id, 7, "resumes");
+    // The peer was declared down meanwhile: the session is gone.
+    drop(held.into_dropped());
+    let err =
+        accept_session::<Item>(None, inc(2), Some(offer), answer, limits(8, 1000)).unwrap_err();
+    assert_eq!(err, StreamError::SessionChanged { id: 7 });
+    assert_eq!(err.code(), "internal");
+}
+
+#[test]
+fn frames_an_old_connection_delivers_after_the_answer_are_acknowledged_later() {
+    let t0 = Instant::now();
+    let mut held = stream(7);
+    held.inbound_mut().on_receive(1, t0);
+    let offer = SessionOffer { id: 7, received: 0 };
+    let answer = answer_hello(Some(&held), inc(2), Some(offer), 30).unwrap();
+    assert_eq!(answer.received, 1);
+    // The old connection delivers frame 2 before the dialler authenticates.
+    held.inbound_mut().on_receive(2, t0);
+    let acc = accept_session(Some(held), inc(2), Some(offer), answer, limits(8, 1000)).unwrap();
+    assert_eq!(
+        acc.stream.inbound().ack_due(t0 + Duration::from_secs(1)),
+        Some(2),
+        "the hello_ack said 1: an ack of 2 is still due"
+    );
 }
