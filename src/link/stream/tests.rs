@@ -596,7 +596,7 @@ fn a_session_that_ended_between_answer_and_authentication_is_an_error() {
     let answer = answer_hello(Some(&held), inc(2), Some(offer), 30).unwrap();
     assert_eq!(answer.id, 7, "resumes");
     // The peer was declared down meanwhile: the session is gone.
-    drop(held.into_dropped());
+    let _ = held.into_dropped();
     let err =
         accept_session::<Item>(None, inc(2), Some(offer), answer, limits(8, 1000)).unwrap_err();
     assert_eq!(err, StreamError::SessionChanged { id: 7 });
