@@ -28,10 +28,57 @@ const MAJOR_TAG: u8 = 6;
 const MAJOR_SIMPLE: u8 = 7;
 
 /// An open array or map: the items it still holds, and for a map where its keys start in the
-/// shared key list.
+/// key list.
+#[derive(Clone, Copy, Default)]
 struct Open {
     items_left: u64,
     map_keys_from: Option<usize>,
+}
+
+/// Keys of the open maps, innermost last: on the stack while they are few (the usual case:
+/// no allocation per frame), spilled to the heap beyond.
+struct Keys<'a> {
+    inline: [&'a [u8]; INLINE_KEYS],
+    len: usize,
+    spill: Vec<&'a [u8]>,
+}
+
+const INLINE_KEYS: usize = 32;
+/// Maps with at most this many keys are checked pair by pair; larger ones are sorted.
+const PAIRWISE_KEYS: usize = 16;
+
+impl<'a> Keys<'a> {
+    fn push(&mut self, key: &'a [u8]) {
+        if self.len < INLINE_KEYS {
+            self.inline[self.len] = key;
+        } else {
+            self.spill.push(key);
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> &'a [u8] {
+        if i < INLINE_KEYS {
+            self.inline[i]
+        } else {
+            self.spill[i - INLINE_KEYS]
+        }
+    }
+
+    /// Whether two of the keys from `from` on are equal; then forget them.
+    fn close_map(&mut self, from: usize) -> bool {
+        let n = self.len - from;
+        let dup = if n <= PAIRWISE_KEYS {
+            (from..self.len).any(|i| (i + 1..self.len).any(|j| self.get(i) == self.get(j)))
+        } else {
+            let mut all: Vec<&[u8]> = (from..self.len).map(|i| self.get(i)).collect();
+            all.sort_unstable();
+            all.windows(2).any(|w| w[0] == w[1])
+        };
+        self.len = from;
+        self.spill.truncate(from.saturating_sub(INLINE_KEYS));
+        dup
+    }
 }
 
 /// Check `body` against the receiver rules.
@@ -41,9 +88,13 @@ struct Open {
 pub fn check_body(body: &[u8]) -> Result<(), WireError> {
     let bad = |at: usize, why: &str| WireError::Malformed(format!("{why} at byte {at}"));
     let mut at = 0usize;
-    let mut open: Vec<Open> = Vec::new();
-    // The keys of the open maps, innermost last.
-    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut open = [Open::default(); MAX_NESTING];
+    let mut depth = 0usize;
+    let mut keys = Keys {
+        inline: [&[]; INLINE_KEYS],
+        len: 0,
+        spill: Vec::new(),
+    };
     loop {
         let start = at;
         let initial = *body.get(at).ok_or_else(|| bad(at, "truncated CBOR item"))?;
@@ -65,9 +116,10 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
             }
             _ => return Err(bad(start, "reserved or misplaced CBOR head")),
         };
-        let is_key = open
-            .last()
-            .is_some_and(|o| o.map_keys_from.is_some() && o.items_left % 2 == 0);
+        let is_key = depth > 0 && {
+            let top = open[depth - 1];
+            top.map_keys_from.is_some() && top.items_left % 2 == 0
+        };
         if is_key && major != MAJOR_TEXT {
             return Err(bad(start, "map key that is not a text string"));
         }
@@ -90,7 +142,7 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
                 }
             }
             MAJOR_ARRAY | MAJOR_MAP => {
-                if open.len() >= MAX_NESTING {
+                if depth >= MAX_NESTING {
                     return Err(bad(start, "arrays and maps nested too deep"));
                 }
                 let items_left = if major == MAJOR_MAP {
@@ -105,11 +157,11 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
                     return Err(bad(start, "truncated array or map"));
                 }
                 if items_left > 0 {
-                    let map_keys_from = (major == MAJOR_MAP).then_some(keys.len());
-                    open.push(Open {
+                    open[depth] = Open {
                         items_left,
-                        map_keys_from,
-                    });
+                        map_keys_from: (major == MAJOR_MAP).then_some(keys.len),
+                    };
+                    depth += 1;
                     continue;
                 }
             }
@@ -123,7 +175,7 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
         }
         // One item is complete: close every array or map it completes.
         loop {
-            let Some(top) = open.last_mut() else {
+            if depth == 0 {
                 if at != body.len() {
                     return Err(WireError::Malformed(format!(
                         "{} bytes after the CBOR item",
@@ -131,20 +183,18 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
                     )));
                 }
                 return Ok(());
-            };
+            }
+            let top = &mut open[depth - 1];
             top.items_left -= 1;
             if top.items_left > 0 {
                 break;
             }
             if let Some(from) = top.map_keys_from {
-                let map_keys = &mut keys[from..];
-                map_keys.sort_unstable();
-                if map_keys.windows(2).any(|w| w[0] == w[1]) {
+                if keys.close_map(from) {
                     return Err(bad(at, "map with a duplicate key"));
                 }
-                keys.truncate(from);
             }
-            open.pop();
+            depth -= 1;
         }
     }
 }
@@ -209,6 +259,36 @@ mod tests {
         // inner map closed is not.
         assert!(ok(b"\xa2\x61a\xa1\x61a\x01\x61b\xa1\x61a\x02"));
         assert!(!ok(b"\xa2\x61a\xa1\x61b\x01\x61a\x02"));
+    }
+
+    /// A map of `n` distinct one- or two-byte keys, then `extra` (raw key-value bytes).
+    fn big_map(n: usize, extra: &[u8]) -> Vec<u8> {
+        let mut body = vec![0xb9];
+        body.extend_from_slice(&(n as u16 + u16::from(!extra.is_empty())).to_be_bytes());
+        for i in 0..n {
+            body.extend_from_slice(&[0x62, b'a' + (i / 26) as u8, b'a' + (i % 26) as u8, 0x00]);
+        }
+        body.extend_from_slice(extra);
+        body
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_in_maps_of_any_size() {
+        for n in [2, 16, 17, 64, 65, 300] {
+            assert!(ok(&big_map(n, b"")), "{n} distinct keys");
+            // The duplicate of the first key, last.
+            let err = check_body(&big_map(n, b"\x62aa\x01")).unwrap_err();
+            assert!(err.to_string().contains("duplicate"), "{n}: {err}");
+        }
+        // Nested maps share the key list: an inner map's keys do not clash with the outer's,
+        // and the outer's are still checked after a large inner one closed.
+        let mut body = vec![0xa2, 0x61, b'x'];
+        body.extend_from_slice(&big_map(100, b""));
+        body.extend_from_slice(b"\x61y\x00");
+        assert!(ok(&body));
+        let last = body.len() - 2;
+        body[last] = b'x';
+        assert!(!ok(&body));
     }
 
     #[test]
