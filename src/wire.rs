@@ -6,7 +6,9 @@
 //! link's maximum before a byte of the body is buffered.
 //!
 //! * [`frame`] — the message schema, shared by peer links and service links.
-//! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks.
+//! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks; per
+//!   connection or (resumable links) stream numbering; unknown message kinds skipped.
+//! * [`rules`] — the receiver rules every frame body is checked against first (§4.1).
 //! * [`handshake`] — version/cluster check and mutual HMAC-SHA256 authentication.
 //! * [`json`] — JSON ↔ CBOR payloads for the command line.
 //!
