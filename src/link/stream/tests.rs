@@ -620,3 +620,172 @@ fn frames_an_old_connection_delivers_after_the_answer_are_acknowledged_later() {
         "the hello_ack said 1: an ack of 2 is still due"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The stream over real frames: the codec's stream numbering, `ack` messages, connections cut
+// at any byte (inside a frame too).
+
+mod over_the_wire {
+    use bytes::{Bytes, BytesMut};
+    use tokio_util::codec::{Decoder, Encoder};
+
+    use super::*;
+    use crate::wire::{encode_message, Ack, EncodedMessage, Frame, FrameCodec, Message, PeerReply};
+
+    const MAX: usize = 1 << 16;
+
+    /// A stream frame whose `id` carries the value sent.
+    fn reply(value: u64) -> EncodedMessage {
+        encode_message(&Message::PeerReply(PeerReply {
+            id: value,
+            target: "n".into(),
+            target_incarnation: inc(9),
+            ttl: 2,
+            outcome: crate::wire::Outcome::Ok(Bytes::from(vec![0u8; (value % 50) as usize])),
+        }))
+        .unwrap()
+    }
+
+    struct Side {
+        stream: Option<PeerStream<EncodedMessage>>,
+        out: FrameCodec,
+        inp: FrameCodec,
+        next_value: u64,
+        got: Vec<u64>,
+    }
+
+    impl Side {
+        fn new() -> Self {
+            Side {
+                stream: None,
+                out: FrameCodec::new(MAX),
+                inp: FrameCodec::new(MAX),
+                next_value: 0,
+                got: Vec::new(),
+            }
+        }
+
+        /// A new connection: fresh codecs, numbering as streams.
+        fn connect(&mut self) {
+            self.out = FrameCodec::new(MAX);
+            self.out.set_resumable();
+            self.inp = FrameCodec::new(MAX);
+            self.inp.set_resumable();
+        }
+
+        fn replay(&mut self, wire: &mut BytesMut) {
+            let s = self.stream.as_ref().unwrap();
+            for (seq, m) in s.out().unacked() {
+                self.out.encode_frame_at(m, seq, wire).unwrap();
+            }
+        }
+
+        fn send(&mut self, wire: &mut BytesMut, n: u64, limit: u64) {
+            for _ in 0..n {
+                if self.next_value == limit {
+                    return;
+                }
+                let msg = reply(self.next_value);
+                let s = self.stream.as_mut().unwrap();
+                let Ok(seq) = s.out_mut().on_send(msg.clone()) else {
+                    return;
+                };
+                self.out.encode_frame_at(&msg, seq, wire).unwrap();
+                self.next_value += 1;
+            }
+        }
+
+        /// Read what arrived; answer with an `ack` when one is due.
+        fn read(&mut self, from: &mut BytesMut, back: &mut BytesMut, now: Instant) {
+            while let Some(Frame(seq, msg)) = self.inp.decode(from).unwrap() {
+                let s = self.stream.as_mut().unwrap();
+                match msg {
+                    Message::PeerReply(r) => match s.inbound_mut().on_receive(seq, now) {
+                        Receive::Accept => self.got.push(r.id),
+                        Receive::Duplicate => {}
+                        Receive::Gap { expected } => panic!("gap: {expected} then {seq}"),
+                    },
+                    Message::Ack(a) => {
+                        s.out_mut().on_ack(a.seq).unwrap();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let s = self.stream.as_mut().unwrap();
+            if let Some(seq) = s.inbound().ack_due(now) {
+                s.inbound_mut().on_ack_sent(seq);
+                self.out.encode(&Message::Ack(Ack { seq }), back).unwrap();
+            }
+        }
+    }
+
+    fn reconnect(a: &mut Side, b: &mut Side, ab: &mut BytesMut, ba: &mut BytesMut, id: u64) {
+        ab.clear();
+        ba.clear();
+        let lim = StreamLimits {
+            max_frames: 32,
+            max_bytes: 2000,
+            ack_every_frames: 8,
+            ack_delay: Duration::from_millis(5),
+        };
+        let offered = a.stream.as_ref().map(PeerStream::offer);
+        let answer = answer_hello(b.stream.as_ref(), inc(1), offered, id).unwrap();
+        b.stream = Some(
+            accept_session(b.stream.take(), inc(1), offered, answer, lim)
+                .unwrap()
+                .stream,
+        );
+        a.stream = Some(
+            resume_dialled(a.stream.take(), offered, inc(2), answer, lim)
+                .unwrap()
+                .stream,
+        );
+        a.connect();
+        b.connect();
+        b.replay(ba);
+        a.replay(ab);
+    }
+
+    /// Hand `to` up to `n` bytes of `wire`; what its codec does not consume yet stays in
+    /// front. Its acks go on `back`.
+    fn pump(wire: &mut BytesMut, to: &mut Side, back: &mut BytesMut, n: usize, now: Instant) {
+        let mut piece = wire.split_to(n.min(wire.len()));
+        to.read(&mut piece, back, now);
+        piece.extend_from_slice(wire);
+        *wire = piece;
+    }
+
+    #[test]
+    fn connections_cut_at_any_byte_lose_and_repeat_nothing() {
+        const N: u64 = 3000;
+        let mut rng = Rng(0x5eed_1234_5678_9abd);
+        let (mut a, mut b) = (Side::new(), Side::new());
+        let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
+        let mut now = Instant::now();
+        let mut cuts = 0;
+        reconnect(&mut a, &mut b, &mut ab, &mut ba, 1);
+        for step in 0..2_000_000u64 {
+            if a.got.len() as u64 == N && b.got.len() as u64 == N {
+                break;
+            }
+            assert!(step < 1_999_999, "no progress");
+            now += Duration::from_millis(1);
+            a.send(&mut ab, rng.below(4), N);
+            b.send(&mut ba, rng.below(4), N);
+            // Deliver a random number of bytes each way: frames arrive in pieces.
+            let n = rng.below(600) as usize;
+            pump(&mut ab, &mut b, &mut ba, n, now);
+            let n = rng.below(600) as usize;
+            pump(&mut ba, &mut a, &mut ab, n, now);
+            if rng.chance(3) {
+                // Cut: bytes in flight, whole frames or halves of them, are gone.
+                cuts += 1;
+                reconnect(&mut a, &mut b, &mut ab, &mut ba, rng.next());
+            }
+        }
+        let expected: Vec<u64> = (0..N).collect();
+        assert_eq!(a.got, expected);
+        assert_eq!(b.got, expected);
+        assert!(cuts > 20, "{cuts} cuts");
+    }
+}

@@ -1230,3 +1230,41 @@ fn diagnostic_notation_check_notices_a_difference() {
         normalize_diag("[5, {\"j\": null}]")
     );
 }
+
+#[test]
+fn mutated_frames_are_decoded_or_refused_never_anything_else() {
+    // Every sample, with one to three bytes changed at random: the codec answers with a frame
+    // or with a framing error, and never panics.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for msg in samples() {
+        let good = frame_bytes(&mut FrameCodec::new(MIB), &msg);
+        for _ in 0..400 {
+            let mut bad = good.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = 4 + (next() as usize) % (bad.len() - 4);
+                bad[at] = next() as u8;
+            }
+            match FrameCodec::new(MIB).decode(&mut bad) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert!(
+                        matches!(e.code(), "malformed_frame" | "out_of_sequence"),
+                        "{e}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        accepted > 100 && refused > 1000,
+        "{accepted} accepted, {refused} refused"
+    );
+}
