@@ -57,6 +57,12 @@ impl WireError {
 pub struct EncodedMessage(Bytes);
 
 impl EncodedMessage {
+    /// Any bytes as an encoded message: for tests that send what this crate would not.
+    #[cfg(test)]
+    pub(crate) fn from_cbor(bytes: &'static [u8]) -> Self {
+        EncodedMessage(Bytes::from_static(bytes))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

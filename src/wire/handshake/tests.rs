@@ -141,6 +141,29 @@ async fn handshake_succeeds_whichever_side_dials() {
 }
 
 #[tokio::test]
+async fn a_message_of_an_unknown_kind_during_the_handshake_is_ignored() {
+    // The dialler's first frame is {"future": {"x": 1}}, seq 0; its hello follows as seq 1.
+    let master_id = identity("master");
+    let (mut peer, mut a) = pipe();
+    let me = identity("worker-1");
+    let mut buf = bytes::BytesMut::new();
+    let future = crate::wire::EncodedMessage::from_cbor(b"\xa1\x66future\xa1\x61x\x01");
+    peer.codec_mut().encode_frame(&future, &mut buf).unwrap();
+    peer.get_mut().write_all(&buf).await.unwrap();
+    let (accepted, ack) = tokio::join!(accept(&mut a, &master_id, DEADLINE, admit_all), async {
+        peer.send(&hello_from(&me, [3; 32])).await.unwrap();
+        let ack = recv_hello_ack(&mut peer).await;
+        drop(peer);
+        ack
+    });
+    assert_eq!(ack.node, "master", "the hello was answered");
+    assert!(
+        matches!(accepted, Err(HandshakeError::Closed)),
+        "{accepted:?}"
+    );
+}
+
+#[tokio::test]
 async fn admit_sees_the_dialler_hello() {
     let master_id = identity("master");
     let (mut d, mut a) = pipe();
