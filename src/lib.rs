@@ -28,6 +28,7 @@
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
+//! * [`link`]: what peer and service links share; the resumable stream of a peer link.
 //! * [`testing`]: loopback configurations and membership waits for tests, and a fault-injecting
 //!   TCP forwarder.
 
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod event;
+pub mod link;
 pub mod node;
 pub mod service;
 pub mod sockets;

@@ -301,12 +301,18 @@ impl Client {
             node: name.to_owned(),
             incarnation: Uuid::new_v4(),
             secret: key.to_vec(),
+            welcome: wire::Welcome::default(),
         };
         let mut framed =
             tokio_util::codec::Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
         let peer = wire::dial(&mut framed, &me, Duration::from_secs(5)).await?;
         let parts = framed.into_parts();
         let mut codec = parts.codec;
+        // A version 2 node states its limit in `welcome`; a version 1 node does not.
+        let max_frame = match peer.welcome.max_frame_bytes.map(usize::try_from) {
+            Some(Ok(stated)) => stated,
+            _ => max_frame,
+        };
         codec.set_max_frame_bytes(max_frame);
         let (read, write) = tokio::io::split(parts.io);
         let mut reader = FramedRead::with_capacity(read, codec.clone(), 64 * 1024);

@@ -6,7 +6,9 @@
 //! link's maximum before a byte of the body is buffered.
 //!
 //! * [`frame`] — the message schema, shared by peer links and service links.
-//! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks.
+//! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks; per
+//!   connection or (resumable links) stream numbering; unknown message kinds skipped.
+//! * [`rules`] — the receiver rules every frame body is checked against first (§4.1).
 //! * [`handshake`] — version/cluster check and mutual HMAC-SHA256 authentication.
 //! * [`json`] — JSON ↔ CBOR payloads for the command line.
 //!
@@ -18,22 +20,29 @@ mod frame;
 mod handshake;
 pub mod json;
 mod lenient;
+mod rules;
 
 pub use codec::{
-    decode_payload, encode_event, encode_message, encode_payload, EncodedMessage, FrameCodec,
-    WireError,
+    decode_payload, encode_event, encode_message, encode_payload, envelope_overhead_bytes,
+    EncodedMessage, FrameCodec, WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
-    Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
     Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
-    PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic, Welcome,
+    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
+    KNOWN_KINDS,
 };
 pub use handshake::{
-    accept, accept_checked, dial, dial_checked, HandshakeError, Identity, PeerInfo,
+    accept, accept_checked, accept_resumable, dial, dial_checked, dial_resumable, HandshakeError,
+    Identity, PeerInfo,
 };
+pub use rules::{check_body, MAX_NESTING};
 
-/// Version of the peer protocol this build speaks; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this build speaks, offered in every `hello`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The lowest version this build still speaks: version 1 applications (and nodes) attach.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Frames before authentication are tiny; anything larger is hostile.
 pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 1024;

@@ -221,6 +221,7 @@ impl Cluster {
             node: node.to_owned(),
             incarnation: Uuid::new_v4(),
             secret: self.config.cluster.secret.as_bytes().to_vec(),
+            welcome: Default::default(),
         }
     }
 
@@ -339,6 +340,7 @@ fn hello(id: &Identity) -> Message {
         node: id.node.clone(),
         incarnation: id.incarnation,
         nonce: [0x42; 32],
+        session: None,
     })
 }
 

@@ -445,9 +445,31 @@ async fn raw_app(c: &Config, via: &str) -> Framed<TcpStream, FrameCodec> {
         node: "raw".into(),
         incarnation: Uuid::new_v4(),
         secret: b"test-secret-0123456789".to_vec(),
+        welcome: Default::default(),
     };
-    wire::dial(&mut framed, &me, WAIT).await.unwrap();
-    framed.codec_mut().set_max_frame_bytes(1 << 20);
+    let node = wire::dial(&mut framed, &me, WAIT).await.unwrap();
+    // Version 2: the node states its limits in `welcome`.
+    let limits = &node.welcome;
+    assert_eq!(node.version, wire::PROTOCOL_VERSION);
+    assert_eq!(
+        limits.max_frame_bytes,
+        Some(c.cluster.max_frame_bytes as u64)
+    );
+    assert_eq!(
+        limits.envelope_overhead_bytes,
+        Some(wire::envelope_overhead_bytes(via) as u64)
+    );
+    assert_eq!(
+        (limits.max_subscriptions, limits.max_methods),
+        (Some(1024), Some(256))
+    );
+    assert_eq!(
+        (limits.max_calls, limits.max_requests),
+        (Some(4096), Some(4096))
+    );
+    framed
+        .codec_mut()
+        .set_max_frame_bytes(c.cluster.max_frame_bytes);
     framed
 }
 

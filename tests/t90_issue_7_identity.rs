@@ -237,6 +237,7 @@ mod claims {
             node: node.to_owned(),
             incarnation,
             secret: c.config.cluster.secret.as_bytes().to_vec(),
+            welcome: Default::default(),
         }
     }
 

@@ -219,6 +219,14 @@ class HandshakeTest(NodeTest):
         self.assertEqual(client.node, NODE)
         client.sync(WAIT)
 
+    def test_version_2_welcome_states_the_limits(self):
+        client = self.connect()
+        welcome = client._conn.welcome
+        self.assertEqual(welcome["max_subscriptions"], 1024)
+        self.assertEqual(welcome["max_methods"], 256)
+        self.assertEqual(client._conn.limit, welcome["max_frame_bytes"])
+        self.assertEqual(welcome["envelope_overhead_bytes"], 117 + len(NODE))
+
     def test_wrong_key_is_auth_failed(self):
         with self.assertRaises(HandshakeError) as cm:
             Client.connect(self.node.address, CLUSTER, "not-the-service-key-0123", timeout=WAIT)

@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             node: "master".into(),
             incarnation: uuid::Uuid::nil(),
             secret: b"fuzz-secret-0123456789".to_vec(),
+            welcome: Default::default(),
         };
         let mut framed = Framed::new(node, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
         let _ = accept(&mut framed, &me, Duration::from_millis(50), |_| Ok(())).await;

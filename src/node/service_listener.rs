@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::codec::Framed;
 
 use super::listener::MAX_PENDING_HANDSHAKES;
-use super::service_session::{CloseService, ServiceSession, ServiceWiring};
+use super::service_session::{
+    CloseService, ServiceSession, ServiceWiring, MAX_CALLS_IN_FLIGHT, MAX_METHODS,
+    MAX_REQUESTS_IN_FLIGHT, MAX_SUBSCRIPTIONS,
+};
 use crate::wire::{self, ErrorFrame, FrameCodec, Identity, Message, MAX_HANDSHAKE_FRAME_BYTES};
 
 /// Applications attached to one node at once.
@@ -69,8 +72,16 @@ impl ServiceListener {
             .service_key
             .as_ref()
             .unwrap_or(&shared.config.cluster.secret);
+        // Applications learn their limits from `welcome` (docs/PROTOCOL.md §12.2).
         let identity = Identity {
             secret: key.as_bytes().to_vec(),
+            welcome: wire::Welcome {
+                max_subscriptions: Some(MAX_SUBSCRIPTIONS as u64),
+                max_methods: Some(MAX_METHODS as u64),
+                max_calls: Some(MAX_CALLS_IN_FLIGHT as u64),
+                max_requests: Some(MAX_REQUESTS_IN_FLIGHT as u64),
+                ..shared.identity.welcome.clone()
+            },
             ..shared.identity.clone()
         };
         let socket_path = sockets.unix.as_ref().map(|(_, p)| p.clone());

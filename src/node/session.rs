@@ -382,6 +382,15 @@ impl Session {
                     self.relay(hop, &Message::PeerReply(reply), ctx);
                 }
             }
+            // Skipped by the codec on a plain link: nothing to count.
+            Message::Unknown(_) => {}
+            Message::Ack(_) => {
+                self.fail(
+                    ctx,
+                    "unexpected_message",
+                    "ack on a link that is not resumable".to_owned(),
+                );
+            }
             other @ (Message::Hello(_)
             | Message::HelloAck(_)
             | Message::Auth(_)

@@ -18,7 +18,7 @@ use super::router::RouteTable;
 use crate::config::{Config, NodeConfig};
 use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
-use crate::wire::{Identity, NodeStats};
+use crate::wire::{envelope_overhead_bytes, Identity, NodeStats, Welcome};
 
 /// Frames queued per link before senders wait (publishers) or pause reading (relays).
 pub const LINK_QUEUE_FRAMES: usize = 2048;
@@ -67,6 +67,11 @@ impl NodeShared {
             node: me.name.clone(),
             incarnation,
             secret: config.cluster.secret.as_bytes().to_vec(),
+            welcome: Welcome {
+                max_frame_bytes: Some(config.cluster.max_frame_bytes as u64),
+                envelope_overhead_bytes: Some(envelope_overhead_bytes(&me.name) as u64),
+                ..Welcome::default()
+            },
         };
         let ttl = config.nodes.len().clamp(2, 255) as u8;
         let (view, _) = watch::channel(Arc::new(MembershipView::alone(&me.name)));

@@ -1,9 +1,11 @@
 //! Length prefix + CBOR: frames in, frames out, and the checks that keep hostile bytes out.
 //!
 //! Decoding checks, in this order: the announced length against the link's maximum (before any
-//! body byte is buffered), the CBOR item (exactly one, nothing after it), and the sender's
-//! sequence number. Encoding writes `[seq, message]` around a message encoded once, so a
-//! broadcast is serialized once however many links it leaves on.
+//! body byte is buffered), the receiver rules of docs/PROTOCOL.md §4 ([`check_body`]: exactly
+//! one well-formed item, definite lengths, no tags, text keys each once, bounded nesting), the
+//! message's shape, and the sender's sequence number. A message of a kind this build does not
+//! know is skipped (forward compatibility). Encoding writes `[seq, message]` around a message
+//! encoded once, so a broadcast is serialized once however many links it leaves on.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -11,7 +13,8 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use uuid::Uuid;
 
-use super::frame::{Envelope, Frame, Message};
+use super::frame::{Envelope, Frame, Message, KNOWN_KINDS};
+use super::rules::check_body;
 
 /// Bytes of the big-endian length prefix.
 const LENGTH_PREFIX_BYTES: usize = 4;
@@ -27,6 +30,8 @@ pub enum WireError {
     Truncated { have: usize },
     #[error("frame out of sequence: expected {expected}, got {got}")]
     OutOfSequence { expected: u64, got: u64 },
+    #[error("{kind} with seq {seq} on a resumable link (stream frames carry 1, 2, …; others 0)")]
+    StreamNumbering { kind: &'static str, seq: u64 },
     #[error("cannot encode: {0}")]
     Encode(String),
     #[error("i/o: {0}")]
@@ -39,7 +44,9 @@ impl WireError {
         match self {
             WireError::FrameTooLarge { .. } => "frame_too_large",
             WireError::Malformed(_) | WireError::Truncated { .. } => "malformed_frame",
-            WireError::OutOfSequence { .. } => "out_of_sequence",
+            WireError::OutOfSequence { .. } | WireError::StreamNumbering { .. } => {
+                "out_of_sequence"
+            }
             WireError::Encode(_) | WireError::Io(_) => "internal",
         }
     }
@@ -50,6 +57,12 @@ impl WireError {
 pub struct EncodedMessage(Bytes);
 
 impl EncodedMessage {
+    /// Any bytes as an encoded message: for tests that send what this crate would not.
+    #[cfg(test)]
+    pub(crate) fn from_cbor(bytes: &'static [u8]) -> Self {
+        EncodedMessage(Bytes::from_static(bytes))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -83,6 +96,17 @@ pub fn encode_event(env: &Envelope) -> Result<EncodedMessage, WireError> {
         ttl: env.ttl,
         payload: &env.payload,
     }))
+}
+
+/// The most an event envelope adds to its variable parts, with the 16 bytes a publishing node
+/// keeps for the frame's head and seq: every CBOR head at its longest (the id 9 bytes, the
+/// payload's length 5), and the keys.
+pub const ENVELOPE_FIXED_BYTES: usize = 117;
+
+/// What `welcome` states as `envelope_overhead_bytes` for events published by `origin`: an
+/// event with `payload + topic + target + this <= max_frame_bytes` is never `too_large`.
+pub fn envelope_overhead_bytes(origin: &str) -> usize {
+    ENVELOPE_FIXED_BYTES + origin.len()
 }
 
 /// The fields of an [`Envelope`], borrowed.
@@ -334,8 +358,22 @@ pub struct FrameCodec {
     awaiting_body: bool,
     next_in_seq: u64,
     next_out_seq: u64,
+    /// How frames are numbered: per connection, or as a resumable link's streams.
+    numbering: Numbering,
+    /// The last frame decoded was skipped (an unknown kind): look for the next one.
+    skipped_one: bool,
     /// The last topic and origin decoded: a link's events mostly repeat them.
     recent: RecentText,
+}
+
+/// The two meanings of a frame's `seq` (docs/PROTOCOL.md §3, §7.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbering {
+    /// Every frame counts, from 0, per connection: handshakes, plain links, service links.
+    PerConnection,
+    /// After the handshake of a resumable link: stream frames carry their stream seq (1, 2,
+    /// …, checked by the link's stream), every other frame 0.
+    Stream,
 }
 
 impl FrameCodec {
@@ -351,8 +389,23 @@ impl FrameCodec {
             awaiting_body: false,
             next_in_seq: 0,
             next_out_seq: 0,
+            numbering: Numbering::PerConnection,
+            skipped_one: false,
             recent: RecentText::default(),
         }
+    }
+
+    /// Number frames as a resumable link does from now on (after its handshake): frames
+    /// written with [`FrameCodec::encode_frame`] carry seq 0, stream frames are written with
+    /// [`FrameCodec::encode_frame_at`], and decoded frames carry the sender's seq unchecked
+    /// but for its rule (non-zero exactly on stream frames): the link's stream checks it.
+    pub fn set_resumable(&mut self) {
+        self.numbering = Numbering::Stream;
+    }
+
+    /// Whether [`FrameCodec::set_resumable`] was called.
+    pub fn is_resumable(&self) -> bool {
+        self.numbering == Numbering::Stream
     }
 
     /// Raise (or lower) the limit, as a link does once the peer is authenticated.
@@ -370,7 +423,8 @@ impl FrameCodec {
         self.next_out_seq
     }
 
-    /// Append one frame `[seq, message]` to `dst`, numbering it.
+    /// Append one frame `[seq, message]` to `dst`, numbering it (on a resumable link: seq 0,
+    /// for every frame that is not a stream frame).
     ///
     /// # Errors
     /// [`WireError::FrameTooLarge`] if the frame would exceed this link's maximum: the peer would
@@ -380,10 +434,40 @@ impl FrameCodec {
         msg: &EncodedMessage,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
+        match self.numbering {
+            Numbering::PerConnection => {
+                self.put_frame(self.next_out_seq, msg, dst)?;
+                self.next_out_seq += 1;
+                Ok(())
+            }
+            Numbering::Stream => self.put_frame(0, msg, dst),
+        }
+    }
+
+    /// Append a stream frame of a resumable link, with its stream `seq` (1, 2, …; a replay
+    /// repeats the seq a frame had).
+    ///
+    /// # Errors
+    /// [`WireError::FrameTooLarge`] as for [`FrameCodec::encode_frame`].
+    pub fn encode_frame_at(
+        &mut self,
+        msg: &EncodedMessage,
+        seq: u64,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        self.put_frame(seq, msg, dst)
+    }
+
+    fn put_frame(
+        &self,
+        seq: u64,
+        msg: &EncodedMessage,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
         // Length prefix, array head and sequence number are assembled on the stack and
         // appended with the message in two copies.
         let mut seq_buf = [0u8; 9];
-        let seq_len = cbor_uint(self.next_out_seq, &mut seq_buf);
+        let seq_len = cbor_uint(seq, &mut seq_buf);
         let body_len = 1 + seq_len + msg.0.len();
         if body_len > self.max_frame_bytes {
             return Err(WireError::FrameTooLarge {
@@ -398,7 +482,6 @@ impl FrameCodec {
         dst.reserve(LENGTH_PREFIX_BYTES + body_len);
         dst.extend_from_slice(&head[..LENGTH_PREFIX_BYTES + 1 + seq_len]);
         dst.extend_from_slice(&msg.0);
-        self.next_out_seq += 1;
         Ok(())
     }
 }
@@ -436,15 +519,65 @@ fn cbor_uint(n: u64, out: &mut [u8; 9]) -> usize {
 impl FrameCodec {
     /// Check the sender's numbering of a decoded frame.
     fn in_sequence(&mut self, frame: Frame) -> Result<Frame, WireError> {
-        if frame.seq() != self.next_in_seq {
-            return Err(WireError::OutOfSequence {
-                expected: self.next_in_seq,
-                got: frame.seq(),
-            });
+        match self.numbering {
+            Numbering::PerConnection => {
+                if frame.seq() != self.next_in_seq {
+                    return Err(WireError::OutOfSequence {
+                        expected: self.next_in_seq,
+                        got: frame.seq(),
+                    });
+                }
+                self.next_in_seq += 1;
+            }
+            Numbering::Stream => {
+                // An unknown kind is a stream frame exactly when its seq is not 0.
+                let stream = match &frame.1 {
+                    Message::Unknown(_) => frame.seq() != 0,
+                    msg => msg.is_stream(),
+                };
+                if stream != (frame.seq() != 0) {
+                    return Err(WireError::StreamNumbering {
+                        kind: frame.1.kind(),
+                        seq: frame.seq(),
+                    });
+                }
+            }
         }
-        self.next_in_seq += 1;
         Ok(frame)
     }
+
+    /// Decode a whole body that the event fast path declined. `None`: a message of an unknown
+    /// kind that is to be skipped (its seq was counted).
+    fn decode_body(&mut self, body: &[u8]) -> Result<Option<Frame>, WireError> {
+        check_body(body)?;
+        let frame = match decode_one::<Frame>(body) {
+            Ok(frame) => frame,
+            Err(err) => match unknown_kind(body) {
+                Some((seq, kind)) => Frame(seq, Message::Unknown(kind)),
+                None => return Err(err),
+            },
+        };
+        let frame = self.in_sequence(frame)?;
+        // Only a resumable link's stream needs to count an unknown stream frame.
+        let skip = matches!(frame.1, Message::Unknown(_))
+            && (frame.seq() == 0 || self.numbering == Numbering::PerConnection);
+        Ok((!skip).then_some(frame))
+    }
+}
+
+/// `[seq, {kind: anything}]` where `kind` is not a kind this build knows: its seq and name
+/// (cut to 64 bytes, for logs).
+fn unknown_kind(body: &[u8]) -> Option<(u64, String)> {
+    let (seq, msg): (
+        u64,
+        std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+    ) = decode_one(body).ok()?;
+    let mut kinds = msg.into_keys();
+    let kind = kinds.next()?;
+    if kinds.next().is_some() || KNOWN_KINDS.contains(&kind.as_str()) {
+        return None;
+    }
+    Some((seq, kind.chars().take(64).collect()))
 }
 
 impl Decoder for FrameCodec {
@@ -452,6 +585,38 @@ impl Decoder for FrameCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        // A skipped frame (an unknown kind) is followed by the next one, if it is buffered.
+        loop {
+            if let Some(frame) = self.decode_next(src)? {
+                return Ok(Some(frame));
+            }
+            if self.skipped_one {
+                self.skipped_one = false;
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && !self.awaiting_body => Ok(None),
+            None => {
+                // A consumed prefix counts: the peer sent it and then stopped.
+                let prefix = usize::from(self.awaiting_body) * LENGTH_PREFIX_BYTES;
+                Err(WireError::Truncated {
+                    have: prefix + src.len(),
+                })
+            }
+        }
+    }
+}
+
+impl FrameCodec {
+    /// One frame off `src`: `None` if it is not all buffered yet, or if it was skipped (then
+    /// `skipped_one` is set).
+    fn decode_next(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         // Check the announced length ourselves so the error says how large it claimed to be;
         // LengthDelimitedCodec would refuse it too, before reserving anything.
         let prefix_buffered = !self.awaiting_body && src.len() >= LENGTH_PREFIX_BYTES;
@@ -481,25 +646,12 @@ impl Decoder for FrameCodec {
             return Ok(None);
         };
         self.awaiting_body = false;
-        let frame: Frame = match decode_event_fast(&body, &mut self.recent) {
-            Some(frame) => frame,
-            None => decode_one(&body)?,
-        };
-        self.in_sequence(frame).map(Some)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() && !self.awaiting_body => Ok(None),
-            None => {
-                // A consumed prefix counts: the peer sent it and then stopped.
-                let prefix = usize::from(self.awaiting_body) * LENGTH_PREFIX_BYTES;
-                Err(WireError::Truncated {
-                    have: prefix + src.len(),
-                })
-            }
+        if let Some(frame) = decode_event_fast(&body, &mut self.recent) {
+            return self.in_sequence(frame).map(Some);
         }
+        let frame = self.decode_body(&body)?;
+        self.skipped_one = frame.is_none();
+        Ok(frame)
     }
 }
 

@@ -49,6 +49,8 @@ pub enum Message {
     Bye(Bye),
     /// A method call travelling between nodes to the node that serves it.
     PeerCall(PeerCall),
+    /// Resumable peer links: every stream frame up to `seq` was received (cumulative).
+    Ack(Ack),
     /// The outcome of a `peer_call`, travelling back to the caller's node.
     PeerReply(PeerReply),
 
@@ -79,6 +81,12 @@ pub enum Message {
     Cluster(ClusterQuery),
     /// Node → application: every declared node, up or down, as the node sees it.
     ClusterView(ClusterView),
+
+    /// A message of a kind this build does not know (a later version's), with that kind's
+    /// name. Never encoded; the codec yields it only where its seq must be counted (a stream
+    /// frame of a resumable link) and skips it everywhere else.
+    #[serde(skip)]
+    Unknown(String),
 }
 
 impl Message {
@@ -111,22 +119,72 @@ impl Message {
             Message::Refused(_) => "refused",
             Message::Cluster(_) => "cluster",
             Message::ClusterView(_) => "cluster_view",
+            Message::Ack(_) => "ack",
+            Message::Unknown(_) => "unknown",
         }
+    }
+
+    /// Whether this message is a stream frame on a resumable peer link (§7.6): numbered,
+    /// acknowledged and replayed after a reconnection.
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self,
+            Message::Event(_) | Message::PeerCall(_) | Message::PeerReply(_)
+        )
     }
 }
 
+/// Every message kind this build knows, as written on the wire: anything else is a later
+/// version's, and is ignored.
+pub const KNOWN_KINDS: &[&str] = &[
+    "hello",
+    "hello_ack",
+    "auth",
+    "welcome",
+    "error",
+    "ping",
+    "pong",
+    "status",
+    "heartbeat",
+    "event",
+    "bye",
+    "peer_call",
+    "peer_reply",
+    "ack",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "deliver",
+    "implement",
+    "unimplement",
+    "call",
+    "reply",
+    "request",
+    "respond",
+    "refused",
+    "cluster",
+    "cluster_view",
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The highest protocol version the dialler speaks.
     pub version: u32,
     pub cluster: String,
     pub node: String,
     pub incarnation: Uuid,
     #[serde(with = "serde_bytes")]
     pub nonce: [u8; 32],
+    /// Version 2, peer links: the dialler asks for a resumable link. `Some` names the session
+    /// it holds with the acceptor (`id` 0 and `received` 0: none yet); `None` (absent): a
+    /// plain link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloAck {
+    /// The version both sides speak from now on: the lower of the two highest.
     pub version: u32,
     pub cluster: String,
     pub node: String,
@@ -135,6 +193,23 @@ pub struct HelloAck {
     pub nonce: [u8; 32],
     #[serde(with = "serde_bytes")]
     pub proof: [u8; 32],
+    /// Version 2: the session the link resumes or starts (only if the hello asked for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
+}
+
+/// A resumable link's session, as each side states it in its handshake message: the session
+/// `id`, and the last stream seq its sender received in that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: u64,
+    pub received: u64,
+}
+
+/// Cumulative acknowledgement on a resumable link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,8 +218,31 @@ pub struct Auth {
     pub proof: [u8; 32],
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Welcome {}
+/// The acceptor's limits, stated once the link is authenticated (version 2). Every field is
+/// optional: a version 1 `welcome` is the empty map, and a peer link states no service limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The largest frame body either side may send from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<u64>,
+    /// Bytes an event's envelope adds to its payload, topic and target (origin name included):
+    /// a publish with `payload + topic + target + envelope_overhead_bytes <= max_frame_bytes`
+    /// is never `too_large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_overhead_bytes: Option<u64>,
+    /// Service links: topics and patterns one application may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u64>,
+    /// Service links: methods one application may implement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_methods: Option<u64>,
+    /// Service links: the application's calls in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u64>,
+    /// Service links: requests outstanding at the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorFrame {

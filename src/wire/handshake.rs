@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! dialler                                   acceptor
-//!   hello {version, cluster, node, incarnation, nonce_d}  ->
-//!                 <-  hello_ack {version, cluster, node, incarnation, nonce_a, proof_a}
-//!   auth {proof_d}                                         ->
-//!                 <-  welcome {}
+//!   hello {version, cluster, node, incarnation, nonce_d, [session]}  ->
+//!         <-  hello_ack {version, cluster, node, incarnation, nonce_a, proof_a, [session]}
+//!   auth {proof_d}                                                    ->
+//!                 <-  welcome {limits}
 //! ```
+//! `hello.version` is the highest version the dialler speaks; the acceptor answers with the
+//! version both speak from then on (the lower of the two highest), or refuses one below
+//! [`MIN_PROTOCOL_VERSION`]. In version 2 a peer dialler may ask for a resumable link with a
+//! `session`; the acceptor's `admit` decides whether it gets one (and which), and states its
+//! limits in `welcome`.
 //! `proof_x = HMAC-SHA256(secret, transcript(label_x))`, where the transcript binds the cluster,
 //! both names, both incarnations and both nonces, and the label differs per direction so one
 //! side's proof can never be replayed as the other's. Proofs are compared in constant time; the
@@ -28,21 +33,23 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use super::codec::{FrameCodec, WireError};
-use super::frame::{Auth, ErrorFrame, Frame, Hello, HelloAck, Message, Welcome};
-use super::{valid_name, PROTOCOL_VERSION};
+use super::frame::{Auth, ErrorFrame, Frame, Hello, HelloAck, Message, Session, Welcome};
+use super::{valid_name, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
 const LABEL_DIALLER: &[u8] = b"nodecloud/1 dialler";
 const LABEL_ACCEPTOR: &[u8] = b"nodecloud/1 acceptor";
 
-/// Who this side is, and the key it proves it holds.
+/// Who this side is, the key it proves it holds, and the limits it states when it accepts.
 #[derive(Clone)]
 pub struct Identity {
     pub cluster: String,
     pub node: String,
     pub incarnation: Uuid,
     pub secret: Vec<u8>,
+    /// Sent as `welcome` on a version 2 link this side accepts (version 1: the empty map).
+    pub welcome: Welcome,
 }
 
 impl std::fmt::Debug for Identity {
@@ -55,11 +62,19 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The authenticated peer.
+/// The authenticated peer, and what the handshake settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub node: String,
     pub incarnation: Uuid,
+    /// The version both sides speak on this link.
+    pub version: u32,
+    /// `Some` on a resumable link: the peer's `session` (for the dialler, the acceptor's
+    /// answer; for the acceptor, the dialler's offer). The link then numbers frames as
+    /// streams ([`FrameCodec::set_resumable`] has been called).
+    pub session: Option<Session>,
+    /// The limits the acceptor stated (what the dialler received; empty for the acceptor).
+    pub welcome: Welcome,
 }
 
 /// Why a handshake failed. Every variant closes the connection.
@@ -76,8 +91,12 @@ pub enum HandshakeError {
         expected: &'static str,
         got: &'static str,
     },
-    #[error("protocol version {theirs} is not supported (this node speaks {ours})")]
+    #[error(
+        "protocol version {theirs} is not supported (this node speaks {MIN_PROTOCOL_VERSION} to {ours})"
+    )]
     Version { ours: u32, theirs: u32 },
+    #[error("the acceptor answered with a session the dialler did not ask for")]
+    UnaskedSession,
     #[error("peer belongs to cluster {theirs:?}, not {ours:?}")]
     Cluster { ours: String, theirs: String },
     #[error("invalid node name {0:?}")]
@@ -88,12 +107,12 @@ pub enum HandshakeError {
     Refused { code: String, message: String },
     #[error("{0}")]
     NotAdmitted(String),
+    #[error("no randomness available for a nonce: {0}")]
+    Rng(String),
     /// The peer claims a node name that another process holds on a live link here
     /// (see `node::identity`); sent as `duplicate_node`.
     #[error("{0}")]
     Duplicate(String),
-    #[error("no randomness available for a nonce: {0}")]
-    Rng(String),
 }
 
 impl HandshakeError {
@@ -106,18 +125,21 @@ impl HandshakeError {
             }
             HandshakeError::Wire(WireError::Io(_)) => return None,
             HandshakeError::Wire(e) => e.code(),
-            HandshakeError::Unexpected { .. } => "unexpected_message",
+            HandshakeError::Unexpected { .. } | HandshakeError::UnaskedSession => {
+                "unexpected_message"
+            }
+            HandshakeError::Duplicate(_) => "duplicate_node",
             HandshakeError::Version { .. } => "version",
             HandshakeError::Cluster { .. } => "cluster",
             HandshakeError::BadName(_) => "bad_name",
             HandshakeError::AuthFailed => "auth_failed",
             HandshakeError::NotAdmitted(_) => "not_admitted",
-            HandshakeError::Duplicate(_) => "duplicate_node",
         })
     }
 }
 
-/// Run the dialler's side. On success the codec in `framed` is ready for the session.
+/// Run the dialler's side of a plain link (no resume). On success the codec in `framed` is
+/// ready for the session.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.
@@ -129,7 +151,7 @@ pub async fn dial<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    dial_checked(framed, me, deadline, |_| Ok(())).await
+    dial_with(framed, me, deadline, None, |_| Ok(())).await
 }
 
 /// [`dial`], and `check` sees the acceptor once it has proved who it is, before this side
@@ -148,14 +170,52 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
-    let result = tokio::time::timeout(deadline, dial_steps(framed, me, check))
+    dial_with(framed, me, deadline, None, check).await
+}
+
+/// Run the dialler's side, asking for a resumable link with `session` (`Some`: the session
+/// held with that peer, or `{id: 0, received: 0}` for a new one). The link is resumable if
+/// [`PeerInfo::session`] is `Some`.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn dial_resumable<T>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    session: Option<Session>,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    dial_with(framed, me, deadline, session, |_| Ok(())).await
+}
+
+/// The dialler's side with everything: a `session` to resume (see [`dial_resumable`]) and a
+/// `check` of the authenticated acceptor (see [`dial_checked`]).
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn dial_with<T, C>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    session: Option<Session>,
+    check: C,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
+{
+    let result = tokio::time::timeout(deadline, dial_steps(framed, me, session, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
 }
 
-/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and may
-/// refuse it, for example a node name the configuration does not know.
+/// Run the acceptor's side of a link that is never resumed. `admit` sees the dialler's (not
+/// yet authenticated) hello and may refuse it, for example a node name the configuration does
+/// not know.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.
@@ -169,7 +229,14 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Hello) -> Result<(), String>,
 {
-    accept_checked(framed, me, deadline, admit, |_| Ok(())).await
+    accept_with(
+        framed,
+        me,
+        deadline,
+        |hello| admit(hello).map(|()| None),
+        |_| Ok(()),
+    )
+    .await
 }
 
 /// [`accept`], and `check` sees the dialler once it has proved who it is, before `welcome`:
@@ -191,6 +258,55 @@ where
     F: FnOnce(&Hello) -> Result<(), String>,
     C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
+    accept_with(
+        framed,
+        me,
+        deadline,
+        |hello| admit(hello).map(|()| None),
+        check,
+    )
+    .await
+}
+
+/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and
+/// refuses it, or admits it with the `session` to answer (`Some` only when the hello asked
+/// for one on version 2; otherwise it is ignored and the link is plain). The dialler is not
+/// authenticated when `admit` runs: it must change nothing (see
+/// [`answer_hello`](crate::link::stream::answer_hello)); the caller acts on the session once
+/// this returns `Ok`.
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn accept_resumable<T, F>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    admit: F,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
+{
+    accept_with(framed, me, deadline, admit, |_| Ok(())).await
+}
+
+/// The acceptor's side with everything: `admit` answering a session (see
+/// [`accept_resumable`]) and a `check` of the authenticated dialler (see [`accept_checked`]).
+///
+/// # Errors
+/// Any [`HandshakeError`]; the peer has been told why when it is still there.
+pub async fn accept_with<T, F, C>(
+    framed: &mut Framed<T, FrameCodec>,
+    me: &Identity,
+    deadline: Duration,
+    admit: F,
+    check: C,
+) -> Result<PeerInfo, HandshakeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
+    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
+{
     let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
@@ -200,6 +316,7 @@ where
 async fn dial_steps<T, C>(
     framed: &mut Framed<T, FrameCodec>,
     me: &Identity,
+    session: Option<Session>,
     check: C,
 ) -> Result<PeerInfo, HandshakeError>
 where
@@ -214,28 +331,48 @@ where
             node: me.node.clone(),
             incarnation: me.incarnation,
             nonce,
+            session,
         }))
         .await?;
     let ack = match next(framed).await? {
         Message::HelloAck(ack) => ack,
         other => return Err(unexpected("hello_ack", &other)),
     };
-    check_peer(me, ack.version, &ack.cluster, &ack.node)?;
+    // The acceptor chose; it may not choose above what was offered.
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&ack.version) {
+        return Err(HandshakeError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: ack.version,
+        });
+    }
+    check_peer(me, &ack.cluster, &ack.node)?;
+    if ack.session.is_some() && (session.is_none() || ack.version < 2) {
+        return Err(HandshakeError::UnaskedSession);
+    }
     let transcript = Transcript {
         cluster: &me.cluster,
         dialler: (&me.node, me.incarnation, &nonce),
         acceptor: (&ack.node, ack.incarnation, &ack.nonce),
     };
     transcript.verify(&me.secret, LABEL_ACCEPTOR, &ack.proof)?;
-    let peer = PeerInfo {
+    let mut peer = PeerInfo {
         node: ack.node.clone(),
         incarnation: ack.incarnation,
+        version: ack.version,
+        session: ack.session,
+        welcome: Welcome::default(),
     };
     check(&peer)?;
     let proof = transcript.prove(&me.secret, LABEL_DIALLER)?;
     framed.send(&Message::Auth(Auth { proof })).await?;
     match next(framed).await? {
-        Message::Welcome(_) => Ok(peer),
+        Message::Welcome(welcome) => {
+            if ack.session.is_some() {
+                framed.codec_mut().set_resumable();
+            }
+            peer.welcome = welcome;
+            Ok(peer)
+        }
         other => Err(unexpected("welcome", &other)),
     }
 }
@@ -248,15 +385,24 @@ async fn accept_steps<T, F, C>(
 ) -> Result<PeerInfo, HandshakeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Hello) -> Result<(), String>,
+    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
     C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
     let hello = match next(framed).await? {
         Message::Hello(hello) => hello,
         other => return Err(unexpected("hello", &other)),
     };
-    check_peer(me, hello.version, &hello.cluster, &hello.node)?;
-    admit(&hello).map_err(HandshakeError::NotAdmitted)?;
+    if hello.version < MIN_PROTOCOL_VERSION {
+        return Err(HandshakeError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.version,
+        });
+    }
+    let version = hello.version.min(PROTOCOL_VERSION);
+    check_peer(me, &hello.cluster, &hello.node)?;
+    let answer = admit(&hello).map_err(HandshakeError::NotAdmitted)?;
+    // A session only where the dialler asked for one, on version 2.
+    let session = answer.filter(|_| hello.session.is_some() && version >= 2);
     let nonce = fresh_nonce()?;
     let transcript = Transcript {
         cluster: &me.cluster,
@@ -266,12 +412,13 @@ where
     let proof = transcript.prove(&me.secret, LABEL_ACCEPTOR)?;
     framed
         .send(&Message::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
+            version,
             cluster: me.cluster.clone(),
             node: me.node.clone(),
             incarnation: me.incarnation,
             nonce,
             proof,
+            session,
         }))
         .await?;
     let auth = match next(framed).await? {
@@ -282,9 +429,21 @@ where
     let peer = PeerInfo {
         node: hello.node,
         incarnation: hello.incarnation,
+        version,
+        session: session.and(hello.session),
+        welcome: Welcome::default(),
     };
     check(&peer)?;
-    framed.send(&Message::Welcome(Welcome {})).await?;
+    // Version 1 peers were promised the empty map.
+    let welcome = if version >= 2 {
+        me.welcome.clone()
+    } else {
+        Welcome::default()
+    };
+    framed.send(&Message::Welcome(welcome)).await?;
+    if session.is_some() {
+        framed.codec_mut().set_resumable();
+    }
     Ok(peer)
 }
 
@@ -330,18 +489,7 @@ fn unexpected(expected: &'static str, got: &Message) -> HandshakeError {
     }
 }
 
-fn check_peer(
-    me: &Identity,
-    version: u32,
-    cluster: &str,
-    node: &str,
-) -> Result<(), HandshakeError> {
-    if version != PROTOCOL_VERSION {
-        return Err(HandshakeError::Version {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        });
-    }
+fn check_peer(me: &Identity, cluster: &str, node: &str) -> Result<(), HandshakeError> {
     if cluster != me.cluster {
         return Err(HandshakeError::Cluster {
             ours: me.cluster.clone(),

@@ -92,7 +92,9 @@ __version__ = "0.1.0"
 
 log = logging.getLogger("nodecloud")
 
-PROTOCOL_VERSION = 1
+# The highest protocol version offered; a node answers with the version both speak.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1
 HANDSHAKE_FRAME_LIMIT = 1024
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 DEFAULT_CALL_TIMEOUT_MS = 5000
@@ -105,12 +107,12 @@ U64_MAX = (1 << 64) - 1
 _NODE_KINDS = {"ping", "pong", "deliver", "reply", "request", "refused", "error", "bye",
                "cluster_view"}
 # Kinds only a node's peer link carries: receiving one means the address is a peer port.
-_PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply"}
+_PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply", "ack"}
 # Kinds that exist in the protocol but a node never sends to an application.
 _OTHER_KINDS = {
     "hello", "hello_ack", "auth", "welcome", "heartbeat", "status", "event", "peer_call",
     "peer_reply", "subscribe", "unsubscribe", "publish", "implement", "unimplement", "call",
-    "respond", "cluster",
+    "respond", "cluster", "ack",
 }
 
 
@@ -374,6 +376,7 @@ class _Conn:
         self.recv_seq = 0
         self.write_lock = threading.Lock()
         self.deferred_pong: Optional[int] = None
+        self.welcome: dict = {}
 
     def _read_exact(self, n: int, inside_frame: bool) -> Optional[bytes]:
         buf = bytearray()
@@ -588,7 +591,9 @@ class Client:
         except BaseException:
             sock.close()
             raise
-        conn.limit = max_frame_bytes  # the dialler raises its limit on `welcome`
+        # The dialler raises its limit on `welcome`, to what the node states if it does.
+        stated = conn.welcome.get("max_frame_bytes")
+        conn.limit = stated if _is_uint(stated, 32) else max_frame_bytes
         sock.settimeout(None)
         return cls(conn, node_name, name, max_frame_bytes=max_frame_bytes,
                    call_timeout_ms=call_timeout_ms, event_queue=event_queue,
@@ -931,7 +936,8 @@ class Client:
             self._fail("unexpected_message", f"{kind} on a service link, from the node")
             raise self._closed  # type: ignore[misc]
         else:
-            raise _Malformed(f"unknown message kind {kind!r}")
+            # A later version's message kind: ignored (docs/PROTOCOL.md section 4).
+            log.debug("ignoring a message of unknown kind %r", kind)
 
     def _queue_event(self, event: Tuple[str, str, Any]) -> None:
         with self._event_cond:
@@ -989,23 +995,27 @@ def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
         return HandshakeError(code, message, address)
 
     def read(expected: str) -> dict:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise refuse("timeout", "the handshake did not complete in time")
-        conn.sock.settimeout(remaining)
-        try:
-            frame = conn.read_frame()
-        except socket.timeout:
-            raise refuse("timeout", "the handshake did not complete in time") from None
-        except _TooLarge as exc:
-            raise refuse("frame_too_large", str(exc)) from None
-        except _OutOfSeq as exc:
-            raise refuse("out_of_sequence", str(exc)) from None
-        except _Malformed as exc:
-            raise refuse("malformed_frame", str(exc)) from None
-        if frame is None:
-            raise HandshakeError("io", f"the node closed the connection before {expected}",
-                                 address)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise refuse("timeout", "the handshake did not complete in time")
+            conn.sock.settimeout(remaining)
+            try:
+                frame = conn.read_frame()
+            except socket.timeout:
+                raise refuse("timeout", "the handshake did not complete in time") from None
+            except _TooLarge as exc:
+                raise refuse("frame_too_large", str(exc)) from None
+            except _OutOfSeq as exc:
+                raise refuse("out_of_sequence", str(exc)) from None
+            except _Malformed as exc:
+                raise refuse("malformed_frame", str(exc)) from None
+            if frame is None:
+                raise HandshakeError("io", f"the node closed the connection before {expected}",
+                                     address)
+            if frame[0] in _NODE_KINDS or frame[0] in _OTHER_KINDS:
+                break
+            # A later version's message kind: ignored, during the handshake too.
         kind, fields = frame
         if kind == "error":
             code = fields.get("code")
@@ -1034,8 +1044,9 @@ def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
         proof_a = _field(ack, "proof", _bytes_n(32), "32 bytes")
     except _Malformed as exc:
         raise refuse("malformed_frame", str(exc)) from None
-    if version != PROTOCOL_VERSION:
-        raise refuse("version", f"protocol version {version} is not supported (1 is)")
+    if not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise refuse("version", f"protocol version {version} is not supported "
+                                f"({MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION} are)")
     if their_cluster != cluster:
         raise refuse("cluster", f"the node is in cluster {their_cluster!r}, not {cluster!r}")
     if not NAME_RE.match(node):
@@ -1048,5 +1059,6 @@ def _handshake(conn: _Conn, secret: bytes, cluster: str, name: str,
         raise refuse("auth_failed", "the node's proof did not verify: wrong service key")
     conn.send("auth", {"proof": proof(secret, LABEL_DIALLER, cluster, name, node, inc_d,
                                       inc_a, nonce_d, nonce_a)})
-    read("welcome")
+    # Version 2 states the node's limits; version 1 sends the empty map.
+    conn.welcome = read("welcome")
     return node

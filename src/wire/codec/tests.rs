@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::wire::frame::{
-    Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat, Hello,
-    HelloAck, MemberView, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish, Refused,
-    Reply, Request, StatValue, Status, Topic, Welcome,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat,
+    Hello, HelloAck, MemberView, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish,
+    Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -73,6 +73,7 @@ fn samples() -> Vec<Message> {
             node: "worker-1".into(),
             incarnation: uuid(1),
             nonce: [0x11; 32],
+            session: None,
         }),
         Message::HelloAck(HelloAck {
             version: 1,
@@ -81,9 +82,14 @@ fn samples() -> Vec<Message> {
             incarnation: uuid(2),
             nonce: [0x22; 32],
             proof: [0x33; 32],
+            session: Some(Session {
+                id: u64::MAX,
+                received: 300,
+            }),
         }),
         Message::Auth(Auth { proof: [0x44; 32] }),
-        Message::Welcome(Welcome {}),
+        Message::Welcome(Welcome::default()),
+        Message::Ack(Ack { seq: 70_000 }),
         Message::Error(ErrorFrame {
             code: "auth_failed".into(),
             message: "authentication failed".into(),
@@ -237,7 +243,10 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Respond(_)
         | Message::Refused(_)
         | Message::Cluster(_)
-        | Message::ClusterView(_) => true,
+        | Message::ClusterView(_)
+        | Message::Ack(_) => true,
+        // Never encoded: the codec makes it from a kind it does not know.
+        Message::Unknown(_) => false,
     }
 }
 
@@ -285,7 +294,9 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 26, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 27, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), crate::wire::KNOWN_KINDS.len());
+    assert!(kinds.iter().all(|k| crate::wire::KNOWN_KINDS.contains(k)));
 
     let mut out = FrameCodec::new(MIB);
     let mut buf = BytesMut::new();
@@ -360,7 +371,7 @@ fn ping_frame_has_the_exact_bytes_of_the_spec() {
 
 #[test]
 fn welcome_is_an_empty_map_and_a_broadcast_target_is_null() {
-    let welcome = encode_message(&Message::Welcome(Welcome {})).unwrap();
+    let welcome = encode_message(&Message::Welcome(Welcome::default())).unwrap();
     // {"welcome": {}}
     assert_eq!(&welcome.0[..], b"\xa1\x67welcome\xa0");
 
@@ -578,10 +589,11 @@ fn junk_body_with_a_valid_length_is_malformed() {
 
 #[test]
 fn well_formed_cbor_of_the_wrong_shape_is_malformed() {
-    let shapes: [&[u8]; 5] = [
+    let shapes: [&[u8]; 6] = [
         b"\x00",                                                   // a bare integer
-        b"\x82\x00\xa1\x65nope!\xa0",                              // unknown message kind
+        b"\x83\x00\xa1\x64ping\xa1\x61n\x01\x00",                  // three elements
         b"\x82\x00\xa2\x64ping\xa1\x61n\x01\x64pong\xa1\x61n\x01", // two kinds in one map
+        b"\x82\x00\xa2\x65nope!\xa0\x65nope?\xa0",                 // two unknown kinds
         b"\x82\x00\xa1\x64ping\xa1\x61n\x20",                      // n = -1
         b"\x82\x00\xa1\x64ping\xa0",                               // missing field n
     ];
@@ -697,7 +709,7 @@ fn deeply_nested_arrays_in_a_status_extra_field_are_refused_without_recursion() 
 }
 
 #[test]
-fn deeply_nested_unknown_field_is_skipped_without_recursion() {
+fn deeply_nested_unknown_field_is_refused_without_recursion() {
     const DEPTH: usize = 500_000;
     // {"ping": {"n": 1, "x": [[[...]]]}} with definite, then indefinite, arrays.
     for (open, close) in [(0x81u8, None), (0x9fu8, Some(0xffu8))] {
@@ -707,9 +719,177 @@ fn deeply_nested_unknown_field_is_skipped_without_recursion() {
         if let Some(c) = close {
             body.resize(body.len() + DEPTH, c);
         }
-        let got = decode_on_small_stack(raw_frame(&body)).unwrap();
-        assert_eq!(got, Some(Frame(0, Message::Ping(Ping { n: 1 }))));
+        let err = decode_on_small_stack(raw_frame(&body)).unwrap_err();
+        assert!(matches!(err, WireError::Malformed(_)), "{err:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver rules (docs/PROTOCOL.md §4): one rule for every field, known or not.
+
+/// `{"ping": {"n": 1, "x": <value>}}` as frame 0.
+fn ping_with_unknown_field(value: &[u8]) -> BytesMut {
+    let mut body = b"\x82\x00\xa1\x64ping\xa2\x61n\x01\x61x".to_vec();
+    body.extend_from_slice(value);
+    raw_frame(&body)
+}
+
+#[test]
+fn receiver_rules_apply_to_known_and_unknown_fields_alike() {
+    let ping = Some(Frame(0, Message::Ping(Ping { n: 1 })));
+    // Accepted anywhere: definite items, non-shortest heads, floats of 32 and 64 bits.
+    for value in [
+        &b"\x82\x01\xa1\x61k\xf6"[..],
+        b"\x19\x00\x01",
+        b"\xfa\x41\xac\x00\x00",
+        b"\xfb\x40\x35\x80\x00\x00\x00\x00\x00",
+    ] {
+        let got = FrameCodec::new(MIB).decode(&mut ping_with_unknown_field(value));
+        assert_eq!(got.unwrap(), ping, "{value:x?}");
+    }
+    // Refused anywhere: indefinite lengths of every kind, tags, duplicate keys, non-text keys,
+    // half floats, undefined.
+    for value in [
+        &b"\x9f\x01\xff"[..],
+        b"\xbf\x61k\x01\xff",
+        b"\x7f\x61a\xff",
+        b"\x5f\x41a\xff",
+        b"\xc1\x00",
+        b"\xa2\x61k\x01\x61k\x02",
+        b"\xa1\x01\x02",
+        b"\xf9\x3c\x00",
+        b"\xf7",
+    ] {
+        let err = FrameCodec::new(MIB)
+            .decode(&mut ping_with_unknown_field(value))
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed_frame", "{value:x?}: {err}");
+    }
+    // The same rules in a known field: an indefinite-length map and text, a repeated key.
+    for body in [
+        &b"\x82\x00\xa1\x64ping\xbf\x61n\x01\xff"[..],
+        b"\x82\x00\xa1\x63bye\xa1\x66reason\x7f\x61a\xff",
+        b"\x82\x00\xa1\x64ping\xa2\x61n\x01\x61n\x01",
+    ] {
+        let err = FrameCodec::new(MIB)
+            .decode(&mut raw_frame(body))
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed_frame", "{body:x?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_message_kinds_are_skipped_and_still_counted() {
+    // [0, {"nope": {"x": 1}}], then a ping with seq 1: the ping is what comes out, in the
+    // same read or in a later one.
+    let unknown = raw_frame(b"\x82\x00\xa1\x64nope\xa1\x61x\x01");
+    let ping = frame_bytes(
+        &mut {
+            let mut c = FrameCodec::new(MIB);
+            c.encode_frame(
+                &encode_message(&Message::Ping(Ping { n: 1 })).unwrap(),
+                &mut BytesMut::new(),
+            )
+            .unwrap();
+            c
+        },
+        &Message::Ping(Ping { n: 9 }),
+    );
+    let mut both = unknown.clone();
+    both.extend_from_slice(&ping);
+    let mut codec = FrameCodec::new(MIB);
+    assert_eq!(
+        codec.decode(&mut both).unwrap(),
+        Some(Frame(1, Message::Ping(Ping { n: 9 })))
+    );
+    let mut codec = FrameCodec::new(MIB);
+    let mut first = unknown.clone();
+    assert_eq!(codec.decode(&mut first).unwrap(), None);
+    assert!(first.is_empty(), "the unknown frame was consumed");
+    let mut second = ping.clone();
+    assert_eq!(
+        codec.decode(&mut second).unwrap(),
+        Some(Frame(1, Message::Ping(Ping { n: 9 })))
+    );
+    // A kind we know, of the wrong shape, is still malformed.
+    let err = FrameCodec::new(MIB)
+        .decode(&mut raw_frame(b"\x82\x00\xa1\x64ping\xa1\x61n\x61x"))
+        .unwrap_err();
+    assert_eq!(err.code(), "malformed_frame");
+}
+
+#[test]
+fn a_resumable_link_numbers_stream_frames_and_zeroes_the_rest() {
+    let mut out = FrameCodec::new(MIB);
+    out.set_resumable();
+    let mut inp = FrameCodec::new(MIB);
+    inp.set_resumable();
+    let event = Message::Event(envelope(None, b"\x01"));
+    let mut buf = BytesMut::new();
+    out.encode(&Message::Ping(Ping { n: 3 }), &mut buf).unwrap();
+    out.encode_frame_at(&encode_message(&event).unwrap(), 7, &mut buf)
+        .unwrap();
+    out.encode_frame_at(&encode_message(&event).unwrap(), 7, &mut buf)
+        .unwrap();
+    // An unknown kind: skipped with seq 0, handed up with a stream seq (to be counted).
+    buf.extend_from_slice(&raw_frame(b"\x82\x00\xa1\x64nope\xa0"));
+    buf.extend_from_slice(&raw_frame(b"\x82\x08\xa1\x64nope\xa0"));
+    let frames = decode_all(&mut inp, &mut buf).unwrap();
+    assert_eq!(
+        frames,
+        vec![
+            Frame(0, Message::Ping(Ping { n: 3 })),
+            Frame(7, event.clone()),
+            Frame(7, event.clone()),
+            Frame(8, Message::Unknown("nope".into())),
+        ],
+        "repeats are the stream's to judge, not the codec's"
+    );
+    // A stream frame with seq 0, or another frame with a seq, breaks the numbering.
+    for (body, kind) in [
+        (frame_bytes(&mut FrameCodec::new(MIB), &event), "event"),
+        (
+            {
+                let mut c = FrameCodec::new(MIB);
+                frame_bytes(&mut c, &Message::Ping(Ping { n: 0 }));
+                frame_bytes(&mut c, &Message::Ping(Ping { n: 1 }))
+            },
+            "ping",
+        ),
+    ] {
+        let mut codec = FrameCodec::new(MIB);
+        codec.set_resumable();
+        match codec.decode(&mut body.clone()) {
+            Err(e @ WireError::StreamNumbering { .. }) => {
+                assert_eq!(e.code(), "out_of_sequence");
+                assert!(e.to_string().contains(kind), "{e}");
+            }
+            other => panic!("{kind}: expected StreamNumbering, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_envelope_overhead_bounds_every_event_that_is_not_too_large() {
+    // The longest heads: id over 32 bits, ttl over 23, a topic, an origin and a target of 24
+    // bytes or more, a payload of 65 536 bytes or more. The node refuses an event whose
+    // encoding + 16 exceeds max_frame_bytes.
+    let (topic, origin, target) = ("t".repeat(255), "o".repeat(64), "g".repeat(64));
+    let payload = vec![0u8; 70_000];
+    let msg = EncodedMessage::event(
+        u64::MAX,
+        &topic,
+        &origin,
+        uuid(1),
+        Some(&target),
+        255,
+        &payload,
+    );
+    let variable = payload.len() + topic.len() + target.len();
+    assert_eq!(msg.len() + 16, variable + envelope_overhead_bytes(&origin));
+    // Shorter heads only make it smaller.
+    let small = EncodedMessage::event(0, "t", "o", uuid(1), None, 2, b"");
+    assert!(small.len() + 16 <= 1 + envelope_overhead_bytes("o"));
 }
 
 #[test]
@@ -892,11 +1072,12 @@ fn example_hello() -> Message {
         *b = i as u8;
     }
     Message::Hello(Hello {
-        version: 1,
+        version: 2,
         cluster: "demo".into(),
         node: "worker-1".into(),
         incarnation: example_incarnation(),
         nonce,
+        session: None,
     })
 }
 
@@ -965,6 +1146,73 @@ fn protocol_md_event_example_is_the_encoder_output() {
     check_example("event-frame", 5, &example_event(), true);
 }
 
+/// The §7.6 example: the session both sides hold.
+const EXAMPLE_SESSION: u64 = 0x0123_4567_89ab_cdef;
+
+fn bytes32(first: u8) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = first + i as u8;
+    }
+    b
+}
+
+#[test]
+fn protocol_md_resume_handshake_examples_are_the_encoder_output() {
+    let Message::Hello(mut hello) = example_hello() else {
+        unreachable!()
+    };
+    hello.session = Some(Session {
+        id: EXAMPLE_SESSION,
+        received: 41,
+    });
+    check_example("hello-resume-frame", 0, &Message::Hello(hello), false);
+
+    let mut proof = [0u8; 32];
+    let hex = "3b09c1261bfbe0476b0ec7d86cf02d578cfdd945d59eb8d8f95c9c67b67bd7c7";
+    for (i, b) in proof.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let ack = HelloAck {
+        version: 2,
+        cluster: "demo".into(),
+        node: "master".into(),
+        incarnation: Uuid::parse_str("ffeeddcc-bbaa-9988-7766-554433221100").unwrap(),
+        nonce: bytes32(0x20),
+        proof,
+        session: Some(Session {
+            id: EXAMPLE_SESSION,
+            received: 17,
+        }),
+    };
+    check_example("hello-ack-resume-frame", 0, &Message::HelloAck(ack), false);
+}
+
+#[test]
+fn protocol_md_welcome_and_ack_examples_are_the_encoder_output() {
+    let peer = Welcome {
+        max_frame_bytes: Some(MIB as u64),
+        envelope_overhead_bytes: Some(envelope_overhead_bytes("master") as u64),
+        ..Welcome::default()
+    };
+    check_example("welcome-peer-frame", 1, &Message::Welcome(peer), false);
+    let service = Welcome {
+        max_frame_bytes: Some(MIB as u64),
+        envelope_overhead_bytes: Some(envelope_overhead_bytes("worker-1") as u64),
+        max_subscriptions: Some(1024),
+        max_methods: Some(256),
+        max_calls: Some(4096),
+        max_requests: Some(4096),
+    };
+    check_example(
+        "welcome-service-frame",
+        1,
+        &Message::Welcome(service),
+        false,
+    );
+    check_example("ack-frame", 0, &Message::Ack(Ack { seq: 45 }), false);
+}
+
 #[test]
 fn diagnostic_notation_check_notices_a_difference() {
     // The checker itself: a changed value or key is caught, comments and layout are not.
@@ -980,5 +1228,43 @@ fn diagnostic_notation_check_notices_a_difference() {
     assert_ne!(
         normalize_diag(&diag(&item)),
         normalize_diag("[5, {\"j\": null}]")
+    );
+}
+
+#[test]
+fn mutated_frames_are_decoded_or_refused_never_anything_else() {
+    // Every sample, with one to three bytes changed at random: the codec answers with a frame
+    // or with a framing error, and never panics.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for msg in samples() {
+        let good = frame_bytes(&mut FrameCodec::new(MIB), &msg);
+        for _ in 0..400 {
+            let mut bad = good.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = 4 + (next() as usize) % (bad.len() - 4);
+                bad[at] = next() as u8;
+            }
+            match FrameCodec::new(MIB).decode(&mut bad) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert!(
+                        matches!(e.code(), "malformed_frame" | "out_of_sequence"),
+                        "{e}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        accepted > 100 && refused > 1000,
+        "{accepted} accepted, {refused} refused"
     );
 }

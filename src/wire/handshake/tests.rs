@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use super::*;
-use crate::wire::frame::Ping;
+use crate::wire::frame::{Ping, Session};
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
 const SECRET: &[u8] = b"test-secret-0123456789";
@@ -24,6 +24,10 @@ fn identity(node: &str) -> Identity {
         node: node.into(),
         incarnation: Uuid::new_v4(),
         secret: SECRET.to_vec(),
+        welcome: Welcome {
+            max_frame_bytes: Some(1 << 20),
+            ..Welcome::default()
+        },
     }
 }
 
@@ -46,6 +50,7 @@ fn hello_from(me: &Identity, nonce: [u8; 32]) -> Message {
         node: me.node.clone(),
         incarnation: me.incarnation,
         nonce,
+        session: None,
     })
 }
 
@@ -89,14 +94,20 @@ async fn handshake_succeeds_and_each_side_learns_the_other() {
         dialled.unwrap(),
         PeerInfo {
             node: "master".into(),
-            incarnation: master.incarnation
+            incarnation: master.incarnation,
+            version: PROTOCOL_VERSION,
+            session: None,
+            welcome: master.welcome.clone(),
         }
     );
     assert_eq!(
         accepted.unwrap(),
         PeerInfo {
             node: "worker-1".into(),
-            incarnation: worker.incarnation
+            incarnation: worker.incarnation,
+            version: PROTOCOL_VERSION,
+            session: None,
+            welcome: Welcome::default(),
         }
     );
 
@@ -127,6 +138,29 @@ async fn handshake_succeeds_whichever_side_dials() {
         assert_eq!(dialled.unwrap().node, acceptor.node);
         assert_eq!(accepted.unwrap().node, dialler.node);
     }
+}
+
+#[tokio::test]
+async fn a_message_of_an_unknown_kind_during_the_handshake_is_ignored() {
+    // The dialler's first frame is {"future": {"x": 1}}, seq 0; its hello follows as seq 1.
+    let master_id = identity("master");
+    let (mut peer, mut a) = pipe();
+    let me = identity("worker-1");
+    let mut buf = bytes::BytesMut::new();
+    let future = crate::wire::EncodedMessage::from_cbor(b"\xa1\x66future\xa1\x61x\x01");
+    peer.codec_mut().encode_frame(&future, &mut buf).unwrap();
+    peer.get_mut().write_all(&buf).await.unwrap();
+    let (accepted, ack) = tokio::join!(accept(&mut a, &master_id, DEADLINE, admit_all), async {
+        peer.send(&hello_from(&me, [3; 32])).await.unwrap();
+        let ack = recv_hello_ack(&mut peer).await;
+        drop(peer);
+        ack
+    });
+    assert_eq!(ack.node, "master", "the hello was answered");
+    assert!(
+        matches!(accepted, Err(HandshakeError::Closed)),
+        "{accepted:?}"
+    );
 }
 
 #[tokio::test]
@@ -329,17 +363,14 @@ async fn wrong_cluster_is_refused() {
 }
 
 #[tokio::test]
-async fn wrong_version_in_hello_is_refused() {
+async fn version_below_the_lowest_spoken_is_refused() {
     let master_id = identity("master");
     let (mut peer, mut a) = pipe();
     let me = identity("worker-1");
-    let hello = Message::Hello(Hello {
-        version: 99,
-        cluster: me.cluster.clone(),
-        node: me.node.clone(),
-        incarnation: me.incarnation,
-        nonce: [7; 32],
-    });
+    let mut hello = hello_from(&me, [7; 32]);
+    if let Message::Hello(h) = &mut hello {
+        h.version = 0;
+    }
     let (accepted, (code, message)) =
         tokio::join!(accept(&mut a, &master_id, DEADLINE, admit_all), async {
             peer.send(&hello).await.unwrap();
@@ -350,13 +381,157 @@ async fn wrong_version_in_hello_is_refused() {
             accepted,
             Err(HandshakeError::Version {
                 ours: PROTOCOL_VERSION,
-                theirs: 99
+                theirs: 0
             })
         ),
         "{accepted:?}"
     );
     assert_eq!(code, "version");
-    assert!(message.contains("99"), "{message}");
+    assert!(message.contains("version 0"), "{message}");
+}
+
+/// A scripted dialler offering `version`: the acceptor's hello_ack version, and its welcome.
+async fn negotiate(version: u32) -> (u32, Welcome, PeerInfo) {
+    let master_id = identity("master");
+    let (mut peer, mut a) = pipe();
+    let me = identity("worker-1");
+    let nonce_d = [7; 32];
+    let mut hello = hello_from(&me, nonce_d);
+    if let Message::Hello(h) = &mut hello {
+        h.version = version;
+    }
+    let (accepted, (chosen, welcome)) =
+        tokio::join!(accept(&mut a, &master_id, DEADLINE, admit_all), async {
+            peer.send(&hello).await.unwrap();
+            let ack = recv_hello_ack(&mut peer).await;
+            let proof = Transcript {
+                cluster: &me.cluster,
+                dialler: (&me.node, me.incarnation, &nonce_d),
+                acceptor: (&ack.node, ack.incarnation, &ack.nonce),
+            }
+            .prove(SECRET, LABEL_DIALLER)
+            .unwrap();
+            peer.send(&Message::Auth(Auth { proof })).await.unwrap();
+            match recv(&mut peer).await {
+                Some(Frame(1, Message::Welcome(w))) => (ack.version, w),
+                other => panic!("expected welcome, got {other:?}"),
+            }
+        });
+    (chosen, welcome, accepted.unwrap())
+}
+
+#[tokio::test]
+async fn the_acceptor_answers_with_the_lower_of_the_two_highest_versions() {
+    let (chosen, welcome, info) = negotiate(1).await;
+    assert_eq!((chosen, info.version), (1, 1));
+    assert_eq!(
+        welcome,
+        Welcome::default(),
+        "version 1 was promised the empty map"
+    );
+    let (chosen, welcome, info) = negotiate(PROTOCOL_VERSION).await;
+    assert_eq!((chosen, info.version), (PROTOCOL_VERSION, PROTOCOL_VERSION));
+    assert_eq!(
+        welcome.max_frame_bytes,
+        Some(1 << 20),
+        "version 2 states limits"
+    );
+    let (chosen, _, _) = negotiate(99).await;
+    assert_eq!(
+        chosen, PROTOCOL_VERSION,
+        "a later dialler is answered with ours"
+    );
+}
+
+#[tokio::test]
+async fn a_resumable_link_exchanges_sessions_and_numbers_frames_as_streams() {
+    let (mut d, mut a) = pipe();
+    let (worker, master) = (identity("worker-1"), identity("master"));
+    let asked = Session { id: 0, received: 0 };
+    let answer = Session {
+        id: 42,
+        received: 0,
+    };
+    let mut offered = None;
+    let (dialled, accepted) = tokio::join!(
+        dial_resumable(&mut d, &worker, DEADLINE, Some(asked)),
+        accept_resumable(&mut a, &master, DEADLINE, |h: &Hello| {
+            offered = h.session;
+            Ok(Some(answer))
+        })
+    );
+    assert_eq!(offered, Some(asked));
+    assert_eq!(dialled.unwrap().session, Some(answer));
+    assert_eq!(accepted.unwrap().session, Some(asked));
+    assert!(d.codec().is_resumable() && a.codec().is_resumable());
+
+    // A ping carries seq 0, a stream frame its stream seq.
+    d.send(&Message::Ping(Ping { n: 1 })).await.unwrap();
+    assert_eq!(
+        recv(&mut a).await,
+        Some(Frame(0, Message::Ping(Ping { n: 1 })))
+    );
+    let reply = crate::wire::frame::PeerReply {
+        id: 1,
+        target: "worker-1".into(),
+        target_incarnation: worker.incarnation,
+        ttl: 2,
+        outcome: crate::wire::frame::Outcome::Ok(bytes::Bytes::new()),
+    };
+    let msg = crate::wire::encode_message(&Message::PeerReply(reply.clone())).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    a.codec_mut().encode_frame_at(&msg, 1, &mut buf).unwrap();
+    a.get_mut().write_all(&buf).await.unwrap();
+    assert_eq!(
+        recv(&mut d).await,
+        Some(Frame(1, Message::PeerReply(reply)))
+    );
+}
+
+#[tokio::test]
+async fn an_acceptor_that_does_not_resume_makes_a_plain_link() {
+    let (mut d, mut a) = pipe();
+    let (worker, master) = (identity("worker-1"), identity("master"));
+    let (dialled, accepted) = tokio::join!(
+        dial_resumable(
+            &mut d,
+            &worker,
+            DEADLINE,
+            Some(Session { id: 0, received: 0 })
+        ),
+        accept(&mut a, &master, DEADLINE, admit_all)
+    );
+    assert_eq!(dialled.unwrap().session, None);
+    assert_eq!(accepted.unwrap().session, None);
+    assert!(!d.codec().is_resumable() && !a.codec().is_resumable());
+    assert_eq!(d.codec().next_out_seq(), 2, "numbered per connection");
+}
+
+#[tokio::test]
+async fn a_session_the_dialler_did_not_ask_for_is_refused() {
+    let worker_id = identity("worker-1");
+    let (mut d, mut peer) = pipe();
+    let master = identity("master");
+    let (dialled, (code, _)) = tokio::join!(dial(&mut d, &worker_id, DEADLINE), async {
+        let _hello = recv(&mut peer).await;
+        peer.send(&Message::HelloAck(HelloAck {
+            version: PROTOCOL_VERSION,
+            cluster: master.cluster.clone(),
+            node: master.node.clone(),
+            incarnation: master.incarnation,
+            nonce: [8; 32],
+            proof: [9; 32],
+            session: Some(Session { id: 5, received: 0 }),
+        }))
+        .await
+        .unwrap();
+        recv_error(&mut peer).await
+    });
+    assert!(
+        matches!(dialled, Err(HandshakeError::UnaskedSession)),
+        "{dialled:?}"
+    );
+    assert_eq!(code, "unexpected_message");
 }
 
 #[tokio::test]
@@ -375,6 +550,7 @@ async fn wrong_version_in_hello_ack_is_refused_by_the_dialler() {
             incarnation: master.incarnation,
             nonce: [8; 32],
             proof: [9; 32],
+            session: None,
         }))
         .await
         .unwrap();
@@ -459,7 +635,9 @@ async fn dialler_answered_out_of_order_reports_unexpected() {
     let (mut d, mut peer) = pipe();
     let (dialled, (code, _)) = tokio::join!(dial(&mut d, &worker_id, DEADLINE), async {
         let _hello = recv(&mut peer).await;
-        peer.send(&Message::Welcome(Welcome {})).await.unwrap();
+        peer.send(&Message::Welcome(Welcome::default()))
+            .await
+            .unwrap();
         recv_error(&mut peer).await
     });
     assert!(
@@ -695,12 +873,10 @@ async fn an_acceptor_check_refuses_the_authenticated_dialler_with_duplicate_node
             duplicate(p)
         })
     );
+    let seen = seen.expect("the check ran");
     assert_eq!(
-        seen,
-        Some(PeerInfo {
-            node: "worker-1".into(),
-            incarnation: worker.incarnation
-        })
+        (seen.node.as_str(), seen.incarnation),
+        ("worker-1", worker.incarnation)
     );
     assert!(matches!(accepted, Err(HandshakeError::Duplicate(_))));
     match dialled {
