@@ -35,6 +35,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod event;
+mod link;
 pub mod node;
 pub mod service;
 pub mod sockets;

@@ -12,10 +12,12 @@
 //! belongs to a group (an application) gets an envelope once however many of its group's
 //! subscriptions match it.
 //!
-//! Bounds and policy: the bus mailbox holds `BUS_QUEUE_BATCHES` batches. A subscriber whose
-//! mailbox is full is waited for (`ctx.wait`): the bus stops taking batches, sessions stop
-//! reading their sockets, and TCP pushes back on the publishers. Nothing is dropped; a slow
-//! subscriber slows its node's intake. A subscriber whose actor is gone is removed.
+//! Bounds and policy: the bus mailbox holds `BUS_QUEUE_BATCHES` batches. An actor subscriber
+//! whose mailbox is full is waited for (`ctx.wait`): the bus stops taking batches, sessions
+//! stop reading their sockets, and TCP pushes back on the publishers. Nothing is dropped; a
+//! slow actor slows its node's intake. Applications never make the bus wait: each has its own
+//! bounded queue and a policy for when it is full (node::service_session). A subscriber whose
+//! actor or application is gone is removed.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -107,7 +107,6 @@ impl StreamHandler<Accepted> for PeerListener {
             match result {
                 Ok(peer) => {
                     let parts = framed.into_parts();
-                    let (read, write) = parts.io.into_split();
                     let params = SessionParams {
                         shared: act.shared.clone(),
                         peer,
@@ -115,7 +114,7 @@ impl StreamHandler<Accepted> for PeerListener {
                         wiring: act.wiring.clone(),
                         owner: Some(ctx.address().recipient()),
                     };
-                    Session::start(params, read, write, parts.codec, parts.read_buf);
+                    Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
                 }
                 Err(e) => tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}"),
             }

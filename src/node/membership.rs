@@ -297,9 +297,7 @@ impl Membership {
             }
         };
         for link in links {
-            let _ = link
-                .tx
-                .try_send(super::session::Outbound::Frame(frame.clone()));
+            let _ = link.tx.try_push(frame.clone());
         }
     }
 

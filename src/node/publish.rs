@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::event_bus::{Deliver, EventBus};
 use super::router::RouteTable;
-use super::session::Outbound;
 use super::shared::NodeShared;
 use super::PublishError;
 use crate::event::Event;
+use crate::link::QueueError;
 use crate::topic::check_topic;
 use crate::wire::{EncodedMessage, Envelope};
 
@@ -124,23 +123,18 @@ fn plan(
     Ok((frame, local))
 }
 
-/// Send without waiting. Room is reserved on every link first, so a full link means nothing
+/// Send without waiting. Room is checked on every link first, so a full link means nothing
 /// was sent.
 pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
     let links = out
         .table
         .next_links_for(out.target.as_deref(), out.origin.name(), None);
-    // The first permit is kept apart so that the usual single link costs no allocation.
-    let mut first = None;
-    let mut more = Vec::new();
-    for link in links.clone() {
-        let permit = link.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
-            mpsc::error::TrySendError::Closed(()) => PublishError::TargetDown(link.peer.clone()),
-        })?;
-        match first {
-            None => first = Some(permit),
-            Some(_) => more.push(permit),
+    if let Some(frame) = &out.frame {
+        for link in links.clone() {
+            link.tx.has_room(frame.len()).map_err(|e| match e {
+                QueueError::Full => PublishError::Full(link.peer.clone()),
+                QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
+            })?;
         }
     }
     if let Some(env) = out.local {
@@ -151,8 +145,8 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
             })?;
     }
     let mut frame = out.frame;
-    let mut sends = links.zip(first.into_iter().chain(more)).peekable();
-    while let Some((link, permit)) = sends.next() {
+    let mut sends = links.peekable();
+    while let Some(link) = sends.next() {
         // The last link takes the frame itself, the others a reference-counted clone.
         let f = if sends.peek().is_some() {
             frame.clone()
@@ -160,7 +154,7 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
             frame.take()
         };
         let Some(f) = f else { break };
-        permit.send(Outbound::Frame(f));
+        link.tx.push_checked(f);
         link.counters.events_out.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -180,11 +174,11 @@ pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(),
             frame.take()
         };
         let Some(f) = f else { break };
-        // The synchronous attempt first: it skips the semaphore's future when there is room.
-        let sent = match link.tx.try_send(Outbound::Frame(f)) {
+        // The synchronous attempt first: it skips the wait's future when there is room.
+        let sent = match link.tx.try_push(f) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(f)) => link.tx.send(f).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err((QueueError::Full, f)) => link.tx.push(f).await.is_ok(),
+            Err((QueueError::Closed, _)) => false,
         };
         if sent {
             link.counters.events_out.fetch_add(1, Ordering::Relaxed);

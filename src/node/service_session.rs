@@ -6,23 +6,30 @@
 //! application subscribed and implemented is removed when it goes; calls waiting on it fail
 //! at once with `implementer_gone`, because their answer channels are dropped.
 //!
+//! Framing, the write queue, liveness and close-with-reason are the link core's (crate::link).
+//!
 //! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics and patterns, [`MAX_METHODS`] methods,
 //! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
-//! (past them: `refused`, or `busy` for calls). The queue toward the application holds
-//! `LINK_QUEUE_FRAMES` frames; publishes wait for room in the cluster (the session stops
-//! reading, so TCP pushes back). An application whose queue stays full for the failure
-//! timeout is closed as a `slow_consumer`; one that sends nothing for that long, as `timeout`.
+//! (past them: `refused`, or `busy` for calls). Publishes wait for room in the cluster (the
+//! session stops reading, so TCP pushes back).
+//!
+//! Each application has its own queue, the write queue of its link: `LINK_QUEUE_FRAMES` frames
+//! and `LINK_QUEUE_BYTES` bytes. Nothing ever waits for room in it, so a slow application
+//! never holds up the event bus or any other subscriber. A frame that finds it full closes the
+//! application as a `slow_consumer`: what was queued is dropped, the frame being written is
+//! finished, and the `error` frame follows, whole, before the stream ends. An application that
+//! asked for `drop_oldest` (the `options` message) is not closed: the oldest queued deliveries
+//! make room, and each `deliver` carries the count dropped so far. One that sends
+//! nothing for the failure timeout is closed as `timeout`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio_util::codec::{FramedParts, FramedRead};
+use tokio_util::codec::FramedParts;
 
 use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
@@ -30,12 +37,14 @@ use super::calls::{
 use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
 use super::publish;
 use super::service_listener::ServiceClosed;
-use super::session::{write_loop, Outbound, WriterFailed};
-use super::shared::{NodeShared, LINK_QUEUE_FRAMES};
+use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES};
 use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
 use crate::event::NodeId;
+use crate::link::{
+    self, LinkQueue, Liveness, QueueBounds, QueueError, Tick, Transport, WriterFailed,
+};
 use crate::topic::{check_pattern, check_topic};
 use crate::wire::{
     encode_message, Bye, Call, ClusterView, Deliver, ErrorFrame, Failure, Frame, FrameCodec,
@@ -68,10 +77,10 @@ pub struct ServiceSession {
     w: ServiceWiring,
     app: PeerInfo,
     peer_addr: String,
-    tx: mpsc::Sender<Outbound>,
-    writer: Option<actix_rt::task::JoinHandle<()>>,
-    last_inbound: Instant,
-    last_outbound_ping: u64,
+    tx: Arc<LinkQueue>,
+    liveness: Liveness,
+    /// What happens when the application's queue is full (shared with its subscribers).
+    overflow: Arc<Overflow>,
     /// Topics and patterns, as the application wrote them.
     subscriptions: HashMap<String, SubscriptionId>,
     /// This session's subscriber group at the bus (see `AppSubscriber`).
@@ -91,10 +100,51 @@ pub struct ServiceSession {
 #[rtype(result = "()")]
 pub struct CloseService(pub String);
 
-/// The application's queue stayed full: it does not keep up.
+/// The application's queue was full: it does not keep up (its queue is closed already).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SlowConsumer;
+
+/// The policy of one application's queue when full, and the flag that makes a slow consumer's
+/// close happen once.
+#[derive(Default)]
+struct Overflow {
+    /// The application asked for `drop_oldest`.
+    drop_oldest: std::sync::atomic::AtomicBool,
+    /// Set by whoever found the queue full first.
+    slow: std::sync::atomic::AtomicBool,
+}
+
+impl Overflow {
+    /// Queue `frame` for the application by its policy; `false` when it found the queue full
+    /// and closed it (`slow_consumer`), and `session` must be told.
+    fn push(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage, droppable: bool) -> bool {
+        let full = if self.drop_oldest.load(Ordering::Relaxed) {
+            matches!(
+                tx.push_dropping_oldest(frame, droppable),
+                Err(QueueError::Full)
+            )
+        } else {
+            let pushed = if droppable {
+                tx.try_push(frame)
+            } else {
+                tx.try_push_kept(frame)
+            };
+            matches!(pushed, Err((QueueError::Full, _)))
+        };
+        if full && !self.slow.swap(true, Ordering::Relaxed) {
+            let word = encode_message(&Message::Error(ErrorFrame {
+                code: "slow_consumer".into(),
+                message: format!(
+                    "the application's queue is full ({LINK_QUEUE_FRAMES} frames or {LINK_QUEUE_BYTES} bytes)"
+                ),
+            }));
+            tx.close(word.ok(), false);
+            return false;
+        }
+        true
+    }
+}
 
 /// A call of a method the application implements.
 #[derive(Message)]
@@ -117,40 +167,38 @@ struct CallEnded {
 impl ServiceSession {
     /// Start a session on an authenticated connection: `parts` are the handshake's socket,
     /// codec (with its sequence numbers) and any bytes read past the handshake.
-    pub fn start<T>(
+    pub fn start(
         w: ServiceWiring,
         app: PeerInfo,
         peer_addr: String,
-        parts: FramedParts<T, FrameCodec>,
+        parts: FramedParts<Transport, FrameCodec>,
         owner: (Recipient<ServiceClosed>, u64),
-    ) -> Addr<ServiceSession>
-    where
-        T: AsyncRead + AsyncWrite + 'static,
-    {
+    ) -> Addr<ServiceSession> {
         let mut codec = parts.codec;
-        let (read, write) = tokio::io::split(parts.io);
+        let (read, write) = parts.io.split();
         let leftover = parts.read_buf;
         codec.set_max_frame_bytes(w.shared.config.cluster.max_frame_bytes);
         let writer_codec = codec.clone();
-        let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
         ServiceSession::create(move |ctx| {
-            let mut frames = FramedRead::with_capacity(read, codec, 64 * 1024);
-            frames.read_buffer_mut().extend_from_slice(&leftover);
-            ctx.add_stream(frames);
-            let writer = actix_rt::spawn(write_loop(
+            ctx.add_stream(link::framed_reader(read, codec, &leftover));
+            let tx = link::spawn_writer(
                 write,
-                rx,
                 writer_codec,
+                QueueBounds {
+                    frames: LINK_QUEUE_FRAMES,
+                    bytes: LINK_QUEUE_BYTES,
+                },
                 ctx.address().recipient(),
-            ));
+                w.shared.failure_timeout(),
+            );
+            let liveness = Liveness::new(w.shared.heartbeat_interval(), w.shared.failure_timeout());
             ServiceSession {
                 w,
                 app,
                 peer_addr,
                 tx,
-                writer: Some(writer),
-                last_inbound: Instant::now(),
-                last_outbound_ping: 0,
+                liveness,
+                overflow: Arc::default(),
                 subscriptions: HashMap::new(),
                 group: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
                 methods: HashMap::new(),
@@ -177,8 +225,7 @@ impl ServiceSession {
         }
     }
 
-    /// Queue a frame for the application; if its queue is full, wait for room in the
-    /// background, and close it as a slow consumer if that takes the failure timeout.
+    /// Queue a frame for the application; if its queue is full, it is a slow consumer.
     fn push(&self, msg: &Message, ctx: &mut Context<Self>) {
         if let Some(frame) = self.encode(msg) {
             self.push_frame(frame, ctx);
@@ -186,19 +233,8 @@ impl ServiceSession {
     }
 
     fn push_frame(&self, frame: crate::wire::EncodedMessage, ctx: &mut Context<Self>) {
-        if let Err(mpsc::error::TrySendError::Full(frame)) =
-            self.tx.try_send(Outbound::Frame(frame))
-        {
-            let (tx, me, limit) = (
-                self.tx.clone(),
-                ctx.address(),
-                self.w.shared.failure_timeout(),
-            );
-            actix_rt::spawn(async move {
-                if tokio::time::timeout(limit, tx.send(frame)).await.is_err() {
-                    me.do_send(SlowConsumer);
-                }
-            });
+        if !self.overflow.push(&self.tx, frame, false) {
+            ctx.notify(SlowConsumer);
         }
     }
 
@@ -219,12 +255,11 @@ impl ServiceSession {
         if !self.closing {
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
                 "closing application: {reason}");
-            if let Some(f) = self.encode(&Message::Error(ErrorFrame {
+            let word = self.encode(&Message::Error(ErrorFrame {
                 code: code.to_owned(),
                 message: reason,
-            })) {
-                let _ = self.tx.try_send(Outbound::Frame(f));
-            }
+            }));
+            self.tx.close(word, false);
             self.closing = true;
         }
         ctx.stop();
@@ -347,8 +382,8 @@ impl ServiceSession {
             subscriber: Box::new(AppSubscriber {
                 group: self.group,
                 tx: self.tx.clone(),
+                overflow: self.overflow.clone(),
                 session: ctx.address(),
-                limit: self.w.shared.failure_timeout(),
             }),
         });
         self.subscriptions.insert(topic, id);
@@ -463,23 +498,16 @@ impl ServiceSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let silent = self.last_inbound.elapsed();
-        if silent > self.w.shared.failure_timeout() {
-            return self.fail(
-                "timeout",
-                format!("nothing from the application for {} ms", silent.as_millis()),
-                ctx,
-            );
-        }
-        // Ask for a sign of life when the application was quiet for an interval.
-        if silent >= self.w.shared.heartbeat_interval() {
-            self.last_outbound_ping += 1;
-            self.push(
-                &Message::Ping(Ping {
-                    n: self.last_outbound_ping,
-                }),
-                ctx,
-            );
+        match self.liveness.tick() {
+            Tick::Alive => {}
+            Tick::Ping(n) => self.push(&Message::Ping(Ping { n }), ctx),
+            Tick::Dead(silent) => {
+                return self.fail(
+                    "timeout",
+                    format!("nothing from the application for {} ms", silent.as_millis()),
+                    ctx,
+                )
+            }
         }
         // Requests whose caller gave up are not worth remembering.
         self.serving.retain(|_, answer| !answer.is_closed());
@@ -501,13 +529,14 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// An application subscribed to a topic or pattern: deliveries become `deliver` frames, with
-/// the event's concrete topic, on its queue.
+/// the event's concrete topic, on its queue. Never waits: a full queue is the application's
+/// problem alone (see the module docs), so the bus goes on with the next subscriber.
 struct AppSubscriber {
     /// The session's number: all of one application's subscriptions share it.
     group: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<LinkQueue>,
+    overflow: Arc<Overflow>,
     session: Addr<ServiceSession>,
-    limit: Duration,
 }
 
 impl Subscriber for AppSubscriber {
@@ -516,6 +545,9 @@ impl Subscriber for AppSubscriber {
     }
 
     fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+        if self.tx.is_closed() {
+            return Delivered::Closed;
+        }
         let msg = Message::Deliver(Deliver {
             topic: topic.to_owned(),
             from: from.name,
@@ -525,22 +557,12 @@ impl Subscriber for AppSubscriber {
             Ok(f) => f,
             Err(_) => return Delivered::Sent,
         };
-        match self.tx.try_send(Outbound::Frame(frame)) {
-            Ok(()) => Delivered::Sent,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                let (tx, session, limit) = (self.tx.clone(), self.session.clone(), self.limit);
-                Delivered::Full(Box::pin(async move {
-                    match tokio::time::timeout(limit, tx.send(frame)).await {
-                        Ok(sent) => sent.is_ok(),
-                        Err(_) => {
-                            session.do_send(SlowConsumer);
-                            false
-                        }
-                    }
-                }))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Closed,
+        if !self.overflow.push(&self.tx, frame, true) {
+            // Told once (the flag): the session stops and unsubscribes.
+            let _ = self.session.try_send(SlowConsumer);
+            return Delivered::Closed;
         }
+        Delivered::Sent
     }
 }
 
@@ -592,11 +614,8 @@ impl Actor for ServiceSession {
         }
         // Dropping the answers fails every call waiting on this application at once.
         self.serving.clear();
-        if self.tx.try_send(Outbound::Close).is_err() {
-            if let Some(w) = self.writer.take() {
-                w.abort();
-            }
-        }
+        // Unless a close with a last word came first: write what is queued, then end.
+        self.tx.close(None, true);
         self.owner.0.do_send(ServiceClosed(self.owner.1));
         tracing::debug!(node = %self.node(), app = %self.app.node, "application detached");
     }
@@ -607,7 +626,7 @@ impl StreamHandler<Result<Frame, WireError>> for ServiceSession {
         if self.closing {
             return;
         }
-        self.last_inbound = Instant::now();
+        self.liveness.heard();
         match item {
             Ok(Frame(_, msg)) => {
                 if guard("service session", ctx, |ctx| self.on_message(msg, ctx)).is_none() {
@@ -676,15 +695,13 @@ impl Handler<SlowConsumer> for ServiceSession {
     type Result = ();
 
     fn handle(&mut self, _: SlowConsumer, ctx: &mut Context<Self>) {
-        let limit = self.w.shared.failure_timeout();
-        self.fail(
-            "slow_consumer",
-            format!(
-                "the application's queue stayed full for {} ms",
-                limit.as_millis()
-            ),
-            ctx,
-        );
+        if !self.closing {
+            // The queue is closed with its `error` frame already; only the log is left.
+            tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                "closing application: slow_consumer: its queue is full");
+            self.closing = true;
+        }
+        ctx.stop();
     }
 }
 
@@ -693,9 +710,8 @@ impl Handler<CloseService> for ServiceSession {
 
     fn handle(&mut self, CloseService(reason): CloseService, ctx: &mut Context<Self>) {
         if !self.closing {
-            if let Some(f) = self.encode(&Message::Bye(Bye { reason })) {
-                let _ = self.tx.try_send(Outbound::Frame(f));
-            }
+            self.tx
+                .close(self.encode(&Message::Bye(Bye { reason })), true);
             self.closing = true;
         }
         ctx.stop();

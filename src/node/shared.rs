@@ -20,8 +20,12 @@ use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
 use crate::wire::{Identity, NodeStats};
 
-/// Frames queued per link before senders wait (publishers) or pause reading (relays).
+/// Frames queued per link (peer or application) before senders wait (publishers), pause
+/// reading (relays), or the application is a slow consumer.
 pub const LINK_QUEUE_FRAMES: usize = 2048;
+/// Bytes queued per link, the frame being written included: whichever bound is reached first
+/// applies (2,048 frames of 256 KiB would be half a gigabyte).
+pub const LINK_QUEUE_BYTES: usize = 8 << 20;
 /// Event batches queued for the event bus before sessions pause reading their socket.
 pub const BUS_QUEUE_BATCHES: usize = 256;
 /// Frames a session decodes before handing them on as one batch.
