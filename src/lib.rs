@@ -28,6 +28,9 @@
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
+//! * `link` (private): the link core under every Session and ServiceSession: transport,
+//!   the write queue bounded in frames and bytes, the batching writer, liveness, and
+//!   close-with-reason.
 //! * [`testing`]: loopback configurations and membership waits for tests.
 
 pub mod call;

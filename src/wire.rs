@@ -24,7 +24,7 @@ pub use codec::{
 };
 pub use frame::{
     Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
-    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
+    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Options, Outcome, PeerCall,
     PeerReply, Ping, Publish, Refused, Reply, Request, StatValue, Status, Topic, Welcome,
 };
 pub use handshake::{accept, dial, HandshakeError, Identity, PeerInfo};

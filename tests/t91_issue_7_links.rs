@@ -12,7 +12,7 @@ use nodecloud::config::Config;
 use nodecloud::service::{Client, Incoming};
 use nodecloud::testing::{self, TestCluster};
 use nodecloud::wire::{
-    self, FrameCodec, Identity, Message, Ping, Topic, MAX_HANDSHAKE_FRAME_BYTES,
+    self, FrameCodec, Identity, Message, Options, Ping, Topic, MAX_HANDSHAKE_FRAME_BYTES,
 };
 use nodecloud::{cluster, Delivery, Event, NodeHandle};
 use serde::{Deserialize, Serialize};
@@ -162,6 +162,16 @@ fn with_service(workers: usize) -> TestCluster {
 /// An authenticated raw connection to `via`'s service port, subscribed to `topic` (and the
 /// subscription in place when this returns): an application that reads only when told.
 async fn raw_subscriber(c: &Config, via: &str, topic: &str) -> Framed<TcpStream, FrameCodec> {
+    raw_subscriber_with(c, via, topic, None).await
+}
+
+/// As [`raw_subscriber`], sending `options` first when given.
+async fn raw_subscriber_with(
+    c: &Config,
+    via: &str,
+    topic: &str,
+    options: Option<Options>,
+) -> Framed<TcpStream, FrameCodec> {
     let addr = c.node(via).unwrap().service.unwrap();
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
@@ -175,6 +185,9 @@ async fn raw_subscriber(c: &Config, via: &str, topic: &str) -> Framed<TcpStream,
     framed
         .codec_mut()
         .set_max_frame_bytes(c.cluster.max_frame_bytes);
+    if let Some(options) = options {
+        framed.send(&Message::Options(options)).await.unwrap();
+    }
     framed
         .send(&Message::Subscribe(Topic {
             topic: topic.into(),
@@ -325,5 +338,58 @@ async fn a_slow_application_does_not_hold_up_a_fast_one_on_the_same_node() {
     let (_, codes, whole) = read_to_end(slow).await;
     assert_eq!(codes, vec!["slow_consumer".to_owned()]);
     assert!(whole, "the stream ended inside a frame");
+    cluster::stop(&nodes).await;
+}
+
+#[actix_rt::test]
+async fn an_application_that_asked_for_drop_oldest_loses_old_events_counted_and_stays_attached() {
+    const EVENTS: u64 = 400;
+    let (c, nodes) = start(with_service(1)).await;
+    let (tx, mut markers) = mpsc::unbounded_channel();
+    nodes[0].subscribe::<Marker>(MarkerWatch(tx).start().recipient());
+    let options = Options {
+        overflow: Some("drop_oldest".into()),
+    };
+    let mut slow = raw_subscriber_with(&c, "master", Bulk::TOPIC, Some(options)).await;
+    info!("--- {EVENTS} events of 64 KiB to an application that reads nothing");
+    let started = Instant::now();
+    flood(&nodes[0], EVENTS, 64 * 1024, &mut markers).await;
+    info!(
+        "--- flooded in {:?}; the application reads",
+        started.elapsed()
+    );
+    // Read up to the last event: the newest are kept, so it is there.
+    let (mut received, mut last_seq, mut dropped) = (0u64, 0u64, 0u64);
+    while last_seq < EVENTS {
+        match tokio::time::timeout(WAIT, slow.next()).await {
+            Ok(Some(Ok(wire::Frame(_, Message::Deliver(d))))) => {
+                assert!(d.seq > last_seq, "seq {} after {last_seq}", d.seq);
+                assert!(d.dropped >= dropped, "the drop count went down");
+                assert!(!d.targeted);
+                received += 1;
+                last_seq = d.seq;
+                dropped = d.dropped;
+            }
+            Ok(Some(Ok(wire::Frame(_, Message::Error(e))))) => {
+                panic!("closed with {}: {}", e.code, e.message)
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the stream ended after {received} events: {other:?}"),
+        }
+    }
+    assert!(dropped > 0, "nothing was dropped: the queue never filled");
+    assert!(received < EVENTS);
+    info!("--- received {received}, dropped {dropped}; the application is still served");
+    slow.send(&Message::Ping(Ping { n: 9 })).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, slow.next()).await {
+            Ok(Some(Ok(wire::Frame(_, Message::Pong(p))))) if p.n == 9 => break,
+            Ok(Some(Ok(wire::Frame(_, Message::Error(e))))) => {
+                panic!("closed with {}: {}", e.code, e.message)
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no pong: {other:?}"),
+        }
+    }
     cluster::stop(&nodes).await;
 }

@@ -191,19 +191,21 @@ impl LinkQueue {
     ///
     /// # Errors
     /// `Full` when discarding every droppable frame does not make room (the writer holds the
-    /// rest), or `Closed`.
+    /// rest), or `Closed`; the frame is handed back.
     pub fn push_dropping_oldest(
         &self,
         frame: EncodedMessage,
         droppable: bool,
-    ) -> Result<u64, QueueError> {
-        let mut inner = self.inner.lock().map_err(|_| QueueError::Closed)?;
+    ) -> Result<u64, (QueueError, EncodedMessage)> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Err((QueueError::Closed, frame));
+        };
         if inner.closing.is_some() || inner.closed {
-            return Err(QueueError::Closed);
+            return Err((QueueError::Closed, frame));
         }
         while !self.fits(&inner, frame.len()) {
             let Some(i) = inner.queue.iter().position(|e| e.droppable) else {
-                return Err(QueueError::Full);
+                return Err((QueueError::Full, frame));
             };
             if let Some(e) = inner.queue.remove(i) {
                 inner.bytes -= e.frame.len();
@@ -331,6 +333,10 @@ mod tests {
             topic: "t".into(),
             from: "n".into(),
             payload: bytes::Bytes::from(vec![0u8; len]),
+            id: 0,
+            seq: 0,
+            targeted: false,
+            dropped: 0,
         });
         encode_message(&msg).unwrap()
     }
@@ -377,13 +383,13 @@ mod tests {
         assert!(q.try_push_kept(frame(1)).is_ok());
         assert!(q.try_push(frame(2)).is_ok());
         assert!(q.try_push(frame(3)).is_ok());
-        assert_eq!(q.push_dropping_oldest(frame(4), true), Ok(1));
-        assert_eq!(q.push_dropping_oldest(frame(5), true), Ok(2));
-        assert_eq!(q.push_dropping_oldest(frame(6), false), Ok(3));
-        assert_eq!(q.push_dropping_oldest(frame(7), false), Ok(4));
+        assert_eq!(q.push_dropping_oldest(frame(4), true).ok(), Some(1));
+        assert_eq!(q.push_dropping_oldest(frame(5), true).ok(), Some(2));
+        assert_eq!(q.push_dropping_oldest(frame(6), false).ok(), Some(3));
+        assert_eq!(q.push_dropping_oldest(frame(7), false).ok(), Some(4));
         // Only kept frames are left: nothing more to discard.
         assert_eq!(
-            q.push_dropping_oldest(frame(8), false),
+            q.push_dropping_oldest(frame(8), false).map_err(|e| e.0),
             Err(QueueError::Full)
         );
     }

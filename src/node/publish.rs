@@ -101,8 +101,15 @@ fn plan(
             });
         }
     }
+    // Numbered only once the event is known to go somewhere: its stream has no holes at the
+    // origin but for events a full link refused (`Full`, `BusFull`).
+    let seq = if linked || here {
+        s.next_event_seq(topic, to)
+    } else {
+        0
+    };
     let frame = if linked {
-        let f = EncodedMessage::event(id, topic, s.name(), s.incarnation, to, s.ttl, payload);
+        let f = EncodedMessage::event(id, seq, topic, s.name(), s.incarnation, to, s.ttl, payload);
         let max = s.config.cluster.max_frame_bytes;
         if f.len() + 16 > max {
             return Err(PublishError::TooLarge { len: f.len(), max });
@@ -113,6 +120,7 @@ fn plan(
     };
     let local = (here && s.local_topics.contains(topic)).then(|| Envelope {
         id,
+        seq,
         topic: topic.to_owned(),
         origin: s.name().to_owned(),
         origin_incarnation: s.incarnation,
@@ -126,23 +134,38 @@ fn plan(
 /// Send without waiting. Room is checked on every link first, so a full link means nothing
 /// was sent.
 pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
-    let links = out
-        .table
-        .next_links_for(out.target.as_deref(), out.origin.name(), None);
+    send_or_return(bus, out).map_err(|(e, _)| e)
+}
+
+/// As [`send_now`], handing the event back when nothing was sent, to be sent with
+/// [`send_wait`] under the same number.
+pub(crate) fn send_or_return(
+    bus: &Addr<EventBus>,
+    mut out: Outgoing,
+) -> Result<(), (PublishError, Option<Box<Outgoing>>)> {
+    let (table, origin) = (out.table.clone(), out.origin.clone());
+    let target = out.target.clone();
+    let links = table.next_links_for(target.as_deref(), origin.name(), None);
     if let Some(frame) = &out.frame {
         for link in links.clone() {
-            link.tx.has_room(frame.len()).map_err(|e| match e {
-                QueueError::Full => PublishError::Full(link.peer.clone()),
-                QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
-            })?;
+            if let Err(e) = link.tx.has_room(frame.len()) {
+                let e = match e {
+                    QueueError::Full => PublishError::Full(link.peer.clone()),
+                    QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
+                };
+                return Err((e, Some(Box::new(out))));
+            }
         }
     }
-    if let Some(env) = out.local {
-        bus.try_send(Deliver(vec![env], None))
-            .map_err(|e| match e {
-                SendError::Full(_) => PublishError::BusFull,
-                SendError::Closed(_) => PublishError::Stopped,
-            })?;
+    if let Some(env) = out.local.take() {
+        match bus.try_send(Deliver(vec![env], None)) {
+            Ok(()) => {}
+            Err(SendError::Full(Deliver(mut envs, _))) => {
+                out.local = envs.pop();
+                return Err((PublishError::BusFull, Some(Box::new(out))));
+            }
+            Err(SendError::Closed(_)) => return Err((PublishError::Stopped, None)),
+        }
     }
     let mut frame = out.frame;
     let mut sends = links.peekable();
@@ -161,7 +184,10 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
 }
 
 /// Send, waiting for room on each link and on the bus (backpressure).
-pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
+pub(crate) async fn send_wait(
+    bus: &Addr<EventBus>,
+    out: Box<Outgoing>,
+) -> Result<(), PublishError> {
     let mut frame = out.frame;
     let mut links = out
         .table

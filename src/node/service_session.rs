@@ -14,12 +14,15 @@
 //! session stops reading, so TCP pushes back).
 //!
 //! Each application has its own queue, the write queue of its link: `LINK_QUEUE_FRAMES` frames
-//! and `LINK_QUEUE_BYTES` bytes. Nothing ever waits for room in it, so a slow application
-//! never holds up the event bus or any other subscriber. A frame that finds it full closes the
-//! application as a `slow_consumer`: what was queued is dropped, the frame being written is
-//! finished, and the `error` frame follows, whole, before the stream ends. An application that
-//! asked for `drop_oldest` (the `options` message) is not closed: the oldest queued deliveries
-//! make room, and each `deliver` carries the count dropped so far. One that sends
+//! and `LINK_QUEUE_BYTES` bytes. A frame that finds it full waits for room at most
+//! [`SLOW_CONSUMER_GRACE`] (holding up the event bus meanwhile, as any subscriber that takes
+//! events slower than they come does: an application that reads keeps what it subscribed to,
+//! losslessly). If no room appears in that time, the application is a `slow_consumer`: what
+//! was queued is dropped, the frame being written is finished, the `error` frame follows,
+//! whole, and the stream ends; the bus goes on at once, so an application that stopped reading
+//! holds the others up once, for the grace. An application that asked for `drop_oldest` (the
+//! `options` message) never holds anyone up: the oldest queued deliveries make room, and each
+//! `deliver` carries the count dropped so far. An application that sends
 //! nothing for the failure timeout is closed as `timeout`.
 
 use std::collections::HashMap;
@@ -34,7 +37,9 @@ use tokio_util::codec::FramedParts;
 use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
 };
-use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
+use super::event_bus::{
+    Delivered, EventBus, EventMeta, Subscribe, Subscriber, SubscriptionId, Unsubscribe,
+};
 use super::publish;
 use super::service_listener::ServiceClosed;
 use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES};
@@ -113,36 +118,76 @@ struct Overflow {
     drop_oldest: std::sync::atomic::AtomicBool,
     /// Set by whoever found the queue full first.
     slow: std::sync::atomic::AtomicBool,
+    /// Deliveries dropped to make room (`drop_oldest`), as last reported by the queue.
+    dropped: AtomicU64,
+}
+
+/// How long a frame may wait for room in a full application queue before the application is
+/// a slow consumer. An application that reads at all makes room far sooner; one that stopped
+/// reading holds its node's deliveries up this long, once.
+pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_millis(50);
+
+/// What became of a frame offered to an application's queue.
+enum Pushed {
+    Queued,
+    /// Full: the frame is handed back, to wait for room (up to [`SLOW_CONSUMER_GRACE`]).
+    Full(crate::wire::EncodedMessage),
+    Closed,
+}
+
+/// What became of a frame that waited for room.
+#[derive(PartialEq, Eq)]
+enum Waited {
+    Queued,
+    Closed,
+    /// No room within the grace: this wait closed the application as a slow consumer.
+    GaveUp,
 }
 
 impl Overflow {
-    /// Queue `frame` for the application by its policy; `false` when it found the queue full
-    /// and closed it (`slow_consumer`), and `session` must be told.
-    fn push(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage, droppable: bool) -> bool {
-        let full = if self.drop_oldest.load(Ordering::Relaxed) {
-            matches!(
-                tx.push_dropping_oldest(frame, droppable),
-                Err(QueueError::Full)
-            )
+    /// Offer `frame` to the application's queue by its policy, without waiting.
+    fn try_push(
+        &self,
+        tx: &LinkQueue,
+        frame: crate::wire::EncodedMessage,
+        droppable: bool,
+    ) -> Pushed {
+        let pushed = if self.drop_oldest.load(Ordering::Relaxed) {
+            tx.push_dropping_oldest(frame, droppable).map(|dropped| {
+                self.dropped.store(dropped, Ordering::Relaxed);
+            })
+        } else if droppable {
+            tx.try_push(frame)
         } else {
-            let pushed = if droppable {
-                tx.try_push(frame)
-            } else {
-                tx.try_push_kept(frame)
-            };
-            matches!(pushed, Err((QueueError::Full, _)))
+            tx.try_push_kept(frame)
         };
-        if full && !self.slow.swap(true, Ordering::Relaxed) {
-            let word = encode_message(&Message::Error(ErrorFrame {
-                code: "slow_consumer".into(),
-                message: format!(
-                    "the application's queue is full ({LINK_QUEUE_FRAMES} frames or {LINK_QUEUE_BYTES} bytes)"
-                ),
-            }));
-            tx.close(word.ok(), false);
-            return false;
+        match pushed {
+            Ok(()) => Pushed::Queued,
+            Err((QueueError::Full, frame)) => Pushed::Full(frame),
+            Err((QueueError::Closed, _)) => Pushed::Closed,
         }
-        true
+    }
+
+    /// Wait up to [`SLOW_CONSUMER_GRACE`] for room; then close the queue with
+    /// `error slow_consumer` as its last word (once, whoever gets there first).
+    async fn wait_for_room(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage) -> Waited {
+        match tokio::time::timeout(SLOW_CONSUMER_GRACE, tx.push(frame)).await {
+            Ok(Ok(())) => Waited::Queued,
+            Ok(Err(_)) => Waited::Closed,
+            Err(_) if self.slow.swap(true, Ordering::Relaxed) => Waited::Closed,
+            Err(_) => {
+                let word = encode_message(&Message::Error(ErrorFrame {
+                    code: "slow_consumer".into(),
+                    message: format!(
+                        "the application's queue ({LINK_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
+                         stayed full for {} ms",
+                        SLOW_CONSUMER_GRACE.as_millis()
+                    ),
+                }));
+                tx.close(word.ok(), false);
+                Waited::GaveUp
+            }
+        }
     }
 }
 
@@ -232,9 +277,20 @@ impl ServiceSession {
         }
     }
 
+    /// The session's own frames (replies, requests, refusals, pongs) wait for room holding up
+    /// this session only; one at a time, so they keep their order.
     fn push_frame(&self, frame: crate::wire::EncodedMessage, ctx: &mut Context<Self>) {
-        if !self.overflow.push(&self.tx, frame, false) {
-            ctx.notify(SlowConsumer);
+        if let Pushed::Full(frame) = self.overflow.try_push(&self.tx, frame, false) {
+            let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
+            ctx.wait(
+                async move { overflow.wait_for_room(&tx, frame).await }
+                    .into_actor(self)
+                    .map(|waited, _, ctx| {
+                        if waited == Waited::GaveUp {
+                            ctx.notify(SlowConsumer);
+                        }
+                    }),
+            );
         }
     }
 
@@ -310,6 +366,16 @@ impl ServiceSession {
             Message::Ping(p) => self.push(&Message::Pong(p), ctx),
             Message::Pong(_) => {}
             Message::Cluster(q) => self.cluster(q.id, ctx),
+            Message::Options(o) => match o.overflow.as_deref() {
+                None | Some("close") => self.overflow.drop_oldest.store(false, Ordering::Relaxed),
+                Some("drop_oldest") => self.overflow.drop_oldest.store(true, Ordering::Relaxed),
+                Some(other) => self.refuse(
+                    "options",
+                    "bad_option",
+                    format!("overflow {other:?}: expected \"close\" or \"drop_oldest\""),
+                    ctx,
+                ),
+            },
             Message::Bye(bye) => {
                 tracing::debug!(node = %self.node(), app = %self.app.node, "application left: {}", bye.reason);
                 self.closing = true;
@@ -394,34 +460,27 @@ impl ServiceSession {
             let message = format!("topic {:?} {why}", p.topic);
             return self.refuse("publish", "bad_topic", message, ctx);
         }
-        let target = p.target;
-        let out = match publish::prepare_raw(&self.w.shared, &p.topic, target.clone(), &p.payload) {
+        let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,
             Err(e) => return self.refuse_publish(&e, ctx),
         };
-        // Nothing is sent when a queue is full: then plan again and wait for room, reading
-        // nothing more from the application meanwhile (TCP pushes back on it).
-        match publish::send_now(&self.w.bus, out) {
+        // Nothing is sent when a queue is full: then wait for room with the same event (and
+        // number), reading nothing more from the application meanwhile (TCP pushes back).
+        match publish::send_or_return(&self.w.bus, out) {
             Ok(()) => {}
-            Err(PublishError::Full(_) | PublishError::BusFull) => {
-                let (shared, bus) = (self.w.shared.clone(), self.w.bus.clone());
-                let (topic, payload) = (p.topic, p.payload);
+            Err((PublishError::Full(_) | PublishError::BusFull, Some(out))) => {
+                let bus = self.w.bus.clone();
                 ctx.wait(
-                    async move {
-                        match publish::prepare_raw(&shared, &topic, target, &payload) {
-                            Ok(out) => publish::send_wait(&bus, out).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    .into_actor(self)
-                    .map(|result, act, ctx| {
-                        if let Err(e) = result {
-                            act.refuse_publish(&e, ctx);
-                        }
-                    }),
+                    async move { publish::send_wait(&bus, out).await }
+                        .into_actor(self)
+                        .map(|result, act, ctx| {
+                            if let Err(e) = result {
+                                act.refuse_publish(&e, ctx);
+                            }
+                        }),
                 );
             }
-            Err(e) => self.refuse_publish(&e, ctx),
+            Err((e, _)) => self.refuse_publish(&e, ctx),
         }
     }
 
@@ -544,7 +603,7 @@ impl Subscriber for AppSubscriber {
         Some(self.group)
     }
 
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], meta: EventMeta) -> Delivered {
         if self.tx.is_closed() {
             return Delivered::Closed;
         }
@@ -552,17 +611,34 @@ impl Subscriber for AppSubscriber {
             topic: topic.to_owned(),
             from: from.name,
             payload: Bytes::copy_from_slice(payload),
+            id: meta.id,
+            seq: meta.seq,
+            targeted: meta.targeted,
+            dropped: self.overflow.dropped.load(Ordering::Relaxed),
         });
         let frame = match encode_message(&msg) {
             Ok(f) => f,
             Err(_) => return Delivered::Sent,
         };
-        if !self.overflow.push(&self.tx, frame, true) {
-            // Told once (the flag): the session stops and unsubscribes.
-            let _ = self.session.try_send(SlowConsumer);
-            return Delivered::Closed;
+        match self.overflow.try_push(&self.tx, frame, true) {
+            Pushed::Queued => Delivered::Sent,
+            Pushed::Closed => Delivered::Closed,
+            Pushed::Full(frame) => {
+                // The bus waits, for the grace at most (see the module docs).
+                let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
+                let session = self.session.clone();
+                Delivered::Full(Box::pin(async move {
+                    match overflow.wait_for_room(&tx, frame).await {
+                        Waited::Queued => true,
+                        Waited::Closed => false,
+                        Waited::GaveUp => {
+                            let _ = session.try_send(SlowConsumer);
+                            false
+                        }
+                    }
+                }))
+            }
         }
-        Delivered::Sent
     }
 }
 
@@ -698,7 +774,8 @@ impl Handler<SlowConsumer> for ServiceSession {
         if !self.closing {
             // The queue is closed with its `error` frame already; only the log is left.
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
-                "closing application: slow_consumer: its queue is full");
+                "closing application: slow_consumer: its queue stayed full for {} ms",
+                SLOW_CONSUMER_GRACE.as_millis());
             self.closing = true;
         }
         ctx.stop();

@@ -329,7 +329,8 @@ impl Session {
             | Message::Respond(_)
             | Message::Refused(_)
             | Message::Cluster(_)
-            | Message::ClusterView(_)) => {
+            | Message::ClusterView(_)
+            | Message::Options(_)) => {
                 self.fail(
                     ctx,
                     "unexpected_message",

@@ -4,6 +4,7 @@
 //! Each snapshot has exactly one writer: the route table is written by the Router, the stats
 //! sample by Stats, the membership view by Membership. Everyone else only loads.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,6 +51,9 @@ pub struct NodeShared {
     /// otherwise.
     pub local_topics: LocalTopics,
     next_event_id: AtomicU64,
+    /// The last `seq` of each stream this node published: topic → destination ("" for every
+    /// node, else the target's name) → number.
+    event_seqs: Mutex<HashMap<String, HashMap<String, u64>>>,
     next_link_id: AtomicU64,
     degraded: AtomicBool,
     /// Set once when the node must shut down (an escalation); every waiter sees it.
@@ -86,6 +90,7 @@ impl NodeShared {
             identity,
             ttl,
             next_event_id: AtomicU64::new(0),
+            event_seqs: Mutex::default(),
             next_link_id: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -107,6 +112,26 @@ impl NodeShared {
 
     pub fn next_event_id(&self) -> u64 {
         self.next_event_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next number of the stream of events on `topic` to `target` (every node if
+    /// `None`), from 1. Called once per event actually sent, so a stream has no gaps at its
+    /// origin.
+    pub fn next_event_seq(&self, topic: &str, target: Option<&str>) -> u64 {
+        let Ok(mut seqs) = self.event_seqs.lock() else {
+            return 0;
+        };
+        let dest = target.unwrap_or("");
+        let by_dest = match seqs.get_mut(topic) {
+            Some(m) => m,
+            None => seqs.entry(topic.to_owned()).or_default(),
+        };
+        let n = match by_dest.get_mut(dest) {
+            Some(n) => n,
+            None => by_dest.entry(dest.to_owned()).or_default(),
+        };
+        *n += 1;
+        *n
     }
 
     pub fn next_link_id(&self) -> u64 {
