@@ -568,6 +568,6 @@ impl NodeHandle {
         target: Option<String>,
     ) -> Result<(), PublishError> {
         let out = publish::prepare(&self.shared, event, target)?;
-        publish::send_wait(&self.bus, Box::new(out)).await
+        publish::send_wait(&self.bus, out).await
     }
 }

@@ -61,6 +61,11 @@ struct Inner {
     /// The writer ended: nothing will be written any more.
     closed: bool,
     dropped: u64,
+    /// The writer found nothing to do and waits to be woken: only then does a producer pay
+    /// for a wake-up.
+    writer_idle: bool,
+    /// A producer waits for room: only then does the writer pay for waking producers.
+    producers_waiting: bool,
 }
 
 /// See the module docs.
@@ -130,8 +135,11 @@ impl LinkQueue {
         }
         inner.bytes += frame.len();
         inner.queue.push_back(Entry { frame, droppable });
+        let wake = std::mem::take(&mut inner.writer_idle);
         drop(inner);
-        self.wake_writer.notify_one();
+        if wake {
+            self.wake_writer.notify_one();
+        }
         Ok(())
     }
 
@@ -162,8 +170,11 @@ impl LinkQueue {
             frame,
             droppable: true,
         });
+        let wake = std::mem::take(&mut inner.writer_idle);
         drop(inner);
-        self.wake_writer.notify_one();
+        if wake {
+            self.wake_writer.notify_one();
+        }
     }
 
     /// Queue `frame`, waiting for room (backpressure); resolves in the order producers
@@ -177,6 +188,16 @@ impl LinkQueue {
             tokio::pin!(room);
             // Registered before trying, so a release between the try and the wait is not missed.
             room.as_mut().enable();
+            match self.try_push(frame) {
+                Ok(()) => return Ok(()),
+                Err((QueueError::Closed, f)) => return Err(f),
+                Err((QueueError::Full, f)) => frame = f,
+            }
+            // Ask to be woken, then look once more: room freed before the flag was seen is
+            // found by this second try.
+            if let Ok(mut inner) = self.inner.lock() {
+                inner.producers_waiting = true;
+            }
             match self.try_push(frame) {
                 Ok(()) => return Ok(()),
                 Err((QueueError::Closed, f)) => return Err(f),
@@ -215,8 +236,11 @@ impl LinkQueue {
         inner.bytes += frame.len();
         inner.queue.push_back(Entry { frame, droppable });
         let dropped = inner.dropped;
+        let wake = std::mem::take(&mut inner.writer_idle);
         drop(inner);
-        self.wake_writer.notify_one();
+        if wake {
+            self.wake_writer.notify_one();
+        }
         Ok(dropped)
     }
 
@@ -258,50 +282,82 @@ impl LinkQueue {
         max_frames: usize,
         max_bytes: usize,
     ) -> Next {
+        let mut woken = std::pin::pin!(self.wake_writer.notified());
+        // First without registering for a wake-up: under load there are frames waiting.
+        let mut registered = false;
         loop {
-            let woken = self.wake_writer.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if let Ok(mut inner) = self.inner.lock() {
-                let flushing = inner.closing.as_ref().is_none_or(|e| e.flush);
-                if flushing && !inner.queue.is_empty() {
-                    let mut taken = 0;
-                    while let Some(e) = inner.queue.front() {
-                        if out.len() >= max_frames
-                            || (taken > 0 && taken + e.frame.len() > max_bytes)
-                        {
-                            break;
-                        }
-                        taken += e.frame.len();
-                        if let Some(e) = inner.queue.pop_front() {
-                            out.push(e.frame);
-                        }
-                    }
-                    drop(inner);
-                    // Slots were freed (bytes are freed by `written`).
-                    self.room.notify_waiters();
-                    return Next::Frames(taken);
-                }
-                if let Some(ending) = inner.closing.take() {
-                    inner.closed = true;
-                    return Next::End(ending);
-                }
-            } else {
-                return Next::End(Ending {
-                    flush: false,
-                    last_word: None,
-                });
+            let wait = match self.look(out, max_frames, max_bytes, registered) {
+                Ok(wait) => wait,
+                Err(next) => return next,
+            };
+            if wait {
+                woken.as_mut().await;
+                woken.set(self.wake_writer.notified());
             }
-            woken.await;
+            // Registered before the next look, so a frame queued after it wakes this writer.
+            woken.as_mut().enable();
+            registered = true;
         }
+    }
+
+    /// One look at the queue for `next`: `Err` with what to return, or `Ok(true)` when the
+    /// writer must wait (it is then marked idle, so that the next frame wakes it).
+    fn look(
+        &self,
+        out: &mut Vec<EncodedMessage>,
+        max_frames: usize,
+        max_bytes: usize,
+        registered: bool,
+    ) -> Result<bool, Next> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Err(Next::End(Ending {
+                flush: false,
+                last_word: None,
+            }));
+        };
+        let flushing = inner.closing.as_ref().is_none_or(|e| e.flush);
+        if flushing && !inner.queue.is_empty() {
+            let mut taken = 0;
+            while let Some(e) = inner.queue.front() {
+                if out.len() >= max_frames || (taken > 0 && taken + e.frame.len() > max_bytes) {
+                    break;
+                }
+                taken += e.frame.len();
+                if let Some(e) = inner.queue.pop_front() {
+                    out.push(e.frame);
+                }
+            }
+            inner.writer_idle = false;
+            let wake = std::mem::take(&mut inner.producers_waiting);
+            drop(inner);
+            // Slots were freed (bytes are freed by `written`).
+            if wake {
+                self.room.notify_waiters();
+            }
+            return Err(Next::Frames(taken));
+        }
+        if let Some(ending) = inner.closing.take() {
+            inner.closed = true;
+            return Err(Next::End(ending));
+        }
+        if registered {
+            inner.writer_idle = true;
+        }
+        Ok(registered)
     }
 
     /// The writer finished writing `bytes` taken by `next`: their room is free again.
     pub(crate) fn written(&self, bytes: usize) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.bytes = inner.bytes.saturating_sub(bytes);
+        let wake = match self.inner.lock() {
+            Ok(mut inner) => {
+                inner.bytes = inner.bytes.saturating_sub(bytes);
+                std::mem::take(&mut inner.producers_waiting)
+            }
+            Err(_) => true,
+        };
+        if wake {
+            self.room.notify_waiters();
         }
-        self.room.notify_waiters();
     }
 
     /// Resolves when a close was asked for (the writer watches it while a write blocks).

@@ -50,7 +50,18 @@ pub(crate) fn prepare<E: Event>(
     let id = shared.next_event_id();
     let table = shared.routes.load_full();
     let (frame, local) = EncodedMessage::with_payload(event, |payload| {
-        plan(shared, &table, id, E::TOPIC, target.as_deref(), payload)
+        plan(
+            shared,
+            &table,
+            id,
+            E::TOPIC,
+            target.as_deref(),
+            payload,
+            |s, to| match to {
+                None => s.next_broadcast_seq_static(E::TOPIC),
+                Some(_) => s.next_event_seq(E::TOPIC, to),
+            },
+        )
     })??;
     Ok(Outgoing {
         table,
@@ -71,7 +82,15 @@ pub(crate) fn prepare_raw(
 ) -> Result<Outgoing, PublishError> {
     let id = shared.next_event_id();
     let table = shared.routes.load_full();
-    let (frame, local) = plan(shared, &table, id, topic, target.as_deref(), payload)?;
+    let (frame, local) = plan(
+        shared,
+        &table,
+        id,
+        topic,
+        target.as_deref(),
+        payload,
+        |s, to| s.next_event_seq(topic, to),
+    )?;
     Ok(Outgoing {
         table,
         target,
@@ -83,6 +102,8 @@ pub(crate) fn prepare_raw(
 
 type Planned = (Option<EncodedMessage>, Option<Envelope>);
 
+/// `number` gives the event its `seq` (typed events look their stream up by the address of
+/// their static topic).
 fn plan(
     s: &NodeShared,
     table: &RouteTable,
@@ -90,6 +111,7 @@ fn plan(
     topic: &str,
     to: Option<&str>,
     payload: &[u8],
+    number: impl FnOnce(&NodeShared, Option<&str>) -> u64,
 ) -> Result<Planned, PublishError> {
     let linked = table.next_links_for(to, s.name(), None).next().is_some();
     let here = table.is_local_for(to);
@@ -103,11 +125,7 @@ fn plan(
     }
     // Numbered only once the event is known to go somewhere: its stream has no holes at the
     // origin but for events a full link refused (`Full`, `BusFull`).
-    let seq = if linked || here {
-        s.next_event_seq(topic, to)
-    } else {
-        0
-    };
+    let seq = if linked || here { number(s, to) } else { 0 };
     let frame = if linked {
         let f = EncodedMessage::event(id, seq, topic, s.name(), s.incarnation, to, s.ttl, payload);
         let max = s.config.cluster.max_frame_bytes;
@@ -145,6 +163,32 @@ pub(crate) fn send_or_return(
 ) -> Result<(), (PublishError, Option<Box<Outgoing>>)> {
     let (table, origin) = (out.table.clone(), out.origin.clone());
     let target = out.target.clone();
+    let links = table.next_links_for(target.as_deref(), origin.name(), None);
+    let mut links = links.peekable();
+    // The usual case, one link and no local subscriber: one attempt, no separate check.
+    if out.local.is_none() {
+        if let Some(link) = links.next() {
+            if links.peek().is_none() {
+                let Some(frame) = out.frame.take() else {
+                    return Ok(());
+                };
+                return match link.tx.try_push(frame) {
+                    Ok(()) => {
+                        link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err((e, frame)) => {
+                        let e = match e {
+                            QueueError::Full => PublishError::Full(link.peer.clone()),
+                            QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
+                        };
+                        out.frame = Some(frame);
+                        Err((e, Some(Box::new(out))))
+                    }
+                };
+            }
+        }
+    }
     let links = table.next_links_for(target.as_deref(), origin.name(), None);
     if let Some(frame) = &out.frame {
         for link in links.clone() {
@@ -184,10 +228,7 @@ pub(crate) fn send_or_return(
 }
 
 /// Send, waiting for room on each link and on the bus (backpressure).
-pub(crate) async fn send_wait(
-    bus: &Addr<EventBus>,
-    out: Box<Outgoing>,
-) -> Result<(), PublishError> {
+pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
     let mut frame = out.frame;
     let mut links = out
         .table

@@ -471,7 +471,7 @@ impl ServiceSession {
             Err((PublishError::Full(_) | PublishError::BusFull, Some(out))) => {
                 let bus = self.w.bus.clone();
                 ctx.wait(
-                    async move { publish::send_wait(&bus, out).await }
+                    async move { publish::send_wait(&bus, *out).await }
                         .into_actor(self)
                         .map(|result, act, ctx| {
                             if let Err(e) = result {

@@ -53,7 +53,7 @@ pub struct NodeShared {
     next_event_id: AtomicU64,
     /// The last `seq` of each stream this node published: topic → destination ("" for every
     /// node, else the target's name) → number.
-    event_seqs: Mutex<HashMap<String, HashMap<String, u64>>>,
+    event_seqs: Mutex<EventSeqs>,
     next_link_id: AtomicU64,
     degraded: AtomicBool,
     /// Set once when the node must shut down (an escalation); every waiter sees it.
@@ -118,20 +118,19 @@ impl NodeShared {
     /// `None`), from 1. Called once per event actually sent, so a stream has no gaps at its
     /// origin.
     pub fn next_event_seq(&self, topic: &str, target: Option<&str>) -> u64 {
-        let Ok(mut seqs) = self.event_seqs.lock() else {
-            return 0;
-        };
-        let dest = target.unwrap_or("");
-        let by_dest = match seqs.get_mut(topic) {
-            Some(m) => m,
-            None => seqs.entry(topic.to_owned()).or_default(),
-        };
-        let n = match by_dest.get_mut(dest) {
-            Some(n) => n,
-            None => by_dest.entry(dest.to_owned()).or_default(),
-        };
-        *n += 1;
-        *n
+        match self.event_seqs.lock() {
+            Ok(mut seqs) => seqs.next(topic, target.unwrap_or("")),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`next_event_seq`](Self::next_event_seq) of a broadcast whose topic is a `&'static str`
+    /// (a typed event's): its stream is found by the text's address, without hashing it.
+    pub fn next_broadcast_seq_static(&self, topic: &'static str) -> u64 {
+        match self.event_seqs.lock() {
+            Ok(mut seqs) => seqs.next_static(topic),
+            Err(_) => 0,
+        }
     }
 
     pub fn next_link_id(&self) -> u64 {
@@ -153,6 +152,99 @@ impl NodeShared {
     pub async fn stop_requested(&self) {
         let mut rx = self.stop.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The stream counters of one node: topic → destination ("" for every node, else the target's
+/// name) → the stream's last `seq`.
+#[derive(Default)]
+struct EventSeqs {
+    last: Vec<u64>,
+    /// Indices into `last`.
+    streams: HashMap<String, HashMap<String, usize, Fnv>, Fnv>,
+    /// Broadcast streams of static topics by the text's address and length (static text is
+    /// never freed, so an address names one text for good): a short list, scanned.
+    statics: Vec<(usize, usize, usize)>,
+}
+
+impl EventSeqs {
+    /// Static topics remembered by address; more are looked up by text.
+    const STATICS: usize = 32;
+
+    fn index(&mut self, topic: &str, dest: &str) -> usize {
+        let next = self.last.len();
+        let by_dest = match self.streams.get_mut(topic) {
+            Some(m) => m,
+            None => self.streams.entry(topic.to_owned()).or_default(),
+        };
+        let i = match by_dest.get(dest) {
+            Some(i) => *i,
+            None => *by_dest.entry(dest.to_owned()).or_insert(next),
+        };
+        if i == next {
+            self.last.push(0);
+        }
+        i
+    }
+
+    fn bump(&mut self, i: usize) -> u64 {
+        match self.last.get_mut(i) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        }
+    }
+
+    fn next(&mut self, topic: &str, dest: &str) -> u64 {
+        let i = self.index(topic, dest);
+        self.bump(i)
+    }
+
+    fn next_static(&mut self, topic: &'static str) -> u64 {
+        let key = (topic.as_ptr() as usize, topic.len());
+        let found = self
+            .statics
+            .iter()
+            .find(|(ptr, len, _)| (*ptr, *len) == key)
+            .map(|(_, _, i)| *i);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let i = self.index(topic, "");
+                if self.statics.len() < Self::STATICS {
+                    self.statics.push((key.0, key.1, i));
+                }
+                i
+            }
+        };
+        self.bump(i)
+    }
+}
+
+/// FNV-1a for the stream counters, looked up once per published event with short keys that
+/// only this node's publishers choose (SipHash would cost more than the rest of the lookup).
+#[derive(Default, Clone, Copy)]
+pub struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+pub struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
