@@ -20,8 +20,9 @@
 //!
 //! One reader task answers the node's pings, resolves calls and queues everything else
 //! ([`Incoming`]) in a bounded queue of [`INCOMING_QUEUE`] items; when the application does
-//! not take them, the reader stops reading and the node's queue toward it fills (after the
-//! failure timeout the node closes it as a slow consumer).
+//! not take them, the reader stops reading and the node's queue toward it fills (once it is
+//! full and the node could write nothing for 50 ms, the node closes it as a slow consumer,
+//! unless [`Client::set_overflow`] asked for [`Overflow::DropOldest`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

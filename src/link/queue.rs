@@ -78,6 +78,8 @@ pub struct LinkQueue {
     close_signal: Notify,
     /// Wakes producers waiting for room.
     room: Notify,
+    /// Writes that took bytes: a peer that reads anything at all moves it.
+    progress: std::sync::atomic::AtomicU64,
 }
 
 /// What the writer takes next.
@@ -95,6 +97,7 @@ impl LinkQueue {
             wake_writer: Notify::new(),
             close_signal: Notify::new(),
             room: Notify::new(),
+            progress: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -182,16 +185,41 @@ impl LinkQueue {
     ///
     /// # Errors
     /// The link closed; the frame is handed back.
-    pub async fn push(&self, mut frame: EncodedMessage) -> Result<(), EncodedMessage> {
+    pub async fn push(&self, frame: EncodedMessage) -> Result<(), EncodedMessage> {
+        self.push_while_writing(frame, None)
+            .await
+            .map_err(|(_, frame)| frame)
+    }
+
+    /// As [`push`](Self::push), but giving up (`Full`, with the frame) once the writer wrote
+    /// nothing for `stall`: the peer stopped reading. A peer that reads, however slowly, keeps
+    /// the wait going.
+    ///
+    /// # Errors
+    /// `Full` after a stall, or `Closed`; the frame is handed back.
+    pub async fn push_unless_stalled(
+        &self,
+        frame: EncodedMessage,
+        stall: std::time::Duration,
+    ) -> Result<(), (QueueError, EncodedMessage)> {
+        self.push_while_writing(frame, Some(stall)).await
+    }
+
+    async fn push_while_writing(
+        &self,
+        mut frame: EncodedMessage,
+        stall: Option<std::time::Duration>,
+    ) -> Result<(), (QueueError, EncodedMessage)> {
+        use std::sync::atomic::Ordering;
+        let mut seen = self.progress.load(Ordering::Relaxed);
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             // Registered before trying, so a release between the try and the wait is not missed.
             room.as_mut().enable();
             match self.try_push(frame) {
-                Ok(()) => return Ok(()),
-                Err((QueueError::Closed, f)) => return Err(f),
                 Err((QueueError::Full, f)) => frame = f,
+                done => return done,
             }
             // Ask to be woken, then look once more: room freed before the flag was seen is
             // found by this second try.
@@ -199,11 +227,21 @@ impl LinkQueue {
                 inner.producers_waiting = true;
             }
             match self.try_push(frame) {
-                Ok(()) => return Ok(()),
-                Err((QueueError::Closed, f)) => return Err(f),
                 Err((QueueError::Full, f)) => frame = f,
+                done => return done,
             }
-            room.await;
+            match stall {
+                None => room.await,
+                Some(stall) => {
+                    if tokio::time::timeout(stall, room).await.is_err() {
+                        let now = self.progress.load(Ordering::Relaxed);
+                        if now == seen {
+                            return Err((QueueError::Full, frame));
+                        }
+                        seen = now;
+                    }
+                }
+            }
         }
     }
 
@@ -344,6 +382,12 @@ impl LinkQueue {
             inner.writer_idle = true;
         }
         Ok(registered)
+    }
+
+    /// The writer wrote some bytes: the peer reads.
+    pub(crate) fn wrote_some(&self) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The writer finished writing `bytes` taken by `next`: their room is free again.

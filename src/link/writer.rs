@@ -121,6 +121,7 @@ async fn write_watching<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        queue.wrote_some();
         pos += n;
     }
     Ok(())

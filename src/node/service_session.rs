@@ -13,17 +13,17 @@
 //! (past them: `refused`, or `busy` for calls). Publishes wait for room in the cluster (the
 //! session stops reading, so TCP pushes back).
 //!
-//! Each application has its own queue, the write queue of its link: `LINK_QUEUE_FRAMES` frames
-//! and `LINK_QUEUE_BYTES` bytes. A frame that finds it full waits for room at most
-//! [`SLOW_CONSUMER_GRACE`] (holding up the event bus meanwhile, as any subscriber that takes
-//! events slower than they come does: an application that reads keeps what it subscribed to,
-//! losslessly). If no room appears in that time, the application is a `slow_consumer`: what
-//! was queued is dropped, the frame being written is finished, the `error` frame follows,
-//! whole, and the stream ends; the bus goes on at once, so an application that stopped reading
-//! holds the others up once, for the grace. An application that asked for `drop_oldest` (the
-//! `options` message) never holds anyone up: the oldest queued deliveries make room, and each
-//! `deliver` carries the count dropped so far. An application that sends
-//! nothing for the failure timeout is closed as `timeout`.
+//! Each application has its own queue, the write queue of its link: `APP_QUEUE_FRAMES` frames
+//! and `LINK_QUEUE_BYTES` bytes. A frame that finds it full waits for room as long as the
+//! application reads (holding up the event bus meanwhile, as any subscriber that takes events
+//! slower than they come does: an application that reads keeps what it subscribed to,
+//! losslessly). Once nothing was written to it for [`SLOW_CONSUMER_GRACE`], the application is
+//! a `slow_consumer`: what was queued is dropped, the frame being written is finished, the
+//! `error` frame follows, whole, and the stream ends; the bus goes on at once, so an
+//! application that stopped reading holds the others up once, for the grace. An application
+//! that asked for `drop_oldest` (the `options` message) never holds anyone up: the oldest
+//! queued deliveries make room, and each `deliver` carries the count dropped so far. An
+//! application that sends nothing for the failure timeout is closed as `timeout`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +42,7 @@ use super::event_bus::{
 };
 use super::publish;
 use super::service_listener::ServiceClosed;
-use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES};
+use super::shared::{NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES};
 use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
@@ -122,9 +122,9 @@ struct Overflow {
     dropped: AtomicU64,
 }
 
-/// How long a frame may wait for room in a full application queue before the application is
-/// a slow consumer. An application that reads at all makes room far sooner; one that stopped
-/// reading holds its node's deliveries up this long, once.
+/// How long an application's queue may stay full with nothing written to the application
+/// before it is a slow consumer. An application that reads at all keeps its writer moving;
+/// one that stopped reading holds its node's deliveries up this long, once.
 pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_millis(50);
 
 /// What became of a frame offered to an application's queue.
@@ -168,19 +168,20 @@ impl Overflow {
         }
     }
 
-    /// Wait up to [`SLOW_CONSUMER_GRACE`] for room; then close the queue with
-    /// `error slow_consumer` as its last word (once, whoever gets there first).
+    /// Wait for room while the application reads; once nothing was written to it for
+    /// [`SLOW_CONSUMER_GRACE`], close the queue with `error slow_consumer` as its last word
+    /// (once, whoever gets there first).
     async fn wait_for_room(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage) -> Waited {
-        match tokio::time::timeout(SLOW_CONSUMER_GRACE, tx.push(frame)).await {
-            Ok(Ok(())) => Waited::Queued,
-            Ok(Err(_)) => Waited::Closed,
+        match tx.push_unless_stalled(frame, SLOW_CONSUMER_GRACE).await {
+            Ok(()) => Waited::Queued,
+            Err((QueueError::Closed, _)) => Waited::Closed,
             Err(_) if self.slow.swap(true, Ordering::Relaxed) => Waited::Closed,
             Err(_) => {
                 let word = encode_message(&Message::Error(ErrorFrame {
                     code: "slow_consumer".into(),
                     message: format!(
-                        "the application's queue ({LINK_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
-                         stayed full for {} ms",
+                        "the application's queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
+                         stayed full, and it read nothing for {} ms",
                         SLOW_CONSUMER_GRACE.as_millis()
                     ),
                 }));
@@ -230,7 +231,7 @@ impl ServiceSession {
                 write,
                 writer_codec,
                 QueueBounds {
-                    frames: LINK_QUEUE_FRAMES,
+                    frames: APP_QUEUE_FRAMES,
                     bytes: LINK_QUEUE_BYTES,
                 },
                 ctx.address().recipient(),
@@ -774,7 +775,7 @@ impl Handler<SlowConsumer> for ServiceSession {
         if !self.closing {
             // The queue is closed with its `error` frame already; only the log is left.
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
-                "closing application: slow_consumer: its queue stayed full for {} ms",
+                "closing application: slow_consumer: its queue stayed full, and it read nothing for {} ms",
                 SLOW_CONSUMER_GRACE.as_millis());
             self.closing = true;
         }

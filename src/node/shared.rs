@@ -27,6 +27,9 @@ pub const LINK_QUEUE_FRAMES: usize = 2048;
 /// Bytes queued per link, the frame being written included: whichever bound is reached first
 /// applies (2,048 frames of 256 KiB would be half a gigabyte).
 pub const LINK_QUEUE_BYTES: usize = 8 << 20;
+/// Frames queued per application: more than a peer link's, so that for small events the byte
+/// bound is the one that applies and a reading application rides out a pause of its own.
+pub const APP_QUEUE_FRAMES: usize = 65_536;
 /// Event batches queued for the event bus before sessions pause reading their socket.
 pub const BUS_QUEUE_BATCHES: usize = 256;
 /// Frames a session decodes before handing them on as one batch.

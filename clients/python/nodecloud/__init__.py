@@ -52,8 +52,8 @@ that arrives while the queue is full is discarded and counted in ``Client.droppe
 the reader never blocks, so calls and pings keep flowing, whatever the handlers and the
 application's threads are doing. With ``queue_full="block"`` the reader waits for room instead:
 nothing is lost, the node's queue toward this application fills, but replies and pings wait
-behind the blocked event too, and a node whose queue stays full for 50 ms closes the link with
-``slow_consumer`` (unless ``connect`` asked for ``overflow="drop_oldest"``: the node then drops
+behind the blocked event too, and a node whose queue is full while this client reads nothing
+for 50 ms closes the link with ``slow_consumer`` (unless ``connect`` asked for ``overflow="drop_oldest"``: the node then drops
 the oldest queued deliveries, and each event's ``dropped`` says how many so far).
 
 Each event unpacks as ``(topic, from_node, value)`` and carries ``id`` (unique among the events
