@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::event_bus::{Deliver, EventBus};
 use super::router::RouteTable;
+use super::session::LinkHandle;
 use super::shared::NodeShared;
 use super::PublishError;
 use crate::event::Event;
@@ -161,45 +162,44 @@ pub(crate) fn send_or_return(
     bus: &Addr<EventBus>,
     mut out: Outgoing,
 ) -> Result<(), (PublishError, Option<Box<Outgoing>>)> {
-    let (table, origin) = (out.table.clone(), out.origin.clone());
-    let target = out.target.clone();
-    let links = table.next_links_for(target.as_deref(), origin.name(), None);
-    let mut links = links.peekable();
-    // The usual case, one link and no local subscriber: one attempt, no separate check.
-    if out.local.is_none() {
-        if let Some(link) = links.next() {
-            if links.peek().is_none() {
+    // Checked with the plan borrowed (no reference count touched per event); the event is
+    // handed back whole when something is full.
+    let refused = {
+        let mut links = out
+            .table
+            .next_links_for(out.target.as_deref(), out.origin.name(), None)
+            .peekable();
+        match (links.next(), links.peek().is_none(), &out.local) {
+            // The usual case, one link and no local subscriber: one attempt, no separate check.
+            (Some(link), true, None) => {
                 let Some(frame) = out.frame.take() else {
                     return Ok(());
                 };
-                return match link.tx.try_push(frame) {
+                match link.tx.try_push(frame) {
                     Ok(()) => {
                         link.counters.events_out.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
+                        return Ok(());
                     }
                     Err((e, frame)) => {
-                        let e = match e {
-                            QueueError::Full => PublishError::Full(link.peer.clone()),
-                            QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
-                        };
                         out.frame = Some(frame);
-                        Err((e, Some(Box::new(out))))
+                        Some(link_refusal(e, link))
                     }
-                };
+                }
             }
+            _ => out.frame.as_ref().and_then(|frame| {
+                out.table
+                    .next_links_for(out.target.as_deref(), out.origin.name(), None)
+                    .find_map(|link| {
+                        link.tx
+                            .has_room(frame.len())
+                            .err()
+                            .map(|e| link_refusal(e, link))
+                    })
+            }),
         }
-    }
-    let links = table.next_links_for(target.as_deref(), origin.name(), None);
-    if let Some(frame) = &out.frame {
-        for link in links.clone() {
-            if let Err(e) = link.tx.has_room(frame.len()) {
-                let e = match e {
-                    QueueError::Full => PublishError::Full(link.peer.clone()),
-                    QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
-                };
-                return Err((e, Some(Box::new(out))));
-            }
-        }
+    };
+    if let Some(e) = refused {
+        return Err((e, Some(Box::new(out))));
     }
     if let Some(env) = out.local.take() {
         match bus.try_send(Deliver(vec![env], None)) {
@@ -212,7 +212,10 @@ pub(crate) fn send_or_return(
         }
     }
     let mut frame = out.frame;
-    let mut sends = links.peekable();
+    let mut sends = out
+        .table
+        .next_links_for(out.target.as_deref(), out.origin.name(), None)
+        .peekable();
     while let Some(link) = sends.next() {
         // The last link takes the frame itself, the others a reference-counted clone.
         let f = if sends.peek().is_some() {
@@ -225,6 +228,13 @@ pub(crate) fn send_or_return(
         link.counters.events_out.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn link_refusal(e: QueueError, link: &LinkHandle) -> PublishError {
+    match e {
+        QueueError::Full => PublishError::Full(link.peer.clone()),
+        QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
+    }
 }
 
 /// Send, waiting for room on each link and on the bus (backpressure).

@@ -168,6 +168,9 @@ struct EventSeqs {
     /// Broadcast streams of static topics by the text's address and length (static text is
     /// never freed, so an address names one text for good): a short list, scanned.
     statics: Vec<(usize, usize, usize)>,
+    /// The last stream numbered by text (an application publishes on a few topics, often one):
+    /// topic, destination, index.
+    recent: Option<(String, String, usize)>,
 }
 
 impl EventSeqs {
@@ -201,7 +204,14 @@ impl EventSeqs {
     }
 
     fn next(&mut self, topic: &str, dest: &str) -> u64 {
-        let i = self.index(topic, dest);
+        let i = match &mut self.recent {
+            Some((t, d, i)) if t == topic && d == dest => *i,
+            _ => {
+                let i = self.index(topic, dest);
+                self.recent = Some((topic.to_owned(), dest.to_owned(), i));
+                i
+            }
+        };
         self.bump(i)
     }
 

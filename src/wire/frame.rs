@@ -337,6 +337,14 @@ pub struct Method {
     pub method: String,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// An application's link options. Unknown fields are ignored, so later versions can add some.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Options {
@@ -369,11 +377,12 @@ pub struct Deliver {
     #[serde(default)]
     pub seq: u64,
     /// Whether the event was published to this node only (`target`) rather than to every node:
-    /// the two are numbered apart.
-    #[serde(default)]
+    /// the two are numbered apart. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub targeted: bool,
     /// Deliveries to this application dropped so far to make room (`drop_oldest` only).
-    #[serde(default)]
+    /// Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped: u64,
 }
 
