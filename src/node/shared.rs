@@ -21,11 +21,10 @@ use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
 use crate::wire::{Identity, NodeStats};
 
-/// Frames queued per link (peer or application) before senders wait (publishers), pause
-/// reading (relays), or the application is a slow consumer.
+/// Frames queued per peer link before senders wait (publishers) or pause reading (relays).
 pub const LINK_QUEUE_FRAMES: usize = 2048;
-/// Bytes queued per link, the frame being written included: whichever bound is reached first
-/// applies (2,048 frames of 256 KiB would be half a gigabyte).
+/// Bytes queued per link (peer or application), the frame being written included: whichever
+/// bound is reached first applies (2,048 frames of 256 KiB would be half a gigabyte).
 pub const LINK_QUEUE_BYTES: usize = 8 << 20;
 /// Frames queued per application: more than a peer link's, so that for small events the byte
 /// bound is the one that applies and a reading application rides out a pause of its own.
