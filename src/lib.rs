@@ -28,7 +28,9 @@
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
-//! * [`link`]: what peer and service links share; the resumable stream of a peer link.
+//! * [`link`]: the link core under every Session and ServiceSession (transport, the write
+//!   queue bounded in frames and bytes, the batching writer, liveness, close-with-reason), and
+//!   the resumable stream of a peer link.
 //! * [`testing`]: loopback configurations and membership waits for tests, and a fault-injecting
 //!   TCP forwarder.
 

@@ -23,7 +23,6 @@ mod identity;
 mod listener;
 mod master;
 mod membership;
-mod pause;
 mod publish;
 mod router;
 mod service_listener;

@@ -11,7 +11,7 @@
 //! app.subscribe("sensor.temperature").await?;
 //! app.publish("sensor.temperature", &serde_json::json!({"celsius": 21.5}), None).await?;
 //! while let Some(incoming) = app.next().await {
-//!     if let Incoming::Event { topic, from, payload } = incoming {
+//!     if let Incoming::Event { topic, from, payload, .. } = incoming {
 //!         println!("{topic} from {from}: {} bytes", payload.len());
 //!     }
 //! }
@@ -20,8 +20,9 @@
 //!
 //! One reader task answers the node's pings, resolves calls and queues everything else
 //! ([`Incoming`]) in a bounded queue of [`INCOMING_QUEUE`] items; when the application does
-//! not take them, the reader stops reading and the node's queue toward it fills (after the
-//! failure timeout the node closes it as a slow consumer).
+//! not take them, the reader stops reading and the node's queue toward it fills (once it is
+//! full and the node could write nothing for 50 ms, the node closes it as a slow consumer,
+//! unless [`Client::set_overflow`] asked for [`Overflow::DropOldest`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ use crate::call::{CallError, CallTarget, Request};
 use crate::config::Config;
 use crate::wire::{
     self, Bye, Call, ClusterQuery, ClusterView, Failure, Frame, FrameCodec, HandshakeError,
-    Identity, Message, Method, Outcome, Ping, Publish, Reply, Topic, WireError,
+    Identity, Message, Method, Options, Outcome, Ping, Publish, Reply, Topic, WireError,
     MAX_HANDSHAKE_FRAME_BYTES,
 };
 
@@ -146,15 +147,35 @@ pub enum ClientError {
     TooLarge { len: usize, max: usize },
 }
 
+/// The policy of an application's queue at its node when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// The node sends `error slow_consumer` and closes the link.
+    #[default]
+    Close,
+    /// The node drops the oldest queued deliveries and counts them (`Incoming::Event::dropped`).
+    DropOldest,
+}
+
 /// What the node sends the application, besides replies to its calls.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// An event of a subscribed topic or pattern; `topic` is the event's own (concrete)
     /// topic, and `payload` one CBOR item.
+    ///
+    /// `id` identifies the event among those of `from`'s incarnation; `seq` numbers it in its
+    /// stream (the events `from` published on `topic` to every node, or to this node only when
+    /// `targeted`), from 1, so a gap in `seq` is an event that did not arrive. `dropped` counts
+    /// the deliveries the node dropped for this application to make room (only with
+    /// [`Overflow::DropOldest`]).
     Event {
         topic: String,
         from: String,
         payload: Bytes,
+        id: u64,
+        seq: u64,
+        targeted: bool,
+        dropped: u64,
     },
     /// A call of an implemented method: answer it with [`Client::respond`].
     Request {
@@ -385,6 +406,22 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Closed`].
+    /// What the node does when this application's queue is full (send it right after
+    /// attaching): close it with `slow_consumer` (the default), or drop the oldest deliveries.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the connection is gone.
+    pub async fn set_overflow(&self, overflow: Overflow) -> Result<(), ClientError> {
+        let policy = match overflow {
+            Overflow::Close => "close",
+            Overflow::DropOldest => "drop_oldest",
+        };
+        self.send(Message::Options(Options {
+            overflow: Some(policy.to_owned()),
+        }))
+        .await
+    }
+
     pub async fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
         self.send(Message::Subscribe(Topic {
             topic: topic.to_owned(),
@@ -642,6 +679,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 topic: d.topic,
                 from: d.from,
                 payload: d.payload,
+                id: d.id,
+                seq: d.seq,
+                targeted: d.targeted,
+                dropped: d.dropped,
             },
             Message::Request(r) => Incoming::Request {
                 id: r.id,

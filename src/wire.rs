@@ -28,7 +28,7 @@ pub use codec::{
 };
 pub use frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
-    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Outcome, PeerCall,
+    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Options, Outcome, PeerCall,
     PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
     KNOWN_KINDS,
 };

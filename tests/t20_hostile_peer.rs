@@ -422,6 +422,7 @@ async fn valid_frame_of_the_wrong_type_before_authentication_is_refused() {
     info!("--- a raw peer opens with an event instead of a hello");
     let event = Message::Event(Envelope {
         id: 0,
+        seq: 1,
         topic: Probe::TOPIC.into(),
         origin: "worker-1".into(),
         origin_incarnation: Uuid::new_v4(),

@@ -158,6 +158,7 @@ async fn an_actor_publish_and_an_application_publish_reach_a_subscribed_applicat
         topic,
         from,
         payload,
+        ..
     } = next(&mut sub).await
     else {
         panic!("an event")

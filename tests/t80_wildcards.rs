@@ -102,6 +102,7 @@ async fn event(app: &mut Client) -> (String, String, i64) {
             topic,
             from,
             payload,
+            ..
         } => (topic, from, decode_payload::<Reading>(&payload).unwrap().v),
         other => panic!("an event, not {other:?}"),
     }

@@ -225,7 +225,7 @@ class HandshakeTest(NodeTest):
         self.assertEqual(welcome["max_subscriptions"], 1024)
         self.assertEqual(welcome["max_methods"], 256)
         self.assertEqual(client._conn.limit, welcome["max_frame_bytes"])
-        self.assertEqual(welcome["envelope_overhead_bytes"], 117 + len(NODE))
+        self.assertEqual(welcome["envelope_overhead_bytes"], 130 + len(NODE))
 
     def test_wrong_key_is_auth_failed(self):
         with self.assertRaises(HandshakeError) as cm:
@@ -387,6 +387,24 @@ class EventTest(NodeTest):
             self.assertLess(time.monotonic(), deadline, f"methods: {me['methods']}")
             time.sleep(0.05)
             (me,) = client.cluster()["members"]
+
+    def test_events_carry_their_id_and_their_number_in_their_stream(self):
+        client = self.connect(overflow="drop_oldest")
+        client.subscribe("t.seq")
+        client.sync(WAIT)
+        for v in range(3):
+            client.publish("t.seq", v)
+        events = [client.next_event(WAIT) for _ in range(3)]
+        self.assertEqual([tuple(e) for e in events], [("t.seq", NODE, v) for v in range(3)])
+        seqs = [e.seq for e in events]
+        self.assertEqual(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2])
+        self.assertGreaterEqual(seqs[0], 1)
+        self.assertEqual(len({e.id for e in events}), 3)
+        self.assertEqual([(e.targeted, e.dropped) for e in events], [(False, 0)] * 3)
+        client.publish("t.seq", 9, target=NODE)
+        targeted = client.next_event(WAIT)
+        self.assertTrue(targeted.targeted)
+        self.assertEqual(targeted.seq, 1, "targeted events are numbered apart")
 
     def test_unsubscribe_stops_deliveries(self):
         client = self.connect()

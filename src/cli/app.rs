@@ -124,6 +124,7 @@ pub async fn sub(
                 topic,
                 from,
                 payload,
+                ..
             }) => {
                 let payload = json::cbor_to_json(&payload)
                     .unwrap_or_else(|e| serde_json::json!({"$undecodable": e.to_string()}));

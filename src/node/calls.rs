@@ -29,7 +29,6 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::membership::{Membership, MembershipView, MethodsChanged};
-use super::session::Outbound;
 use super::shared::NodeShared;
 use crate::call::{CallError, Invocation, Request};
 use crate::event::NodeId;
@@ -458,7 +457,7 @@ pub(crate) async fn route(shared: &NodeShared, target: &str, frame: EncodedMessa
     else {
         return false;
     };
-    link.tx.send(Outbound::Frame(frame)).await.is_ok()
+    link.tx.push(frame).await.is_ok()
 }
 
 impl Actor for Calls {

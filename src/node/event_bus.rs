@@ -12,10 +12,13 @@
 //! belongs to a group (an application) gets an envelope once however many of its group's
 //! subscriptions match it.
 //!
-//! Bounds and policy: the bus mailbox holds `BUS_QUEUE_BATCHES` batches. A subscriber whose
-//! mailbox is full is waited for (`ctx.wait`): the bus stops taking batches, sessions stop
-//! reading their sockets, and TCP pushes back on the publishers. Nothing is dropped; a slow
-//! subscriber slows its node's intake. A subscriber whose actor is gone is removed.
+//! Bounds and policy: the bus mailbox holds `BUS_QUEUE_BATCHES` batches. An actor subscriber
+//! whose mailbox is full is waited for (`ctx.wait`): the bus stops taking batches, sessions
+//! stop reading their sockets, and TCP pushes back on the publishers. Nothing is dropped; a
+//! slow actor slows its node's intake. An application's full queue holds the bus for at most
+//! `SLOW_CONSUMER_GRACE` per event, after which the application is closed (or, with
+//! `drop_oldest`, never: see node::service_session). A subscriber whose actor or application
+//! is gone is removed.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -54,10 +57,18 @@ pub(crate) enum Delivered {
     Undecodable(WireError, NodeId),
 }
 
+/// What identifies a delivered event besides its topic and origin (applications see it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventMeta {
+    pub id: u64,
+    pub seq: u64,
+    pub targeted: bool,
+}
+
 /// A subscriber, type-erased: it knows how to turn a payload into its own message.
 pub(crate) trait Subscriber: Send {
     /// `topic` is the envelope's concrete topic (for a pattern subscriber, what matched).
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered;
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], meta: EventMeta) -> Delivered;
 
     /// Subscribers of one group take an envelope once, whichever of them match it.
     fn group(&self) -> Option<u64> {
@@ -71,7 +82,7 @@ pub(crate) struct TypedSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for TypedSubscriber<E> {
-    fn deliver(&self, _topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, _topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
             Err(e) => return Delivered::Undecodable(e, from),
@@ -93,7 +104,7 @@ pub(crate) struct PatternSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for PatternSubscriber<E> {
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
             Err(e) => return Delivered::Undecodable(e, from),
@@ -301,7 +312,12 @@ impl EventBus {
                 } else {
                     from.clone()
                 };
-                match sub.deliver(&env.topic, to, &env.payload) {
+                let meta = EventMeta {
+                    id: env.id,
+                    seq: env.seq,
+                    targeted: env.target.is_some(),
+                };
+                match sub.deliver(&env.topic, to, &env.payload, meta) {
                     Delivered::Sent => {}
                     Delivered::Closed => {
                         self.remove(&env.topic, id);

@@ -115,7 +115,6 @@ impl StreamHandler<Accepted> for PeerListener {
             match result {
                 Ok(peer) => {
                     let parts = framed.into_parts();
-                    let (read, write) = parts.io.into_split();
                     let params = SessionParams {
                         shared: act.shared.clone(),
                         peer,
@@ -123,7 +122,7 @@ impl StreamHandler<Accepted> for PeerListener {
                         wiring: act.wiring.clone(),
                         owner: Some(ctx.address().recipient()),
                     };
-                    Session::start(params, read, write, parts.codec, parts.read_buf);
+                    Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
                 }
                 // Refused here as a duplicate: logged once by `identity::check`.
                 Err(HandshakeError::Duplicate(_)) => {}

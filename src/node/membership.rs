@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::pause::{self, PauseClock};
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
+use crate::link::pause::{self, PauseClock};
 use crate::topology::IndexedGraph;
 use crate::wire::{encode_message, Heartbeat, Message, NodeStats, Status};
 
@@ -309,9 +309,7 @@ impl Membership {
             }
         };
         for link in links {
-            let _ = link
-                .tx
-                .try_send(super::session::Outbound::Frame(frame.clone()));
+            let _ = link.tx.try_push(frame.clone());
         }
     }
 

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::event_bus::{Deliver, EventBus};
 use super::router::RouteTable;
-use super::session::Outbound;
+use super::session::LinkHandle;
 use super::shared::NodeShared;
 use super::PublishError;
 use crate::event::Event;
+use crate::link::QueueError;
 use crate::topic::check_topic;
 use crate::wire::{EncodedMessage, Envelope};
 
@@ -51,7 +51,18 @@ pub(crate) fn prepare<E: Event>(
     let id = shared.next_event_id();
     let table = shared.routes.load_full();
     let (frame, local) = EncodedMessage::with_payload(event, |payload| {
-        plan(shared, &table, id, E::TOPIC, target.as_deref(), payload)
+        plan(
+            shared,
+            &table,
+            id,
+            E::TOPIC,
+            target.as_deref(),
+            payload,
+            |s, to| match to {
+                None => s.next_broadcast_seq_static(E::TOPIC),
+                Some(_) => s.next_event_seq(E::TOPIC, to),
+            },
+        )
     })??;
     Ok(Outgoing {
         table,
@@ -72,7 +83,15 @@ pub(crate) fn prepare_raw(
 ) -> Result<Outgoing, PublishError> {
     let id = shared.next_event_id();
     let table = shared.routes.load_full();
-    let (frame, local) = plan(shared, &table, id, topic, target.as_deref(), payload)?;
+    let (frame, local) = plan(
+        shared,
+        &table,
+        id,
+        topic,
+        target.as_deref(),
+        payload,
+        |s, to| s.next_event_seq(topic, to),
+    )?;
     Ok(Outgoing {
         table,
         target,
@@ -84,6 +103,8 @@ pub(crate) fn prepare_raw(
 
 type Planned = (Option<EncodedMessage>, Option<Envelope>);
 
+/// `number` gives the event its `seq` (typed events look their stream up by the address of
+/// their static topic).
 fn plan(
     s: &NodeShared,
     table: &RouteTable,
@@ -91,6 +112,7 @@ fn plan(
     topic: &str,
     to: Option<&str>,
     payload: &[u8],
+    number: impl FnOnce(&NodeShared, Option<&str>) -> u64,
 ) -> Result<Planned, PublishError> {
     let linked = table.next_links_for(to, s.name(), None).next().is_some();
     let here = table.is_local_for(to);
@@ -102,8 +124,11 @@ fn plan(
             });
         }
     }
+    // Numbered only once the event is known to go somewhere: its stream has no holes at the
+    // origin but for events a full link refused (`Full`, `BusFull`).
+    let seq = if linked || here { number(s, to) } else { 0 };
     let frame = if linked {
-        let f = EncodedMessage::event(id, topic, s.name(), s.incarnation, to, s.ttl, payload);
+        let f = EncodedMessage::event(id, seq, topic, s.name(), s.incarnation, to, s.ttl, payload);
         let max = s.config.cluster.max_frame_bytes;
         if f.len() + 16 > max {
             return Err(PublishError::TooLarge { len: f.len(), max });
@@ -114,6 +139,7 @@ fn plan(
     };
     let local = (here && s.local_topics.contains(topic)).then(|| Envelope {
         id,
+        seq,
         topic: topic.to_owned(),
         origin: s.name().to_owned(),
         origin_incarnation: s.incarnation,
@@ -124,35 +150,73 @@ fn plan(
     Ok((frame, local))
 }
 
-/// Send without waiting. Room is reserved on every link first, so a full link means nothing
+/// Send without waiting. Room is checked on every link first, so a full link means nothing
 /// was sent.
 pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
-    let links = out
-        .table
-        .next_links_for(out.target.as_deref(), out.origin.name(), None);
-    // The first permit is kept apart so that the usual single link costs no allocation.
-    let mut first = None;
-    let mut more = Vec::new();
-    for link in links.clone() {
-        let permit = link.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => PublishError::Full(link.peer.clone()),
-            mpsc::error::TrySendError::Closed(()) => PublishError::TargetDown(link.peer.clone()),
-        })?;
-        match first {
-            None => first = Some(permit),
-            Some(_) => more.push(permit),
+    send_or_return(bus, out).map_err(|(e, _)| e)
+}
+
+/// As [`send_now`], handing the event back when nothing was sent, to be sent with
+/// [`send_wait`] under the same number.
+pub(crate) fn send_or_return(
+    bus: &Addr<EventBus>,
+    mut out: Outgoing,
+) -> Result<(), (PublishError, Option<Box<Outgoing>>)> {
+    // Checked with the plan borrowed (no reference count touched per event); the event is
+    // handed back whole when something is full.
+    let refused = {
+        let mut links = out
+            .table
+            .next_links_for(out.target.as_deref(), out.origin.name(), None)
+            .peekable();
+        match (links.next(), links.peek().is_none(), &out.local) {
+            // The usual case, one link and no local subscriber: one attempt, no separate check.
+            (Some(link), true, None) => {
+                let Some(frame) = out.frame.take() else {
+                    return Ok(());
+                };
+                match link.tx.try_push(frame) {
+                    Ok(()) => {
+                        link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err((e, frame)) => {
+                        out.frame = Some(frame);
+                        Some(link_refusal(e, link))
+                    }
+                }
+            }
+            _ => out.frame.as_ref().and_then(|frame| {
+                out.table
+                    .next_links_for(out.target.as_deref(), out.origin.name(), None)
+                    .find_map(|link| {
+                        link.tx
+                            .has_room(frame.len())
+                            .err()
+                            .map(|e| link_refusal(e, link))
+                    })
+            }),
+        }
+    };
+    if let Some(e) = refused {
+        return Err((e, Some(Box::new(out))));
+    }
+    if let Some(env) = out.local.take() {
+        match bus.try_send(Deliver(vec![env], None)) {
+            Ok(()) => {}
+            Err(SendError::Full(Deliver(mut envs, _))) => {
+                out.local = envs.pop();
+                return Err((PublishError::BusFull, Some(Box::new(out))));
+            }
+            Err(SendError::Closed(_)) => return Err((PublishError::Stopped, None)),
         }
     }
-    if let Some(env) = out.local {
-        bus.try_send(Deliver(vec![env], None))
-            .map_err(|e| match e {
-                SendError::Full(_) => PublishError::BusFull,
-                SendError::Closed(_) => PublishError::Stopped,
-            })?;
-    }
     let mut frame = out.frame;
-    let mut sends = links.zip(first.into_iter().chain(more)).peekable();
-    while let Some((link, permit)) = sends.next() {
+    let mut sends = out
+        .table
+        .next_links_for(out.target.as_deref(), out.origin.name(), None)
+        .peekable();
+    while let Some(link) = sends.next() {
         // The last link takes the frame itself, the others a reference-counted clone.
         let f = if sends.peek().is_some() {
             frame.clone()
@@ -160,10 +224,17 @@ pub(crate) fn send_now(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), Publis
             frame.take()
         };
         let Some(f) = f else { break };
-        permit.send(Outbound::Frame(f));
+        link.tx.push_checked(f);
         link.counters.events_out.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn link_refusal(e: QueueError, link: &LinkHandle) -> PublishError {
+    match e {
+        QueueError::Full => PublishError::Full(link.peer.clone()),
+        QueueError::Closed => PublishError::TargetDown(link.peer.clone()),
+    }
 }
 
 /// Send, waiting for room on each link and on the bus (backpressure).
@@ -180,11 +251,11 @@ pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(),
             frame.take()
         };
         let Some(f) = f else { break };
-        // The synchronous attempt first: it skips the semaphore's future when there is room.
-        let sent = match link.tx.try_send(Outbound::Frame(f)) {
+        // The synchronous attempt first: it skips the wait's future when there is room.
+        let sent = match link.tx.try_push(f) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(f)) => link.tx.send(f).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err((QueueError::Full, f)) => link.tx.push(f).await.is_ok(),
+            Err((QueueError::Closed, _)) => false,
         };
         if sent {
             link.counters.events_out.fetch_add(1, Ordering::Relaxed);

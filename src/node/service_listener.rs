@@ -13,7 +13,6 @@ use std::path::PathBuf;
 
 use actix::prelude::*;
 use futures_util::SinkExt;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::codec::Framed;
 
@@ -22,6 +21,7 @@ use super::service_session::{
     CloseService, ServiceSession, ServiceWiring, MAX_CALLS_IN_FLIGHT, MAX_METHODS,
     MAX_REQUESTS_IN_FLIGHT, MAX_SUBSCRIPTIONS,
 };
+use crate::link::Transport;
 use crate::wire::{self, ErrorFrame, FrameCodec, Identity, Message, MAX_HANDSHAKE_FRAME_BYTES};
 
 /// Applications attached to one node at once.
@@ -46,12 +46,9 @@ pub struct ServiceListener {
 
 /// A connection, from either socket, with a printable peer address.
 struct Accepted {
-    io: Box<dyn Io>,
+    io: Transport,
     addr: String,
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
 /// An application's session ended.
 #[derive(Message)]
@@ -113,7 +110,7 @@ impl Actor for ServiceListener {
                 let next = l.accept().await.map(|(s, a)| {
                     let _ = s.set_nodelay(true);
                     Accepted {
-                        io: Box::new(s),
+                        io: s.into(),
                         addr: a.to_string(),
                     }
                 });
@@ -126,7 +123,7 @@ impl Actor for ServiceListener {
                 let shown = shown.clone();
                 async move {
                     let next = l.accept().await.map(|(s, _)| Accepted {
-                        io: Box::new(s),
+                        io: s.into(),
                         addr: shown,
                     });
                     Some((next, l))

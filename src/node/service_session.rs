@@ -6,37 +6,50 @@
 //! application subscribed and implemented is removed when it goes; calls waiting on it fail
 //! at once with `implementer_gone`, because their answer channels are dropped.
 //!
+//! Framing, the write queue, liveness and close-with-reason are the link core's (crate::link).
+//!
 //! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics and patterns, [`MAX_METHODS`] methods,
 //! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
-//! (past them: `refused`, or `busy` for calls). The queue toward the application holds
-//! `LINK_QUEUE_FRAMES` frames; publishes wait for room in the cluster (the session stops
-//! reading, so TCP pushes back). An application whose queue stays full for the failure
-//! timeout is closed as a `slow_consumer`; one that sends nothing for that long, as `timeout`.
+//! (past them: `refused`, or `busy` for calls). Publishes wait for room in the cluster (the
+//! session stops reading, so TCP pushes back).
+//!
+//! Each application has its own queue, the write queue of its link: `APP_QUEUE_FRAMES` frames
+//! and `LINK_QUEUE_BYTES` bytes. A frame that finds it full waits for room as long as the
+//! application reads (holding up the event bus meanwhile, as any subscriber that takes events
+//! slower than they come does: an application that reads keeps what it subscribed to,
+//! losslessly). Once nothing was written to it for [`SLOW_CONSUMER_GRACE`], the application is
+//! a `slow_consumer`: what was queued is dropped, the frame being written is finished, the
+//! `error` frame follows, whole, and the stream ends; the bus goes on at once, so an
+//! application that stopped reading holds the others up once, for the grace. An application
+//! that asked for `drop_oldest` (the `options` message) never holds anyone up: the oldest
+//! queued deliveries make room, and each `deliver` carries the count dropped so far. An
+//! application that sends nothing for the failure timeout is closed as `timeout`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio_util::codec::{FramedParts, FramedRead};
+use tokio_util::codec::FramedParts;
 
 use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
 };
-use super::event_bus::{Delivered, EventBus, Subscribe, Subscriber, SubscriptionId, Unsubscribe};
-use super::pause::{self, PauseClock};
+use super::event_bus::{
+    Delivered, EventBus, EventMeta, Subscribe, Subscriber, SubscriptionId, Unsubscribe,
+};
 use super::publish;
 use super::service_listener::ServiceClosed;
-use super::session::{write_loop, Outbound, WriterFailed};
-use super::shared::{NodeShared, LINK_QUEUE_FRAMES};
+use super::shared::{NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES};
 use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
 use crate::event::NodeId;
+use crate::link::{
+    self, LinkQueue, Liveness, QueueBounds, QueueError, Tick, Transport, WriterFailed,
+};
 use crate::topic::{check_pattern, check_topic};
 use crate::wire::{
     encode_message, Bye, Call, ClusterView, Deliver, ErrorFrame, Failure, Frame, FrameCodec,
@@ -69,12 +82,10 @@ pub struct ServiceSession {
     w: ServiceWiring,
     app: PeerInfo,
     peer_addr: String,
-    tx: mpsc::Sender<Outbound>,
-    writer: Option<actix_rt::task::JoinHandle<()>>,
-    last_inbound: Instant,
-    /// The heartbeat timer's clock: a pause of this node is not the application's silence.
-    pause: PauseClock,
-    last_outbound_ping: u64,
+    tx: Arc<LinkQueue>,
+    liveness: Liveness,
+    /// What happens when the application's queue is full (shared with its subscribers).
+    overflow: Arc<Overflow>,
     /// Topics and patterns, as the application wrote them.
     subscriptions: HashMap<String, SubscriptionId>,
     /// This session's subscriber group at the bus (see `AppSubscriber`).
@@ -94,10 +105,92 @@ pub struct ServiceSession {
 #[rtype(result = "()")]
 pub struct CloseService(pub String);
 
-/// The application's queue stayed full: it does not keep up.
+/// The application's queue was full: it does not keep up (its queue is closed already).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SlowConsumer;
+
+/// The policy of one application's queue when full, and the flag that makes a slow consumer's
+/// close happen once.
+#[derive(Default)]
+struct Overflow {
+    /// The application asked for `drop_oldest`.
+    drop_oldest: std::sync::atomic::AtomicBool,
+    /// Set by whoever found the queue full first.
+    slow: std::sync::atomic::AtomicBool,
+    /// Deliveries dropped to make room (`drop_oldest`), as last reported by the queue.
+    dropped: AtomicU64,
+}
+
+/// How long an application's queue may stay full with nothing written to the application
+/// before it is a slow consumer. An application that reads at all keeps its writer moving;
+/// one that stopped reading holds its node's deliveries up this long, once.
+pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_millis(50);
+
+/// What became of a frame offered to an application's queue.
+enum Pushed {
+    Queued,
+    /// Full: the frame is handed back, to wait for room (up to [`SLOW_CONSUMER_GRACE`]).
+    Full(crate::wire::EncodedMessage),
+    Closed,
+}
+
+/// What became of a frame that waited for room.
+#[derive(PartialEq, Eq)]
+enum Waited {
+    Queued,
+    Closed,
+    /// No room within the grace: this wait closed the application as a slow consumer.
+    GaveUp,
+}
+
+impl Overflow {
+    /// Offer `frame` to the application's queue by its policy, without waiting.
+    fn try_push(
+        &self,
+        tx: &LinkQueue,
+        frame: crate::wire::EncodedMessage,
+        droppable: bool,
+    ) -> Pushed {
+        let pushed = if self.drop_oldest.load(Ordering::Relaxed) {
+            tx.push_dropping_oldest(frame, droppable).map(|dropped| {
+                self.dropped.store(dropped, Ordering::Relaxed);
+            })
+        } else if droppable {
+            tx.try_push(frame)
+        } else {
+            tx.try_push_kept(frame)
+        };
+        match pushed {
+            Ok(()) => Pushed::Queued,
+            Err((QueueError::Full, frame)) => Pushed::Full(frame),
+            Err((QueueError::Closed, _)) => Pushed::Closed,
+        }
+    }
+
+    /// Wait for room while the application reads; once nothing was written to it for
+    /// [`SLOW_CONSUMER_GRACE`], close the queue with `error slow_consumer` as its last word
+    /// (once, whoever gets there first).
+    async fn wait_for_room(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage) -> Waited {
+        match tx.push_unless_stalled(frame, SLOW_CONSUMER_GRACE).await {
+            Ok(()) => Waited::Queued,
+            Err((QueueError::Closed, _)) => Waited::Closed,
+            Err(_) if self.slow.swap(true, Ordering::Relaxed) => Waited::Closed,
+            Err(_) => {
+                let word = encode_message(&Message::Error(ErrorFrame {
+                    code: "slow_consumer".into(),
+                    message: format!(
+                        "the application's queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
+                         stayed full, and it read nothing for {} ms",
+                        SLOW_CONSUMER_GRACE.as_millis()
+                    ),
+                }));
+                tx.close(word.ok(), false);
+                Waited::GaveUp
+            }
+        }
+    }
+}
 
 /// A call of a method the application implements.
 #[derive(Message)]
@@ -120,42 +213,38 @@ struct CallEnded {
 impl ServiceSession {
     /// Start a session on an authenticated connection: `parts` are the handshake's socket,
     /// codec (with its sequence numbers) and any bytes read past the handshake.
-    pub fn start<T>(
+    pub fn start(
         w: ServiceWiring,
         app: PeerInfo,
         peer_addr: String,
-        parts: FramedParts<T, FrameCodec>,
+        parts: FramedParts<Transport, FrameCodec>,
         owner: (Recipient<ServiceClosed>, u64),
-    ) -> Addr<ServiceSession>
-    where
-        T: AsyncRead + AsyncWrite + 'static,
-    {
+    ) -> Addr<ServiceSession> {
         let mut codec = parts.codec;
-        let (read, write) = tokio::io::split(parts.io);
+        let (read, write) = parts.io.split();
         let leftover = parts.read_buf;
         codec.set_max_frame_bytes(w.shared.config.cluster.max_frame_bytes);
         let writer_codec = codec.clone();
-        let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
         ServiceSession::create(move |ctx| {
-            let mut frames = FramedRead::with_capacity(read, codec, 64 * 1024);
-            frames.read_buffer_mut().extend_from_slice(&leftover);
-            ctx.add_stream(frames);
-            let writer = actix_rt::spawn(write_loop(
+            ctx.add_stream(link::framed_reader(read, codec, &leftover));
+            let tx = link::spawn_writer(
                 write,
-                rx,
                 writer_codec,
+                QueueBounds {
+                    frames: APP_QUEUE_FRAMES,
+                    bytes: LINK_QUEUE_BYTES,
+                },
                 ctx.address().recipient(),
-            ));
-            let pause = PauseClock::new(w.shared.heartbeat_interval());
+                w.shared.failure_timeout(),
+            );
+            let liveness = Liveness::new(w.shared.heartbeat_interval(), w.shared.failure_timeout());
             ServiceSession {
                 w,
                 app,
                 peer_addr,
                 tx,
-                writer: Some(writer),
-                last_inbound: Instant::now(),
-                pause,
-                last_outbound_ping: 0,
+                liveness,
+                overflow: Arc::default(),
                 subscriptions: HashMap::new(),
                 group: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
                 methods: HashMap::new(),
@@ -182,28 +271,27 @@ impl ServiceSession {
         }
     }
 
-    /// Queue a frame for the application; if its queue is full, wait for room in the
-    /// background, and close it as a slow consumer if that takes the failure timeout.
+    /// Queue a frame for the application; if its queue is full, it is a slow consumer.
     fn push(&self, msg: &Message, ctx: &mut Context<Self>) {
         if let Some(frame) = self.encode(msg) {
             self.push_frame(frame, ctx);
         }
     }
 
+    /// The session's own frames (replies, requests, refusals, pongs) wait for room holding up
+    /// this session only; one at a time, so they keep their order.
     fn push_frame(&self, frame: crate::wire::EncodedMessage, ctx: &mut Context<Self>) {
-        if let Err(mpsc::error::TrySendError::Full(frame)) =
-            self.tx.try_send(Outbound::Frame(frame))
-        {
-            let (tx, me, limit) = (
-                self.tx.clone(),
-                ctx.address(),
-                self.w.shared.failure_timeout(),
+        if let Pushed::Full(frame) = self.overflow.try_push(&self.tx, frame, false) {
+            let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
+            ctx.wait(
+                async move { overflow.wait_for_room(&tx, frame).await }
+                    .into_actor(self)
+                    .map(|waited, _, ctx| {
+                        if waited == Waited::GaveUp {
+                            ctx.notify(SlowConsumer);
+                        }
+                    }),
             );
-            actix_rt::spawn(async move {
-                if tokio::time::timeout(limit, tx.send(frame)).await.is_err() {
-                    me.do_send(SlowConsumer);
-                }
-            });
         }
     }
 
@@ -224,12 +312,11 @@ impl ServiceSession {
         if !self.closing {
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
                 "closing application: {reason}");
-            if let Some(f) = self.encode(&Message::Error(ErrorFrame {
+            let word = self.encode(&Message::Error(ErrorFrame {
                 code: code.to_owned(),
                 message: reason,
-            })) {
-                let _ = self.tx.try_send(Outbound::Frame(f));
-            }
+            }));
+            self.tx.close(word, false);
             self.closing = true;
         }
         ctx.stop();
@@ -280,6 +367,16 @@ impl ServiceSession {
             Message::Ping(p) => self.push(&Message::Pong(p), ctx),
             Message::Pong(_) => {}
             Message::Cluster(q) => self.cluster(q.id, ctx),
+            Message::Options(o) => match o.overflow.as_deref() {
+                None | Some("close") => self.overflow.drop_oldest.store(false, Ordering::Relaxed),
+                Some("drop_oldest") => self.overflow.drop_oldest.store(true, Ordering::Relaxed),
+                Some(other) => self.refuse(
+                    "options",
+                    "bad_option",
+                    format!("overflow {other:?}: expected \"close\" or \"drop_oldest\""),
+                    ctx,
+                ),
+            },
             Message::Bye(bye) => {
                 tracing::debug!(node = %self.node(), app = %self.app.node, "application left: {}", bye.reason);
                 self.closing = true;
@@ -352,8 +449,8 @@ impl ServiceSession {
             subscriber: Box::new(AppSubscriber {
                 group: self.group,
                 tx: self.tx.clone(),
+                overflow: self.overflow.clone(),
                 session: ctx.address(),
-                limit: self.w.shared.failure_timeout(),
             }),
         });
         self.subscriptions.insert(topic, id);
@@ -364,34 +461,27 @@ impl ServiceSession {
             let message = format!("topic {:?} {why}", p.topic);
             return self.refuse("publish", "bad_topic", message, ctx);
         }
-        let target = p.target;
-        let out = match publish::prepare_raw(&self.w.shared, &p.topic, target.clone(), &p.payload) {
+        let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,
             Err(e) => return self.refuse_publish(&e, ctx),
         };
-        // Nothing is sent when a queue is full: then plan again and wait for room, reading
-        // nothing more from the application meanwhile (TCP pushes back on it).
-        match publish::send_now(&self.w.bus, out) {
+        // Nothing is sent when a queue is full: then wait for room with the same event (and
+        // number), reading nothing more from the application meanwhile (TCP pushes back).
+        match publish::send_or_return(&self.w.bus, out) {
             Ok(()) => {}
-            Err(PublishError::Full(_) | PublishError::BusFull) => {
-                let (shared, bus) = (self.w.shared.clone(), self.w.bus.clone());
-                let (topic, payload) = (p.topic, p.payload);
+            Err((PublishError::Full(_) | PublishError::BusFull, Some(out))) => {
+                let bus = self.w.bus.clone();
                 ctx.wait(
-                    async move {
-                        match publish::prepare_raw(&shared, &topic, target, &payload) {
-                            Ok(out) => publish::send_wait(&bus, out).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    .into_actor(self)
-                    .map(|result, act, ctx| {
-                        if let Err(e) = result {
-                            act.refuse_publish(&e, ctx);
-                        }
-                    }),
+                    async move { publish::send_wait(&bus, *out).await }
+                        .into_actor(self)
+                        .map(|result, act, ctx| {
+                            if let Err(e) = result {
+                                act.refuse_publish(&e, ctx);
+                            }
+                        }),
                 );
             }
-            Err(e) => self.refuse_publish(&e, ctx),
+            Err((e, _)) => self.refuse_publish(&e, ctx),
         }
     }
 
@@ -468,29 +558,16 @@ impl ServiceSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        // After a pause of this node (SIGSTOP), what the application sent meanwhile is still
-        // unread: judge only the time this node ran (see `pause`).
-        let paused = self.pause.tick();
-        if !paused.is_zero() {
-            self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
-        }
-        let silent = self.last_inbound.elapsed();
-        if silent > self.w.shared.failure_timeout() {
-            return self.fail(
-                "timeout",
-                format!("nothing from the application for {} ms", silent.as_millis()),
-                ctx,
-            );
-        }
-        // Ask for a sign of life when the application was quiet for an interval.
-        if silent >= self.w.shared.heartbeat_interval() {
-            self.last_outbound_ping += 1;
-            self.push(
-                &Message::Ping(Ping {
-                    n: self.last_outbound_ping,
-                }),
-                ctx,
-            );
+        match self.liveness.tick() {
+            Tick::Alive => {}
+            Tick::Ping(n) => self.push(&Message::Ping(Ping { n }), ctx),
+            Tick::Dead(silent) => {
+                return self.fail(
+                    "timeout",
+                    format!("nothing from the application for {} ms", silent.as_millis()),
+                    ctx,
+                )
+            }
         }
         // Requests whose caller gave up are not worth remembering.
         self.serving.retain(|_, answer| !answer.is_closed());
@@ -512,13 +589,14 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// An application subscribed to a topic or pattern: deliveries become `deliver` frames, with
-/// the event's concrete topic, on its queue.
+/// the event's concrete topic, on its queue. Never waits: a full queue is the application's
+/// problem alone (see the module docs), so the bus goes on with the next subscriber.
 struct AppSubscriber {
     /// The session's number: all of one application's subscriptions share it.
     group: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<LinkQueue>,
+    overflow: Arc<Overflow>,
     session: Addr<ServiceSession>,
-    limit: Duration,
 }
 
 impl Subscriber for AppSubscriber {
@@ -526,31 +604,41 @@ impl Subscriber for AppSubscriber {
         Some(self.group)
     }
 
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8]) -> Delivered {
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], meta: EventMeta) -> Delivered {
+        if self.tx.is_closed() {
+            return Delivered::Closed;
+        }
         let msg = Message::Deliver(Deliver {
             topic: topic.to_owned(),
             from: from.name,
             payload: Bytes::copy_from_slice(payload),
+            id: meta.id,
+            seq: meta.seq,
+            targeted: meta.targeted,
+            dropped: self.overflow.dropped.load(Ordering::Relaxed),
         });
         let frame = match encode_message(&msg) {
             Ok(f) => f,
             Err(_) => return Delivered::Sent,
         };
-        match self.tx.try_send(Outbound::Frame(frame)) {
-            Ok(()) => Delivered::Sent,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                let (tx, session, limit) = (self.tx.clone(), self.session.clone(), self.limit);
+        match self.overflow.try_push(&self.tx, frame, true) {
+            Pushed::Queued => Delivered::Sent,
+            Pushed::Closed => Delivered::Closed,
+            Pushed::Full(frame) => {
+                // The bus waits, for the grace at most (see the module docs).
+                let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
+                let session = self.session.clone();
                 Delivered::Full(Box::pin(async move {
-                    match tokio::time::timeout(limit, tx.send(frame)).await {
-                        Ok(sent) => sent.is_ok(),
-                        Err(_) => {
-                            session.do_send(SlowConsumer);
+                    match overflow.wait_for_room(&tx, frame).await {
+                        Waited::Queued => true,
+                        Waited::Closed => false,
+                        Waited::GaveUp => {
+                            let _ = session.try_send(SlowConsumer);
                             false
                         }
                     }
                 }))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Closed,
         }
     }
 }
@@ -603,11 +691,8 @@ impl Actor for ServiceSession {
         }
         // Dropping the answers fails every call waiting on this application at once.
         self.serving.clear();
-        if self.tx.try_send(Outbound::Close).is_err() {
-            if let Some(w) = self.writer.take() {
-                w.abort();
-            }
-        }
+        // Unless a close with a last word came first: write what is queued, then end.
+        self.tx.close(None, true);
         self.owner.0.do_send(ServiceClosed(self.owner.1));
         tracing::debug!(node = %self.node(), app = %self.app.node, "application detached");
     }
@@ -618,7 +703,7 @@ impl StreamHandler<Result<Frame, WireError>> for ServiceSession {
         if self.closing {
             return;
         }
-        self.last_inbound = Instant::now();
+        self.liveness.heard();
         match item {
             Ok(Frame(_, msg)) => {
                 if guard("service session", ctx, |ctx| self.on_message(msg, ctx)).is_none() {
@@ -687,15 +772,14 @@ impl Handler<SlowConsumer> for ServiceSession {
     type Result = ();
 
     fn handle(&mut self, _: SlowConsumer, ctx: &mut Context<Self>) {
-        let limit = self.w.shared.failure_timeout();
-        self.fail(
-            "slow_consumer",
-            format!(
-                "the application's queue stayed full for {} ms",
-                limit.as_millis()
-            ),
-            ctx,
-        );
+        if !self.closing {
+            // The queue is closed with its `error` frame already; only the log is left.
+            tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
+                "closing application: slow_consumer: its queue stayed full, and it read nothing for {} ms",
+                SLOW_CONSUMER_GRACE.as_millis());
+            self.closing = true;
+        }
+        ctx.stop();
     }
 }
 
@@ -704,9 +788,8 @@ impl Handler<CloseService> for ServiceSession {
 
     fn handle(&mut self, CloseService(reason): CloseService, ctx: &mut Context<Self>) {
         if !self.closing {
-            if let Some(f) = self.encode(&Message::Bye(Bye { reason })) {
-                let _ = self.tx.try_send(Outbound::Frame(f));
-            }
+            self.tx
+                .close(self.encode(&Message::Bye(Bye { reason })), true);
             self.closing = true;
         }
         ctx.stop();

@@ -2,58 +2,46 @@
 //! (dialled links) after the handshake; reports to the Router (LinkUp/LinkDown) and to its
 //! starter when it ends. Never restarted: a broken link is redialled by its Upstream.
 //!
-//! Reading: `FramedRead` + a recycling `ready_chunks` as an actor stream, so up to `READ_BATCH_FRAMES`
-//! frames are handled per wake-up and local events reach the bus as one batch.
-//! Writing: a writer task owned by the session drains a bounded channel, encodes a batch of
-//! frames into one buffer and writes it with one syscall. Producers (publishers, relaying
-//! sessions, Membership) hold the channel's `Sender` through the route table.
+//! Framing, the write queue, liveness and close-with-reason are the link core's (crate::link);
+//! this module keeps the peer protocol: what each message means, relaying, and who hears of it.
+//! Reading: up to `READ_BATCH_FRAMES` frames are handled per wake-up ([`ReadyBatches`]), and
+//! local events reach the bus as one batch. Producers (publishers, relaying sessions,
+//! Membership) push to the link's queue through the route table's [`LinkHandle`].
 //!
-//! Bounds and policy: the link queue holds `LINK_QUEUE_FRAMES` frames. Relayed events wait for
-//! room (the session pauses reading, so TCP pushes back on the peer); heartbeat frames that do
-//! not fit are dropped (the next one supersedes them). Any malformed frame, protocol violation,
-//! or `failure_threshold` heartbeat intervals without a frame closes the link, logged once with
-//! the peer address and reason.
-//!
-//! Liveness: any inbound frame counts. A ping goes out only on a link that received nothing
-//! during the last interval, so a link carrying statuses or events carries no pings (a 64-node
-//! mesh would otherwise send 8064 pings and pongs per interval on top of its statuses).
+//! Bounds and policy: the link queue holds `LINK_QUEUE_FRAMES` frames and `LINK_QUEUE_BYTES`
+//! bytes. Order per origin is kept under backpressure: when a frame this session relays (or
+//! hands to the bus or to Calls) finds its destination full, the session stops handling its
+//! read batch right there, waits for that one destination (reading nothing meanwhile, so TCP
+//! pushes back on the peer), and then goes on with the same batch, in order. There is never
+//! more than one such wait per session. Heartbeat frames that do not fit are dropped (the next
+//! one supersedes them). Any malformed frame, protocol violation, or `failure_threshold`
+//! heartbeat intervals without a frame closes the link with an `error` frame (sent whole, past
+//! the queue's bounds), logged once with the peer address and reason.
 
-use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
-use std::task::Poll;
-use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use futures_util::stream::{Fuse, Stream};
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
-use super::pause::{self, PauseClock};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
-use super::shared::{NodeShared, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
+use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::supervision::guard;
+use crate::link::{
+    self, LinkQueue, Liveness, QueueBounds, ReadBatch, ReadyBatches, SpareBatch, Tick,
+    TransportRead, TransportWrite, WriterFailed,
+};
 use crate::wire::{
     encode_event, encode_message, Bye, EncodedMessage, Envelope, ErrorFrame, Frame, FrameCodec,
     Message, PeerInfo, Ping, WireError,
 };
-
-/// What a link's writer task is asked to do.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(EncodedMessage),
-    /// Flush what is queued, then close the write side.
-    Close,
-}
 
 /// Per-link event counters (link crossings), for tests and the API.
 #[derive(Debug, Default)]
@@ -90,7 +78,7 @@ pub struct LinkHandle {
     pub incarnation: uuid::Uuid,
     /// Distinguishes successive links to the same peer.
     pub link_id: u64,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: Arc<LinkQueue>,
     pub addr: Addr<Session>,
     pub counters: Arc<LinkCounters>,
 }
@@ -98,7 +86,7 @@ pub struct LinkHandle {
 impl LinkHandle {
     /// Queue an event frame if there is room; false if the link is full or gone.
     pub fn try_send_event(&self, frame: EncodedMessage) -> bool {
-        let ok = self.tx.try_send(Outbound::Frame(frame)).is_ok();
+        let ok = self.tx.try_push(frame).is_ok();
         if ok {
             self.counters.events_out.fetch_add(1, Ordering::Relaxed);
         }
@@ -117,11 +105,6 @@ pub struct SessionClosed {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Close(pub String);
-
-/// The writer task could not write: the connection is dead.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WriterFailed(pub String);
 
 /// The node actors a session reports to and hands what it reads to.
 #[derive(Clone)]
@@ -144,67 +127,33 @@ pub struct SessionParams {
 pub struct Session {
     p: SessionParams,
     link_id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<LinkQueue>,
     counters: Arc<LinkCounters>,
-    last_inbound: Instant,
-    /// The heartbeat timer's clock: a pause of this node is not the peer's silence.
-    pause: PauseClock,
-    pings_sent: u64,
-    rtt: Option<Duration>,
-    ping_sent_at: Option<(u64, Instant)>,
-    writer: Option<actix_rt::task::JoinHandle<()>>,
+    liveness: Liveness,
     closing: bool,
+    /// Frames of a read batch not handled yet because a destination was full: handled, in
+    /// order, once it has room (see the module docs).
+    backlog: VecDeque<ReadItem>,
     /// Read batches come back here once handled, for the reader to fill again.
     spare_reads: SpareBatch,
     /// Batches for the bus, lent to it and handed back.
     spare_local: BatchPool,
 }
 
-type ReadBatch = Vec<Result<Frame, WireError>>;
+type ReadItem = Result<Frame, WireError>;
 
-/// Bytes the reader asks the socket for at most per read: one read takes in a few hundred
-/// small frames.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// What holds a read batch back: one frame waiting for room at its destination. Resolves once
+/// the frame was taken (or its destination is gone).
+type Stall = Pin<Box<dyn Future<Output = ()>>>;
 
-/// The read batch vector the session gives back to its reader.
-type SpareBatch = Rc<RefCell<Option<ReadBatch>>>;
-
-/// `ready_chunks(READ_BATCH_FRAMES)` that reuses its vectors: each batch is the frames ready
-/// now (at most `READ_BATCH_FRAMES`), in a vector the session handed back after the previous
-/// batch. Without the reuse every batch is a fresh allocation of tens of KiB.
-struct ReadyBatches<S> {
-    frames: Fuse<S>,
-    spare: SpareBatch,
-}
-
-impl<S: Stream<Item = Result<Frame, WireError>> + Unpin> Stream for ReadyBatches<S> {
-    type Item = ReadBatch;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<ReadBatch>> {
-        let mut batch = self
-            .spare
-            .borrow_mut()
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(READ_BATCH_FRAMES));
-        loop {
-            match self.frames.poll_next_unpin(cx) {
-                Poll::Ready(Some(frame)) => {
-                    batch.push(frame);
-                    if batch.len() >= READ_BATCH_FRAMES {
-                        return Poll::Ready(Some(batch));
-                    }
-                }
-                Poll::Ready(None) if batch.is_empty() => return Poll::Ready(None),
-                Poll::Pending if batch.is_empty() => {
-                    *self.spare.borrow_mut() = Some(batch);
-                    return Poll::Pending;
-                }
-                Poll::Ready(None) | Poll::Pending => return Poll::Ready(Some(batch)),
-            }
-        }
+/// Wait for `first`, then `then`.
+fn stall_chain(first: Option<Stall>, then: Option<Stall>) -> Option<Stall> {
+    match (first, then) {
+        (Some(a), Some(b)) => Some(Box::pin(async move {
+            a.await;
+            b.await;
+        })),
+        (a, b) => a.or(b),
     }
 }
 
@@ -253,49 +202,44 @@ impl Session {
     /// Start a session on an authenticated connection. `codec` carries the handshake's
     /// sequence numbers; `leftover` holds bytes the handshake read past its last frame.
     /// Returns the session's address and its link id.
-    pub fn start<R, W>(
+    pub fn start(
         p: SessionParams,
-        read: R,
-        write: W,
+        transport: link::Transport,
         mut codec: FrameCodec,
         leftover: BytesMut,
-    ) -> (Addr<Session>, u64)
-    where
-        R: AsyncRead + Unpin + 'static,
-        W: AsyncWrite + Unpin + 'static,
-    {
+    ) -> (Addr<Session>, u64) {
         codec.set_max_frame_bytes(p.shared.config.cluster.max_frame_bytes);
         let writer_codec = codec.clone();
-        let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
+        let (read, write): (TransportRead, TransportWrite) = transport.split();
         let link_id = p.shared.next_link_id();
         let spare_reads = SpareBatch::default();
         let addr = Session::create(move |ctx| {
-            let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER_BYTES);
-            frames.read_buffer_mut().extend_from_slice(&leftover);
-            ctx.add_stream(ReadyBatches {
-                frames: frames.fuse(),
-                spare: spare_reads.clone(),
-            });
-            let writer = actix_rt::spawn(write_loop(
-                write,
-                rx,
-                writer_codec,
-                ctx.address().recipient(),
+            let frames = link::framed_reader(read, codec, &leftover);
+            ctx.add_stream(ReadyBatches::new(
+                frames,
+                spare_reads.clone(),
+                READ_BATCH_FRAMES,
             ));
             let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
-            let pause = PauseClock::new(p.shared.heartbeat_interval());
+            let tx = link::spawn_writer(
+                write,
+                writer_codec,
+                QueueBounds {
+                    frames: LINK_QUEUE_FRAMES,
+                    bytes: LINK_QUEUE_BYTES,
+                },
+                ctx.address().recipient(),
+                p.shared.failure_timeout(),
+            );
+            let liveness = Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
             Session {
                 p,
                 link_id,
                 tx,
                 counters,
-                last_inbound: Instant::now(),
-                pause,
-                pings_sent: 0,
-                rtt: None,
-                ping_sent_at: None,
-                writer: Some(writer),
+                liveness,
                 closing: false,
+                backlog: VecDeque::new(),
                 spare_reads,
                 spare_local: BatchPool::default(),
             }
@@ -311,7 +255,7 @@ impl Session {
     fn send(&self, msg: &Message) {
         match encode_message(msg) {
             Ok(frame) => {
-                let _ = self.tx.try_send(Outbound::Frame(frame));
+                let _ = self.tx.try_push(frame);
             }
             Err(e) => {
                 tracing::error!(node = %self.p.shared.name(), "cannot encode {}: {e}", msg.kind())
@@ -319,23 +263,32 @@ impl Session {
         }
     }
 
-    /// Close after a fault of the peer's: log once, tell the peer, stop.
+    /// Close after a fault of the peer's: log once, tell the peer (the `error` frame goes out
+    /// whole, past the queue's bounds), stop.
     fn fail(&mut self, ctx: &mut Context<Self>, code: &str, reason: String) {
         if !self.closing {
             tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
                 "closing link: {reason}");
-            self.send(&Message::Error(ErrorFrame {
+            let word = encode_message(&Message::Error(ErrorFrame {
                 code: code.to_owned(),
                 message: reason,
             }));
+            self.tx.close(word.ok(), false);
             self.closing = true;
         }
         ctx.stop();
     }
 
-    fn on_message(&mut self, msg: Message, batch: &mut Batch<'_>, ctx: &mut Context<Self>) {
+    /// Act on one frame; `Some` when it waits for room at its destination (the rest of the
+    /// read batch waits behind it).
+    fn on_message(
+        &mut self,
+        msg: Message,
+        batch: &mut Batch<'_>,
+        ctx: &mut Context<Self>,
+    ) -> Option<Stall> {
         match msg {
-            Message::Event(env) => self.on_event(env, batch, ctx),
+            Message::Event(env) => return self.on_event(env, batch),
             Message::Status(status) => {
                 // Periodic and superseded by the next one: dropping under load is safe.
                 let _ = self.p.wiring.membership.try_send(StatusReceived {
@@ -350,13 +303,8 @@ impl Session {
                 });
             }
             Message::Ping(p) => self.send(&Message::Pong(p)),
-            Message::Pong(p) => {
-                if let Some((n, at)) = self.ping_sent_at {
-                    if n == p.n {
-                        self.rtt = Some(at.elapsed());
-                    }
-                }
-            }
+            // Any frame is proof of life: the pong did its work by arriving.
+            Message::Pong(_) => {}
             Message::Bye(bye) => {
                 tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
                 self.closing = true;
@@ -370,16 +318,16 @@ impl Session {
             }
             Message::PeerCall(mut call) => {
                 if call.target == self.p.shared.name() {
-                    self.hand_to_calls(IncomingCall(call), ctx);
+                    return self.hand_to_calls(IncomingCall(call));
                 } else if let Some(hop) = self.relay_hop(&call.target, &mut call.ttl, batch) {
-                    self.relay(hop, &Message::PeerCall(call), ctx);
+                    return self.relay(hop, &Message::PeerCall(call));
                 }
             }
             Message::PeerReply(mut reply) => {
                 if reply.target == self.p.shared.name() {
-                    self.hand_to_calls(IncomingReply(reply), ctx);
+                    return self.hand_to_calls(IncomingReply(reply));
                 } else if let Some(hop) = self.relay_hop(&reply.target, &mut reply.ttl, batch) {
-                    self.relay(hop, &Message::PeerReply(reply), ctx);
+                    return self.relay(hop, &Message::PeerReply(reply));
                 }
             }
             // Skipped by the codec on a plain link: nothing to count.
@@ -413,7 +361,8 @@ impl Session {
             | Message::Respond(_)
             | Message::Refused(_)
             | Message::Cluster(_)
-            | Message::ClusterView(_)) => {
+            | Message::ClusterView(_)
+            | Message::Options(_)) => {
                 self.fail(
                     ctx,
                     "unexpected_message",
@@ -424,23 +373,24 @@ impl Session {
                 );
             }
         }
+        None
     }
 
-    /// Hand a call or reply to Calls; when its mailbox is full, wait (pausing this link's
-    /// reads, so TCP pushes back on the peer).
-    fn hand_to_calls<M>(&mut self, msg: M, ctx: &mut Context<Self>)
+    /// Hand a call or reply to Calls; when its mailbox is full, wait for it (the read batch
+    /// waits behind it, so TCP pushes back on the peer).
+    fn hand_to_calls<M>(&mut self, msg: M) -> Option<Stall>
     where
         M: actix::Message<Result = ()> + Send + 'static,
         Calls: Handler<M>,
     {
-        if let Err(SendError::Full(msg)) = self.p.wiring.calls.try_send(msg) {
-            let calls = self.p.wiring.calls.clone();
-            ctx.wait(
-                async move {
+        match self.p.wiring.calls.try_send(msg) {
+            Err(SendError::Full(msg)) => {
+                let calls = self.p.wiring.calls.clone();
+                Some(Box::pin(async move {
                     let _ = calls.send(msg).await;
-                }
-                .into_actor(self),
-            );
+                }))
+            }
+            Ok(()) | Err(SendError::Closed(_)) => None,
         }
     }
 
@@ -463,31 +413,28 @@ impl Session {
         hop
     }
 
-    /// Forward a frame on `link`, waiting for room when it is full (backpressure).
-    fn relay(&mut self, link: LinkHandle, msg: &Message, ctx: &mut Context<Self>) {
+    /// Forward a frame on `link`; when it is full, the frame waits for room and the read batch
+    /// behind it (backpressure).
+    fn relay(&mut self, link: LinkHandle, msg: &Message) -> Option<Stall> {
         let frame = match encode_message(msg) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(node = %self.p.shared.name(), "cannot re-encode {} to relay: {e}", msg.kind());
-                return;
+                return None;
             }
         };
-        if let Err(mpsc::error::TrySendError::Full(frame)) =
-            link.tx.try_send(Outbound::Frame(frame))
-        {
-            ctx.wait(
-                async move {
-                    let _ = link.tx.send(frame).await;
-                }
-                .into_actor(self),
-            );
+        match link.tx.try_push(frame) {
+            Err((link::QueueError::Full, frame)) => Some(Box::pin(async move {
+                let _ = link.tx.push(frame).await;
+            })),
+            Ok(()) | Err((link::QueueError::Closed, _)) => None,
         }
     }
 
-    fn on_event(&mut self, mut env: Envelope, batch: &mut Batch<'_>, ctx: &mut Context<Self>) {
+    fn on_event(&mut self, mut env: Envelope, batch: &mut Batch<'_>) -> Option<Stall> {
         batch.events_in += 1;
         if env.target.is_none() && !batch.first_sighting(env.origin_incarnation, env.id) {
-            return;
+            return None;
         }
         let table = &*batch.table;
         let broadcast = env.target.is_none();
@@ -500,24 +447,21 @@ impl Session {
             }
             relayed
         };
+        let mut stall = None;
         if env.ttl > 1 {
             if relayed {
                 env.ttl -= 1;
                 match encode_event(&env) {
                     Ok(frame) => {
-                        for link in table.next_links(&env, Some(self.peer())) {
-                            if !link.try_send_event(frame.clone()) {
-                                // Full: wait for room, pausing this link's reads (backpressure).
-                                let (tx, frame, counters) =
-                                    (link.tx.clone(), frame.clone(), link.counters.clone());
-                                ctx.wait(
-                                    async move {
-                                        if tx.send(Outbound::Frame(frame)).await.is_ok() {
-                                            counters.events_out.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                    .into_actor(self),
-                                );
+                        let mut links = table.next_links(&env, Some(self.peer()));
+                        for link in links.by_ref() {
+                            if !link.try_send_event(frame.clone()) && !link.tx.is_closed() {
+                                // Full: this link and the ones after it get the frame once
+                                // there is room; nothing behind it is handled meanwhile.
+                                let rest: Vec<LinkHandle> =
+                                    std::iter::once(link).chain(links).cloned().collect();
+                                stall = Some(relay_later(rest, frame));
+                                break;
                             }
                         }
                     }
@@ -532,40 +476,140 @@ impl Session {
         if table.is_local(&env) && batch.subscribed(&env.topic) {
             batch.local.push(env);
         }
+        stall
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        // After a pause of this node (SIGSTOP), what the peer sent meanwhile is still unread:
-        // judge only the time this node ran (see `pause`).
-        let paused = self.pause.tick();
-        if !paused.is_zero() {
-            self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
-            // Admission judges this link's freshness too (see `identity`).
-            let silent_ms =
-                u64::try_from(self.last_inbound.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let tick = self.liveness.tick();
+        if let Some(paused) = self.liveness.take_excused() {
+            // Admission judges this link's freshness too (see `identity`): excuse it there.
+            let silent_ms = u64::try_from(self.liveness.last_inbound().elapsed().as_millis())
+                .unwrap_or(u64::MAX);
             self.counters
                 .heard_at(self.p.shared.now_ms().saturating_sub(silent_ms));
             tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(),
                 "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
         }
-        let silent = self.last_inbound.elapsed();
-        if silent > self.p.shared.failure_timeout() {
-            self.fail(
+        match tick {
+            Tick::Alive => {}
+            Tick::Ping(n) => self.send(&Message::Ping(Ping { n })),
+            Tick::Dead(silent) => self.fail(
                 ctx,
                 "timeout",
                 format!("no frame from the peer for {} ms", silent.as_millis()),
-            );
-            return;
+            ),
         }
-        // Any frame is proof of life: a link that carried one within the last interval needs
-        // no probe (in a mesh every peer's status arrives each interval, so none are sent).
-        if silent < self.p.shared.heartbeat_interval() {
-            return;
-        }
-        self.pings_sent += 1;
-        self.ping_sent_at = Some((self.pings_sent, Instant::now()));
-        self.send(&Message::Ping(Ping { n: self.pings_sent }));
     }
+
+    /// Handle read frames in order until they run out or one waits for room; returns that
+    /// wait, with the frames after it left in `items`. Events for this node's subscribers go
+    /// to the bus as one batch at the end (waited for too when the bus is full).
+    fn run_frames(
+        &mut self,
+        items: &mut dyn Iterator<Item = ReadItem>,
+        ctx: &mut Context<Self>,
+    ) -> Option<Stall> {
+        let shared = self.p.shared.clone();
+        let local = self.spare_local.take();
+        let mut batch = Batch {
+            local,
+            table: shared.routes.load_full(),
+            topic: None,
+            leaf_of: None,
+            events_in: 0,
+            shared: &shared,
+            dedup: None,
+        };
+        let mut stall = None;
+        for item in items {
+            if self.closing {
+                break;
+            }
+            let waits = match item {
+                // Events first, taken straight out of the frame (one copy fewer of a large value).
+                Ok(Frame(_, Message::Event(env))) => {
+                    guard("session", ctx, |_| self.on_event(env, &mut batch))
+                }
+                Ok(Frame(_, msg)) => {
+                    guard("session", ctx, |ctx| self.on_message(msg, &mut batch, ctx))
+                }
+                Err(WireError::Io(e)) => {
+                    tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                        "link read failed: {e}");
+                    self.closing = true;
+                    ctx.stop();
+                    Some(None)
+                }
+                Err(e) => {
+                    self.fail(ctx, e.code(), e.to_string());
+                    Some(None)
+                }
+            };
+            match waits {
+                None => self.closing = true,
+                Some(None) => {}
+                Some(Some(wait)) => {
+                    stall = Some(wait);
+                    break;
+                }
+            }
+        }
+        drop(batch.dedup.take());
+        if batch.events_in > 0 {
+            self.counters
+                .events_in
+                .fetch_add(batch.events_in, Ordering::Relaxed);
+        }
+        let mut bus_wait: Option<Stall> = None;
+        if batch.local.is_empty() {
+            self.spare_local.give(batch.local);
+        } else {
+            let pool = Some(self.spare_local.clone());
+            match self.p.wiring.bus.try_send(Deliver(batch.local, pool)) {
+                Ok(()) | Err(SendError::Closed(_)) => {}
+                Err(SendError::Full(msg)) => {
+                    // The bus is behind: read nothing more until it takes this batch.
+                    let bus = self.p.wiring.bus.clone();
+                    bus_wait = Some(Box::pin(async move {
+                        let _ = bus.send(msg).await;
+                    }));
+                }
+            }
+        }
+        // The events before the held-back frame reach the bus before anything after it.
+        stall_chain(bus_wait, stall)
+    }
+
+    /// Wait for `stall` (reading nothing meanwhile), then go on with the backlog.
+    fn pause(&mut self, stall: Stall, ctx: &mut Context<Self>) {
+        ctx.wait(stall.into_actor(self).map(|(), act, ctx| act.resume(ctx)));
+    }
+
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        // The silence while this side held its reads back was its own.
+        self.liveness.heard();
+        if self.closing {
+            self.backlog.clear();
+            return;
+        }
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let stall = self.run_frames(&mut std::iter::from_fn(|| backlog.pop_front()), ctx);
+        self.backlog = backlog;
+        if let Some(stall) = stall {
+            self.pause(stall, ctx);
+        }
+    }
+}
+
+/// Queue `frame` on each of `links` in turn, waiting for room on each.
+fn relay_later(links: Vec<LinkHandle>, frame: EncodedMessage) -> Stall {
+    Box::pin(async move {
+        for link in links {
+            if link.tx.push(frame.clone()).await.is_ok() {
+                link.counters.events_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
 }
 
 impl Actor for Session {
@@ -589,11 +633,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), "link down");
-        if self.tx.try_send(Outbound::Close).is_err() {
-            if let Some(w) = self.writer.take() {
-                w.abort();
-            }
-        }
+        // Unless a close with a last word came first: write what is queued, then end.
+        self.tx.close(None, true);
         self.p.wiring.router.do_send(LinkDown {
             peer: self.p.peer.node.clone(),
             link_id: self.link_id,
@@ -607,73 +648,20 @@ impl Actor for Session {
 }
 
 impl StreamHandler<ReadBatch> for Session {
-    fn handle(&mut self, batch: ReadBatch, ctx: &mut Context<Self>) {
-        self.last_inbound = Instant::now();
+    fn handle(&mut self, mut frames: ReadBatch, ctx: &mut Context<Self>) {
+        self.liveness.heard();
         self.counters.heard_at(self.p.shared.now_ms());
-        let mut frames = batch;
-        let shared = self.p.shared.clone();
-        let local = self.spare_local.take();
-        let mut batch = Batch {
-            local,
-            table: shared.routes.load_full(),
-            topic: None,
-            leaf_of: None,
-            events_in: 0,
-            shared: &shared,
-            dedup: None,
-        };
-        for item in frames.drain(..) {
-            if self.closing {
-                break;
-            }
-            match item {
-                // Events first, taken straight out of the frame (one copy fewer of a large value).
-                Ok(Frame(_, Message::Event(env))) => {
-                    if guard("session", ctx, |ctx| self.on_event(env, &mut batch, ctx)).is_none() {
-                        self.closing = true;
-                    }
-                }
-                Ok(Frame(_, msg)) => {
-                    if guard("session", ctx, |ctx| self.on_message(msg, &mut batch, ctx)).is_none()
-                    {
-                        self.closing = true;
-                    }
-                }
-                Err(WireError::Io(e)) => {
-                    tracing::warn!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
-                        "link read failed: {e}");
-                    self.closing = true;
-                    ctx.stop();
-                }
-                Err(e) => self.fail(ctx, e.code(), e.to_string()),
-            }
+        let mut items = frames.drain(..);
+        let stall = self.run_frames(&mut items, ctx);
+        if stall.is_some() && !self.closing {
+            self.backlog.extend(items);
+        } else {
+            drop(items);
         }
         frames.clear();
         *self.spare_reads.borrow_mut() = Some(frames);
-        if batch.events_in > 0 {
-            self.counters
-                .events_in
-                .fetch_add(batch.events_in, Ordering::Relaxed);
-        }
-        if batch.local.is_empty() {
-            self.spare_local.give(batch.local);
-        } else {
-            let pool = Some(self.spare_local.clone());
-            match self.p.wiring.bus.try_send(Deliver(batch.local, pool)) {
-                Ok(()) => {}
-                Err(SendError::Full(batch)) => {
-                    // The bus is behind: stop reading until it takes this batch.
-                    ctx.wait(
-                        self.p
-                            .wiring
-                            .bus
-                            .send(batch)
-                            .into_actor(self)
-                            .map(|_, _, _| ()),
-                    );
-                }
-                Err(SendError::Closed(_)) => {}
-            }
+        if let Some(stall) = stall {
+            self.pause(stall, ctx);
         }
     }
 
@@ -691,7 +679,8 @@ impl Handler<Close> for Session {
 
     fn handle(&mut self, Close(reason): Close, ctx: &mut Context<Self>) {
         if !self.closing {
-            self.send(&Message::Bye(Bye { reason }));
+            self.tx
+                .close(encode_message(&Message::Bye(Bye { reason })).ok(), true);
             self.closing = true;
         }
         ctx.stop();
@@ -709,49 +698,4 @@ impl Handler<WriterFailed> for Session {
         }
         ctx.stop();
     }
-}
-
-/// Frames per write: enough to amortise the syscall, few enough to keep latency low.
-const WRITE_BATCH_FRAMES: usize = 512;
-/// A write buffer that grew past this (a burst of large frames) is released afterwards.
-const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
-
-/// The writer task of a link (peer or service): drains `rx`, encodes a batch of frames into one
-/// buffer, writes it with one syscall; tells `session` if a write fails.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut io: W,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut codec: FrameCodec,
-    session: Recipient<WriterFailed>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        if rx.recv_many(&mut batch, WRITE_BATCH_FRAMES).await == 0 {
-            break;
-        }
-        let mut close = false;
-        for item in batch.drain(..) {
-            match item {
-                Outbound::Frame(frame) => {
-                    if let Err(e) = codec.encode_frame(&frame, &mut buf) {
-                        tracing::warn!("frame not sent: {e}");
-                    }
-                }
-                Outbound::Close => close = true,
-            }
-        }
-        if let Err(e) = io.write_all(&buf).await {
-            session.do_send(WriterFailed(e.to_string()));
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
-            buf = BytesMut::with_capacity(64 * 1024);
-        }
-        if close {
-            break;
-        }
-    }
-    let _ = io.shutdown().await;
 }

@@ -4,6 +4,7 @@
 //! Each snapshot has exactly one writer: the route table is written by the Router, the stats
 //! sample by Stats, the membership view by Membership. Everyone else only loads.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,8 +21,14 @@ use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
 use crate::wire::{envelope_overhead_bytes, Identity, NodeStats, Welcome};
 
-/// Frames queued per link before senders wait (publishers) or pause reading (relays).
+/// Frames queued per peer link before senders wait (publishers) or pause reading (relays).
 pub const LINK_QUEUE_FRAMES: usize = 2048;
+/// Bytes queued per link (peer or application), the frame being written included: whichever
+/// bound is reached first applies (2,048 frames of 256 KiB would be half a gigabyte).
+pub const LINK_QUEUE_BYTES: usize = 8 << 20;
+/// Frames queued per application: more than a peer link's, so that for small events the byte
+/// bound is the one that applies and a reading application rides out a pause of its own.
+pub const APP_QUEUE_FRAMES: usize = 65_536;
 /// Event batches queued for the event bus before sessions pause reading their socket.
 pub const BUS_QUEUE_BATCHES: usize = 256;
 /// Frames a session decodes before handing them on as one batch.
@@ -46,6 +53,9 @@ pub struct NodeShared {
     /// otherwise.
     pub local_topics: LocalTopics,
     next_event_id: AtomicU64,
+    /// The last `seq` of each stream this node published: topic → destination ("" for every
+    /// node, else the target's name) → number.
+    event_seqs: Mutex<EventSeqs>,
     next_link_id: AtomicU64,
     degraded: AtomicBool,
     /// Set once when the node must shut down (an escalation); every waiter sees it.
@@ -90,6 +100,7 @@ impl NodeShared {
             identity,
             ttl,
             next_event_id: AtomicU64::new(0),
+            event_seqs: Mutex::default(),
             next_link_id: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -112,6 +123,25 @@ impl NodeShared {
 
     pub fn next_event_id(&self) -> u64 {
         self.next_event_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next number of the stream of events on `topic` to `target` (every node if
+    /// `None`), from 1. Called once per event actually sent, so a stream has no gaps at its
+    /// origin.
+    pub fn next_event_seq(&self, topic: &str, target: Option<&str>) -> u64 {
+        match self.event_seqs.lock() {
+            Ok(mut seqs) => seqs.next(topic, target.unwrap_or("")),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`next_event_seq`](Self::next_event_seq) of a broadcast whose topic is a `&'static str`
+    /// (a typed event's): its stream is found by the text's address, without hashing it.
+    pub fn next_broadcast_seq_static(&self, topic: &'static str) -> u64 {
+        match self.event_seqs.lock() {
+            Ok(mut seqs) => seqs.next_static(topic),
+            Err(_) => 0,
+        }
     }
 
     pub fn next_link_id(&self) -> u64 {
@@ -153,6 +183,109 @@ impl NodeShared {
     pub async fn stop_requested(&self) {
         let mut rx = self.stop.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The stream counters of one node: topic → destination ("" for every node, else the target's
+/// name) → the stream's last `seq`.
+#[derive(Default)]
+struct EventSeqs {
+    last: Vec<u64>,
+    /// Indices into `last`.
+    streams: HashMap<String, HashMap<String, usize, Fnv>, Fnv>,
+    /// Broadcast streams of static topics by the text's address and length (static text is
+    /// never freed, so an address names one text for good): a short list, scanned.
+    statics: Vec<(usize, usize, usize)>,
+    /// The last stream numbered by text (an application publishes on a few topics, often one):
+    /// topic, destination, index.
+    recent: Option<(String, String, usize)>,
+}
+
+impl EventSeqs {
+    /// Static topics remembered by address; more are looked up by text.
+    const STATICS: usize = 32;
+
+    fn index(&mut self, topic: &str, dest: &str) -> usize {
+        let next = self.last.len();
+        let by_dest = match self.streams.get_mut(topic) {
+            Some(m) => m,
+            None => self.streams.entry(topic.to_owned()).or_default(),
+        };
+        let i = match by_dest.get(dest) {
+            Some(i) => *i,
+            None => *by_dest.entry(dest.to_owned()).or_insert(next),
+        };
+        if i == next {
+            self.last.push(0);
+        }
+        i
+    }
+
+    fn bump(&mut self, i: usize) -> u64 {
+        match self.last.get_mut(i) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        }
+    }
+
+    fn next(&mut self, topic: &str, dest: &str) -> u64 {
+        let i = match &mut self.recent {
+            Some((t, d, i)) if t == topic && d == dest => *i,
+            _ => {
+                let i = self.index(topic, dest);
+                self.recent = Some((topic.to_owned(), dest.to_owned(), i));
+                i
+            }
+        };
+        self.bump(i)
+    }
+
+    fn next_static(&mut self, topic: &'static str) -> u64 {
+        let key = (topic.as_ptr() as usize, topic.len());
+        let found = self
+            .statics
+            .iter()
+            .find(|(ptr, len, _)| (*ptr, *len) == key)
+            .map(|(_, _, i)| *i);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let i = self.index(topic, "");
+                if self.statics.len() < Self::STATICS {
+                    self.statics.push((key.0, key.1, i));
+                }
+                i
+            }
+        };
+        self.bump(i)
+    }
+}
+
+/// FNV-1a for the stream counters, looked up once per published event with short keys that
+/// only this node's publishers choose (SipHash would cost more than the rest of the lookup).
+#[derive(Default, Clone, Copy)]
+pub struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+pub struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

@@ -202,7 +202,6 @@ impl Upstream {
                 self.failing = false;
                 self.attempt = 0;
                 let parts = framed.into_parts();
-                let (read, write) = parts.io.into_split();
                 // Name the address dialled and, for a host name, the one that answered.
                 let peer_addr = match to.socket_addr() {
                     Some(_) => addr.to_string(),
@@ -217,8 +216,7 @@ impl Upstream {
                 };
                 self.session = Some(Session::start(
                     params,
-                    read,
-                    write,
+                    parts.io.into(),
                     parts.codec,
                     parts.read_buf,
                 ));

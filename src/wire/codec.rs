@@ -89,6 +89,7 @@ pub fn encode_message(msg: &Message) -> Result<EncodedMessage, WireError> {
 pub fn encode_event(env: &Envelope) -> Result<EncodedMessage, WireError> {
     Ok(encode_event_ref(&EventRef {
         id: env.id,
+        seq: env.seq,
         topic: &env.topic,
         origin: &env.origin,
         origin_incarnation: env.origin_incarnation,
@@ -99,9 +100,9 @@ pub fn encode_event(env: &Envelope) -> Result<EncodedMessage, WireError> {
 }
 
 /// The most an event envelope adds to its variable parts, with the 16 bytes a publishing node
-/// keeps for the frame's head and seq: every CBOR head at its longest (the id 9 bytes, the
+/// keeps for the frame's head and seq: every CBOR head at its longest (the id and the seq 9 bytes each, the
 /// payload's length 5), and the keys.
-pub const ENVELOPE_FIXED_BYTES: usize = 117;
+pub const ENVELOPE_FIXED_BYTES: usize = 130;
 
 /// What `welcome` states as `envelope_overhead_bytes` for events published by `origin`: an
 /// event with `payload + topic + target + this <= max_frame_bytes` is never `too_large`.
@@ -113,6 +114,7 @@ pub fn envelope_overhead_bytes(origin: &str) -> usize {
 #[derive(Debug, Clone, Copy)]
 struct EventRef<'a> {
     id: u64,
+    seq: u64,
     topic: &'a str,
     origin: &'a str,
     origin_incarnation: Uuid,
@@ -128,6 +130,7 @@ impl EncodedMessage {
     #[allow(clippy::too_many_arguments)]
     pub fn event(
         id: u64,
+        seq: u64,
         topic: &str,
         origin: &str,
         origin_incarnation: Uuid,
@@ -137,6 +140,7 @@ impl EncodedMessage {
     ) -> EncodedMessage {
         encode_event_ref(&EventRef {
             id,
+            seq,
             topic,
             origin,
             origin_incarnation,
@@ -161,6 +165,7 @@ impl EncodedMessage {
 
 /// The envelope's map keys, in the order serde writes them (declaration order of `Envelope`).
 const KEY_ID: &str = "id";
+const KEY_SEQ: &str = "seq";
 const KEY_TOPIC: &str = "topic";
 const KEY_ORIGIN: &str = "origin";
 const KEY_INCARNATION: &str = "origin_incarnation";
@@ -168,12 +173,13 @@ const KEY_TARGET: &str = "target";
 const KEY_TTL: &str = "ttl";
 const KEY_PAYLOAD: &str = "payload";
 const KEY_EVENT: &str = "event";
-const ENVELOPE_FIELDS: u64 = 7;
+const ENVELOPE_FIELDS: u64 = 8;
 const UUID_BYTES: usize = 16;
 
 /// The encoded constant runs of an event message: `{"event": {"id": ...` up to the id's value,
 /// then each key (and for the incarnation, the head of its 16-byte string).
-const ENC_EVENT_TO_ID: &[u8; 11] = b"\xa1\x65event\xa7\x62id";
+const ENC_EVENT_TO_ID: &[u8; 11] = b"\xa1\x65event\xa8\x62id";
+const ENC_SEQ: &[u8; 4] = b"\x63seq";
 const ENC_TOPIC: &[u8; 6] = b"\x65topic";
 const ENC_ORIGIN: &[u8; 7] = b"\x66origin";
 const ENC_INCARNATION: &[u8; 20] = b"\x72origin_incarnation\x50";
@@ -203,6 +209,8 @@ fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
         + 1
         + text(KEY_ID)
         + head_len(e.id)
+        + text(KEY_SEQ)
+        + head_len(e.seq)
         + text(KEY_TOPIC)
         + text(e.topic)
         + text(KEY_ORIGIN)
@@ -221,6 +229,8 @@ fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
     let mut v = Vec::with_capacity(len);
     v.extend_from_slice(ENC_EVENT_TO_ID);
     put_head(&mut v, MAJOR_UINT, e.id);
+    v.extend_from_slice(ENC_SEQ);
+    put_head(&mut v, MAJOR_UINT, e.seq);
     v.extend_from_slice(ENC_TOPIC);
     put_text(&mut v, e.topic);
     v.extend_from_slice(ENC_ORIGIN);
@@ -655,7 +665,7 @@ impl FrameCodec {
     }
 }
 
-/// The event frame as this crate writes it, `[seq, {"event": {7 fields in declaration
+/// The event frame as this crate writes it, `[seq, {"event": {8 fields in declaration
 /// order}}]`, decoded without serde.
 /// Returns `None` for anything else: other messages, another field order, omitted or unknown
 /// fields, non-UTF-8 text, trailing bytes... The serde decoder then takes the frame and gives
@@ -676,6 +686,8 @@ fn decode_event_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
     }
     r.key(KEY_ID)?;
     let id = r.head(MAJOR_UINT)?;
+    r.key(KEY_SEQ)?;
+    let event_seq = r.head(MAJOR_UINT)?;
     r.key(KEY_TOPIC)?;
     let topic = recent_text(r.text_bytes()?, &mut recent.topic)?;
     r.key(KEY_ORIGIN)?;
@@ -703,6 +715,7 @@ fn decode_event_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
     }
     let env = Envelope {
         id,
+        seq: event_seq,
         topic,
         origin,
         origin_incarnation,
@@ -836,6 +849,7 @@ mod fast_path_tests {
         ] {
             v.push(Envelope {
                 id,
+                seq: id.wrapping_add(1),
                 topic: "bench.data".repeat(1 + id as usize % 3),
                 origin: "worker-1".to_owned(),
                 origin_incarnation: Uuid::from_bytes([id as u8; 16]),

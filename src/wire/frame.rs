@@ -81,6 +81,8 @@ pub enum Message {
     Cluster(ClusterQuery),
     /// Node → application: every declared node, up or down, as the node sees it.
     ClusterView(ClusterView),
+    /// Application → node, right after `welcome`: how its link behaves (its queue's policy).
+    Options(Options),
 
     /// A message of a kind this build does not know (a later version's), with that kind's
     /// name. Never encoded; the codec yields it only where its seq must be counted (a stream
@@ -121,6 +123,7 @@ impl Message {
             Message::ClusterView(_) => "cluster_view",
             Message::Ack(_) => "ack",
             Message::Unknown(_) => "unknown",
+            Message::Options(_) => "options",
         }
     }
 
@@ -164,6 +167,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     "refused",
     "cluster",
     "cluster_view",
+    "options",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,6 +354,11 @@ impl<'de> Deserialize<'de> for StatValue {
 pub struct Envelope {
     /// Per-origin counter; `(origin_incarnation, id)` identifies the event cluster-wide.
     pub id: u64,
+    /// The event's number in its stream: the events its origin published on `topic` to the
+    /// same destination (every node, or `target`), from 1. A gap is an event of that stream
+    /// that did not arrive. 0 (or absent) from a node that does not number its events.
+    #[serde(default)]
+    pub seq: u64,
     pub topic: String,
     pub origin: String,
     pub origin_incarnation: Uuid,
@@ -427,6 +436,24 @@ pub struct Method {
     pub method: String,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// An application's link options. Unknown fields are ignored, so later versions can add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Options {
+    /// What the node does when this application's queue is full: `"close"` (the default:
+    /// `error slow_consumer`, then the link closes) or `"drop_oldest"` (the oldest queued
+    /// deliveries are dropped and counted in `deliver.dropped`).
+    #[serde(default)]
+    pub overflow: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Publish {
     pub topic: String,
@@ -442,6 +469,20 @@ pub struct Deliver {
     /// The node the event was published on.
     pub from: String,
     pub payload: Bytes,
+    /// The event's id (unique per incarnation of `from`) and its number in its stream (see
+    /// [`Envelope::seq`]); 0 from nodes that predate them.
+    #[serde(default)]
+    pub id: u64,
+    #[serde(default)]
+    pub seq: u64,
+    /// Whether the event was published to this node only (`target`) rather than to every node:
+    /// the two are numbered apart. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub targeted: bool,
+    /// Deliveries to this application dropped so far to make room (`drop_oldest` only).
+    /// Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

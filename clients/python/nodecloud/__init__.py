@@ -49,11 +49,17 @@ refusal of an earlier operation has arrived.
 Deliveries. Events wait in a bounded queue (``event_queue`` entries, default 10 000) until
 ``next_event`` or ``events`` takes them. With ``queue_full="drop"`` (the default) an event
 that arrives while the queue is full is discarded and counted in ``Client.dropped_events``:
-the reader never blocks, so calls and pings keep flowing. With ``queue_full="block"`` the
-reader waits for room instead: nothing is lost, the node's queue toward this application fills
-and the node stops sending, but replies and pings wait behind the blocked event too, and a
-node whose queue stays full for ``heartbeat_interval x failure_threshold`` closes the link
-with ``slow_consumer``.
+the reader never blocks, so calls and pings keep flowing, whatever the handlers and the
+application's threads are doing. With ``queue_full="block"`` the reader waits for room instead:
+nothing is lost, the node's queue toward this application fills, but replies and pings wait
+behind the blocked event too, and a node whose queue is full while this client reads nothing
+for 50 ms closes the link with ``slow_consumer`` (unless ``connect`` asked for ``overflow="drop_oldest"``: the node then drops
+the oldest queued deliveries, and each event's ``dropped`` says how many so far).
+
+Each event unpacks as ``(topic, from_node, value)`` and carries ``id`` (unique among the events
+of its origin's incarnation), ``seq`` (its number in its stream: the events ``from_node``
+published on ``topic`` to every node, or to this node only when ``targeted``; from 1, so a gap
+is an event that did not arrive), ``targeted`` and ``dropped``.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ _PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply", "ack"}
 _OTHER_KINDS = {
     "hello", "hello_ack", "auth", "welcome", "heartbeat", "status", "event", "peer_call",
     "peer_reply", "subscribe", "unsubscribe", "publish", "implement", "unimplement", "call",
-    "respond", "cluster", "ack",
+    "respond", "cluster", "ack", "options",
 }
 
 
@@ -185,6 +191,22 @@ class Refused(NodecloudError):
 
 class FrameTooLarge(NodecloudError, ValueError):
     """A message would not fit in a frame (``max_frame_bytes``); nothing was sent."""
+
+
+class Event(tuple):
+    """A delivered event: unpacks as ``(topic, from_node, value)``; ``id``, ``seq``,
+    ``targeted`` and ``dropped`` are attributes (see the module docs)."""
+
+    id: int
+    seq: int
+    targeted: bool
+    dropped: int
+
+    def __new__(cls, topic: str, from_node: str, value: Any, id: int = 0, seq: int = 0,
+                targeted: bool = False, dropped: int = 0) -> "Event":
+        ev = super().__new__(cls, (topic, from_node, value))
+        ev.id, ev.seq, ev.targeted, ev.dropped = id, seq, targeted, dropped
+        return ev
 
 
 class _Malformed(Exception):
@@ -539,7 +561,8 @@ class Client:
                 call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS,
                 event_queue: int = 10_000, queue_full: str = "drop",
                 handler_threads: int = 8,
-                on_refused: Optional[Callable[[Refused], None]] = None) -> "Client":
+                on_refused: Optional[Callable[[Refused], None]] = None,
+                overflow: str = "close") -> "Client":
         """Connect to a node's service listener and run the handshake.
 
         ``address`` is ``"host:port"`` (TCP) or a Unix socket path starting with ``/`` or
@@ -549,6 +572,8 @@ class Client:
         connection and the whole handshake. ``node``, if given, is the node name expected in
         ``hello_ack``. ``max_frame_bytes`` must be the cluster's value (default 1 MiB).
         ``call_timeout_ms`` is the timeout the node applies to a call that gives none.
+        ``overflow`` is what the node does when its queue toward this application is full:
+        ``"close"`` (``slow_consumer``) or ``"drop_oldest"``.
 
         Raises :class:`ConnectError` if nothing accepts the connection (its message names the
         address and the likely cause), :class:`HandshakeError` (with the ``error`` code) if
@@ -560,6 +585,8 @@ class Client:
             raise ValueError(f"invalid application name {name!r}: 1-64 of A-Z a-z 0-9 . _ -")
         if not NAME_RE.match(cluster):
             raise ValueError(f"invalid cluster name {cluster!r}")
+        if overflow not in ("close", "drop_oldest"):
+            raise ValueError('overflow must be "close" or "drop_oldest"')
         secret = key.encode("utf-8") if isinstance(key, str) else bytes(key)
         family, target = _parse_address(address)
         deadline = time.monotonic() + timeout
@@ -595,6 +622,8 @@ class Client:
         stated = conn.welcome.get("max_frame_bytes")
         conn.limit = stated if _is_uint(stated, 32) else max_frame_bytes
         sock.settimeout(None)
+        if overflow != "close":
+            conn.send("options", {"overflow": overflow})
         return cls(conn, node_name, name, max_frame_bytes=max_frame_bytes,
                    call_timeout_ms=call_timeout_ms, event_queue=event_queue,
                    queue_full=queue_full, handler_threads=handler_threads,
@@ -710,7 +739,7 @@ class Client:
             raise pending.error
         return pending.outcome
 
-    def next_event(self, timeout: Optional[float] = None) -> Optional[Tuple[str, str, Any]]:
+    def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
         """The next delivered event as ``(topic, from_node, value)``, or None after
         ``timeout`` seconds (None: wait for ever). Raises :class:`ConnectionClosed` once the
         link is closed and every queued event has been taken."""
@@ -727,7 +756,7 @@ class Client:
             self._event_cond.notify_all()  # room for a blocked reader
             return event
 
-    def events(self) -> Iterator[Tuple[str, str, Any]]:
+    def events(self) -> Iterator[Event]:
         """Every delivered event, until the link closes."""
         while True:
             try:
@@ -853,12 +882,20 @@ class Client:
             topic = _field(f, "topic", _text, "text")
             from_node = _field(f, "from", _text, "text")
             payload = _field(f, "payload", _bytes, "bytes")
+            # Absent from nodes that predate them.
+            event_id = f.get("id", 0)
+            seq = f.get("seq", 0)
+            dropped = f.get("dropped", 0)
+            targeted = f.get("targeted", False)
+            if not (_is_uint(event_id) and _is_uint(seq) and _is_uint(dropped)
+                    and isinstance(targeted, bool)):
+                raise _Malformed("deliver: id, seq and dropped must be u64, targeted a bool")
             try:
                 value = _loads_one(payload)
             except _Malformed as exc:
                 log.warning("dropping an event of %r from %s: %s", topic, from_node, exc)
                 return
-            self._queue_event((topic, from_node, value))
+            self._queue_event(Event(topic, from_node, value, event_id, seq, targeted, dropped))
         elif kind == "reply":
             call_id = _field(f, "id", _is_uint, "a u64")
             outcome = _field(f, "outcome", _outcome, "an outcome")
@@ -939,7 +976,7 @@ class Client:
             # A later version's message kind: ignored (docs/PROTOCOL.md section 4).
             log.debug("ignoring a message of unknown kind %r", kind)
 
-    def _queue_event(self, event: Tuple[str, str, Any]) -> None:
+    def _queue_event(self, event: Event) -> None:
         with self._event_cond:
             while len(self._events) >= self._event_cap:
                 if self._queue_full == "drop":

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::*;
 use crate::wire::frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat,
-    Hello, HelloAck, MemberView, Method, NodeStats, Outcome, PeerCall, PeerReply, Ping, Publish,
-    Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
+    Hello, HelloAck, MemberView, Method, NodeStats, Options, Outcome, PeerCall, PeerReply, Ping,
+    Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -27,6 +27,7 @@ fn uuid(byte: u8) -> Uuid {
 fn envelope(target: Option<&str>, payload: &[u8]) -> Envelope {
     Envelope {
         id: 300,
+        seq: 301,
         topic: "sensor.temperature".into(),
         origin: "worker-1".into(),
         origin_incarnation: uuid(0xab),
@@ -151,6 +152,10 @@ fn samples() -> Vec<Message> {
             topic: "sensor.temperature".into(),
             from: "master".into(),
             payload: Bytes::from_static(b"\xf6"),
+            id: 41,
+            seq: 7,
+            targeted: false,
+            dropped: 0,
         }),
         Message::Implement(Method {
             method: "py.add".into(),
@@ -185,6 +190,9 @@ fn samples() -> Vec<Message> {
             message: "topic is empty".into(),
         }),
         Message::Cluster(ClusterQuery { id: 3 }),
+        Message::Options(Options {
+            overflow: Some("drop_oldest".into()),
+        }),
         Message::ClusterView(ClusterView {
             id: 3,
             cluster: "demo".into(),
@@ -244,7 +252,8 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Refused(_)
         | Message::Cluster(_)
         | Message::ClusterView(_)
-        | Message::Ack(_) => true,
+        | Message::Ack(_)
+        | Message::Options(_) => true,
         // Never encoded: the codec makes it from a kind it does not know.
         Message::Unknown(_) => false,
     }
@@ -294,7 +303,7 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 27, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 28, "one sample per variant: {kinds:?}");
     assert_eq!(kinds.len(), crate::wire::KNOWN_KINDS.len());
     assert!(kinds.iter().all(|k| crate::wire::KNOWN_KINDS.contains(k)));
 
@@ -405,7 +414,8 @@ fn uuids_nonces_and_payloads_are_cbor_byte_strings() {
 
 #[test]
 fn optional_fields_may_be_omitted() {
-    // An envelope without "target" (broadcast) and stats without "extra" decode.
+    // An envelope without "target" (broadcast) or "seq" (0: unnumbered), and stats without
+    // "extra", decode.
     let mut body = vec![0x82, 0x00, 0xa1, 0x65];
     body.extend_from_slice(b"event");
     body.push(0xa6); // map(6): no "target"
@@ -422,6 +432,7 @@ fn optional_fields_may_be_omitted() {
         panic!("not an event: {frame:?}")
     };
     assert_eq!(got.target, None);
+    assert_eq!(got.seq, 0);
     assert_eq!(got.origin_incarnation, uuid(9));
     assert_eq!(got.ttl, 2);
 }
@@ -878,6 +889,7 @@ fn the_envelope_overhead_bounds_every_event_that_is_not_too_large() {
     let payload = vec![0u8; 70_000];
     let msg = EncodedMessage::event(
         u64::MAX,
+        u64::MAX,
         &topic,
         &origin,
         uuid(1),
@@ -888,7 +900,7 @@ fn the_envelope_overhead_bounds_every_event_that_is_not_too_large() {
     let variable = payload.len() + topic.len() + target.len();
     assert_eq!(msg.len() + 16, variable + envelope_overhead_bytes(&origin));
     // Shorter heads only make it smaller.
-    let small = EncodedMessage::event(0, "t", "o", uuid(1), None, 2, b"");
+    let small = EncodedMessage::event(0, 0, "t", "o", uuid(1), None, 2, b"");
     assert!(small.len() + 16 <= 1 + envelope_overhead_bytes("o"));
 }
 
@@ -1089,6 +1101,7 @@ struct Temperature {
 fn example_event() -> Message {
     Message::Event(Envelope {
         id: 7,
+        seq: 1,
         topic: "sensor.temperature".into(),
         origin: "worker-1".into(),
         origin_incarnation: example_incarnation(),

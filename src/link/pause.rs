@@ -1,6 +1,6 @@
 //! Noticing this node's own pauses: the process stopped (SIGSTOP), its VM suspended, the
-//! machine asleep, or its thread starved. Not an actor: each actor that judges silence (peer
-//! Session, ServiceSession, Membership) keeps a [`PauseClock`] on its heartbeat timer.
+//! machine asleep, or its thread starved. Not an actor: each link's [`Liveness`](super::Liveness) and Membership
+//! keep a [`PauseClock`] on their heartbeat timer.
 //!
 //! Why: while this node does not run, its peers' and applications' frames wait unread in the
 //! socket buffers, and on waking the silence clocks would show the whole pause. Judged as is,
@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 /// The time between ticks of one periodic timer, to tell a pause from a tick on time.
 #[derive(Debug, Clone)]
-pub(crate) struct PauseClock {
+pub struct PauseClock {
     interval: Duration,
     last: Instant,
 }
 
 impl PauseClock {
     /// A clock for a timer of `interval`, started now.
-    pub(crate) fn new(interval: Duration) -> Self {
+    pub fn new(interval: Duration) -> Self {
         PauseClock {
             interval,
             last: Instant::now(),
@@ -34,7 +34,7 @@ impl PauseClock {
 
     /// Call at every tick: how long this node did not run since the previous tick (zero when
     /// the tick came less than one interval late).
-    pub(crate) fn tick(&mut self) -> Duration {
+    pub fn tick(&mut self) -> Duration {
         self.tick_at(Instant::now())
     }
 
@@ -53,7 +53,7 @@ impl PauseClock {
 
 /// `since` (when something was last heard) moved forward by `pause`, no later than `now`:
 /// the silence during this node's own pause is not the peer's.
-pub(crate) fn excuse(since: Instant, pause: Duration, now: Instant) -> Instant {
+pub fn excuse(since: Instant, pause: Duration, now: Instant) -> Instant {
     since.checked_add(pause).map_or(now, |t| t.min(now))
 }
 

@@ -1,0 +1,100 @@
+//! Liveness of one link, as plain state the owning session ticks every heartbeat interval:
+//! any inbound frame is proof of life; a link silent for one interval is probed with a ping;
+//! a link silent for the failure timeout is dead.
+//!
+//! Silence is counted only while this node runs: a tick that comes more than an interval late
+//! means this node was paused (SIGSTOP, a suspended VM), and the pause is not the peer's
+//! silence (see [`super::pause`]); what the peer sent meanwhile is read before it is judged.
+//!
+//! A ping goes out only on a link that received nothing during the last interval, so a link
+//! carrying statuses or events carries no pings (a 64-node mesh would otherwise send 8064 pings
+//! and pongs per interval on top of its statuses).
+
+use std::time::{Duration, Instant};
+
+use super::pause::{self, PauseClock};
+
+/// What a tick asks the session to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Heard from recently: nothing to do.
+    Alive,
+    /// Quiet for an interval: send `ping` with this number.
+    Ping(u64),
+    /// Silent for the failure timeout: close the link (`timeout`), after this long.
+    Dead(Duration),
+}
+
+#[derive(Debug)]
+pub struct Liveness {
+    interval: Duration,
+    failure_timeout: Duration,
+    last_inbound: Instant,
+    pings_sent: u64,
+    pause: PauseClock,
+    /// The pause measured at the last tick, if any (for the session's log and bookkeeping).
+    excused: Option<Duration>,
+}
+
+impl Liveness {
+    pub fn new(interval: Duration, failure_timeout: Duration) -> Self {
+        Liveness {
+            interval,
+            failure_timeout,
+            last_inbound: Instant::now(),
+            pings_sent: 0,
+            pause: PauseClock::new(interval),
+            excused: None,
+        }
+    }
+
+    /// When a frame last arrived (moved forward past this node's own pauses).
+    pub fn last_inbound(&self) -> Instant {
+        self.last_inbound
+    }
+
+    /// The pause of this node measured at the last tick, once.
+    pub fn take_excused(&mut self) -> Option<Duration> {
+        self.excused.take()
+    }
+
+    /// A frame arrived.
+    pub fn heard(&mut self) {
+        self.last_inbound = Instant::now();
+    }
+
+    /// Call every heartbeat interval.
+    pub fn tick(&mut self) -> Tick {
+        let paused = self.pause.tick();
+        if !paused.is_zero() {
+            self.last_inbound = pause::excuse(self.last_inbound, paused, Instant::now());
+            self.excused = Some(paused);
+        }
+        let silent = self.last_inbound.elapsed();
+        if silent > self.failure_timeout {
+            return Tick::Dead(silent);
+        }
+        if silent < self.interval {
+            return Tick::Alive;
+        }
+        self.pings_sent += 1;
+        Tick::Ping(self.pings_sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_link_is_pinged_and_a_silent_one_is_dead() {
+        let mut l = Liveness::new(Duration::ZERO, Duration::from_secs(3600));
+        assert_eq!(l.tick(), Tick::Ping(1));
+        assert_eq!(l.tick(), Tick::Ping(2));
+        let mut l = Liveness::new(Duration::from_secs(3600), Duration::from_secs(7200));
+        l.heard();
+        assert_eq!(l.tick(), Tick::Alive);
+        let mut l = Liveness::new(Duration::ZERO, Duration::ZERO);
+        assert!(matches!(l.tick(), Tick::Dead(_)));
+    }
+}

@@ -1,0 +1,125 @@
+//! Transport: the byte stream under one link, TCP or Unix, split into a read half and a write
+//! half that the link's reader (the session actor) and writer task own separately.
+//!
+//! An enum rather than a trait object: the hot path (one `poll_read` per read batch, one
+//! `poll_write` per write batch) stays a match instead of a virtual call, and a TLS stream
+//! joins as one more variant (split with `tokio::io::split`, since TLS state is shared by both
+//! directions).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
+
+/// One connected stream a link runs over.
+pub enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    /// The two halves, each owned by one side of the link (no lock between them).
+    pub fn split(self) -> (TransportRead, TransportWrite) {
+        match self {
+            Transport::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (TransportRead::Tcp(r), TransportWrite::Tcp(w))
+            }
+            Transport::Unix(s) => {
+                let (r, w) = s.into_split();
+                (TransportRead::Unix(r), TransportWrite::Unix(w))
+            }
+        }
+    }
+}
+
+impl From<TcpStream> for Transport {
+    fn from(s: TcpStream) -> Self {
+        Transport::Tcp(s)
+    }
+}
+
+impl From<UnixStream> for Transport {
+    fn from(s: UnixStream) -> Self {
+        Transport::Unix(s)
+    }
+}
+
+/// The read half of a [`Transport`].
+pub enum TransportRead {
+    Tcp(tcp::OwnedReadHalf),
+    Unix(unix::OwnedReadHalf),
+}
+
+/// The write half of a [`Transport`]; `shutdown` sends FIN (TCP) or shuts the write side.
+pub enum TransportWrite {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Self::Tcp($s) => $e,
+            Self::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl AsyncRead for TransportRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for TransportWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
