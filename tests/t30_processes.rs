@@ -6,159 +6,21 @@
 //! its configured address itself would fail, since the test holds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+mod common {
+    pub mod procs;
+}
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use command_fds::{CommandFdExt, FdMapping};
+use common::procs::{inherit, Proc};
 use nodecloud::config::Config;
 use nodecloud::testing::Ports;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// heartbeat_interval_ms × failure_threshold in the test config.
 const FAILURE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// One running `nodecloud` process and the lines of its log.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    unmatched: Vec<String>,
-}
-
-impl Proc {
-    /// `nodecloud --config CONFIG [--node NODE]`, handed its nodes' listeners from `ports`
-    /// (named `peer`/`service` for one node, `NODE.peer`/`NODE.service` for a whole cluster).
-    fn start(config: &Path, node: Option<&str>, ports: &Ports) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
-        cmd.arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(n) = node {
-            cmd.arg("--node").arg(n);
-        }
-        inherit(&mut cmd, sockets(config, node, ports));
-        let mut child = cmd.spawn().expect("spawn nodecloud");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-            unmatched: Vec::new(),
-        }
-    }
-
-    /// Wait for a log line containing every one of `parts` that no earlier call matched
-    /// (lines may arrive in any order).
-    fn expect_line(&mut self, parts: &[&str], timeout: Duration) -> String {
-        let hit = |line: &str| parts.iter().all(|p| line.contains(p));
-        if let Some(i) = self.unmatched.iter().position(|l| hit(l)) {
-            return self.unmatched.remove(i);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if hit(&line) {
-                        return line;
-                    }
-                    self.unmatched.push(line);
-                }
-                Err(_) => panic!(
-                    "no line with {parts:?} within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process still running after {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10)); // polling a pid: there is no event to await
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The listeners `ports` holds for the node(s) a process runs, with their activation names.
-fn sockets(config: &Path, node: Option<&str>, ports: &Ports) -> Vec<(String, TcpListener)> {
-    let cfg = Config::load(config).unwrap();
-    let mut out = Vec::new();
-    for n in cfg
-        .nodes
-        .iter()
-        .filter(|n| node.is_none_or(|o| o == n.name))
-    {
-        let prefix = match node {
-            Some(_) => String::new(),
-            None => format!("{}.", n.name),
-        };
-        let bound = ports.bound(n);
-        out.extend(bound.peer.map(|l| (format!("{prefix}peer"), l)));
-        out.extend(bound.service.map(|l| (format!("{prefix}service"), l)));
-    }
-    out
-}
-
-/// Socket activation: the listeners become the child's fds 3, 4, … and are named in
-/// LISTEN_FDNAMES (LISTEN_PID is left unset: the child's pid is not known before it starts).
-fn inherit(cmd: &mut Command, sockets: Vec<(String, TcpListener)>) {
-    cmd.env_remove("LISTEN_PID");
-    if sockets.is_empty() {
-        cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
-        return;
-    }
-    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
-    cmd.env("LISTEN_FDS", sockets.len().to_string())
-        .env("LISTEN_FDNAMES", names.join(":"));
-    let mappings = sockets
-        .into_iter()
-        .zip(3..)
-        .map(|((_, l), child_fd)| FdMapping {
-            parent_fd: l.into(),
-            child_fd,
-        })
-        .collect();
-    cmd.fd_mappings(mappings).unwrap();
-}
 
 /// A star config (master + 3 workers) on ports reserved in `ports`, written to a temp dir.
 fn star_config(dir: &Path, ports: &mut Ports) -> PathBuf {
@@ -187,9 +49,9 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut ports = Ports::new();
     let cfg = star_config(dir.path(), &mut ports);
-    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    let mut master = Proc::start(&cfg, "master", &ports);
     let mut workers: Vec<Proc> = (1..=3)
-        .map(|i| Proc::start(&cfg, Some(&format!("worker-{i}")), &ports))
+        .map(|i| Proc::start(&cfg, &format!("worker-{i}"), &ports))
         .collect();
     for i in 1..=3 {
         master.expect_line(&[&format!("membership: worker-{i} up")], WAIT);
@@ -210,7 +72,7 @@ fn four_processes_form_a_star_and_a_killed_worker_goes_down_then_up_again() {
     );
     workers[0].expect_line(&["membership: worker-2 down"], WAIT);
 
-    let _w2 = Proc::start(&cfg, Some("worker-2"), &ports);
+    let _w2 = Proc::start(&cfg, "worker-2", &ports);
     master.expect_line(&["membership: worker-2 up"], WAIT);
     workers[0].expect_line(&["membership: worker-2 up"], WAIT);
 }
@@ -220,8 +82,8 @@ fn workers_rejoin_after_the_master_is_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let mut ports = Ports::new();
     let cfg = star_config(dir.path(), &mut ports);
-    let mut master = Proc::start(&cfg, Some("master"), &ports);
-    let mut w1 = Proc::start(&cfg, Some("worker-1"), &ports);
+    let mut master = Proc::start(&cfg, "master", &ports);
+    let mut w1 = Proc::start(&cfg, "worker-1", &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.expect_line(&["membership: master up"], WAIT);
 
@@ -229,7 +91,7 @@ fn workers_rejoin_after_the_master_is_killed_and_restarted() {
     let _ = master.child.wait();
     w1.expect_line(&["membership: master down"], WAIT);
 
-    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    let mut master = Proc::start(&cfg, "master", &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.expect_line(&["membership: master up"], WAIT);
 }
@@ -239,8 +101,8 @@ fn sigterm_stops_a_node_cleanly_with_exit_code_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut ports = Ports::new();
     let cfg = star_config(dir.path(), &mut ports);
-    let mut master = Proc::start(&cfg, Some("master"), &ports);
-    let mut w1 = Proc::start(&cfg, Some("worker-1"), &ports);
+    let mut master = Proc::start(&cfg, "master", &ports);
+    let mut w1 = Proc::start(&cfg, "worker-1", &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
     w1.signal("TERM");
     let status = w1.wait_exit(Duration::from_secs(2));
@@ -255,7 +117,7 @@ fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let mut ports = Ports::new();
     let cfg = star_config(dir.path(), &mut ports);
-    let mut all = Proc::start(&cfg, None, &ports);
+    let mut all = Proc::start_cluster(&cfg, &ports);
     for i in 1..=3 {
         all.expect_line(
             &[&format!("membership: worker-{i} up"), "node=master"],
@@ -277,7 +139,7 @@ fn a_node_process_serves_on_the_listener_it_inherits() {
     let cfg = star_config(dir.path(), &mut ports);
     let listen = Config::load(&cfg).unwrap().node("master").unwrap().listen;
     // The test holds `listen` all along: binding it in the child would fail.
-    let mut master = Proc::start(&cfg, Some("master"), &ports);
+    let mut master = Proc::start(&cfg, "master", &ports);
     master.expect_line(
         &[
             "peer listener inherited (socket activation)",
@@ -286,7 +148,7 @@ fn a_node_process_serves_on_the_listener_it_inherits() {
         WAIT,
     );
     master.expect_line(&["node started", &format!("listen={listen}")], WAIT);
-    let _w1 = Proc::start(&cfg, Some("worker-1"), &ports);
+    let _w1 = Proc::start(&cfg, "worker-1", &ports);
     master.expect_line(&["membership: worker-1 up"], WAIT);
 }
 

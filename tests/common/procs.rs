@@ -26,24 +26,30 @@ pub struct Proc {
 impl Proc {
     /// `nodecloud --config CONFIG --node NODE`, handed the listeners `ports` holds for it.
     pub fn start(config: &Path, node: &str, ports: &Ports) -> Proc {
-        let cfg = Config::load(config).unwrap();
-        let n = cfg.node(node).unwrap();
-        let bound = ports.bound(n);
-        let mut sockets = Vec::new();
-        sockets.extend(bound.peer.map(|l| ("peer".to_owned(), l)));
-        sockets.extend(bound.service.map(|l| ("service".to_owned(), l)));
-        Proc::start_on(config, node, sockets)
+        Proc::spawn(config, Some(node), sockets(config, Some(node), ports))
+    }
+
+    /// `nodecloud --config CONFIG`: every node of the file in one process, each handed its
+    /// listeners from `ports` (named `NODE.peer` / `NODE.service`).
+    pub fn start_cluster(config: &Path, ports: &Ports) -> Proc {
+        Proc::spawn(config, None, sockets(config, None, ports))
     }
 
     /// `nodecloud --config CONFIG --node NODE` on the named listeners `sockets`.
     pub fn start_on(config: &Path, node: &str, sockets: Vec<(String, TcpListener)>) -> Proc {
+        Proc::spawn(config, Some(node), sockets)
+    }
+
+    fn spawn(config: &Path, node: Option<&str>, sockets: Vec<(String, TcpListener)>) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
         cmd.arg("--config")
             .arg(config)
-            .args(["--node", node])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(n) = node {
+            cmd.arg("--node").arg(n);
+        }
         inherit(&mut cmd, sockets);
         let mut child = cmd.spawn().expect("spawn nodecloud");
         let stderr = child.stderr.take().unwrap();
@@ -170,6 +176,27 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The listeners `ports` holds for the node(s) a process runs, with their activation names
+/// (`peer`/`service` for one node, `NODE.peer`/`NODE.service` for a whole cluster).
+pub fn sockets(config: &Path, node: Option<&str>, ports: &Ports) -> Vec<(String, TcpListener)> {
+    let cfg = Config::load(config).unwrap();
+    let mut out = Vec::new();
+    for n in cfg
+        .nodes
+        .iter()
+        .filter(|n| node.is_none_or(|o| o == n.name))
+    {
+        let prefix = match node {
+            Some(_) => String::new(),
+            None => format!("{}.", n.name),
+        };
+        let bound = ports.bound(n);
+        out.extend(bound.peer.map(|l| (format!("{prefix}peer"), l)));
+        out.extend(bound.service.map(|l| (format!("{prefix}service"), l)));
+    }
+    out
 }
 
 /// Socket activation: the listeners become the child's fds 3, 4, … and are named in
