@@ -161,6 +161,16 @@ impl<F: WireSize> OutStream<F> {
         Ok(self.last_sent())
     }
 
+    /// Number and keep a frame whatever the bounds: a producer that saw room (with
+    /// [`OutStream::has_room`]) and lost it to another one meanwhile overshoots by one frame
+    /// rather than losing it.
+    pub fn force_send(&mut self, frame: F) -> Seq {
+        let bytes = frame.wire_bytes();
+        self.buf.push_back((frame, bytes));
+        self.bytes += bytes;
+        self.last_sent()
+    }
+
     /// The peer received everything up to `seq`: release it. Returns the frames released (an
     /// old or repeated `ack` releases none).
     ///

@@ -414,6 +414,7 @@ impl Membership {
             .collect();
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
+            self.shared.streams.end_if_cut(gone, "it was declared down");
         }
         for name in &up {
             self.log_up(name);

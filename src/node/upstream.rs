@@ -28,6 +28,7 @@ use super::dial::{self, ConnectError, Resolution};
 use super::identity;
 use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
+use super::streams::Slot;
 use crate::config::{Host, HostPort};
 use crate::topology::PlannedLink;
 use crate::wire::{self, FrameCodec, HandshakeError, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
@@ -57,7 +58,17 @@ enum DialError {
     Handshake(#[from] HandshakeError),
     #[error("dialled {expected:?} but {actual:?} answered")]
     WrongNode { expected: String, actual: String },
+    #[error("the peer's answer breaks the stream: {0}")]
+    Stream(#[from] crate::link::stream::StreamError),
 }
+
+/// A dial that got through: the connection, who answered, where, and the peer's stream.
+type Dialled = (
+    Framed<TcpStream, FrameCodec>,
+    PeerInfo,
+    SocketAddr,
+    Arc<Slot>,
+);
 
 pub struct Upstream {
     shared: Arc<NodeShared>,
@@ -158,9 +169,15 @@ impl Upstream {
                 let _ = stream.set_nodelay(true);
                 let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
                 let from = addr.to_string();
-                let peer = wire::dial_checked(&mut framed, &shared.identity, deadline, |p| {
-                    identity::check(&shared, p, &from)
-                })
+                // Offer the session held with the peer, if any: it resumes where it stopped.
+                let offered = shared.streams.offer(&expected);
+                let peer = wire::dial_with(
+                    &mut framed,
+                    &shared.identity,
+                    deadline,
+                    Some(offered),
+                    |p| identity::check(&shared, p, &from),
+                )
                 .await?;
                 if peer.node != expected {
                     return Err(DialError::WrongNode {
@@ -168,9 +185,14 @@ impl Upstream {
                         actual: peer.node,
                     });
                 }
-                Ok::<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>((
-                    framed, peer, addr,
-                ))
+                let slot = match peer.session {
+                    Some(answer) => shared
+                        .streams
+                        .dialled(&peer.node, peer.incarnation, offered, answer)
+                        .map_err(DialError::Stream)?,
+                    None => Slot::plain(&peer.node),
+                };
+                Ok::<Dialled, DialError>((framed, peer, addr, slot))
             };
             (outcome, linked.await)
         };
@@ -192,10 +214,10 @@ impl Upstream {
         ctx: &mut Context<Self>,
         target: &str,
         to: &HostPort,
-        result: Result<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>,
+        result: Result<Dialled, DialError>,
     ) {
         match result {
-            Ok((framed, peer, addr)) => {
+            Ok((framed, peer, addr, slot)) => {
                 if self.failing {
                     tracing::info!(node = %self.shared.name(), target = %target, "linked again");
                 }
@@ -213,6 +235,7 @@ impl Upstream {
                     peer_addr,
                     wiring: self.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
+                    slot,
                 };
                 self.session = Some(Session::start(
                     params,
