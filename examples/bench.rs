@@ -37,7 +37,7 @@ use actix::prelude::*;
 use clap::Parser;
 use command_fds::{CommandFdExt, FdMapping};
 use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
-use nodecloud::service::{Client, Incoming};
+use nodecloud::service::{Client, Incoming, Overflow};
 use nodecloud::sockets::{Bound, Inherited};
 use nodecloud::testing::Ports;
 use nodecloud::{testing, Delivery, Event, Invocation, Node, NodeHandle, Request};
@@ -1439,6 +1439,11 @@ async fn attach(cx: &ChildCtx) -> Result<Client, String> {
 
 async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
     let mut app = attach(&cx).await?;
+    // Lossless: the node delivers at the sink's pace (the default would close a sink that
+    // falls a queue behind as a slow consumer).
+    app.set_overflow(Overflow::Wait)
+        .await
+        .map_err(|e| e.to_string())?;
     app.subscribe(Bench::TOPIC)
         .await
         .map_err(|e| e.to_string())?;

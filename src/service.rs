@@ -20,9 +20,9 @@
 //!
 //! One reader task answers the node's pings, resolves calls and queues everything else
 //! ([`Incoming`]) in a bounded queue of [`INCOMING_QUEUE`] items; when the application does
-//! not take them, the reader stops reading and the node's queue toward it fills (once it is
-//! full and the node could write nothing for 50 ms, the node closes it as a slow consumer,
-//! unless [`Client::set_overflow`] asked for [`Overflow::DropOldest`]).
+//! not take them, the reader stops reading and the node's queue toward it fills; once it is
+//! full the node closes it as a slow consumer, unless [`Client::set_overflow`] asked for
+//! [`Overflow::DropOldest`] or [`Overflow::Wait`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -155,6 +155,10 @@ pub enum Overflow {
     Close,
     /// The node drops the oldest queued deliveries and counts them (`Incoming::Event::dropped`).
     DropOldest,
+    /// The node's deliveries wait for room while the application reads: nothing is lost, and
+    /// the node delivers to everyone at this application's pace (for pipelines that must see
+    /// every event, and benchmarks). Once nothing could be written for 50 ms, `slow_consumer`.
+    Wait,
 }
 
 /// What the node sends the application, besides replies to its calls.
@@ -400,14 +404,9 @@ impl Client {
             .map_err(|_| ClientError::Closed("the writer stopped".into()))
     }
 
-    /// Receive events of `topic` (published anywhere in the cluster). `topic` may be a
-    /// pattern (`sensor.*`, `sensor.>`, `>`: see [`crate::topic`]); events then arrive with
-    /// their concrete topic, once however many of this client's subscriptions match.
-    ///
-    /// # Errors
-    /// [`ClientError::Closed`].
     /// What the node does when this application's queue is full (send it right after
-    /// attaching): close it with `slow_consumer` (the default), or drop the oldest deliveries.
+    /// attaching): close it with `slow_consumer` (the default), drop the oldest deliveries, or
+    /// wait for room (lossless, holding up the node's other deliveries meanwhile).
     ///
     /// # Errors
     /// [`ClientError::Closed`] if the connection is gone.
@@ -415,6 +414,7 @@ impl Client {
         let policy = match overflow {
             Overflow::Close => "close",
             Overflow::DropOldest => "drop_oldest",
+            Overflow::Wait => "wait",
         };
         self.send(Message::Options(Options {
             overflow: Some(policy.to_owned()),
@@ -422,6 +422,12 @@ impl Client {
         .await
     }
 
+    /// Receive events of `topic` (published anywhere in the cluster). `topic` may be a
+    /// pattern (`sensor.*`, `sensor.>`, `>`: see [`crate::topic`]); events then arrive with
+    /// their concrete topic, once however many of this client's subscriptions match.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
     pub async fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
         self.send(Message::Subscribe(Topic {
             topic: topic.to_owned(),

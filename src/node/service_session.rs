@@ -14,16 +14,19 @@
 //! session stops reading, so TCP pushes back).
 //!
 //! Each application has its own queue, the write queue of its link: `APP_QUEUE_FRAMES` frames
-//! and `LINK_QUEUE_BYTES` bytes. A frame that finds it full waits for room as long as the
-//! application reads (holding up the event bus meanwhile, as any subscriber that takes events
-//! slower than they come does: an application that reads keeps what it subscribed to,
-//! losslessly). Once nothing was written to it for [`SLOW_CONSUMER_GRACE`], the application is
-//! a `slow_consumer`: what was queued is dropped, the frame being written is finished, the
-//! `error` frame follows, whole, and the stream ends; the bus goes on at once, so an
-//! application that stopped reading holds the others up once, for the grace. An application
-//! that asked for `drop_oldest` (the `options` message) never holds anyone up: the oldest
-//! queued deliveries make room, and each `deliver` carries the count dropped so far. An
-//! application that sends nothing for the failure timeout is closed as `timeout`.
+//! and `LINK_QUEUE_BYTES` bytes (the bound NATS gives a subscriber's pending messages). What
+//! happens when a delivery finds it full is the application's choice (the `options` message):
+//! - `close` (the default): the application is a `slow_consumer` at once: what was queued is
+//!   dropped, the frame being written is finished, the `error` frame follows, whole, and the
+//!   stream ends. The bus never waits for it: a slow application affects only itself.
+//! - `drop_oldest`: the oldest queued deliveries make room, and each `deliver` carries the
+//!   count dropped so far; the application is never closed for being slow.
+//! - `wait`: the delivery waits for room while the application reads, holding up the event
+//!   bus meanwhile (lossless, at the reader's pace: for pipelines that must see everything,
+//!   and benchmarks); once nothing was written to it for [`SLOW_CONSUMER_GRACE`], it is a
+//!   `slow_consumer` as above.
+//!
+//! An application that sends nothing for the failure timeout is closed as `timeout`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,16 +117,21 @@ struct SlowConsumer;
 /// close happen once.
 #[derive(Default)]
 struct Overflow {
-    /// The application asked for `drop_oldest`.
-    drop_oldest: std::sync::atomic::AtomicBool,
+    /// The application's policy: [`OVERFLOW_CLOSE`], [`OVERFLOW_DROP_OLDEST`] or
+    /// [`OVERFLOW_WAIT`].
+    policy: std::sync::atomic::AtomicU8,
     /// Set by whoever found the queue full first.
     slow: std::sync::atomic::AtomicBool,
     /// Deliveries dropped to make room (`drop_oldest`), as last reported by the queue.
     dropped: AtomicU64,
 }
 
-/// How long an application's queue may stay full with nothing written to the application
-/// before it is a slow consumer. An application that reads at all keeps its writer moving;
+const OVERFLOW_CLOSE: u8 = 0;
+const OVERFLOW_DROP_OLDEST: u8 = 1;
+const OVERFLOW_WAIT: u8 = 2;
+
+/// With `overflow` `wait`: how long an application's queue may stay full with nothing written
+/// to the application before it is a slow consumer. An application that reads at all keeps its writer moving;
 /// one that stopped reading holds its node's deliveries up this long, once.
 pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_millis(50);
 
@@ -152,7 +160,7 @@ impl Overflow {
         frame: crate::wire::EncodedMessage,
         droppable: bool,
     ) -> Pushed {
-        let pushed = if self.drop_oldest.load(Ordering::Relaxed) {
+        let pushed = if self.policy.load(Ordering::Relaxed) == OVERFLOW_DROP_OLDEST {
             tx.push_dropping_oldest(frame, droppable).map(|dropped| {
                 self.dropped.store(dropped, Ordering::Relaxed);
             })
@@ -168,25 +176,44 @@ impl Overflow {
         }
     }
 
+    /// Whether a delivery that found the queue full waits for room (`wait`), rather than
+    /// closing the application at once (`close`).
+    fn waits(&self) -> bool {
+        self.policy.load(Ordering::Relaxed) == OVERFLOW_WAIT
+    }
+
+    /// Close the queue with `error slow_consumer` as its last word, once (whoever gets there
+    /// first); true if this call closed it.
+    fn close_slow(&self, tx: &LinkQueue, why: &str) -> bool {
+        if self.slow.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let word = encode_message(&Message::Error(ErrorFrame {
+            code: "slow_consumer".into(),
+            message: format!(
+                "the application's queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
+                 {why}"
+            ),
+        }));
+        tx.close(word.ok(), false);
+        true
+    }
+
     /// Wait for room while the application reads; once nothing was written to it for
-    /// [`SLOW_CONSUMER_GRACE`], close the queue with `error slow_consumer` as its last word
-    /// (once, whoever gets there first).
+    /// [`SLOW_CONSUMER_GRACE`], close it as a slow consumer.
     async fn wait_for_room(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage) -> Waited {
         match tx.push_unless_stalled(frame, SLOW_CONSUMER_GRACE).await {
             Ok(()) => Waited::Queued,
             Err((QueueError::Closed, _)) => Waited::Closed,
-            Err(_) if self.slow.swap(true, Ordering::Relaxed) => Waited::Closed,
             Err(_) => {
-                let word = encode_message(&Message::Error(ErrorFrame {
-                    code: "slow_consumer".into(),
-                    message: format!(
-                        "the application's queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) \
-                         stayed full, and it read nothing for {} ms",
-                        SLOW_CONSUMER_GRACE.as_millis()
-                    ),
-                }));
-                tx.close(word.ok(), false);
-                Waited::GaveUp
+                let why = format!(
+                    "stayed full, and it read nothing for {} ms",
+                    SLOW_CONSUMER_GRACE.as_millis()
+                );
+                match self.close_slow(tx, &why) {
+                    true => Waited::GaveUp,
+                    false => Waited::Closed,
+                }
             }
         }
     }
@@ -368,12 +395,19 @@ impl ServiceSession {
             Message::Pong(_) => {}
             Message::Cluster(q) => self.cluster(q.id, ctx),
             Message::Options(o) => match o.overflow.as_deref() {
-                None | Some("close") => self.overflow.drop_oldest.store(false, Ordering::Relaxed),
-                Some("drop_oldest") => self.overflow.drop_oldest.store(true, Ordering::Relaxed),
+                None | Some("close") => self
+                    .overflow
+                    .policy
+                    .store(OVERFLOW_CLOSE, Ordering::Relaxed),
+                Some("drop_oldest") => self
+                    .overflow
+                    .policy
+                    .store(OVERFLOW_DROP_OLDEST, Ordering::Relaxed),
+                Some("wait") => self.overflow.policy.store(OVERFLOW_WAIT, Ordering::Relaxed),
                 Some(other) => self.refuse(
                     "options",
                     "bad_option",
-                    format!("overflow {other:?}: expected \"close\" or \"drop_oldest\""),
+                    format!("overflow {other:?}: expected \"close\", \"drop_oldest\" or \"wait\""),
                     ctx,
                 ),
             },
@@ -624,8 +658,15 @@ impl Subscriber for AppSubscriber {
         match self.overflow.try_push(&self.tx, frame, true) {
             Pushed::Queued => Delivered::Sent,
             Pushed::Closed => Delivered::Closed,
+            Pushed::Full(_) if !self.overflow.waits() => {
+                // `close`: the bus never waits for a slow application (see the module docs).
+                if self.overflow.close_slow(&self.tx, "was full") {
+                    let _ = self.session.try_send(SlowConsumer);
+                }
+                Delivered::Closed
+            }
             Pushed::Full(frame) => {
-                // The bus waits, for the grace at most (see the module docs).
+                // `wait`: the bus waits, for the grace at most (see the module docs).
                 let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
                 let session = self.session.clone();
                 Delivered::Full(Box::pin(async move {
@@ -775,8 +816,7 @@ impl Handler<SlowConsumer> for ServiceSession {
         if !self.closing {
             // The queue is closed with its `error` frame already; only the log is left.
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
-                "closing application: slow_consumer: its queue stayed full, and it read nothing for {} ms",
-                SLOW_CONSUMER_GRACE.as_millis());
+                "closing application: slow_consumer: its queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) is full");
             self.closing = true;
         }
         ctx.stop();

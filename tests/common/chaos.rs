@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
-use nodecloud::service::{Client, Endpoint, Incoming};
+use nodecloud::service::{Client, Endpoint, Incoming, Overflow};
 use nodecloud::testing::forwarder::{Faults, ForwarderHandle};
 use serde::{Deserialize, Serialize};
 
@@ -579,6 +579,11 @@ pub async fn run(s: &Scenario, programs: &Programs) -> Result<Report, String> {
     }
     let mut subscriber = attach(dir.path(), "worker-2", "chaos-sub").await?;
     let publisher = attach(dir.path(), "worker-1", ORIGIN).await?;
+    // Every event counts: the node waits for the subscriber rather than close it as slow.
+    subscriber
+        .set_overflow(Overflow::Wait)
+        .await
+        .map_err(|e| e.to_string())?;
     subscriber
         .subscribe(TOPIC)
         .await

@@ -51,10 +51,12 @@ Deliveries. Events wait in a bounded queue (``event_queue`` entries, default 10 
 that arrives while the queue is full is discarded and counted in ``Client.dropped_events``:
 the reader never blocks, so calls and pings keep flowing, whatever the handlers and the
 application's threads are doing. With ``queue_full="block"`` the reader waits for room instead:
-nothing is lost, the node's queue toward this application fills, but replies and pings wait
-behind the blocked event too, and a node whose queue is full while this client reads nothing
-for 50 ms closes the link with ``slow_consumer`` (unless ``connect`` asked for ``overflow="drop_oldest"``: the node then drops
-the oldest queued deliveries, and each event's ``dropped`` says how many so far).
+nothing is lost here, the node's queue toward this application fills, but replies and pings
+wait behind the blocked event too. When the node's queue is full it closes the link with
+``slow_consumer``, unless ``connect`` asked for ``overflow="drop_oldest"`` (the node drops the
+oldest queued deliveries, and each event's ``dropped`` says how many so far) or
+``overflow="wait"`` (the node delivers at this application's pace, losing nothing, and closes
+it only once it read nothing for 50 ms).
 
 Each event unpacks as ``(topic, from_node, value)`` and carries ``id`` (unique among the events
 of its origin's incarnation), ``seq`` (its number in its stream: the events ``from_node``
@@ -573,7 +575,7 @@ class Client:
         ``hello_ack``. ``max_frame_bytes`` must be the cluster's value (default 1 MiB).
         ``call_timeout_ms`` is the timeout the node applies to a call that gives none.
         ``overflow`` is what the node does when its queue toward this application is full:
-        ``"close"`` (``slow_consumer``) or ``"drop_oldest"``.
+        ``"close"`` (``slow_consumer``), ``"drop_oldest"`` or ``"wait"``.
 
         Raises :class:`ConnectError` if nothing accepts the connection (its message names the
         address and the likely cause), :class:`HandshakeError` (with the ``error`` code) if
@@ -585,8 +587,8 @@ class Client:
             raise ValueError(f"invalid application name {name!r}: 1-64 of A-Z a-z 0-9 . _ -")
         if not NAME_RE.match(cluster):
             raise ValueError(f"invalid cluster name {cluster!r}")
-        if overflow not in ("close", "drop_oldest"):
-            raise ValueError('overflow must be "close" or "drop_oldest"')
+        if overflow not in ("close", "drop_oldest", "wait"):
+            raise ValueError('overflow must be "close", "drop_oldest" or "wait"')
         secret = key.encode("utf-8") if isinstance(key, str) else bytes(key)
         family, target = _parse_address(address)
         deadline = time.monotonic() + timeout
