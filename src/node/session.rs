@@ -133,6 +133,8 @@ pub struct SessionParams {
 pub struct Session {
     p: SessionParams,
     link_id: u64,
+    /// Whether this connection's frames carry stream seqs (a version 2 resumable link).
+    resumable: bool,
     tx: Arc<LinkQueue>,
     counters: Arc<LinkCounters>,
     liveness: Liveness,
@@ -215,6 +217,8 @@ impl Session {
         leftover: BytesMut,
     ) -> (Addr<Session>, u64) {
         codec.set_max_frame_bytes(p.shared.config.cluster.max_frame_bytes);
+        // Only a resumable link's frames carry stream seqs; a plain link numbers every frame.
+        let resumable = codec.is_resumable();
         let writer_codec = codec.clone();
         let (read, write): (TransportRead, TransportWrite) = transport.split();
         let link_id = p.shared.next_link_id();
@@ -247,6 +251,7 @@ impl Session {
             Session {
                 p,
                 link_id,
+                resumable,
                 tx,
                 counters,
                 liveness,
@@ -577,7 +582,9 @@ impl Session {
                 break;
             }
             let waits = match item {
-                Ok(Frame(seq, _)) if seq != 0 && !self.in_stream(seq, ctx) => Some(None),
+                Ok(Frame(seq, _)) if self.resumable && seq != 0 && !self.in_stream(seq, ctx) => {
+                    Some(None)
+                }
                 // Events first, taken straight out of the frame (one copy fewer of a large value).
                 Ok(Frame(_, Message::Event(env))) => {
                     guard("session", ctx, |_| self.on_event(env, &mut batch))
