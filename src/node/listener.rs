@@ -146,6 +146,7 @@ impl StreamHandler<Accepted> for PeerListener {
                         peer_addr: addr.to_string(),
                         wiring: act.wiring.clone(),
                         owner: Some(ctx.address().recipient()),
+                        on_quiet: None,
                     };
                     Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
                 }

@@ -105,6 +105,21 @@ pub struct SessionClosed {
     pub link_id: u64,
 }
 
+/// Tells the dialler of a resumable link that it went quiet for one heartbeat interval: it
+/// dials a fresh connection, which replaces this one once authenticated (TCP's retransmission
+/// backoff would keep a restored network silent for seconds).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkQuiet {
+    pub link_id: u64,
+}
+
+/// Drop the connection without a word: a fresh connection to the same peer replaced it (a
+/// `bye` here could reach the peer before it attached the fresh one, and end the stream).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replaced;
+
 /// Close the link, telling the peer why.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -126,6 +141,8 @@ pub struct SessionParams {
     pub peer_addr: String,
     pub wiring: Wiring,
     pub owner: Option<Recipient<SessionClosed>>,
+    /// The dialler, told once when a resumable link goes quiet (`None` on accepted links).
+    pub on_quiet: Option<Recipient<LinkQuiet>>,
     /// The peer's stream slot (a plain one on a version 1 link).
     pub slot: Arc<Slot>,
 }
@@ -139,6 +156,8 @@ pub struct Session {
     counters: Arc<LinkCounters>,
     liveness: Liveness,
     closing: bool,
+    /// The dialler was told this link went quiet (once per connection).
+    quiet_told: bool,
     /// Frames of a read batch not handled yet because a destination was full: handled, in
     /// order, once it has room (see the module docs).
     backlog: VecDeque<ReadItem>,
@@ -256,6 +275,7 @@ impl Session {
                 counters,
                 liveness,
                 closing: false,
+                quiet_told: false,
                 backlog: VecDeque::new(),
                 spare_reads,
                 spare_local: BatchPool::default(),
@@ -548,7 +568,17 @@ impl Session {
         }
         match tick {
             Tick::Alive => {}
-            Tick::Ping(n) => self.send(&Message::Ping(Ping { n })),
+            Tick::Ping(n) => {
+                self.send(&Message::Ping(Ping { n }));
+                if self.resumable && !self.quiet_told {
+                    if let Some(dialler) = &self.p.on_quiet {
+                        self.quiet_told = true;
+                        dialler.do_send(LinkQuiet {
+                            link_id: self.link_id,
+                        });
+                    }
+                }
+            }
             Tick::Dead(silent) => self.fail(
                 ctx,
                 "timeout",
@@ -745,6 +775,20 @@ impl Handler<Close> for Session {
         if !self.closing {
             self.tx
                 .close(encode_message(&Message::Bye(Bye { reason })).ok(), true);
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Replaced> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                "a fresh connection replaced this quiet one");
+            self.tx.close(None, false);
             self.closing = true;
         }
         ctx.stop();

@@ -1,6 +1,12 @@
 //! Upstream: keeps one planned link dialled. Supervised by NodeSupervisor; owns the Session of
 //! its link and redials when it ends.
 //!
+//! Quiet re-dial: when its session reports a resumable link quiet for one heartbeat interval
+//! (`LinkQuiet`), it dials a fresh connection while the quiet one goes on; once the fresh one
+//! is authenticated (the stream resumes on it) the quiet one is dropped without a `bye`. A
+//! restored network is then used at once, instead of after TCP's retransmission backoff. A
+//! re-dial that fails changes nothing: the quiet link's own failure timeout ends it.
+//!
 //! It dials the link's primary target; when that fails it tries the fallbacks in order (a
 //! slave whose master died joins a fallback master), with exponential backoff and full jitter
 //! between attempts (50 ms doubling to 2 s). A refused or failing target is logged once when it
@@ -26,7 +32,7 @@ use tokio_util::codec::Framed;
 
 use super::dial::{self, ConnectError, Resolution};
 use super::identity;
-use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
+use super::session::{Close, LinkQuiet, Replaced, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use super::streams::Slot;
 use crate::config::{Host, HostPort};
@@ -78,6 +84,8 @@ pub struct Upstream {
     failing: bool,
     /// The live session and its link id (a late close of an older link is ignored).
     session: Option<(Addr<Session>, u64)>,
+    /// A fresh connection is being dialled to replace the live session's quiet one.
+    redialling: bool,
     wiring: Wiring,
     /// The last resolution of each candidate's host name (by node name), to log changes only.
     resolutions: BTreeMap<String, Resolution>,
@@ -117,6 +125,7 @@ impl Upstream {
             attempt: 0,
             failing: false,
             session: None,
+            redialling: false,
             wiring,
             resolutions: BTreeMap::new(),
         }
@@ -216,6 +225,14 @@ impl Upstream {
         to: &HostPort,
         result: Result<Dialled, DialError>,
     ) {
+        let replacing = std::mem::take(&mut self.redialling);
+        if let (true, Err(e), Some(_)) = (replacing, &result, &self.session) {
+            // The quiet link goes on: its own failure timeout ends it, and the usual redial
+            // follows.
+            tracing::debug!(node = %self.shared.name(), target = %target, address = %to,
+                "could not re-dial the quiet link: {e}");
+            return;
+        }
         match result {
             Ok((framed, peer, addr, slot)) => {
                 if self.failing {
@@ -235,14 +252,15 @@ impl Upstream {
                     peer_addr,
                     wiring: self.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
+                    on_quiet: Some(ctx.address().recipient()),
                     slot,
                 };
-                self.session = Some(Session::start(
-                    params,
-                    parts.io.into(),
-                    parts.codec,
-                    parts.read_buf,
-                ));
+                let fresh = Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
+                if let Some((stale, _)) = self.session.replace(fresh) {
+                    tracing::debug!(node = %self.shared.name(), target = %target,
+                        "a fresh connection replaces the quiet one");
+                    stale.do_send(Replaced);
+                }
             }
             Err(e) => {
                 if let DialError::Handshake(h) = &e {
@@ -290,6 +308,21 @@ impl Actor for Upstream {
     }
 }
 
+impl Handler<LinkQuiet> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, quiet: LinkQuiet, ctx: &mut Context<Self>) {
+        let current = self
+            .session
+            .as_ref()
+            .is_some_and(|(_, id)| *id == quiet.link_id);
+        if current && !self.redialling {
+            self.redialling = true;
+            self.dial(ctx);
+        }
+    }
+}
+
 impl Handler<SessionClosed> for Upstream {
     type Result = ();
 
@@ -303,7 +336,10 @@ impl Handler<SessionClosed> for Upstream {
         }
         self.session = None;
         self.candidate = 0; // prefer the primary again
-        self.retry(ctx);
+                            // A re-dial under way takes the place of the retry.
+        if !self.redialling {
+            self.retry(ctx);
+        }
     }
 }
 
