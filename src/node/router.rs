@@ -19,7 +19,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::membership::{publish_view, LinksChanged, Membership, MembershipView};
-use super::session::{Close, LinkHandle};
+use super::session::{Close, LinkHandle, Replaced};
 use super::shared::NodeShared;
 use crate::topology::{Graph, IndexedGraph, Routes};
 use crate::wire::Envelope;
@@ -188,9 +188,17 @@ impl Handler<LinkUp> for Router {
     type Result = ();
 
     fn handle(&mut self, LinkUp(link): LinkUp, _: &mut Context<Self>) {
+        let stream = link.tx.0.clone();
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
-            old.addr
-                .do_send(Close("replaced by a newer link to the same node".into()));
+            if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {
+                // The same stream resumed on a fresh connection: drop the old one without a
+                // `bye`, which the peer could read before it attached the fresh connection
+                // and take for the end of the stream.
+                old.addr.do_send(Replaced);
+            } else {
+                old.addr
+                    .do_send(Close("replaced by a newer link to the same node".into()));
+            }
         }
         self.publish();
         self.links_changed();
