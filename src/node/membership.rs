@@ -479,6 +479,11 @@ impl Membership {
                 "membership: {name} up (rejoined)"),
             Some(_) => {}
         }
+        if !was_up {
+            // Declared down while a connection carried its stream, and back before that
+            // connection ended: the stream goes on.
+            self.shared.streams.up_again(name);
+        }
     }
 
     fn view(&self) -> MembershipView {

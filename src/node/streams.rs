@@ -12,7 +12,9 @@
 //!   not acknowledged. Without a connection, frames wait in the replay buffer.
 //! * A full replay buffer stops producers as a full link queue does: `try_push` says `Full`,
 //!   `push` waits for an `ack` to free room. Nothing is dropped while the peer lives.
-//! * The stream ends when the peer is declared down (failure timeout), when a new incarnation
+//! * The stream ends when the peer is declared down (failure timeout; if a connection still
+//!   carries the stream then, when that connection ends, unless the peer is up again first),
+//!   when a new incarnation
 //!   of it links, or when it says goodbye on its current connection: what was buffered is
 //!   dropped, counted, and logged once at WARN with the count.
 
@@ -56,6 +58,9 @@ struct SlotState {
     ended: bool,
     /// The current connection: its link id and write queue.
     queue: Option<(u64, Arc<LinkQueue>)>,
+    /// The peer was declared down while a connection still carried the stream: the stream
+    /// ends when that connection does (unless a fresh one attached meanwhile).
+    down: bool,
 }
 
 impl Streams {
@@ -199,12 +204,21 @@ impl Streams {
     /// The peer was declared down: end its stream unless a connection carries it (a live
     /// connection is the peer's own proof of life; its session ends it if it breaks).
     pub fn end_if_cut(&self, peer: &str, why: &str) {
-        let cut = self
-            .slots()
-            .get(peer)
-            .is_some_and(|s| s.state().queue.is_none());
+        let cut = self.slots().get(peer).is_some_and(|s| {
+            let mut st = s.state();
+            // Otherwise the stream ends with the connection that carries it.
+            st.down = st.queue.is_some();
+            !st.down
+        });
         if cut {
             self.end(peer, why);
+        }
+    }
+
+    /// The peer is up again: a connection that still carries its stream no longer ends it.
+    pub fn up_again(&self, peer: &str) {
+        if let Some(slot) = self.slots().get(peer) {
+            slot.state().down = false;
         }
     }
 
@@ -227,6 +241,7 @@ impl Slot {
                 resumable,
                 ended: false,
                 queue: None,
+                down: false,
             }),
             room: Notify::new(),
             producers_waiting: AtomicBool::new(false),
@@ -292,6 +307,7 @@ impl Slot {
         }
         if !st.ended {
             st.queue = Some((link_id, queue.clone()));
+            st.down = false;
         }
         queue
     }
@@ -301,6 +317,14 @@ impl Slot {
         let mut st = self.state();
         if st.queue.as_ref().is_some_and(|(id, _)| *id == link_id) {
             st.queue = None;
+            if st.down {
+                let dropped = st.stream.take().map(Stream::into_dropped);
+                drop(st);
+                self.end(
+                    dropped.unwrap_or_default(),
+                    "it was declared down, and its last connection ended",
+                );
+            }
         }
     }
 
@@ -549,6 +573,19 @@ mod tests {
             tx.try_push(event_frame()),
             Err((QueueError::Closed, _))
         ));
+    }
+
+    #[test]
+    fn a_peer_declared_down_while_connected_loses_its_stream_when_that_connection_ends() {
+        let streams = Streams::new(StreamLimits::default());
+        let (slot, _) = connected(&streams, "b", Uuid::new_v4(), 1);
+        let tx = PeerTx(slot.clone());
+        tx.try_push(event_frame()).unwrap();
+        streams.end_if_cut("b", "it was declared down");
+        assert!(!slot.is_ended(), "a connection still carries the stream");
+        slot.detach(1);
+        assert!(slot.is_ended());
+        assert!(tx.is_closed());
     }
 
     #[test]
