@@ -14,9 +14,8 @@
 //!   `push` waits for an `ack` to free room. Nothing is dropped while the peer lives.
 //! * The stream ends when the peer is declared down (failure timeout; if a connection still
 //!   carries the stream then, when that connection ends, unless the peer is up again first),
-//!   when a new incarnation
-//!   of it links, or when it says goodbye on its current connection: what was buffered is
-//!   dropped, counted, and logged once at WARN with the count.
+//!   when a new incarnation of it links, or when it says goodbye on its current connection:
+//!   what was buffered is dropped, counted, and logged once at WARN with the count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
