@@ -98,8 +98,6 @@ pub struct Full<F>(pub F);
 pub enum StreamError {
     #[error("acknowledgement of seq {acked}, beyond the last frame sent ({last_sent})")]
     AckBeyondSent { acked: Seq, last_sent: Seq },
-    #[error("peer resumes after seq {received}, but it acknowledged up to {acked}")]
-    ResumeBehindAck { received: Seq, acked: Seq },
     #[error("peer resumes after seq {received}, beyond the last frame sent ({last_sent})")]
     ResumeBeyondSent { received: Seq, last_sent: Seq },
     #[error("peer starts a new session {id:#x} at seq {received} instead of 0")]
@@ -198,8 +196,8 @@ impl<F: WireSize> OutStream<F> {
     /// and returns what is to be replayed, in order.
     ///
     /// # Errors
-    /// [`StreamError::ResumeBehindAck`] if the peer claims less than it acknowledged (those
-    /// frames are gone), [`StreamError::ResumeBeyondSent`] if it claims more than was sent.
+    /// [`StreamError::ResumeBeyondSent`] if the peer claims more than was sent. A claim below
+    /// what it acknowledged resumes after the acknowledged seq.
     pub fn resume_from(
         &mut self,
         peer_received: Seq,
@@ -216,12 +214,9 @@ impl<F: WireSize> OutStream<F> {
 
     /// Whether the peer may resume after `peer_received`.
     fn check_resume(&self, peer_received: Seq) -> Result<(), StreamError> {
-        if peer_received < self.acked {
-            return Err(StreamError::ResumeBehindAck {
-                received: peer_received,
-                acked: self.acked,
-            });
-        }
+        // Below what the peer acknowledged is fine: it wrote its handshake while the old
+        // connection still delivered (and it acknowledged) later frames. The replay starts
+        // after the acknowledged seq, and the peer drops any repeat.
         if peer_received > self.last_sent() {
             return Err(StreamError::ResumeBeyondSent {
                 received: peer_received,
