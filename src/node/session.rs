@@ -105,7 +105,8 @@ pub struct SessionClosed {
     pub link_id: u64,
 }
 
-/// Tells the dialler of a resumable link that it went quiet for one heartbeat interval: it
+/// Tells the dialler of a resumable link that it went quiet for one heartbeat interval (sent
+/// at every quiet tick; one re-dial runs at a time): it
 /// dials a fresh connection, which replaces this one once authenticated (TCP's retransmission
 /// backoff would keep a restored network silent for seconds).
 #[derive(Message)]
@@ -156,8 +157,6 @@ pub struct Session {
     counters: Arc<LinkCounters>,
     liveness: Liveness,
     closing: bool,
-    /// The dialler was told this link went quiet (once per connection).
-    quiet_told: bool,
     /// Frames of a read batch not handled yet because a destination was full: handled, in
     /// order, once it has room (see the module docs).
     backlog: VecDeque<ReadItem>,
@@ -275,7 +274,6 @@ impl Session {
                 counters,
                 liveness,
                 closing: false,
-                quiet_told: false,
                 backlog: VecDeque::new(),
                 spare_reads,
                 spare_local: BatchPool::default(),
@@ -570,13 +568,12 @@ impl Session {
             Tick::Alive => {}
             Tick::Ping(n) => {
                 self.send(&Message::Ping(Ping { n }));
-                if self.resumable && !self.quiet_told {
-                    if let Some(dialler) = &self.p.on_quiet {
-                        self.quiet_told = true;
-                        dialler.do_send(LinkQuiet {
-                            link_id: self.link_id,
-                        });
-                    }
+                // At every quiet tick: a re-dial that failed (the network still cut) is
+                // tried again one interval later.
+                if let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) {
+                    dialler.do_send(LinkQuiet {
+                        link_id: self.link_id,
+                    });
                 }
             }
             Tick::Dead(silent) => self.fail(

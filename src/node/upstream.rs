@@ -1,11 +1,13 @@
 //! Upstream: keeps one planned link dialled. Supervised by NodeSupervisor; owns the Session of
 //! its link and redials when it ends.
 //!
-//! Quiet re-dial: when its session reports a resumable link quiet for one heartbeat interval
-//! (`LinkQuiet`), it dials a fresh connection while the quiet one goes on; once the fresh one
-//! is authenticated (the stream resumes on it) the quiet one is dropped without a `bye`. A
-//! restored network is then used at once, instead of after TCP's retransmission backoff. A
-//! re-dial that fails changes nothing: the quiet link's own failure timeout ends it.
+//! Quiet re-dial: while its session reports a resumable link quiet (`LinkQuiet`, at every
+//! heartbeat tick that heard nothing for an interval), it dials fresh connections, one per
+//! interval at most and at most `MAX_REDIALS_IN_FLIGHT` at once, each connect bounded by one
+//! interval, while the quiet one goes on; once a fresh one is authenticated (the stream
+//! resumes on it) the quiet one is dropped without a `bye`. A restored network is then used
+//! within an interval, instead of after TCP's retransmission backoff. A re-dial that fails
+//! changes nothing: the quiet link's own failure timeout ends it.
 //!
 //! It dials the link's primary target; when that fails it tries the fallbacks in order (a
 //! slave whose master died joins a fallback master), with exponential backoff and full jitter
@@ -41,6 +43,8 @@ use crate::wire::{self, FrameCodec, HandshakeError, PeerInfo, MAX_HANDSHAKE_FRAM
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Re-dials of one quiet link that may be in flight at once.
+const MAX_REDIALS_IN_FLIGHT: u32 = 3;
 
 /// Delay before attempt `attempt` (0-based): half fixed, half random, so restarted workers do
 /// not all dial at the same instant.
@@ -84,8 +88,11 @@ pub struct Upstream {
     failing: bool,
     /// The live session and its link id (a late close of an older link is ignored).
     session: Option<(Addr<Session>, u64)>,
-    /// A fresh connection is being dialled to replace the live session's quiet one.
-    redialling: bool,
+    /// Re-dials of a quiet link in flight (a connect into a cut network may hang until the
+    /// handshake deadline, so a new one starts at every quiet interval, up to
+    /// `MAX_REDIALS_IN_FLIGHT`), and when the last one started.
+    redials: u32,
+    last_redial: Option<std::time::Instant>,
     wiring: Wiring,
     /// The last resolution of each candidate's host name (by node name), to log changes only.
     resolutions: BTreeMap<String, Resolution>,
@@ -125,7 +132,8 @@ impl Upstream {
             attempt: 0,
             failing: false,
             session: None,
-            redialling: false,
+            redials: 0,
+            last_redial: None,
             wiring,
             resolutions: BTreeMap::new(),
         }
@@ -154,7 +162,8 @@ impl Upstream {
         self.resolutions.insert(target.to_owned(), now);
     }
 
-    fn dial(&mut self, ctx: &mut Context<Self>) {
+    /// Dial the current candidate; `redial`: to replace a quiet link's connection.
+    fn dial(&mut self, ctx: &mut Context<Self>, redial: bool) {
         let Some(target) = self.link.candidates.get(self.candidate).cloned() else {
             return;
         };
@@ -174,7 +183,15 @@ impl Upstream {
                 Err(e) => Resolution::Failed(e.to_string()),
             });
             let linked = async {
-                let (stream, addr) = dial::connect_first(&resolved?, deadline).await?;
+                // A re-dial's connect is bounded by one heartbeat interval: into a cut network
+                // its SYN is lost, and TCP would retry it only a second or more later; the
+                // next quiet tick sends a fresh one instead.
+                let connect_deadline = if redial {
+                    shared.heartbeat_interval().min(deadline)
+                } else {
+                    deadline
+                };
+                let (stream, addr) = dial::connect_first(&resolved?, connect_deadline).await?;
                 let _ = stream.set_nodelay(true);
                 let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
                 let from = addr.to_string();
@@ -212,7 +229,7 @@ impl Upstream {
                     if let Some(outcome) = outcome {
                         act.note_resolution(&target, &to, outcome);
                     }
-                    act.linked(ctx, &target, &to, result)
+                    act.linked(ctx, &target, &to, result, redial)
                 }),
         );
     }
@@ -224,14 +241,20 @@ impl Upstream {
         target: &str,
         to: &HostPort,
         result: Result<Dialled, DialError>,
+        redial: bool,
     ) {
-        let replacing = std::mem::take(&mut self.redialling);
-        if let (true, Err(e), Some(_)) = (replacing, &result, &self.session) {
-            // The quiet link goes on: its own failure timeout ends it, and the usual redial
-            // follows.
-            tracing::debug!(node = %self.shared.name(), target = %target, address = %to,
-                "could not re-dial the quiet link: {e}");
-            return;
+        if redial {
+            self.redials = self.redials.saturating_sub(1);
+            if let Err(e) = &result {
+                // The quiet link goes on (another re-dial follows at its next quiet tick; its
+                // failure timeout ends it). If it ended meanwhile, the last re-dial in flight
+                // takes the place of the usual retry.
+                tracing::debug!(node = %self.shared.name(), target = %target, address = %to,
+                    "could not re-dial the quiet link: {e}");
+                if self.session.is_some() || self.redials > 0 {
+                    return;
+                }
+            }
         }
         match result {
             Ok((framed, peer, addr, slot)) => {
@@ -290,7 +313,7 @@ impl Upstream {
     fn retry(&mut self, ctx: &mut Context<Self>) {
         let delay = backoff(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
-        ctx.run_later(delay, |act, ctx| act.dial(ctx));
+        ctx.run_later(delay, |act, ctx| act.dial(ctx, false));
     }
 }
 
@@ -298,7 +321,7 @@ impl Actor for Upstream {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.dial(ctx);
+        self.dial(ctx, false);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -316,9 +339,13 @@ impl Handler<LinkQuiet> for Upstream {
             .session
             .as_ref()
             .is_some_and(|(_, id)| *id == quiet.link_id);
-        if current && !self.redialling {
-            self.redialling = true;
-            self.dial(ctx);
+        let due = self
+            .last_redial
+            .is_none_or(|t| t.elapsed() >= self.shared.heartbeat_interval());
+        if current && due && self.redials < MAX_REDIALS_IN_FLIGHT {
+            self.redials += 1;
+            self.last_redial = Some(std::time::Instant::now());
+            self.dial(ctx, true);
         }
     }
 }
@@ -337,7 +364,7 @@ impl Handler<SessionClosed> for Upstream {
         self.session = None;
         self.candidate = 0; // prefer the primary again
                             // A re-dial under way takes the place of the retry.
-        if !self.redialling {
+        if self.redials == 0 {
             self.retry(ctx);
         }
     }
