@@ -30,6 +30,7 @@ mod service_session;
 mod session;
 mod shared;
 mod stats;
+mod streams;
 mod supervision;
 mod supervisor;
 mod upstream;

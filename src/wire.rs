@@ -33,8 +33,8 @@ pub use frame::{
     KNOWN_KINDS,
 };
 pub use handshake::{
-    accept, accept_checked, accept_resumable, dial, dial_checked, dial_resumable, HandshakeError,
-    Identity, PeerInfo,
+    accept, accept_checked, accept_resumable, accept_with, dial, dial_checked, dial_resumable,
+    dial_with, HandshakeError, Identity, PeerInfo,
 };
 pub use rules::{check_body, MAX_NESTING};
 

@@ -98,8 +98,6 @@ pub struct Full<F>(pub F);
 pub enum StreamError {
     #[error("acknowledgement of seq {acked}, beyond the last frame sent ({last_sent})")]
     AckBeyondSent { acked: Seq, last_sent: Seq },
-    #[error("peer resumes after seq {received}, but it acknowledged up to {acked}")]
-    ResumeBehindAck { received: Seq, acked: Seq },
     #[error("peer resumes after seq {received}, beyond the last frame sent ({last_sent})")]
     ResumeBeyondSent { received: Seq, last_sent: Seq },
     #[error("peer starts a new session {id:#x} at seq {received} instead of 0")]
@@ -161,6 +159,16 @@ impl<F: WireSize> OutStream<F> {
         Ok(self.last_sent())
     }
 
+    /// Number and keep a frame whatever the bounds: a producer that saw room (with
+    /// [`OutStream::has_room`]) and lost it to another one meanwhile overshoots by one frame
+    /// rather than losing it.
+    pub fn force_send(&mut self, frame: F) -> Seq {
+        let bytes = frame.wire_bytes();
+        self.buf.push_back((frame, bytes));
+        self.bytes += bytes;
+        self.last_sent()
+    }
+
     /// The peer received everything up to `seq`: release it. Returns the frames released (an
     /// old or repeated `ack` releases none).
     ///
@@ -188,8 +196,8 @@ impl<F: WireSize> OutStream<F> {
     /// and returns what is to be replayed, in order.
     ///
     /// # Errors
-    /// [`StreamError::ResumeBehindAck`] if the peer claims less than it acknowledged (those
-    /// frames are gone), [`StreamError::ResumeBeyondSent`] if it claims more than was sent.
+    /// [`StreamError::ResumeBeyondSent`] if the peer claims more than was sent. A claim below
+    /// what it acknowledged resumes after the acknowledged seq.
     pub fn resume_from(
         &mut self,
         peer_received: Seq,
@@ -206,12 +214,9 @@ impl<F: WireSize> OutStream<F> {
 
     /// Whether the peer may resume after `peer_received`.
     fn check_resume(&self, peer_received: Seq) -> Result<(), StreamError> {
-        if peer_received < self.acked {
-            return Err(StreamError::ResumeBehindAck {
-                received: peer_received,
-                acked: self.acked,
-            });
-        }
+        // Below what the peer acknowledged is fine: it wrote its handshake while the old
+        // connection still delivered (and it acknowledged) later frames. The replay starts
+        // after the acknowledged seq, and the peer drops any repeat.
         if peer_received > self.last_sent() {
             return Err(StreamError::ResumeBeyondSent {
                 received: peer_received,

@@ -18,6 +18,7 @@ use tokio_util::codec::Framed;
 use super::identity;
 use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
+use super::streams::Slot;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -64,7 +65,7 @@ pub(crate) fn admit(shared: &NodeShared, hello: &Hello) -> Result<(), String> {
 type Accepted = std::io::Result<(TcpStream, SocketAddr)>;
 type Handshaken = (
     Framed<TcpStream, FrameCodec>,
-    Result<PeerInfo, HandshakeError>,
+    Result<(PeerInfo, Arc<Slot>), HandshakeError>,
 );
 
 impl Actor for PeerListener {
@@ -100,27 +101,52 @@ impl StreamHandler<Accepted> for PeerListener {
             let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let deadline = shared.config.cluster.handshake_timeout;
             let from = addr.to_string();
-            let result = wire::accept_checked(
+            let mut answered = None;
+            let result = wire::accept_with(
                 &mut framed,
                 &shared.identity,
                 deadline,
-                |h| admit(&shared, h),
+                |h| {
+                    admit(&shared, h)?;
+                    let Some(offer) = h.session else {
+                        return Ok(None);
+                    };
+                    let answer = shared
+                        .streams
+                        .answer(&h.node, h.incarnation, offer)
+                        .map_err(|e| e.to_string())?;
+                    answered = Some(answer);
+                    Ok(Some(answer))
+                },
                 |peer| identity::check(&shared, peer, &from),
             )
             .await;
+            // Authenticated: resume the session held with the peer, or start one.
+            let result = result.and_then(|peer| {
+                let slot = match (peer.session, answered) {
+                    (Some(offer), Some(answer)) => shared
+                        .streams
+                        .accepted(&peer.node, peer.incarnation, offer, answer)
+                        .map_err(|e| HandshakeError::NotAdmitted(e.to_string()))?,
+                    _ => Slot::plain(&peer.node),
+                };
+                Ok((peer, slot))
+            });
             (framed, result)
         };
         ctx.spawn(handshake.into_actor(self).map(move |(framed, result): Handshaken, act, ctx| {
             act.pending -= 1;
             match result {
-                Ok(peer) => {
+                Ok((peer, slot)) => {
                     let parts = framed.into_parts();
                     let params = SessionParams {
+                        slot,
                         shared: act.shared.clone(),
                         peer,
                         peer_addr: addr.to_string(),
                         wiring: act.wiring.clone(),
                         owner: Some(ctx.address().recipient()),
+                        on_quiet: None,
                     };
                     Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
                 }

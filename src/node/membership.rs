@@ -414,6 +414,7 @@ impl Membership {
             .collect();
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
+            self.shared.streams.end_if_cut(gone, "it was declared down");
         }
         for name in &up {
             self.log_up(name);
@@ -477,6 +478,11 @@ impl Membership {
             Some(_) if !was_up => tracing::info!(node = %me, incarnation = %now,
                 "membership: {name} up (rejoined)"),
             Some(_) => {}
+        }
+        if !was_up {
+            // Declared down while a connection carried its stream, and back before that
+            // connection ended: the stream goes on.
+            self.shared.streams.up_again(name);
         }
     }
 

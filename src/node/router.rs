@@ -19,7 +19,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::membership::{publish_view, LinksChanged, Membership, MembershipView};
-use super::session::{Close, LinkHandle};
+use super::session::{Close, LinkHandle, Replaced};
 use super::shared::NodeShared;
 use crate::topology::{Graph, IndexedGraph, Routes};
 use crate::wire::Envelope;
@@ -148,6 +148,8 @@ pub struct Router {
     routes: Arc<Routes>,
     /// Shutdown waiters, told when the last link is down.
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Set by `CloseAll`: links that go down are gone for good.
+    closing: bool,
 }
 
 impl Router {
@@ -161,6 +163,7 @@ impl Router {
             links: HashMap::new(),
             routes,
             drained: Vec::new(),
+            closing: false,
         }
     }
 
@@ -185,9 +188,17 @@ impl Handler<LinkUp> for Router {
     type Result = ();
 
     fn handle(&mut self, LinkUp(link): LinkUp, _: &mut Context<Self>) {
+        let stream = link.tx.0.clone();
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
-            old.addr
-                .do_send(Close("replaced by a newer link to the same node".into()));
+            if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {
+                // The same stream resumed on a fresh connection: drop the old one without a
+                // `bye`, which the peer could read before it attached the fresh connection
+                // and take for the end of the stream.
+                old.addr.do_send(Replaced);
+            } else {
+                old.addr
+                    .do_send(Close("replaced by a newer link to the same node".into()));
+            }
         }
         self.publish();
         self.links_changed();
@@ -198,12 +209,14 @@ impl Handler<LinkDown> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: LinkDown, _: &mut Context<Self>) {
-        // A replaced link reports down after its successor is up: keep the successor.
-        if self
-            .links
-            .get(&msg.peer)
-            .is_some_and(|l| l.link_id == msg.link_id)
-        {
+        // A replaced link reports down after its successor is up: keep the successor. A
+        // resumable link whose stream lives stays in the table while it is cut: producers
+        // queue in its stream, replayed on the next connection (until Membership declares
+        // the peer down, which ends the stream).
+        if self.links.get(&msg.peer).is_some_and(|l| {
+            l.link_id == msg.link_id
+                && (self.closing || !l.tx.0.is_resumable() || l.tx.0.is_ended())
+        }) {
             self.links.remove(&msg.peer);
             self.publish();
             self.links_changed();
@@ -220,9 +233,18 @@ impl Handler<GraphChanged> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: GraphChanged, _: &mut Context<Self>) {
+        // Links whose stream ended (the peer was declared down) leave the table.
+        let before = self.links.len();
+        self.links.retain(|_, l| !l.tx.0.is_ended());
+        let pruned = self.links.len() != before;
         if let Some(graph) = msg.graph {
             self.routes = Arc::new(graph.routes_from(self.shared.name()));
             self.publish();
+        } else if pruned {
+            self.publish();
+        }
+        if pruned {
+            self.links_changed();
         }
         publish_view(&self.shared, msg.view);
     }
@@ -232,6 +254,10 @@ impl Handler<CloseAll> for Router {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> Self::Result {
+        self.closing = true;
+        // Links kept for their stream while cut have no session left to close.
+        self.links
+            .retain(|_, l| l.tx.0.is_current(l.link_id) || !l.tx.0.is_resumable());
         for link in self.links.values() {
             link.addr.do_send(Close(msg.0.clone()));
         }

@@ -33,14 +33,16 @@ use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{HeartbeatReceived, Membership, StatusReceived};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
+use super::streams::{PeerTx, Slot};
 use super::supervision::guard;
+use crate::link::stream::{Receive, ACK_DELAY};
 use crate::link::{
     self, LinkQueue, Liveness, QueueBounds, ReadBatch, ReadyBatches, SpareBatch, Tick,
     TransportRead, TransportWrite, WriterFailed,
 };
 use crate::wire::{
-    encode_event, encode_message, Bye, EncodedMessage, Envelope, ErrorFrame, Frame, FrameCodec,
-    Message, PeerInfo, Ping, WireError,
+    encode_event, encode_message, Ack, Bye, EncodedMessage, Envelope, ErrorFrame, Frame,
+    FrameCodec, Message, PeerInfo, Ping, WireError,
 };
 
 /// Per-link event counters (link crossings), for tests and the API.
@@ -78,7 +80,9 @@ pub struct LinkHandle {
     pub incarnation: uuid::Uuid,
     /// Distinguishes successive links to the same peer.
     pub link_id: u64,
-    pub tx: Arc<LinkQueue>,
+    /// Through the peer's stream (numbered, kept for a replay) on a resumable link; outlives
+    /// the connection there.
+    pub tx: PeerTx,
     pub addr: Addr<Session>,
     pub counters: Arc<LinkCounters>,
 }
@@ -101,6 +105,22 @@ pub struct SessionClosed {
     pub link_id: u64,
 }
 
+/// Tells the dialler of a resumable link that it went quiet for one heartbeat interval (sent
+/// at every quiet tick; one re-dial runs at a time): it
+/// dials a fresh connection, which replaces this one once authenticated (TCP's retransmission
+/// backoff would keep a restored network silent for seconds).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkQuiet {
+    pub link_id: u64,
+}
+
+/// Drop the connection without a word: a fresh connection to the same peer replaced it (a
+/// `bye` here could reach the peer before it attached the fresh one, and end the stream).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replaced;
+
 /// Close the link, telling the peer why.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -122,11 +142,17 @@ pub struct SessionParams {
     pub peer_addr: String,
     pub wiring: Wiring,
     pub owner: Option<Recipient<SessionClosed>>,
+    /// The dialler, told once when a resumable link goes quiet (`None` on accepted links).
+    pub on_quiet: Option<Recipient<LinkQuiet>>,
+    /// The peer's stream slot (a plain one on a version 1 link).
+    pub slot: Arc<Slot>,
 }
 
 pub struct Session {
     p: SessionParams,
     link_id: u64,
+    /// Whether this connection's frames carry stream seqs (a version 2 resumable link).
+    resumable: bool,
     tx: Arc<LinkQueue>,
     counters: Arc<LinkCounters>,
     liveness: Liveness,
@@ -209,6 +235,8 @@ impl Session {
         leftover: BytesMut,
     ) -> (Addr<Session>, u64) {
         codec.set_max_frame_bytes(p.shared.config.cluster.max_frame_bytes);
+        // Only a resumable link's frames carry stream seqs; a plain link numbers every frame.
+        let resumable = codec.is_resumable();
         let writer_codec = codec.clone();
         let (read, write): (TransportRead, TransportWrite) = transport.split();
         let link_id = p.shared.next_link_id();
@@ -221,20 +249,27 @@ impl Session {
                 READ_BATCH_FRAMES,
             ));
             let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
-            let tx = link::spawn_writer(
-                write,
-                writer_codec,
-                QueueBounds {
-                    frames: LINK_QUEUE_FRAMES,
-                    bytes: LINK_QUEUE_BYTES,
-                },
-                ctx.address().recipient(),
-                p.shared.failure_timeout(),
-            );
+            let on_fail = ctx.address().recipient();
+            let last_word_timeout = p.shared.failure_timeout();
+            // The writer starts numbered where the stream's replay starts, and the replay is
+            // queued before any new frame.
+            let tx = p.slot.attach(link_id, writer_codec, |codec| {
+                link::spawn_writer(
+                    write,
+                    codec,
+                    QueueBounds {
+                        frames: LINK_QUEUE_FRAMES,
+                        bytes: LINK_QUEUE_BYTES,
+                    },
+                    on_fail,
+                    last_word_timeout,
+                )
+            });
             let liveness = Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
             Session {
                 p,
                 link_id,
+                resumable,
                 tx,
                 counters,
                 liveness,
@@ -307,6 +342,11 @@ impl Session {
             Message::Pong(_) => {}
             Message::Bye(bye) => {
                 tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
+                // A goodbye on the connection the stream rides on ends it (the peer leaves);
+                // one on a connection already replaced does not.
+                if self.p.slot.is_current(self.link_id) {
+                    self.p.shared.streams.end(self.peer(), "it said goodbye");
+                }
                 self.closing = true;
                 ctx.stop();
             }
@@ -332,6 +372,11 @@ impl Session {
             }
             // Skipped by the codec on a plain link: nothing to count.
             Message::Unknown(_) => {}
+            Message::Ack(ack) if self.p.slot.is_resumable() => {
+                if let Err(e) = self.p.slot.on_ack(ack.seq) {
+                    self.fail(ctx, e.code(), e.to_string());
+                }
+            }
             Message::Ack(_) => {
                 self.fail(
                     ctx,
@@ -479,6 +524,35 @@ impl Session {
         stall
     }
 
+    /// Whether a stream frame numbered `seq` is to be handled: the next one is; a repeat (a
+    /// replay overlapping what an old connection delivered) is dropped; a gap closes the link.
+    fn in_stream(&mut self, seq: u64, ctx: &mut Context<Self>) -> bool {
+        match self.p.slot.on_receive(seq, std::time::Instant::now()) {
+            Receive::Accept => true,
+            Receive::Duplicate => false,
+            Receive::Gap { expected } => {
+                self.fail(
+                    ctx,
+                    "out_of_sequence",
+                    format!("stream frame {seq} where {expected} was expected"),
+                );
+                false
+            }
+        }
+    }
+
+    /// Send the `ack` due, if one is (see `link::stream` for the schedule).
+    fn ack(&mut self) {
+        let Some(seq) = self.p.slot.ack_due(std::time::Instant::now()) else {
+            return;
+        };
+        if let Ok(frame) = encode_message(&Message::Ack(Ack { seq })) {
+            if self.tx.try_push(frame).is_ok() {
+                self.p.slot.ack_sent(seq);
+            }
+        }
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let tick = self.liveness.tick();
         if let Some(paused) = self.liveness.take_excused() {
@@ -492,7 +566,16 @@ impl Session {
         }
         match tick {
             Tick::Alive => {}
-            Tick::Ping(n) => self.send(&Message::Ping(Ping { n })),
+            Tick::Ping(n) => {
+                self.send(&Message::Ping(Ping { n }));
+                // At every quiet tick: a re-dial that failed (the network still cut) is
+                // tried again one interval later.
+                if let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) {
+                    dialler.do_send(LinkQuiet {
+                        link_id: self.link_id,
+                    });
+                }
+            }
             Tick::Dead(silent) => self.fail(
                 ctx,
                 "timeout",
@@ -526,6 +609,9 @@ impl Session {
                 break;
             }
             let waits = match item {
+                Ok(Frame(seq, _)) if self.resumable && seq != 0 && !self.in_stream(seq, ctx) => {
+                    Some(None)
+                }
                 // Events first, taken straight out of the frame (one copy fewer of a large value).
                 Ok(Frame(_, Message::Event(env))) => {
                     guard("session", ctx, |_| self.on_event(env, &mut batch))
@@ -620,12 +706,15 @@ impl Actor for Session {
         ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| {
             act.heartbeat(ctx)
         });
+        if self.p.slot.is_resumable() {
+            ctx.run_interval(ACK_DELAY, |act, _| act.ack());
+        }
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
         self.p.wiring.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
             incarnation: self.p.peer.incarnation,
             link_id: self.link_id,
-            tx: self.tx.clone(),
+            tx: PeerTx(self.p.slot.clone()),
             addr: ctx.address(),
             counters: self.counters.clone(),
         }));
@@ -635,6 +724,7 @@ impl Actor for Session {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), "link down");
         // Unless a close with a last word came first: write what is queued, then end.
         self.tx.close(None, true);
+        self.p.slot.detach(self.link_id);
         self.p.wiring.router.do_send(LinkDown {
             peer: self.p.peer.node.clone(),
             link_id: self.link_id,
@@ -660,6 +750,7 @@ impl StreamHandler<ReadBatch> for Session {
         }
         frames.clear();
         *self.spare_reads.borrow_mut() = Some(frames);
+        self.ack();
         if let Some(stall) = stall {
             self.pause(stall, ctx);
         }
@@ -681,6 +772,20 @@ impl Handler<Close> for Session {
         if !self.closing {
             self.tx
                 .close(encode_message(&Message::Bye(Bye { reason })).ok(), true);
+            self.closing = true;
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Replaced> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
+        if !self.closing {
+            tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr,
+                "a fresh connection replaced this quiet one");
+            self.tx.close(None, false);
             self.closing = true;
         }
         ctx.stop();

@@ -52,6 +52,8 @@ pub struct NodeShared {
     /// Topics and patterns with at least one local subscriber, so a publish skips the bus
     /// otherwise.
     pub local_topics: LocalTopics,
+    /// The per-peer streams of resumable links, which outlive connections (see `streams`).
+    pub streams: super::streams::Streams,
     next_event_id: AtomicU64,
     /// The last `seq` of each stream this node published: topic → destination ("" for every
     /// node, else the target's name) → number.
@@ -89,6 +91,7 @@ impl NodeShared {
             routes: ArcSwap::from_pointee(RouteTable::empty(&me.name)),
             stats: ArcSwap::from_pointee(NodeStats::default()),
             local_topics: LocalTopics::default(),
+            streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
             dedup: Mutex::new(Dedup::new(config.nodes.len())),
             view,
             config,

@@ -1,6 +1,14 @@
 //! Upstream: keeps one planned link dialled. Supervised by NodeSupervisor; owns the Session of
 //! its link and redials when it ends.
 //!
+//! Quiet re-dial: while its session reports a resumable link quiet (`LinkQuiet`, at every
+//! heartbeat tick that heard nothing for an interval), it dials fresh connections, one per
+//! interval at most and at most `MAX_REDIALS_IN_FLIGHT` at once, each connect bounded by one
+//! interval, while the quiet one goes on; once a fresh one is authenticated (the stream
+//! resumes on it) the quiet one is dropped without a `bye`. A restored network is then used
+//! within an interval, instead of after TCP's retransmission backoff. A re-dial that fails
+//! changes nothing: the quiet link's own failure timeout ends it.
+//!
 //! It dials the link's primary target; when that fails it tries the fallbacks in order (a
 //! slave whose master died joins a fallback master), with exponential backoff and full jitter
 //! between attempts (50 ms doubling to 2 s). A refused or failing target is logged once when it
@@ -26,14 +34,17 @@ use tokio_util::codec::Framed;
 
 use super::dial::{self, ConnectError, Resolution};
 use super::identity;
-use super::session::{Close, Session, SessionClosed, SessionParams, Wiring};
+use super::session::{Close, LinkQuiet, Replaced, Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
+use super::streams::Slot;
 use crate::config::{Host, HostPort};
 use crate::topology::PlannedLink;
 use crate::wire::{self, FrameCodec, HandshakeError, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Re-dials of one quiet link that may be in flight at once.
+const MAX_REDIALS_IN_FLIGHT: u32 = 3;
 
 /// Delay before attempt `attempt` (0-based): half fixed, half random, so restarted workers do
 /// not all dial at the same instant.
@@ -57,7 +68,17 @@ enum DialError {
     Handshake(#[from] HandshakeError),
     #[error("dialled {expected:?} but {actual:?} answered")]
     WrongNode { expected: String, actual: String },
+    #[error("the peer's answer breaks the stream: {0}")]
+    Stream(#[from] crate::link::stream::StreamError),
 }
+
+/// A dial that got through: the connection, who answered, where, and the peer's stream.
+type Dialled = (
+    Framed<TcpStream, FrameCodec>,
+    PeerInfo,
+    SocketAddr,
+    Arc<Slot>,
+);
 
 pub struct Upstream {
     shared: Arc<NodeShared>,
@@ -67,6 +88,11 @@ pub struct Upstream {
     failing: bool,
     /// The live session and its link id (a late close of an older link is ignored).
     session: Option<(Addr<Session>, u64)>,
+    /// Re-dials of a quiet link in flight (a connect into a cut network may hang until the
+    /// handshake deadline, so a new one starts at every quiet interval, up to
+    /// `MAX_REDIALS_IN_FLIGHT`), and when the last one started.
+    redials: u32,
+    last_redial: Option<std::time::Instant>,
     wiring: Wiring,
     /// The last resolution of each candidate's host name (by node name), to log changes only.
     resolutions: BTreeMap<String, Resolution>,
@@ -106,6 +132,8 @@ impl Upstream {
             attempt: 0,
             failing: false,
             session: None,
+            redials: 0,
+            last_redial: None,
             wiring,
             resolutions: BTreeMap::new(),
         }
@@ -134,7 +162,8 @@ impl Upstream {
         self.resolutions.insert(target.to_owned(), now);
     }
 
-    fn dial(&mut self, ctx: &mut Context<Self>) {
+    /// Dial the current candidate; `redial`: to replace a quiet link's connection.
+    fn dial(&mut self, ctx: &mut Context<Self>, redial: bool) {
         let Some(target) = self.link.candidates.get(self.candidate).cloned() else {
             return;
         };
@@ -154,13 +183,27 @@ impl Upstream {
                 Err(e) => Resolution::Failed(e.to_string()),
             });
             let linked = async {
-                let (stream, addr) = dial::connect_first(&resolved?, deadline).await?;
+                // A re-dial's connect is bounded by one heartbeat interval: into a cut network
+                // its SYN is lost, and TCP would retry it only a second or more later; the
+                // next quiet tick sends a fresh one instead.
+                let connect_deadline = if redial {
+                    shared.heartbeat_interval().min(deadline)
+                } else {
+                    deadline
+                };
+                let (stream, addr) = dial::connect_first(&resolved?, connect_deadline).await?;
                 let _ = stream.set_nodelay(true);
                 let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
                 let from = addr.to_string();
-                let peer = wire::dial_checked(&mut framed, &shared.identity, deadline, |p| {
-                    identity::check(&shared, p, &from)
-                })
+                // Offer the session held with the peer, if any: it resumes where it stopped.
+                let offered = shared.streams.offer(&expected);
+                let peer = wire::dial_with(
+                    &mut framed,
+                    &shared.identity,
+                    deadline,
+                    Some(offered),
+                    |p| identity::check(&shared, p, &from),
+                )
                 .await?;
                 if peer.node != expected {
                     return Err(DialError::WrongNode {
@@ -168,9 +211,14 @@ impl Upstream {
                         actual: peer.node,
                     });
                 }
-                Ok::<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>((
-                    framed, peer, addr,
-                ))
+                let slot = match peer.session {
+                    Some(answer) => shared
+                        .streams
+                        .dialled(&peer.node, peer.incarnation, offered, answer)
+                        .map_err(DialError::Stream)?,
+                    None => Slot::plain(&peer.node),
+                };
+                Ok::<Dialled, DialError>((framed, peer, addr, slot))
             };
             (outcome, linked.await)
         };
@@ -181,7 +229,7 @@ impl Upstream {
                     if let Some(outcome) = outcome {
                         act.note_resolution(&target, &to, outcome);
                     }
-                    act.linked(ctx, &target, &to, result)
+                    act.linked(ctx, &target, &to, result, redial)
                 }),
         );
     }
@@ -192,10 +240,24 @@ impl Upstream {
         ctx: &mut Context<Self>,
         target: &str,
         to: &HostPort,
-        result: Result<(Framed<TcpStream, FrameCodec>, PeerInfo, SocketAddr), DialError>,
+        result: Result<Dialled, DialError>,
+        redial: bool,
     ) {
+        if redial {
+            self.redials = self.redials.saturating_sub(1);
+            if let Err(e) = &result {
+                // The quiet link goes on (another re-dial follows at its next quiet tick; its
+                // failure timeout ends it). If it ended meanwhile, the last re-dial in flight
+                // takes the place of the usual retry.
+                tracing::debug!(node = %self.shared.name(), target = %target, address = %to,
+                    "could not re-dial the quiet link: {e}");
+                if self.session.is_some() || self.redials > 0 {
+                    return;
+                }
+            }
+        }
         match result {
-            Ok((framed, peer, addr)) => {
+            Ok((framed, peer, addr, slot)) => {
                 if self.failing {
                     tracing::info!(node = %self.shared.name(), target = %target, "linked again");
                 }
@@ -213,13 +275,15 @@ impl Upstream {
                     peer_addr,
                     wiring: self.wiring.clone(),
                     owner: Some(ctx.address().recipient()),
+                    on_quiet: Some(ctx.address().recipient()),
+                    slot,
                 };
-                self.session = Some(Session::start(
-                    params,
-                    parts.io.into(),
-                    parts.codec,
-                    parts.read_buf,
-                ));
+                let fresh = Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
+                if let Some((stale, _)) = self.session.replace(fresh) {
+                    tracing::debug!(node = %self.shared.name(), target = %target,
+                        "a fresh connection replaces the quiet one");
+                    stale.do_send(Replaced);
+                }
             }
             Err(e) => {
                 if let DialError::Handshake(h) = &e {
@@ -249,7 +313,7 @@ impl Upstream {
     fn retry(&mut self, ctx: &mut Context<Self>) {
         let delay = backoff(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
-        ctx.run_later(delay, |act, ctx| act.dial(ctx));
+        ctx.run_later(delay, |act, ctx| act.dial(ctx, false));
     }
 }
 
@@ -257,12 +321,31 @@ impl Actor for Upstream {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.dial(ctx);
+        self.dial(ctx, false);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some((s, _)) = self.session.take() {
             s.do_send(Close("node shutting down".into()));
+        }
+    }
+}
+
+impl Handler<LinkQuiet> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, quiet: LinkQuiet, ctx: &mut Context<Self>) {
+        let current = self
+            .session
+            .as_ref()
+            .is_some_and(|(_, id)| *id == quiet.link_id);
+        let due = self
+            .last_redial
+            .is_none_or(|t| t.elapsed() >= self.shared.heartbeat_interval());
+        if current && due && self.redials < MAX_REDIALS_IN_FLIGHT {
+            self.redials += 1;
+            self.last_redial = Some(std::time::Instant::now());
+            self.dial(ctx, true);
         }
     }
 }
@@ -280,7 +363,10 @@ impl Handler<SessionClosed> for Upstream {
         }
         self.session = None;
         self.candidate = 0; // prefer the primary again
-        self.retry(ctx);
+                            // A re-dial under way takes the place of the retry.
+        if self.redials == 0 {
+            self.retry(ctx);
+        }
     }
 }
 

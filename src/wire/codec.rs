@@ -69,6 +69,20 @@ impl EncodedMessage {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether this is a stream frame of a resumable link (`event`, `peer_call`,
+    /// `peer_reply`): read off the one-entry map's key, without decoding the message.
+    pub fn is_stream(&self) -> bool {
+        let b: &[u8] = &self.0;
+        matches!(b.first(), Some(0xa1))
+            && [
+                &b"\x65event"[..],
+                &b"\x69peer_call"[..],
+                &b"\x6apeer_reply"[..],
+            ]
+            .iter()
+            .any(|key| b[1..].starts_with(key))
+    }
 }
 
 /// Encode a message once, to be framed with [`FrameCodec::encode_frame`] per link.
@@ -368,6 +382,9 @@ pub struct FrameCodec {
     awaiting_body: bool,
     next_in_seq: u64,
     next_out_seq: u64,
+    /// On a resumable link, the stream seq of the next stream frame written with
+    /// [`FrameCodec::encode_frame`]: the session sets it where its replay starts.
+    next_stream_seq: u64,
     /// How frames are numbered: per connection, or as a resumable link's streams.
     numbering: Numbering,
     /// The last frame decoded was skipped (an unknown kind): look for the next one.
@@ -399,6 +416,7 @@ impl FrameCodec {
             awaiting_body: false,
             next_in_seq: 0,
             next_out_seq: 0,
+            next_stream_seq: 1,
             numbering: Numbering::PerConnection,
             skipped_one: false,
             recent: RecentText::default(),
@@ -411,6 +429,12 @@ impl FrameCodec {
     /// but for its rule (non-zero exactly on stream frames): the link's stream checks it.
     pub fn set_resumable(&mut self) {
         self.numbering = Numbering::Stream;
+    }
+
+    /// Number the stream frames written with [`FrameCodec::encode_frame`] from `first` on,
+    /// in the order they are written (the first frame of a replay, or the next new one).
+    pub fn set_next_stream_seq(&mut self, first: u64) {
+        self.next_stream_seq = first;
     }
 
     /// Whether [`FrameCodec::set_resumable`] was called.
@@ -433,8 +457,8 @@ impl FrameCodec {
         self.next_out_seq
     }
 
-    /// Append one frame `[seq, message]` to `dst`, numbering it (on a resumable link: seq 0,
-    /// for every frame that is not a stream frame).
+    /// Append one frame `[seq, message]` to `dst`, numbering it (on a resumable link: seq 0
+    /// for every frame that is not a stream frame, and the next stream seq for one).
     ///
     /// # Errors
     /// [`WireError::FrameTooLarge`] if the frame would exceed this link's maximum: the peer would
@@ -448,6 +472,11 @@ impl FrameCodec {
             Numbering::PerConnection => {
                 self.put_frame(self.next_out_seq, msg, dst)?;
                 self.next_out_seq += 1;
+                Ok(())
+            }
+            Numbering::Stream if msg.is_stream() => {
+                self.put_frame(self.next_stream_seq, msg, dst)?;
+                self.next_stream_seq += 1;
                 Ok(())
             }
             Numbering::Stream => self.put_frame(0, msg, dst),
