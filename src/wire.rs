@@ -32,10 +32,7 @@ pub use frame::{
     PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
     KNOWN_KINDS,
 };
-pub use handshake::{
-    accept, accept_checked, accept_resumable, accept_with, dial, dial_checked, dial_resumable,
-    dial_with, HandshakeError, Identity, PeerInfo,
-};
+pub use handshake::{accept, accept_with, dial, dial_with, HandshakeError, Identity, PeerInfo};
 pub use rules::{check_body, MAX_NESTING};
 
 /// The highest protocol version this build speaks, offered in every `hello`.

@@ -309,10 +309,11 @@ mod claims {
         let master = c.start_node("master").await.unwrap();
         let mut link = connect(master.listen_addr()).await;
         // The dialler holds a live link to another process named "master": it refuses this one.
-        let refused = wire::dial_checked(
+        let refused = wire::dial_with(
             &mut link,
             &claim(&c, "worker-1", Uuid::new_v4()),
             WAIT,
+            None,
             |p| {
                 Err(HandshakeError::Duplicate(format!(
                     "node {:?} is already up",

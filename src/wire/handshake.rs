@@ -17,7 +17,7 @@
 //! both names, both incarnations and both nonces, and the label differs per direction so one
 //! side's proof can never be replayed as the other's. Proofs are compared in constant time; the
 //! secret never crosses the wire. Either side that refuses sends an `error` frame and closes.
-//! A side may refuse an authenticated peer too (`accept_checked` / `dial_checked`): the
+//! A side may refuse an authenticated peer too (the `check` of `accept_with` / `dial_with`): the
 //! acceptor sends `error` in place of `welcome`, the dialler in place of `auth`; that is where
 //! a second process claiming a node that is up gets `duplicate_node`.
 //! The whole exchange runs under one deadline with frames of at most
@@ -154,45 +154,11 @@ where
     dial_with(framed, me, deadline, None, |_| Ok(())).await
 }
 
-/// [`dial`], and `check` sees the acceptor once it has proved who it is, before this side
-/// proves itself: its error (such as [`HandshakeError::Duplicate`]) is sent as the `error`
-/// frame in place of `auth`.
-///
-/// # Errors
-/// Any [`HandshakeError`]; the peer has been told why when it is still there.
-pub async fn dial_checked<T, C>(
-    framed: &mut Framed<T, FrameCodec>,
-    me: &Identity,
-    deadline: Duration,
-    check: C,
-) -> Result<PeerInfo, HandshakeError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
-{
-    dial_with(framed, me, deadline, None, check).await
-}
-
-/// Run the dialler's side, asking for a resumable link with `session` (`Some`: the session
-/// held with that peer, or `{id: 0, received: 0}` for a new one). The link is resumable if
-/// [`PeerInfo::session`] is `Some`.
-///
-/// # Errors
-/// Any [`HandshakeError`]; the peer has been told why when it is still there.
-pub async fn dial_resumable<T>(
-    framed: &mut Framed<T, FrameCodec>,
-    me: &Identity,
-    deadline: Duration,
-    session: Option<Session>,
-) -> Result<PeerInfo, HandshakeError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    dial_with(framed, me, deadline, session, |_| Ok(())).await
-}
-
-/// The dialler's side with everything: a `session` to resume (see [`dial_resumable`]) and a
-/// `check` of the authenticated acceptor (see [`dial_checked`]).
+/// The dialler's side, asking for a resumable link with `session` (`Some`: the session held
+/// with that peer, or `{id: 0, received: 0}` for a new one; the link is resumable if
+/// [`PeerInfo::session`] is `Some`). `check` sees the acceptor once it has proved who it is,
+/// before this side proves itself: its error (such as [`HandshakeError::Duplicate`]) is sent
+/// as the `error` frame in place of `auth`.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.
@@ -239,59 +205,14 @@ where
     .await
 }
 
-/// [`accept`], and `check` sees the dialler once it has proved who it is, before `welcome`:
-/// its error (such as [`HandshakeError::Duplicate`]) is sent as the `error` frame in place of
-/// `welcome`. Checks that depend on who the peer really is belong here, not in `admit`, which
-/// runs before authentication.
-///
-/// # Errors
-/// Any [`HandshakeError`]; the peer has been told why when it is still there.
-pub async fn accept_checked<T, F, C>(
-    framed: &mut Framed<T, FrameCodec>,
-    me: &Identity,
-    deadline: Duration,
-    admit: F,
-    check: C,
-) -> Result<PeerInfo, HandshakeError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Hello) -> Result<(), String>,
-    C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
-{
-    accept_with(
-        framed,
-        me,
-        deadline,
-        |hello| admit(hello).map(|()| None),
-        check,
-    )
-    .await
-}
-
-/// Run the acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and
-/// refuses it, or admits it with the `session` to answer (`Some` only when the hello asked
-/// for one on version 2; otherwise it is ignored and the link is plain). The dialler is not
-/// authenticated when `admit` runs: it must change nothing (see
-/// [`answer_hello`](crate::link::stream::answer_hello)); the caller acts on the session once
-/// this returns `Ok`.
-///
-/// # Errors
-/// Any [`HandshakeError`]; the peer has been told why when it is still there.
-pub async fn accept_resumable<T, F>(
-    framed: &mut Framed<T, FrameCodec>,
-    me: &Identity,
-    deadline: Duration,
-    admit: F,
-) -> Result<PeerInfo, HandshakeError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Hello) -> Result<Option<Session>, String>,
-{
-    accept_with(framed, me, deadline, admit, |_| Ok(())).await
-}
-
-/// The acceptor's side with everything: `admit` answering a session (see
-/// [`accept_resumable`]) and a `check` of the authenticated dialler (see [`accept_checked`]).
+/// The acceptor's side. `admit` sees the dialler's (not yet authenticated) hello and refuses
+/// it, or admits it with the `session` to answer (`Some` only when the hello asked for one on
+/// version 2; otherwise it is ignored and the link is plain); it must change nothing (see
+/// [`answer_hello`](crate::link::stream::answer_hello)): the caller acts on the session once
+/// this returns `Ok`. `check` sees the dialler once it has proved who it is, before
+/// `welcome`: its error (such as [`HandshakeError::Duplicate`]) is sent as the `error` frame
+/// in place of `welcome`. Checks that depend on who the peer really is belong in `check`, not
+/// in `admit`.
 ///
 /// # Errors
 /// Any [`HandshakeError`]; the peer has been told why when it is still there.

@@ -43,6 +43,16 @@ fn admit_all(_: &Hello) -> Result<(), String> {
     Ok(())
 }
 
+/// `admit_all` for [`accept_with`]: admitted, without a session.
+fn admit_plain(_: &Hello) -> Result<Option<Session>, String> {
+    Ok(None)
+}
+
+/// A check that passes every peer.
+fn pass(_: &PeerInfo) -> Result<(), HandshakeError> {
+    Ok(())
+}
+
 fn hello_from(me: &Identity, nonce: [u8; 32]) -> Message {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -454,11 +464,17 @@ async fn a_resumable_link_exchanges_sessions_and_numbers_frames_as_streams() {
     };
     let mut offered = None;
     let (dialled, accepted) = tokio::join!(
-        dial_resumable(&mut d, &worker, DEADLINE, Some(asked)),
-        accept_resumable(&mut a, &master, DEADLINE, |h: &Hello| {
-            offered = h.session;
-            Ok(Some(answer))
-        })
+        dial_with(&mut d, &worker, DEADLINE, Some(asked), pass),
+        accept_with(
+            &mut a,
+            &master,
+            DEADLINE,
+            |h: &Hello| {
+                offered = h.session;
+                Ok(Some(answer))
+            },
+            pass
+        )
     );
     assert_eq!(offered, Some(asked));
     assert_eq!(dialled.unwrap().session, Some(answer));
@@ -493,11 +509,12 @@ async fn an_acceptor_that_does_not_resume_makes_a_plain_link() {
     let (mut d, mut a) = pipe();
     let (worker, master) = (identity("worker-1"), identity("master"));
     let (dialled, accepted) = tokio::join!(
-        dial_resumable(
+        dial_with(
             &mut d,
             &worker,
             DEADLINE,
-            Some(Session { id: 0, received: 0 })
+            Some(Session { id: 0, received: 0 }),
+            pass
         ),
         accept(&mut a, &master, DEADLINE, admit_all)
     );
@@ -868,7 +885,7 @@ async fn an_acceptor_check_refuses_the_authenticated_dialler_with_duplicate_node
     let mut seen = None;
     let (dialled, accepted) = tokio::join!(
         dial(&mut d, &worker, DEADLINE),
-        accept_checked(&mut a, &master, DEADLINE, admit_all, |p: &PeerInfo| {
+        accept_with(&mut a, &master, DEADLINE, admit_plain, |p: &PeerInfo| {
             seen = Some(p.clone());
             duplicate(p)
         })
@@ -894,7 +911,7 @@ async fn a_dialler_check_refuses_the_authenticated_acceptor_with_duplicate_node(
     let (master, worker) = (identity("master"), identity("worker-1"));
     let mut seen = None;
     let (dialled, accepted) = tokio::join!(
-        dial_checked(&mut d, &master, DEADLINE, |p: &PeerInfo| {
+        dial_with(&mut d, &master, DEADLINE, None, |p: &PeerInfo| {
             seen = Some(p.clone());
             duplicate(p)
         }),
@@ -917,7 +934,7 @@ async fn a_check_is_not_consulted_for_a_dialler_that_fails_authentication() {
     let mut consulted = false;
     let (_, accepted) = tokio::join!(
         dial(&mut d, &intruder, DEADLINE),
-        accept_checked(&mut a, &master, DEADLINE, admit_all, |p: &PeerInfo| {
+        accept_with(&mut a, &master, DEADLINE, admit_plain, |p: &PeerInfo| {
             consulted = true;
             duplicate(p)
         })
