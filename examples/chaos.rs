@@ -73,7 +73,9 @@ struct Args {
     max_gap_ms: u64,
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 6)]
+    /// Failure threshold: by default 250 ms × 12 = 3 s, longer than the longest default cut,
+    /// so a cut should take nobody down.
+    #[arg(long, default_value_t = 12)]
     threshold: u32,
     /// Probability (0..=1) that a forwarded chunk stalls as a lost segment would.
     #[arg(long, default_value_t = 0.0)]
@@ -93,6 +95,9 @@ struct Args {
     /// Print the nodes' `down` lines on stderr.
     #[arg(long)]
     show_downs: bool,
+    /// Keep each node's log (at debug level) and the cuts in this directory.
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
 /// Hidden first arguments: this program as a node, or as a forwarder in a namespace.
@@ -174,6 +179,7 @@ async fn bench(args: Args) -> Result<(), String> {
         delay: ms(args.delay_ms),
         link,
         seed,
+        logs: args.logs.clone(),
     };
     let report = common::chaos::run(&scenario, &programs).await?;
     if args.show_downs {

@@ -240,20 +240,27 @@ async fn a_chaos_run_without_faults_counts_every_event_once_and_in_order() {
     assert_eq!((report.downs, report.refused), (0, 0), "{report}");
 }
 
+/// 5 % of forwarded chunks stalled as a lost segment would be, and 20 ms each way, for 20 s:
+/// every event arrives, once and in order, and nobody is declared down.
 #[actix_rt::test]
-async fn a_chaos_run_through_delay_and_stalls_still_delivers_every_event() {
+async fn twenty_seconds_of_loss_and_delay_lose_nothing_and_take_nobody_down() {
     let scenario = Scenario {
         network: Network::Loopback,
         flaps: 0,
-        events: 1000,
+        events: 10_000,
         rate: 500,
         loss: 0.05,
         delay: Duration::from_millis(20),
         ..Scenario::default()
     };
     let report = common::chaos::run(&scenario, &programs()).await.unwrap();
-    assert_eq!((report.sent, report.lost), (1000, 0), "{report}");
-    assert_eq!(report.downs, 0, "{report}");
+    assert_eq!(
+        (report.sent, report.received, report.lost),
+        (10_000, 10_000, 0),
+        "{report}"
+    );
+    assert_eq!((report.duplicated, report.reordered), (0, 0), "{report}");
+    assert_eq!((report.downs, report.refused), (0, 0), "{report}");
 }
 
 #[actix_rt::test]
@@ -285,18 +292,18 @@ async fn a_chaos_run_counts_the_downs_of_a_cut_longer_than_the_failure_timeout()
     );
 }
 
-/// Resumable links: with a failure timeout (250 ms × 12 = 3 s) longer than any cut, flaps of
-/// 0.2–2 s of the subscriber's link lose, repeat and reorder nothing, and take nobody down.
+/// Resumable links: with a failure timeout (250 ms × 12 = 3 s) longer than any cut, 100 flaps
+/// of 0.2–2 s of the subscriber's link, each after 0.2–1 s up, under broadcast and targeted
+/// traffic, lose, repeat and reorder nothing, and take nobody down.
 #[actix_rt::test]
-#[ignore = "not yet: a cut near 2 s still outlasts the 3 s failure timeout once reconnecting is counted, and a node is declared down"]
-async fn flaps_shorter_than_the_failure_timeout_lose_repeat_and_reorder_nothing() {
+async fn a_hundred_flaps_shorter_than_the_failure_timeout_lose_repeat_and_reorder_nothing() {
     if let Some(why) = missing_prerequisite() {
         return skip(&why);
     }
     let scenario = Scenario {
         network: Network::Namespaces,
-        flaps: 12,
-        events: 8000,
+        flaps: 100,
+        events: 60_000,
         rate: 400,
         cut: (Duration::from_millis(200), Duration::from_millis(2000)),
         gap: (Duration::from_millis(200), Duration::from_millis(1000)),
@@ -307,9 +314,9 @@ async fn flaps_shorter_than_the_failure_timeout_lose_repeat_and_reorder_nothing(
         ..Scenario::default()
     };
     let report = common::chaos::run(&scenario, &programs()).await.unwrap();
-    assert_eq!(report.flaps, 12, "{report}");
+    assert_eq!(report.flaps, 100, "{report}");
     assert!(report.down_lines.is_empty(), "{:#?}", report.down_lines);
-    assert_eq!((report.sent, report.received), (8000, 8000), "{report}");
+    assert_eq!((report.sent, report.received), (60_000, 60_000), "{report}");
     assert_eq!(
         (report.lost, report.duplicated, report.reordered),
         (0, 0, 0),

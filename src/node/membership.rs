@@ -127,6 +127,13 @@ pub struct AttachRouter(pub Addr<Router>);
 #[rtype(result = "()")]
 pub struct MethodsChanged(pub Vec<String>);
 
+/// A resumable link to `0` came back on a fresh connection after a quiet spell (sent by the
+/// Router): what was flooded to it meanwhile died with the old connection, so it is sent the
+/// statuses held here at once rather than at the next ticks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkResumed(pub String);
+
 /// The set of peers this node has a live link to.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -313,11 +320,44 @@ impl Membership {
         }
     }
 
+    /// Send `peer` every fresh status held of another node, and this node's own. Without it a
+    /// link back for less than an interval between two cuts carries no news of the nodes
+    /// behind this one, and they look stale to `peer` although every link is alive. The
+    /// receiver keeps what is newer than what it holds and drops the rest.
+    fn resync(&mut self, peer: &str) {
+        let table = self.shared.routes.load();
+        let Some(link) = table.links().find(|l| l.peer == peer) else {
+            return;
+        };
+        let timeout = self.shared.failure_timeout();
+        let held = self
+            .statuses
+            .iter()
+            .filter(|(name, k)| name.as_str() != peer && k.received.elapsed() <= timeout)
+            .map(|(_, k)| Message::Status(k.status.clone()));
+        for msg in held.chain(std::iter::once(Message::Status(self.own_status()))) {
+            match encode_message(&msg) {
+                Ok(frame) => {
+                    let _ = link.tx.try_push(frame);
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.shared.name(), "cannot encode a status: {e}")
+                }
+            }
+        }
+    }
+
     /// Flood this node's status (its heartbeat answer).
     fn announce(&mut self) {
         self.version += 1;
         self.last_announce = Some(Instant::now());
-        let status = Status {
+        let status = self.own_status();
+        self.flood(|| Message::Status(status), |_| false);
+    }
+
+    /// This node's status at its current version.
+    fn own_status(&self) -> Status {
+        Status {
             node: self.shared.name().to_owned(),
             incarnation: self.shared.incarnation,
             boot_ms: self.shared.boot_ms,
@@ -326,8 +366,7 @@ impl Membership {
             links: self.my_links.iter().cloned().collect(),
             stats: (**self.shared.stats.load()).clone(),
             methods: self.my_methods.clone(),
-        };
-        self.flood(|| Message::Status(status), |_| false);
+        }
     }
 
     fn fresh(&self, name: &str) -> Option<&Status> {
@@ -741,6 +780,14 @@ impl Handler<LinksChanged> for Membership {
             .filter_map(|l| self.ids.get(l).copied())
             .collect();
         self.soon(ctx, true);
+    }
+}
+
+impl Handler<LinkResumed> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, LinkResumed(peer): LinkResumed, ctx: &mut Context<Self>) {
+        guard("membership", ctx, |_| self.resync(&peer));
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::membership::{publish_view, LinksChanged, Membership, MembershipView};
+use super::membership::{publish_view, LinkResumed, LinksChanged, Membership, MembershipView};
 use super::session::{Close, LinkHandle, Replaced};
 use super::shared::NodeShared;
 use crate::topology::{Graph, IndexedGraph, Routes};
@@ -195,6 +195,7 @@ impl Handler<LinkUp> for Router {
                 // `bye`, which the peer could read before it attached the fresh connection
                 // and take for the end of the stream.
                 old.addr.do_send(Replaced);
+                let _ = self.membership.try_send(LinkResumed(old.peer.clone()));
             } else {
                 old.addr
                     .do_send(Close("replaced by a newer link to the same node".into()));

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::BytesMut;
@@ -106,7 +107,7 @@ pub struct SessionClosed {
 }
 
 /// Tells the dialler of a resumable link that it went quiet for one heartbeat interval (sent
-/// at every quiet tick; one re-dial runs at a time): it
+/// at every quiet tick, and when the peer's pings show this direction is stuck): it
 /// dials a fresh connection, which replaces this one once authenticated (TCP's retransmission
 /// backoff would keep a restored network silent for seconds).
 #[derive(Message)]
@@ -162,6 +163,10 @@ pub struct Session {
     backlog: VecDeque<ReadItem>,
     /// Read batches come back here once handled, for the reader to fill again.
     spare_reads: SpareBatch,
+    /// When the peer's last `ping` arrived (see [`Session::on_ping`]).
+    peer_pinged: Option<Instant>,
+    /// When the dialler was last told this link is quiet: at most once an interval.
+    told_quiet: Option<Instant>,
     /// Batches for the bus, lent to it and handed back.
     spare_local: BatchPool,
 }
@@ -276,6 +281,8 @@ impl Session {
                 closing: false,
                 backlog: VecDeque::new(),
                 spare_reads,
+                peer_pinged: None,
+                told_quiet: None,
                 spare_local: BatchPool::default(),
             }
         });
@@ -337,7 +344,10 @@ impl Session {
                     heartbeat: hb,
                 });
             }
-            Message::Ping(p) => self.send(&Message::Pong(p)),
+            Message::Ping(p) => {
+                self.send(&Message::Pong(p));
+                self.on_ping();
+            }
             // Any frame is proof of life: the pong did its work by arriving.
             Message::Pong(_) => {}
             Message::Bye(bye) => {
@@ -527,7 +537,7 @@ impl Session {
     /// Whether a stream frame numbered `seq` is to be handled: the next one is; a repeat (a
     /// replay overlapping what an old connection delivered) is dropped; a gap closes the link.
     fn in_stream(&mut self, seq: u64, ctx: &mut Context<Self>) -> bool {
-        match self.p.slot.on_receive(seq, std::time::Instant::now()) {
+        match self.p.slot.on_receive(seq, Instant::now()) {
             Receive::Accept => true,
             Receive::Duplicate => false,
             Receive::Gap { expected } => {
@@ -541,9 +551,46 @@ impl Session {
         }
     }
 
+    /// A `ping` arrived. A peer pings only at a check that heard nothing for an interval, so
+    /// two pings less than two intervals apart say the peer has not heard this node for two
+    /// intervals: this direction is stuck although the other works (after a cut, TCP resends
+    /// each way on its own backed-off timer). Only the dialler can replace the connection,
+    /// so that is told, as at a quiet tick of its own.
+    fn on_ping(&mut self) {
+        let now = Instant::now();
+        let stuck = self
+            .peer_pinged
+            .is_some_and(|t| now.duration_since(t) < 2 * self.p.shared.heartbeat_interval());
+        self.peer_pinged = Some(now);
+        if stuck {
+            self.tell_quiet();
+        }
+    }
+
+    /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
+    /// at most once an interval however often the peer pings.
+    fn tell_quiet(&mut self) {
+        let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
+            return;
+        };
+        let now = Instant::now();
+        let interval = self.p.shared.heartbeat_interval();
+        if self
+            .told_quiet
+            .is_some_and(|t| now.duration_since(t) < interval / 2)
+        {
+            return;
+        }
+        self.told_quiet = Some(now);
+        // Full mailbox: the dialler is busy already; the next quiet tick tells it again.
+        let _ = dialler.try_send(LinkQuiet {
+            link_id: self.link_id,
+        });
+    }
+
     /// Send the `ack` due, if one is (see `link::stream` for the schedule).
     fn ack(&mut self) {
-        let Some(seq) = self.p.slot.ack_due(std::time::Instant::now()) else {
+        let Some(seq) = self.p.slot.ack_due(Instant::now()) else {
             return;
         };
         if let Ok(frame) = encode_message(&Message::Ack(Ack { seq })) {
@@ -570,11 +617,7 @@ impl Session {
                 self.send(&Message::Ping(Ping { n }));
                 // At every quiet tick: a re-dial that failed (the network still cut) is
                 // tried again one interval later.
-                if let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) {
-                    dialler.do_send(LinkQuiet {
-                        link_id: self.link_id,
-                    });
-                }
+                self.tell_quiet();
             }
             Tick::Dead(silent) => self.fail(
                 ctx,

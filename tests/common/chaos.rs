@@ -84,6 +84,9 @@ pub struct Scenario {
     pub link: usize,
     /// Seed of the cut lengths and stalls.
     pub seed: u64,
+    /// Where to keep each node's log (`NAME.log`, at debug level) and the cuts (`cuts.log`,
+    /// milliseconds since the first event), to see what happened in a run.
+    pub logs: Option<PathBuf>,
 }
 
 impl Default for Scenario {
@@ -101,11 +104,21 @@ impl Default for Scenario {
             delay: Duration::ZERO,
             link: 2,
             seed: 1,
+            logs: None,
         }
     }
 }
 
 impl Scenario {
+    /// The nodes' `RUST_LOG`.
+    fn log_level(&self) -> &'static str {
+        if self.logs.is_some() {
+            "info,nodecloud=debug"
+        } else {
+            "info"
+        }
+    }
+
     fn faulty(&self) -> bool {
         self.loss > 0.0 || !self.delay.is_zero()
     }
@@ -262,6 +275,21 @@ impl Cluster {
         }
     }
 
+    /// Write every node's log as `dir/NAME.log` and the cuts as `dir/cuts.log`.
+    fn keep_logs(&mut self, dir: &Path, cuts: &str) -> Result<(), String> {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        write("cuts.log", cuts)?;
+        for (p, name) in self.procs.iter_mut().zip(NAMES) {
+            p.drain();
+            write(&format!("{name}.log"), &p.seen.join("\n"))?;
+        }
+        Ok(())
+    }
+
     /// The `membership: … down` lines of every node's log, each prefixed with its node.
     fn down_lines(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -357,7 +385,8 @@ fn start_netns(s: &Scenario, programs: &Programs, dir: &Path) -> Result<Cluster,
             helpers.push(fwd);
         }
         let args = node_args(&programs.node, &config, name);
-        procs.push(lab.spawn(lab.node_ns(i), &programs.node.program, &args, &[])?);
+        let env = [("RUST_LOG", s.log_level())];
+        procs.push(lab.spawn(lab.node_ns(i), &programs.node.program, &args, &env)?);
     }
     Ok(Cluster {
         procs,
@@ -401,7 +430,7 @@ async fn start_loopback(s: &Scenario, programs: &Programs, dir: &Path) -> Result
         let config = write_config(dir, name, &text)?;
         let mut cmd = Command::new(&programs.node.program);
         cmd.args(node_args(&programs.node, &config, name))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", s.log_level())
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDNAMES", "peer")
             .env_remove("LISTEN_PID")
@@ -619,10 +648,17 @@ pub async fn run(s: &Scenario, programs: &Programs) -> Result<Report, String> {
     let pub_task = tokio::spawn(publish(publisher, s.events, s.rate));
 
     let mut rng = Rng::new(s.seed);
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .saturating_sub(started.elapsed().as_millis());
+    let mut cuts = format!("first event at unix time {unix_ms} ms\n");
     for _ in 0..s.flaps {
         tokio::time::sleep(rng.between(s.gap)).await;
         let cut = rng.between(s.cut);
         cluster.cut(true)?;
+        let at = started.elapsed().as_millis();
+        cuts.push_str(&format!("cut at {at} ms for {} ms\n", cut.as_millis()));
         tokio::time::sleep(cut).await;
         cluster.cut(false)?;
     }
@@ -651,6 +687,9 @@ pub async fn run(s: &Scenario, programs: &Programs) -> Result<Report, String> {
     report.reordered = seen.reordered;
     report.lost = report.sent.saturating_sub(seen.distinct.len() as u64);
     report.down_lines = cluster.down_lines();
+    if let Some(dir) = &s.logs {
+        cluster.keep_logs(dir, &cuts)?;
+    }
     report.downs = report.down_lines.len();
     report.network = Some(s.network);
     Ok(report)

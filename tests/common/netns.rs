@@ -111,9 +111,33 @@ impl Lab {
             ])?;
             ip(&["-n", &bridge, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &bridge, "link", "set", &port, "up"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "address", &Lab::mac(i)])?;
             ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        // Fixed neighbours: a cut drops the node's carrier, which flushes its ARP cache, and
+        // the kernel then re-resolves with one request a second, so a link would come back
+        // up to a second after the cable. Pinned entries make a restore a restore at once:
+        // the cut measures the nodes, not ARP's retransmission timer.
+        for i in 0..n {
+            let ns = format!("{prefix}-{i}");
+            for j in (0..n).filter(|j| *j != i) {
+                let (addr, mac) = (Lab::address(j), Lab::mac(j));
+                ip(&[
+                    "-n",
+                    &ns,
+                    "neigh",
+                    "replace",
+                    &addr,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ])?;
+            }
         }
         Ok(lab)
     }
@@ -127,6 +151,11 @@ impl Lab {
     /// The address of the `i`th node namespace.
     pub fn address(i: usize) -> String {
         format!("10.77.0.{}", i + 1)
+    }
+
+    /// The hardware address of node `i`'s `eth0` (locally administered).
+    fn mac(i: usize) -> String {
+        format!("02:00:00:77:00:{:02x}", i + 1)
     }
 
     /// The bridge-side end of node `i`'s veth pair (in the bridge's namespace).
