@@ -14,6 +14,7 @@
 //! ```
 //! Every node runs on its own arbiter (thread); a whole cluster can share one process.
 
+mod admission;
 mod bind;
 mod calls;
 mod dedup;
