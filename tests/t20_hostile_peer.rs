@@ -715,3 +715,52 @@ async fn a_forged_status_from_the_future_cannot_mark_a_live_node_down() {
     c.assert_still_serving().await;
     c.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_relayed_status_with_a_new_incarnation_cannot_replace_a_live_directly_linked_node() {
+    let mut c = Cluster::start(2).await;
+    let (mut link, _me) = authenticated_as_worker_2(&c).await;
+    info!("--- worker-2 relays a plausible restart of worker-1: booted just now, no links");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let forged = Message::Status(wire::Status {
+        node: "worker-1".into(),
+        incarnation: Uuid::new_v4(),
+        boot_ms: now_ms + 1000,
+        version: 1,
+        role: "worker".into(),
+        links: vec![],
+        stats: wire::NodeStats::default(),
+        methods: vec![],
+    });
+    link.send(&forged).await.unwrap();
+    // Read in order: once the master answers a later ping, the forged status has reached
+    // Membership's mailbox; a few heartbeats later it would have taken effect.
+    link.send(&Message::Ping(Ping { n: 8 })).await.unwrap();
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = link.next().await {
+            if frame.1 == Message::Pong(Ping { n: 8 }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the master answered the ping");
+    let real = c.worker.incarnation();
+    let mut view = c.master.membership();
+    let heartbeats = c.config.cluster.heartbeat_interval * 5;
+    let changed = tokio::time::timeout(
+        heartbeats,
+        view.wait_for(|v| v.members.get("worker-1").map(|m| m.incarnation) != Some(real)),
+    )
+    .await;
+    assert!(
+        changed.is_err(),
+        "the relayed forgery replaced (or downed) worker-1 in the master's view"
+    );
+    c.assert_still_serving().await;
+    c.stop().await;
+}
