@@ -24,6 +24,7 @@ mod identity;
 mod listener;
 mod master;
 mod membership;
+mod methods;
 mod publish;
 mod router;
 mod service_listener;

@@ -283,3 +283,212 @@ fn a_worker_restarted_into_a_flood_of_idle_connections_rejoins_within_two_handsh
         peak / MIB
     );
 }
+
+/// What a swarm of applications was told when it implemented its methods.
+struct SwarmReport {
+    implemented: usize,
+    /// `(code, message)` of every refused `implement`.
+    refused: Vec<(String, String)>,
+}
+
+/// `apps` applications attached to one node, each implementing `methods` methods with names
+/// of `name_len` bytes, on a thread of their own (so they answer pings while the test
+/// blocks); they leave all at once when [`Swarm::leave`] is called.
+struct Swarm {
+    leave: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn method_name(app: usize, m: usize, len: usize) -> String {
+    let mut name = format!("a{app:02}.m{m:03}.");
+    while name.len() < len {
+        name.push('x');
+    }
+    name
+}
+
+impl Swarm {
+    fn start(
+        addr: SocketAddr,
+        apps: usize,
+        methods: usize,
+        name_len: usize,
+    ) -> (Swarm, SwarmReport) {
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let (report_tx, report) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let endpoint = Endpoint::Tcp(addr);
+                let mut clients = Vec::new();
+                for a in 0..apps {
+                    let c =
+                        Client::connect(&endpoint, CLUSTER, KEY.as_bytes(), &format!("swarm-{a}"))
+                            .await
+                            .unwrap();
+                    clients.push(c);
+                }
+                for (a, c) in clients.iter().enumerate() {
+                    for m in 0..methods {
+                        c.implement(&method_name(a, m, name_len)).await.unwrap();
+                    }
+                }
+                let mut refused = Vec::new();
+                for c in &mut clients {
+                    c.sync().await.unwrap();
+                    while let Some(incoming) = c.try_next() {
+                        if let Incoming::Refused { op, code, message } = incoming {
+                            assert_eq!(op, "implement");
+                            refused.push((code, message));
+                        }
+                    }
+                }
+                report_tx
+                    .send(SwarmReport {
+                        implemented: apps * methods - refused.len(),
+                        refused,
+                    })
+                    .unwrap();
+                let _ = left.await;
+                // All at once.
+                futures_util::future::join_all(clients.into_iter().map(Client::close)).await;
+            });
+        });
+        let report = report
+            .recv_timeout(WAIT * 3)
+            .expect("the swarm implemented its methods");
+        (
+            Swarm {
+                leave: Some(leave),
+                thread: Some(thread),
+            },
+            report,
+        )
+    }
+
+    fn leave(mut self) {
+        if let Some(l) = self.leave.take() {
+            let _ = l.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Wait until the master, as `via`'s applications see it, serves `n` methods.
+fn await_master_methods(star: &Star, via: usize, n: usize) {
+    let rt = runtime();
+    rt.block_on(async {
+        let app = star.app(via, "observer").await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let view = app.cluster().await.unwrap();
+            let master = view.members.iter().find(|m| m.name == "master").unwrap();
+            if master.state == "up" && master.methods.len() == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sees the master {} with {} methods, not {n}",
+                NODES[via],
+                master.state,
+                master.methods.len()
+            );
+            // Polling the replicated view: statuses come once per heartbeat.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+fn honest_calls(star: &Star, count: u64) {
+    runtime().block_on(async {
+        let caller = star.app(0, "honest-caller").await;
+        for n in 0..count {
+            honest_call(&caller, n).await;
+        }
+        caller.close().await;
+    });
+}
+
+/// No node logged another as down, no frame was too large to send, and every process runs.
+fn assert_nobody_went_down(procs: &mut [Proc]) {
+    for p in procs.iter_mut() {
+        let lines = p.observe(Duration::from_millis(100)).to_vec();
+        let downs: Vec<&String> = lines.iter().filter(|l| l.contains(" down")).collect();
+        assert!(downs.is_empty(), "a node went down: {downs:#?}");
+        let unsent: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("not sent") || l.contains("too large"))
+            .collect();
+        assert!(unsent.is_empty(), "a frame was not sent: {unsent:#?}");
+        assert!(p.child.try_wait().unwrap().is_none(), "a node exited");
+    }
+}
+
+/// Issue 8, item 1: 12 applications × 256 methods (64-byte names) attach to the master and
+/// leave at once. The workers see the master's 3,072 methods, then none; calls keep being
+/// answered; nobody goes down; the master's RSS stays under 64 MiB (it reached 281 MiB when
+/// every removed method sent the whole list).
+#[test]
+fn twelve_applications_with_256_methods_each_leaving_at_once_cost_linear_memory() {
+    let star = Star::new();
+    let mut procs = star.start_all();
+    let rss = RssSampler::start(procs[0].child.id());
+    let _echo = EchoServer::start(star.service[2], "echo");
+
+    info!("--- 12 × 256 methods on the master");
+    let (swarm, report) = Swarm::start(star.service[0], 12, 256, 64);
+    assert_eq!(
+        report.implemented,
+        12 * 256,
+        "refused: {:?}",
+        report.refused.first()
+    );
+    await_master_methods(&star, 1, 12 * 256);
+    honest_calls(&star, 5);
+
+    info!("--- all leave at once");
+    swarm.leave();
+    await_master_methods(&star, 1, 0);
+    honest_calls(&star, 5);
+    assert_nobody_went_down(&mut procs);
+    let peak = rss.finish();
+    println!("master peak RSS {} MiB", peak / MIB);
+    assert!(peak < 64 * MIB, "master RSS reached {} MiB", peak / MIB);
+}
+
+/// Issue 8, item 2: 17 applications × 256 methods with 255-byte names would make the master's
+/// status 1.05 MB, over the 1 MiB frame limit. The implements past the node's budget (half a
+/// frame: 524,288 bytes, 258 per name: 2,032 methods) are refused with `too_many_methods`;
+/// the master's status still reaches the workers with its 2,032 methods; nobody goes down;
+/// calls keep being answered; the master's RSS stays under 96 MiB while they attach and leave.
+#[test]
+fn methods_past_the_status_budget_are_refused_with_too_many_methods_and_nobody_goes_down() {
+    let star = Star::new();
+    let mut procs = star.start_all();
+    let rss = RssSampler::start(procs[0].child.id());
+    let _echo = EchoServer::start(star.service[2], "echo");
+
+    info!("--- 17 × 256 methods of 255 bytes on the master");
+    let (swarm, report) = Swarm::start(star.service[0], 17, 256, 255);
+    let fit = (1024 * 1024 / 2) / (255 + 3);
+    assert_eq!(report.implemented, fit);
+    assert_eq!(report.refused.len(), 17 * 256 - fit);
+    for (code, message) in &report.refused {
+        assert_eq!(code, "too_many_methods", "{message}");
+    }
+    println!("refusal: {}", report.refused[0].1);
+    await_master_methods(&star, 1, fit);
+    await_master_methods(&star, 2, fit);
+    honest_calls(&star, 5);
+    assert_nobody_went_down(&mut procs);
+
+    info!("--- all leave at once");
+    swarm.leave();
+    await_master_methods(&star, 1, 0);
+    honest_calls(&star, 5);
+    assert_nobody_went_down(&mut procs);
+    let peak = rss.finish();
+    println!("master peak RSS {} MiB", peak / MIB);
+    assert!(peak < 96 * MIB, "master RSS reached {} MiB", peak / MIB);
+}

@@ -127,10 +127,11 @@ pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
 #[rtype(result = "()")]
 pub struct AttachRouter(pub Addr<Router>);
 
-/// The methods this node serves changed (sent by Calls): announce them.
+/// The methods this node serves changed (sent by Calls, once per burst): read them from the
+/// ledger at the next announcement.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct MethodsChanged(pub Vec<String>);
+pub struct MethodsChanged;
 
 /// The set of peers this node has a live link to.
 #[derive(Message)]
@@ -172,8 +173,10 @@ pub struct Membership {
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
-    /// Methods this node serves, sorted (from Calls).
+    /// Methods this node serves, sorted (read from the ledger when it changed).
     my_methods: Vec<String>,
+    /// The ledger changed since `my_methods` was read.
+    methods_stale: bool,
     /// `my_links` as indices into `names`.
     my_link_ixs: Vec<usize>,
     version: u64,
@@ -225,6 +228,7 @@ impl Membership {
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
             my_methods: Vec::new(),
+            methods_stale: true,
             my_link_ixs: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
@@ -322,6 +326,11 @@ impl Membership {
 
     /// Flood this node's status (its heartbeat answer).
     fn announce(&mut self) {
+        if self.methods_stale {
+            // Read once per announcement at most, however many changes came meanwhile.
+            self.methods_stale = false;
+            self.my_methods = self.shared.methods.names();
+        }
         self.version += 1;
         self.last_announce = Some(Instant::now());
         let status = Status {
@@ -725,6 +734,7 @@ impl actix::Supervised for Membership {
         self.last_graph = None;
         self.recompute_pending = false;
         self.announce_pending = false;
+        self.methods_stale = true;
     }
 }
 
@@ -740,11 +750,9 @@ impl Handler<AttachRouter> for Membership {
 impl Handler<MethodsChanged> for Membership {
     type Result = ();
 
-    fn handle(&mut self, msg: MethodsChanged, ctx: &mut Context<Self>) {
-        if self.my_methods != msg.0 {
-            self.my_methods = msg.0;
-            self.soon(ctx, true);
-        }
+    fn handle(&mut self, _: MethodsChanged, ctx: &mut Context<Self>) {
+        self.methods_stale = true;
+        self.soon(ctx, true);
     }
 }
 
