@@ -14,6 +14,7 @@
 //! ```
 //! Every node runs on its own arbiter (thread); a whole cluster can share one process.
 
+mod admission;
 mod bind;
 mod calls;
 mod dedup;
@@ -23,6 +24,7 @@ mod identity;
 mod listener;
 mod master;
 mod membership;
+mod methods;
 mod publish;
 mod router;
 mod service_listener;

@@ -13,7 +13,9 @@
 //! [`LOAD_TIE`] of the least counting as ties, taken in turn.
 //!
 //! Bounds and policy: at most [`MAX_PENDING_CALLS`] calls wait on remote nodes (more are
-//! refused with `busy`); at most [`MAX_METHODS`] methods are served. Every call has a timeout;
+//! refused with `busy`); at most [`MAX_METHODS`] methods are served, within the byte budget
+//! that keeps this node's status in one frame (see `methods`, the ledger Membership reads).
+//! Changes to the table reach Membership as one flag per burst, never as a list per change. Every call has a timeout;
 //! a call to a node that goes down fails with `target_down` at once; a call served by an
 //! implementer that goes away (its actor stopped, its application disconnected) fails with
 //! `implementer_gone` at once, because the implementer's answer channel is dropped.
@@ -196,9 +198,13 @@ impl Calls {
         }
     }
 
+    /// Tell Membership the method table changed: once until it reads the table, so a burst
+    /// of changes (an application with 256 methods leaving) costs one message, not one list
+    /// per method. Membership's mailbox is bounded by this flag, not by `do_send`.
     fn announce_methods(&self) {
-        let methods = self.by_method.keys().cloned().collect();
-        self.membership.do_send(MethodsChanged(methods));
+        if self.shared.methods.tell() {
+            self.membership.do_send(MethodsChanged);
+        }
     }
 
     fn me(&self) -> NodeId {
@@ -238,6 +244,7 @@ impl Calls {
     }
 
     fn remove(&mut self, id: ImplementationId) {
+        self.shared.methods.remove(id);
         let Some(served) = self.served.remove(&id) else {
             return;
         };
@@ -492,9 +499,11 @@ impl Handler<Implement> for Calls {
     type Result = ();
 
     fn handle(&mut self, msg: Implement, _: &mut Context<Self>) {
-        if !self.by_method.contains_key(&msg.method) && self.by_method.len() >= MAX_METHODS {
+        // Admitted by whoever sent it (so that an application is refused at once); again
+        // here, which is free, for any other path.
+        if let Err(e) = self.shared.methods.add(msg.id, &msg.method) {
             tracing::warn!(node = %self.shared.name(), method = %msg.method,
-                "{} refused: a node serves at most {MAX_METHODS} methods", msg.implementer.describe());
+                "{} refused: {e}", msg.implementer.describe());
             return;
         }
         let ids = self.by_method.entry(msg.method.clone()).or_default();

@@ -173,6 +173,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_of_forged_jumps_is_refused_every_time_and_logged_once_per_interval() {
+        let mut d = Dedup::new(4);
+        let o = Uuid::new_v4();
+        assert!(d.first_sighting(o, 10));
+        for k in 0..1000 {
+            assert!(!d.first_sighting(o, u64::MAX - k), "forged id {k} refused");
+        }
+        // The first refusal was logged; the other 999 wait, counted, for the next line.
+        assert!(d.last_jump_log.is_some());
+        assert_eq!(d.jumps_refused, 999);
+        assert!(d.first_sighting(o, 11), "the real ids go on");
+    }
+
+    #[test]
     fn origins_are_bounded() {
         let mut d = Dedup::new(1);
         for _ in 0..100 {

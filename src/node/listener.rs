@@ -1,9 +1,11 @@
 //! PeerListener: accepts peer links on the node's `listen` address and runs each handshake;
 //! an authenticated connection becomes a Session. Supervised by NodeSupervisor.
 //!
-//! Bounds and policy: at most `MAX_PENDING_HANDSHAKES` handshakes run at once (more
-//! connections are closed at once, logged); each has the cluster's handshake deadline and
-//! frames of at most `MAX_HANDSHAKE_FRAME_BYTES`. Only nodes the configuration says may link
+//! Bounds and policy: who may start a handshake, and for how long it may stay silent, is
+//! decided by `admission` (shared with the service listener: a short deadline for the first
+//! bytes, a global cap that evicts silent connections first, a per-source cap under
+//! pressure, refusals summed up in one log line per interval); each handshake has the
+//! cluster's handshake deadline and frames of at most `MAX_HANDSHAKE_FRAME_BYTES`. Only nodes the configuration says may link
 //! to this one are admitted, so the number of sessions is bounded by the configuration.
 //! A second process claiming a node that is up is refused with `duplicate_node` (see
 //! `identity`).
@@ -15,19 +17,19 @@ use actix::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use super::admission::{self, Admission, FirstBytes, Ticket, REFUSAL_LOG_INTERVAL};
 use super::identity;
 use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use super::streams::Slot;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
-
 pub struct PeerListener {
     shared: Arc<NodeShared>,
     listener: Option<TcpListener>,
     wiring: Wiring,
-    pending: usize,
+    /// Connections accepted whose handshake has not ended.
+    admission: Admission<SpawnHandle>,
 }
 
 impl PeerListener {
@@ -36,7 +38,7 @@ impl PeerListener {
             shared,
             listener: Some(listener),
             wiring,
-            pending: 0,
+            admission: Admission::new(),
         }
     }
 }
@@ -78,6 +80,11 @@ impl Actor for PeerListener {
                 Some((next, l))
             }));
         }
+        ctx.run_interval(REFUSAL_LOG_INTERVAL, |act, _| {
+            if let Some(line) = act.admission.take_summary(REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(node = %act.shared.name(), "peer listener {line}");
+            }
+        });
     }
 }
 
@@ -90,12 +97,51 @@ impl StreamHandler<Accepted> for PeerListener {
                 return;
             }
         };
-        if self.pending >= MAX_PENDING_HANDSHAKES {
-            tracing::warn!(node = %self.shared.name(), peer = %addr, "refused: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
+        // Refused connections are dropped (closed) here, and counted for the summary line.
+        let Ok((ticket, evicted)) = self.admission.admit(Some(addr.ip())) else {
             return;
+        };
+        if let Some(silent) = evicted {
+            ctx.cancel_future(silent);
         }
         let _ = stream.set_nodelay(true);
-        self.pending += 1;
+        let wait = admission::first_bytes_deadline(self.shared.config.cluster.handshake_timeout);
+        let first = async move {
+            let spoke = admission::first_bytes(&stream, wait).await;
+            (stream, spoke)
+        };
+        let handle = ctx.spawn(
+            first
+                .into_actor(self)
+                .map(move |(stream, spoke), act, ctx| match spoke {
+                    FirstBytes::Silent => {
+                        act.admission.too_late(ticket);
+                        admission::refuse(stream, "timeout", format!("no bytes within {wait:?}"));
+                    }
+                    FirstBytes::Closed => act.admission.release(ticket),
+                    FirstBytes::Spoke => {
+                        if act.admission.talking(ticket) {
+                            act.handshake(stream, addr, ticket, ctx);
+                        }
+                    }
+                }),
+        );
+        self.admission.silent(ticket, handle);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl PeerListener {
+    /// Run the handshake of a connection that has spoken; an authenticated one becomes a
+    /// Session.
+    fn handshake(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        ticket: Ticket,
+        ctx: &mut Context<Self>,
+    ) {
         let shared = self.shared.clone();
         let handshake = async move {
             let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
@@ -135,7 +181,7 @@ impl StreamHandler<Accepted> for PeerListener {
             (framed, result)
         };
         ctx.spawn(handshake.into_actor(self).map(move |(framed, result): Handshaken, act, ctx| {
-            act.pending -= 1;
+            act.admission.release(ticket);
             match result {
                 Ok((peer, slot)) => {
                     let parts = framed.into_parts();
@@ -160,8 +206,6 @@ impl StreamHandler<Accepted> for PeerListener {
             }
         }));
     }
-
-    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Handler<SessionClosed> for PeerListener {

@@ -24,8 +24,13 @@
 //! (`membership: worker-2 up` / `down`), the live graph goes to the Router, and the view goes
 //! to the shared watch channel.
 //!
-//! Claims are checked: a status whose boot time is more than [`MAX_CLOCK_SKEW_MS`] ahead of
-//! this node's clock is ignored (it would outrank the real incarnation).
+//! Claims are checked (see [`claim_is_consistent`]): a status for node X is taken from X's own
+//! link only if it names the incarnation that link's handshake authenticated; while this node
+//! has a live link to X, copies of X's status relayed by other peers are ignored (X speaks for
+//! itself on that link); a relayed copy must be consistent with what is held for X (the same
+//! incarnation keeps its boot time; a new incarnation booted later); and a status whose boot
+//! time is more than [`MAX_CLOCK_SKEW_MS`] ahead of this node's clock is ignored (it would
+//! outrank the real incarnation).
 //!
 //! Bounds: only nodes named in the configuration are tracked; statuses that do not fit a full
 //! link queue are dropped (the next one supersedes them).
@@ -122,10 +127,11 @@ pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
 #[rtype(result = "()")]
 pub struct AttachRouter(pub Addr<Router>);
 
-/// The methods this node serves changed (sent by Calls): announce them.
+/// The methods this node serves changed (sent by Calls, once per burst): read them from the
+/// ledger at the next announcement.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct MethodsChanged(pub Vec<String>);
+pub struct MethodsChanged;
 
 /// A resumable link to `0` came back on a fresh connection after a quiet spell (sent by the
 /// Router): what was flooded to it meanwhile died with the old connection, so it is sent the
@@ -143,6 +149,8 @@ pub struct LinksChanged(pub BTreeSet<String>);
 #[rtype(result = "()")]
 pub struct StatusReceived {
     pub via: String,
+    /// The incarnation the link's handshake authenticated for `via`.
+    pub via_incarnation: Uuid,
     pub status: Status,
 }
 
@@ -172,8 +180,10 @@ pub struct Membership {
     router: Option<Addr<Router>>,
     statuses: HashMap<String, Known>,
     my_links: BTreeSet<String>,
-    /// Methods this node serves, sorted (from Calls).
+    /// Methods this node serves, sorted (read from the ledger when it changed).
     my_methods: Vec<String>,
+    /// The ledger changed since `my_methods` was read.
+    methods_stale: bool,
     /// `my_links` as indices into `names`.
     my_link_ixs: Vec<usize>,
     version: u64,
@@ -225,6 +235,7 @@ impl Membership {
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
             my_methods: Vec::new(),
+            methods_stale: true,
             my_link_ixs: Vec::new(),
             version: 0,
             up: BTreeSet::new(),
@@ -349,6 +360,11 @@ impl Membership {
 
     /// Flood this node's status (its heartbeat answer).
     fn announce(&mut self) {
+        if self.methods_stale {
+            // Read once per announcement at most, however many changes came meanwhile.
+            self.methods_stale = false;
+            self.my_methods = self.shared.methods.names();
+        }
         self.version += 1;
         self.last_announce = Some(Instant::now());
         let status = self.own_status();
@@ -560,9 +576,20 @@ impl Membership {
     }
 
     /// Take a status in and relay it; true if the graph or the members may have changed.
-    fn on_status(&mut self, via: String, mut status: Status) -> bool {
+    fn on_status(&mut self, via: String, via_incarnation: Uuid, mut status: Status) -> bool {
         if !self.is_member(&status.node) {
             tracing::debug!(node = %self.shared.name(), via = %via, "status from unknown node {:?} ignored", status.node);
+            return false;
+        }
+        let held = self.statuses.get(&status.node).map(|k| &k.status);
+        let link = Link {
+            via: &via,
+            via_incarnation,
+            linked: self.my_links.contains(&status.node),
+        };
+        if let Err(why) = claim_is_consistent(&status, &link, held) {
+            tracing::debug!(node = %self.shared.name(), via = %via,
+                "status of {} (incarnation {}) ignored: {why}", status.node, status.incarnation);
             return false;
         }
         // Incarnations are ordered by boot time: one from the future would outrank the real
@@ -746,6 +773,7 @@ impl actix::Supervised for Membership {
         self.last_graph = None;
         self.recompute_pending = false;
         self.announce_pending = false;
+        self.methods_stale = true;
     }
 }
 
@@ -761,11 +789,9 @@ impl Handler<AttachRouter> for Membership {
 impl Handler<MethodsChanged> for Membership {
     type Result = ();
 
-    fn handle(&mut self, msg: MethodsChanged, ctx: &mut Context<Self>) {
-        if self.my_methods != msg.0 {
-            self.my_methods = msg.0;
-            self.soon(ctx, true);
-        }
+    fn handle(&mut self, _: MethodsChanged, ctx: &mut Context<Self>) {
+        self.methods_stale = true;
+        self.soon(ctx, true);
     }
 }
 
@@ -795,7 +821,10 @@ impl Handler<StatusReceived> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: StatusReceived, ctx: &mut Context<Self>) {
-        if guard("membership", ctx, |_| self.on_status(msg.via, msg.status)) == Some(true) {
+        let changed = guard("membership", ctx, |_| {
+            self.on_status(msg.via, msg.via_incarnation, msg.status)
+        });
+        if changed == Some(true) {
             self.soon(ctx, false);
         }
     }
@@ -808,6 +837,51 @@ impl Handler<HeartbeatReceived> for Membership {
         guard("membership", ctx, |_| {
             self.on_heartbeat(msg.via, msg.heartbeat)
         });
+    }
+}
+
+/// The link a status arrived on, as `claim_is_consistent` sees it.
+struct Link<'a> {
+    /// The peer at the other end.
+    via: &'a str,
+    /// The incarnation its handshake authenticated.
+    via_incarnation: Uuid,
+    /// Whether this node has a live link to the status's node.
+    linked: bool,
+}
+
+/// Whether a status for node X may be taken, before its age is compared with what is held:
+///
+/// - from X's own link, only with the incarnation that link authenticated;
+/// - from another peer (a relayed copy), never while this node has a live link to X: X sends
+///   its statuses on that link itself, so a relayed copy adds nothing but a chance to forge;
+/// - a relayed copy of the incarnation held keeps its boot time, and one of another
+///   incarnation must have booted later than the one held (a restart).
+///
+/// A relayed copy about a node this node has no link to, with a new incarnation and a boot time
+/// within [`MAX_CLOCK_SKEW_MS`], cannot be told from a restart: it is taken.
+fn claim_is_consistent(
+    status: &Status,
+    link: &Link<'_>,
+    held: Option<&Status>,
+) -> Result<(), &'static str> {
+    if status.node == link.via {
+        if status.incarnation != link.via_incarnation {
+            return Err("not the incarnation its link authenticated");
+        }
+        return Ok(());
+    }
+    if link.linked {
+        return Err("relayed while this node has a live link to it");
+    }
+    match held {
+        Some(h) if h.incarnation == status.incarnation && h.boot_ms != status.boot_ms => {
+            Err("its incarnation's boot time changed")
+        }
+        Some(h) if h.incarnation != status.incarnation && status.boot_ms <= h.boot_ms => {
+            Err("a new incarnation that did not boot later")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -867,7 +941,73 @@ impl Reports {
 
 #[cfg(test)]
 mod tests {
-    use super::Reports;
+    use super::{claim_is_consistent, Link, Reports};
+    use crate::wire::{NodeStats, Status};
+    use uuid::Uuid;
+
+    fn status(node: &str, incarnation: Uuid, boot_ms: u64) -> Status {
+        Status {
+            node: node.into(),
+            incarnation,
+            boot_ms,
+            version: 1,
+            role: "worker".into(),
+            links: vec![],
+            stats: NodeStats::default(),
+            methods: vec![],
+        }
+    }
+
+    #[test]
+    fn a_status_from_its_own_link_must_name_the_authenticated_incarnation() {
+        let (real, forged) = (Uuid::new_v4(), Uuid::new_v4());
+        let link = Link {
+            via: "x",
+            via_incarnation: real,
+            linked: true,
+        };
+        assert!(claim_is_consistent(&status("x", real, 5), &link, None).is_ok());
+        assert!(claim_is_consistent(&status("x", forged, 9), &link, None).is_err());
+    }
+
+    #[test]
+    fn a_relayed_status_is_ignored_while_the_node_has_its_own_live_link() {
+        let real = Uuid::new_v4();
+        let held = status("x", real, 5);
+        let mut link = Link {
+            via: "y",
+            via_incarnation: Uuid::new_v4(),
+            linked: true,
+        };
+        let restart = status("x", Uuid::new_v4(), 6);
+        assert!(claim_is_consistent(&restart, &link, Some(&held)).is_err());
+        assert!(claim_is_consistent(&status("x", real, 5), &link, Some(&held)).is_err());
+        link.linked = false;
+        assert!(claim_is_consistent(&restart, &link, Some(&held)).is_ok());
+    }
+
+    #[test]
+    fn a_relayed_status_must_agree_with_the_held_incarnation_and_boot_time() {
+        let real = Uuid::new_v4();
+        let held = status("x", real, 5);
+        let link = Link {
+            via: "y",
+            via_incarnation: Uuid::new_v4(),
+            linked: false,
+        };
+        let ok = |s: Status| claim_is_consistent(&s, &link, Some(&held)).is_ok();
+        assert!(
+            ok(status("x", real, 5)),
+            "a later version of the same incarnation"
+        );
+        assert!(!ok(status("x", real, 7)), "the same incarnation rebooted");
+        assert!(
+            !ok(status("x", Uuid::new_v4(), 5)),
+            "a new incarnation booted no later"
+        );
+        assert!(!ok(status("x", Uuid::new_v4(), 4)));
+        assert!(ok(status("x", Uuid::new_v4(), 6)), "a restart");
+    }
 
     #[test]
     fn reports_list_each_reported_link_once_in_index_order_across_words() {

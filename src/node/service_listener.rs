@@ -3,26 +3,27 @@
 //! key, and starts a ServiceSession per attached application. Supervised by NodeSupervisor,
 //! which tells it to close every application (`bye`) when the node shuts down.
 //!
-//! Bounds and policy: at most `MAX_PENDING_HANDSHAKES` handshakes at once and
-//! [`MAX_APPLICATIONS`] attached applications (more connections are refused with an `error`
-//! frame and closed, logged); each handshake has the cluster's deadline and frames of at most
+//! Bounds and policy: connections are admitted by `admission` (the peer listener's policy:
+//! a short deadline for the first bytes, a global cap that evicts silent connections first, a
+//! per-source cap under pressure, refusals summed up in one log line per interval), and at
+//! most [`MAX_APPLICATIONS`] applications are attached (more are refused with a `busy` error
+//! frame and closed); each handshake has the cluster's deadline and frames of at most
 //! `MAX_HANDSHAKE_FRAME_BYTES`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use actix::prelude::*;
-use futures_util::SinkExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::codec::Framed;
 
-use super::listener::MAX_PENDING_HANDSHAKES;
+use super::admission::{self, Admission, FirstBytes, Ticket, REFUSAL_LOG_INTERVAL};
 use super::service_session::{
     CloseService, ServiceSession, ServiceWiring, MAX_CALLS_IN_FLIGHT, MAX_METHODS,
     MAX_REQUESTS_IN_FLIGHT, MAX_SUBSCRIPTIONS,
 };
 use crate::link::Transport;
-use crate::wire::{self, ErrorFrame, FrameCodec, Identity, Message, MAX_HANDSHAKE_FRAME_BYTES};
+use crate::wire::{self, FrameCodec, Identity, MAX_HANDSHAKE_FRAME_BYTES};
 
 /// Applications attached to one node at once.
 pub const MAX_APPLICATIONS: usize = 1024;
@@ -37,7 +38,8 @@ pub struct ServiceListener {
     w: ServiceWiring,
     sockets: Option<ServiceSockets>,
     identity: Identity,
-    pending: usize,
+    /// Connections accepted whose handshake has not ended.
+    admission: Admission<SpawnHandle>,
     sessions: HashMap<u64, Addr<ServiceSession>>,
     next_session: u64,
     /// The Unix socket file, removed when the listener stops.
@@ -48,6 +50,8 @@ pub struct ServiceListener {
 struct Accepted {
     io: Transport,
     addr: String,
+    /// The peer's IP address (none for the Unix socket), for the per-source cap.
+    source: Option<std::net::IpAddr>,
 }
 
 /// An application's session ended.
@@ -86,7 +90,7 @@ impl ServiceListener {
             w,
             sockets: Some(sockets),
             identity,
-            pending: 0,
+            admission: Admission::new(),
             sessions: HashMap::new(),
             next_session: 0,
             socket_path,
@@ -112,6 +116,7 @@ impl Actor for ServiceListener {
                     Accepted {
                         io: s.into(),
                         addr: a.to_string(),
+                        source: Some(a.ip()),
                     }
                 });
                 Some((next, l))
@@ -125,11 +130,17 @@ impl Actor for ServiceListener {
                     let next = l.accept().await.map(|(s, _)| Accepted {
                         io: s.into(),
                         addr: shown,
+                        source: None,
                     });
                     Some((next, l))
                 }
             }));
         }
+        ctx.run_interval(REFUSAL_LOG_INTERVAL, |act, _| {
+            if let Some(line) = act.admission.take_summary(REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(node = %act.name(), "service listener {line}");
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -148,32 +159,52 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
                 return;
             }
         };
-        let full = if self.pending >= MAX_PENDING_HANDSHAKES {
-            Some(format!(
-                "{MAX_PENDING_HANDSHAKES} handshakes already in progress"
-            ))
-        } else if self.sessions.len() >= MAX_APPLICATIONS {
-            Some(format!("{MAX_APPLICATIONS} applications already attached"))
-        } else {
-            None
-        };
-        if let Some(why) = full {
+        if self.sessions.len() >= MAX_APPLICATIONS {
+            let why = format!("{MAX_APPLICATIONS} applications already attached");
             tracing::warn!(node = %self.name(), app = %conn.addr, "application refused: {why}");
-            actix_rt::spawn(async move {
-                let mut framed = Framed::new(conn.io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
-                let refusal = Message::Error(ErrorFrame {
-                    code: "busy".into(),
-                    message: why,
-                });
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(200),
-                    framed.send(&refusal),
-                )
-                .await;
-            });
+            admission::refuse(conn.io, "busy", why);
             return;
         }
-        self.pending += 1;
+        // Refused connections get `busy` (no log line each: they are summed up).
+        let (ticket, evicted) = match self.admission.admit(conn.source) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                admission::refuse(conn.io, "busy", why.to_string());
+                return;
+            }
+        };
+        if let Some(silent) = evicted {
+            ctx.cancel_future(silent);
+        }
+        let wait = admission::first_bytes_deadline(self.w.shared.config.cluster.handshake_timeout);
+        let first = async move {
+            let spoke = admission::first_bytes(&conn.io, wait).await;
+            (conn, spoke)
+        };
+        let handle = ctx.spawn(first.into_actor(self).map(
+            move |(conn, spoke), act, ctx| match spoke {
+                FirstBytes::Silent => {
+                    act.admission.too_late(ticket);
+                    admission::refuse(conn.io, "timeout", format!("no bytes within {wait:?}"));
+                }
+                FirstBytes::Closed => act.admission.release(ticket),
+                FirstBytes::Spoke => {
+                    if act.admission.talking(ticket) {
+                        act.handshake(conn, ticket, ctx);
+                    }
+                }
+            },
+        ));
+        self.admission.silent(ticket, handle);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl ServiceListener {
+    /// Run the handshake of a connection that has spoken; an authenticated application gets
+    /// a ServiceSession.
+    fn handshake(&mut self, conn: Accepted, ticket: Ticket, ctx: &mut Context<Self>) {
         let identity = self.identity.clone();
         let deadline = self.w.shared.config.cluster.handshake_timeout;
         let handshake = async move {
@@ -182,8 +213,8 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
             let result = wire::accept(&mut framed, &identity, deadline, |_| Ok(())).await;
             (framed, result, conn.addr)
         };
-        ctx.spawn(handshake.into_actor(self).map(|(framed, result, addr), act, ctx| {
-            act.pending -= 1;
+        ctx.spawn(handshake.into_actor(self).map(move |(framed, result, addr), act, ctx| {
+            act.admission.release(ticket);
             match result {
                 Ok(app) => {
                     let id = act.next_session;
@@ -203,8 +234,6 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
             }
         }));
     }
-
-    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Handler<ServiceClosed> for ServiceListener {

@@ -364,7 +364,10 @@ impl ServiceSession {
             Message::Publish(p) => self.publish(p, ctx),
             Message::Implement(m) => self.implement(m.method, ctx),
             Message::Unimplement(m) => match self.methods.remove(&m.method) {
-                Some(id) => self.w.calls.do_send(Unimplement(id)),
+                Some(id) => {
+                    self.w.shared.methods.remove(id);
+                    self.w.calls.do_send(Unimplement(id));
+                }
                 None => self.refuse(
                     "unimplement",
                     "not_implemented",
@@ -547,6 +550,15 @@ impl ServiceSession {
             );
         }
         let id = ImplementationId::next();
+        // Admitted here, synchronously, so that the refusal is this `implement`'s.
+        if let Err(e) = self.w.shared.methods.add(id, &method) {
+            return self.refuse(
+                "implement",
+                "too_many_methods",
+                format!("{method:?}: {e}"),
+                ctx,
+            );
+        }
         self.w.calls.do_send(Implement {
             id,
             method: method.clone(),
@@ -728,6 +740,7 @@ impl Actor for ServiceSession {
             self.w.bus.do_send(Unsubscribe(id));
         }
         for (_, id) in self.methods.drain() {
+            self.w.shared.methods.remove(id);
             self.w.calls.do_send(Unimplement(id));
         }
         // Dropping the answers fails every call waiting on this application at once.

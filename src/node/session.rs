@@ -335,6 +335,7 @@ impl Session {
                 // Periodic and superseded by the next one: dropping under load is safe.
                 let _ = self.p.wiring.membership.try_send(StatusReceived {
                     via: self.peer().to_owned(),
+                    via_incarnation: self.p.peer.incarnation,
                     status,
                 });
             }

@@ -49,6 +49,8 @@ pub struct NodeShared {
     pub stats: ArcSwap<NodeStats>,
     pub view: watch::Sender<Arc<MembershipView>>,
     pub dedup: Mutex<Dedup>,
+    /// The methods this node serves and their byte budget (see `methods`).
+    pub methods: super::methods::MethodLedger,
     /// Topics and patterns with at least one local subscriber, so a publish skips the bus
     /// otherwise.
     pub local_topics: LocalTopics,
@@ -93,6 +95,7 @@ impl NodeShared {
             local_topics: LocalTopics::default(),
             streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
             dedup: Mutex::new(Dedup::new(config.nodes.len())),
+            methods: super::methods::MethodLedger::new(config.cluster.max_frame_bytes),
             view,
             config,
             me,
