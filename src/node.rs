@@ -20,6 +20,8 @@ mod calls;
 mod dedup;
 mod dial;
 mod event_bus;
+#[cfg(feature = "faults")]
+mod faults;
 mod identity;
 mod listener;
 mod master;
@@ -45,6 +47,8 @@ use tokio::sync::{oneshot, watch};
 
 pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
 pub use event_bus::SubscriptionId;
+#[cfg(feature = "faults")]
+pub use faults::SystemActor;
 pub use membership::{Member, MembershipView};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 
@@ -219,7 +223,10 @@ async fn start_here(
         let (sh, m) = (s.clone(), membership.clone());
         actix::Supervisor::start(move |_| master::Master::new(sh, m))
     });
-    let listener = listener::PeerListener::new(s.clone(), listener, wiring.clone()).start();
+    let listener = {
+        let (sh, w) = (s.clone(), wiring.clone());
+        actix::Supervisor::start(move |_| listener::PeerListener::new(sh, listener, w))
+    };
     let upstreams = s
         .plan
         .dials_of(s.name())
@@ -232,7 +239,7 @@ async fn start_here(
             bus: bus.clone(),
             calls: calls.clone(),
         };
-        service_listener::ServiceListener::new(w, sockets).start()
+        actix::Supervisor::start(move |_| service_listener::ServiceListener::new(w, sockets))
     });
     let children = Children {
         stats: stats.clone(),
@@ -274,6 +281,14 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// Make `actor` panic inside a handler (its Supervisor restarts it). For nodecloud's own
+    /// tests: only with the `faults` feature.
+    #[cfg(feature = "faults")]
+    #[doc(hidden)]
+    pub async fn inject_panic(&self, actor: SystemActor) {
+        let _ = self.supervisor.send(supervisor::InjectPanic(actor)).await;
+    }
+
     /// The address this node accepts peer links on (its bound socket, so the real port
     /// even when the configuration says 0).
     pub fn listen_addr(&self) -> std::net::SocketAddr {

@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::membership::{Membership, MembershipView, MethodsChanged};
 use super::shared::NodeShared;
+use super::supervision::guard;
 use crate::call::{CallError, Invocation, Request};
 use crate::event::NodeId;
 use crate::wire::{
@@ -485,11 +486,29 @@ impl Actor for Calls {
     }
 }
 
-impl Supervised for Calls {}
+/// A restart keeps this actor's state (actix restarts the same value), but the handler that
+/// panicked may have stopped half-way: `served` is the record of who serves what, so the
+/// index by method is rebuilt from it, and Membership is told to announce the table again.
+impl Supervised for Calls {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.by_method.clear();
+        for (id, served) in &self.served {
+            self.by_method
+                .entry(served.method.clone())
+                .or_default()
+                .push(*id);
+        }
+        self.turn_local.clear();
+        self.turn.clear();
+        if self.shared.methods.tell() {
+            let _ = self.membership.try_send(MethodsChanged);
+        }
+    }
+}
 
 impl StreamHandler<Arc<MembershipView>> for Calls {
-    fn handle(&mut self, view: Arc<MembershipView>, _: &mut Context<Self>) {
-        self.on_view(&view);
+    fn handle(&mut self, view: Arc<MembershipView>, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| self.on_view(&view));
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
@@ -498,7 +517,13 @@ impl StreamHandler<Arc<MembershipView>> for Calls {
 impl Handler<Implement> for Calls {
     type Result = ();
 
-    fn handle(&mut self, msg: Implement, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Implement, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| self.implement(msg));
+    }
+}
+
+impl Calls {
+    fn implement(&mut self, msg: Implement) {
         // Admitted by whoever sent it (so that an application is refused at once); again
         // here, which is free, for any other path.
         if let Err(e) = self.shared.methods.add(msg.id, &msg.method) {
@@ -525,8 +550,8 @@ impl Handler<Implement> for Calls {
 impl Handler<Unimplement> for Calls {
     type Result = ();
 
-    fn handle(&mut self, msg: Unimplement, _: &mut Context<Self>) {
-        self.remove(msg.0);
+    fn handle(&mut self, msg: Unimplement, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| self.remove(msg.0));
     }
 }
 
@@ -534,36 +559,39 @@ impl Handler<StartCall> for Calls {
     type Result = ResponseFuture<Outcome>;
 
     fn handle(&mut self, msg: StartCall, ctx: &mut Context<Self>) -> Self::Result {
-        self.start_call(msg, ctx)
+        guard("calls", ctx, |ctx| self.start_call(msg, ctx))
+            .unwrap_or_else(|| Box::pin(async { Outcome::Error(CallError::Stopped.to_failure()) }))
     }
 }
 
 impl Handler<IncomingCall> for Calls {
     type Result = ();
 
-    fn handle(&mut self, msg: IncomingCall, _: &mut Context<Self>) {
-        self.on_call(msg.0);
+    fn handle(&mut self, msg: IncomingCall, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| self.on_call(msg.0));
     }
 }
 
 impl Handler<IncomingReply> for Calls {
     type Result = ();
 
-    fn handle(&mut self, msg: IncomingReply, _: &mut Context<Self>) {
-        let reply = msg.0;
-        if reply.target_incarnation != self.shared.incarnation {
-            return;
-        }
-        if let Some(p) = self.pending.remove(&reply.id) {
-            let _ = p.answer.send(reply.outcome);
-        }
+    fn handle(&mut self, msg: IncomingReply, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| {
+            let reply = msg.0;
+            if reply.target_incarnation != self.shared.incarnation {
+                return;
+            }
+            if let Some(p) = self.pending.remove(&reply.id) {
+                let _ = p.answer.send(reply.outcome);
+            }
+        });
     }
 }
 
 impl Handler<Forget> for Calls {
     type Result = ();
 
-    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
-        self.pending.remove(&msg.0);
+    fn handle(&mut self, msg: Forget, ctx: &mut Context<Self>) {
+        guard("calls", ctx, |_| self.pending.remove(&msg.0));
     }
 }

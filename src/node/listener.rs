@@ -22,24 +22,33 @@ use super::identity;
 use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use super::streams::Slot;
+use super::supervision::guard;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
 pub struct PeerListener {
     shared: Arc<NodeShared>,
-    listener: Option<TcpListener>,
+    /// Shared with the accept loop, so a restart (see `Supervised`) accepts on the same socket.
+    listener: Arc<TcpListener>,
     wiring: Wiring,
     /// Connections accepted whose handshake has not ended.
     admission: Admission<SpawnHandle>,
+    /// The node is shutting down: newcomers are dropped.
+    closing: bool,
 }
 
 impl PeerListener {
     pub fn new(shared: Arc<NodeShared>, listener: TcpListener, wiring: Wiring) -> Self {
         PeerListener {
             shared,
-            listener: Some(listener),
+            listener: Arc::new(listener),
             wiring,
             admission: Admission::new(),
+            closing: false,
         }
+    }
+
+    pub fn stop_accepting(&mut self) {
+        self.closing = true;
     }
 }
 
@@ -74,12 +83,13 @@ impl Actor for PeerListener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(listener) = self.listener.take() {
-            ctx.add_stream(futures_util::stream::unfold(listener, |l| async move {
+        ctx.add_stream(futures_util::stream::unfold(
+            self.listener.clone(),
+            |l| async move {
                 let next = l.accept().await;
                 Some((next, l))
-            }));
-        }
+            },
+        ));
         ctx.run_interval(REFUSAL_LOG_INTERVAL, |act, _| {
             if let Some(line) = act.admission.take_summary(REFUSAL_LOG_INTERVAL) {
                 tracing::warn!(node = %act.shared.name(), "peer listener {line}");
@@ -88,8 +98,28 @@ impl Actor for PeerListener {
     }
 }
 
+/// Restarted by its `actix::Supervisor` after a panic in a handler (see `supervision`): the
+/// socket is kept, the handshakes under way were cancelled with the old context, so their
+/// admission tickets go too. Established sessions are actors of their own and go on.
+impl Supervised for PeerListener {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.admission = Admission::new();
+    }
+}
+
 impl StreamHandler<Accepted> for PeerListener {
     fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        guard("peer_listener", ctx, |ctx| self.accepted(accepted, ctx));
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl PeerListener {
+    fn accepted(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         let (stream, addr) = match accepted {
             Ok(a) => a,
             Err(e) => {
@@ -129,10 +159,6 @@ impl StreamHandler<Accepted> for PeerListener {
         self.admission.silent(ticket, handle);
     }
 
-    fn finished(&mut self, _: &mut Context<Self>) {}
-}
-
-impl PeerListener {
     /// Run the handshake of a connection that has spoken; an authenticated one becomes a
     /// Session.
     fn handshake(

@@ -767,9 +767,9 @@ impl Actor for Membership {
 
 impl actix::Supervised for Membership {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // Rebuild from the next statuses rather than trust state a panic may have torn.
-        self.statuses.clear();
-        self.ticks_seen.clear();
+        // The statuses held stay: each is replaced whole, so a panic cannot tear one, and
+        // dropping them would declare every node down until their next statuses came. What
+        // is derived from them is recomputed and published again.
         self.last_graph = None;
         self.recompute_pending = false;
         self.announce_pending = false;

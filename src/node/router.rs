@@ -21,6 +21,7 @@ use actix::prelude::*;
 use super::membership::{publish_view, LinkResumed, LinksChanged, Membership, MembershipView};
 use super::session::{Close, LinkHandle, Replaced};
 use super::shared::NodeShared;
+use super::supervision::guard;
 use crate::topology::{Graph, IndexedGraph, Routes};
 use crate::wire::Envelope;
 
@@ -187,7 +188,13 @@ impl actix::Supervised for Router {}
 impl Handler<LinkUp> for Router {
     type Result = ();
 
-    fn handle(&mut self, LinkUp(link): LinkUp, _: &mut Context<Self>) {
+    fn handle(&mut self, LinkUp(link): LinkUp, ctx: &mut Context<Self>) {
+        guard("router", ctx, |_| self.link_up(link));
+    }
+}
+
+impl Router {
+    fn link_up(&mut self, link: LinkHandle) {
         let stream = link.tx.0.clone();
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
             if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {
@@ -209,7 +216,13 @@ impl Handler<LinkUp> for Router {
 impl Handler<LinkDown> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: LinkDown, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: LinkDown, ctx: &mut Context<Self>) {
+        guard("router", ctx, |_| self.link_down(msg));
+    }
+}
+
+impl Router {
+    fn link_down(&mut self, msg: LinkDown) {
         // A replaced link reports down after its successor is up: keep the successor. A
         // resumable link whose stream lives stays in the table while it is cut: producers
         // queue in its stream, replayed on the next connection (until Membership declares
@@ -233,7 +246,13 @@ impl Handler<LinkDown> for Router {
 impl Handler<GraphChanged> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: GraphChanged, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: GraphChanged, ctx: &mut Context<Self>) {
+        guard("router", ctx, |_| self.graph_changed(msg));
+    }
+}
+
+impl Router {
+    fn graph_changed(&mut self, msg: GraphChanged) {
         // Links whose stream ended (the peer was declared down) leave the table.
         let before = self.links.len();
         self.links.retain(|_, l| !l.tx.0.is_ended());

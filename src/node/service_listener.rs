@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::net::{TcpListener, UnixListener};
@@ -22,6 +23,7 @@ use super::service_session::{
     CloseService, ServiceSession, ServiceWiring, MAX_CALLS_IN_FLIGHT, MAX_METHODS,
     MAX_REQUESTS_IN_FLIGHT, MAX_SUBSCRIPTIONS,
 };
+use super::supervision::guard;
 use crate::link::Transport;
 use crate::wire::{self, FrameCodec, Identity, MAX_HANDSHAKE_FRAME_BYTES};
 
@@ -36,7 +38,12 @@ pub struct ServiceSockets {
 
 pub struct ServiceListener {
     w: ServiceWiring,
-    sockets: Option<ServiceSockets>,
+    /// Shared with the accept loops, so a restart (see `Supervised`) accepts on the same
+    /// sockets.
+    tcp: Option<Arc<TcpListener>>,
+    unix: Option<Arc<UnixListener>>,
+    /// Set by `CloseServices`: the node is shutting down, newcomers are refused.
+    closing: bool,
     identity: Identity,
     /// Connections accepted whose handshake has not ended.
     admission: Admission<SpawnHandle>,
@@ -85,10 +92,12 @@ impl ServiceListener {
             },
             ..shared.identity.clone()
         };
-        let socket_path = sockets.unix.as_ref().map(|(_, p)| p.clone());
+        let (unix, socket_path) = sockets.unix.map(|(l, p)| (Arc::new(l), p)).unzip();
         ServiceListener {
             w,
-            sockets: Some(sockets),
+            tcp: sockets.tcp.map(Arc::new),
+            unix,
+            closing: false,
             identity,
             admission: Admission::new(),
             sessions: HashMap::new(),
@@ -106,10 +115,7 @@ impl Actor for ServiceListener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(sockets) = self.sockets.take() else {
-            return;
-        };
-        if let Some(tcp) = sockets.tcp {
+        if let Some(tcp) = self.tcp.clone() {
             ctx.add_stream(futures_util::stream::unfold(tcp, |l| async move {
                 let next = l.accept().await.map(|(s, a)| {
                     let _ = s.set_nodelay(true);
@@ -122,7 +128,7 @@ impl Actor for ServiceListener {
                 Some((next, l))
             }));
         }
-        if let Some((unix, path)) = sockets.unix {
+        if let (Some(unix), Some(path)) = (self.unix.clone(), &self.socket_path) {
             let shown = path.display().to_string();
             ctx.add_stream(futures_util::stream::unfold(unix, move |l| {
                 let shown = shown.clone();
@@ -142,16 +148,36 @@ impl Actor for ServiceListener {
             }
         });
     }
+}
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
+/// The socket file goes with the listener itself, not with a stop: a restart keeps it.
+impl Drop for ServiceListener {
+    fn drop(&mut self) {
         if let Some(path) = &self.socket_path {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
+/// Restarted by its `actix::Supervisor` after a panic in a handler (see `supervision`): the
+/// sockets are kept, the handshakes under way were cancelled with the old context, so their
+/// admission tickets go too. Attached applications are actors of their own and go on.
+impl Supervised for ServiceListener {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.admission = Admission::new();
+    }
+}
+
 impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
     fn handle(&mut self, accepted: std::io::Result<Accepted>, ctx: &mut Context<Self>) {
+        guard("service_listener", ctx, |ctx| self.accepted(accepted, ctx));
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl ServiceListener {
+    fn accepted(&mut self, accepted: std::io::Result<Accepted>, ctx: &mut Context<Self>) {
         let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
@@ -159,6 +185,10 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
                 return;
             }
         };
+        if self.closing {
+            admission::refuse(conn.io, "stopped", "the node is shutting down".into());
+            return;
+        }
         if self.sessions.len() >= MAX_APPLICATIONS {
             let why = format!("{MAX_APPLICATIONS} applications already attached");
             tracing::warn!(node = %self.name(), app = %conn.addr, "application refused: {why}");
@@ -198,10 +228,6 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
         self.admission.silent(ticket, handle);
     }
 
-    fn finished(&mut self, _: &mut Context<Self>) {}
-}
-
-impl ServiceListener {
     /// Run the handshake of a connection that has spoken; an authenticated application gets
     /// a ServiceSession.
     fn handshake(&mut self, conn: Accepted, ticket: Ticket, ctx: &mut Context<Self>) {
@@ -247,11 +273,12 @@ impl Handler<ServiceClosed> for ServiceListener {
 impl Handler<CloseServices> for ServiceListener {
     type Result = ();
 
-    fn handle(&mut self, CloseServices(reason): CloseServices, ctx: &mut Context<Self>) {
+    fn handle(&mut self, CloseServices(reason): CloseServices, _: &mut Context<Self>) {
+        // Not a stop: its Supervisor would restart it. The node's arbiter ends it.
+        self.closing = true;
         for (_, s) in self.sessions.drain() {
             s.do_send(CloseService(reason.clone()));
         }
-        ctx.stop();
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::shared::NodeShared;
+use super::supervision::guard;
 use crate::wire::{NodeStats, StatValue};
 
 /// Custom stats an application may add: bounded so a runaway caller cannot grow every status.
@@ -68,7 +69,9 @@ impl Actor for Stats {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sample();
-        ctx.run_interval(self.shared.heartbeat_interval(), |act, _| act.sample());
+        ctx.run_interval(self.shared.heartbeat_interval(), |act, ctx| {
+            guard("stats", ctx, |_| act.sample());
+        });
     }
 }
 
@@ -88,12 +91,21 @@ pub enum StatsError {
     TooMany,
     #[error("stat names are 1..=64 characters")]
     BadKey,
+    #[error("the stats actor failed and is restarting; set the stat again")]
+    Restarting,
 }
 
 impl Handler<SetStat> for Stats {
     type Result = Result<(), StatsError>;
 
-    fn handle(&mut self, msg: SetStat, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetStat, ctx: &mut Context<Self>) -> Self::Result {
+        // A panic here restarts the actor; the caller learns nothing was set.
+        guard("stats", ctx, |_| self.set(msg)).unwrap_or(Err(StatsError::Restarting))
+    }
+}
+
+impl Stats {
+    fn set(&mut self, msg: SetStat) -> Result<(), StatsError> {
         if msg.key.is_empty() || msg.key.len() > 64 {
             return Err(StatsError::BadKey);
         }

@@ -79,7 +79,7 @@ impl Handler<Shutdown> for NodeSupervisor {
         for up in &self.children.upstreams {
             up.do_send(StopActor);
         }
-        self.children.listener.do_send(StopActor);
+        self.children.listener.do_send(StopAccepting);
         if let Some(services) = &self.children.services {
             services.do_send(CloseServices("node shutting down".into()));
         }
@@ -111,9 +111,47 @@ impl Handler<StopActor> for Upstream {
     }
 }
 
-impl Handler<StopActor> for PeerListener {
+/// Accept no more connections (the node is shutting down). Not a stop: a supervised actor
+/// that stops is restarted; the node's arbiter ends it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAccepting;
+
+impl Handler<StopAccepting> for PeerListener {
     type Result = ();
-    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn handle(&mut self, _: StopAccepting, _: &mut Context<Self>) {
+        self.stop_accepting();
+    }
+}
+
+/// Forward a [`Crash`](super::faults::Crash) to one child (the `faults` feature).
+#[cfg(feature = "faults")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic(pub super::faults::SystemActor);
+
+#[cfg(feature = "faults")]
+impl Handler<InjectPanic> for NodeSupervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, InjectPanic(actor): InjectPanic, _: &mut Context<Self>) -> Self::Result {
+        use super::faults::{Crash, SystemActor};
+        let c = &self.children;
+        // Answered once the handler ran (and panicked under its guard).
+        let crashed: Recipient<Crash> = match actor {
+            SystemActor::Calls => c.calls.clone().recipient(),
+            SystemActor::EventBus => c.bus.clone().recipient(),
+            SystemActor::Membership => c.membership.clone().recipient(),
+            SystemActor::PeerListener => c.listener.clone().recipient(),
+            SystemActor::Router => c.router.clone().recipient(),
+            SystemActor::ServiceListener => match &c.services {
+                Some(s) => s.clone().recipient(),
+                None => return Box::pin(async {}),
+            },
+            SystemActor::Stats => c.stats.clone().recipient(),
+        };
+        Box::pin(async move {
+            let _ = crashed.send(Crash).await;
+        })
     }
 }
