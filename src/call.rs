@@ -97,6 +97,8 @@ pub enum CallError {
     Busy(String),
     #[error("the node is shutting down")]
     Stopped,
+    #[error("the response does not fit in a frame: {0}")]
+    TooLarge(String),
 }
 
 impl CallError {
@@ -112,6 +114,7 @@ impl CallError {
             CallError::ImplementerGone(_) => "implementer_gone",
             CallError::Busy(_) => "busy",
             CallError::Stopped => "stopped",
+            CallError::TooLarge(_) => "too_large",
         }
     }
 
@@ -125,7 +128,8 @@ impl CallError {
             | CallError::Remote(m)
             | CallError::BadPayload(m)
             | CallError::ImplementerGone(m)
-            | CallError::Busy(m) => m.clone(),
+            | CallError::Busy(m)
+            | CallError::TooLarge(m) => m.clone(),
             CallError::Timeout(_) | CallError::Stopped => self.to_string(),
         };
         Failure::new(self.code(), message)
@@ -144,6 +148,7 @@ impl CallError {
             "implementer_gone" => CallError::ImplementerGone(f.message),
             "busy" => CallError::Busy(f.message),
             "stopped" => CallError::Stopped,
+            "too_large" => CallError::TooLarge(f.message),
             other => CallError::Remote(format!("{other}: {}", f.message)),
         }
     }

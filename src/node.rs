@@ -360,7 +360,7 @@ impl NodeHandle {
     /// Remove a subscription, exact or pattern. Effective for the events the bus handles
     /// after it.
     pub fn unsubscribe(&self, id: SubscriptionId) {
-        self.bus.do_send(Unsubscribe(id));
+        self.bus.do_send(Unsubscribe(vec![id]));
     }
 
     /// Serve calls of `R` with `recipient`, which handles [`Invocation<R>`]. Several
@@ -381,7 +381,7 @@ impl NodeHandle {
 
     /// Stop serving with one implementation.
     pub fn unimplement(&self, id: ImplementationId) {
-        self.calls.do_send(Unimplement(id));
+        self.calls.do_send(Unimplement(vec![id]));
     }
 
     /// Call `R::METHOD` on `target` (a node name, or [`CallTarget::Any`] for the least loaded

@@ -166,3 +166,52 @@ async fn the_service_listener_restarted_after_a_panic_still_attaches_application
     assert_eq!(doubled, 14);
     cluster::stop(&nodes).await;
 }
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Huge(usize);
+impl Request for Huge {
+    const METHOD: &'static str = "test.huge";
+    type Response = Vec<u8>;
+}
+
+/// Answers `Huge(n)` with `n` bytes.
+struct Bloater;
+impl Actor for Bloater {
+    type Context = Context<Self>;
+}
+impl Handler<Invocation<Huge>> for Bloater {
+    type Result = Result<Vec<u8>, String>;
+    fn handle(&mut self, call: Invocation<Huge>, _: &mut Context<Self>) -> Self::Result {
+        Ok(vec![7; call.request.0])
+    }
+}
+
+#[actix_rt::test]
+async fn a_reply_too_large_for_a_frame_reaches_the_caller_as_too_large_at_once() {
+    let (c, nodes) = star_with_a_doubler().await;
+    nodes[1].implement::<Huge>(Bloater.start().recipient());
+    testing::wait_implemented(&nodes[0], Huge::METHOD, &["worker-1"], WAIT)
+        .await
+        .unwrap();
+    let max = c.config.cluster.max_frame_bytes;
+    let long = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let got = nodes[0]
+        .call_timeout(CallTarget::Node("worker-1".into()), &Huge(max + 1), long)
+        .await;
+    match got {
+        Err(nodecloud::CallError::TooLarge(why)) => assert!(why.contains("test.huge"), "{why}"),
+        other => panic!("expected too_large, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < WAIT,
+        "answered at once, not at the 60 s timeout"
+    );
+    // A response that fits still goes through.
+    let fits = nodes[0]
+        .call_timeout(CallTarget::Node("worker-1".into()), &Huge(1000), WAIT)
+        .await
+        .expect("a response that fits is answered");
+    assert_eq!(fits.len(), 1000);
+    cluster::stop(&nodes).await;
+}

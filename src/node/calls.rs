@@ -13,7 +13,10 @@
 //! [`LOAD_TIE`] of the least counting as ties, taken in turn.
 //!
 //! Bounds and policy: at most [`MAX_PENDING_CALLS`] calls wait on remote nodes (more are
-//! refused with `busy`); at most [`MAX_METHODS`] methods are served, within the byte budget
+//! refused with `busy`); at most [`MAX_SERVING_CALLS`] calls from other nodes are served at
+//! once (more are answered `busy` at once), each for at most [`MAX_CALL_TIMEOUT`] whatever
+//! timeout the caller asked; a response too large for a frame reaches the caller as
+//! `too_large` at once; at most [`MAX_METHODS`] methods are served, within the byte budget
 //! that keeps this node's status in one frame (see `methods`, the ledger Membership reads).
 //! Changes to the table reach Membership as one flag per burst, never as a list per change. Every call has a timeout;
 //! a call to a node that goes down fails with `target_down` at once; a call served by an
@@ -44,6 +47,10 @@ use crate::wire::{
 pub const MAX_PENDING_CALLS: usize = 65_536;
 /// Methods one node serves (its actors' and applications' together).
 pub const MAX_METHODS: usize = 4096;
+/// Calls from other nodes this node serves at once (each holds a task until answered).
+pub const MAX_SERVING_CALLS: usize = 65_536;
+/// The longest a call from another node is served, whatever timeout it carries.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Calls waiting for a timeout default to this.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Loads (1-minute load average per CPU) this close to the least count as a tie.
@@ -129,7 +136,7 @@ pub struct Implement {
 /// Stop serving with one implementation.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Unimplement(pub ImplementationId);
+pub struct Unimplement(pub Vec<ImplementationId>);
 
 /// Make a call; resolves with its outcome (never hangs past `timeout`).
 #[derive(Message)]
@@ -177,6 +184,8 @@ pub struct Calls {
     turn_local: HashMap<String, usize>,
     turn: HashMap<String, usize>,
     pending: HashMap<u64, Pending>,
+    /// Calls from other nodes being served now (their tasks hold a count each).
+    serving: Arc<()>,
     next_call: u64,
     /// The nodes up when the view was last looked at (a shrinking set fails pending calls).
     up: BTreeSet<String>,
@@ -194,6 +203,7 @@ impl Calls {
             turn_local: HashMap::new(),
             turn: HashMap::new(),
             pending: HashMap::new(),
+            serving: Arc::new(()),
             next_call: 0,
             up: BTreeSet::new(),
         }
@@ -371,11 +381,21 @@ impl Calls {
             incarnation: call.origin_incarnation,
         };
         let method = call.method.clone();
-        let served = self.serve_locally(&call.method, from, call.payload, answer);
-        let timeout = Duration::from_millis(call.timeout_ms);
+        // The count of calls served is the count of this `Arc`'s clones, one per task.
+        let busy = Arc::strong_count(&self.serving) > MAX_SERVING_CALLS;
+        let served = !busy && self.serve_locally(&call.method, from, call.payload, answer);
+        let timeout = Duration::from_millis(call.timeout_ms).min(MAX_CALL_TIMEOUT);
         let shared = self.shared.clone();
+        let serving = self.serving.clone();
         actix_rt::spawn(async move {
-            let outcome = if served {
+            let _serving = serving;
+            let outcome = if busy {
+                let e = format!(
+                    "{MAX_SERVING_CALLS} calls already served by {}",
+                    shared.name()
+                );
+                Outcome::Error(CallError::Busy(e).to_failure())
+            } else if served {
                 match tokio::time::timeout(timeout, outcome).await {
                     Ok(Ok(o)) => o,
                     Ok(Err(_)) => Outcome::Error(
@@ -397,7 +417,28 @@ impl Calls {
                 ttl: shared.ttl,
                 outcome,
             });
-            match encode_message(&reply) {
+            let max = shared.config.cluster.max_frame_bytes;
+            let frame = encode_message(&reply).and_then(|frame| {
+                if frame.fits(max) {
+                    return Ok(frame);
+                }
+                // Said at once, in a frame that fits, rather than dropped for the caller to
+                // wait out its timeout.
+                let why = format!(
+                    "{} bytes of response to {} on {}, frames are at most {max} bytes",
+                    frame.len(),
+                    call.method,
+                    shared.name()
+                );
+                encode_message(&Message::PeerReply(PeerReply {
+                    id: call.id,
+                    target: call.origin.clone(),
+                    target_incarnation: call.origin_incarnation,
+                    ttl: shared.ttl,
+                    outcome: Outcome::Error(CallError::TooLarge(why).to_failure()),
+                }))
+            });
+            match frame {
                 Ok(frame) => {
                     if !route(&shared, &call.origin, frame).await {
                         tracing::debug!(node = %shared.name(), caller = %call.origin, "reply to a call: caller unreachable");
@@ -551,7 +592,11 @@ impl Handler<Unimplement> for Calls {
     type Result = ();
 
     fn handle(&mut self, msg: Unimplement, ctx: &mut Context<Self>) {
-        guard("calls", ctx, |_| self.remove(msg.0));
+        guard("calls", ctx, |_| {
+            for id in msg.0 {
+                self.remove(id);
+            }
+        });
     }
 }
 

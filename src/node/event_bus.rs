@@ -37,7 +37,7 @@ use crate::wire::{decode_payload, Envelope, WireError};
 static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
 
 /// Identifies one subscription, for [`Unsubscribe`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriptionId(u64);
 
 impl SubscriptionId {
@@ -197,7 +197,7 @@ pub(crate) struct Subscribe {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Unsubscribe(pub SubscriptionId);
+pub struct Unsubscribe(pub Vec<SubscriptionId>);
 
 /// A topic's subscribers, in subscription order.
 type Subscribers = Vec<(SubscriptionId, Box<dyn Subscriber>)>;
@@ -430,13 +430,35 @@ impl Handler<Subscribe> for EventBus {
 impl Handler<Unsubscribe> for EventBus {
     type Result = ();
 
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        if self.pattern_subs.contains_key(&msg.0) {
-            return self.remove("", msg.0);
+    fn handle(&mut self, Unsubscribe(ids): Unsubscribe, ctx: &mut Context<Self>) {
+        guard("event_bus", ctx, |_| self.unsubscribe(ids));
+    }
+}
+
+impl EventBus {
+    /// Remove subscriptions, in one pass over the topics however many there are (an
+    /// application that detaches sends all of its subscriptions at once).
+    fn unsubscribe(&mut self, ids: Vec<SubscriptionId>) {
+        let mut exact = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self.pattern_subs.contains_key(&id) {
+                self.remove("", id);
+            } else {
+                exact.push(id);
+            }
         }
-        let topics: Vec<String> = self.topics.keys().cloned().collect();
-        for topic in topics {
-            self.remove(&topic, msg.0);
+        if exact.is_empty() {
+            return;
         }
+        exact.sort_unstable();
+        let local = &self.shared.local_topics;
+        self.topics.retain(|topic, subs| {
+            let before = subs.len();
+            subs.retain(|(sid, _)| exact.binary_search(sid).is_err());
+            for _ in subs.len()..before {
+                local.remove(topic);
+            }
+            !subs.is_empty()
+        });
     }
 }

@@ -353,7 +353,10 @@ impl ServiceSession {
         match msg {
             Message::Subscribe(t) => self.subscribe(t.topic, ctx),
             Message::Unsubscribe(t) => match self.subscriptions.remove(&t.topic) {
-                Some(id) => self.w.bus.do_send(Unsubscribe(id)),
+                Some(id) => {
+                    let bus = self.w.bus.clone();
+                    self.hand_over(&bus, Unsubscribe(vec![id]), ctx);
+                }
                 None => self.refuse(
                     "unsubscribe",
                     "not_subscribed",
@@ -366,7 +369,8 @@ impl ServiceSession {
             Message::Unimplement(m) => match self.methods.remove(&m.method) {
                 Some(id) => {
                     self.w.shared.methods.remove(id);
-                    self.w.calls.do_send(Unimplement(id));
+                    let calls = self.w.calls.clone();
+                    self.hand_over(&calls, Unimplement(vec![id]), ctx);
                 }
                 None => self.refuse(
                     "unimplement",
@@ -480,7 +484,7 @@ impl ServiceSession {
         }
         let id = SubscriptionId::next();
         self.w.shared.local_topics.add(&topic);
-        self.w.bus.do_send(Subscribe {
+        let subscribe = Subscribe {
             id,
             topic: topic.clone(),
             subscriber: Box::new(AppSubscriber {
@@ -489,7 +493,9 @@ impl ServiceSession {
                 overflow: self.overflow.clone(),
                 session: ctx.address(),
             }),
-        });
+        };
+        let bus = self.w.bus.clone();
+        self.hand_over(&bus, subscribe, ctx);
         self.subscriptions.insert(topic, id);
     }
 
@@ -519,6 +525,28 @@ impl ServiceSession {
                 );
             }
             Err((e, _)) => self.refuse_publish(&e, ctx),
+        }
+    }
+
+    /// Hand `msg`, read from the application, to a node actor: at once when its mailbox has
+    /// room, else the session reads nothing more from the application until it has (TCP
+    /// pushes back). An application never grows a node actor's mailbox past its bound.
+    fn hand_over<A, M>(&mut self, to: &Addr<A>, msg: M, ctx: &mut Context<Self>)
+    where
+        A: Actor + Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+        M: actix::Message<Result = ()> + Send + 'static,
+    {
+        match to.try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(msg)) => {
+                let sent = to.send(msg);
+                ctx.wait(actix::fut::wrap_future(async move {
+                    let _ = sent.await;
+                }));
+            }
+            // The node is stopping, and this session with it.
+            Err(SendError::Closed(_)) => {}
         }
     }
 
@@ -559,7 +587,7 @@ impl ServiceSession {
                 ctx,
             );
         }
-        self.w.calls.do_send(Implement {
+        let implement = Implement {
             id,
             method: method.clone(),
             implementer: Box::new(AppImplementer {
@@ -567,7 +595,9 @@ impl ServiceSession {
                 app: self.app.node.clone(),
                 session: ctx.address(),
             }),
-        });
+        };
+        let calls = self.w.calls.clone();
+        self.hand_over(&calls, implement, ctx);
         self.methods.insert(method, id);
     }
 
@@ -736,12 +766,18 @@ impl Actor for ServiceSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        for (_, id) in self.subscriptions.drain() {
-            self.w.bus.do_send(Unsubscribe(id));
+        // One message each for all of them: a session that ends cannot wait for room, and
+        // sessions are bounded (MAX_APPLICATIONS), so these are too.
+        let subscriptions: Vec<_> = self.subscriptions.drain().map(|(_, id)| id).collect();
+        if !subscriptions.is_empty() {
+            self.w.bus.do_send(Unsubscribe(subscriptions));
         }
-        for (_, id) in self.methods.drain() {
-            self.w.shared.methods.remove(id);
-            self.w.calls.do_send(Unimplement(id));
+        let methods: Vec<_> = self.methods.drain().map(|(_, id)| id).collect();
+        for id in &methods {
+            self.w.shared.methods.remove(*id);
+        }
+        if !methods.is_empty() {
+            self.w.calls.do_send(Unimplement(methods));
         }
         // Dropping the answers fails every call waiting on this application at once.
         self.serving.clear();

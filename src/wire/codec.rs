@@ -70,6 +70,12 @@ impl EncodedMessage {
         self.0.is_empty()
     }
 
+    /// Whether this message fits in a frame of at most `max_frame_bytes` whatever its
+    /// sequence number (the frame adds an array head and up to 9 bytes of seq).
+    pub fn fits(&self, max_frame_bytes: usize) -> bool {
+        1 + 9 + self.0.len() <= max_frame_bytes
+    }
+
     /// Whether this is a stream frame of a resumable link (`event`, `peer_call`,
     /// `peer_reply`): read off the one-entry map's key, without decoding the message.
     pub fn is_stream(&self) -> bool {
