@@ -44,6 +44,7 @@ pub mod node;
 pub mod service;
 pub mod sockets;
 pub mod testing;
+pub mod tls;
 pub mod topic;
 pub mod topology;
 pub mod wire;

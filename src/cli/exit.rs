@@ -82,6 +82,8 @@ impl CliError {
             ClientError::TooLarge { .. } => CliError::Failed(format!("too_large: {e}")),
             ClientError::Closed(_) => CliError::Down(format!("node {node}: {e}")),
             ClientError::Refused(_) => CliError::Failed(format!("node {node}: {e}")),
+            ClientError::Tls { .. } => CliError::Down(format!("node {node}: {e}")),
+            ClientError::TlsSetup(_) | ClientError::TlsOnUnix(_) => CliError::Usage(e.to_string()),
         }
     }
 }

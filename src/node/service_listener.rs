@@ -7,6 +7,10 @@
 //! [`MAX_APPLICATIONS`] attached applications (more connections are refused with an `error`
 //! frame and closed, logged); each handshake has the cluster's deadline and frames of at most
 //! `MAX_HANDSHAKE_FRAME_BYTES`.
+//!
+//! With `[cluster.tls]` (and `service_tls` left true), connections on the TCP listener are
+//! wrapped into TLS inside the handshake's slot, without asking the application for a
+//! certificate (the service key authenticates it); the Unix socket stays plaintext.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,6 +52,8 @@ pub struct ServiceListener {
 struct Accepted {
     io: Transport,
     addr: String,
+    /// Whether it must be wrapped into TLS (the TCP listener with `service_tls`).
+    tls: bool,
 }
 
 /// An application's session ended.
@@ -105,13 +111,15 @@ impl Actor for ServiceListener {
         let Some(sockets) = self.sockets.take() else {
             return;
         };
+        let tls = self.w.shared.tls.as_ref().is_some_and(|t| t.service_tls());
         if let Some(tcp) = sockets.tcp {
-            ctx.add_stream(futures_util::stream::unfold(tcp, |l| async move {
+            ctx.add_stream(futures_util::stream::unfold(tcp, move |l| async move {
                 let next = l.accept().await.map(|(s, a)| {
                     let _ = s.set_nodelay(true);
                     Accepted {
                         io: s.into(),
                         addr: a.to_string(),
+                        tls,
                     }
                 });
                 Some((next, l))
@@ -125,6 +133,7 @@ impl Actor for ServiceListener {
                     let next = l.accept().await.map(|(s, _)| Accepted {
                         io: s.into(),
                         addr: shown,
+                        tls: false,
                     });
                     Some((next, l))
                 }
@@ -159,6 +168,10 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
         };
         if let Some(why) = full {
             tracing::warn!(node = %self.name(), app = %conn.addr, "application refused: {why}");
+            if conn.tls {
+                // A plaintext refusal would only garble a TLS client's handshake: just close.
+                return;
+            }
             actix_rt::spawn(async move {
                 let mut framed = Framed::new(conn.io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
                 let refusal = Message::Error(ErrorFrame {
@@ -176,14 +189,29 @@ impl StreamHandler<std::io::Result<Accepted>> for ServiceListener {
         self.pending += 1;
         let identity = self.identity.clone();
         let deadline = self.w.shared.config.cluster.handshake_timeout;
+        let tls = self.w.shared.tls.clone().filter(|_| conn.tls);
         let handshake = async move {
-            let mut framed = Framed::new(conn.io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+            let io = match (tls, conn.io) {
+                (Some(tls), Transport::Tcp(s)) => match tls.accept_service(s, deadline).await {
+                    Ok(io) => io,
+                    Err(e) => return Err((conn.addr, e)),
+                },
+                (_, io) => io,
+            };
+            let mut framed = Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             // Any well-formed name is admitted: the service key is what authenticates.
             let result = wire::accept(&mut framed, &identity, deadline, |_| Ok(())).await;
-            (framed, result, conn.addr)
+            Ok((framed, result, conn.addr))
         };
-        ctx.spawn(handshake.into_actor(self).map(|(framed, result, addr), act, ctx| {
+        ctx.spawn(handshake.into_actor(self).map(|handshaken, act, ctx| {
             act.pending -= 1;
+            let (framed, result, addr) = match handshaken {
+                Ok(h) => h,
+                Err((addr, e)) => {
+                    tracing::warn!(node = %act.name(), app = %addr, "application refused: {e}");
+                    return;
+                }
+            };
             match result {
                 Ok(app) => {
                     let id = act.next_session;
