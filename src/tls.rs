@@ -14,7 +14,10 @@
 //! - Applications are not asked for a certificate: they authenticate with the service key,
 //!   inside TLS, as over plaintext. They verify the node against `ca` and the host dialled.
 //! - A listener with TLS looks at the first bytes before the TLS handshake: anything but a
-//!   TLS handshake record (0x16 0x03) is a plaintext peer, refused with a log line saying so.
+//!   TLS handshake record (0x16 0x03) is a plaintext peer, refused with a log line saying so
+//!   and answered, in plaintext, with one `error` frame of code `tls_required` (after its
+//!   hello is read, so the close does not reset the answer away), so the other side can say
+//!   what is wrong too.
 //! - The TLS handshake has the cluster's handshake deadline of its own, before the HMAC
 //!   handshake's.
 //!
@@ -350,6 +353,7 @@ async fn accept(
             return Err(TlsStreamError::Closed);
         }
         if !looks_like_tls(&first[..n]) {
+            refuse_plaintext(stream).await;
             return Err(TlsStreamError::Plaintext);
         }
         let tls = acceptor
@@ -361,6 +365,23 @@ async fn accept(
     tokio::time::timeout(deadline, handshake)
         .await
         .map_err(|_| TlsStreamError::Timeout(deadline))?
+}
+
+/// The answer a plaintext peer or application gets: its hello read (bounded), one `error`
+/// frame `tls_required`, the write side shut. Best effort, within the caller's deadline.
+async fn refuse_plaintext(stream: TcpStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Framed;
+    let codec = crate::wire::FrameCodec::new(crate::wire::MAX_HANDSHAKE_FRAME_BYTES);
+    let mut framed = Framed::new(stream, codec);
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.next()).await;
+    let refusal = crate::wire::Message::Error(crate::wire::ErrorFrame {
+        code: "tls_required".into(),
+        message: "this node's listener speaks TLS ([cluster.tls]); connect with TLS".into(),
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(200), framed.send(&refusal)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), framed.get_mut().shutdown()).await;
 }
 
 async fn connect(

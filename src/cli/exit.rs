@@ -100,6 +100,11 @@ fn from_handshake(h: HandshakeError, node: &str) -> CliError {
         HandshakeError::Refused { ref code, .. } if code == "not_admitted" => CliError::Usage(
             format!("node {node}: {h} (is this a peer port? attach to the node's service port)"),
         ),
+        HandshakeError::Refused { ref code, .. } if code == "tls_required" => {
+            CliError::Usage(format!(
+                "node {node}: {h} (attach with --tls-ca FILE, or a --config with [cluster.tls])"
+            ))
+        }
         HandshakeError::Refused { ref code, .. } if code == "busy" => {
             CliError::Failed(format!("node {node}: {h}"))
         }
