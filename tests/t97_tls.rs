@@ -7,6 +7,7 @@
 
 mod common {
     pub mod procs;
+    pub mod python;
 }
 
 use std::io::Read;
@@ -527,4 +528,43 @@ fn check_names_a_key_that_does_not_match_and_a_certificate_of_another_ca() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The Python client attaches over TLS with `tls_ca` and calls a method; without TLS it is
+/// refused with `tls_required`.
+#[actix_rt::test]
+async fn the_python_client_attaches_over_tls_with_tls_ca() {
+    let files = Files::new(true, true);
+    let config = files.config();
+    let nodes = files.start(&config, &["master", "worker-1"]).await;
+    let (tx, _notes) = mpsc::unbounded_channel();
+    nodes[1].implement::<Echo>(Sink { tx }.start().recipient());
+    testing::wait_implemented(&nodes[0], Echo::METHOD, &["worker-1"], WAIT)
+        .await
+        .unwrap();
+    let service = nodes[0].service_addr().unwrap().to_string();
+    let script = r#"
+import sys, nodecloud
+address, ca, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+with nodecloud.Client.connect(address, "tls", secret, "py-tls", tls_ca=ca) as app:
+    print(app.call("tls.echo", {"text": "py"}, target="worker-1"))
+try:
+    nodecloud.Client.connect(address, "tls", secret, "py-plain")
+    print("plaintext attached")
+except nodecloud.HandshakeError as e:
+    print("refused:", e.code)
+"#;
+    let ca = files.ca.pem.display().to_string();
+    let mut python = tokio::task::spawn_blocking(common::python::command)
+        .await
+        .unwrap();
+    python.args(["-c", script, &service, &ca, SECRET]);
+    let out = tokio::task::spawn_blocking(move || python.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("echo: py"), "{stdout}");
+    assert!(stdout.contains("refused: tls_required"), "{stdout}");
+    nodecloud::cluster::stop(&nodes).await;
 }
