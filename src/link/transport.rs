@@ -87,7 +87,22 @@ impl AsyncRead for Transport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        each!(self, s => Pin::new(s).poll_read(cx, buf))
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => eof_without_close_notify(Pin::new(s).poll_read(cx, buf)),
+        }
+    }
+}
+
+/// A TLS peer that closes without `close_notify` (a process killed, or one that just drops
+/// the socket) reads as end of stream, as the same close does over plain TCP: frames carry
+/// their own lengths, so a cut-off frame is still detected by the codec, and the orderly
+/// close of a link is `bye`, not the TLS alert.
+fn eof_without_close_notify(read: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+    match read {
+        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+        other => other,
     }
 }
 
@@ -115,7 +130,11 @@ impl AsyncRead for TransportRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        each!(self, s => Pin::new(s).poll_read(cx, buf))
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => eof_without_close_notify(Pin::new(s).poll_read(cx, buf)),
+        }
     }
 }
 
@@ -134,5 +153,25 @@ impl AsyncWrite for TransportWrite {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_close_without_close_notify_reads_as_end_of_stream_and_other_errors_stay() {
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "no close_notify");
+        assert!(matches!(
+            eof_without_close_notify(Poll::Ready(Err(eof))),
+            Poll::Ready(Ok(()))
+        ));
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        assert!(matches!(
+            eof_without_close_notify(Poll::Ready(Err(reset))),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset
+        ));
+        assert!(eof_without_close_notify(Poll::Pending).is_pending());
     }
 }
