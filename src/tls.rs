@@ -79,6 +79,10 @@ pub enum TlsStreamError {
     /// the ClientHello it cannot read.
     #[error("TLS handshake failed: {0} (is the other side configured for TLS with the same CA?)")]
     Handshake(std::io::Error),
+    /// This side refused the other's certificate (another CA, expired, or not valid for the
+    /// host dialled), or the other side refused this one's.
+    #[error("TLS handshake failed: {0}")]
+    Certificate(rustls::Error),
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
 }
@@ -356,10 +360,7 @@ async fn accept(
             refuse_plaintext(stream).await;
             return Err(TlsStreamError::Plaintext);
         }
-        let tls = acceptor
-            .accept(stream)
-            .await
-            .map_err(TlsStreamError::Handshake)?;
+        let tls = acceptor.accept(stream).await.map_err(handshake_error)?;
         Ok(Transport::Tls(Box::new(tls.into())))
     };
     tokio::time::timeout(deadline, handshake)
@@ -395,8 +396,30 @@ async fn connect(
     let tls = tokio::time::timeout(deadline, handshake)
         .await
         .map_err(|_| TlsStreamError::Timeout(deadline))?
-        .map_err(TlsStreamError::Handshake)?;
+        .map_err(handshake_error)?;
     Ok(Transport::Tls(Box::new(tls.into())))
+}
+
+/// A certificate problem as such (its message is the whole story); anything else with the
+/// hint that the other side may not speak TLS at all.
+fn handshake_error(e: std::io::Error) -> TlsStreamError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(
+            tls @ (rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::CertificateExpired
+                | rustls::AlertDescription::CertificateUnknown,
+            )),
+        ) => TlsStreamError::Certificate(tls.clone()),
+        _ => TlsStreamError::Handshake(e),
+    }
 }
 
 fn server_name(host: &Host) -> Result<ServerName<'static>, TlsStreamError> {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use common::procs::Proc;
-use nodecloud::config::{Config, Host};
+use nodecloud::config::{Config, Host, HostPort};
 use nodecloud::service::{Client, Endpoint, Incoming};
 use nodecloud::testing::{self, Ports};
 use nodecloud::tls::{ClientTls, NodeTls, TlsStreamError};
@@ -296,7 +296,7 @@ async fn a_peer_with_a_certificate_of_another_ca_is_refused_both_ways() {
     let Err(e) = tls.connect(&host, stream, WAIT).await else {
         panic!("a node of another CA got through")
     };
-    assert!(matches!(e, TlsStreamError::Handshake(_)), "{e}");
+    assert!(matches!(e, TlsStreamError::Certificate(_)), "{e}");
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 
     // A client that trusts the master but presents the other CA's certificate: the master
@@ -566,5 +566,36 @@ except nodecloud.HandshakeError as e:
     assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
     assert!(stdout.contains("echo: py"), "{stdout}");
     assert!(stdout.contains("refused: tls_required"), "{stdout}");
+    nodecloud::cluster::stop(&nodes).await;
+}
+
+/// The dialler verifies the acceptor's certificate against the host it dialled: `advertise`
+/// = `localhost` is accepted (a DNS SAN of the certificate), a name the certificate does not
+/// carry is refused.
+#[actix_rt::test]
+async fn the_dialler_verifies_the_certificate_against_the_advertised_host() {
+    let files = Files::new(true, true);
+    let mut config = (*files.config()).clone();
+    let master = config
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == "master")
+        .unwrap();
+    let listen = master.listen;
+    master.advertise = Some(HostPort::parse(&format!("localhost:{}", listen.port())).unwrap());
+    let config = Arc::new(config);
+    let nodes = files.start(&config, &["master", "worker-1"]).await;
+    testing::wait_converged(&nodes, WAIT).await.unwrap();
+
+    let tls = NodeTls::load(&config, config.node("worker-2").unwrap())
+        .unwrap()
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let elsewhere = Host::Name("not-in-the-certificate.example".into());
+    let Err(e) = tls.connect(&elsewhere, stream, WAIT).await else {
+        panic!("a certificate was accepted for a name it does not carry")
+    };
+    assert!(matches!(e, TlsStreamError::Certificate(_)), "{e}");
+    assert!(e.to_string().contains("not valid for name"), "{e}");
     nodecloud::cluster::stop(&nodes).await;
 }
