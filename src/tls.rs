@@ -137,7 +137,10 @@ fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-/// The certificates of a PEM file (at least one).
+/// The certificates of a PEM file (at least one); `what` names the file's role in messages.
+///
+/// # Errors
+/// [`TlsError::File`]: unreadable, not a regular file, too large, not PEM, or no certificate.
 pub fn read_certs(
     what: &'static str,
     path: &Path,
