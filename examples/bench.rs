@@ -7,7 +7,12 @@
 //! cargo run --release --example bench -- --workload idle
 //! cargo run --release --example bench -- --workload w2call --size 64 --count 20000
 //! cargo run --release --example bench -- --workload w1app --size 64 --count 2000000
+//! cargo run --release --example bench -- --workload w1 --tls      # any workload, inside TLS
 //! ```
+//!
+//! `--tls` runs every link and the service listener inside TLS (`[cluster.tls]`), with a CA
+//! and a node certificate made for the run in a temporary directory; the result line then
+//! ends in `tls=1`, to set beside the plaintext line of the same workload.
 //!
 //! * `w1`: one-way throughput between two nodes of a star (the receiver is the master, the
 //!   sender a worker publishing with `publish_wait`). Measured at the receiver, from the first
@@ -28,6 +33,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -36,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use clap::Parser;
 use command_fds::{CommandFdExt, FdMapping};
-use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::config::{Config, NodeConfig, Role, TlsConfig, TopologyKind};
 use nodecloud::service::{Client, Incoming, Overflow};
 use nodecloud::sockets::{Bound, Inherited};
 use nodecloud::testing::Ports;
@@ -100,6 +106,9 @@ struct Args {
     /// w1 only: `publish` (broadcast) or `send` (targeted `send_to_wait`).
     #[arg(long, default_value = "publish")]
     mode: String,
+    /// Run every link and the service listener inside TLS, with certificates made for the run.
+    #[arg(long)]
+    tls: bool,
 
     // ---- hidden: how the parent configures a child ----
     #[arg(long, hide = true)]
@@ -118,6 +127,9 @@ struct Args {
     /// Unix ms after which a child stops measuring and reports what it has.
     #[arg(long, hide = true)]
     deadline_ms: Option<u64>,
+    /// With --tls: the directory holding ca.pem, node.pem and node.key (made by the parent).
+    #[arg(long, hide = true)]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -131,7 +143,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -143,6 +155,18 @@ fn main() -> ExitCode {
     match args.role.clone() {
         Some(role) => child_main(&role, &args),
         None => {
+            // Held until the run ends: the children read their certificates from it.
+            let _pki = match args.tls.then(make_pki).transpose() {
+                Ok(dir) => {
+                    args.tls_dir = dir.as_ref().map(|d| d.path().to_path_buf());
+                    dir
+                }
+                Err(e) => {
+                    eprintln!("error: cannot make the TLS certificates: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let args = args;
             match args.workload.as_str() {
                 "w1" => parent_w1(&args),
                 "w2" => parent_w2(&args, ("ponger", "pinger"), "W2"),
@@ -206,11 +230,41 @@ fn parse_nodes(spec: &str) -> Result<Vec<NodeConfig>, String> {
         .collect()
 }
 
-fn bench_config(nodes: Vec<NodeConfig>, heartbeat_ms: u64) -> Config {
+fn bench_config(nodes: Vec<NodeConfig>, heartbeat_ms: u64, tls: Option<&Path>) -> Config {
     let mut config = Config::for_test(TopologyKind::Star, nodes);
     config.cluster.name = "bench".to_owned();
     config.cluster.heartbeat_interval = Duration::from_millis(heartbeat_ms);
+    config.cluster.tls = tls.map(|dir| TlsConfig {
+        ca: dir.join("ca.pem"),
+        cert: Some(dir.join("node.pem")),
+        key: Some(dir.join("node.key")),
+        service_tls: true,
+    });
     config
+}
+
+/// A CA and one certificate every node uses (127.0.0.1 and localhost as names), as PEM files
+/// in a temporary directory.
+fn make_pki() -> Result<tempfile::TempDir, String> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let dir = tempfile::tempdir().map_err(|x| e(&x))?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|x| e(&x))?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().map_err(|x| e(&x))?;
+    let ca = ca.self_signed(&ca_key).map_err(|x| e(&x))?;
+    let node = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(|x| e(&x))?;
+    let key = KeyPair::generate().map_err(|x| e(&x))?;
+    let cert = node.signed_by(&key, &ca, &ca_key).map_err(|x| e(&x))?;
+    for (file, pem) in [
+        ("ca.pem", ca.pem()),
+        ("node.pem", cert.pem()),
+        ("node.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.path().join(file), pem).map_err(|x| e(&x))?;
+    }
+    Ok(dir)
 }
 
 fn star_layout(ports: &mut Ports, workers: usize) -> Vec<(String, Role, SocketAddr)> {
@@ -304,6 +358,9 @@ impl Kids {
         }
         if let Some(t) = target {
             cmd.args(["--target", t]);
+        }
+        if let Some(dir) = &args.tls_dir {
+            cmd.arg("--tls-dir").arg(dir);
         }
         if NODE_ROLES.contains(&role) {
             self.hand_over(&mut cmd, name, nodes)?;
@@ -612,6 +669,9 @@ fn parent_w1(args: &Args) -> ExitCode {
     if timed_out {
         line.push_str(" timeout=1");
     }
+    if args.tls {
+        line.push_str(" tls=1");
+    }
     println!("{line}");
     verdict(failure, timed_out || lost > 0 || r.errors > 0)
 }
@@ -644,6 +704,9 @@ fn parent_w3(args: &Args) -> ExitCode {
     }
     if timed_out {
         line.push_str(" timeout=1");
+    }
+    if args.tls {
+        line.push_str(" tls=1");
     }
     println!("{line}");
     verdict(failure, timed_out || lost > 0 || errors > 0)
@@ -709,6 +772,9 @@ fn parent_w2(args: &Args, roles: (&str, &str), label: &str) -> ExitCode {
     if timed_out {
         line.push_str(" timeout=1");
     }
+    if args.tls {
+        line.push_str(" tls=1");
+    }
     println!("{line}");
     verdict(failure, timed_out || rounds < args.count())
 }
@@ -731,7 +797,11 @@ fn idle(args: &Args) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let bound = ports.bound(&nodes[0]);
-    let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
+    let config = Arc::new(bench_config(
+        nodes,
+        args.heartbeat_ms,
+        args.tls_dir.as_deref(),
+    ));
     let system = actix_rt::System::new();
     let rss = system.block_on(async move {
         let node = match Node::start_bound(config, "master", bound).await {
@@ -840,7 +910,11 @@ fn child_main(role: &str, args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = Arc::new(bench_config(nodes, args.heartbeat_ms));
+    let config = Arc::new(bench_config(
+        nodes,
+        args.heartbeat_ms,
+        args.tls_dir.as_deref(),
+    ));
     let name = args.name.clone().unwrap_or_default();
     let bound = match inherited.into_bound(std::slice::from_ref(&name)) {
         Ok(mut b) => b.remove(&name).unwrap_or_default(),
@@ -1415,6 +1489,9 @@ fn parent_w1app(args: &Args) -> ExitCode {
     }
     if timed_out {
         line.push_str(" timeout=1");
+    }
+    if args.tls {
+        line.push_str(" tls=1");
     }
     println!("{line}");
     verdict(

@@ -160,6 +160,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
+    // Every node's TLS files as the node would load them: readable, PEM, key matching the
+    // certificate, certificate chaining to the CA.
+    crate::tls::check(&cfg).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     let plan = crate::topology::plan(&cfg);
     print!("{}", crate::topology::describe(&cfg, &plan));
     for warning in &cfg.warnings {
@@ -173,6 +176,13 @@ fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
     let inherited = crate::sockets::Inherited::from_env()
         .map_err(|e| CliError::Usage(format!("socket activation: {e}")))?;
     let cfg = Arc::new(Config::load(path)?);
+    // The TLS files of the nodes this process runs (another machine's key need not be here).
+    for name in crate::cluster::names(&cfg, node) {
+        if let Some(n) = cfg.node(&name) {
+            crate::tls::NodeTls::load(&cfg, n)
+                .map_err(|e| CliError::Usage(format!("{}: node {name}: {e}", path.display())))?;
+        }
+    }
     if let Some(name) = node {
         if cfg.node(name).is_none() {
             let known: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();

@@ -53,6 +53,23 @@ pub struct ClusterConfig {
     pub failure_threshold: u32,
     pub max_frame_bytes: usize,
     pub handshake_timeout: Duration,
+    /// `[cluster.tls]`: peer links (and, unless `service_tls = false`, the service listener)
+    /// run inside TLS. `None`: plaintext. The files are read when a node starts (see `tls`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[cluster.tls]`, paths resolved against the configuration file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The CA (PEM) every peer's certificate must chain to; applications verify nodes with it.
+    pub ca: PathBuf,
+    /// The certificate chain (PEM) of every node without `tls_cert`.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of every node without `tls_key`.
+    pub key: Option<PathBuf>,
+    /// Whether the service TCP listener speaks TLS too (default true); the Unix socket never
+    /// does (it is local and owner-only).
+    pub service_tls: bool,
 }
 
 /// Secret key material. `Debug` never prints the bytes, so configs can be logged safely.
@@ -182,6 +199,9 @@ pub struct NodeConfig {
     pub fallback_masters: Vec<String>,
     /// This node's parent (tree).
     pub parent: Option<String>,
+    /// This node's own TLS certificate chain and key, overriding `[cluster.tls]`'s.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -198,6 +218,8 @@ impl NodeConfig {
             master: None,
             fallback_masters: Vec::new(),
             parent: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -381,6 +403,7 @@ impl Config {
                 failure_threshold: 5,
                 max_frame_bytes: 1024 * 1024,
                 handshake_timeout: Duration::from_secs(2),
+                tls: None,
             },
             nodes,
             links: Vec::new(),
@@ -418,6 +441,16 @@ struct RawCluster {
     failure_threshold: Option<Spanned<i64>>,
     max_frame_bytes: Option<Spanned<i64>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    service_tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +467,8 @@ struct RawNode {
     #[serde(default)]
     fallback_masters: Vec<Spanned<String>>,
     parent: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -841,7 +876,60 @@ impl<'a> Validator<'a> {
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(u32::MAX),
             max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
             handshake_timeout: Duration::from_millis(handshake_ms),
+            tls: raw.tls.as_ref().map(|t| {
+                let t = t.get_ref();
+                let path = |p: &Spanned<String>| self.base_dir.join(p.get_ref());
+                TlsConfig {
+                    ca: path(&t.ca),
+                    cert: t.cert.as_ref().map(path),
+                    key: t.key.as_ref().map(path),
+                    service_tls: t.service_tls.unwrap_or(true),
+                }
+            }),
         })
+    }
+
+    /// A node's `tls_cert` / `tls_key`: only with `[cluster.tls]`; a node that runs (not an
+    /// application reading the file) needs both a certificate and a key, its own or the
+    /// cluster's. The files themselves are checked by `nodecloud check` and at start.
+    fn node_tls(
+        &self,
+        i: usize,
+        node: &RawNode,
+    ) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+        let ctx = self.ctx;
+        let tls = self.raw.cluster.get_ref().tls.as_ref().map(|t| t.get_ref());
+        let own = [("tls_cert", &node.tls_cert), ("tls_key", &node.tls_key)];
+        let Some(tls) = tls else {
+            if let Some((field, Some(v))) = own.iter().find(|(_, v)| v.is_some()) {
+                return Err(ctx.invalid(
+                    &v.span(),
+                    format!("nodes[{i}].{field}"),
+                    format!("{field} without TLS configured"),
+                    "a [cluster.tls] table with `ca` (and `cert`/`key` for nodes without their own)",
+                ));
+            }
+            return Ok((None, None));
+        };
+        let path = |p: &Spanned<String>| self.base_dir.join(p.get_ref());
+        let cert = node.tls_cert.as_ref().or(tls.cert.as_ref()).map(path);
+        let key = node.tls_key.as_ref().or(tls.key.as_ref()).map(path);
+        if self.purpose == Purpose::Node {
+            for (field, missing) in [("cert", cert.is_none()), ("key", key.is_none())] {
+                if missing {
+                    return Err(ctx.invalid(
+                        &node.name.span(),
+                        format!("nodes[{i}].tls_{field}"),
+                        format!("node {:?} has no TLS {field}", node.name.get_ref()),
+                        format!("`{field}` in [cluster.tls] or `tls_{field}` in this node"),
+                    ));
+                }
+            }
+        }
+        Ok((
+            node.tls_cert.as_ref().map(path),
+            node.tls_key.as_ref().map(path),
+        ))
     }
 
     /// A numeric setting within `(min, max, default)`.
@@ -1127,6 +1215,7 @@ impl<'a> Validator<'a> {
                 }
                 sockets.insert(socket.get_ref(), (field, ctx.line_of(&socket.span()), mine));
             }
+            let (tls_cert, tls_key) = self.node_tls(i, node)?;
             nodes.push(NodeConfig {
                 name: name.to_owned(),
                 role,
@@ -1145,6 +1234,8 @@ impl<'a> Validator<'a> {
                     .map(|m| m.get_ref().clone())
                     .collect(),
                 parent: node.parent.as_ref().map(|p| p.get_ref().clone()),
+                tls_cert,
+                tls_key,
             });
         }
         Ok(nodes)

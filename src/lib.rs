@@ -28,6 +28,8 @@
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
+//! * [`tls`]: `[cluster.tls]`: the certificate files checked, and the TLS acceptors and
+//!   connectors that wrap a peer link or an application's connection.
 //! * [`link`]: the link core under every Session and ServiceSession (transport, the write
 //!   queue bounded in frames and bytes, the batching writer, liveness, close-with-reason), and
 //!   the resumable stream of a peer link.
@@ -44,6 +46,7 @@ pub mod node;
 pub mod service;
 pub mod sockets;
 pub mod testing;
+pub mod tls;
 pub mod topic;
 pub mod topology;
 pub mod wire;

@@ -71,6 +71,12 @@ use supervisor::{Children, NodeSupervisor, Shutdown};
 pub enum StartError {
     #[error("node {0:?} is not declared in the configuration")]
     UnknownNode(String),
+    /// A file of `[cluster.tls]` (or the node's `tls_cert` / `tls_key`) is unusable.
+    #[error("node {node}: {source}")]
+    Tls {
+        node: String,
+        source: crate::tls::TlsError,
+    },
     #[error("node {node}: cannot listen on {addr}: {source}")]
     Bind {
         node: String,
@@ -191,7 +197,11 @@ async fn start_here(
         .and_then(|s| s.tcp.as_ref())
         .and_then(|l| l.local_addr().ok());
     let plan = topology::plan(&config);
-    let s = NodeShared::new(config, me, plan);
+    let tls = crate::tls::NodeTls::load(&config, &me).map_err(|source| StartError::Tls {
+        node: me.name.clone(),
+        source,
+    })?;
+    let s = NodeShared::new(config, me, plan, tls);
     let stats = actix::Supervisor::start({
         let s = s.clone();
         move |_| Stats::new(s)

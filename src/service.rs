@@ -1,5 +1,6 @@
 //! The Rust client applications attach to a node with: the service protocol of
-//! docs/PROTOCOL.md §12 over TCP or a Unix socket.
+//! docs/PROTOCOL.md §12 over TCP (optionally inside TLS: [`Client::connect_tls`]) or a Unix
+//! socket.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), nodecloud::service::ClientError> {
@@ -145,7 +146,23 @@ pub enum ClientError {
     /// Nothing was sent: the node would refuse the frame and close the connection.
     #[error("a message of {len} bytes exceeds the maximum frame of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    /// The TLS handshake with the node failed (wrong CA, a name the certificate does not
+    /// carry, or a node that does not speak TLS on this port).
+    #[error("TLS with {endpoint}: {source}")]
+    Tls {
+        endpoint: String,
+        source: crate::tls::TlsStreamError,
+    },
+    /// The configuration's TLS files are unusable.
+    #[error(transparent)]
+    TlsSetup(#[from] crate::tls::TlsError),
+    /// TLS was asked for on a Unix socket (it never speaks TLS).
+    #[error("TLS is for TCP endpoints; {0} is a Unix socket")]
+    TlsOnUnix(String),
 }
+
+/// How long a TLS handshake with the node may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The policy of an application's queue at its node when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -258,7 +275,13 @@ impl Client {
             .as_ref()
             .unwrap_or(&config.cluster.secret);
         let (cluster, max) = (&config.cluster.name, config.cluster.max_frame_bytes);
-        Client::connect_limited(&endpoint, cluster, key.as_bytes(), name, max).await
+        let tls = match (&config.cluster.tls, &endpoint) {
+            (Some(t), Endpoint::Tcp(_)) if t.service_tls => {
+                Some(crate::tls::ClientTls::from_ca_file(&t.ca)?)
+            }
+            _ => None,
+        };
+        Client::connect_tls(&endpoint, tls.as_ref(), cluster, key.as_bytes(), name, max).await
     }
 
     /// Connect and authenticate as application `name` with the cluster's service `key`.
@@ -285,30 +308,66 @@ impl Client {
         name: &str,
         max_frame: usize,
     ) -> Result<Client, ClientError> {
+        Client::connect_tls(endpoint, None, cluster, key, name, max_frame).await
+    }
+
+    /// Like [`Client::connect_limited`], inside TLS when `tls` is given (a TCP endpoint
+    /// only): the node's certificate is verified against the CA and the host of `endpoint`
+    /// (the IP of `Endpoint::Tcp`, the name of `Endpoint::Host`). No client certificate is
+    /// presented: the service key authenticates the application.
+    ///
+    /// # Errors
+    /// [`ClientError`]; [`ClientError::Tls`] when the TLS handshake fails.
+    pub async fn connect_tls(
+        endpoint: &Endpoint,
+        tls: Option<&crate::tls::ClientTls>,
+        cluster: &str,
+        key: &[u8],
+        name: &str,
+        max_frame: usize,
+    ) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             endpoint: endpoint.to_string(),
             source,
         };
-        match endpoint {
-            Endpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(connect_err)?;
-                let _ = s.set_nodelay(true);
-                Client::start(s, cluster, key, name, max_frame).await
-            }
-            Endpoint::Host(host) => {
-                let s = connect_host(host).await.map_err(connect_err)?;
-                let _ = s.set_nodelay(true);
-                Client::start(s, cluster, key, name, max_frame).await
-            }
+        let (stream, host) = match endpoint {
             Endpoint::Unix(path) => {
+                if tls.is_some() {
+                    return Err(ClientError::TlsOnUnix(endpoint.to_string()));
+                }
                 let s = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(connect_err)?;
-                Client::start(s, cluster, key, name, max_frame).await
+                return Client::start(s, cluster, key, name, max_frame).await;
             }
-        }
+            Endpoint::Tcp(addr) => (
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(connect_err)?,
+                crate::config::Host::Ip(addr.ip()),
+            ),
+            Endpoint::Host(host) => {
+                let dialled = crate::config::HostPort::parse(host).map_err(|e| {
+                    connect_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        e.to_string(),
+                    ))
+                })?;
+                (connect_host(host).await.map_err(connect_err)?, dialled.host)
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io: crate::link::Transport = match tls {
+            None => stream.into(),
+            Some(tls) => tls
+                .connect(&host, stream, TLS_HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(|source| ClientError::Tls {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?,
+        };
+        Client::start(io, cluster, key, name, max_frame).await
     }
 
     async fn start<T>(

@@ -2,6 +2,10 @@
 //! (`HOST:PORT` or a Unix socket path) with `--cluster` and the service key, and no topology
 //! file or peer secret; or `--config FILE [--via NODE]`. Unset options fall back to
 //! `NODECLOUD_ADDRESS`, `NODECLOUD_CLUSTER` and `NODECLOUD_KEY`.
+//!
+//! TLS: `--tls-ca FILE` (or `NODECLOUD_TLS_CA`) attaches inside TLS, verifying the node
+//! against that CA and the host of the address; with `--config`, a file with `[cluster.tls]`
+//! (and `service_tls` not false) does the same with its `ca`, unless `--tls-ca` names another.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +45,10 @@ pub struct Attach {
     /// The name this application attaches under [default: cli-PID].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Attach inside TLS, trusting node certificates issued by this CA (PEM)
+    /// [env: NODECLOUD_TLS_CA]; with --config, the file's `[cluster.tls]` says so itself.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Everything needed to connect, resolved from options, files and the environment.
@@ -52,6 +60,8 @@ pub struct Target {
     pub cluster: String,
     pub key: Vec<u8>,
     pub max_frame_bytes: usize,
+    /// Attach inside TLS (a TCP endpoint only).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Attach {
@@ -89,12 +99,14 @@ impl Attach {
                     .into(),
             )
         })?;
+        let tls = self.tls(None, &endpoint, env)?;
         Ok(Target {
             node: address,
             endpoint,
             cluster,
             key,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            tls,
         })
     }
 
@@ -169,13 +181,45 @@ impl Attach {
                 .as_bytes()
                 .to_vec(),
         };
+        let tls = self.tls(cfg.cluster.tls.as_ref(), &endpoint, env)?;
         Ok(Target {
             endpoint,
             node: node.name.clone(),
             cluster: cfg.cluster.name.clone(),
             key,
             max_frame_bytes: cfg.cluster.max_frame_bytes,
+            tls,
         })
+    }
+
+    /// The CA to attach with: --tls-ca, else NODECLOUD_TLS_CA, else the file's `[cluster.tls]`
+    /// when its service listener speaks TLS. A Unix socket never speaks TLS.
+    fn tls(
+        &self,
+        file: Option<&crate::config::TlsConfig>,
+        endpoint: &Endpoint,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::tls::ClientTls>, CliError> {
+        let given = self
+            .tls_ca
+            .clone()
+            .or_else(|| env("NODECLOUD_TLS_CA").map(PathBuf::from));
+        let from_file = file.filter(|t| t.service_tls).map(|t| t.ca.clone());
+        let Some(ca) = given.clone().or(from_file) else {
+            return Ok(None);
+        };
+        if let Endpoint::Unix(_) = endpoint {
+            // A file's TLS is for its TCP listeners; only an explicit CA here is a mistake.
+            return match given {
+                Some(_) => Err(CliError::Usage(format!(
+                    "--tls-ca: {endpoint} is a Unix socket, which never speaks TLS"
+                ))),
+                None => Ok(None),
+            };
+        }
+        crate::tls::ClientTls::from_ca_file(&ca)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))
     }
 
     /// The key from --key-file, --key-env or NODECLOUD_KEY; `None` if none is given.
@@ -211,8 +255,9 @@ impl Target {
     /// # Errors
     /// [`CliError`]: `Down` when the node does not answer, `Usage` for a wrong key or port.
     pub async fn connect(&self, app_name: &str) -> Result<Client, CliError> {
-        let attach = Client::connect_limited(
+        let attach = Client::connect_tls(
             &self.endpoint,
+            self.tls.as_ref(),
             &self.cluster,
             &self.key,
             app_name,

@@ -82,6 +82,8 @@ impl CliError {
             ClientError::TooLarge { .. } => CliError::Failed(format!("too_large: {e}")),
             ClientError::Closed(_) => CliError::Down(format!("node {node}: {e}")),
             ClientError::Refused(_) => CliError::Failed(format!("node {node}: {e}")),
+            ClientError::Tls { .. } => CliError::Down(format!("node {node}: {e}")),
+            ClientError::TlsSetup(_) | ClientError::TlsOnUnix(_) => CliError::Usage(e.to_string()),
         }
     }
 }
@@ -98,6 +100,11 @@ fn from_handshake(h: HandshakeError, node: &str) -> CliError {
         HandshakeError::Refused { ref code, .. } if code == "not_admitted" => CliError::Usage(
             format!("node {node}: {h} (is this a peer port? attach to the node's service port)"),
         ),
+        HandshakeError::Refused { ref code, .. } if code == "tls_required" => {
+            CliError::Usage(format!(
+                "node {node}: {h} (attach with --tls-ca FILE, or a --config with [cluster.tls])"
+            ))
+        }
         HandshakeError::Refused { ref code, .. } if code == "busy" => {
             CliError::Failed(format!("node {node}: {h}"))
         }

@@ -1223,3 +1223,54 @@ fn nodes_that_advertise_may_share_a_service_socket_path_on_their_own_machines() 
     );
     assert!(err(&text).contains("socket path is already used"));
 }
+
+#[test]
+fn cluster_tls_resolves_paths_against_the_file_and_nodes_may_override_cert_and_key() {
+    let text = format!(
+        "{CLUSTER}\n[cluster.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node.pem\"\nkey = \"pki/node.key\"\n{}{}",
+        node("master", 7100, "role = \"master\"\n"),
+        node(
+            "w1",
+            7101,
+            "tls_cert = \"/etc/w1.pem\"\ntls_key = \"/etc/w1.key\"\n"
+        ),
+    );
+    let cfg = Config::parse(&text, "test.toml", Path::new("/srv/nc")).unwrap();
+    let tls = cfg.cluster.tls.clone().unwrap();
+    assert_eq!(tls.ca, Path::new("/srv/nc/pki/ca.pem"));
+    assert_eq!(tls.cert.as_deref(), Some(Path::new("/srv/nc/pki/node.pem")));
+    assert!(tls.service_tls, "service_tls defaults to true");
+    let w1 = cfg.node("w1").unwrap();
+    assert_eq!(w1.tls_cert.as_deref(), Some(Path::new("/etc/w1.pem")));
+    let files = |n: &str| crate::tls::node_files(&cfg, cfg.node(n).unwrap()).unwrap();
+    assert_eq!(files("master").1, Path::new("/srv/nc/pki/node.key"));
+    assert_eq!(files("w1").1, Path::new("/etc/w1.key"));
+    assert!(parse(&star_text()).unwrap().cluster.tls.is_none());
+}
+
+#[test]
+fn tls_settings_without_their_table_or_a_certificate_are_refused() {
+    let e = err(&format!(
+        "{CLUSTER}{}",
+        node("master", 7100, "role = \"master\"\ntls_cert = \"m.pem\"\n")
+    ));
+    assert!(e.contains("nodes[0].tls_cert"), "{e}");
+    assert!(e.contains("without TLS configured"), "{e}");
+    // A cluster CA but no certificate for w1: neither its own nor the cluster's.
+    let e = err(&format!(
+        "{CLUSTER}\n[cluster.tls]\nca = \"ca.pem\"\nservice_tls = false\n{}{}",
+        node(
+            "master",
+            7100,
+            "role = \"master\"\ntls_cert = \"m.pem\"\ntls_key = \"m.key\"\n"
+        ),
+        node("w1", 7101, "tls_key = \"w1.key\"\n"),
+    ));
+    assert!(e.contains("nodes[1].tls_cert"), "{e}");
+    assert!(e.contains("has no TLS cert"), "{e}");
+    let e = err(&format!(
+        "{CLUSTER}\n[cluster.tls]\ncert = \"c.pem\"\n{}",
+        node("master", 7100, "role = \"master\"\n")
+    ));
+    assert!(e.contains("ca"), "{e}");
+}

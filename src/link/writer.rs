@@ -124,5 +124,25 @@ async fn write_watching<W: AsyncWrite + Unpin>(
         queue.wrote_some();
         pos += n;
     }
-    Ok(())
+    // A TLS stream may keep the tail of the batch in its own buffer when the socket was full
+    // (its `write` accepted the bytes): flush pushes it out, or the tail would wait for the
+    // next batch. On TCP and Unix sockets this is a no-op, without a syscall.
+    loop {
+        return match *deadline {
+            None => tokio::select! {
+                biased;
+                () = queue.close_asked() => {
+                    *deadline = Some(Instant::now() + timeout);
+                    continue;
+                }
+                flushed = io.flush() => flushed,
+            },
+            Some(at) => tokio::time::timeout_at(at, io.flush()).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer read nothing while the link closed",
+                )
+            })?,
+        };
+    }
 }

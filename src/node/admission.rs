@@ -317,6 +317,8 @@ impl Readable for crate::link::Transport {
         match self {
             crate::link::Transport::Tcp(s) => s.peek_one().await,
             crate::link::Transport::Unix(s) => s.peek_one().await,
+            // Wrapped into TLS only after admission: it has spoken already.
+            crate::link::Transport::Tls(_) => Ok(1),
         }
     }
 }

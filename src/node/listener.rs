@@ -9,6 +9,10 @@
 //! to this one are admitted, so the number of sessions is bounded by the configuration.
 //! A second process claiming a node that is up is refused with `duplicate_node` (see
 //! `identity`).
+//!
+//! With `[cluster.tls]`, each accepted connection is wrapped into TLS (a client certificate
+//! that chains to the CA required; a plaintext peer refused with a log line saying so) at one
+//! place, inside the handshake's slot, before the HMAC handshake (see `crate::tls`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use super::session::{Session, SessionClosed, SessionParams, Wiring};
 use super::shared::NodeShared;
 use super::streams::Slot;
 use super::supervision::guard;
+use crate::link::Transport;
 use crate::wire::{self, FrameCodec, HandshakeError, Hello, PeerInfo, MAX_HANDSHAKE_FRAME_BYTES};
 
 pub struct PeerListener {
@@ -74,10 +79,11 @@ pub(crate) fn admit(shared: &NodeShared, hello: &Hello) -> Result<(), String> {
 }
 
 type Accepted = std::io::Result<(TcpStream, SocketAddr)>;
-type Handshaken = (
-    Framed<TcpStream, FrameCodec>,
+/// `None`: the connection never got to the HMAC handshake (TLS refused it; logged).
+type Handshaken = Option<(
+    Framed<Transport, FrameCodec>,
     Result<(PeerInfo, Arc<Slot>), HandshakeError>,
-);
+)>;
 
 impl Actor for PeerListener {
     type Context = Context<Self>;
@@ -170,8 +176,18 @@ impl PeerListener {
     ) {
         let shared = self.shared.clone();
         let handshake = async move {
-            let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let deadline = shared.config.cluster.handshake_timeout;
+            let io = match &shared.tls {
+                None => Transport::Tcp(stream),
+                Some(tls) => match tls.accept_peer(stream, deadline).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        tracing::warn!(node = %shared.name(), peer = %addr, "{e}");
+                        return None;
+                    }
+                },
+            };
+            let mut framed = Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             let from = addr.to_string();
             let mut answered = None;
             let result = wire::accept_with(
@@ -204,10 +220,13 @@ impl PeerListener {
                 };
                 Ok((peer, slot))
             });
-            (framed, result)
+            Some((framed, result))
         };
-        ctx.spawn(handshake.into_actor(self).map(move |(framed, result): Handshaken, act, ctx| {
+        ctx.spawn(handshake.into_actor(self).map(move |handshaken: Handshaken, act, ctx| {
             act.admission.release(ticket);
+            let Some((framed, result)) = handshaken else {
+                return;
+            };
             match result {
                 Ok((peer, slot)) => {
                     let parts = framed.into_parts();
@@ -220,7 +239,7 @@ impl PeerListener {
                         owner: Some(ctx.address().recipient()),
                         on_quiet: None,
                     };
-                    Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
+                    Session::start(params, parts.io, parts.codec, parts.read_buf);
                 }
                 // Refused here as a duplicate: logged once by `identity::check`.
                 Err(HandshakeError::Duplicate(_)) => {}

@@ -9,6 +9,10 @@
 //! most [`MAX_APPLICATIONS`] applications are attached (more are refused with a `busy` error
 //! frame and closed); each handshake has the cluster's deadline and frames of at most
 //! `MAX_HANDSHAKE_FRAME_BYTES`.
+//!
+//! With `[cluster.tls]` (and `service_tls` left true), connections on the TCP listener are
+//! wrapped into TLS inside the handshake's slot, without asking the application for a
+//! certificate (the service key authenticates it); the Unix socket stays plaintext.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,6 +63,8 @@ struct Accepted {
     addr: String,
     /// The peer's IP address (none for the Unix socket), for the per-source cap.
     source: Option<std::net::IpAddr>,
+    /// Whether it must be wrapped into TLS (the TCP listener with `service_tls`).
+    tls: bool,
 }
 
 /// An application's session ended.
@@ -115,14 +121,16 @@ impl Actor for ServiceListener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let tls = self.w.shared.tls.as_ref().is_some_and(|t| t.service_tls());
         if let Some(tcp) = self.tcp.clone() {
-            ctx.add_stream(futures_util::stream::unfold(tcp, |l| async move {
+            ctx.add_stream(futures_util::stream::unfold(tcp, move |l| async move {
                 let next = l.accept().await.map(|(s, a)| {
                     let _ = s.set_nodelay(true);
                     Accepted {
                         io: s.into(),
                         addr: a.to_string(),
                         source: Some(a.ip()),
+                        tls,
                     }
                 });
                 Some((next, l))
@@ -137,6 +145,7 @@ impl Actor for ServiceListener {
                         io: s.into(),
                         addr: shown,
                         source: None,
+                        tls: false,
                     });
                     Some((next, l))
                 }
@@ -186,20 +195,20 @@ impl ServiceListener {
             }
         };
         if self.closing {
-            admission::refuse(conn.io, "stopped", "the node is shutting down".into());
+            refuse(conn, "stopped", "the node is shutting down".into());
             return;
         }
         if self.sessions.len() >= MAX_APPLICATIONS {
             let why = format!("{MAX_APPLICATIONS} applications already attached");
             tracing::warn!(node = %self.name(), app = %conn.addr, "application refused: {why}");
-            admission::refuse(conn.io, "busy", why);
+            refuse(conn, "busy", why);
             return;
         }
         // Refused connections get `busy` (no log line each: they are summed up).
         let (ticket, evicted) = match self.admission.admit(conn.source) {
             Ok(admitted) => admitted,
             Err(why) => {
-                admission::refuse(conn.io, "busy", why.to_string());
+                refuse(conn, "busy", why.to_string());
                 return;
             }
         };
@@ -215,7 +224,7 @@ impl ServiceListener {
             move |(conn, spoke), act, ctx| match spoke {
                 FirstBytes::Silent => {
                     act.admission.too_late(ticket);
-                    admission::refuse(conn.io, "timeout", format!("no bytes within {wait:?}"));
+                    refuse(conn, "timeout", format!("no bytes within {wait:?}"));
                 }
                 FirstBytes::Closed => act.admission.release(ticket),
                 FirstBytes::Spoke => {
@@ -233,14 +242,29 @@ impl ServiceListener {
     fn handshake(&mut self, conn: Accepted, ticket: Ticket, ctx: &mut Context<Self>) {
         let identity = self.identity.clone();
         let deadline = self.w.shared.config.cluster.handshake_timeout;
+        let tls = self.w.shared.tls.clone().filter(|_| conn.tls);
         let handshake = async move {
-            let mut framed = Framed::new(conn.io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+            let io = match (tls, conn.io) {
+                (Some(tls), Transport::Tcp(s)) => match tls.accept_service(s, deadline).await {
+                    Ok(io) => io,
+                    Err(e) => return Err((conn.addr, e)),
+                },
+                (_, io) => io,
+            };
+            let mut framed = Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
             // Any well-formed name is admitted: the service key is what authenticates.
             let result = wire::accept(&mut framed, &identity, deadline, |_| Ok(())).await;
-            (framed, result, conn.addr)
+            Ok((framed, result, conn.addr))
         };
-        ctx.spawn(handshake.into_actor(self).map(move |(framed, result, addr), act, ctx| {
+        ctx.spawn(handshake.into_actor(self).map(move |handshaken, act, ctx| {
             act.admission.release(ticket);
+            let (framed, result, addr) = match handshaken {
+                Ok(h) => h,
+                Err((addr, e)) => {
+                    tracing::warn!(node = %act.name(), app = %addr, "application refused: {e}");
+                    return;
+                }
+            };
             match result {
                 Ok(app) => {
                     let id = act.next_session;
@@ -279,6 +303,14 @@ impl Handler<CloseServices> for ServiceListener {
         for (_, s) in self.sessions.drain() {
             s.do_send(CloseService(reason.clone()));
         }
+    }
+}
+
+/// Refuse a connection with an `error` frame, or just close it when it is to speak TLS: a
+/// plaintext frame would only garble the client's TLS handshake.
+fn refuse(conn: Accepted, code: &'static str, why: String) {
+    if !conn.tls {
+        admission::refuse(conn.io, code, why);
     }
 }
 

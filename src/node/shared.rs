@@ -43,6 +43,8 @@ pub struct NodeShared {
     pub boot_ms: u64,
     pub started: std::time::Instant,
     pub identity: Identity,
+    /// The node's TLS (`[cluster.tls]`), read at start; `None`: links are plaintext.
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
     /// Hops an envelope may take: no simple path in the configured graph is longer.
     pub ttl: u8,
     pub routes: ArcSwap<RouteTable>,
@@ -70,7 +72,12 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
-    pub fn new(config: Arc<Config>, me: NodeConfig, plan: LinkPlan) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        me: NodeConfig,
+        plan: LinkPlan,
+        tls: Option<Arc<crate::tls::NodeTls>>,
+    ) -> Arc<Self> {
         let incarnation = Uuid::new_v4();
         let boot_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -104,6 +111,7 @@ impl NodeShared {
             boot_ms,
             started: std::time::Instant::now(),
             identity,
+            tls,
             ttl,
             next_event_id: AtomicU64::new(0),
             event_seqs: Mutex::default(),

@@ -23,6 +23,9 @@
 //! A target that refuses this node as `duplicate_node` (another process runs this node and
 //! is up) ends the dialling for good: the node stops on a fatal error and the process exits 1
 //! (see `identity`). Every other failure is retried.
+//!
+//! With `[cluster.tls]` the connection is wrapped into TLS right after connect, the peer's
+//! certificate verified against the CA and the host dialled (see `crate::tls`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::dial::{self, ConnectError, Resolution};
@@ -71,11 +73,16 @@ enum DialError {
     WrongNode { expected: String, actual: String },
     #[error("the peer's answer breaks the stream: {0}")]
     Stream(#[from] crate::link::stream::StreamError),
+    #[error("{addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: crate::tls::TlsStreamError,
+    },
 }
 
 /// A dial that got through: the connection, who answered, where, and the peer's stream.
 type Dialled = (
-    Framed<TcpStream, FrameCodec>,
+    Framed<crate::link::Transport, FrameCodec>,
     PeerInfo,
     SocketAddr,
     Arc<Slot>,
@@ -194,7 +201,15 @@ impl Upstream {
                 };
                 let (stream, addr) = dial::connect_first(&resolved?, connect_deadline).await?;
                 let _ = stream.set_nodelay(true);
-                let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+                // With TLS, the server is verified against the CA and the host dialled.
+                let io = match &shared.tls {
+                    None => stream.into(),
+                    Some(tls) => tls
+                        .connect(&dialled.host, stream, deadline)
+                        .await
+                        .map_err(|source| DialError::Tls { addr, source })?,
+                };
+                let mut framed = Framed::new(io, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
                 let from = addr.to_string();
                 // Offer the session held with the peer, if any: it resumes where it stopped.
                 let offered = shared.streams.offer(&expected);
@@ -279,7 +294,7 @@ impl Upstream {
                     on_quiet: Some(ctx.address().recipient()),
                     slot,
                 };
-                let fresh = Session::start(params, parts.io.into(), parts.codec, parts.read_buf);
+                let fresh = Session::start(params, parts.io, parts.codec, parts.read_buf);
                 if let Some((stale, _)) = self.session.replace(fresh) {
                     tracing::debug!(node = %self.shared.name(), target = %target,
                         "a fresh connection replaces the quiet one");

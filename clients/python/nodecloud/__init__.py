@@ -77,6 +77,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -564,7 +565,9 @@ class Client:
                 event_queue: int = 10_000, queue_full: str = "drop",
                 handler_threads: int = 8,
                 on_refused: Optional[Callable[[Refused], None]] = None,
-                overflow: str = "close") -> "Client":
+                overflow: str = "close",
+                tls_ca: Optional[str] = None,
+                ssl_context: Optional["ssl.SSLContext"] = None) -> "Client":
         """Connect to a node's service listener and run the handshake.
 
         ``address`` is ``"host:port"`` (TCP) or a Unix socket path starting with ``/`` or
@@ -576,6 +579,12 @@ class Client:
         ``call_timeout_ms`` is the timeout the node applies to a call that gives none.
         ``overflow`` is what the node does when its queue toward this application is full:
         ``"close"`` (``slow_consumer``), ``"drop_oldest"`` or ``"wait"``.
+
+        TLS (a node with ``[cluster.tls]``): ``tls_ca`` is the PEM file of the cluster's CA;
+        the node's certificate is verified against it and the host of ``address``. Or pass
+        an ``ssl_context`` of your own (``ssl.create_default_context(cafile=...)``). No
+        client certificate is needed: the service key authenticates the application. A
+        Unix socket never speaks TLS.
 
         Raises :class:`ConnectError` if nothing accepts the connection (its message names the
         address and the likely cause), :class:`HandshakeError` (with the ``error`` code) if
@@ -593,6 +602,10 @@ class Client:
         family, target = _parse_address(address)
         deadline = time.monotonic() + timeout
         unix = family == socket.AF_UNIX
+        if tls_ca is not None and ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=tls_ca)
+        if ssl_context is not None and unix:
+            raise ValueError("TLS is for TCP addresses; a Unix socket never speaks TLS")
         try:
             if unix:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -605,6 +618,14 @@ class Client:
             else:
                 sock = socket.create_connection(target, timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if ssl_context is not None:
+                    try:
+                        sock = ssl_context.wrap_socket(sock, server_hostname=target[0])
+                    except BaseException:
+                        sock.close()
+                        raise
+        except ssl.SSLError as exc:
+            raise HandshakeError("tls", f"TLS with {address} failed: {exc}", address) from exc
         except OSError as exc:
             raise _connect_error(address, node, unix, exc, timeout) from exc
         conn = _Conn(sock)
