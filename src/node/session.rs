@@ -569,7 +569,7 @@ impl Session {
     }
 
     /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
-    /// at most once an interval however often the peer pings.
+    /// at most twice an interval however often the peer pings.
     fn tell_quiet(&mut self) {
         let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
             return;
@@ -578,7 +578,7 @@ impl Session {
         let interval = self.p.shared.heartbeat_interval();
         if self
             .told_quiet
-            .is_some_and(|t| now.duration_since(t) < interval / 2)
+            .is_some_and(|t| now.duration_since(t) < interval / 4)
         {
             return;
         }
@@ -616,9 +616,16 @@ impl Session {
             Tick::Alive => {}
             Tick::Ping(n) => {
                 self.send(&Message::Ping(Ping { n }));
-                // At every quiet tick: a re-dial that failed (the network still cut) is
-                // tried again one interval later.
+                // At every quiet tick, and half an interval later if still quiet: a re-dial
+                // into a cut network is lost (its SYN is retried only a second later), so
+                // fresh ones keep coming, and a network back for half an interval is used.
                 self.tell_quiet();
+                let interval = self.p.shared.heartbeat_interval();
+                ctx.run_later(interval / 2, move |act, _| {
+                    if act.liveness.last_inbound().elapsed() >= interval {
+                        act.tell_quiet();
+                    }
+                });
             }
             Tick::Dead(silent) => self.fail(
                 ctx,

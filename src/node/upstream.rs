@@ -2,9 +2,9 @@
 //! its link and redials when it ends.
 //!
 //! Quiet re-dial: while its session reports a resumable link quiet (`LinkQuiet`, at every
-//! heartbeat tick that heard nothing for an interval, and when the peer's pings say it has
-//! heard nothing from here for two), it dials fresh connections, about one per interval (at
-//! most one per half interval) and at most `MAX_REDIALS_IN_FLIGHT` at once, each connect bounded by one
+//! heartbeat tick that heard nothing for an interval and half an interval later, and when the
+//! peer's pings say it has heard nothing from here for two), it dials fresh connections, about
+//! two per interval and at most `MAX_REDIALS_IN_FLIGHT` at once, each connect bounded by one
 //! interval, while the quiet one goes on; once a fresh one is authenticated (the stream
 //! resumes on it) the quiet one is dropped without a `bye`. A restored network is then used
 //! within an interval, instead of after TCP's retransmission backoff. A re-dial that fails
@@ -355,11 +355,11 @@ impl Handler<LinkQuiet> for Upstream {
             .session
             .as_ref()
             .is_some_and(|(_, id)| *id == quiet.link_id);
-        // Half an interval, not a whole one: quiet ticks come one interval apart give or
-        // take the timer's jitter, and a tick just early must not skip a re-dial.
+        // The session tells twice an interval while quiet; a quarter interval, not a half,
+        // so that the timer's jitter never skips one.
         let due = self
             .last_redial
-            .is_none_or(|t| t.elapsed() >= self.shared.heartbeat_interval() / 2);
+            .is_none_or(|t| t.elapsed() >= self.shared.heartbeat_interval() / 4);
         if current && due && self.redials < MAX_REDIALS_IN_FLIGHT {
             self.redials += 1;
             self.last_redial = Some(std::time::Instant::now());
