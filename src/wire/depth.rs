@@ -1,8 +1,9 @@
 //! A nesting bound checked before typed decoding. serde decoding of a recursive type (a
 //! `serde_json::Value`, a user enum that nests) recurses once per level with no limit, so
 //! 20 000 nested arrays (20 KB) would overflow the stack. This scanner walks the CBOR heads
-//! iteratively — no recursion, no allocation beyond one small stack entry per open level —
-//! and refuses nesting deeper than the bound. It validates nothing else: whatever it cannot
+//! iteratively — no recursion, and no allocation for the first [`INLINE_LEVELS`] open levels
+//! (it runs once per delivered event, so a heap stack cost as much as the decoding) — and
+//! refuses nesting deeper than the bound. It validates nothing else: whatever it cannot
 //! read it leaves to the decoder, which refuses it.
 
 use super::WireError;
@@ -16,6 +17,49 @@ enum Open {
     UntilBreak,
 }
 
+/// Open levels tracked without allocating; deeper payloads (rare) spill to the heap.
+const INLINE_LEVELS: usize = 8;
+
+/// The levels enclosing the one being read, innermost last: the first [`INLINE_LEVELS`] in
+/// place, the rest in `spill`.
+struct Levels {
+    inline: [Open; INLINE_LEVELS],
+    spill: Vec<Open>,
+    len: usize,
+}
+
+impl Levels {
+    fn new() -> Self {
+        Levels {
+            inline: [Open::Items(0); INLINE_LEVELS],
+            spill: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, open: Open) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = open,
+            None => self.spill.push(open),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Open> {
+        let open = if self.len > INLINE_LEVELS {
+            self.spill.pop()
+        } else {
+            self.inline.get(self.len.checked_sub(1)?).copied()
+        };
+        self.len -= 1;
+        open
+    }
+}
+
 /// `Err` when `bytes` opens more than `max` arrays, maps or tags inside one another.
 ///
 /// # Errors
@@ -26,13 +70,20 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
         return Ok(());
     }
     let too_deep = || WireError::Malformed(format!("nested deeper than {max} levels"));
-    // The bottom entry stands for the one top-level item.
-    let mut stack = vec![Open::Items(1)];
+    // The level being read (at first the one top-level item) is kept apart from the ones
+    // enclosing it: most items are read without touching `outer`.
+    let mut top = Open::Items(1);
+    let mut outer = Levels::new();
     let mut pos = 0usize;
-    while let Some(top) = stack.last_mut() {
+    loop {
         if let Open::Items(0) = top {
-            stack.pop();
-            continue;
+            match outer.pop() {
+                Some(parent) => {
+                    top = parent;
+                    continue;
+                }
+                None => return Ok(()),
+            }
         }
         let Some(&initial) = bytes.get(pos) else {
             return Ok(()); // truncated: the decoder says so
@@ -41,13 +92,16 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
         if initial == 0xff {
             match top {
                 Open::UntilBreak => {
-                    stack.pop();
+                    match outer.pop() {
+                        Some(parent) => top = parent,
+                        None => return Ok(()),
+                    }
                     continue;
                 }
                 Open::Items(_) => return Ok(()), // a stray break: the decoder's to refuse
             }
         }
-        if let Open::Items(n) = top {
+        if let Open::Items(n) = &mut top {
             *n -= 1;
         }
         let (major, info) = (initial >> 5, initial & 0x1f);
@@ -83,14 +137,14 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
             _ => None,
         };
         if let Some(open) = opened {
-            stack.push(open);
-            // The bottom entry is not a level.
-            if stack.len() > max + 1 {
+            // `outer` then holds the top-level item and every open level but the new one.
+            outer.push(top);
+            top = open;
+            if outer.len() > max {
                 return Err(too_deep());
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -145,6 +199,24 @@ mod tests {
         }
         assert!(check_depth(&siblings, 2).is_ok());
         assert!(check_depth(&siblings, 1).is_err());
+    }
+
+    #[test]
+    fn levels_past_the_inline_ones_are_counted_as_they_open_and_close() {
+        // [deep(30), deep(30), 0]: two branches reaching 31 levels, each crossing the levels
+        // kept in place, and a sibling after them at level 1.
+        let mut v = vec![0x83u8];
+        v.extend(nested_arrays(30));
+        v.extend(nested_arrays(30));
+        v.push(0x00);
+        assert!(check_depth(&v, 31).is_ok());
+        assert!(check_depth(&v, 30).is_err());
+        // The second branch is the deep one: the first one's levels were all closed.
+        let mut w = vec![0x82u8];
+        w.extend(nested_arrays(20));
+        w.extend(nested_arrays(40));
+        assert!(check_depth(&w, 41).is_ok());
+        assert!(check_depth(&w, 40).is_err());
     }
 
     #[test]
