@@ -602,8 +602,9 @@ fn cbor_uint(n: u64, out: &mut [u8; 9]) -> usize {
 }
 
 impl FrameCodec {
-    /// Check the sender's numbering of a decoded frame.
-    fn in_sequence(&mut self, frame: Frame) -> Result<Frame, WireError> {
+    /// Check the sender's numbering of a decoded frame (by reference: a frame is moved as
+    /// few times as possible on the read path).
+    fn check_sequence(&mut self, frame: &Frame) -> Result<(), WireError> {
         match self.numbering {
             Numbering::PerConnection => {
                 if frame.seq() != self.next_in_seq {
@@ -628,7 +629,7 @@ impl FrameCodec {
                 }
             }
         }
-        Ok(frame)
+        Ok(())
     }
 
     /// Decode a whole body that the event fast path declined. `None`: a message of an unknown
@@ -642,7 +643,7 @@ impl FrameCodec {
                 None => return Err(err),
             },
         };
-        let frame = self.in_sequence(frame)?;
+        self.check_sequence(&frame)?;
         // Only a resumable link's stream needs to count an unknown stream frame.
         let skip = matches!(frame.1, Message::Unknown(_))
             && (frame.seq() == 0 || self.numbering == Numbering::PerConnection);
@@ -722,7 +723,8 @@ impl FrameCodec {
                 .and_then(|body| decode_fast(body, recent))
             {
                 src.advance(end);
-                return self.in_sequence(frame).map(Some);
+                self.check_sequence(&frame)?;
+                return Ok(Some(frame));
             }
         }
         let Some(body) = self.lengths.decode(src)? else {
@@ -732,7 +734,8 @@ impl FrameCodec {
         };
         self.awaiting_body = false;
         if let Some(frame) = decode_fast(&body, &mut self.recent) {
-            return self.in_sequence(frame).map(Some);
+            self.check_sequence(&frame)?;
+            return Ok(Some(frame));
         }
         let frame = self.decode_body(&body)?;
         self.skipped_one = frame.is_none();

@@ -8,13 +8,18 @@
 
 use super::WireError;
 
-/// What remains of an open array, map or tag.
-#[derive(Clone, Copy)]
-enum Open {
-    /// This many more items (a map counts keys and values).
-    Items(u64),
-    /// Until a break byte.
-    UntilBreak,
+/// What remains of an open array, map or tag: this many more items (a map counts keys and
+/// values), or [`UNTIL_BREAK`]. One word, compared and decremented in place: the scan runs
+/// once per delivered event.
+type Open = u64;
+
+/// An indefinite-length item: open until a break byte.
+const UNTIL_BREAK: Open = u64::MAX;
+
+/// A definite count of items. Counts of `UNTIL_BREAK` and more are stored one below: no
+/// buffer holds that many items, so such a level never closes either way.
+fn items(n: u64) -> Open {
+    n.min(UNTIL_BREAK - 1)
 }
 
 /// Open levels tracked without allocating; deeper payloads (rare) spill to the heap.
@@ -31,7 +36,7 @@ struct Levels {
 impl Levels {
     fn new() -> Self {
         Levels {
-            inline: [Open::Items(0); INLINE_LEVELS],
+            inline: [0; INLINE_LEVELS],
             spill: Vec::new(),
             len: 0,
         }
@@ -72,11 +77,11 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
     let too_deep = || WireError::Malformed(format!("nested deeper than {max} levels"));
     // The level being read (at first the one top-level item) is kept apart from the ones
     // enclosing it: most items are read without touching `outer`.
-    let mut top = Open::Items(1);
+    let mut top: Open = 1;
     let mut outer = Levels::new();
     let mut pos = 0usize;
     loop {
-        if let Open::Items(0) = top {
+        if top == 0 {
             match outer.pop() {
                 Some(parent) => {
                     top = parent;
@@ -90,59 +95,64 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
         };
         pos += 1;
         if initial == 0xff {
-            match top {
-                Open::UntilBreak => {
-                    match outer.pop() {
-                        Some(parent) => top = parent,
-                        None => return Ok(()),
-                    }
-                    continue;
-                }
-                Open::Items(_) => return Ok(()), // a stray break: the decoder's to refuse
+            if top != UNTIL_BREAK {
+                return Ok(()); // a stray break: the decoder's to refuse
             }
+            match outer.pop() {
+                Some(parent) => top = parent,
+                None => return Ok(()),
+            }
+            continue;
         }
-        if let Open::Items(n) = &mut top {
-            *n -= 1;
+        if top != UNTIL_BREAK {
+            top -= 1;
         }
         let (major, info) = (initial >> 5, initial & 0x1f);
         let arg = match info {
-            0..=23 => Some(u64::from(info)),
+            0..=23 => u64::from(info),
             24..=27 => {
                 let len = 1usize << (info - 24);
                 let Some(raw) = bytes.get(pos..pos + len) else {
                     return Ok(());
                 };
                 pos += len;
-                Some(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+                raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
             }
-            31 => None,
+            31 => {
+                // Indefinite arrays, maps and strings (strings are chunks up to a break, one
+                // level down); anything else with this head is malformed, left to the decoder.
+                if (2..=5).contains(&major) {
+                    outer.push(top);
+                    top = UNTIL_BREAK;
+                    if outer.len() > max {
+                        return Err(too_deep());
+                    }
+                }
+                continue;
+            }
             _ => return Ok(()), // reserved: malformed
         };
-        let opened = match (major, arg) {
-            (2 | 3, Some(len)) => {
-                let Some(end) = usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) else {
+        let opened = match major {
+            2 | 3 => {
+                let Some(end) = usize::try_from(arg).ok().and_then(|l| pos.checked_add(l)) else {
                     return Ok(());
                 };
                 if end > bytes.len() {
                     return Ok(());
                 }
                 pos = end;
-                None
+                continue;
             }
-            // Indefinite strings are chunks up to a break, one level down.
-            (2..=5, None) => Some(Open::UntilBreak),
-            (4, Some(n)) => Some(Open::Items(n)),
-            (5, Some(n)) => Some(Open::Items(n.saturating_mul(2))),
-            (6, Some(_)) => Some(Open::Items(1)),
-            _ => None,
+            4 => items(arg),
+            5 => items(arg.saturating_mul(2)),
+            6 => 1,
+            _ => continue,
         };
-        if let Some(open) = opened {
-            // `outer` then holds the top-level item and every open level but the new one.
-            outer.push(top);
-            top = open;
-            if outer.len() > max {
-                return Err(too_deep());
-            }
+        // `outer` then holds the top-level item and every open level but the new one.
+        outer.push(top);
+        top = opened;
+        if outer.len() > max {
+            return Err(too_deep());
         }
     }
 }
