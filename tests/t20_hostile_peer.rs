@@ -676,7 +676,7 @@ async fn a_forged_status_from_the_future_cannot_mark_a_live_node_down() {
     let mut c = Cluster::start(2).await;
     let (mut link, _me) = authenticated_as_worker_2(&c).await;
     info!("--- worker-2 claims worker-1 rebooted at the end of time, with no links");
-    let forged = Message::Status(wire::Status {
+    let forged = Message::Status(Box::new(wire::Status {
         node: "worker-1".into(),
         incarnation: Uuid::new_v4(),
         boot_ms: u64::MAX,
@@ -685,7 +685,7 @@ async fn a_forged_status_from_the_future_cannot_mark_a_live_node_down() {
         links: vec![],
         stats: wire::NodeStats::default(),
         methods: vec![],
-    });
+    }));
     link.send(&forged).await.unwrap();
     // The master reads its link in order: once it answers a later ping, the forged status
     // has reached Membership's mailbox; a few heartbeats later it would have taken effect.
@@ -725,7 +725,7 @@ async fn a_relayed_status_with_a_new_incarnation_cannot_replace_a_live_directly_
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let forged = Message::Status(wire::Status {
+    let forged = Message::Status(Box::new(wire::Status {
         node: "worker-1".into(),
         incarnation: Uuid::new_v4(),
         boot_ms: now_ms + 1000,
@@ -734,7 +734,7 @@ async fn a_relayed_status_with_a_new_incarnation_cannot_replace_a_live_directly_
         links: vec![],
         stats: wire::NodeStats::default(),
         methods: vec![],
-    });
+    }));
     link.send(&forged).await.unwrap();
     // Read in order: once the master answers a later ping, the forged status has reached
     // Membership's mailbox; a few heartbeats later it would have taken effect.

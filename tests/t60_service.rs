@@ -532,7 +532,7 @@ async fn hostile_clients_get_an_error_frame_and_are_closed_while_others_are_serv
         stats: Default::default(),
         methods: vec![],
     };
-    raw.send(&Message::Status(status)).await.unwrap();
+    raw.send(&Message::Status(Box::new(status))).await.unwrap();
     assert_eq!(codes_until_closed(raw).await, ["unexpected_message"]);
 
     let mut raw = raw_app(&c, "worker-1").await;

@@ -30,6 +30,50 @@ struct Window {
     last_used: u64,
 }
 
+/// What one origin's window says of an id.
+enum Sighting {
+    Fresh,
+    Seen,
+    /// Too far ahead of the highest id seen: refused.
+    Jump,
+}
+
+impl Window {
+    fn sight(&mut self, id: u64) -> Sighting {
+        if self
+            .highest
+            .checked_sub(id)
+            .is_some_and(|behind| behind >= WINDOW)
+        {
+            return Sighting::Seen; // too old to tell: treat as seen
+        }
+        if id
+            .checked_sub(self.highest)
+            .is_some_and(|ahead| ahead > MAX_JUMP)
+        {
+            return Sighting::Jump;
+        }
+        if id > self.highest {
+            // Clear the slots the window slides over.
+            let advance = (id - self.highest).min(WINDOW);
+            for k in 1..=advance {
+                let slot = (self.highest + k) % WINDOW;
+                self.bits[(slot / 64) as usize] &= !(1 << (slot % 64));
+            }
+            self.highest = id;
+        }
+        let slot = id % WINDOW;
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        let fresh = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        if fresh {
+            Sighting::Fresh
+        } else {
+            Sighting::Seen
+        }
+    }
+}
+
 pub struct Dedup {
     origins: HashMap<Uuid, Window>,
     max_origins: usize,
@@ -55,42 +99,31 @@ impl Dedup {
     pub fn first_sighting(&mut self, origin: Uuid, id: u64) -> bool {
         self.clock += 1;
         let clock = self.clock;
-        if !self.origins.contains_key(&origin) && self.origins.len() >= self.max_origins {
-            self.forget_oldest();
-        }
-        let w = self.origins.entry(origin).or_insert_with(|| Window {
-            highest: id,
-            bits: Box::new([0; WORDS]),
-            last_used: clock,
+        // One lookup per event (it runs for every broadcast received): a new origin is
+        // inserted first, and the least recently active one forgotten after, if that made
+        // one too many (never the new one, which is the most recent).
+        let mut inserted = false;
+        let w = self.origins.entry(origin).or_insert_with(|| {
+            inserted = true;
+            Window {
+                highest: id,
+                bits: Box::new([0; WORDS]),
+                last_used: clock,
+            }
         });
         w.last_used = clock;
-        if w.highest
-            .checked_sub(id)
-            .is_some_and(|behind| behind >= WINDOW)
-        {
-            return false; // too old to tell: treat as seen
+        let sighting = w.sight(id);
+        if inserted && self.origins.len() > self.max_origins {
+            self.forget_oldest();
         }
-        if id
-            .checked_sub(w.highest)
-            .is_some_and(|ahead| ahead > MAX_JUMP)
-        {
-            self.refused_jump(origin, id);
-            return false;
-        }
-        if id > w.highest {
-            // Clear the slots the window slides over.
-            let advance = (id - w.highest).min(WINDOW);
-            for k in 1..=advance {
-                let slot = (w.highest + k) % WINDOW;
-                w.bits[(slot / 64) as usize] &= !(1 << (slot % 64));
+        match sighting {
+            Sighting::Fresh => true,
+            Sighting::Seen => false,
+            Sighting::Jump => {
+                self.refused_jump(origin, id);
+                false
             }
-            w.highest = id;
         }
-        let slot = id % WINDOW;
-        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
-        let fresh = w.bits[word] & bit == 0;
-        w.bits[word] |= bit;
-        fresh
     }
 
     fn refused_jump(&mut self, origin: Uuid, id: u64) {

@@ -345,8 +345,10 @@ impl Membership {
             .statuses
             .iter()
             .filter(|(name, k)| name.as_str() != peer && k.received.elapsed() <= timeout)
-            .map(|(_, k)| Message::Status(k.status.clone()));
-        for msg in held.chain(std::iter::once(Message::Status(self.own_status()))) {
+            .map(|(_, k)| Message::Status(Box::new(k.status.clone())));
+        for msg in held.chain(std::iter::once(Message::Status(Box::new(
+            self.own_status(),
+        )))) {
             match encode_message(&msg) {
                 Ok(frame) => {
                     let _ = link.tx.try_push(frame);
@@ -368,7 +370,7 @@ impl Membership {
         self.version += 1;
         self.last_announce = Some(Instant::now());
         let status = self.own_status();
-        self.flood(|| Message::Status(status), |_| false);
+        self.flood(|| Message::Status(Box::new(status)), |_| false);
     }
 
     /// This node's status at its current version.
@@ -657,7 +659,7 @@ impl Membership {
                 }
             }
             self.flood(
-                || Message::Status(status.clone()),
+                || Message::Status(Box::new(status.clone())),
                 |peer| {
                     self.ids
                         .get(peer)

@@ -336,7 +336,7 @@ impl Session {
                 let _ = self.p.wiring.membership.try_send(StatusReceived {
                     via: self.peer().to_owned(),
                     via_incarnation: self.p.peer.incarnation,
-                    status,
+                    status: *status,
                 });
             }
             Message::Heartbeat(hb) => {
@@ -537,8 +537,9 @@ impl Session {
 
     /// Whether a stream frame numbered `seq` is to be handled: the next one is; a repeat (a
     /// replay overlapping what an old connection delivered) is dropped; a gap closes the link.
-    fn in_stream(&mut self, seq: u64, ctx: &mut Context<Self>) -> bool {
-        match self.p.slot.on_receive(seq, Instant::now()) {
+    /// `now` is when the frame's read batch arrived (one clock read per batch, not per frame).
+    fn in_stream(&mut self, seq: u64, now: Instant, ctx: &mut Context<Self>) -> bool {
+        match self.p.slot.on_receive(seq, now) {
             Receive::Accept => true,
             Receive::Duplicate => false,
             Receive::Gap { expected } => {
@@ -637,10 +638,12 @@ impl Session {
 
     /// Handle read frames in order until they run out or one waits for room; returns that
     /// wait, with the frames after it left in `items`. Events for this node's subscribers go
-    /// to the bus as one batch at the end (waited for too when the bus is full).
+    /// to the bus as one batch at the end (waited for too when the bus is full). `now` is when
+    /// the frames arrived (or were taken up again after a wait).
     fn run_frames(
         &mut self,
         items: &mut dyn Iterator<Item = ReadItem>,
+        now: Instant,
         ctx: &mut Context<Self>,
     ) -> Option<Stall> {
         let shared = self.p.shared.clone();
@@ -660,7 +663,9 @@ impl Session {
                 break;
             }
             let waits = match item {
-                Ok(Frame(seq, _)) if self.resumable && seq != 0 && !self.in_stream(seq, ctx) => {
+                Ok(Frame(seq, _))
+                    if self.resumable && seq != 0 && !self.in_stream(seq, now, ctx) =>
+                {
                     Some(None)
                 }
                 // Events first, taken straight out of the frame (one copy fewer of a large value).
@@ -730,7 +735,11 @@ impl Session {
             return;
         }
         let mut backlog = std::mem::take(&mut self.backlog);
-        let stall = self.run_frames(&mut std::iter::from_fn(|| backlog.pop_front()), ctx);
+        let stall = self.run_frames(
+            &mut std::iter::from_fn(|| backlog.pop_front()),
+            Instant::now(),
+            ctx,
+        );
         self.backlog = backlog;
         if let Some(stall) = stall {
             self.pause(stall, ctx);
@@ -793,7 +802,7 @@ impl StreamHandler<ReadBatch> for Session {
         self.liveness.heard();
         self.counters.heard_at(self.p.shared.now_ms());
         let mut items = frames.drain(..);
-        let stall = self.run_frames(&mut items, ctx);
+        let stall = self.run_frames(&mut items, Instant::now(), ctx);
         if stall.is_some() && !self.closing {
             self.backlog.extend(items);
         } else {

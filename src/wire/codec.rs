@@ -7,13 +7,15 @@
 //! know is skipped (forward compatibility). Encoding writes `[seq, message]` around a message
 //! encoded once, so a broadcast is serialized once however many links it leaves on.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use uuid::Uuid;
 
-use super::frame::{Envelope, Frame, Message, KNOWN_KINDS};
+use super::frame::{Envelope, Frame, Message, Publish, KNOWN_KINDS};
 use super::rules::check_body;
 
 /// Bytes of the big-endian length prefix.
@@ -53,14 +55,19 @@ impl WireError {
 }
 
 /// A message already encoded as CBOR, ready to be framed on any number of links.
+///
+/// The bytes sit in one reference-counted allocation of their exact size, made when the
+/// message is encoded: a frame is shared by a resumable link's replay buffer and its write
+/// queue, and a broadcast by every link it leaves on, so cloning must not allocate (a
+/// `Bytes` built from a `Vec` allocates its shared header at its first clone).
 #[derive(Debug, Clone)]
-pub struct EncodedMessage(Bytes);
+pub struct EncodedMessage(Arc<[u8]>);
 
 impl EncodedMessage {
     /// Any bytes as an encoded message: for tests that send what this crate would not.
     #[cfg(test)]
     pub(crate) fn from_cbor(bytes: &'static [u8]) -> Self {
-        EncodedMessage(Bytes::from_static(bytes))
+        EncodedMessage(Arc::from(bytes))
     }
 
     pub fn len(&self) -> usize {
@@ -96,9 +103,37 @@ impl EncodedMessage {
 /// # Errors
 /// [`WireError::Encode`] if serde refuses the value (for example a map with non-string keys).
 pub fn encode_message(msg: &Message) -> Result<EncodedMessage, WireError> {
-    minicbor_serde::to_vec(msg)
-        .map(|v| EncodedMessage(Bytes::from(v)))
-        .map_err(|e| WireError::Encode(e.to_string()))
+    encode_in_scratch(|buf| {
+        msg.serialize(&mut minicbor_serde::Serializer::new(buf))
+            .map_err(|e| WireError::Encode(e.to_string()))
+    })
+}
+
+thread_local! {
+    /// Reused buffer a message is written into before it is copied, at its exact size, into
+    /// its shared allocation: no growing `Vec` per message once the buffer has grown.
+    static MESSAGE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `write` on an empty per-thread buffer and return what it wrote as an encoded message.
+/// A nested call (a `Serialize` impl that encodes a message) gets a buffer of its own.
+fn encode_in_scratch<E>(
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<EncodedMessage, E> {
+    MESSAGE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let result = write(&mut buf).map(|()| EncodedMessage(Arc::from(&buf[..])));
+            if buf.capacity() > SCRATCH_KEEP_BYTES {
+                *buf = Vec::new();
+            }
+            result
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            write(&mut buf).map(|()| EncodedMessage(Arc::from(buf)))
+        }
+    })
 }
 
 /// Encode `{"event": envelope}` from a borrowed envelope (relays and publishers keep theirs).
@@ -193,6 +228,7 @@ const KEY_TARGET: &str = "target";
 const KEY_TTL: &str = "ttl";
 const KEY_PAYLOAD: &str = "payload";
 const KEY_EVENT: &str = "event";
+const KEY_PUBLISH: &str = "publish";
 const ENVELOPE_FIELDS: u64 = 8;
 const UUID_BYTES: usize = 16;
 
@@ -214,8 +250,8 @@ const MAJOR_ARRAY: u8 = 4;
 const MAJOR_MAP: u8 = 5;
 const CBOR_NULL: u8 = 0xf6;
 
-/// Encode `{"event": envelope}` by hand, into one buffer of exactly the right size (one
-/// allocation, no growth). The bytes are identical to serde's encoding of
+/// Encode `{"event": envelope}` by hand, its size computed first (the scratch buffer grows
+/// at most once; the message gets one allocation of exactly that size). The bytes are identical to serde's encoding of
 /// `Message::Event(envelope)` (shortest-form heads, fields in declaration order, uuid and
 /// payload as byte strings, a broadcast target as null); the codec tests check this.
 fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
@@ -245,31 +281,41 @@ fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
         + text(KEY_PAYLOAD)
         + head_len(e.payload.len() as u64)
         + e.payload.len();
+    let written: Result<EncodedMessage, std::convert::Infallible> = encode_in_scratch(|v| {
+        write_event(v, e, len);
+        Ok(())
+    });
+    match written {
+        Ok(m) => m,
+    }
+}
+
+/// [`encode_event_ref`]'s bytes, `len` of them, appended to `v`.
+fn write_event(v: &mut Vec<u8>, e: &EventRef<'_>, len: usize) {
     // The constant runs (keys, and the heads next to them) are copied as fixed-size arrays.
-    let mut v = Vec::with_capacity(len);
+    v.reserve(len);
+    let start = v.len();
     v.extend_from_slice(ENC_EVENT_TO_ID);
-    put_head(&mut v, MAJOR_UINT, e.id);
+    put_head(v, MAJOR_UINT, e.id);
     v.extend_from_slice(ENC_SEQ);
-    put_head(&mut v, MAJOR_UINT, e.seq);
+    put_head(v, MAJOR_UINT, e.seq);
     v.extend_from_slice(ENC_TOPIC);
-    put_text(&mut v, e.topic);
+    put_text(v, e.topic);
     v.extend_from_slice(ENC_ORIGIN);
-    put_text(&mut v, e.origin);
+    put_text(v, e.origin);
     v.extend_from_slice(ENC_INCARNATION);
     v.extend_from_slice(e.origin_incarnation.as_bytes());
     v.extend_from_slice(ENC_TARGET);
     match e.target {
         None => v.push(CBOR_NULL),
-        Some(t) => put_text(&mut v, t),
+        Some(t) => put_text(v, t),
     }
     v.extend_from_slice(ENC_TTL);
-    put_head(&mut v, MAJOR_UINT, u64::from(e.ttl));
+    put_head(v, MAJOR_UINT, u64::from(e.ttl));
     v.extend_from_slice(ENC_PAYLOAD);
-    put_head(&mut v, MAJOR_BYTES, e.payload.len() as u64);
+    put_head(v, MAJOR_BYTES, e.payload.len() as u64);
     v.extend_from_slice(e.payload);
-    debug_assert_eq!(v.len(), len);
-    // len == capacity: the Vec becomes the Bytes' buffer without another allocation.
-    EncodedMessage(Bytes::from(v))
+    debug_assert_eq!(v.len() - start, len);
 }
 
 /// Bytes of a CBOR head carrying `n` in its shortest form.
@@ -562,8 +608,9 @@ fn cbor_uint(n: u64, out: &mut [u8; 9]) -> usize {
 }
 
 impl FrameCodec {
-    /// Check the sender's numbering of a decoded frame.
-    fn in_sequence(&mut self, frame: Frame) -> Result<Frame, WireError> {
+    /// Check the sender's numbering of a decoded frame (by reference: a frame is moved as
+    /// few times as possible on the read path).
+    fn check_sequence(&mut self, frame: &Frame) -> Result<(), WireError> {
         match self.numbering {
             Numbering::PerConnection => {
                 if frame.seq() != self.next_in_seq {
@@ -588,7 +635,7 @@ impl FrameCodec {
                 }
             }
         }
-        Ok(frame)
+        Ok(())
     }
 
     /// Decode a whole body that the event fast path declined. `None`: a message of an unknown
@@ -602,7 +649,7 @@ impl FrameCodec {
                 None => return Err(err),
             },
         };
-        let frame = self.in_sequence(frame)?;
+        self.check_sequence(&frame)?;
         // Only a resumable link's stream needs to count an unknown stream frame.
         let skip = matches!(frame.1, Message::Unknown(_))
             && (frame.seq() == 0 || self.numbering == Numbering::PerConnection);
@@ -679,10 +726,11 @@ impl FrameCodec {
             let recent = &mut self.recent;
             if let Some(frame) = src
                 .get(LENGTH_PREFIX_BYTES..end)
-                .and_then(|body| decode_event_fast(body, recent))
+                .and_then(|body| decode_fast(body, recent))
             {
                 src.advance(end);
-                return self.in_sequence(frame).map(Some);
+                self.check_sequence(&frame)?;
+                return Ok(Some(frame));
             }
         }
         let Some(body) = self.lengths.decode(src)? else {
@@ -691,13 +739,69 @@ impl FrameCodec {
             return Ok(None);
         };
         self.awaiting_body = false;
-        if let Some(frame) = decode_event_fast(&body, &mut self.recent) {
-            return self.in_sequence(frame).map(Some);
+        if let Some(frame) = decode_fast(&body, &mut self.recent) {
+            self.check_sequence(&frame)?;
+            return Ok(Some(frame));
         }
         let frame = self.decode_body(&body)?;
         self.skipped_one = frame.is_none();
         Ok(frame)
     }
+}
+
+/// The two messages that come one per event, decoded without serde when they have the shape
+/// this crate writes: `event` (peer links) and `publish` (service links).
+fn decode_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
+    decode_event_fast(body, recent).or_else(|| decode_publish_fast(body, recent))
+}
+
+/// An application's `publish` as the clients write it, `[seq, {"publish": {"topic": text,
+/// "target": null or text, "payload": bytes}}]` in that order (or without `target`), decoded
+/// without serde. The receiver rules need no walk of their own here: what this shape accepts
+/// breaks none of them (definite lengths, no tag, distinct text keys, UTF-8 texts, three
+/// levels). Anything else is `None`, and the rules check and the serde decoder decide as
+/// always: this path only accepts frames whose serde decoding is exactly what it returns.
+fn decode_publish_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
+    let mut r = Reader { b: body, at: 0 };
+    if r.head(MAJOR_ARRAY)? != 2 {
+        return None;
+    }
+    let seq = r.head(MAJOR_UINT)?;
+    if r.head(MAJOR_MAP)? != 1 {
+        return None;
+    }
+    r.key(KEY_PUBLISH)?;
+    let fields = r.head(MAJOR_MAP)?;
+    if fields != 2 && fields != 3 {
+        return None;
+    }
+    r.key(KEY_TOPIC)?;
+    let topic = recent_text(r.text_bytes()?, &mut recent.topic)?;
+    let target = if fields == 3 {
+        r.key(KEY_TARGET)?;
+        if r.peek()? == CBOR_NULL {
+            r.at += 1;
+            None
+        } else {
+            Some(r.text()?.to_owned())
+        }
+    } else {
+        None
+    };
+    r.key(KEY_PAYLOAD)?;
+    let len = usize::try_from(r.head(MAJOR_BYTES)?).ok()?;
+    let payload = r.take(len)?;
+    if r.at != body.len() {
+        return None;
+    }
+    Some(Frame(
+        seq,
+        Message::Publish(Publish {
+            topic,
+            target,
+            payload: Bytes::copy_from_slice(payload),
+        }),
+    ))
 }
 
 /// The event frame as this crate writes it, `[seq, {"event": {8 fields in declaration
@@ -958,6 +1062,70 @@ mod fast_path_tests {
         long_seq.extend_from_slice(&good[2..]);
         let fast = decode_event_fast(&long_seq, &mut RecentText::default()).unwrap();
         assert_eq!(fast, decode_one::<Frame>(&long_seq).unwrap());
+    }
+
+    fn publishes() -> Vec<Publish> {
+        let mut v = Vec::new();
+        for (topic, target, len) in [
+            ("bench.data", None, 64usize),
+            ("t", Some("worker-1"), 0),
+            ("sensor.temp", Some(""), 24),
+            ("x", None, 70_000),
+        ] {
+            v.push(Publish {
+                topic: topic.to_owned(),
+                target: target.map(str::to_owned),
+                payload: Bytes::from(vec![0x5a; len]),
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn fast_publish_decoding_equals_serde_decoding() {
+        let mut recent = RecentText::default();
+        for (seq, p) in publishes().into_iter().enumerate() {
+            let frame = Frame(seq as u64 * 300, Message::Publish(p));
+            let body = minicbor_serde::to_vec(&frame).unwrap();
+            check_body(&body).unwrap();
+            assert_eq!(decode_publish_fast(&body, &mut recent).unwrap(), frame);
+            assert_eq!(decode_one::<Frame>(&body).unwrap(), frame);
+        }
+    }
+
+    /// `[7, {"publish": {fields…}}]` from its fields' encoded pairs.
+    fn publish_body(map_head: u8, fields: &[&[u8]]) -> Vec<u8> {
+        let mut b = vec![0x82, 0x07, 0xa1, 0x67];
+        b.extend_from_slice(b"publish");
+        b.push(map_head);
+        for f in fields {
+            b.extend_from_slice(f);
+        }
+        b
+    }
+
+    #[test]
+    fn fast_publish_decoding_takes_an_absent_target_as_serde_does_and_declines_the_rest() {
+        let topic: &[u8] = b"\x65topic\x61t";
+        let target: &[u8] = b"\x66target\x61w";
+        let payload: &[u8] = b"\x67payload\x42\x01\x02";
+        let without_target = publish_body(0xa2, &[topic, payload]);
+        let fast = decode_publish_fast(&without_target, &mut RecentText::default()).unwrap();
+        assert_eq!(fast, decode_one::<Frame>(&without_target).unwrap());
+        // Another order, an unknown field, a text payload, trailing bytes, bad UTF-8: serde's.
+        for body in [
+            publish_body(0xa3, &[target, topic, payload]),
+            publish_body(0xa3, &[topic, payload, target]),
+            publish_body(0xa4, &[topic, target, payload, b"\x61z\x00"]),
+            publish_body(0xa2, &[topic, b"\x67payload\x62ab"]),
+            [publish_body(0xa2, &[topic, payload]), vec![0x00]].concat(),
+            publish_body(0xa2, &[b"\x65topic\x61\xff", payload]),
+        ] {
+            assert!(
+                decode_publish_fast(&body, &mut RecentText::default()).is_none(),
+                "{body:x?}"
+            );
+        }
     }
 
     #[test]

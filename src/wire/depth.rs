@@ -1,19 +1,68 @@
 //! A nesting bound checked before typed decoding. serde decoding of a recursive type (a
 //! `serde_json::Value`, a user enum that nests) recurses once per level with no limit, so
 //! 20 000 nested arrays (20 KB) would overflow the stack. This scanner walks the CBOR heads
-//! iteratively — no recursion, no allocation beyond one small stack entry per open level —
-//! and refuses nesting deeper than the bound. It validates nothing else: whatever it cannot
+//! iteratively — no recursion, and no allocation for the first [`INLINE_LEVELS`] open levels
+//! (it runs once per delivered event, so a heap stack cost as much as the decoding) — and
+//! refuses nesting deeper than the bound. It validates nothing else: whatever it cannot
 //! read it leaves to the decoder, which refuses it.
 
 use super::WireError;
 
-/// What remains of an open array, map or tag.
-#[derive(Clone, Copy)]
-enum Open {
-    /// This many more items (a map counts keys and values).
-    Items(u64),
-    /// Until a break byte.
-    UntilBreak,
+/// What remains of an open array, map or tag: this many more items (a map counts keys and
+/// values), or [`UNTIL_BREAK`]. One word, compared and decremented in place: the scan runs
+/// once per delivered event.
+type Open = u64;
+
+/// An indefinite-length item: open until a break byte.
+const UNTIL_BREAK: Open = u64::MAX;
+
+/// A definite count of items. Counts of `UNTIL_BREAK` and more are stored one below: no
+/// buffer holds that many items, so such a level never closes either way.
+fn items(n: u64) -> Open {
+    n.min(UNTIL_BREAK - 1)
+}
+
+/// Open levels tracked without allocating; deeper payloads (rare) spill to the heap.
+const INLINE_LEVELS: usize = 8;
+
+/// The levels enclosing the one being read, innermost last: the first [`INLINE_LEVELS`] in
+/// place, the rest in `spill`.
+struct Levels {
+    inline: [Open; INLINE_LEVELS],
+    spill: Vec<Open>,
+    len: usize,
+}
+
+impl Levels {
+    fn new() -> Self {
+        Levels {
+            inline: [0; INLINE_LEVELS],
+            spill: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, open: Open) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = open,
+            None => self.spill.push(open),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Open> {
+        let open = if self.len > INLINE_LEVELS {
+            self.spill.pop()
+        } else {
+            self.inline.get(self.len.checked_sub(1)?).copied()
+        };
+        self.len -= 1;
+        open
+    }
 }
 
 /// `Err` when `bytes` opens more than `max` arrays, maps or tags inside one another.
@@ -26,71 +75,86 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
         return Ok(());
     }
     let too_deep = || WireError::Malformed(format!("nested deeper than {max} levels"));
-    // The bottom entry stands for the one top-level item.
-    let mut stack = vec![Open::Items(1)];
+    // The level being read (at first the one top-level item) is kept apart from the ones
+    // enclosing it: most items are read without touching `outer`.
+    let mut top: Open = 1;
+    let mut outer = Levels::new();
     let mut pos = 0usize;
-    while let Some(top) = stack.last_mut() {
-        if let Open::Items(0) = top {
-            stack.pop();
-            continue;
+    loop {
+        if top == 0 {
+            match outer.pop() {
+                Some(parent) => {
+                    top = parent;
+                    continue;
+                }
+                None => return Ok(()),
+            }
         }
         let Some(&initial) = bytes.get(pos) else {
             return Ok(()); // truncated: the decoder says so
         };
         pos += 1;
         if initial == 0xff {
-            match top {
-                Open::UntilBreak => {
-                    stack.pop();
-                    continue;
-                }
-                Open::Items(_) => return Ok(()), // a stray break: the decoder's to refuse
+            if top != UNTIL_BREAK {
+                return Ok(()); // a stray break: the decoder's to refuse
             }
+            match outer.pop() {
+                Some(parent) => top = parent,
+                None => return Ok(()),
+            }
+            continue;
         }
-        if let Open::Items(n) = top {
-            *n -= 1;
+        if top != UNTIL_BREAK {
+            top -= 1;
         }
         let (major, info) = (initial >> 5, initial & 0x1f);
         let arg = match info {
-            0..=23 => Some(u64::from(info)),
+            0..=23 => u64::from(info),
             24..=27 => {
                 let len = 1usize << (info - 24);
                 let Some(raw) = bytes.get(pos..pos + len) else {
                     return Ok(());
                 };
                 pos += len;
-                Some(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+                raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
             }
-            31 => None,
+            31 => {
+                // Indefinite arrays, maps and strings (strings are chunks up to a break, one
+                // level down); anything else with this head is malformed, left to the decoder.
+                if (2..=5).contains(&major) {
+                    outer.push(top);
+                    top = UNTIL_BREAK;
+                    if outer.len() > max {
+                        return Err(too_deep());
+                    }
+                }
+                continue;
+            }
             _ => return Ok(()), // reserved: malformed
         };
-        let opened = match (major, arg) {
-            (2 | 3, Some(len)) => {
-                let Some(end) = usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) else {
+        let opened = match major {
+            2 | 3 => {
+                let Some(end) = usize::try_from(arg).ok().and_then(|l| pos.checked_add(l)) else {
                     return Ok(());
                 };
                 if end > bytes.len() {
                     return Ok(());
                 }
                 pos = end;
-                None
+                continue;
             }
-            // Indefinite strings are chunks up to a break, one level down.
-            (2..=5, None) => Some(Open::UntilBreak),
-            (4, Some(n)) => Some(Open::Items(n)),
-            (5, Some(n)) => Some(Open::Items(n.saturating_mul(2))),
-            (6, Some(_)) => Some(Open::Items(1)),
-            _ => None,
+            4 => items(arg),
+            5 => items(arg.saturating_mul(2)),
+            6 => 1,
+            _ => continue,
         };
-        if let Some(open) = opened {
-            stack.push(open);
-            // The bottom entry is not a level.
-            if stack.len() > max + 1 {
-                return Err(too_deep());
-            }
+        // `outer` then holds the top-level item and every open level but the new one.
+        outer.push(top);
+        top = opened;
+        if outer.len() > max {
+            return Err(too_deep());
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -145,6 +209,24 @@ mod tests {
         }
         assert!(check_depth(&siblings, 2).is_ok());
         assert!(check_depth(&siblings, 1).is_err());
+    }
+
+    #[test]
+    fn levels_past_the_inline_ones_are_counted_as_they_open_and_close() {
+        // [deep(30), deep(30), 0]: two branches reaching 31 levels, each crossing the levels
+        // kept in place, and a sibling after them at level 1.
+        let mut v = vec![0x83u8];
+        v.extend(nested_arrays(30));
+        v.extend(nested_arrays(30));
+        v.push(0x00);
+        assert!(check_depth(&v, 31).is_ok());
+        assert!(check_depth(&v, 30).is_err());
+        // The second branch is the deep one: the first one's levels were all closed.
+        let mut w = vec![0x82u8];
+        w.extend(nested_arrays(20));
+        w.extend(nested_arrays(40));
+        assert!(check_depth(&w, 41).is_ok());
+        assert!(check_depth(&w, 40).is_err());
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub enum Message {
     /// Answer to `ping`.
     Pong(Ping),
     /// A node's heartbeat: its replicated state and its live links (flooded to every node).
-    Status(Status),
+    /// Boxed: by far the largest variant, and rare next to events, it would make every
+    /// message (and every move of one on the read path) as large as itself.
+    Status(Box<Status>),
     /// A heartbeat tick from a master (flooded); every node answers with its status.
     Heartbeat(Heartbeat),
     /// An application event, broadcast or targeted.

@@ -97,7 +97,7 @@ fn samples() -> Vec<Message> {
         }),
         Message::Ping(Ping { n: 1 }),
         Message::Pong(Ping { n: u64::MAX }),
-        Message::Status(status()),
+        Message::Status(Box::new(status())),
         Message::Heartbeat(Heartbeat {
             master: "master".into(),
             incarnation: uuid(3),
@@ -676,14 +676,17 @@ fn status_with_extra(value: &[u8]) -> BytesMut {
     s.stats
         .extra
         .insert("k".into(), StatValue::Text("Z".into()));
-    let mut msg = encode_message(&Message::Status(s)).unwrap().0.to_vec();
+    let mut msg = encode_message(&Message::Status(Box::new(s)))
+        .unwrap()
+        .0
+        .to_vec();
     // `extra` is the last field of `stats`, itself the last field of `status`.
     assert!(msg.ends_with(b"\x61k\x61Z"));
     msg.truncate(msg.len() - 2);
     msg.extend_from_slice(value);
     let mut buf = BytesMut::new();
     FrameCodec::new(4 * MIB)
-        .encode_frame(&EncodedMessage(Bytes::from(msg)), &mut buf)
+        .encode_frame(&EncodedMessage(std::sync::Arc::from(msg)), &mut buf)
         .unwrap();
     buf
 }
