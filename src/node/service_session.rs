@@ -131,9 +131,11 @@ const OVERFLOW_DROP_OLDEST: u8 = 1;
 const OVERFLOW_WAIT: u8 = 2;
 
 /// With `overflow` `wait`: how long an application's queue may stay full with nothing written
-/// to the application before it is a slow consumer. An application that reads at all keeps its writer moving;
-/// one that stopped reading holds its node's deliveries up this long, once.
-pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_millis(50);
+/// to the application before it is a slow consumer. An application that reads at all keeps its
+/// writer moving; one that stopped reading holds its node's deliveries up this long, once.
+/// A second, not less: a reader descheduled on a busy machine is not a stopped one, and an
+/// application that asked for `wait` asked to pace its node.
+pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(1);
 
 /// What became of a frame offered to an application's queue.
 enum Pushed {
