@@ -41,6 +41,9 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod node;
 pub mod service;

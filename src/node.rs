@@ -46,10 +46,16 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
+#[cfg(feature = "fuzzing")]
+pub(crate) use dedup::{Dedup, MAX_JUMP, WINDOW};
 pub use event_bus::SubscriptionId;
 #[cfg(feature = "faults")]
 pub use faults::SystemActor;
+#[cfg(feature = "fuzzing")]
+pub(crate) use membership::{accept_status, normalize_status, Ignored, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
+#[cfg(feature = "fuzzing")]
+pub(crate) use service_session::{check_request, Verdict};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
 
 use crate::call::{CallError, CallTarget, Invocation, Request};

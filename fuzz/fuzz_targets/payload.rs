@@ -15,12 +15,28 @@ struct Reading {
     nested: Option<Box<Reading>>,
 }
 
+/// A user enum that nests, as an application's own recursive type would.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum Tree {
+    Leaf(i64),
+    Text(String),
+    Node(Vec<Tree>),
+    Keyed(std::collections::BTreeMap<String, Tree>),
+}
+
 fuzz_target!(|data: &[u8]| {
     let _ = decode_payload::<serde_json::Value>(data);
+    let _ = decode_payload::<Tree>(data);
     let _ = decode_payload::<Reading>(data);
     if let Ok(v) = json::cbor_to_json(data) {
         let text = v.to_string();
-        assert!(text.len() <= 16 * data.len() + 64, "{} bytes of JSON from {}", text.len(), data.len());
+        assert!(
+            text.len() <= 16 * data.len() + 64,
+            "{} bytes of JSON from {}",
+            text.len(),
+            data.len()
+        );
         let _ = json::json_to_cbor(&v);
     }
 });

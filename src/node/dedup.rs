@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-const WINDOW: u64 = 4096;
+pub const WINDOW: u64 = 4096;
 /// No origin publishes 2³² events between two that one node sees: a larger jump is forged.
 pub const MAX_JUMP: u64 = 1 << 32;
 /// Refused jumps are logged at most this often.
@@ -124,6 +124,18 @@ impl Dedup {
                 false
             }
         }
+    }
+
+    /// Origins tracked and the most that may be (for the fuzz targets' invariants).
+    #[cfg(feature = "fuzzing")]
+    pub fn origins_tracked(&self) -> (usize, usize) {
+        (self.origins.len(), self.max_origins)
+    }
+
+    /// The highest id taken from `origin`, if it is tracked.
+    #[cfg(feature = "fuzzing")]
+    pub fn highest(&self, origin: Uuid) -> Option<u64> {
+        self.origins.get(&origin).map(|w| w.highest)
     }
 
     fn refused_jump(&mut self, origin: Uuid, id: u64) {

@@ -30,7 +30,10 @@
 //! itself on that link); a relayed copy must be consistent with what is held for X (the same
 //! incarnation keeps its boot time; a new incarnation booted later); and a status whose boot
 //! time is more than [`MAX_CLOCK_SKEW_MS`] ahead of this node's clock is ignored (it would
-//! outrank the real incarnation).
+//! outrank the real incarnation). A status on X's own link, with the incarnation that link
+//! authenticated, replaces one of any other incarnation whatever its boot time, so a forged
+//! incarnation taken while unlinked cannot keep the live node down. The checks are the pure
+//! [`accept_status`] and [`normalize_status`] (fuzzed in `fuzz/`, target `status`).
 //!
 //! Bounds: only nodes named in the configuration are tracked; statuses that do not fit a full
 //! link queue are dropped (the next one supersedes them).
@@ -589,36 +592,19 @@ impl Membership {
             via_incarnation,
             linked: self.my_links.contains(&status.node),
         };
-        if let Err(why) = claim_is_consistent(&status, &link, held) {
-            tracing::debug!(node = %self.shared.name(), via = %via,
-                "status of {} (incarnation {}) ignored: {why}", status.node, status.incarnation);
-            return false;
-        }
-        // Incarnations are ordered by boot time: one from the future would outrank the real
-        // one until it is restarted. Clocks differ, but not by this much.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        if status.boot_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
-            tracing::debug!(node = %self.shared.name(), via = %via,
-                "status of {} booted {} ms in the future ignored", status.node,
-                status.boot_ms - now_ms);
-            return false;
+        match accept_status(&status, &link, held, now_ms) {
+            Ok(()) => {}
+            Err(Ignored::Stale) => return false,
+            Err(why) => {
+                tracing::debug!(node = %self.shared.name(), via = %via,
+                    "status of {} (incarnation {}) ignored: {why}", status.node, status.incarnation);
+                return false;
+            }
         }
-        let newer = match self.statuses.get(&status.node) {
-            None => true,
-            Some(k) => (status.boot_ms, status.version) > (k.status.boot_ms, k.status.version),
-        };
-        if !newer {
-            return false;
-        }
-        // A peer can only name configured nodes; anything else is noise, not graph.
-        status.links.retain(|l| self.ids.contains_key(l));
-        status.links.truncate(self.names.len());
-        // Method names are looked up by binary search: keep them sorted, unique and bounded.
-        status.methods.truncate(super::calls::MAX_METHODS);
-        status.methods.sort_unstable();
-        status.methods.dedup();
+        normalize_status(&mut status, |l| self.ids.contains_key(l), self.names.len());
         let links: Vec<usize> = status
             .links
             .iter()
@@ -843,13 +829,13 @@ impl Handler<HeartbeatReceived> for Membership {
 }
 
 /// The link a status arrived on, as `claim_is_consistent` sees it.
-struct Link<'a> {
+pub(crate) struct Link<'a> {
     /// The peer at the other end.
-    via: &'a str,
+    pub via: &'a str,
     /// The incarnation its handshake authenticated.
-    via_incarnation: Uuid,
+    pub via_incarnation: Uuid,
     /// Whether this node has a live link to the status's node.
-    linked: bool,
+    pub linked: bool,
 }
 
 /// Whether a status for node X may be taken, before its age is compared with what is held:
@@ -885,6 +871,61 @@ fn claim_is_consistent(
         }
         _ => Ok(()),
     }
+}
+
+/// Why a status was not taken (see [`accept_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Ignored {
+    #[error("{0}")]
+    Inconsistent(&'static str),
+    #[error("booted more than {MAX_CLOCK_SKEW_MS} ms in the future")]
+    Future,
+    /// Not newer than the status held: the ordinary end of a flood, not worth a log line.
+    #[error("not newer than the status held")]
+    Stale,
+}
+
+/// Whether a status for node X is taken, given the link it came on, the status held for X and
+/// this node's clock (`now_ms`, ms since the Unix epoch): its claim must be consistent (see
+/// [`claim_is_consistent`]), its boot time not more than [`MAX_CLOCK_SKEW_MS`] ahead of
+/// `now_ms`, and it must be newer than the one held (boot time, then version). Pure, so that
+/// it can be checked against hostile input without a running node.
+pub(crate) fn accept_status(
+    status: &Status,
+    link: &Link<'_>,
+    held: Option<&Status>,
+    now_ms: u64,
+) -> Result<(), Ignored> {
+    claim_is_consistent(status, link, held).map_err(Ignored::Inconsistent)?;
+    // Incarnations are ordered by boot time: one from the future would outrank the real
+    // one until it is restarted. Clocks differ, but not by this much.
+    if status.boot_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+        return Err(Ignored::Future);
+    }
+    match held {
+        // X's own link authenticated this incarnation: it is the live one, whatever boot time
+        // another incarnation claimed (a forged one may claim up to the skew ahead, and would
+        // otherwise outrank the real node until that time passed).
+        Some(h) if status.node == link.via && h.incarnation != status.incarnation => Ok(()),
+        Some(h) if (status.boot_ms, status.version) <= (h.boot_ms, h.version) => {
+            Err(Ignored::Stale)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Bound what an accepted status claims: only configured nodes (`known`) as links, at most
+/// `nodes` of them, and at most `calls::MAX_METHODS` methods, sorted and each once (they are
+/// looked up by binary search).
+pub(crate) fn normalize_status(status: &mut Status, known: impl Fn(&str) -> bool, nodes: usize) {
+    // A peer can only name configured nodes; anything else is noise, not graph.
+    status.links.retain(|l| known(l));
+    status.links.sort_unstable();
+    status.links.dedup();
+    status.links.truncate(nodes);
+    status.methods.truncate(super::calls::MAX_METHODS);
+    status.methods.sort_unstable();
+    status.methods.dedup();
 }
 
 /// Who reports a link to whom, as one bit per ordered pair of configured nodes.
@@ -943,7 +984,7 @@ impl Reports {
 
 #[cfg(test)]
 mod tests {
-    use super::{claim_is_consistent, Link, Reports};
+    use super::{accept_status, claim_is_consistent, Ignored, Link, Reports, MAX_CLOCK_SKEW_MS};
     use crate::wire::{NodeStats, Status};
     use uuid::Uuid;
 
@@ -986,6 +1027,44 @@ mod tests {
         assert!(claim_is_consistent(&status("x", real, 5), &link, Some(&held)).is_err());
         link.linked = false;
         assert!(claim_is_consistent(&restart, &link, Some(&held)).is_ok());
+    }
+
+    #[test]
+    fn a_forged_status_from_the_future_cannot_outrank_the_node_on_its_own_link() {
+        let now = 1_000_000_000;
+        let (real, forged) = (Uuid::new_v4(), Uuid::new_v4());
+        let relay = Link {
+            via: "y",
+            via_incarnation: Uuid::new_v4(),
+            linked: false,
+        };
+        // Relayed while unlinked, four minutes ahead: indistinguishable from a restart.
+        let lie = status("x", forged, now + 4 * 60 * 1000);
+        assert_eq!(accept_status(&lie, &relay, None, now), Ok(()));
+        assert_eq!(
+            accept_status(
+                &status("x", forged, now + MAX_CLOCK_SKEW_MS + 1),
+                &relay,
+                None,
+                now
+            ),
+            Err(Ignored::Future)
+        );
+        let own = Link {
+            via: "x",
+            via_incarnation: real,
+            linked: true,
+        };
+        assert_eq!(
+            accept_status(&status("x", real, now), &own, Some(&lie), now),
+            Ok(())
+        );
+        let held = status("x", real, now);
+        assert_eq!(
+            accept_status(&status("x", real, now), &own, Some(&held), now),
+            Err(Ignored::Stale),
+            "the same version again is stale"
+        );
     }
 
     #[test]

@@ -352,6 +352,11 @@ impl ServiceSession {
     }
 
     fn on_message(&mut self, msg: Message, ctx: &mut Context<Self>) {
+        match check_request(&msg) {
+            Verdict::Admit => {}
+            Verdict::Refuse { op, code, message } => return self.refuse(op, code, message, ctx),
+            Verdict::Close { code, message } => return self.fail(code, message, ctx),
+        }
         match msg {
             Message::Subscribe(t) => self.subscribe(t.topic, ctx),
             Message::Unsubscribe(t) => match self.subscriptions.remove(&t.topic) {
@@ -403,23 +408,15 @@ impl ServiceSession {
             Message::Ping(p) => self.push(&Message::Pong(p), ctx),
             Message::Pong(_) => {}
             Message::Cluster(q) => self.cluster(q.id, ctx),
-            Message::Options(o) => match o.overflow.as_deref() {
-                None | Some("close") => self
-                    .overflow
-                    .policy
-                    .store(OVERFLOW_CLOSE, Ordering::Relaxed),
-                Some("drop_oldest") => self
-                    .overflow
-                    .policy
-                    .store(OVERFLOW_DROP_OLDEST, Ordering::Relaxed),
-                Some("wait") => self.overflow.policy.store(OVERFLOW_WAIT, Ordering::Relaxed),
-                Some(other) => self.refuse(
-                    "options",
-                    "bad_option",
-                    format!("overflow {other:?}: expected \"close\", \"drop_oldest\" or \"wait\""),
-                    ctx,
-                ),
-            },
+            // Checked by `check_request`: anything else is `close`.
+            Message::Options(o) => {
+                let policy = match o.overflow.as_deref() {
+                    Some("drop_oldest") => OVERFLOW_DROP_OLDEST,
+                    Some("wait") => OVERFLOW_WAIT,
+                    _ => OVERFLOW_CLOSE,
+                };
+                self.overflow.policy.store(policy, Ordering::Relaxed);
+            }
             Message::Bye(bye) => {
                 tracing::debug!(node = %self.node(), app = %self.app.node, "application left: {}", bye.reason);
                 self.closing = true;
@@ -431,14 +428,8 @@ impl ServiceSession {
                 self.closing = true;
                 ctx.stop();
             }
-            other => {
-                let kind = other.kind();
-                self.fail(
-                    "unexpected_message",
-                    format!("{kind} is not a message an application may send after the handshake"),
-                    ctx,
-                );
-            }
+            // Closed by `check_request` as `unexpected_message`.
+            _ => {}
         }
     }
 
@@ -463,14 +454,6 @@ impl ServiceSession {
     /// `topic` may be a pattern. The application's subscriptions form one group at the bus,
     /// so an event matching several of them is delivered once.
     fn subscribe(&mut self, topic: String, ctx: &mut Context<Self>) {
-        if let Err(why) = check_pattern(&topic) {
-            return self.refuse(
-                "subscribe",
-                "bad_topic",
-                format!("topic {topic:?} {why}"),
-                ctx,
-            );
-        }
         if self.subscriptions.contains_key(&topic) {
             return;
         }
@@ -502,10 +485,6 @@ impl ServiceSession {
     }
 
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
-        if let Err(why) = check_topic(&p.topic) {
-            let message = format!("topic {:?} {why}", p.topic);
-            return self.refuse("publish", "bad_topic", message, ctx);
-        }
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,
             Err(e) => return self.refuse_publish(&e, ctx),
@@ -565,9 +544,6 @@ impl ServiceSession {
     }
 
     fn implement(&mut self, method: String, ctx: &mut Context<Self>) {
-        if let Err(why) = check_name(&method) {
-            return self.refuse("implement", "bad_method", format!("method {why}"), ctx);
-        }
         if self.methods.contains_key(&method) {
             return;
         }
@@ -649,6 +625,71 @@ impl ServiceSession {
         }
         // Requests whose caller gave up are not worth remembering.
         self.serving.retain(|_, answer| !answer.is_closed());
+    }
+}
+
+/// The answer a message read from an application gets from its content alone, before any
+/// node state is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The session acts on it.
+    Admit,
+    /// Answered with `refused {op, code, message}`; the session goes on reading.
+    Refuse {
+        op: &'static str,
+        code: &'static str,
+        message: String,
+    },
+    /// Not something an application may send: the session closes with this `error`.
+    Close { code: &'static str, message: String },
+}
+
+/// The content checks of the service protocol (docs/PROTOCOL.md §12): topics and patterns,
+/// method names, options, and the kinds an application may send after its handshake. Pure,
+/// so that it can be checked against hostile input without a running node.
+pub(crate) fn check_request(msg: &Message) -> Verdict {
+    let refuse = |op, code, message| Verdict::Refuse { op, code, message };
+    match msg {
+        Message::Subscribe(t) => match check_pattern(&t.topic) {
+            Ok(()) => Verdict::Admit,
+            Err(why) => refuse(
+                "subscribe",
+                "bad_topic",
+                format!("topic {:?} {why}", t.topic),
+            ),
+        },
+        Message::Publish(p) => match check_topic(&p.topic) {
+            Ok(()) => Verdict::Admit,
+            Err(why) => refuse("publish", "bad_topic", format!("topic {:?} {why}", p.topic)),
+        },
+        Message::Implement(m) => match check_name(&m.method) {
+            Ok(()) => Verdict::Admit,
+            Err(why) => refuse("implement", "bad_method", format!("method {why}")),
+        },
+        Message::Options(o) => match o.overflow.as_deref() {
+            None | Some("close" | "drop_oldest" | "wait") => Verdict::Admit,
+            Some(other) => refuse(
+                "options",
+                "bad_option",
+                format!("overflow {other:?}: expected \"close\", \"drop_oldest\" or \"wait\""),
+            ),
+        },
+        Message::Unsubscribe(_)
+        | Message::Unimplement(_)
+        | Message::Call(_)
+        | Message::Respond(_)
+        | Message::Ping(_)
+        | Message::Pong(_)
+        | Message::Cluster(_)
+        | Message::Bye(_)
+        | Message::Error(_) => Verdict::Admit,
+        other => Verdict::Close {
+            code: "unexpected_message",
+            message: format!(
+                "{} is not a message an application may send after the handshake",
+                other.kind()
+            ),
+        },
     }
 }
 
