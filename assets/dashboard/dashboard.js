@@ -1,6 +1,6 @@
 // The nodecloud dashboard: the cluster as a graph drawn as its topology, a table of nodes with
 // sparklines, and a live log, all fed by the node's HTTP API (/api/v1/cluster once, then the
-// Server-Sent Events of /api/v1/stream). Plain JS, no build step, no network beyond the node.
+// Server-Sent Events of /api/v1/stream: cluster, membership, stats, event). Plain JS, no build step, no network beyond the node.
 "use strict";
 
 const HISTORY = 60;          // points per sparkline
@@ -70,9 +70,13 @@ async function loadCluster() {
     throw err;
   }
   if (!res.ok) throw new Error("GET /api/v1/cluster: HTTP " + res.status);
-  const cluster = await res.json();
-  state.name = cluster.name || "";
-  state.topology = cluster.topology || "";
+  takeCluster(await res.json());
+}
+
+// The whole picture (`GET /api/v1/cluster`, or `event: cluster` of the stream).
+function takeCluster(cluster) {
+  state.name = cluster.name || state.name;
+  state.topology = cluster.topology || state.topology;
   state.members = new Map();
   for (const m of cluster.members || []) state.members.set(m.name, m);
   for (const m of state.members.values()) sample(m);
@@ -180,7 +184,8 @@ function dispatch(block) {
   if (!data.length) return;
   let payload;
   try { payload = JSON.parse(data.join("\n")); } catch (e) { return; }
-  if (event === "membership") onMembership(payload);
+  if (event === "cluster") { takeCluster(payload); render(); }
+  else if (event === "membership") onMembership(payload);
   else if (event === "stats") { mergeStats(payload); render(); }
   else if (event === "event") onEvent(payload);
 }
