@@ -22,6 +22,8 @@ pub struct Bound {
     pub peer: Option<TcpListener>,
     /// Accepts applications over TCP, in place of binding `service`.
     pub service: Option<TcpListener>,
+    /// Serves the HTTP API, in place of binding `api` (see [`crate::api`]).
+    pub api: Option<TcpListener>,
 }
 
 impl Bound {
@@ -133,6 +135,7 @@ impl Inherited {
             let bound = Bound {
                 peer: take("peer"),
                 service: take("service"),
+                api: take("api"),
             };
             out.insert(node.clone(), bound);
         }

@@ -384,6 +384,13 @@ impl LinkQueue {
         Ok(registered)
     }
 
+    /// Frames queued and not yet taken by the writer, and the bytes not yet written.
+    pub fn depth(&self) -> (u64, u64) {
+        self.inner.lock().map_or((0, 0), |inner| {
+            (inner.queue.len() as u64, inner.bytes as u64)
+        })
+    }
+
     /// The writer wrote some bytes: the peer reads.
     pub(crate) fn wrote_some(&self) {
         self.progress

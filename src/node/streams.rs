@@ -478,6 +478,13 @@ impl PeerTx {
         }
     }
 
+    /// Frames and bytes waiting in the current connection's write queue (0 between
+    /// connections). For `/metrics`: takes two locks, never on a hot path.
+    pub fn queue_depth(&self) -> (u64, u64) {
+        let queue = self.0.state().queue.as_ref().map(|(_, q)| q.clone());
+        queue.map_or((0, 0), |q| q.depth())
+    }
+
     /// Whether nothing more is admitted: the stream ended, or a plain link closed.
     pub fn is_closed(&self) -> bool {
         let st = self.0.state();
