@@ -18,6 +18,8 @@ pub mod model;
 mod openapi;
 mod routes;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

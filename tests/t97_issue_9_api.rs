@@ -585,6 +585,57 @@ async fn the_stream_sends_the_state_then_a_worker_going_down_stats_and_events() 
     cluster::stop(&r.nodes).await;
 }
 
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Flood {
+    pad: String,
+}
+impl Event for Flood {
+    const TOPIC: &'static str = "flood";
+}
+
+#[actix_rt::test]
+async fn a_stream_client_that_stops_reading_is_dropped_not_buffered() {
+    const EVENTS: usize = 20_000;
+    let r = running(None).await;
+    let url = format!("{}/api/v1/stream?topics=flood", r.base);
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let (flooded_tx, flooded) = std::sync::mpsc::channel::<()>();
+    let reader = tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout_read(WAIT).build();
+        let resp = agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
+        let _ = connected_tx.send(());
+        // Read nothing while the node floods the stream.
+        flooded.recv().unwrap();
+        let mut text = String::new();
+        let ended = resp.into_reader().read_to_string(&mut text);
+        (ended.is_ok(), text.matches("event: event").count())
+    });
+    connected.await.unwrap();
+    let pad = "x".repeat(1024);
+    for _ in 0..EVENTS {
+        r.nodes[0]
+            .publish_wait(&Flood { pad: pad.clone() })
+            .await
+            .unwrap();
+    }
+    flooded_tx.send(()).unwrap();
+    let (ended, got) = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    assert!(ended, "the dropped client's response ends");
+    assert!(
+        got < EVENTS,
+        "the slow client got all {got} events: nothing was dropped"
+    );
+    // The node serves on, new streams included.
+    assert_eq!(get(&r, "/healthz").await.status, 200);
+    let mut rx = sse(format!("{}/api/v1/stream", r.base));
+    next_matching(&mut rx, "cluster", |_| true).await;
+    cluster::stop(&r.nodes).await;
+}
+
 #[actix_rt::test]
 async fn status_over_the_api_prints_the_table_and_exits_3_with_a_node_down() {
     let r = running(None).await;
