@@ -826,9 +826,13 @@ async fn schemathesis_finds_the_api_true_to_its_openapi_document() {
     assert!(doc["paths"]["/api/v1/calls/{method}"]["post"].is_object());
     let schema = format!("{}/api/v1/openapi.json", r.base);
     let base = r.base.clone();
+    // schemathesis keeps a cache in its working directory: not in the checkout.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         let mut st = st;
         let mut child = st
+            .current_dir(cwd)
             .args(["run", &schema, "--url", &base])
             .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
             // Server errors are documented answers here (504 timeout, 503 target_down…);
