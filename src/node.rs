@@ -143,6 +143,9 @@ pub struct LinkStats {
     /// Frames waiting in the link's write queue now, and their bytes.
     pub queued_frames: u64,
     pub queued_bytes: u64,
+    /// Frames (of every kind) and their bytes sent on the link's current connection.
+    pub frames_out: u64,
+    pub bytes_out: u64,
 }
 
 /// Start-up and control of nodes.
@@ -603,13 +606,15 @@ impl NodeHandle {
         let mut v: Vec<LinkStats> = table
             .links()
             .map(|l| {
-                let (queued_frames, queued_bytes) = l.tx.queue_depth();
+                let t = l.tx.traffic();
                 LinkStats {
                     peer: l.peer.clone(),
                     events_out: l.counters.events_out.load(Ordering::Relaxed),
                     events_in: l.counters.events_in.load(Ordering::Relaxed),
-                    queued_frames,
-                    queued_bytes,
+                    queued_frames: t.queued_frames,
+                    queued_bytes: t.queued_bytes,
+                    frames_out: t.frames_out,
+                    bytes_out: t.bytes_out,
                 }
             })
             .collect();

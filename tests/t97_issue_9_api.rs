@@ -765,6 +765,8 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     }
     for family in [
         "nodecloud_link_event_frames_total",
+        "nodecloud_link_frames_sent_total",
+        "nodecloud_link_bytes_sent_total",
         "nodecloud_link_queue_frames",
         "nodecloud_link_reconnects_total",
         "nodecloud_frames_dropped_total",
@@ -773,6 +775,15 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     ] {
         assert!(m.body.contains(&format!("# HELP {family} ")), "{family}");
     }
+    // Heartbeats and statuses went to worker-1: the link counted them.
+    let sent: f64 = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("nodecloud_link_bytes_sent_total{peer=\"worker-1\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 0.0, "{}", m.body);
     match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -66,7 +66,11 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
     let mut events = Vec::new();
     let mut frames = Vec::new();
     let mut bytes = Vec::new();
+    let mut frames_out = Vec::new();
+    let mut bytes_out = Vec::new();
     for l in &links {
+        frames_out.push(counter(&[("peer", &l.peer)], l.frames_out));
+        bytes_out.push(counter(&[("peer", &l.peer)], l.bytes_out));
         events.push(counter(
             &[("peer", &l.peer), ("direction", "in")],
             l.events_in,
@@ -78,6 +82,18 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
         frames.push(gauge(&[("peer", &l.peer)], l.queued_frames as f64));
         bytes.push(gauge(&[("peer", &l.peer)], l.queued_bytes as f64));
     }
+    f.push(family(
+        "nodecloud_link_frames_sent_total",
+        "Frames of every kind sent per live link (counted since its connection started).",
+        MetricType::COUNTER,
+        frames_out,
+    ));
+    f.push(family(
+        "nodecloud_link_bytes_sent_total",
+        "Bytes of the frames sent per live link, length prefixes not included.",
+        MetricType::COUNTER,
+        bytes_out,
+    ));
     f.push(family(
         "nodecloud_link_event_frames_total",
         "Event frames per live link and direction (counted since the link came up).",

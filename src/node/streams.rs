@@ -478,11 +478,11 @@ impl PeerTx {
         }
     }
 
-    /// Frames and bytes waiting in the current connection's write queue (0 between
+    /// The current connection's write queue: what waits in it and what it sent (zeros between
     /// connections). For `/metrics`: takes two locks, never on a hot path.
-    pub fn queue_depth(&self) -> (u64, u64) {
+    pub fn traffic(&self) -> crate::link::QueueTraffic {
         let queue = self.0.state().queue.as_ref().map(|(_, q)| q.clone());
-        queue.map_or((0, 0), |q| q.depth())
+        queue.map(|q| q.traffic()).unwrap_or_default()
     }
 
     /// Whether nothing more is admitted: the stream ended, or a plain link closed.
