@@ -137,7 +137,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 | Command::Status { .. }
         )
     );
-    let default = if app { "warn" } else { "info" };
+    // actix-web's server announces its workers at info; the node logs `HTTP API serving` itself.
+    let default = if app {
+        "warn"
+    } else {
+        "info,actix_server=warn"
+    };
     if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref(), default) {
         return e.report();
     }
