@@ -728,6 +728,27 @@ async fn the_api_stops_with_its_node() {
     );
 }
 
+#[actix_rt::test]
+async fn an_api_address_in_use_stops_the_node_from_starting_with_a_clear_error() {
+    let mut cluster = star(None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    cluster.config.nodes[0].api = Some(addr);
+    // Not handed a listener: the node binds its configured address, which is taken.
+    let mut bound = cluster.bound("master");
+    bound.api = None;
+    let e = cluster::start_node(cluster.config(), "master", bound)
+        .await
+        .err()
+        .expect("the node does not start");
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("cannot serve the HTTP API on {addr}")),
+        "{e}"
+    );
+    assert!(e.starts_with("node master: "), "{e}");
+}
+
 fn must_run() -> bool {
     std::env::var_os("CI").is_some()
 }
