@@ -99,6 +99,13 @@ pub enum Command {
     Status {
         #[command(flatten)]
         attach: Attach,
+        /// Ask a node's HTTP API instead: http://HOST:PORT (its `api` address).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["config", "via", "address"])]
+        api: Option<String>,
+        /// With --api: read the API token from this environment variable
+        /// [default: NODECLOUD_API_TOKEN].
+        #[arg(long, value_name = "VAR", requires = "api")]
+        token_env: Option<String>,
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -130,7 +137,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 | Command::Status { .. }
         )
     );
-    let default = if app { "warn" } else { "info" };
+    // actix-web's server announces its workers at info; the node logs `HTTP API serving` itself.
+    let default = if app {
+        "warn"
+    } else {
+        "info,actix_server=warn"
+    };
     if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref(), default) {
         return e.report();
     }
@@ -259,7 +271,22 @@ fn application(command: Command) -> Result<(), CliError> {
                 timeout,
             ))
         }
-        Command::Status { attach, json } => {
+        Command::Status {
+            api: Some(api),
+            token_env,
+            json,
+            ..
+        } => {
+            let var = token_env.as_deref().unwrap_or("NODECLOUD_API_TOKEN");
+            let token = env(var);
+            if token_env.is_some() && token.is_none() {
+                return Err(CliError::Usage(format!(
+                    "--token-env {var}: the variable is not set"
+                )));
+            }
+            status::status_api(&api, token.as_deref(), json)
+        }
+        Command::Status { attach, json, .. } => {
             let target = attach.resolve(&env)?;
             let name = app_name(&attach);
             system.block_on(status::status(&target, &name, json))

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::node::{Node, NodeHandle, StartError};
+// `Node` starts the actor tree; `start_node` adds the HTTP API the runtime knows nothing of.
 use crate::sockets::Bound;
 
 /// How long a shutdown may take before the process exits anyway.
@@ -83,7 +84,7 @@ pub async fn start_bound(
     let mut handles = Vec::with_capacity(names.len());
     for name in &names {
         let sockets = bound.remove(name).unwrap_or_default();
-        match Node::start_bound(config.clone(), name, sockets).await {
+        match start_node(config.clone(), name, sockets).await {
             Ok(h) => handles.push(h),
             Err(e) => {
                 stop(&handles).await;
@@ -92,6 +93,29 @@ pub async fn start_bound(
         }
     }
     Ok(handles)
+}
+
+/// Start node `name` on the sockets in `bound`, and its HTTP API when it has `api` (on
+/// `bound.api` if given): the API runs on the node's arbiter and stops with the node.
+///
+/// # Errors
+/// [`StartError`] if the node cannot start, or [`StartError::Api`] if its API cannot (the
+/// node is shut down again).
+pub async fn start_node(
+    config: Arc<Config>,
+    name: &str,
+    mut bound: Bound,
+) -> Result<NodeHandle, StartError> {
+    let api = bound.api.take();
+    let node = Node::start_bound(config, name, bound).await?;
+    if let Err(e) = crate::api::start_configured(&node, api).await {
+        node.shutdown().await;
+        return Err(StartError::Api {
+            node: name.to_owned(),
+            message: e.to_string(),
+        });
+    }
+    Ok(node)
 }
 
 /// The nodes a process runs: `only`, or every node of `config` in declared order.

@@ -56,6 +56,10 @@ pub struct ClusterConfig {
     /// `[cluster.tls]`: peer links (and, unless `service_tls = false`, the service listener)
     /// run inside TLS. `None`: plaintext. The files are read when a node starts (see `tls`).
     pub tls: Option<TlsConfig>,
+    /// The bearer token the HTTP API asks for (`api_token`, `api_token_env` or
+    /// `api_token_file`). `None`: the API is open, so `api` must be a loopback address.
+    /// Never resolved for an application reading the file (it does not serve the API).
+    pub api_token: Option<Secret>,
 }
 
 /// `[cluster.tls]`, paths resolved against the configuration file's directory.
@@ -404,6 +408,7 @@ impl Config {
                 max_frame_bytes: 1024 * 1024,
                 handshake_timeout: Duration::from_secs(2),
                 tls: None,
+                api_token: None,
             },
             nodes,
             links: Vec::new(),
@@ -442,6 +447,9 @@ struct RawCluster {
     max_frame_bytes: Option<Spanned<i64>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
     tls: Option<Spanned<RawTls>>,
+    api_token: Option<Spanned<String>>,
+    api_token_env: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -789,6 +797,7 @@ impl<'a> Validator<'a> {
     fn run(mut self) -> Result<Config, ConfigError> {
         let cluster = self.cluster()?;
         let nodes = self.nodes()?;
+        self.open_api(&cluster, &nodes)?;
         self.references()?;
         let links = self.links(cluster.topology)?;
         let config = Config {
@@ -801,6 +810,28 @@ impl<'a> Validator<'a> {
         self.topology_rules(&config)?;
         self.connected(&config)?;
         Ok(config)
+    }
+
+    /// Without a token the API answers anyone who reaches it: only loopback may serve it so.
+    fn open_api(&self, cluster: &ClusterConfig, nodes: &[NodeConfig]) -> Result<(), ConfigError> {
+        if cluster.api_token.is_some() || self.purpose == Purpose::Application {
+            return Ok(());
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let (Some(addr), Some(raw)) = (node.api, self.raw_node(i).and_then(|n| n.api.as_ref()))
+            else {
+                continue;
+            };
+            if !addr.ip().is_loopback() {
+                return Err(self.ctx.invalid(
+                    &raw.span(),
+                    format!("nodes[{i}].api"),
+                    format!("the API on {addr} would be open to the network: no api token is configured"),
+                    "api_token, api_token_env or api_token_file in [cluster] (at least 16 bytes), or a loopback api address such as \"127.0.0.1:8080\"",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn raw_node(&self, i: usize) -> Option<&'a RawNode> {
@@ -866,7 +897,16 @@ impl<'a> Validator<'a> {
             "handshake_timeout_ms",
             HANDSHAKE_MS,
         )?;
+        // Only a node serves the API; an application host need not hold its token.
+        let api_token = match self.purpose {
+            Purpose::Node => self.secret(
+                "api_token",
+                [&raw.api_token, &raw.api_token_env, &raw.api_token_file],
+            )?,
+            Purpose::Application => None,
+        };
         Ok(ClusterConfig {
+            api_token,
             name: raw.name.get_ref().clone(),
             topology,
             secret,

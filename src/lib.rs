@@ -25,6 +25,8 @@
 //! * [`topic`]: topic and pattern grammar (`*`, `>` wildcards), and the matching trie.
 //! * [`call`]: [`Request`], [`Invocation`], [`CallError`] — the typed surface of calls.
 //! * [`service`]: the client applications attach to a node with.
+//! * [`api`]: the HTTP API a node serves with `api = "ADDR"` (JSON, Server-Sent Events,
+//!   Prometheus `/metrics`, OpenAPI), built on the [`NodeHandle`] only.
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
@@ -36,6 +38,7 @@
 //! * [`testing`]: loopback configurations and membership waits for tests, and a fault-injecting
 //!   TCP forwarder.
 
+pub mod api;
 pub mod call;
 pub mod cli;
 pub mod cluster;

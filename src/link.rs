@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::FramedRead;
 
 pub use liveness::{Liveness, Tick};
-pub use queue::{LinkQueue, QueueBounds, QueueError};
+pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
 pub use transport::{Transport, TransportRead, TransportWrite};
 pub use writer::WriterFailed;
 

@@ -27,6 +27,7 @@ mod listener;
 mod master;
 mod membership;
 mod methods;
+mod metrics;
 mod publish;
 mod router;
 mod service_listener;
@@ -48,12 +49,13 @@ use tokio::sync::{oneshot, watch};
 pub use calls::{ImplementationId, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "fuzzing")]
 pub(crate) use dedup::{Dedup, MAX_JUMP, WINDOW};
-pub use event_bus::SubscriptionId;
+pub use event_bus::{RawEvent, SubscriptionId};
 #[cfg(feature = "faults")]
 pub use faults::SystemActor;
 #[cfg(feature = "fuzzing")]
 pub(crate) use membership::{accept_status, normalize_status, Ignored, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
+pub use metrics::{MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES, REFUSALS};
 #[cfg(feature = "fuzzing")]
 pub(crate) use service_session::{check_request, Verdict};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
@@ -62,11 +64,13 @@ use crate::call::{CallError, CallTarget, Invocation, Request};
 use crate::config::{Config, Role};
 use crate::event::{Delivery, Event, PatternDelivery, Target};
 use crate::sockets::Bound;
-use crate::topic::{check_pattern, TopicError};
+use crate::topic::{check_pattern, check_topic, TopicError};
 use crate::topology;
 use crate::wire::{self, StatValue};
 use calls::{Calls, Implement, StartCall, TypedImplementer, Unimplement};
-use event_bus::{EventBus, PatternSubscriber, Subscribe, TypedSubscriber, Unsubscribe};
+use event_bus::{
+    ChannelSubscriber, EventBus, PatternSubscriber, Subscribe, TypedSubscriber, Unsubscribe,
+};
 use session::Wiring;
 use shared::NodeShared;
 use stats::{SetStat, Stats};
@@ -97,6 +101,9 @@ pub enum StartError {
     },
     #[error("node {0}: its arbiter stopped before the node started")]
     ArbiterGone(String),
+    /// The node's HTTP API (`api = "ADDR"`) could not start.
+    #[error("node {node}: {message}")]
+    Api { node: String, message: String },
     /// The node started but could not go on: a peer refused it as `duplicate_node` (another
     /// process holds its name). The message names the node and the peer.
     #[error("{0}")]
@@ -139,6 +146,12 @@ pub struct LinkStats {
     pub peer: String,
     pub events_out: u64,
     pub events_in: u64,
+    /// Frames waiting in the link's write queue now, and their bytes.
+    pub queued_frames: u64,
+    pub queued_bytes: u64,
+    /// Frames (of every kind) and their bytes sent on the link's current connection.
+    pub frames_out: u64,
+    pub bytes_out: u64,
 }
 
 /// Start-up and control of nodes.
@@ -373,6 +386,30 @@ impl NodeHandle {
         Ok(id)
     }
 
+    /// Copy every event on a topic matching `pattern` (exact or wildcard) into `tx`, undecoded
+    /// ([`RawEvent`]). Never waits: when `tx` is full the subscription is dropped (and `tx`
+    /// with it, so its receiver ends): a slow reader loses its feed rather than holding the
+    /// bus or growing a queue. For observers such as the HTTP API's event stream.
+    ///
+    /// # Errors
+    /// [`TopicError`] when `pattern` is not a valid pattern.
+    pub fn subscribe_channel(
+        &self,
+        pattern: &str,
+        tx: tokio::sync::mpsc::Sender<RawEvent>,
+    ) -> Result<SubscriptionId, TopicError> {
+        check_pattern(pattern)?;
+        let id = SubscriptionId::next();
+        self.shared.local_topics.add(pattern);
+        // Not fed from the network: one message per subscribe call.
+        self.bus.do_send(Subscribe {
+            id,
+            topic: pattern.to_owned(),
+            subscriber: Box::new(ChannelSubscriber { tx }),
+        });
+        Ok(id)
+    }
+
     /// Remove a subscription, exact or pattern. Effective for the events the bus handles
     /// after it.
     pub fn unsubscribe(&self, id: SubscriptionId) {
@@ -459,6 +496,49 @@ impl NodeHandle {
         }
     }
 
+    /// Publish an already encoded CBOR `payload` on `topic`, to every node (`target` `None`)
+    /// or one node by name, waiting for room when a link or the bus is full.
+    ///
+    /// # Errors
+    /// [`PublishError`]: a bad topic, an unknown or unreachable target, too large, stopped.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        target: Option<String>,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        check_topic(topic).map_err(|reason| PublishError::BadTopic {
+            topic: topic.to_owned(),
+            reason,
+        })?;
+        let out = publish::prepare_raw(&self.shared, topic, target, payload)?;
+        publish::send_wait(&self.bus, out).await
+    }
+
+    /// A call with an already encoded CBOR request, answered with the outcome as it travels
+    /// (the encoded response, or the failure with its code). `target` `None` is the least
+    /// loaded implementer.
+    pub async fn call_encoded(
+        &self,
+        method: &str,
+        target: Option<String>,
+        timeout: std::time::Duration,
+        payload: bytes::Bytes,
+    ) -> wire::Outcome {
+        self.call_raw(method, target, timeout, payload).await
+    }
+
+    /// Every configured node as this node sees it (the service protocol's `cluster` answer):
+    /// up members with their replicated state, the others `down`.
+    pub fn cluster_view(&self) -> wire::ClusterView {
+        service_session::cluster_view(&self.shared, 0)
+    }
+
+    /// The configuration this node runs.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.shared.config
+    }
+
     /// Publish to every node of the cluster, this one included.
     ///
     /// # Errors
@@ -531,14 +611,26 @@ impl NodeHandle {
         let table = self.shared.routes.load();
         let mut v: Vec<LinkStats> = table
             .links()
-            .map(|l| LinkStats {
-                peer: l.peer.clone(),
-                events_out: l.counters.events_out.load(Ordering::Relaxed),
-                events_in: l.counters.events_in.load(Ordering::Relaxed),
+            .map(|l| {
+                let t = l.tx.traffic();
+                LinkStats {
+                    peer: l.peer.clone(),
+                    events_out: l.counters.events_out.load(Ordering::Relaxed),
+                    events_in: l.counters.events_in.load(Ordering::Relaxed),
+                    queued_frames: t.queued_frames,
+                    queued_bytes: t.queued_bytes,
+                    frames_out: t.frames_out,
+                    bytes_out: t.bytes_out,
+                }
             })
             .collect();
         v.sort_by(|a, b| a.peer.cmp(&b.peer));
         v
+    }
+
+    /// The node's counters now (what `/metrics` shows besides links and members).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
     }
 
     /// Whether an actor of this node exhausted its restart budget.

@@ -8,9 +8,10 @@
 //!
 //! Socket activation follows the systemd protocol: `LISTEN_FDS` sockets from fd 3 on, named by
 //! the colon-separated `LISTEN_FDNAMES`. A socket named `NODE.peer` is node NODE's peer
-//! listener and `NODE.service` its application (service) TCP listener; when the process runs a
-//! single node, the bare names `peer` and `service` mean that node. `LISTEN_PID` may be absent
-//! (a parent cannot know its child's pid before it starts it); when present it must be ours.
+//! listener, `NODE.service` its application (service) TCP listener and `NODE.api` its HTTP API;
+//! when the process runs a single node, the bare names `peer`, `service` and `api` mean that
+//! node. `LISTEN_PID` may be absent (a parent cannot know its child's pid before it starts
+//! it); when present it must be ours.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +23,8 @@ pub struct Bound {
     pub peer: Option<TcpListener>,
     /// Accepts applications over TCP, in place of binding `service`.
     pub service: Option<TcpListener>,
+    /// Serves the HTTP API, in place of binding `api` (see [`crate::api`]).
+    pub api: Option<TcpListener>,
 }
 
 impl Bound {
@@ -133,6 +136,7 @@ impl Inherited {
             let bound = Bound {
                 peer: take("peer"),
                 service: take("service"),
+                api: take("api"),
             };
             out.insert(node.clone(), bound);
         }
@@ -169,6 +173,20 @@ mod tests {
         let b = bound.remove("worker-1").unwrap();
         assert_eq!(b.peer_addr(), Some(p));
         assert_eq!(b.service.unwrap().local_addr().unwrap(), s);
+    }
+
+    #[test]
+    fn an_inherited_api_socket_goes_to_its_node() {
+        let (a, b) = (listener(), listener());
+        let a_addr = a.local_addr().unwrap();
+        let inherited =
+            Inherited::from_listeners([("m.api".to_owned(), a), ("w.peer".to_owned(), b)]);
+        let bound = inherited.into_bound(&names(&["m", "w"])).unwrap();
+        assert_eq!(
+            bound["m"].api.as_ref().unwrap().local_addr().unwrap(),
+            a_addr
+        );
+        assert!(bound["w"].api.is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::cluster;
 use crate::config::{Config, NodeConfig, Role, TopologyKind};
-use crate::node::{Node, NodeHandle, StartError};
+use crate::node::{NodeHandle, StartError};
 use crate::sockets::Bound;
 
 /// Loopback listeners bound on port 0 and held, by the address each got.
@@ -61,6 +61,7 @@ impl Ports {
         Bound {
             peer: self.listener(node.listen),
             service: node.service.and_then(|a| self.listener(a)),
+            api: node.api.and_then(|a| self.listener(a)),
         }
     }
 }
@@ -89,6 +90,9 @@ impl TestCluster {
             n.listen = ports.reserve();
             if n.service.is_some() {
                 n.service = Some(ports.reserve());
+            }
+            if n.api.is_some() {
+                n.api = Some(ports.reserve());
             }
         }
         TestCluster { config, ports }
@@ -126,7 +130,7 @@ impl TestCluster {
     /// # Errors
     /// [`StartError`] if it cannot start.
     pub async fn start_node(&self, name: &str) -> Result<NodeHandle, StartError> {
-        Node::start_bound(self.config(), name, self.bound(name)).await
+        cluster::start_node(self.config(), name, self.bound(name)).await
     }
 }
 

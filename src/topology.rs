@@ -165,7 +165,11 @@ pub fn describe(cfg: &Config, plan: &LinkPlan) -> String {
             let _ = write!(line, " service_socket {}", socket.display());
         }
         if let Some(api) = node.api {
-            let _ = write!(line, " api {api}");
+            let auth = match cfg.cluster.api_token {
+                Some(_) => "bearer token",
+                None => "no token: loopback only",
+            };
+            let _ = write!(line, " api {api} ({auth})");
         }
         let dials: Vec<String> = plan
             .dials_of(&node.name)

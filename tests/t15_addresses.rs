@@ -24,6 +24,7 @@ async fn converged(config: Config, master: std::net::TcpListener) -> Vec<NodeHan
         Bound {
             peer: Some(master),
             service: None,
+            api: None,
         },
     )]);
     let nodes = cluster::start_bound(Arc::new(config), None, bound)
@@ -182,6 +183,7 @@ async fn an_application_attaches_via_a_wildcard_service_at_loopback() {
         Bound {
             peer: Some(peer),
             service: Some(service),
+            api: None,
         },
     )]);
     let nodes = cluster::start_bound(config.clone(), None, bound)

@@ -84,6 +84,7 @@ async fn linked_through_a_forwarder() -> (Vec<NodeHandle>, ForwarderHandle) {
         Bound {
             peer: Some(master),
             service: None,
+            api: None,
         },
     )]);
     let nodes = cluster::start_bound(Arc::new(config), None, bound)

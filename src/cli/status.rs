@@ -1,10 +1,14 @@
 //! `nodecloud status`: the members of the cluster as the attached node sees them, as a table
-//! or as JSON. Exit status 0 when every declared node is up, 3 when some are down.
+//! or as JSON. Exit status 0 when every declared node is up, 3 when some are down. The view
+//! comes over the service protocol (`cluster` request), or with `--api` from a node's HTTP
+//! API (`GET /api/v1/cluster`).
 
 use serde_json::{json, Value};
 
 use super::attach::Target;
 use super::exit::CliError;
+use crate::api::model::ClusterDoc;
+use crate::api::ErrorBody;
 use crate::wire::{ClusterView, MemberView, StatValue};
 
 /// One member as JSON: `name`, `role`, `state`, `incarnation`, `pid`, `version`, `uptime_s`,
@@ -141,6 +145,66 @@ pub async fn status(target: &Target, name: &str, as_json: bool) -> Result<(), Cl
         .await
         .map_err(|e| CliError::from_client(e, &target.node))?;
     client.close().await;
+    report(&view, as_json)
+}
+
+/// The largest answer read from the API: a cluster document is a few KiB per member.
+const MAX_API_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long `status --api` waits for the node to answer.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`status`] from a node's HTTP API at `base` (`http://HOST:PORT`), with the bearer token.
+/// Blocking: call it outside an actor system.
+///
+/// # Errors
+/// [`CliError`]: `Down` when the API cannot be reached or a member is down, `Usage` for a
+/// refused token or a bad URL, `Failed` for an answer that is not a cluster document.
+pub fn status_api(base: &str, token: Option<&str>, as_json: bool) -> Result<(), CliError> {
+    if !base.starts_with("http://") {
+        return Err(CliError::Usage(format!(
+            "--api {base:?}: expected http://HOST:PORT (the node's `api` address)"
+        )));
+    }
+    let url = format!("{}/api/v1/cluster", base.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new().timeout(API_TIMEOUT).build();
+    let mut request = agent.get(&url);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let answer = match request.call() {
+        Ok(answer) => answer,
+        Err(ureq::Error::Status(status, answer)) => {
+            let body: Option<ErrorBody> = read_json(answer).ok();
+            let message = body
+                .map(|b| format!("{}: {}", b.code, b.message))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(match status {
+                401 => CliError::Usage(format!(
+                    "{url}: {message} (give the API token with --token-env VAR)"
+                )),
+                _ => CliError::Failed(format!("{url}: {message}")),
+            });
+        }
+        Err(ureq::Error::Transport(e)) => {
+            return Err(CliError::Down(format!(
+                "cannot reach the API at {base}: {e} (is the node running, and is this its api address?)"
+            )))
+        }
+    };
+    let doc: ClusterDoc = read_json(answer)
+        .map_err(|e| CliError::Failed(format!("{url}: not a cluster document: {e}")))?;
+    report(&ClusterView::from(&doc), as_json)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(answer: ureq::Response) -> Result<T, String> {
+    use std::io::Read;
+    let reader = answer.into_reader().take(MAX_API_ANSWER_BYTES);
+    serde_json::from_reader(reader).map_err(|e| e.to_string())
+}
+
+fn report(view: &ClusterView, as_json: bool) -> Result<(), CliError> {
+    let view = view.clone();
     if as_json {
         println!("{}", view_json(&view));
     } else {

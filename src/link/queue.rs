@@ -61,11 +61,28 @@ struct Inner {
     /// The writer ended: nothing will be written any more.
     closed: bool,
     dropped: u64,
+    /// Frames and bytes handed to the writer so far (for `/metrics`; counted per batch,
+    /// under the lock `look` holds anyway).
+    frames_out: u64,
+    bytes_out: u64,
     /// The writer found nothing to do and waits to be woken: only then does a producer pay
     /// for a wake-up.
     writer_idle: bool,
     /// A producer waits for room: only then does the writer pay for waking producers.
     producers_waiting: bool,
+}
+
+/// A queue's counters at one moment (see [`LinkQueue::traffic`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTraffic {
+    /// Frames waiting for the writer.
+    pub queued_frames: u64,
+    /// Bytes not yet written (waiting, or in the write under way).
+    pub queued_bytes: u64,
+    /// Frames handed to the writer since the queue was made.
+    pub frames_out: u64,
+    /// Their bytes (the length prefixes not included).
+    pub bytes_out: u64,
 }
 
 /// See the module docs.
@@ -365,6 +382,8 @@ impl LinkQueue {
                     out.push(e.frame);
                 }
             }
+            inner.frames_out += out.len() as u64;
+            inner.bytes_out += taken as u64;
             inner.writer_idle = false;
             let wake = std::mem::take(&mut inner.producers_waiting);
             drop(inner);
@@ -382,6 +401,18 @@ impl LinkQueue {
             inner.writer_idle = true;
         }
         Ok(registered)
+    }
+
+    /// What the queue holds now and what it handed to its writer so far.
+    pub fn traffic(&self) -> QueueTraffic {
+        self.inner
+            .lock()
+            .map_or(QueueTraffic::default(), |inner| QueueTraffic {
+                queued_frames: inner.queue.len() as u64,
+                queued_bytes: inner.bytes as u64,
+                frames_out: inner.frames_out,
+                bytes_out: inner.bytes_out,
+            })
     }
 
     /// The writer wrote some bytes: the peer reads.
@@ -524,6 +555,32 @@ mod tests {
             }
             Next::Frames(_) => panic!("frames after a close without flush"),
         }
+    }
+
+    #[test]
+    fn traffic_counts_what_waits_and_what_the_writer_took() {
+        let q = LinkQueue::new(QueueBounds {
+            frames: 10,
+            bytes: 10_000,
+        });
+        let (a, b) = (frame(1), frame(2));
+        let (a_len, b_len) = (a.len() as u64, b.len() as u64);
+        assert!(q.try_push(a).is_ok());
+        assert!(q.try_push(b).is_ok());
+        let t = q.traffic();
+        assert_eq!((t.queued_frames, t.queued_bytes), (2, a_len + b_len));
+        assert_eq!((t.frames_out, t.bytes_out), (0, 0));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        let Next::Frames(bytes) = rt.block_on(q.next(&mut out, 10, 10_000)) else {
+            panic!("expected frames")
+        };
+        q.written(bytes);
+        let t = q.traffic();
+        assert_eq!((t.queued_frames, t.queued_bytes), (0, 0));
+        assert_eq!((t.frames_out, t.bytes_out), (2, a_len + b_len));
     }
 
     #[test]

@@ -53,6 +53,18 @@ pub enum Refusal {
     Evicted,
 }
 
+impl Refusal {
+    /// The reason as a metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::PerSource => "per_source",
+            Refusal::Full => "full",
+            Refusal::FirstBytesLate => "first_bytes_late",
+            Refusal::Evicted => "evicted",
+        }
+    }
+}
+
 /// One pending connection's place in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(u64);

@@ -604,8 +604,19 @@ impl Handler<StartCall> for Calls {
     type Result = ResponseFuture<Outcome>;
 
     fn handle(&mut self, msg: StartCall, ctx: &mut Context<Self>) -> Self::Result {
-        guard("calls", ctx, |ctx| self.start_call(msg, ctx))
-            .unwrap_or_else(|| Box::pin(async { Outcome::Error(CallError::Stopped.to_failure()) }))
+        let started = std::time::Instant::now();
+        let shared = self.shared.clone();
+        let outcome = guard("calls", ctx, |ctx| self.start_call(msg, ctx))
+            .unwrap_or_else(|| Box::pin(async { Outcome::Error(CallError::Stopped.to_failure()) }));
+        Box::pin(async move {
+            let outcome = outcome.await;
+            let code = match &outcome {
+                Outcome::Ok(_) => "ok",
+                Outcome::Error(f) => f.code.as_str(),
+            };
+            shared.metrics.call_done(code, started.elapsed());
+            outcome
+        })
     }
 }
 

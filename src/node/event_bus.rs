@@ -98,6 +98,38 @@ impl<E: Event> Subscriber for TypedSubscriber<E> {
     }
 }
 
+/// An event as it arrived, undecoded: what [`NodeHandle::subscribe_channel`] hands out.
+///
+/// [`NodeHandle::subscribe_channel`]: crate::NodeHandle::subscribe_channel
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub topic: String,
+    pub from: NodeId,
+    /// One CBOR data item.
+    pub payload: bytes::Bytes,
+}
+
+/// An observer fed through a bounded channel. It never makes the bus wait: a full channel
+/// drops the subscription (the receiver then ends), so a slow reader cannot hold up the
+/// node's subscribers nor grow a queue.
+pub(crate) struct ChannelSubscriber {
+    pub tx: tokio::sync::mpsc::Sender<RawEvent>,
+}
+
+impl Subscriber for ChannelSubscriber {
+    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
+        let event = RawEvent {
+            topic: topic.to_owned(),
+            from,
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        match self.tx.try_send(event) {
+            Ok(()) => Delivered::Sent,
+            Err(_) => Delivered::Closed,
+        }
+    }
+}
+
 /// A Rust actor subscribed to a pattern, decoding every matching event as `E`.
 pub(crate) struct PatternSubscriber<E: Event> {
     pub recipient: Recipient<PatternDelivery<E>>,
@@ -318,7 +350,12 @@ impl EventBus {
                     targeted: env.target.is_some(),
                 };
                 match sub.deliver(&env.topic, to, &env.payload, meta) {
-                    Delivered::Sent => {}
+                    Delivered::Sent => {
+                        self.shared
+                            .metrics
+                            .events_delivered
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     Delivered::Closed => {
                         self.remove(&env.topic, id);
                         self.cursor -= 1;
@@ -326,6 +363,10 @@ impl EventBus {
                     }
                     Delivered::Undecodable(err, to) => {
                         self.undecodable += 1;
+                        self.shared
+                            .metrics
+                            .events_undecodable
+                            .fetch_add(1, Ordering::Relaxed);
                         if self.undecodable.is_power_of_two() {
                             tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %to.name,
                                 count = self.undecodable, "event payload does not decode for a subscriber: {err}");

@@ -134,10 +134,15 @@ impl PeerListener {
             }
         };
         // Refused connections are dropped (closed) here, and counted for the summary line.
-        let Ok((ticket, evicted)) = self.admission.admit(Some(addr.ip())) else {
-            return;
+        let (ticket, evicted) = match self.admission.admit(Some(addr.ip())) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                self.shared.metrics.refused(why.code());
+                return;
+            }
         };
         if let Some(silent) = evicted {
+            self.shared.metrics.refused("evicted");
             ctx.cancel_future(silent);
         }
         let _ = stream.set_nodelay(true);
@@ -151,6 +156,7 @@ impl PeerListener {
                 .into_actor(self)
                 .map(move |(stream, spoke), act, ctx| match spoke {
                     FirstBytes::Silent => {
+                        act.shared.metrics.refused("first_bytes_late");
                         act.admission.too_late(ticket);
                         admission::refuse(stream, "timeout", format!("no bytes within {wait:?}"));
                     }
@@ -182,6 +188,7 @@ impl PeerListener {
                 Some(tls) => match tls.accept_peer(stream, deadline).await {
                     Ok(io) => io,
                     Err(e) => {
+                        shared.metrics.refused("tls");
                         tracing::warn!(node = %shared.name(), peer = %addr, "{e}");
                         return None;
                     }
@@ -242,11 +249,14 @@ impl PeerListener {
                     Session::start(params, parts.io, parts.codec, parts.read_buf);
                 }
                 // Refused here as a duplicate: logged once by `identity::check`.
-                Err(HandshakeError::Duplicate(_)) => {}
+                Err(HandshakeError::Duplicate(_)) => act.shared.metrics.refused("duplicate_node"),
                 Err(e) => match identity::refused_as_duplicate(act.shared.name(), &addr.to_string(), &e) {
                     // A peer that dialled this node holds this node's name on a live link.
                     Some(reason) => act.shared.fatal(reason),
-                    None => tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}"),
+                    None => {
+                        act.shared.metrics.refused("handshake");
+                        tracing::warn!(node = %act.shared.name(), peer = %addr, "handshake failed: {e}");
+                    }
                 },
             }
         }));

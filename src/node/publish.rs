@@ -127,6 +127,7 @@ fn plan(
     // Numbered only once the event is known to go somewhere: its stream has no holes at the
     // origin but for events a full link refused (`Full`, `BusFull`).
     let seq = if linked || here { number(s, to) } else { 0 };
+    s.metrics.events_published.fetch_add(1, Ordering::Relaxed);
     let frame = if linked {
         let f = EncodedMessage::event(id, seq, topic, s.name(), s.incarnation, to, s.ttl, payload);
         let max = s.config.cluster.max_frame_bytes;

@@ -195,6 +195,7 @@ impl Handler<LinkUp> for Router {
 
 impl Router {
     fn link_up(&mut self, link: LinkHandle) {
+        self.shared.metrics.link_up(&link.peer);
         let stream = link.tx.0.clone();
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
             if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {

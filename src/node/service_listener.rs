@@ -208,11 +208,13 @@ impl ServiceListener {
         let (ticket, evicted) = match self.admission.admit(conn.source) {
             Ok(admitted) => admitted,
             Err(why) => {
+                self.w.shared.metrics.refused(why.code());
                 refuse(conn, "busy", why.to_string());
                 return;
             }
         };
         if let Some(silent) = evicted {
+            self.w.shared.metrics.refused("evicted");
             ctx.cancel_future(silent);
         }
         let wait = admission::first_bytes_deadline(self.w.shared.config.cluster.handshake_timeout);
@@ -223,6 +225,7 @@ impl ServiceListener {
         let handle = ctx.spawn(first.into_actor(self).map(
             move |(conn, spoke), act, ctx| match spoke {
                 FirstBytes::Silent => {
+                    act.w.shared.metrics.refused("first_bytes_late");
                     act.admission.too_late(ticket);
                     refuse(conn, "timeout", format!("no bytes within {wait:?}"));
                 }

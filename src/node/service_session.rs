@@ -805,10 +805,21 @@ impl Actor for ServiceSession {
         ctx.run_interval(self.w.shared.heartbeat_interval(), |act, ctx| {
             act.heartbeat(ctx)
         });
+        self.w
+            .shared
+            .metrics
+            .applications
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr, "application attached");
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        let m = &self.w.shared.metrics;
+        m.applications.fetch_sub(1, Ordering::Relaxed);
+        m.app_deliveries_dropped.fetch_add(
+            self.overflow.dropped.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         // One message each for all of them: a session that ends cannot wait for room, and
         // sessions are bounded (MAX_APPLICATIONS), so these are too.
         let subscriptions: Vec<_> = self.subscriptions.drain().map(|(_, id)| id).collect();
@@ -906,6 +917,11 @@ impl Handler<SlowConsumer> for ServiceSession {
 
     fn handle(&mut self, _: SlowConsumer, ctx: &mut Context<Self>) {
         if !self.closing {
+            self.w
+                .shared
+                .metrics
+                .apps_closed_slow
+                .fetch_add(1, Ordering::Relaxed);
             // The queue is closed with its `error` frame already; only the log is left.
             tracing::warn!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
                 "closing application: slow_consumer: its queue ({APP_QUEUE_FRAMES} frames, {LINK_QUEUE_BYTES} bytes) is full");

@@ -506,6 +506,11 @@ impl Session {
         let mut stall = None;
         if env.ttl > 1 {
             if relayed {
+                self.p
+                    .shared
+                    .metrics
+                    .events_relayed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 env.ttl -= 1;
                 match encode_event(&env) {
                     Ok(frame) => {

@@ -58,6 +58,8 @@ pub struct NodeShared {
     pub local_topics: LocalTopics,
     /// The per-peer streams of resumable links, which outlive connections (see `streams`).
     pub streams: super::streams::Streams,
+    /// Counters for `/metrics` (see `metrics`).
+    pub metrics: super::metrics::Metrics,
     next_event_id: AtomicU64,
     /// The last `seq` of each stream this node published: topic → destination ("" for every
     /// node, else the target's name) → number.
@@ -102,6 +104,7 @@ impl NodeShared {
             local_topics: LocalTopics::default(),
             streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
             dedup: Mutex::new(Dedup::new(config.nodes.len())),
+            metrics: super::metrics::Metrics::default(),
             methods: super::methods::MethodLedger::new(config.cluster.max_frame_bytes),
             view,
             config,

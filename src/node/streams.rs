@@ -478,6 +478,13 @@ impl PeerTx {
         }
     }
 
+    /// The current connection's write queue: what waits in it and what it sent (zeros between
+    /// connections). For `/metrics`: takes two locks, never on a hot path.
+    pub fn traffic(&self) -> crate::link::QueueTraffic {
+        let queue = self.0.state().queue.as_ref().map(|(_, q)| q.clone());
+        queue.map(|q| q.traffic()).unwrap_or_default()
+    }
+
     /// Whether nothing more is admitted: the stream ended, or a plain link closed.
     pub fn is_closed(&self) -> bool {
         let st = self.0.state();

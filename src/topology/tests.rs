@@ -702,7 +702,7 @@ fn describe_star() {
     assert_eq!(
         text,
         "cluster \"test\": star, 3 nodes, 2 links\n\
-         \x20 hub (master) listen 127.0.0.1:7100 advertise 127.0.0.1:7100 (from listen) service 127.0.0.1:7200 api 127.0.0.1:8080  dials: nothing\n\
+         \x20 hub (master) listen 127.0.0.1:7100 advertise 127.0.0.1:7100 (from listen) service 127.0.0.1:7200 api 127.0.0.1:8080 (no token: loopback only)  dials: nothing\n\
          \x20 w1 (worker) listen 127.0.0.1:7101 advertise 127.0.0.1:7101 (from listen)  dials: hub\n\
          \x20 w2 (worker) listen 0.0.0.0:7102 advertise w2.example:9102  dials: hub\n"
     );
