@@ -8,10 +8,12 @@
 //! the node's arbiter, in the node's actix System; the server lives in a task of that arbiter,
 //! so it stops (listener closed, connections dropped) when the node stops.
 //!
-//! Authentication: with a token configured (`api_token*` in `[cluster]`), every route but
-//! `/healthz` and `/readyz` wants `Authorization: Bearer TOKEN`, compared in constant time;
+//! The dashboard page (`/`, `/dashboard.js`, `/dashboard.css`, see `dashboard`) loads without
+//! the token and then asks for it. Authentication: with a token configured (`api_token*` in
+//! `[cluster]`), every other route but `/healthz` and `/readyz` wants `Authorization: Bearer TOKEN`, compared in constant time;
 //! without one, configuration validation allows only a loopback `api` address.
 
+mod dashboard;
 mod error;
 mod metrics;
 pub mod model;
@@ -115,6 +117,9 @@ pub fn app(
             web::QueryConfig::default()
                 .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
         )
+        .route("/", web::get().to(dashboard::index))
+        .route("/dashboard.js", web::get().to(dashboard::script))
+        .route("/dashboard.css", web::get().to(dashboard::style))
         .route("/healthz", web::get().to(routes::healthz))
         .route("/readyz", web::get().to(routes::readyz))
         .route("/metrics", web::get().to(metrics::metrics))

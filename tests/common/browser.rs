@@ -63,8 +63,8 @@ impl Browser {
             .spawn()
             .map_err(|e| format!("start {CHROMIUM}: {e}"))?;
         let mut child = child;
-        let page = devtools_port(profile.path(), timeout)
-            .and_then(|port| connect_page(port, timeout));
+        let page =
+            devtools_port(profile.path(), timeout).and_then(|port| connect_page(port, timeout));
         match page {
             Ok(page) => Ok(Browser {
                 child,
@@ -132,7 +132,7 @@ impl Browser {
         let id = self.next_id;
         let request = json!({"id": id, "method": method, "params": params}).to_string();
         self.page
-            .send(Message::Text(request.into()))
+            .send(Message::Text(request))
             .map_err(|e| format!("{method}: {e}"))?;
         loop {
             let msg = self.page.read().map_err(|e| format!("{method}: {e}"))?;
@@ -167,7 +167,10 @@ fn devtools_port(profile: &Path, timeout: Duration) -> Result<u16, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("Chromium did not write {} within {timeout:?}", file.display()))
+    Err(format!(
+        "Chromium did not write {} within {timeout:?}",
+        file.display()
+    ))
 }
 
 /// The WebSocket of the browser's first page, from `/json/list` on the DevTools port.
@@ -202,11 +205,37 @@ fn http_get(port: u16, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("devtools: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("devtools: {e}"))?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)
-        .map_err(|e| format!("devtools: {e}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("devtools: {e}"))?;
+    // The DevTools server may keep the connection open: read the head, then Content-Length.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| format!("devtools: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(usize::MAX);
+            if body.len() >= length {
+                return Ok(body[..length].to_owned());
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
     Ok(text
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
