@@ -152,6 +152,9 @@ pub struct LinkStats {
     /// Frames (of every kind) and their bytes sent on the link's current connection.
     pub frames_out: u64,
     pub bytes_out: u64,
+    /// Frames (of every kind) and their bytes received on the link's current connection.
+    pub frames_in: u64,
+    pub bytes_in: u64,
 }
 
 /// Start-up and control of nodes.
@@ -621,6 +624,8 @@ impl NodeHandle {
                     queued_bytes: t.queued_bytes,
                     frames_out: t.frames_out,
                     bytes_out: t.bytes_out,
+                    frames_in: l.counters.received.frames.load(Ordering::Relaxed),
+                    bytes_in: l.counters.received.bytes.load(Ordering::Relaxed),
                 }
             })
             .collect();

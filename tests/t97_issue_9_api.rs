@@ -788,6 +788,8 @@ async fn metrics_pass_promtool_and_count_what_happened() {
         "nodecloud_link_event_frames_total",
         "nodecloud_link_frames_sent_total",
         "nodecloud_link_bytes_sent_total",
+        "nodecloud_link_frames_received_total",
+        "nodecloud_link_bytes_received_total",
         "nodecloud_link_queue_frames",
         "nodecloud_link_reconnects_total",
         "nodecloud_frames_dropped_total",
@@ -805,6 +807,15 @@ async fn metrics_pass_promtool_and_count_what_happened() {
         .parse()
         .unwrap();
     assert!(sent > 0.0, "{}", m.body);
+    // ...and what came back from it.
+    let received: f64 = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("nodecloud_link_bytes_received_total{peer=\"worker-1\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(received > 0.0, "{}", m.body);
     match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

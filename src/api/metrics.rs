@@ -68,9 +68,13 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
     let mut bytes = Vec::new();
     let mut frames_out = Vec::new();
     let mut bytes_out = Vec::new();
+    let mut frames_in = Vec::new();
+    let mut bytes_in = Vec::new();
     for l in &links {
         frames_out.push(counter(&[("peer", &l.peer)], l.frames_out));
         bytes_out.push(counter(&[("peer", &l.peer)], l.bytes_out));
+        frames_in.push(counter(&[("peer", &l.peer)], l.frames_in));
+        bytes_in.push(counter(&[("peer", &l.peer)], l.bytes_in));
         events.push(counter(
             &[("peer", &l.peer), ("direction", "in")],
             l.events_in,
@@ -93,6 +97,18 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
         "Bytes of the frames sent per live link, length prefixes not included.",
         MetricType::COUNTER,
         bytes_out,
+    ));
+    f.push(family(
+        "nodecloud_link_frames_received_total",
+        "Frames of every kind received per live link (counted since its connection started).",
+        MetricType::COUNTER,
+        frames_in,
+    ));
+    f.push(family(
+        "nodecloud_link_bytes_received_total",
+        "Bytes of the frames received per live link, length prefixes included.",
+        MetricType::COUNTER,
+        bytes_in,
     ));
     f.push(family(
         "nodecloud_link_event_frames_total",

@@ -43,7 +43,7 @@ use crate::link::{
 };
 use crate::wire::{
     encode_event, encode_message, Ack, Bye, EncodedMessage, Envelope, ErrorFrame, Frame,
-    FrameCodec, Message, PeerInfo, Ping, WireError,
+    FrameCodec, Message, PeerInfo, Ping, ReadCounters, WireError,
 };
 
 /// Per-link event counters (link crossings), for tests and the API.
@@ -51,6 +51,8 @@ use crate::wire::{
 pub struct LinkCounters {
     pub events_out: AtomicU64,
     pub events_in: AtomicU64,
+    /// Frames and bytes read on this connection (counted by its reader's codec).
+    pub received: Arc<ReadCounters>,
     /// When a frame last arrived, in ms since the node started: admission reads it to tell a
     /// live link from a silent one (see `identity`) without a mailbox hop.
     last_inbound_ms: AtomicU64,
@@ -246,6 +248,8 @@ impl Session {
         let (read, write): (TransportRead, TransportWrite) = transport.split();
         let link_id = p.shared.next_link_id();
         let spare_reads = SpareBatch::default();
+        let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
+        codec.count_reads(counters.received.clone());
         let addr = Session::create(move |ctx| {
             let frames = link::framed_reader(read, codec, &leftover);
             ctx.add_stream(ReadyBatches::new(
@@ -253,7 +257,6 @@ impl Session {
                 spare_reads.clone(),
                 READ_BATCH_FRAMES,
             ));
-            let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
             let on_fail = ctx.address().recipient();
             let last_word_timeout = p.shared.failure_timeout();
             // The writer starts numbered where the stream's replay starts, and the replay is

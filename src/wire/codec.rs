@@ -7,6 +7,7 @@
 //! know is skipped (forward compatibility). Encoding writes `[seq, message]` around a message
 //! encoded once, so a broadcast is serialized once however many links it leaves on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -443,6 +444,15 @@ pub struct FrameCodec {
     skipped_one: bool,
     /// The last topic and origin decoded: a link's events mostly repeat them.
     recent: RecentText,
+    /// Frames and bytes read, for the link's counters (none on a handshake's codec).
+    received: Option<Arc<ReadCounters>>,
+}
+
+/// What a link's reader took off the wire: frames, and their bytes with length prefixes.
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// The two meanings of a frame's `seq` (docs/PROTOCOL.md §3, §7.6).
@@ -472,6 +482,19 @@ impl FrameCodec {
             numbering: Numbering::PerConnection,
             skipped_one: false,
             recent: RecentText::default(),
+            received: None,
+        }
+    }
+
+    /// Count every frame this codec decodes (and its bytes) into `counters`.
+    pub fn count_reads(&mut self, counters: Arc<ReadCounters>) {
+        self.received = Some(counters);
+    }
+
+    fn counted(&self, bytes: usize) {
+        if let Some(c) = &self.received {
+            c.frames.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
 
@@ -729,6 +752,7 @@ impl FrameCodec {
                 .and_then(|body| decode_fast(body, recent))
             {
                 src.advance(end);
+                self.counted(end);
                 self.check_sequence(&frame)?;
                 return Ok(Some(frame));
             }
@@ -739,6 +763,7 @@ impl FrameCodec {
             return Ok(None);
         };
         self.awaiting_body = false;
+        self.counted(LENGTH_PREFIX_BYTES + body.len());
         if let Some(frame) = decode_fast(&body, &mut self.recent) {
             self.check_sequence(&frame)?;
             return Ok(Some(frame));
