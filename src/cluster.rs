@@ -95,11 +95,12 @@ pub async fn start_bound(
     Ok(handles)
 }
 
-/// Start node `name` on the sockets in `bound`, and its HTTP API when it has `api` (on
-/// `bound.api` if given): the API runs on the node's arbiter and stops with the node.
+/// Start node `name` on the sockets in `bound`, its HTTP API when it has `api` (on
+/// `bound.api` if given) and its HTTP proxy when it has `proxy` (on `bound.proxy`): both run
+/// on the node's arbiter and stop with the node.
 ///
 /// # Errors
-/// [`StartError`] if the node cannot start, or [`StartError::Api`] if its API cannot (the
+/// [`StartError`] if the node cannot start, or [`StartError::Api`] or [`StartError::Proxy`] if its API or proxy cannot (the
 /// node is shut down again).
 pub async fn start_node(
     config: Arc<Config>,
@@ -107,10 +108,18 @@ pub async fn start_node(
     mut bound: Bound,
 ) -> Result<NodeHandle, StartError> {
     let api = bound.api.take();
+    let proxy = bound.proxy.take();
     let node = Node::start_bound(config, name, bound).await?;
     if let Err(e) = crate::api::start_configured(&node, api).await {
         node.shutdown().await;
         return Err(StartError::Api {
+            node: name.to_owned(),
+            message: e.to_string(),
+        });
+    }
+    if let Err(e) = crate::proxy::start_configured(&node, proxy).await {
+        node.shutdown().await;
+        return Err(StartError::Proxy {
             node: name.to_owned(),
             message: e.to_string(),
         });

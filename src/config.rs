@@ -60,6 +60,33 @@ pub struct ClusterConfig {
     /// `api_token_file`). `None`: the API is open, so `api` must be a loopback address.
     /// Never resolved for an application reading the file (it does not serve the API).
     pub api_token: Option<Secret>,
+    /// The bounds and timeouts of every node's HTTP proxy (`proxy_*` keys).
+    pub proxy: ProxyConfig,
+}
+
+/// How a node's HTTP proxy (`proxy = "ADDR"`) bounds what it forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The largest request body forwarded (`proxy_max_body_bytes`); larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Requests forwarded at once (`proxy_max_requests`); past it, 503 with `Retry-After`.
+    pub max_requests: usize,
+    /// How long a connection to a backend may take (`proxy_connect_timeout_ms`).
+    pub connect_timeout: Duration,
+    /// How long a backend may take to start its response (`proxy_response_timeout_ms`);
+    /// past it, 504.
+    pub response_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_body_bytes: PROXY_MAX_BODY_BYTES.2 as u64,
+            max_requests: PROXY_MAX_REQUESTS.2 as usize,
+            connect_timeout: Duration::from_millis(PROXY_CONNECT_MS.2 as u64),
+            response_timeout: Duration::from_millis(PROXY_RESPONSE_MS.2 as u64),
+        }
+    }
 }
 
 /// `[cluster.tls]`, paths resolved against the configuration file's directory.
@@ -197,6 +224,11 @@ pub struct NodeConfig {
     pub service_socket: Option<PathBuf>,
     /// Optional HTTP API endpoint.
     pub api: Option<SocketAddr>,
+    /// The HTTP server of the application beside this node, advertised as an HTTP backend
+    /// (proxies dial it as written: a host name is resolved at each connection).
+    pub http: Option<HostPort>,
+    /// Where this node serves the HTTP proxy that forwards to the cluster's backends.
+    pub proxy: Option<SocketAddr>,
     /// The master this node joins (star, master-ring-slave).
     pub master: Option<String>,
     /// Masters tried in order when `master` is down (master-ring-slave).
@@ -219,6 +251,8 @@ impl NodeConfig {
             service: None,
             service_socket: None,
             api: None,
+            http: None,
+            proxy: None,
             master: None,
             fallback_masters: Vec::new(),
             parent: None,
@@ -341,6 +375,10 @@ impl ConfigError {
 const HEARTBEAT_MS: (i64, i64, i64) = (10, 60_000, 1_000);
 const FAILURE_THRESHOLD: (i64, i64, i64) = (2, 100, 5);
 const MAX_FRAME_BYTES: (i64, i64, i64) = (1024, 64 * 1024 * 1024, 1024 * 1024);
+const PROXY_MAX_BODY_BYTES: (i64, i64, i64) = (0, 1 << 40, 8 * 1024 * 1024);
+const PROXY_MAX_REQUESTS: (i64, i64, i64) = (1, 1_000_000, 1024);
+const PROXY_CONNECT_MS: (i64, i64, i64) = (1, 600_000, 2_000);
+const PROXY_RESPONSE_MS: (i64, i64, i64) = (1, 3_600_000, 30_000);
 const HANDSHAKE_MS: (i64, i64, i64) = (10, 60_000, 5_000);
 /// Shorter secrets are too easy to guess for an HMAC key.
 const MIN_SECRET_BYTES: usize = 16;
@@ -409,6 +447,7 @@ impl Config {
                 handshake_timeout: Duration::from_secs(2),
                 tls: None,
                 api_token: None,
+                proxy: ProxyConfig::default(),
             },
             nodes,
             links: Vec::new(),
@@ -450,6 +489,10 @@ struct RawCluster {
     api_token: Option<Spanned<String>>,
     api_token_env: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
+    proxy_max_body_bytes: Option<Spanned<i64>>,
+    proxy_max_requests: Option<Spanned<i64>>,
+    proxy_connect_timeout_ms: Option<Spanned<i64>>,
+    proxy_response_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +514,8 @@ struct RawNode {
     service: Option<Spanned<String>>,
     service_socket: Option<Spanned<String>>,
     api: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
     master: Option<Spanned<String>>,
     #[serde(default)]
     fallback_masters: Vec<Spanned<String>>,
@@ -905,7 +950,31 @@ impl<'a> Validator<'a> {
             )?,
             Purpose::Application => None,
         };
+        let proxy = ProxyConfig {
+            max_body_bytes: self.number(
+                &raw.proxy_max_body_bytes,
+                "proxy_max_body_bytes",
+                PROXY_MAX_BODY_BYTES,
+            )?,
+            max_requests: usize::try_from(self.number(
+                &raw.proxy_max_requests,
+                "proxy_max_requests",
+                PROXY_MAX_REQUESTS,
+            )?)
+            .unwrap_or(usize::MAX),
+            connect_timeout: Duration::from_millis(self.number(
+                &raw.proxy_connect_timeout_ms,
+                "proxy_connect_timeout_ms",
+                PROXY_CONNECT_MS,
+            )?),
+            response_timeout: Duration::from_millis(self.number(
+                &raw.proxy_response_timeout_ms,
+                "proxy_response_timeout_ms",
+                PROXY_RESPONSE_MS,
+            )?),
+        };
         Ok(ClusterConfig {
+            proxy,
             api_token,
             name: raw.name.get_ref().clone(),
             topology,
@@ -1182,7 +1251,7 @@ impl<'a> Validator<'a> {
                         &value.span(),
                         &field,
                         problem,
-                        "a distinct address for every listen, service and api endpoint (a node with advertise may share one with nodes on other machines)",
+                        "a distinct address for every listen, service, api and proxy endpoint (a node with advertise may share one with nodes on other machines)",
                     ));
                 }
                 bound.push(Bound {
@@ -1201,6 +1270,27 @@ impl<'a> Validator<'a> {
                 .map(|v| address("service", v))
                 .transpose()?;
             let api = node.api.as_ref().map(|v| address("api", v)).transpose()?;
+            let proxy = node
+                .proxy
+                .as_ref()
+                .map(|v| address("proxy", v))
+                .transpose()?;
+            let http = match &node.http {
+                None => None,
+                Some(value) => Some(
+                    HostPort::parse(value.get_ref())
+                        .ok()
+                        .filter(|_| value.get_ref().len() <= 255)
+                        .ok_or_else(|| {
+                            ctx.invalid(
+                                &value.span(),
+                                format!("nodes[{i}].http"),
+                                format!("invalid backend address {:?}", value.get_ref()),
+                                "HOST:PORT of the HTTP server beside this node (at most 255 bytes), such as \"127.0.0.1:9001\" or \"web-1.example.org:8080\"",
+                            )
+                        })?,
+                ),
+            };
             let advertise = match &node.advertise {
                 None => None,
                 Some(value) => Some(HostPort::parse(value.get_ref()).map_err(|problem| {
@@ -1267,6 +1357,8 @@ impl<'a> Validator<'a> {
                     .as_ref()
                     .map(|s| PathBuf::from(s.get_ref())),
                 api,
+                http,
+                proxy,
                 master: node.master.as_ref().map(|m| m.get_ref().clone()),
                 fallback_masters: node
                     .fallback_masters

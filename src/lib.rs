@@ -49,6 +49,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod link;
 pub mod node;
+pub mod proxy;
 pub mod service;
 pub mod sockets;
 pub mod testing;

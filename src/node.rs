@@ -15,6 +15,7 @@
 //! Every node runs on its own arbiter (thread); a whole cluster can share one process.
 
 mod admission;
+mod backends;
 mod bind;
 mod calls;
 mod dedup;
@@ -104,6 +105,9 @@ pub enum StartError {
     /// The node's HTTP API (`api = "ADDR"`) could not start.
     #[error("node {node}: {message}")]
     Api { node: String, message: String },
+    /// The node's HTTP proxy (`proxy = "ADDR"`) could not start.
+    #[error("node {node}: {message}")]
+    Proxy { node: String, message: String },
     /// The node started but could not go on: a peer refused it as `duplicate_node` (another
     /// process holds its name). The message names the node and the peer.
     #[error("{0}")]

@@ -8,8 +8,9 @@
 //!
 //! Socket activation follows the systemd protocol: `LISTEN_FDS` sockets from fd 3 on, named by
 //! the colon-separated `LISTEN_FDNAMES`. A socket named `NODE.peer` is node NODE's peer
-//! listener, `NODE.service` its application (service) TCP listener and `NODE.api` its HTTP API;
-//! when the process runs a single node, the bare names `peer`, `service` and `api` mean that
+//! listener, `NODE.service` its application (service) TCP listener, `NODE.api` its HTTP API and
+//! `NODE.proxy` its HTTP proxy; when the process runs a single node, the bare names `peer`,
+//! `service`, `api` and `proxy` mean that
 //! node. `LISTEN_PID` may be absent (a parent cannot know its child's pid before it starts
 //! it); when present it must be ours.
 
@@ -25,6 +26,8 @@ pub struct Bound {
     pub service: Option<TcpListener>,
     /// Serves the HTTP API, in place of binding `api` (see [`crate::api`]).
     pub api: Option<TcpListener>,
+    /// Serves the HTTP proxy, in place of binding `proxy` (see [`crate::proxy`]).
+    pub proxy: Option<TcpListener>,
 }
 
 impl Bound {
@@ -137,6 +140,7 @@ impl Inherited {
                 peer: take("peer"),
                 service: take("service"),
                 api: take("api"),
+                proxy: take("proxy"),
             };
             out.insert(node.clone(), bound);
         }

@@ -62,6 +62,7 @@ impl Ports {
             peer: self.listener(node.listen),
             service: node.service.and_then(|a| self.listener(a)),
             api: node.api.and_then(|a| self.listener(a)),
+            proxy: node.proxy.and_then(|a| self.listener(a)),
         }
     }
 }
@@ -93,6 +94,9 @@ impl TestCluster {
             }
             if n.api.is_some() {
                 n.api = Some(ports.reserve());
+            }
+            if n.proxy.is_some() {
+                n.proxy = Some(ports.reserve());
             }
         }
         TestCluster { config, ports }

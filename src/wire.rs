@@ -28,9 +28,9 @@ pub use codec::{
 };
 pub use frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Envelope, ErrorFrame, Failure, Frame,
-    Heartbeat, Hello, HelloAck, MemberView, Message, Method, NodeStats, Options, Outcome, PeerCall,
-    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
-    KNOWN_KINDS,
+    Heartbeat, Hello, HelloAck, HttpBackend, MemberView, Message, Method, NodeStats, Options,
+    Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue,
+    Status, Topic, Welcome, KNOWN_KINDS,
 };
 pub use handshake::{accept, accept_with, dial, dial_with, HandshakeError, Identity, PeerInfo};
 pub use rules::{check_body, MAX_NESTING};

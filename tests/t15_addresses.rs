@@ -25,6 +25,7 @@ async fn converged(config: Config, master: std::net::TcpListener) -> Vec<NodeHan
             peer: Some(master),
             service: None,
             api: None,
+            proxy: None,
         },
     )]);
     let nodes = cluster::start_bound(Arc::new(config), None, bound)
@@ -184,6 +185,7 @@ async fn an_application_attaches_via_a_wildcard_service_at_loopback() {
             peer: Some(peer),
             service: Some(service),
             api: None,
+            proxy: None,
         },
     )]);
     let nodes = cluster::start_bound(config.clone(), None, bound)

@@ -685,6 +685,7 @@ async fn a_forged_status_from_the_future_cannot_mark_a_live_node_down() {
         links: vec![],
         stats: wire::NodeStats::default(),
         methods: vec![],
+        http: vec![],
     }));
     link.send(&forged).await.unwrap();
     // The master reads its link in order: once it answers a later ping, the forged status
@@ -734,6 +735,7 @@ async fn a_relayed_status_with_a_new_incarnation_cannot_replace_a_live_directly_
         links: vec![],
         stats: wire::NodeStats::default(),
         methods: vec![],
+        http: vec![],
     }));
     link.send(&forged).await.unwrap();
     // Read in order: once the master answers a later ping, the forged status has reached

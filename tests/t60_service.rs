@@ -531,6 +531,7 @@ async fn hostile_clients_get_an_error_frame_and_are_closed_while_others_are_serv
         links: vec![],
         stats: Default::default(),
         methods: vec![],
+        http: vec![],
     };
     raw.send(&Message::Status(Box::new(status))).await.unwrap();
     assert_eq!(codes_until_closed(raw).await, ["unexpected_message"]);

@@ -85,6 +85,7 @@ async fn linked_through_a_forwarder() -> (Vec<NodeHandle>, ForwarderHandle) {
             peer: Some(master),
             service: None,
             api: None,
+            proxy: None,
         },
     )]);
     let nodes = cluster::start_bound(Arc::new(config), None, bound)

@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         links: vec!["master".into()],
         stats: NodeStats::default(),
         methods: vec![],
+        http: vec![],
     };
     let held_x = held.get("x").filter(|h| h.incarnation != real);
     assert_eq!(

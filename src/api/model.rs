@@ -65,6 +65,9 @@ pub struct MemberDoc {
     pub links: Vec<String>,
     /// Methods it serves, sorted.
     pub methods: Vec<String>,
+    /// HTTP backends it advertises (`HOST:PORT`), sorted: where proxies forward requests.
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 /// A custom stat as JSON.
@@ -120,6 +123,7 @@ impl From<&MemberView> for MemberDoc {
                 .unwrap_or_default(),
             links: m.links.clone(),
             methods: m.methods.clone(),
+            http: m.http.clone(),
         }
     }
 }
@@ -162,6 +166,7 @@ impl From<&MemberDoc> for MemberView {
             stats,
             links: m.links.clone(),
             methods: m.methods.clone(),
+            http: m.http.clone(),
         }
     }
 }
@@ -240,6 +245,7 @@ mod tests {
             stats: Some(stats),
             links: vec!["master".into()],
             methods: vec!["echo".into()],
+            http: vec!["127.0.0.1:9001".into()],
         };
         let doc = MemberDoc::from(&view);
         let json = serde_json::to_value(&doc).unwrap();

@@ -250,6 +250,7 @@ mod tests {
                     stats: Some(stats),
                     links: vec!["worker-1".into()],
                     methods: vec![],
+                    http: vec![],
                 },
                 MemberView {
                     name: "worker-1".into(),
@@ -259,6 +260,7 @@ mod tests {
                     stats: None,
                     links: vec![],
                     methods: vec![],
+                    http: vec![],
                 },
             ],
         }

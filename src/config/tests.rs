@@ -499,7 +499,7 @@ fn duplicate_addresses_across_listen_service_and_api() {
     let text = format!("{}{}", star_text(), node("w3", 7101, ""));
     assert_eq!(
         err(&text),
-        "test.toml:24:10: nodes[3].listen: address 127.0.0.1:7101 is already used by nodes[1].listen (line 14); expected a distinct address for every listen, service and api endpoint (a node with advertise may share one with nodes on other machines)"
+        "test.toml:24:10: nodes[3].listen: address 127.0.0.1:7101 is already used by nodes[1].listen (line 14); expected a distinct address for every listen, service, api and proxy endpoint (a node with advertise may share one with nodes on other machines)"
     );
     let text = format!(
         "{}{}",

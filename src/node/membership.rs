@@ -66,6 +66,8 @@ pub struct Member {
     pub stats: NodeStats,
     /// Methods the node serves, sorted.
     pub methods: Vec<String>,
+    /// HTTP backends the node advertises (`HOST:PORT`), sorted.
+    pub http: Vec<String>,
 }
 
 /// This node's view of the cluster: itself and every node it considers up.
@@ -185,6 +187,8 @@ pub struct Membership {
     my_links: BTreeSet<String>,
     /// Methods this node serves, sorted (read from the ledger when it changed).
     my_methods: Vec<String>,
+    /// HTTP backends this node advertises, sorted (read from their ledger when it changed).
+    my_http: Vec<String>,
     /// The ledger changed since `my_methods` was read.
     methods_stale: bool,
     /// `my_links` as indices into `names`.
@@ -238,6 +242,7 @@ impl Membership {
             statuses: HashMap::new(),
             my_links: BTreeSet::new(),
             my_methods: Vec::new(),
+            my_http: Vec::new(),
             methods_stale: true,
             my_link_ixs: Vec::new(),
             version: 0,
@@ -370,6 +375,9 @@ impl Membership {
             self.methods_stale = false;
             self.my_methods = self.shared.methods.names();
         }
+        if let Some(http) = self.shared.backends.take_changed() {
+            self.my_http = http;
+        }
         self.version += 1;
         self.last_announce = Some(Instant::now());
         let status = self.own_status();
@@ -387,6 +395,7 @@ impl Membership {
             links: self.my_links.iter().cloned().collect(),
             stats: (**self.shared.stats.load()).clone(),
             methods: self.my_methods.clone(),
+            http: self.my_http.clone(),
         }
     }
 
@@ -557,6 +566,7 @@ impl Membership {
                 links: self.my_links.iter().cloned().collect(),
                 stats: (**self.shared.stats.load()).clone(),
                 methods: self.my_methods.clone(),
+                http: self.my_http.clone(),
             },
         );
         for name in &self.up {
@@ -570,6 +580,7 @@ impl Membership {
                         links: s.links.clone(),
                         stats: s.stats.clone(),
                         methods: s.methods.clone(),
+                        http: s.http.clone(),
                     },
                 );
             }
@@ -657,6 +668,7 @@ impl Membership {
             k.links != links
                 || k.status.incarnation != status.incarnation
                 || k.status.methods != status.methods
+                || k.status.http != status.http
         }) || !self.up.contains(&status.node);
         let name = status.node.clone();
         self.statuses.insert(
@@ -727,7 +739,9 @@ impl Membership {
             }
         }
         let quiet = self.interval() * 3 / 2;
-        if self.last_tick.is_none_or(|t| t.elapsed() >= quiet) {
+        // Backends are looked at here rather than sent (see `backends`): a change is
+        // advertised within an interval.
+        if self.last_tick.is_none_or(|t| t.elapsed() >= quiet) || self.shared.backends.changed() {
             self.announce();
         }
         self.recompute(); // expires statuses that went stale
@@ -926,6 +940,14 @@ pub(crate) fn normalize_status(status: &mut Status, known: impl Fn(&str) -> bool
     status.methods.truncate(super::calls::MAX_METHODS);
     status.methods.sort_unstable();
     status.methods.dedup();
+    // Backends are dialled by the proxy: only well-formed ones, and no more than a node may
+    // advertise.
+    status
+        .http
+        .retain(|a| super::backends::check_address(a).is_ok());
+    status.http.truncate(super::backends::MAX_BACKENDS);
+    status.http.sort_unstable();
+    status.http.dedup();
 }
 
 /// Who reports a link to whom, as one bit per ordered pair of configured nodes.
@@ -998,6 +1020,7 @@ mod tests {
             links: vec![],
             stats: NodeStats::default(),
             methods: vec![],
+            http: vec![],
         }
     }
 

@@ -13,13 +13,15 @@
 //!
 //! Bounds: at most [`MAX_METHODS`](super::calls::MAX_METHODS) methods, whose names take at
 //! most [`method_bytes_budget`] bytes encoded (each name costs its length plus
-//! [`NAME_OVERHEAD_BYTES`]): half the frame limit, at most [`MAX_METHOD_TABLE_BYTES`]. The
-//! other half holds the rest of a status: names of at most 64 bytes, one link per configured
-//! node, and the stats.
+//! [`NAME_OVERHEAD_BYTES`]): half the frame limit less the HTTP backends' budget
+//! (`backends::backend_bytes_budget`), at most [`MAX_METHOD_TABLE_BYTES`]. The other half
+//! holds the rest of a status: names of at most 64 bytes, one link per configured node, and
+//! the stats.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::backends::backend_bytes_budget;
 use super::calls::{ImplementationId, MAX_METHODS};
 
 /// The most bytes a node's method names take in its status (CBOR-encoded).
@@ -28,9 +30,11 @@ pub const MAX_METHOD_TABLE_BYTES: usize = 512 * 1024;
 /// most 255 bytes: 2).
 pub const NAME_OVERHEAD_BYTES: usize = 3;
 
-/// The budget of method-name bytes for a node whose frames are at most `max_frame_bytes`.
+/// The budget of method-name bytes for a node whose frames are at most `max_frame_bytes`:
+/// half a frame, less what the HTTP backends may take.
 pub fn method_bytes_budget(max_frame_bytes: usize) -> usize {
-    MAX_METHOD_TABLE_BYTES.min(max_frame_bytes / 2)
+    let half = (max_frame_bytes / 2).saturating_sub(backend_bytes_budget(max_frame_bytes));
+    MAX_METHOD_TABLE_BYTES.min(half)
 }
 
 /// Why an implementation was not admitted.
@@ -219,8 +223,12 @@ mod tests {
     }
 
     #[test]
-    fn a_small_frame_limit_shrinks_the_budget_to_half_a_frame() {
-        assert_eq!(method_bytes_budget(1024), 512);
+    fn a_small_frame_limit_shrinks_the_budget_to_half_a_frame_less_the_backends() {
+        assert_eq!(method_bytes_budget(1024), 512 - 64);
+        assert_eq!(
+            method_bytes_budget(1024 * 1024),
+            512 * 1024 - super::super::backends::MAX_BACKEND_TABLE_BYTES
+        );
         assert_eq!(
             method_bytes_budget(64 * 1024 * 1024),
             MAX_METHOD_TABLE_BYTES

@@ -37,6 +37,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio_util::codec::FramedParts;
 
+use super::backends::{check_address, BackendId};
 use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
 };
@@ -94,6 +95,9 @@ pub struct ServiceSession {
     /// This session's subscriber group at the bus (see `AppSubscriber`).
     group: u64,
     methods: HashMap<String, ImplementationId>,
+    /// HTTP backends this application registered (`http_backend`), by address; advertised
+    /// until it detaches.
+    backends: HashMap<String, BackendId>,
     calls_in_flight: usize,
     /// Requests sent to the application, by the id it must echo.
     serving: HashMap<u64, Answer>,
@@ -277,6 +281,7 @@ impl ServiceSession {
                 subscriptions: HashMap::new(),
                 group: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
                 methods: HashMap::new(),
+                backends: HashMap::new(),
                 calls_in_flight: 0,
                 serving: HashMap::new(),
                 next_request: 0,
@@ -408,6 +413,7 @@ impl ServiceSession {
             Message::Ping(p) => self.push(&Message::Pong(p), ctx),
             Message::Pong(_) => {}
             Message::Cluster(q) => self.cluster(q.id, ctx),
+            Message::HttpBackend(b) => self.http_backend(b.address, ctx),
             // Checked by `check_request`: anything else is `close`.
             Message::Options(o) => {
                 let policy = match o.overflow.as_deref() {
@@ -579,6 +585,20 @@ impl ServiceSession {
         self.methods.insert(method, id);
     }
 
+    /// Advertise the application's HTTP server at `address` (checked by `check_request`)
+    /// until it detaches; admitted or refused at once by the node's backend ledger.
+    fn http_backend(&mut self, address: String, ctx: &mut Context<Self>) {
+        if self.backends.contains_key(&address) {
+            return;
+        }
+        let id = BackendId::next();
+        if let Err(e) = self.w.shared.backends.add(id, &address) {
+            return self.refuse("http_backend", "too_many_backends", e.to_string(), ctx);
+        }
+        tracing::info!(node = %self.node(), app = %self.app.node, "HTTP backend {address} advertised");
+        self.backends.insert(address, id);
+    }
+
     fn call(&mut self, c: Call, ctx: &mut Context<Self>) {
         if self.calls_in_flight >= MAX_CALLS_IN_FLIGHT {
             let e = CallError::Busy(format!(
@@ -665,6 +685,10 @@ pub(crate) fn check_request(msg: &Message) -> Verdict {
         Message::Implement(m) => match check_name(&m.method) {
             Ok(()) => Verdict::Admit,
             Err(why) => refuse("implement", "bad_method", format!("method {why}")),
+        },
+        Message::HttpBackend(b) => match check_address(&b.address) {
+            Ok(()) => Verdict::Admit,
+            Err(why) => refuse("http_backend", "bad_address", why.to_string()),
         },
         Message::Options(o) => match o.overflow.as_deref() {
             None | Some("close" | "drop_oldest" | "wait") => Verdict::Admit,
@@ -833,6 +857,10 @@ impl Actor for ServiceSession {
         if !methods.is_empty() {
             self.w.calls.do_send(Unimplement(methods));
         }
+        // Membership sees the ledger's change at its next tick (see `backends`).
+        for (_, id) in self.backends.drain() {
+            self.w.shared.backends.remove(id);
+        }
         // Dropping the answers fails every call waiting on this application at once.
         self.serving.clear();
         // Unless a close with a last word came first: write what is queued, then end.
@@ -974,6 +1002,7 @@ pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
                 stats: Some(m.stats.clone()),
                 links: m.links.clone(),
                 methods: m.methods.clone(),
+                http: m.http.clone(),
             },
             None => MemberView {
                 name: n.name.clone(),
@@ -983,6 +1012,7 @@ pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
                 stats: None,
                 links: Vec::new(),
                 methods: Vec::new(),
+                http: Vec::new(),
             },
         })
         .collect();

@@ -421,7 +421,8 @@ impl Session {
             | Message::Refused(_)
             | Message::Cluster(_)
             | Message::ClusterView(_)
-            | Message::Options(_)) => {
+            | Message::Options(_)
+            | Message::HttpBackend(_)) => {
                 self.fail(
                     ctx,
                     "unexpected_message",

@@ -53,6 +53,8 @@ pub struct NodeShared {
     pub dedup: Mutex<Dedup>,
     /// The methods this node serves and their byte budget (see `methods`).
     pub methods: super::methods::MethodLedger,
+    /// The HTTP backends this node advertises (see `backends`).
+    pub backends: super::backends::BackendLedger,
     /// Topics and patterns with at least one local subscriber, so a publish skips the bus
     /// otherwise.
     pub local_topics: LocalTopics,
@@ -106,6 +108,10 @@ impl NodeShared {
             dedup: Mutex::new(Dedup::new(config.nodes.len())),
             metrics: super::metrics::Metrics::default(),
             methods: super::methods::MethodLedger::new(config.cluster.max_frame_bytes),
+            backends: super::backends::BackendLedger::new(
+                config.cluster.max_frame_bytes,
+                me.http.as_ref(),
+            ),
             view,
             config,
             me,

@@ -85,6 +85,9 @@ pub enum Message {
     ClusterView(ClusterView),
     /// Application → node, right after `welcome`: how its link behaves (its queue's policy).
     Options(Options),
+    /// Application → node: its HTTP server listens at `address`; the node advertises it as
+    /// an HTTP backend in its status until the application detaches.
+    HttpBackend(HttpBackend),
 
     /// A message of a kind this build does not know (a later version's), with that kind's
     /// name. Never encoded; the codec yields it only where its seq must be counted (a stream
@@ -126,6 +129,7 @@ impl Message {
             Message::Ack(_) => "ack",
             Message::Unknown(_) => "unknown",
             Message::Options(_) => "options",
+            Message::HttpBackend(_) => "http_backend",
         }
     }
 
@@ -170,6 +174,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     "cluster",
     "cluster_view",
     "options",
+    "http_backend",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,6 +298,10 @@ pub struct Status {
     /// Methods this node serves (actors and attached applications), sorted, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// HTTP backends this node advertises (`HOST:PORT`, its configured `http` and those its
+    /// applications registered), sorted, each once: where a proxy forwards requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<String>,
 }
 
 /// The replicated state of a node (NodeCloud's `heartbeat-ack` payload).
@@ -438,6 +447,12 @@ pub struct Method {
     pub method: String,
 }
 
+/// `http_backend`: an application's HTTP server, as `HOST:PORT` (at most 255 bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpBackend {
+    pub address: String,
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -555,6 +570,9 @@ pub struct MemberView {
     /// Methods it serves, sorted.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// HTTP backends it advertises (`HOST:PORT`), sorted; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::*;
 use crate::wire::frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat,
-    Hello, HelloAck, MemberView, Method, NodeStats, Options, Outcome, PeerCall, PeerReply, Ping,
-    Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
+    Hello, HelloAck, HttpBackend, MemberView, Method, NodeStats, Options, Outcome, PeerCall,
+    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -62,6 +62,7 @@ fn status() -> Status {
             extra,
         },
         methods: vec!["math.add".into(), "py.add".into()],
+        http: vec!["127.0.0.1:9001".into()],
     }
 }
 
@@ -160,6 +161,9 @@ fn samples() -> Vec<Message> {
         Message::Implement(Method {
             method: "py.add".into(),
         }),
+        Message::HttpBackend(HttpBackend {
+            address: "127.0.0.1:9001".into(),
+        }),
         Message::Unimplement(Method {
             method: "py.add".into(),
         }),
@@ -207,6 +211,7 @@ fn samples() -> Vec<Message> {
                     stats: Some(NodeStats::default()),
                     links: vec!["worker-1".into()],
                     methods: vec!["py.add".into()],
+                    http: vec![],
                 },
                 MemberView {
                     name: "worker-1".into(),
@@ -216,6 +221,7 @@ fn samples() -> Vec<Message> {
                     stats: None,
                     links: vec![],
                     methods: vec![],
+                    http: vec![],
                 },
             ],
         }),
@@ -253,7 +259,8 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Cluster(_)
         | Message::ClusterView(_)
         | Message::Ack(_)
-        | Message::Options(_) => true,
+        | Message::Options(_)
+        | Message::HttpBackend(_) => true,
         // Never encoded: the codec makes it from a kind it does not know.
         Message::Unknown(_) => false,
     }
@@ -303,7 +310,7 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 28, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 29, "one sample per variant: {kinds:?}");
     assert_eq!(kinds.len(), crate::wire::KNOWN_KINDS.len());
     assert!(kinds.iter().all(|k| crate::wire::KNOWN_KINDS.contains(k)));
 
@@ -672,6 +679,7 @@ fn zero_length_frame_is_malformed() {
 fn status_with_extra(value: &[u8]) -> BytesMut {
     let mut s = status();
     s.methods.clear();
+    s.http.clear();
     s.stats.extra.clear();
     s.stats
         .extra

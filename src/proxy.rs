@@ -1,0 +1,652 @@
+//! The HTTP proxy a node serves when its configuration says `proxy = "ADDR"`: one entry point
+//! that forwards each request to an HTTP backend advertised by an `up` node (the "proxy
+//! bounce"). hyper parses and writes every message (an HTTP/1.1 server with keep-alive,
+//! chunked bodies and upgrades; a pooled client to the backends); this module chooses the
+//! backend and rewrites the headers.
+//!
+//! Like the HTTP API, it is not part of the actor tree: it reads the membership watch (who is
+//! up, which backends each advertises, each node's load) on every request, so a node declared
+//! `down` gets no request from the next one on. [`start`] runs the accept loop as a task of the
+//! node's arbiter; it and the connections it spawns stop when the node stops.
+//!
+//! Policy (see `choice`): least outstanding requests from this proxy, then least replicated
+//! load per CPU, then in turn; `X-Nodecloud-Node: NAME` pins a request to node NAME. A backend
+//! whose connection is refused (or times out) is skipped for [`BACKOFF`] even before its node is
+//! declared down, and an idempotent request that met such a failure, which sent nothing, is
+//! tried once more on another node; a POST or PATCH never is.
+//!
+//! Bounds: request headers [`MAX_HEADER_BYTES`] in all (431, and the connection goes on);
+//! bodies `proxy_max_body_bytes` (413); requests forwarded at once `proxy_max_requests` (503
+//! with `Retry-After`); connections at once [`MAX_CONNECTIONS`] (more wait in the backlog);
+//! a connect timeout and a response timeout (504: the backend took too long to answer).
+
+mod choice;
+mod headers;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+
+pub use choice::{pick, Candidate};
+pub use headers::{MAX_HEADER_BYTES, PIN_HEADER};
+
+use crate::config::ProxyConfig;
+use crate::node::{MembershipView, NodeHandle};
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a backend that refused a connection is skipped.
+pub const BACKOFF: Duration = Duration::from_secs(2);
+/// What hyper buffers of a request head. Larger than [`MAX_HEADER_BYTES`], so that a request
+/// whose headers are too large is still read whole and answered 431 on a connection that goes
+/// on; past this, hyper answers 431 itself and closes.
+const MAX_HEAD_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
+/// Headers in a request head (hyper's default is 100; 64 KiB of short headers is more).
+const MAX_HEADERS: usize = 4096;
+/// A client that sends no complete request head for this long is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle pooled connections to a backend are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The response header naming the node whose backend answered.
+const SERVED_BY_HEADER: &str = "x-nodecloud-node";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// Why a request got no backend's answer; each maps to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request headers take more than {MAX_HEADER_BYTES} bytes")]
+    HeadersTooLarge,
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("{0} requests are being forwarded already; retry later")]
+    Busy(usize),
+    #[error("no up node advertises an HTTP backend")]
+    NoBackend,
+    #[error("node {0:?} is not up or advertises no HTTP backend")]
+    PinnedUnavailable(String),
+    #[error("backend {addr} of node {node} could not be reached: {source}")]
+    Connect {
+        node: String,
+        addr: String,
+        source: BoxError,
+    },
+    #[error("backend {addr} of node {node} did not answer in time")]
+    Timeout { node: String, addr: String },
+    #[error("backend {addr} of node {node} failed: {source}")]
+    Upstream {
+        node: String,
+        addr: String,
+        source: BoxError,
+    },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Busy(_) | ProxyError::NoBackend | ProxyError::PinnedUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut resp = Response::new(text(format!("{self}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+fn text(s: String) -> Body {
+    Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Requests the proxy counted for one backend, read by `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendCounters {
+    pub requests: u64,
+    /// Requests that got no answer from it (refused, timed out, failed).
+    pub errors: u64,
+    pub in_flight: u64,
+    /// Seconds until the response head, bucketed by [`LATENCY_BUCKETS_S`] (then +Inf).
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum_s: f64,
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS_S: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One backend: the node advertising it and its address.
+type BackendKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    /// Requests waiting on each backend (removed at zero).
+    outstanding: HashMap<BackendKey, usize>,
+    /// Backends skipped until the instant given, by address.
+    backoff: HashMap<String, Instant>,
+    /// Counters per backend. Bounded: backends advertised by configured nodes, at most 16
+    /// per node (entries of backends no longer advertised are dropped at a scrape).
+    counters: HashMap<BackendKey, BackendCounters>,
+}
+
+/// What every request of one proxy reads.
+struct Proxy {
+    node: String,
+    view: watch::Receiver<Arc<MembershipView>>,
+    config: ProxyConfig,
+    client: Client<HttpConnector, Body>,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+    turn: AtomicUsize,
+}
+
+/// The backend chosen for one attempt; its outstanding count drops with it.
+struct Chosen<'a> {
+    proxy: &'a Proxy,
+    key: BackendKey,
+}
+
+impl Drop for Chosen<'_> {
+    fn drop(&mut self) {
+        let mut s = self.proxy.lock();
+        if let Some(n) = s.outstanding.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.outstanding.remove(&self.key);
+            }
+        }
+        if let Some(c) = s.counters.get_mut(&self.key) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Whether `e`, or an error it was caused by, is `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl Proxy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update leaves the state consistent: a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Choose a backend on an up node, not on the nodes in `tried`, `pinned` to a node if
+    /// given; backends in back-off only when there is no other.
+    fn choose(&self, pinned: Option<&str>, tried: &[String]) -> Result<Chosen<'_>, ProxyError> {
+        let view = self.view.borrow().clone();
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.backoff.retain(|_, until| *until > now);
+        let mut fresh = Vec::new();
+        let mut backed_off = Vec::new();
+        for m in view.members.values() {
+            if pinned.is_some_and(|p| p != m.name) || tried.contains(&m.name) {
+                continue;
+            }
+            let load = m.stats.load_avg[0] / f64::from(m.stats.cpus.max(1));
+            for addr in &m.http {
+                let key = (m.name.clone(), addr.clone());
+                let c = Candidate {
+                    outstanding: s.outstanding.get(&key).copied().unwrap_or(0),
+                    node: key.0,
+                    addr: key.1,
+                    load_per_cpu: load,
+                };
+                if s.backoff.contains_key(addr) {
+                    backed_off.push(c);
+                } else {
+                    fresh.push(c);
+                }
+            }
+        }
+        let candidates = if fresh.is_empty() { backed_off } else { fresh };
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let Some(c) = pick(&candidates, turn).and_then(|i| candidates.into_iter().nth(i)) else {
+            return Err(match pinned {
+                Some(p) => ProxyError::PinnedUnavailable(p.to_owned()),
+                None => ProxyError::NoBackend,
+            });
+        };
+        let key = (c.node, c.addr);
+        *s.outstanding.entry(key.clone()).or_default() += 1;
+        let counters = s
+            .counters
+            .entry(key.clone())
+            .or_insert_with(|| BackendCounters {
+                latency_buckets: vec![0; LATENCY_BUCKETS_S.len() + 1],
+                ..BackendCounters::default()
+            });
+        counters.requests += 1;
+        counters.in_flight += 1;
+        Ok(Chosen { proxy: self, key })
+    }
+
+    fn record(&self, key: &BackendKey, started: Instant, ok: bool) {
+        let mut s = self.lock();
+        if let Some(c) = s.counters.get_mut(key) {
+            if ok {
+                let secs = started.elapsed().as_secs_f64();
+                let bucket = LATENCY_BUCKETS_S
+                    .iter()
+                    .position(|b| secs <= *b)
+                    .unwrap_or(LATENCY_BUCKETS_S.len());
+                if let Some(n) = c.latency_buckets.get_mut(bucket) {
+                    *n += 1;
+                }
+                c.latency_sum_s += secs;
+            } else {
+                c.errors += 1;
+            }
+        }
+    }
+
+    fn back_off(&self, addr: &str) {
+        self.lock()
+            .backoff
+            .insert(addr.to_owned(), Instant::now() + BACKOFF);
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(match self.forward(req, client).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(node = %self.node, "proxy: {e}");
+                e.into_response()
+            }
+        })
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        if headers::size(req.headers()) > MAX_HEADER_BYTES {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        let max_body = self.config.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(ProxyError::BodyTooLarge(max_body));
+        }
+        // Held until the backend's response head came (or the request failed).
+        let _permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Busy(self.config.max_requests))?;
+        let pinned = req
+            .headers()
+            .get(PIN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut head = parts.headers;
+        headers::strip_hop_by_hop(&mut head, upgrade);
+        headers::add_forwarded(&mut head, client);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let idempotent = is_idempotent(&parts.method);
+        // An idempotent request may be sent twice, so its body (usually none) is read first;
+        // any other streams through once.
+        let (buffered, mut streamed) = if idempotent {
+            let bytes = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if caused_by::<LengthLimitError>(&*e) {
+                        ProxyError::BodyTooLarge(max_body)
+                    } else {
+                        ProxyError::BadRequest(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            (Some(bytes), None)
+        } else {
+            (None, Some(Limited::new(body, limit).boxed()))
+        };
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let chosen = self.choose(pinned.as_deref(), &tried)?;
+            let (node, addr) = chosen.key.clone();
+            let body = match (&buffered, streamed.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|e| match e {}).boxed(),
+                (None, Some(s)) => s,
+                (None, None) => empty(),
+            };
+            let mut up = Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("http://{addr}{path}"))
+                .body(body)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            *up.headers_mut() = head.clone();
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(up));
+            match sent.await {
+                Err(_) => {
+                    self.record(&chosen.key, started, false);
+                    return Err(ProxyError::Timeout { node, addr });
+                }
+                Ok(Ok(resp)) => {
+                    self.record(&chosen.key, started, true);
+                    drop(chosen);
+                    return Ok(self.respond(resp, &node, client_upgrade));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    // Nothing was sent: the backend is skipped for a while, and an idempotent
+                    // request goes to another node once.
+                    self.record(&chosen.key, started, false);
+                    self.back_off(&addr);
+                    tracing::info!(node = %self.node, "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
+                    if idempotent && tried.is_empty() && pinned.is_none() {
+                        tried.push(node);
+                        continue;
+                    }
+                    if timed_out(&e) {
+                        return Err(ProxyError::Timeout { node, addr });
+                    }
+                    return Err(ProxyError::Connect {
+                        node,
+                        addr,
+                        source: Box::new(e),
+                    });
+                }
+                Ok(Err(e)) => {
+                    self.record(&chosen.key, started, false);
+                    if caused_by::<LengthLimitError>(&e) {
+                        return Err(ProxyError::BodyTooLarge(max_body));
+                    }
+                    return Err(ProxyError::Upstream {
+                        node,
+                        addr,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The backend's response as the client gets it: hop-by-hop headers stripped, the
+    /// serving node named; a `101 Switching Protocols` joins the two upgraded connections.
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        node: &str,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), switching);
+        if let Ok(v) = HeaderValue::from_str(node) {
+            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+        }
+        if let (true, Some(client_side)) = (switching, client_upgrade) {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(c), Ok(b)) = tokio::join!(client_side, backend_side) else {
+                    return;
+                };
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, empty());
+        }
+        resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+    }
+}
+
+/// A running proxy. Dropping it leaves the proxy running: it stops with its node.
+#[derive(Clone)]
+pub struct ProxyServer {
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
+}
+
+impl std::fmt::Debug for ProxyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl ProxyServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The counters of every backend it forwarded to that is still advertised by an up
+    /// node, by (node, address).
+    pub fn counters(&self) -> Vec<(String, String, BackendCounters)> {
+        let view = self.proxy.view.borrow().clone();
+        let mut s = self.proxy.lock();
+        s.counters.retain(|(node, addr), _| {
+            view.members
+                .get(node)
+                .is_some_and(|m| m.http.contains(addr))
+        });
+        let mut out: Vec<_> = s
+            .counters
+            .iter()
+            .map(|((n, a), c)| (n.clone(), a.clone(), c.clone()))
+            .collect();
+        out.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+        out
+    }
+}
+
+/// Why the proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyStartError {
+    #[error("cannot serve the HTTP proxy on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the node's arbiter stopped before the HTTP proxy started")]
+    ArbiterGone,
+}
+
+/// Serve the proxy of `node` on `listener` (already bound), on the node's arbiter; it stops
+/// when the node stops.
+///
+/// # Errors
+/// [`ProxyStartError`] when the listener cannot be served or the node is gone.
+pub async fn start(
+    node: &NodeHandle,
+    listener: TcpListener,
+) -> Result<ProxyServer, ProxyStartError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ProxyStartError::Listen {
+            addr: "?".into(),
+            source,
+        })?;
+    let listen_error = |source| ProxyStartError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let config = node.config().cluster.proxy.clone();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let proxy = Arc::new(Proxy {
+        node: node.name().to_owned(),
+        view: node.membership(),
+        permits: Arc::new(Semaphore::new(config.max_requests)),
+        config,
+        client,
+        state: Mutex::new(State::default()),
+        turn: AtomicUsize::new(0),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serving = proxy.clone();
+    let spawned = node.arbiter().spawn(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                accept(l, serving).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    if !spawned {
+        return Err(ProxyStartError::ArbiterGone);
+    }
+    rx.await
+        .map_err(|_| ProxyStartError::ArbiterGone)?
+        .map_err(listen_error)?;
+    tracing::info!(node = %node.name(), proxy = %addr, "HTTP proxy serving");
+    Ok(ProxyServer { addr, proxy })
+}
+
+/// Accept connections while the node runs, each served by hyper in a task of its own.
+async fn accept(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // At the bound, wait for a connection to end before accepting the next.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: wait a
+                // little rather than spin, and go on.
+                tracing::warn!(node = %proxy.node, "proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service =
+                hyper::service::service_fn(move |req| proxy.clone().handle(req, peer.ip()));
+            let served = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .max_buf_size(MAX_HEAD_BUFFER_BYTES)
+                .max_headers(MAX_HEADERS)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("proxy: connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Bind the configured `proxy` address of `node` (or take `listener`) and [`start`] there;
+/// `None` when the node has no proxy.
+///
+/// # Errors
+/// As [`start`], or when the address cannot be bound.
+pub async fn start_configured(
+    node: &NodeHandle,
+    listener: Option<TcpListener>,
+) -> Result<Option<ProxyServer>, ProxyStartError> {
+    let Some(addr) = node.config().node(node.name()).and_then(|n| n.proxy) else {
+        return Ok(None);
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(addr).map_err(|source| ProxyStartError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?,
+    };
+    start(node, listener).await.map(Some)
+}
