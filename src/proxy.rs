@@ -437,6 +437,9 @@ impl Proxy {
                     if caused_by::<LengthLimitError>(&e) {
                         return Err(ProxyError::BodyTooLarge(max_body));
                     }
+                    // The connection broke (a backend dying resets its connections): the next
+                    // requests go elsewhere until the back-off ends.
+                    self.back_off(&addr);
                     return Err(ProxyError::Upstream {
                         node,
                         addr,

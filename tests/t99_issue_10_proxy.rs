@@ -1,0 +1,489 @@
+//! Issue 10: the proxy bounce, against real processes. A star of four `nodecloud` processes:
+//! the master serves the proxy (`proxy = …`), each of three workers advertises an HTTP backend
+//! (`http = …`), a tiny hyper server run by this test that answers with its worker's name.
+//! Requests go through the proxy with hyper's client; the bounds are checked on the wire.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common {
+    pub mod procs;
+}
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::procs::{self, Proc};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodecloud::testing::Ports;
+use tokio::sync::{oneshot, watch};
+
+const WAIT: Duration = Duration::from_secs(20);
+const WORKERS: [&str; 3] = ["worker-1", "worker-2", "worker-3"];
+
+/// A backend: a hyper server on a thread and runtime of its own, answering `GET`s and `POST`s
+/// with its worker's name (and the `X-Forwarded-For` it saw). With a gate, each request waits
+/// until the gate opens. Killing it drops the runtime: the listener and every connection
+/// close at once, as when its process dies.
+struct Backend {
+    addr: SocketAddr,
+    /// Requests received (sent on each one), and those that were POSTs.
+    hits: watch::Receiver<usize>,
+    posts: Arc<AtomicUsize>,
+    /// Requests waiting at the gate now (sent when it changes).
+    waiting: watch::Receiver<usize>,
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(name: &'static str, gate: Option<watch::Receiver<bool>>) -> Backend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hits_tx, hits) = watch::channel(0usize);
+        let hits_tx = Arc::new(hits_tx);
+        let posts = Arc::new(AtomicUsize::new(0));
+        let (waiting_tx, waiting) = watch::channel(0usize);
+        let waiting_tx = Arc::new(waiting_tx);
+        let (kill, killed) = oneshot::channel::<()>();
+        let (h, p) = (hits_tx, posts.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = l.accept().await else {
+                            continue;
+                        };
+                        let (h, p, gate, waiting_tx) =
+                            (h.clone(), p.clone(), gate.clone(), waiting_tx.clone());
+                        tokio::spawn(async move {
+                            let service =
+                                hyper::service::service_fn(move |req: Request<Incoming>| {
+                                    let (h, p, gate, waiting_tx) =
+                                        (h.clone(), p.clone(), gate.clone(), waiting_tx.clone());
+                                    async move {
+                                        h.send_modify(|n| *n += 1);
+                                        if req.method() == Method::POST {
+                                            p.fetch_add(1, Ordering::SeqCst);
+                                        }
+                                        let xff = req
+                                            .headers()
+                                            .get("x-forwarded-for")
+                                            .cloned()
+                                            .unwrap_or(hyper::header::HeaderValue::from_static(""));
+                                        let _ = req.into_body().collect().await;
+                                        if let Some(mut gate) = gate {
+                                            waiting_tx.send_modify(|n| *n += 1);
+                                            let _ = gate.wait_for(|open| *open).await;
+                                            waiting_tx.send_modify(|n| *n -= 1);
+                                        }
+                                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                                        resp.headers_mut().insert("x-seen-forwarded-for", xff);
+                                        Ok::<_, Infallible>(resp)
+                                    }
+                                });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = killed => {}
+                    () = serve => {}
+                }
+            });
+            // Dropping the runtime drops every connection's task, and so its socket.
+            drop(rt);
+        });
+        Backend {
+            addr,
+            hits,
+            posts,
+            waiting,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client with a runtime of its own (the test itself blocks on log lines).
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What came back: status, the node that served it (`X-Nodecloud-Node`), the body.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: StatusCode,
+    served_by: Option<String>,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Http {
+    fn new() -> Http {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Http { rt, client }
+    }
+
+    async fn send_async(
+        client: Client<HttpConnector, Full<Bytes>>,
+        proxy: SocketAddr,
+        method: Method,
+        pin: Option<&str>,
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{proxy}/hello?x=1"));
+        if let Some(p) = pin {
+            req = req.header("x-nodecloud-node", p);
+        }
+        let req = req.body(Full::new(Bytes::from_static(b"payload"))).unwrap();
+        let resp = tokio::time::timeout(WAIT, client.request(req))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let served_by = headers
+            .get("x-nodecloud-node")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Answer {
+            status,
+            served_by,
+            headers,
+            body: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        })
+    }
+
+    fn send(&self, proxy: SocketAddr, method: Method, pin: Option<&str>) -> Answer {
+        self.rt
+            .block_on(Self::send_async(self.client.clone(), proxy, method, pin))
+            .unwrap()
+    }
+}
+
+/// The star: the master with the proxy, three workers each advertising its backend.
+struct Star {
+    _dir: tempfile::TempDir,
+    _ports: Ports,
+    proxy: SocketAddr,
+    master: Proc,
+    workers: Vec<Proc>,
+    backends: Vec<Backend>,
+    gate: watch::Sender<bool>,
+}
+
+impl Star {
+    /// Start the star; with `gated`, backends hold every request until [`Star::open`].
+    fn start(max_requests: usize, gated: bool) -> Star {
+        let (gate, gate_rx) = watch::channel(!gated);
+        let backends: Vec<Backend> = WORKERS
+            .iter()
+            .map(|w| Backend::start(w, gated.then(|| gate_rx.clone())))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = Ports::new();
+        let proxy = ports.reserve();
+        let mut text = format!(
+            "[cluster]\nname = \"proxy\"\ntopology = \"star\"\n\
+             secret = \"proxy-test-secret-0123456789\"\n\
+             heartbeat_interval_ms = 100\nfailure_threshold = 5\n\
+             proxy_max_requests = {max_requests}\nproxy_response_timeout_ms = 15000\n\n\
+             [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{}\"\nproxy = \"{proxy}\"\n",
+            ports.reserve(),
+        );
+        for (w, b) in WORKERS.iter().zip(&backends) {
+            text.push_str(&format!(
+                "\n[[nodes]]\nname = \"{w}\"\nlisten = \"{}\"\nhttp = \"{}\"\n",
+                ports.reserve(),
+                b.addr
+            ));
+        }
+        let path: PathBuf = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut sockets = procs::sockets(&path, Some("master"), &ports);
+        sockets.push(("proxy".to_owned(), ports.listener(proxy).unwrap()));
+        let mut master = Proc::start_on(&path, "master", sockets);
+        let workers: Vec<Proc> = WORKERS
+            .iter()
+            .map(|w| Proc::start(&path, w, &ports))
+            .collect();
+        master.expect_line(&["HTTP proxy serving"], WAIT);
+        for w in WORKERS {
+            master.expect_line(&[&format!("membership: {w} up")], WAIT);
+        }
+        Star {
+            _dir: dir,
+            _ports: ports,
+            proxy,
+            master,
+            workers,
+            backends,
+            gate,
+        }
+    }
+
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+#[test]
+fn three_hundred_requests_reach_all_three_workers_with_forwarded_headers() {
+    let star = Star::start(1024, false);
+    let http = Http::new();
+    let mut by_node = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..300 {
+        let a = http.send(star.proxy, Method::GET, None);
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(a.served_by.as_deref(), Some(a.body.as_str()));
+        assert_eq!(a.headers["x-seen-forwarded-for"], "127.0.0.1");
+        *by_node.entry(a.body).or_default() += 1;
+    }
+    assert_eq!(by_node.len(), 3, "{by_node:?}");
+    assert!(by_node.values().all(|&n| n >= 30), "{by_node:?}");
+    let total: usize = star.backends.iter().map(|b| *b.hits.borrow()).sum();
+    assert_eq!(total, 300);
+    // A pinned request goes where it is pinned, and a pin to no node is refused.
+    for w in WORKERS {
+        let a = http.send(star.proxy, Method::GET, Some(w));
+        assert_eq!(a.body, w);
+    }
+    let a = http.send(star.proxy, Method::GET, Some("nowhere"));
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn a_post_is_never_retried_on_another_node_and_a_get_is() {
+    let mut star = Star::start(1024, false);
+    let http = Http::new();
+    star.backends[0].kill();
+    // The requests go to each backend in turn: one of the first POSTs meets the dead one.
+    let mut failed = 0;
+    let mut ok = 0;
+    for _ in 0..30 {
+        let a = http.send(star.proxy, Method::POST, None);
+        match a.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::BAD_GATEWAY => {
+                failed += 1;
+                break;
+            }
+            other => panic!("unexpected {other}: {a:?}"),
+        }
+    }
+    assert_eq!(failed, 1, "a POST met the dead backend and failed");
+    let delivered: usize = star.backends[1..]
+        .iter()
+        .map(|b| b.posts.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(delivered, ok, "the failed POST reached no other backend");
+    // Its back-off over (or not), a GET meeting the dead backend is retried elsewhere: none
+    // fails.
+    for _ in 0..30 {
+        let a = http.send(star.proxy, Method::GET, None);
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_ne!(a.body, WORKERS[0]);
+    }
+}
+
+#[test]
+fn oversized_headers_get_431_and_the_connection_stays_usable() {
+    let star = Star::start(1024, false);
+    let mut s = TcpStream::connect(star.proxy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let big = "a".repeat(70 * 1024);
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 431, "{body}");
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(WORKERS.contains(&body.as_str()), "{body}");
+}
+
+/// One response off `s` (this test's own minimal reading: a head, then `Content-Length` bytes).
+fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn past_the_concurrency_bound_a_request_gets_503_with_retry_after() {
+    let star = Star::start(4, true);
+    let http = Http::new();
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let client = http.client.clone();
+            let proxy = star.proxy;
+            http.rt
+                .spawn(async move { Http::send_async(client, proxy, Method::GET, None).await })
+        })
+        .collect();
+    // The four are in flight once the backends hold four requests.
+    let deadline = Instant::now() + WAIT;
+    let mut waiting: Vec<_> = star.backends.iter().map(|b| b.waiting.clone()).collect();
+    http.rt.block_on(async {
+        loop {
+            let n: usize = waiting.iter_mut().map(|w| *w.borrow_and_update()).sum();
+            if n == 4 {
+                break;
+            }
+            let changed =
+                futures_util::future::select_all(waiting.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .expect("four requests held by the backends")
+                .0
+                .unwrap();
+        }
+    });
+    let a = http.send(star.proxy, Method::GET, None);
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
+    assert_eq!(a.headers["retry-after"], "1");
+    star.open();
+    for h in held {
+        let a = http.rt.block_on(h).unwrap().unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    }
+    // Room again.
+    assert_eq!(
+        http.send(star.proxy, Method::GET, None).status,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_worker_killed_under_steady_gets_fails_no_request_after_it_is_seen_down() {
+    let mut star = Star::start(1024, false);
+    const LOADERS: usize = 4;
+    // Each loader: GETs one after another until told to stop; each outcome with its start.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loaders: Vec<_> = (0..LOADERS)
+        .map(|_| {
+            let proxy = star.proxy;
+            let stop = stop_rx.clone();
+            std::thread::spawn(move || {
+                let http = Http::new();
+                let mut outcomes = Vec::new();
+                while !*stop.borrow() {
+                    let started = Instant::now();
+                    let r = http.rt.block_on(Http::send_async(
+                        http.client.clone(),
+                        proxy,
+                        Method::GET,
+                        None,
+                    ));
+                    let ok = matches!(&r, Ok(a) if a.status == StatusCode::OK);
+                    outcomes.push((started, ok, format!("{r:?}")));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let http = Http::new();
+    let hits: Vec<_> = star.backends.iter().map(|b| b.hits.clone()).collect();
+    let hits_reach = |b: usize, n: usize| {
+        let mut hits = hits[b].clone();
+        http.rt
+            .block_on(async { tokio::time::timeout(WAIT, hits.wait_for(|h| *h >= n)).await })
+            .expect("the load reaches the backend")
+            .unwrap();
+    };
+    // Load flows to worker-2 before the kill.
+    hits_reach(1, 20);
+    star.backends[1].kill();
+    star.workers[1].signal("KILL");
+    star.master
+        .expect_line(&["membership: worker-2 down"], WAIT);
+    let seen_down = Instant::now();
+    // Keep the load on for a hundred more requests on worker-1.
+    let after = *star.backends[0].hits.borrow();
+    hits_reach(0, after + 100);
+    stop_tx.send_replace(true);
+    let outcomes: Vec<_> = loaders
+        .into_iter()
+        .flat_map(|l| l.join().unwrap())
+        .collect();
+    let late_failures: Vec<_> = outcomes
+        .iter()
+        .filter(|(started, ok, _)| *started >= seen_down && !ok)
+        .collect();
+    assert!(late_failures.is_empty(), "{late_failures:?}");
+    let failures = outcomes.iter().filter(|(_, ok, _)| !ok).count();
+    eprintln!(
+        "{} requests, {failures} failed (before the kill was seen)",
+        outcomes.len()
+    );
+    assert!(
+        failures <= LOADERS,
+        "at most the requests in flight at the kill fail: {failures}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter(|(s, ok, _)| *s >= seen_down && *ok)
+            .count()
+            >= 50
+    );
+}
