@@ -56,7 +56,10 @@ pub use faults::SystemActor;
 #[cfg(feature = "fuzzing")]
 pub(crate) use membership::{accept_status, normalize_status, Ignored, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
-pub use metrics::{MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES, REFUSALS};
+pub use metrics::{
+    BackendCounters, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
+    PROXY_LATENCY_BUCKETS_S, REFUSALS,
+};
 #[cfg(feature = "fuzzing")]
 pub(crate) use service_session::{check_request, Verdict};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
@@ -640,6 +643,21 @@ impl NodeHandle {
     /// The node's counters now (what `/metrics` shows besides links and members).
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// The HTTP proxy's counters per backend still advertised (node, address, counters).
+    pub fn proxy_counters(&self) -> Vec<(String, String, BackendCounters)> {
+        let view = self.shared.view.borrow().clone();
+        self.shared.proxy_counters.snapshot(|node, addr| {
+            view.members
+                .get(node)
+                .is_some_and(|m| m.http.iter().any(|a| a == addr))
+        })
+    }
+
+    /// Where the HTTP proxy of this node keeps its counters.
+    pub(crate) fn proxy_counters_mut(&self) -> &metrics::ProxyCounters {
+        &self.shared.proxy_counters
     }
 
     /// Whether an actor of this node exhausted its restart budget.

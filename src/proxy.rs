@@ -45,7 +45,7 @@ pub use choice::{pick, Candidate};
 pub use headers::{MAX_HEADER_BYTES, PIN_HEADER};
 
 use crate::config::ProxyConfig;
-use crate::node::{MembershipView, NodeHandle};
+use crate::node::{BackendCounters, MembershipView, NodeHandle, PROXY_LATENCY_BUCKETS_S};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -136,23 +136,6 @@ fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed()
 }
 
-/// Requests the proxy counted for one backend, read by `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackendCounters {
-    pub requests: u64,
-    /// Requests that got no answer from it (refused, timed out, failed).
-    pub errors: u64,
-    pub in_flight: u64,
-    /// Seconds until the response head, bucketed by [`LATENCY_BUCKETS_S`] (then +Inf).
-    pub latency_buckets: Vec<u64>,
-    pub latency_sum_s: f64,
-}
-
-/// Upper bounds of the latency histogram's buckets, in seconds.
-pub const LATENCY_BUCKETS_S: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 /// One backend: the node advertising it and its address.
 type BackendKey = (String, String);
 
@@ -162,14 +145,11 @@ struct State {
     outstanding: HashMap<BackendKey, usize>,
     /// Backends skipped until the instant given, by address.
     backoff: HashMap<String, Instant>,
-    /// Counters per backend. Bounded: backends advertised by configured nodes, at most 16
-    /// per node (entries of backends no longer advertised are dropped at a scrape).
-    counters: HashMap<BackendKey, BackendCounters>,
 }
 
 /// What every request of one proxy reads.
 struct Proxy {
-    node: String,
+    node: NodeHandle,
     view: watch::Receiver<Arc<MembershipView>>,
     config: ProxyConfig,
     client: Client<HttpConnector, Body>,
@@ -193,9 +173,13 @@ impl Drop for Chosen<'_> {
                 s.outstanding.remove(&self.key);
             }
         }
-        if let Some(c) = s.counters.get_mut(&self.key) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-        }
+        drop(s);
+        self.proxy
+            .node
+            .proxy_counters_mut()
+            .update(&self.key.0, &self.key.1, |c| {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            });
     }
 }
 
@@ -276,27 +260,22 @@ impl Proxy {
         };
         let key = (c.node, c.addr);
         *s.outstanding.entry(key.clone()).or_default() += 1;
-        let counters = s
-            .counters
-            .entry(key.clone())
-            .or_insert_with(|| BackendCounters {
-                latency_buckets: vec![0; LATENCY_BUCKETS_S.len() + 1],
-                ..BackendCounters::default()
-            });
-        counters.requests += 1;
-        counters.in_flight += 1;
+        drop(s);
+        self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
+            c.requests += 1;
+            c.in_flight += 1;
+        });
         Ok(Chosen { proxy: self, key })
     }
 
     fn record(&self, key: &BackendKey, started: Instant, ok: bool) {
-        let mut s = self.lock();
-        if let Some(c) = s.counters.get_mut(key) {
+        let secs = started.elapsed().as_secs_f64();
+        self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
             if ok {
-                let secs = started.elapsed().as_secs_f64();
-                let bucket = LATENCY_BUCKETS_S
+                let bucket = PROXY_LATENCY_BUCKETS_S
                     .iter()
                     .position(|b| secs <= *b)
-                    .unwrap_or(LATENCY_BUCKETS_S.len());
+                    .unwrap_or(PROXY_LATENCY_BUCKETS_S.len());
                 if let Some(n) = c.latency_buckets.get_mut(bucket) {
                     *n += 1;
                 }
@@ -304,7 +283,7 @@ impl Proxy {
             } else {
                 c.errors += 1;
             }
-        }
+        });
     }
 
     fn back_off(&self, addr: &str) {
@@ -321,7 +300,7 @@ impl Proxy {
         Ok(match self.forward(req, client).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::debug!(node = %self.node, "proxy: {e}");
+                tracing::debug!(node = %self.node.name(), "proxy: {e}");
                 e.into_response()
             }
         })
@@ -418,7 +397,7 @@ impl Proxy {
                     // request goes to another node once.
                     self.record(&chosen.key, started, false);
                     self.back_off(&addr);
-                    tracing::info!(node = %self.node, "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
+                    tracing::info!(node = %self.node.name(), "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
                     if idempotent && tried.is_empty() && pinned.is_none() {
                         tried.push(node);
                         continue;
@@ -500,23 +479,10 @@ impl ProxyServer {
         self.addr
     }
 
-    /// The counters of every backend it forwarded to that is still advertised by an up
-    /// node, by (node, address).
+    /// The counters of every backend still advertised, by node and address (as
+    /// `NodeHandle::proxy_counters`, which `/metrics` reads).
     pub fn counters(&self) -> Vec<(String, String, BackendCounters)> {
-        let view = self.proxy.view.borrow().clone();
-        let mut s = self.proxy.lock();
-        s.counters.retain(|(node, addr), _| {
-            view.members
-                .get(node)
-                .is_some_and(|m| m.http.contains(addr))
-        });
-        let mut out: Vec<_> = s
-            .counters
-            .iter()
-            .map(|((n, a), c)| (n.clone(), a.clone(), c.clone()))
-            .collect();
-        out.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
-        out
+        self.proxy.node.proxy_counters()
     }
 }
 
@@ -561,7 +527,7 @@ pub async fn start(
         .pool_timer(TokioTimer::new())
         .build(connector);
     let proxy = Arc::new(Proxy {
-        node: node.name().to_owned(),
+        node: node.clone(),
         view: node.membership(),
         permits: Arc::new(Semaphore::new(config.max_requests)),
         config,
@@ -605,7 +571,7 @@ async fn accept(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was accepted: wait a
                 // little rather than spin, and go on.
-                tracing::warn!(node = %proxy.node, "proxy: accept failed: {e}");
+                tracing::warn!(node = %proxy.node.name(), "proxy: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

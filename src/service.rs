@@ -548,6 +548,19 @@ impl Client {
         .await
     }
 
+    /// Advertise this application's HTTP server at `address` (`HOST:PORT`) as an HTTP
+    /// backend of its node, until it detaches: proxies then forward requests to it. A bad
+    /// address or one past the node's bounds comes back as a `refused` frame.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn http_backend(&self, address: &str) -> Result<(), ClientError> {
+        self.send(Message::HttpBackend(crate::wire::HttpBackend {
+            address: address.to_owned(),
+        }))
+        .await
+    }
+
     /// # Errors
     /// [`ClientError::Closed`].
     pub async fn unimplement(&self, method: &str) -> Result<(), ClientError> {

@@ -198,6 +198,17 @@ impl Http {
         })
     }
 
+    /// The body of `GET url`.
+    fn get(&self, url: &str) -> String {
+        self.rt.block_on(async {
+            let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+            let resp = self.client.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        })
+    }
+
     fn send(&self, proxy: SocketAddr, method: Method, pin: Option<&str>) -> Answer {
         self.rt
             .block_on(Self::send_async(self.client.clone(), proxy, method, pin))
@@ -210,6 +221,8 @@ struct Star {
     _dir: tempfile::TempDir,
     _ports: Ports,
     proxy: SocketAddr,
+    /// The master's HTTP API (for `/metrics`).
+    api: SocketAddr,
     master: Proc,
     workers: Vec<Proc>,
     backends: Vec<Backend>,
@@ -227,12 +240,14 @@ impl Star {
         let dir = tempfile::tempdir().unwrap();
         let mut ports = Ports::new();
         let proxy = ports.reserve();
+        let api = ports.reserve();
         let mut text = format!(
             "[cluster]\nname = \"proxy\"\ntopology = \"star\"\n\
              secret = \"proxy-test-secret-0123456789\"\n\
              heartbeat_interval_ms = 100\nfailure_threshold = 5\n\
              proxy_max_requests = {max_requests}\nproxy_response_timeout_ms = 15000\n\n\
-             [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{}\"\nproxy = \"{proxy}\"\n",
+             [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{}\"\n\
+             proxy = \"{proxy}\"\napi = \"{api}\"\n",
             ports.reserve(),
         );
         for (w, b) in WORKERS.iter().zip(&backends) {
@@ -246,6 +261,7 @@ impl Star {
         std::fs::write(&path, text).unwrap();
         let mut sockets = procs::sockets(&path, Some("master"), &ports);
         sockets.push(("proxy".to_owned(), ports.listener(proxy).unwrap()));
+        sockets.push(("api".to_owned(), ports.listener(api).unwrap()));
         let mut master = Proc::start_on(&path, "master", sockets);
         let workers: Vec<Proc> = WORKERS
             .iter()
@@ -259,6 +275,7 @@ impl Star {
             _dir: dir,
             _ports: ports,
             proxy,
+            api,
             master,
             workers,
             backends,
@@ -294,6 +311,18 @@ fn three_hundred_requests_reach_all_three_workers_with_forwarded_headers() {
     }
     let a = http.send(star.proxy, Method::GET, Some("nowhere"));
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    // `/metrics` counts the requests of each backend.
+    let metrics = http.get(&format!("http://{}/metrics", star.api));
+    for (w, n) in &by_node {
+        let b = &star.backends[WORKERS.iter().position(|x| x == w).unwrap()];
+        let line = format!(
+            "nodecloud_proxy_requests_total{{node=\"{w}\",backend=\"{}\"}} {}",
+            b.addr,
+            n + 1
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("nodecloud_proxy_response_seconds_bucket{node=\"worker-1\""));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use super::{ApiError, ApiState, Authorized, ErrorBody};
-use crate::node::NodeHandle;
+use crate::node::{NodeHandle, PROXY_LATENCY_BUCKETS_S};
 
 /// The node's metrics (needs the token like the rest of the API).
 #[utoipa::path(get, path = "/metrics", tag = "metrics",
@@ -221,7 +221,62 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
         MetricType::HISTOGRAM,
         vec![metric],
     ));
+    proxy_families(node, &mut f);
     f
+}
+
+/// The HTTP proxy's families, one sample per backend (labels `node`, `backend`); empty when
+/// the node serves no proxy.
+fn proxy_families(node: &NodeHandle, f: &mut Vec<MetricFamily>) {
+    let backends = node.proxy_counters();
+    let (mut requests, mut errors, mut in_flight, mut latency) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, addr, c) in &backends {
+        let l = [("node", name.as_str()), ("backend", addr.as_str())];
+        requests.push(counter(&l, c.requests));
+        errors.push(counter(&l, c.errors));
+        in_flight.push(gauge(&l, c.in_flight as f64));
+        let mut h = Histogram::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::new();
+        for (bound, n) in PROXY_LATENCY_BUCKETS_S.iter().zip(&c.latency_buckets) {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        h.set_bucket(buckets);
+        h.set_sample_count(c.latency_buckets.iter().sum());
+        h.set_sample_sum(c.latency_sum_s);
+        let mut metric = Metric::from_label(labels(&l));
+        metric.set_histogram(h);
+        latency.push(metric);
+    }
+    f.push(family(
+        "nodecloud_proxy_requests_total",
+        "Requests the HTTP proxy sent to each backend (a retry counts again).",
+        MetricType::COUNTER,
+        requests,
+    ));
+    f.push(family(
+        "nodecloud_proxy_errors_total",
+        "Requests to each backend that got no response (refused, broken, timed out).",
+        MetricType::COUNTER,
+        errors,
+    ));
+    f.push(family(
+        "nodecloud_proxy_in_flight",
+        "Requests the HTTP proxy has waiting on each backend now.",
+        MetricType::GAUGE,
+        in_flight,
+    ));
+    f.push(family(
+        "nodecloud_proxy_response_seconds",
+        "Time until each backend's response head, for the requests it answered.",
+        MetricType::HISTOGRAM,
+        latency,
+    ));
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {

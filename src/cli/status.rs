@@ -13,7 +13,7 @@ use crate::wire::{ClusterView, MemberView, StatValue};
 
 /// One member as JSON: `name`, `role`, `state`, `incarnation`, `pid`, `version`, `uptime_s`,
 /// `rss_bytes`, `cpus`, `load_1m`, `mem_free_bytes`, `mem_total_bytes`, `stats` (the custom
-/// ones), `links`, `methods`. The replicated fields are null while the member is down.
+/// ones), `links`, `methods`, `http` (the HTTP backends it advertises). The replicated fields are null while the member is down.
 pub fn member_json(m: &MemberView) -> Value {
     let s = m.stats.as_ref();
     let custom: serde_json::Map<String, Value> = s
@@ -48,6 +48,7 @@ pub fn member_json(m: &MemberView) -> Value {
         "stats": custom,
         "links": m.links,
         "methods": m.methods,
+        "http": m.http,
     })
 }
 
@@ -74,6 +75,7 @@ pub fn table(v: &ClusterView) -> String {
         "RSS",
         "LINKS",
         "METHODS",
+        "HTTP",
     ]
     .map(str::to_owned)];
     for m in &v.members {
@@ -93,9 +95,10 @@ pub fn table(v: &ClusterView) -> String {
             s.map(|s| bytes(s.rss_bytes)).unwrap_or_else(dash),
             list(&m.links),
             list(&m.methods),
+            list(&m.http),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -250,7 +253,7 @@ mod tests {
                     stats: Some(stats),
                     links: vec!["worker-1".into()],
                     methods: vec![],
-                    http: vec![],
+                    http: vec!["127.0.0.1:9001".into()],
                 },
                 MemberView {
                     name: "worker-1".into(),
@@ -273,11 +276,11 @@ mod tests {
         assert_eq!(lines[0], "cluster demo (star), seen from master: 1 of 2 up");
         assert_eq!(
             lines[2],
-            "master    master  up     abababab     1h02m   0.50  12.0 MiB  worker-1  -"
+            "master    master  up     abababab     1h02m   0.50  12.0 MiB  worker-1  -        127.0.0.1:9001"
         );
         assert_eq!(
             lines[3],
-            "worker-1  worker  down   -            -       -     -         -         -"
+            "worker-1  worker  down   -            -       -     -         -         -        -"
         );
     }
 

@@ -204,3 +204,69 @@ mod tests {
         }
     }
 }
+
+/// Upper bounds of the HTTP proxy's latency histogram (until a backend's response head), in
+/// seconds.
+pub const PROXY_LATENCY_BUCKETS_S: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What the node's HTTP proxy counted for one backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendCounters {
+    /// Requests sent to it (each attempt counts).
+    pub requests: u64,
+    /// Attempts that got no response from it (refused, broken, timed out).
+    pub errors: u64,
+    /// Requests waiting on it now.
+    pub in_flight: u64,
+    /// Responses by the time their head came, in [`PROXY_LATENCY_BUCKETS_S`] (not
+    /// cumulative), then one bucket past the last bound.
+    pub latency_buckets: [u64; PROXY_LATENCY_BUCKETS_S.len() + 1],
+    pub latency_sum_s: f64,
+}
+
+/// The HTTP proxy's counters per backend, by (node, address): written by the proxy
+/// (`crate::proxy`) per request, read by `/metrics`. A lock, not atomics: backends come and
+/// go, and the proxy takes it once or twice per request, not per frame. Bounded by what is
+/// advertised: entries of backends no longer advertised by an up node are dropped at a read.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    by_backend: std::sync::Mutex<std::collections::BTreeMap<(String, String), BackendCounters>>,
+}
+
+impl ProxyCounters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, String), BackendCounters>>
+    {
+        // Every update leaves the map consistent: a poisoned lock is still usable.
+        self.by_backend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the counters of backend `addr` of `node`.
+    pub fn update(&self, node: &str, addr: &str, f: impl FnOnce(&mut BackendCounters)) {
+        let mut m = self.lock();
+        match m.get_mut(&(node.to_owned(), addr.to_owned())) {
+            Some(c) => f(c),
+            None => {
+                let mut c = BackendCounters::default();
+                f(&mut c);
+                m.insert((node.to_owned(), addr.to_owned()), c);
+            }
+        }
+    }
+
+    /// Every backend's counters, by node and address, after dropping those `advertised`
+    /// says are gone (and that have nothing in flight).
+    pub fn snapshot(
+        &self,
+        advertised: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(String, String, BackendCounters)> {
+        let mut m = self.lock();
+        m.retain(|(node, addr), c| c.in_flight > 0 || advertised(node, addr));
+        m.iter()
+            .map(|((n, a), c)| (n.clone(), a.clone(), c.clone()))
+            .collect()
+    }
+}

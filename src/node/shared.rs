@@ -62,6 +62,8 @@ pub struct NodeShared {
     pub streams: super::streams::Streams,
     /// Counters for `/metrics` (see `metrics`).
     pub metrics: super::metrics::Metrics,
+    /// The HTTP proxy's counters per backend (see `crate::proxy`).
+    pub proxy_counters: super::metrics::ProxyCounters,
     next_event_id: AtomicU64,
     /// The last `seq` of each stream this node published: topic → destination ("" for every
     /// node, else the target's name) → number.
@@ -107,6 +109,7 @@ impl NodeShared {
             streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
             dedup: Mutex::new(Dedup::new(config.nodes.len())),
             metrics: super::metrics::Metrics::default(),
+            proxy_counters: super::metrics::ProxyCounters::default(),
             methods: super::methods::MethodLedger::new(config.cluster.max_frame_bytes),
             backends: super::backends::BackendLedger::new(
                 config.cluster.max_frame_bytes,
