@@ -516,3 +516,47 @@ fn a_worker_killed_under_steady_gets_fails_no_request_after_it_is_seen_down() {
             >= 50
     );
 }
+
+#[actix_rt::test]
+async fn a_backend_an_application_registers_is_advertised_until_it_detaches() {
+    use nodecloud::service::{Client, Incoming};
+    let mut c = nodecloud::testing::star(1);
+    c.config.nodes[1].service = Some(c.ports.reserve());
+    let nodes = c.start().await.unwrap();
+    nodecloud::testing::wait_converged(&nodes, WAIT)
+        .await
+        .unwrap();
+    let mut view = nodes[0].membership();
+    let mut app = Client::connect_via(&c.config(), "worker-1", "web")
+        .await
+        .unwrap();
+    // A malformed address is refused, and the link goes on.
+    app.http_backend("no-port").await.unwrap();
+    match tokio::time::timeout(WAIT, app.next()).await.unwrap() {
+        Some(Incoming::Refused { op, code, .. }) => {
+            assert_eq!(
+                (op.as_str(), code.as_str()),
+                ("http_backend", "bad_address")
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    app.http_backend("127.0.0.1:9999").await.unwrap();
+    app.sync().await.unwrap();
+    let advertised = |http: &[&str]| {
+        let http: Vec<String> = http.iter().map(|s| (*s).to_owned()).collect();
+        move |v: &Arc<nodecloud::node::MembershipView>| {
+            v.members.get("worker-1").is_some_and(|m| m.http == http)
+        }
+    };
+    tokio::time::timeout(WAIT, view.wait_for(advertised(&["127.0.0.1:9999"])))
+        .await
+        .expect("the master sees worker-1's backend")
+        .unwrap();
+    app.close().await;
+    tokio::time::timeout(WAIT, view.wait_for(advertised(&[])))
+        .await
+        .expect("the backend leaves with its application")
+        .unwrap();
+    nodecloud::cluster::stop(&nodes).await;
+}

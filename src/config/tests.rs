@@ -1274,3 +1274,56 @@ fn tls_settings_without_their_table_or_a_certificate_are_refused() {
     ));
     assert!(e.contains("ca"), "{e}");
 }
+
+#[test]
+fn a_node_may_advertise_an_http_backend_and_serve_the_proxy() {
+    let text = format!(
+        "{CLUSTER}proxy_max_body_bytes = 1024\nproxy_max_requests = 8\n{}{}",
+        node("m", 7100, "role = \"master\"\nproxy = \"127.0.0.1:8000\""),
+        node("w", 7101, "http = \"web-1.example.org:9001\""),
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(
+        cfg.node("m").unwrap().proxy,
+        Some("127.0.0.1:8000".parse().unwrap())
+    );
+    assert_eq!(
+        cfg.node("w")
+            .unwrap()
+            .http
+            .as_ref()
+            .map(ToString::to_string),
+        Some("web-1.example.org:9001".to_owned())
+    );
+    assert_eq!(cfg.cluster.proxy.max_body_bytes, 1024);
+    assert_eq!(cfg.cluster.proxy.max_requests, 8);
+    assert_eq!(
+        cfg.cluster.proxy.response_timeout,
+        ProxyConfig::default().response_timeout
+    );
+}
+
+#[test]
+fn a_bad_http_address_and_a_proxy_on_a_taken_address_are_errors() {
+    let e = err(&format!(
+        "{CLUSTER}{}",
+        node("m", 7100, "http = \"no-port\"")
+    ));
+    assert!(
+        e.contains("nodes[0].http") && e.contains("invalid backend address"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{CLUSTER}{}",
+        node("m", 7100, "proxy = \"127.0.0.1:7100\"")
+    ));
+    assert!(
+        e.contains("nodes[0].proxy") && e.contains("already used"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{CLUSTER}proxy_max_requests = 0\n{}",
+        node("m", 7100, "")
+    ));
+    assert!(e.contains("cluster.proxy_max_requests"), "{e}");
+}
