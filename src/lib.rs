@@ -27,6 +27,8 @@
 //! * [`service`]: the client applications attach to a node with.
 //! * [`api`]: the HTTP API a node serves with `api = "ADDR"` (JSON, Server-Sent Events,
 //!   Prometheus `/metrics`, OpenAPI), built on the [`NodeHandle`] only.
+//! * [`proxy`]: the HTTP proxy a node serves with `proxy = "ADDR"`, forwarding each request to
+//!   an HTTP backend advertised by an up node (hyper), built on the [`NodeHandle`] only.
 //! * [`cli`]: the `nodecloud` command line (`sub`, `pub`, `call`, `check`, running nodes).
 //! * [`wire`]: frames, codec and handshake, the only module that sees bytes
 //!   (specified in docs/PROTOCOL.md).
