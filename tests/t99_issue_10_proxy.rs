@@ -1,7 +1,10 @@
 //! Issue 10: the proxy bounce, against real processes. A star of four `nodecloud` processes:
 //! the master serves the proxy (`proxy = …`), each of three workers advertises an HTTP backend
 //! (`http = …`), a tiny hyper server run by this test that answers with its worker's name.
-//! Requests go through the proxy with hyper's client; the bounds are checked on the wire.
+//! Requests go through the proxy with hyper's client; the bounds are checked on the wire, the
+//! per-backend counters in the master's `/metrics`, a websocket echo through the proxy with
+//! tungstenite. The last test registers a backend at run time over the service protocol, on
+//! an in-process star.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common {
@@ -232,6 +235,11 @@ struct Star {
 impl Star {
     /// Start the star; with `gated`, backends hold every request until [`Star::open`].
     fn start(max_requests: usize, gated: bool) -> Star {
+        Star::start_with(max_requests, gated, None)
+    }
+
+    /// [`Star::start`], worker-1 advertising `worker_1_http` instead of its backend if given.
+    fn start_with(max_requests: usize, gated: bool, worker_1_http: Option<SocketAddr>) -> Star {
         let (gate, gate_rx) = watch::channel(!gated);
         let backends: Vec<Backend> = WORKERS
             .iter()
@@ -250,11 +258,14 @@ impl Star {
              proxy = \"{proxy}\"\napi = \"{api}\"\n",
             ports.reserve(),
         );
-        for (w, b) in WORKERS.iter().zip(&backends) {
+        for (i, (w, b)) in WORKERS.iter().zip(&backends).enumerate() {
+            let http = match worker_1_http {
+                Some(a) if i == 0 => a,
+                _ => b.addr,
+            };
             text.push_str(&format!(
-                "\n[[nodes]]\nname = \"{w}\"\nlisten = \"{}\"\nhttp = \"{}\"\n",
+                "\n[[nodes]]\nname = \"{w}\"\nlisten = \"{}\"\nhttp = \"{http}\"\n",
                 ports.reserve(),
-                b.addr
             ));
         }
         let path: PathBuf = dir.path().join("proxy.toml");
@@ -559,4 +570,48 @@ async fn a_backend_an_application_registers_is_advertised_until_it_detaches() {
         .expect("the backend leaves with its application")
         .unwrap();
     nodecloud::cluster::stop(&nodes).await;
+}
+
+/// A websocket echo server (tungstenite, blocking, a thread per connection); lives as long as
+/// the test process.
+fn websocket_echo() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                while let Ok(m) = ws.read() {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_websocket_echo_works_through_the_proxy() {
+    use tungstenite::client::IntoClientRequest;
+    let star = Star::start_with(1024, false, Some(websocket_echo()));
+    let mut req = format!("ws://{}/echo", star.proxy)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-nodecloud-node", "worker-1".parse().unwrap());
+    let stream = TcpStream::connect(star.proxy).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut ws, resp) = tungstenite::client(req, stream).unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["x-nodecloud-node"], "worker-1");
+    for text in ["one", "two", &"x".repeat(100_000)] {
+        ws.send(tungstenite::Message::text(text)).unwrap();
+        let back = ws.read().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).unwrap();
 }
