@@ -49,7 +49,13 @@ struct Backend {
 }
 
 impl Backend {
-    fn start(name: &'static str, gate: Option<watch::Receiver<bool>>) -> Backend {
+    /// A backend that takes `slowness` to answer each request (the model of a slow server;
+    /// zero for an ordinary one).
+    fn start_slow(
+        name: &'static str,
+        gate: Option<watch::Receiver<bool>>,
+        slowness: Duration,
+    ) -> Backend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -90,6 +96,9 @@ impl Backend {
                                             .cloned()
                                             .unwrap_or(hyper::header::HeaderValue::from_static(""));
                                         let _ = req.into_body().collect().await;
+                                        if !slowness.is_zero() {
+                                            tokio::time::sleep(slowness).await;
+                                        }
                                         if let Some(mut gate) = gate {
                                             waiting_tx.send_modify(|n| *n += 1);
                                             let _ = gate.wait_for(|open| *open).await;
@@ -240,10 +249,28 @@ impl Star {
 
     /// [`Star::start`], worker-1 advertising `worker_1_http` instead of its backend if given.
     fn start_with(max_requests: usize, gated: bool, worker_1_http: Option<SocketAddr>) -> Star {
+        Star::start_full(max_requests, gated, worker_1_http, Duration::ZERO)
+    }
+
+    /// [`Star::start_with`], worker-1's backend taking `worker_1_slowness` per request.
+    fn start_full(
+        max_requests: usize,
+        gated: bool,
+        worker_1_http: Option<SocketAddr>,
+        worker_1_slowness: Duration,
+    ) -> Star {
         let (gate, gate_rx) = watch::channel(!gated);
         let backends: Vec<Backend> = WORKERS
             .iter()
-            .map(|w| Backend::start(w, gated.then(|| gate_rx.clone())))
+            .enumerate()
+            .map(|(i, w)| {
+                let slowness = if i == 0 {
+                    worker_1_slowness
+                } else {
+                    Duration::ZERO
+                };
+                Backend::start_slow(w, gated.then(|| gate_rx.clone()), slowness)
+            })
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let mut ports = Ports::new();
@@ -614,4 +641,29 @@ fn a_websocket_echo_works_through_the_proxy() {
         assert_eq!(back.into_text().unwrap().as_str(), text);
     }
     ws.close(None).unwrap();
+}
+
+#[test]
+fn a_slow_backend_gets_fewer_requests() {
+    const LOADERS: usize = 4;
+    const EACH: usize = 60;
+    let star = Star::start_full(1024, false, None, Duration::from_millis(50));
+    let loaders: Vec<_> = (0..LOADERS)
+        .map(|_| {
+            let proxy = star.proxy;
+            std::thread::spawn(move || {
+                let http = Http::new();
+                for _ in 0..EACH {
+                    assert_eq!(http.send(proxy, Method::GET, None).status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let hits: Vec<usize> = star.backends.iter().map(|b| *b.hits.borrow()).collect();
+    assert_eq!(hits.iter().sum::<usize>(), LOADERS * EACH);
+    // While it answers one request the others answer many: it is rarely the least busy.
+    assert!(hits[0] * 3 < hits[1].min(hits[2]), "{hits:?}");
 }
