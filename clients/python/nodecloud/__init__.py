@@ -121,7 +121,7 @@ _PEER_KINDS = {"heartbeat", "status", "event", "peer_call", "peer_reply", "ack"}
 _OTHER_KINDS = {
     "hello", "hello_ack", "auth", "welcome", "heartbeat", "status", "event", "peer_call",
     "peer_reply", "subscribe", "unsubscribe", "publish", "implement", "unimplement", "call",
-    "respond", "cluster", "ack", "options",
+    "respond", "cluster", "ack", "options", "http_backend",
 }
 
 
@@ -686,6 +686,12 @@ class Client:
                 if self._handlers.get(method) is handler:
                     del self._handlers[method]
             raise
+
+    def http_backend(self, address: str) -> None:
+        """Advertise this application's HTTP server at ``address`` (``HOST:PORT``) as an HTTP
+        backend of its node until the application detaches: proxies then forward requests to
+        it (docs/PROTOCOL.md §12.4.1)."""
+        self._op("http_backend", {"address": address})
 
     def unimplement(self, method: str) -> None:
         self._op("unimplement", {"method": method})
