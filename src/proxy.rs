@@ -96,6 +96,8 @@ pub enum ProxyError {
     },
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -109,6 +111,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -350,9 +353,15 @@ impl Proxy {
         // An idempotent request may be sent twice, so its body (usually none) is read first;
         // any other streams through once.
         let (buffered, mut streamed) = if idempotent {
-            let bytes = Limited::new(body, limit)
-                .collect()
+            // A client that trickles its body would hold a permit for ever: it gets as long as
+            // a backend gets for its answer.
+            let read = tokio::time::timeout(
+                self.config.response_timeout,
+                Limited::new(body, limit).collect(),
+            );
+            let bytes = read
                 .await
+                .map_err(|_| ProxyError::BodyTimeout)?
                 .map_err(|e| {
                     if caused_by::<LengthLimitError>(&*e) {
                         ProxyError::BodyTooLarge(max_body)
@@ -618,4 +627,51 @@ pub async fn start_configured(
         })?,
     };
     start(node, listener).await.map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_its_status_and_unavailability_says_when_to_retry() {
+        let cases = [
+            (ProxyError::HeadersTooLarge, 431),
+            (ProxyError::BodyTooLarge(8), 413),
+            (ProxyError::Busy(4), 503),
+            (ProxyError::NoBackend, 503),
+            (ProxyError::PinnedUnavailable("w".into()), 503),
+            (
+                ProxyError::Timeout {
+                    node: "w".into(),
+                    addr: "a:1".into(),
+                },
+                504,
+            ),
+            (ProxyError::BodyTimeout, 408),
+            (ProxyError::BadRequest("x".into()), 400),
+        ];
+        for (e, code) in cases {
+            let busy = code == 503;
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), code);
+            assert_eq!(resp.headers().contains_key(RETRY_AFTER), busy);
+        }
+    }
+
+    #[test]
+    fn only_methods_that_may_be_repeated_are_retried() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&m), "{m}");
+        }
+    }
 }
