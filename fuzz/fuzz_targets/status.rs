@@ -71,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
             status.methods.windows(2).all(|w| w[0] < w[1]),
             "methods sorted, each once"
         );
+        assert!(status.http.len() <= 16);
+        assert!(
+            status.http.windows(2).all(|w| w[0] < w[1]),
+            "backends sorted, each once"
+        );
+        assert!(status.http.iter().all(|a| a.len() <= 255 && a.contains(':')));
         held.insert(status.node.clone(), status);
     }
     // The real "x", just booted, speaks on its own link.
