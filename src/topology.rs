@@ -171,6 +171,12 @@ pub fn describe(cfg: &Config, plan: &LinkPlan) -> String {
             };
             let _ = write!(line, " api {api} ({auth})");
         }
+        if let Some(proxy) = node.proxy {
+            let _ = write!(line, " proxy {proxy}");
+        }
+        if let Some(http) = &node.http {
+            let _ = write!(line, " http {http}");
+        }
         let dials: Vec<String> = plan
             .dials_of(&node.name)
             .into_iter()
