@@ -214,6 +214,22 @@ pub struct Health {
     pub node: String,
 }
 
+/// Any JSON value: what a call answers or an event carries. In the OpenAPI document it is a
+/// schema without a type (utoipa would say `object` for `serde_json::Value`, and a method may
+/// answer `[]` or `3`).
+pub struct AnyJson;
+
+impl utoipa::PartialSchema for AnyJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some("Any JSON value"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AnyJson {}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -249,19 +265,3 @@ mod tests {
         assert_eq!(MemberView::from(&back), view);
     }
 }
-
-/// Any JSON value: what a call answers or an event carries. In the OpenAPI document it is a
-/// schema without a type (utoipa would say `object` for `serde_json::Value`, and a method may
-/// answer `[]` or `3`).
-pub struct AnyJson;
-
-impl utoipa::PartialSchema for AnyJson {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
-            .description(Some("Any JSON value"))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for AnyJson {}
