@@ -198,7 +198,7 @@ pub struct StreamEvent {
     /// The node that published it.
     pub from: String,
     /// The payload as JSON (null if it is CBOR that JSON cannot express).
-    #[schema(value_type = Object)]
+    #[schema(value_type = AnyJson)]
     pub payload: Value,
 }
 
@@ -218,6 +218,22 @@ pub struct Health {
     /// The node serving this API.
     pub node: String,
 }
+
+/// Any JSON value: what a call answers or an event carries. In the OpenAPI document it is a
+/// schema without a type (utoipa would say `object` for `serde_json::Value`, and a method may
+/// answer `[]` or `3`).
+pub struct AnyJson;
+
+impl utoipa::PartialSchema for AnyJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some("Any JSON value"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AnyJson {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

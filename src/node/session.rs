@@ -167,7 +167,7 @@ pub struct Session {
     spare_reads: SpareBatch,
     /// When the peer's last `ping` arrived (see [`Session::on_ping`]).
     peer_pinged: Option<Instant>,
-    /// When the dialler was last told this link is quiet: at most once an interval.
+    /// When the dialler was last told this link is quiet: at most four times an interval.
     told_quiet: Option<Instant>,
     /// Batches for the bus, lent to it and handed back.
     spare_local: BatchPool,
@@ -579,7 +579,7 @@ impl Session {
     }
 
     /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
-    /// at most twice an interval however often the peer pings.
+    /// at most four times an interval however often the peer pings.
     fn tell_quiet(&mut self) {
         let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
             return;
