@@ -1,9 +1,10 @@
-//! How a local cluster scales with its node count: a ring or a mesh of 8 to 64 nodes, every
-//! node in this one process, over loopback TCP.
+//! How a local cluster scales with its node count: a ring, a mesh or a star (one master,
+//! N − 1 workers) of 8 to 1,000 nodes, every node in this one process, over loopback TCP.
 //!
 //! ```text
 //! cargo run --release --example scale -- --topology ring --nodes 8,16,32,64
 //! cargo run --release --example scale -- --topology mesh --nodes 8,16,32,64
+//! cargo run --release --example scale -- --topology star --nodes 64,256,1000 --heartbeat-ms 1000
 //! ```
 //!
 //! One line per size:
@@ -51,7 +52,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "time to converge, memory per node and broadcast throughput of local clusters")]
 struct Args {
-    /// ring, mesh (or any preset that needs no extra fields: custom is not supported).
+    /// ring, mesh or star (one master `n1`, every other node its worker).
     #[arg(long, default_value = "ring")]
     topology: String,
     /// Cluster sizes, comma-separated.
@@ -76,6 +77,10 @@ struct Args {
     /// Each size gives up after this long.
     #[arg(long, default_value_t = 60)]
     limit_s: u64,
+    /// Stop after the idle measurement (large stars: the broadcast run is not what is
+    /// measured there).
+    #[arg(long)]
+    no_broadcast: bool,
     /// Hidden: run one size in this process (what the parent spawns).
     #[arg(long, hide = true)]
     child: bool,
@@ -115,11 +120,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Some(kind) = TopologyKind::from_name(&args.topology)
-        .filter(|k| matches!(k, TopologyKind::Ring | TopologyKind::Mesh))
-    else {
+    let Some(kind) = TopologyKind::from_name(&args.topology).filter(|k| {
+        matches!(
+            k,
+            TopologyKind::Ring | TopologyKind::Mesh | TopologyKind::Star
+        )
+    }) else {
         eprintln!(
-            "error: --topology {:?}: expected ring or mesh",
+            "error: --topology {:?}: expected ring, mesh or star",
             args.topology
         );
         return ExitCode::from(2);
@@ -163,6 +171,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--idle-ms", &args.idle_ms.to_string()])
         .args(["--limit-s", &args.limit_s.to_string()])
+        .args(args.no_broadcast.then_some("--no-broadcast"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn();
@@ -232,7 +241,18 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     // dial can take one before its node listens.
     let mut reserved = TestCluster::new(|ports| {
         let nodes = (1..=n)
-            .map(|i| NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve()))
+            .map(|i| {
+                if kind != TopologyKind::Star {
+                    return NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
+                }
+                // A star: n1 is the master, every other node its worker.
+                if i == 1 {
+                    return NodeConfig::new("n1", Role::Master, ports.reserve());
+                }
+                let mut w = NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
+                w.master = Some("n1".to_owned());
+                w
+            })
             .collect();
         Config::for_test(kind, nodes)
     });
@@ -319,6 +339,14 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             graph.as_millis()
         ),
     );
+
+    if args.no_broadcast {
+        stop(&nodes).await;
+        return Line {
+            ok: true,
+            text: fields,
+        };
+    }
 
     // Broadcast throughput.
     let counters: Vec<Arc<AtomicU64>> = nodes.iter().map(|_| Arc::default()).collect();
