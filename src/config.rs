@@ -427,6 +427,12 @@ impl Config {
         Validator::new(&ctx, &raw, base_dir, purpose).run()
     }
 
+    /// Whether a node called `name` may be a member of this cluster: today, whether it is
+    /// declared in `nodes`. Membership gives a node an index only when this says yes.
+    pub fn admits(&self, name: &str) -> bool {
+        self.node(name).is_some()
+    }
+
     /// The node called `name`, if declared.
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|node| node.name == name)

@@ -151,6 +151,10 @@ fn for_test_and_node_new() {
     assert_eq!(cfg.cluster.handshake_timeout, Duration::from_secs(2));
     assert!(cfg.links.is_empty());
     assert!(cfg.node("a").is_some());
+    assert!(
+        cfg.admits("a") && !cfg.admits("b"),
+        "admits the declared nodes only"
+    );
 }
 
 // --- TOML-level errors -----------------------------------------------------------------

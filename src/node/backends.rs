@@ -179,11 +179,6 @@ impl BackendLedger {
         Some(l.count.keys().cloned().collect())
     }
 
-    /// Whether the addresses changed since [`BackendLedger::take_changed`] last read them.
-    pub fn changed(&self) -> bool {
-        self.lock().changed
-    }
-
     /// The addresses advertised now, sorted.
     #[cfg(test)]
     pub fn addresses(&self) -> Vec<String> {

@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
-use super::membership::{HeartbeatReceived, Membership, StatusReceived};
+use super::membership::{DeltaReceived, DigestReceived, HeartbeatReceived, Membership};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::streams::{PeerTx, Slot};
@@ -334,12 +334,20 @@ impl Session {
     ) -> Option<Stall> {
         match msg {
             Message::Event(env) => return self.on_event(env, batch),
-            Message::Status(status) => {
-                // Periodic and superseded by the next one: dropping under load is safe.
-                let _ = self.p.wiring.membership.try_send(StatusReceived {
+            // Version 2's flooded status: replication is by deltas now.
+            Message::Status(_) => {}
+            Message::Delta(delta) => {
+                // Dropped under load, the gap is found and filled by a digest exchange.
+                let _ = self.p.wiring.membership.try_send(DeltaReceived {
                     via: self.peer().to_owned(),
                     via_incarnation: self.p.peer.incarnation,
-                    status: *status,
+                    delta,
+                });
+            }
+            Message::Digest(digest) => {
+                let _ = self.p.wiring.membership.try_send(DigestReceived {
+                    via: self.peer().to_owned(),
+                    digest,
                 });
             }
             Message::Heartbeat(hb) => {
