@@ -164,10 +164,14 @@ pub struct MethodsChanged;
 #[rtype(result = "()")]
 pub struct LinkResumed(pub String);
 
-/// The set of peers this node has a live link to.
+/// The peers in the Router's link table, and those of them whose (resumable) link is cut
+/// and kept only for its stream.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LinksChanged(pub BTreeSet<String>);
+pub struct LinksChanged {
+    pub links: BTreeSet<String>,
+    pub cut: BTreeSet<String>,
+}
 
 /// A `delta` from peer `via`.
 #[derive(Message)]
@@ -207,7 +211,13 @@ pub struct Membership {
     router: Option<Addr<Router>>,
     /// Every node's replicated state, this node's own included.
     replica: Replica,
+    /// The peers this node counts a live link to: the Router's table, less the cut links cut
+    /// for longer than the failure timeout (see `update_links`).
     my_links: BTreeSet<String>,
+    table_links: BTreeSet<String>,
+    /// Cut resumable links, and since when: counted live for a failure timeout (the stream
+    /// may resume), then not, which declares the peer down and ends its stream.
+    cut_since: HashMap<String, Instant>,
     /// The ledger changed since this node's `method:` entries were written.
     methods_stale: bool,
     /// This node's own changes up to this version were pushed.
@@ -251,6 +261,8 @@ impl Membership {
             router: None,
             replica: Replica::new(),
             my_links: BTreeSet::new(),
+            table_links: BTreeSet::new(),
+            cut_since: HashMap::new(),
             methods_stale: true,
             pushed: 0,
             outbox: HashMap::new(),
@@ -756,7 +768,32 @@ impl Membership {
         }
     }
 
+    /// `my_links` from the Router's table, less the links cut for longer than the failure
+    /// timeout; true if it changed.
+    fn update_links(&mut self) -> bool {
+        let timeout = self.shared.failure_timeout();
+        let live: BTreeSet<String> = self
+            .table_links
+            .iter()
+            .filter(|p| {
+                self.cut_since
+                    .get(*p)
+                    .is_none_or(|t| t.elapsed() <= timeout)
+            })
+            .cloned()
+            .collect();
+        if live == self.my_links {
+            return false;
+        }
+        self.my_links = live;
+        true
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.update_links() {
+            // A cut link's grace ran out: its peer is down unless reachable another way.
+            self.soon(ctx, true);
+        }
         // Backends and custom stats are looked at here rather than sent (see `backends`): a
         // change is replicated within an interval.
         self.refresh_own();
@@ -915,8 +952,15 @@ impl Handler<LinksChanged> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
-        let new: Vec<String> = msg.0.difference(&self.my_links).cloned().collect();
-        self.my_links = msg.0;
+        let now = Instant::now();
+        self.cut_since.retain(|p, _| msg.cut.contains(p));
+        for p in msg.cut {
+            self.cut_since.entry(p).or_insert(now);
+        }
+        self.table_links = msg.links;
+        let before = std::mem::take(&mut self.my_links);
+        self.update_links();
+        let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
         let peers: Vec<String> = self.my_links.iter().cloned().collect();
         for peer in peers {
             self.index_of_admitted(&peer);
