@@ -372,8 +372,8 @@ impl Membership {
     }
 
     /// Write this node's entries from its links, methods, backends and (at their period, past
-    /// their threshold) stats; queue what changed for every link.
-    fn refresh_own(&mut self) {
+    /// their threshold) stats; queue what changed for every link. True if any changed.
+    fn refresh_own(&mut self) -> bool {
         let me = self.shared.name().to_owned();
         let now_ms = self.now_ms();
         let methods = if self.methods_stale {
@@ -403,7 +403,10 @@ impl Membership {
         let own = self
             .replica
             .own(&me, self.shared.incarnation, self.shared.boot_ms);
-        if own.max_version > self.pushed {
+        if own.max_version <= self.pushed {
+            return false;
+        }
+        {
             let deltas = own.since(&me, self.pushed, budget);
             self.pushed = own.max_version;
             let peers: Vec<String> = self.my_links.iter().cloned().collect();
@@ -414,6 +417,7 @@ impl Membership {
                     .extend(deltas.iter().cloned());
             }
         }
+        true
     }
 
     /// The stats to replicate now, if any: a custom stat changed, or the period passed and
@@ -795,8 +799,10 @@ impl Membership {
             self.soon(ctx, true);
         }
         // Backends and custom stats are looked at here rather than sent (see `backends`): a
-        // change is replicated within an interval.
-        self.refresh_own();
+        // change is replicated within an interval (and shown in this node's own view).
+        if self.refresh_own() {
+            self.soon(ctx, false);
+        }
         let ttl = u64::try_from(TOMBSTONE_TTL.as_millis()).unwrap_or(u64::MAX);
         let before = self.now_ms().saturating_sub(ttl);
         if self.now_ms() > ttl {
