@@ -72,6 +72,7 @@ impl NodeState {
     }
 
     /// Entries held, tombstones included (what the bound counts).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
