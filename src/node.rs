@@ -61,6 +61,7 @@ pub use metrics::{
     BackendCounters, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
     PROXY_LATENCY_BUCKETS_S, REFUSALS,
 };
+#[cfg(feature = "fuzzing")]
 pub(crate) use replica::{Applied, Replica};
 #[cfg(feature = "fuzzing")]
 pub(crate) use service_session::{check_request, Verdict};

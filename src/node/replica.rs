@@ -369,6 +369,7 @@ impl Replica {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::{Applied, NodeState, Replica};
     use crate::wire::{NodeDelta, NodeStats, Value};
