@@ -53,6 +53,7 @@ use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
+use crate::link::pause::PauseClock;
 use crate::topology::IndexedGraph;
 use crate::wire::{encode_message, Delta, Digest, Heartbeat, Message, NodeDelta, NodeStats, Value};
 
@@ -241,6 +242,9 @@ pub struct Membership {
     last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
+    /// Notices a pause of this node (SIGSTOP) and logs it: the links judge their silences
+    /// without it, and nothing here ages with time any more.
+    pause: PauseClock,
     /// This node's start, the origin of the millisecond clock tombstones are stamped with.
     started: Instant,
 }
@@ -277,6 +281,7 @@ impl Membership {
             last_graph: None,
             recompute_cost: Duration::ZERO,
             started: Instant::now(),
+            pause: PauseClock::new(shared.heartbeat_interval()),
             shared,
         };
         // The declared nodes first, in declared order.
@@ -794,6 +799,15 @@ impl Membership {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        let paused = self.pause.tick();
+        if !paused.is_zero() {
+            tracing::info!(node = %self.shared.name(), "this node did not run for {} ms; silences are judged without that pause", paused.as_millis());
+            // A cut link's grace does not run out during this node's own pause.
+            let now = Instant::now();
+            for since in self.cut_since.values_mut() {
+                *since = crate::link::pause::excuse(*since, paused, now);
+            }
+        }
         if self.update_links() {
             // A cut link's grace ran out: its peer is down unless reachable another way.
             self.soon(ctx, true);
