@@ -593,9 +593,20 @@ impl Membership {
             return;
         };
         // reports.has(a, b): a reports a live link to b (my own links, and every state held).
+        // My own link counts only to the incarnation whose state is held: a restarted peer
+        // whose new state has not arrived yet must not pass for its old incarnation.
         let mut reports = Reports::new(self.names.len());
+        let table = self.shared.routes.load();
+        let linked: HashMap<&str, Uuid> = table
+            .links()
+            .map(|l| (l.peer.as_str(), l.incarnation))
+            .collect();
         for peer in &self.my_links {
-            if let Some(&b) = self.ids.get(peer) {
+            let same = self
+                .replica
+                .get(peer)
+                .is_some_and(|s| linked.get(peer.as_str()) == Some(&s.incarnation));
+            if let Some(&b) = self.ids.get(peer).filter(|_| same) {
                 reports.set(me_ix, b);
             }
         }
