@@ -448,7 +448,7 @@ impl Membership {
 
     /// Send every link its queued deltas, batched into frames that fit.
     fn flush(&mut self) {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && self.needs_digest.is_empty() {
             return;
         }
         let table = self.shared.routes.load();
@@ -475,6 +475,10 @@ impl Membership {
         }
         // Deltas for links that went away meanwhile: a new link starts with a digest.
         self.outbox.clear();
+        let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
+        for peer in behind {
+            self.send_digest(&peer);
+        }
     }
 
     /// Send `peer` this node's digest (it answers with what this node lacks).
@@ -498,10 +502,21 @@ impl Membership {
         }
     }
 
+    /// Answer `via`'s digest with what it lacks, except the states of nodes linked to `via`
+    /// (and its own): those speak for themselves on their own links, where `via` would
+    /// ignore a relayed copy anyway. In a mesh that leaves little to send.
     fn on_digest(&mut self, via: &str, digest: &Digest) {
-        let deltas = self
-            .replica
-            .delta_for(&digest.nodes, self.budget(), |_| false);
+        let me = self.shared.name();
+        let key = format!("link:{via}");
+        let linked = |node: &str| {
+            node == via
+                || (node != me
+                    && self
+                        .replica
+                        .get(node)
+                        .is_some_and(|s| s.get(&key).is_some()))
+        };
+        let deltas = self.replica.delta_for(&digest.nodes, self.budget(), linked);
         if !deltas.is_empty() {
             self.outbox
                 .entry(via.to_owned())
@@ -553,6 +568,7 @@ impl Membership {
             }
         }
         if gap {
+            // Filled at the end of this window (see `flush`), not at the next tick.
             self.needs_digest.insert(via.to_owned());
         }
         changed
@@ -1021,6 +1037,8 @@ impl Handler<DeltaReceived> for Membership {
         });
         if changed == Some(true) {
             self.soon(ctx, false);
+        } else if !self.needs_digest.is_empty() {
+            self.schedule_flush(ctx);
         }
     }
 }
