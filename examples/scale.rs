@@ -323,12 +323,15 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let rss_after = rss_kib();
     let per_node = rss_after.saturating_sub(rss_before) / n as u64;
 
-    // Idle: only heartbeats, pings and statuses flow.
+    // Idle: only pings and the master's ticks should flow; the counters say what did.
+    let traffic0 = traffic(&nodes);
     let cpu0 = cpu_ms();
     let idle_start = Instant::now();
     tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
     let idle_cpu_pct = (cpu_ms().saturating_sub(cpu0)) as f64 * 100.0
         / idle_start.elapsed().as_millis().max(1) as f64;
+    let idle_s = idle_start.elapsed().as_secs_f64().max(1e-3);
+    let traffic1 = traffic(&nodes);
     let status_frames_per_s =
         status_frames_per_interval(&plan) as f64 * 1000.0 / args.heartbeat_ms as f64;
 
@@ -339,6 +342,25 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             graph.as_millis()
         ),
     );
+    // What the idle cluster sent, per second: link frames and bytes per node, then every
+    // replication counter that moved (cluster total).
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / idle_s;
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(
+            " idle_frames_per_node_s={:.1} idle_bytes_per_node_s={:.0}",
+            rate(traffic0.frames, traffic1.frames) / n as f64,
+            rate(traffic0.bytes, traffic1.bytes) / n as f64,
+        ),
+    );
+    for ((name, a), (_, b)) in traffic0.replication.iter().zip(&traffic1.replication) {
+        if b > a {
+            let _ = std::fmt::Write::write_fmt(
+                &mut fields,
+                format_args!(" {name}_per_s={:.1}", rate(*a, *b)),
+            );
+        }
+    }
 
     if args.no_broadcast {
         stop(&nodes).await;
@@ -444,6 +466,31 @@ async fn wait_all(
         }
     }
     true
+}
+
+/// Frames and bytes sent on every link of every node, and the replication counters summed.
+struct Traffic {
+    frames: u64,
+    bytes: u64,
+    replication: Vec<(&'static str, u64)>,
+}
+
+fn traffic(nodes: &[NodeHandle]) -> Traffic {
+    let mut t = Traffic {
+        frames: 0,
+        bytes: 0,
+        replication: nodecloud::node::REPLICATION.iter().map(|r| (*r, 0)).collect(),
+    };
+    for node in nodes {
+        for l in node.link_stats() {
+            t.frames += l.frames_out;
+            t.bytes += l.bytes_out;
+        }
+        for (sum, (_, n)) in t.replication.iter_mut().zip(node.metrics().replication) {
+            sum.1 += n;
+        }
+    }
+    t
 }
 
 async fn stop(nodes: &[NodeHandle]) {

@@ -59,7 +59,7 @@ pub(crate) use membership::{take_delta, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
 pub use metrics::{
     BackendCounters, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
-    PROXY_LATENCY_BUCKETS_S, REFUSALS,
+    PROXY_LATENCY_BUCKETS_S, REFUSALS, REPLICATION,
 };
 #[cfg(feature = "fuzzing")]
 pub(crate) use replica::{Applied, Replica};

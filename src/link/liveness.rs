@@ -7,8 +7,12 @@
 //! silence (see [`super::pause`]); what the peer sent meanwhile is read before it is judged.
 //!
 //! A ping goes out only on a link that received nothing during the last interval, so a link
-//! carrying statuses or events carries no pings (a 64-node mesh would otherwise send 8064 pings
-//! and pongs per interval on top of its statuses).
+//! carrying events carries no pings (a 64-node mesh would otherwise send 8064 pings and pongs
+//! per interval on top of its traffic) — except on a **probing** link (the dialler's end of a
+//! resumable link), which pings at every tick and counts the pongs: a ping still unanswered
+//! proves that one direction is stuck even while the other still brings frames in, and only
+//! an unanswered ping makes the dialler try a fresh connection. Silence alone does not: an
+//! idle link is quiet for about an interval between two pings all the time.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,10 @@ pub struct Liveness {
     failure_timeout: Duration,
     last_inbound: Instant,
     pings_sent: u64,
+    /// The highest ping number a pong answered.
+    answered: u64,
+    /// Ping at every tick (see the module docs).
+    probing: bool,
     pause: PauseClock,
     /// The pause measured at the last tick, if any (for the session's log and bookkeeping).
     excused: Option<Duration>,
@@ -43,6 +51,8 @@ impl Liveness {
             failure_timeout,
             last_inbound: Instant::now(),
             pings_sent: 0,
+            answered: 0,
+            probing: false,
             pause: PauseClock::new(interval),
             excused: None,
         }
@@ -56,6 +66,24 @@ impl Liveness {
     /// The pause of this node measured at the last tick, once.
     pub fn take_excused(&mut self) -> Option<Duration> {
         self.excused.take()
+    }
+
+    /// Ping at every tick, not only when quiet (see the module docs).
+    pub fn probing(mut self) -> Self {
+        self.probing = true;
+        self
+    }
+
+    /// A pong answered ping `n` (a number never sent is not an answer).
+    pub fn pong(&mut self, n: u64) {
+        if n <= self.pings_sent {
+            self.answered = self.answered.max(n);
+        }
+    }
+
+    /// Whether ping `n` (or a later one) was answered.
+    pub fn is_answered(&self, n: u64) -> bool {
+        self.answered >= n
     }
 
     /// A frame arrived.
@@ -74,7 +102,7 @@ impl Liveness {
         if silent > self.failure_timeout {
             return Tick::Dead(silent);
         }
-        if silent < self.interval {
+        if silent < self.interval && !self.probing {
             return Tick::Alive;
         }
         self.pings_sent += 1;
@@ -96,5 +124,19 @@ mod tests {
         assert_eq!(l.tick(), Tick::Alive);
         let mut l = Liveness::new(Duration::ZERO, Duration::ZERO);
         assert!(matches!(l.tick(), Tick::Dead(_)));
+    }
+
+    #[test]
+    fn a_probing_link_pings_every_tick_and_counts_only_real_answers() {
+        let mut l = Liveness::new(Duration::from_secs(3600), Duration::from_secs(7200)).probing();
+        l.heard();
+        assert_eq!(l.tick(), Tick::Ping(1), "pinged although frames come in");
+        assert!(!l.is_answered(1));
+        l.pong(7);
+        assert!(!l.is_answered(1), "a pong for a ping never sent answers nothing");
+        l.pong(1);
+        assert!(l.is_answered(1));
+        assert_eq!(l.tick(), Tick::Ping(2));
+        assert!(!l.is_answered(2));
     }
 }

@@ -50,6 +50,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::replica::{Applied, NodeState, Replica};
+use super::metrics::Repl;
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
@@ -401,7 +402,9 @@ impl Membership {
             sync_prefix(own, "http:", http.iter().map(String::as_str), now_ms);
         }
         if let Some(stats) = stats {
-            own.set("stats", Value::Stats(stats.clone()));
+            if own.set("stats", Value::Stats(stats.clone())) {
+                self.shared.metrics.repl(Repl::OwnStatsSet, 1);
+            }
             self.stats_sent = Some(stats);
         }
         let budget = self.budget();
@@ -458,6 +461,8 @@ impl Membership {
                 continue;
             };
             for frame in batch(deltas, budget) {
+                let records = frame.nodes.len() as u64;
+                let entries = frame.nodes.iter().map(|d| d.entries.len() as u64).sum();
                 let msg = Message::Delta(frame);
                 let encoded = match encode_message(&msg) {
                     Ok(f) => f,
@@ -471,18 +476,23 @@ impl Membership {
                     self.needs_digest.insert(link.peer.clone());
                     break;
                 }
+                let m = &self.shared.metrics;
+                m.repl(Repl::DeltaFramesSent, 1);
+                m.repl(Repl::DeltaRecordsSent, records);
+                m.repl(Repl::DeltaEntriesSent, entries);
             }
         }
         // Deltas for links that went away meanwhile: a new link starts with a digest.
         self.outbox.clear();
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
-            self.send_digest(&peer);
+            self.send_digest(&peer, "flush");
         }
     }
 
     /// Send `peer` this node's digest (it answers with what this node lacks).
-    fn send_digest(&mut self, peer: &str) {
+    fn send_digest(&mut self, peer: &str, why: &'static str) {
+        tracing::debug!(node = %self.shared.name(), peer, "digest sent ({why})");
         let table = self.shared.routes.load();
         let Some(link) = table.links().find(|l| l.peer == peer) else {
             return;
@@ -493,6 +503,7 @@ impl Membership {
         match encode_message(&msg) {
             Ok(frame) => {
                 if link.tx.try_push(frame).is_ok() {
+                    self.shared.metrics.repl(Repl::DigestsSent, 1);
                     self.needs_digest.remove(peer);
                 } else {
                     self.needs_digest.insert(peer.to_owned());
@@ -506,6 +517,7 @@ impl Membership {
     /// (and its own): those speak for themselves on their own links, where `via` would
     /// ignore a relayed copy anyway. In a mesh that leaves little to send.
     fn on_digest(&mut self, via: &str, digest: &Digest) {
+        self.shared.metrics.repl(Repl::DigestsReceived, 1);
         let me = self.shared.name();
         let key = format!("link:{via}");
         let linked = |node: &str| {
@@ -551,13 +563,18 @@ impl Membership {
             let max = max_entries(self.names.len());
             let origin = d.node.clone();
             let incarnation = d.incarnation;
+            self.shared.metrics.repl(Repl::DeltaRecordsReceived, 1);
             match take_delta(&mut self.replica, d, &link, now_ms, stamp, max) {
                 Ok(Applied::New(relay)) => {
+                    self.shared.metrics.repl(Repl::RecordsNew, 1);
                     changed = true;
                     self.relay(via, relay);
                 }
-                Ok(Applied::Stale) => {}
-                Ok(Applied::Gap) => gap = true,
+                Ok(Applied::Stale) => self.shared.metrics.repl(Repl::RecordsStale, 1),
+                Ok(Applied::Gap) => {
+                    self.shared.metrics.repl(Repl::RecordsGap, 1);
+                    gap = true;
+                }
                 Ok(Applied::Refused) => {
                     tracing::debug!(node = %me, via = %via, "delta about {origin} refused: malformed or past the entry bound");
                 }
@@ -598,6 +615,7 @@ impl Membership {
     /// Recompute reachability; log and publish what changed. Works on node indices and is
     /// linear in the number of links reported.
     fn recompute(&mut self) {
+        self.shared.metrics.repl(Repl::GraphRecomputes, 1);
         let started = Instant::now();
         self.recompute_graph();
         self.recompute_cost = started.elapsed();
@@ -797,7 +815,9 @@ impl Membership {
         match encode_message(&Message::Heartbeat(hb)) {
             Ok(frame) => {
                 for link in links {
-                    let _ = link.tx.try_push(frame.clone());
+                    if link.tx.try_push(frame.clone()).is_ok() {
+                        self.shared.metrics.repl(Repl::TicksForwarded, 1);
+                    }
                 }
             }
             Err(e) => tracing::error!(node = %self.shared.name(), "cannot encode a tick: {e}"),
@@ -856,7 +876,7 @@ impl Membership {
         }
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
-            self.send_digest(&peer);
+            self.send_digest(&peer, "tick");
         }
         self.schedule_flush(ctx);
     }
@@ -1014,7 +1034,7 @@ impl Handler<LinksChanged> for Membership {
         }
         for peer in new {
             // A link that came up: each side tells the other what it holds.
-            guard("membership", ctx, |_| self.send_digest(&peer));
+            guard("membership", ctx, |_| self.send_digest(&peer, "link up"));
         }
         self.soon(ctx, true);
     }
@@ -1024,7 +1044,7 @@ impl Handler<LinkResumed> for Membership {
     type Result = ();
 
     fn handle(&mut self, LinkResumed(peer): LinkResumed, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| self.send_digest(&peer));
+        guard("membership", ctx, |_| self.send_digest(&peer, "resumed"));
     }
 }
 

@@ -165,8 +165,6 @@ pub struct Session {
     backlog: VecDeque<ReadItem>,
     /// Read batches come back here once handled, for the reader to fill again.
     spare_reads: SpareBatch,
-    /// When the peer's last `ping` arrived (see [`Session::on_ping`]).
-    peer_pinged: Option<Instant>,
     /// When the dialler was last told this link is quiet: at most four times an interval.
     told_quiet: Option<Instant>,
     /// Batches for the bus, lent to it and handed back.
@@ -273,7 +271,12 @@ impl Session {
                     last_word_timeout,
                 )
             });
-            let liveness = Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
+            let mut liveness =
+                Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
+            if resumable && p.on_quiet.is_some() {
+                // The dialler proves both directions with its own pings (see `tell_quiet`).
+                liveness = liveness.probing();
+            }
             Session {
                 p,
                 link_id,
@@ -284,7 +287,6 @@ impl Session {
                 closing: false,
                 backlog: VecDeque::new(),
                 spare_reads,
-                peer_pinged: None,
                 told_quiet: None,
                 spare_local: BatchPool::default(),
             }
@@ -356,12 +358,9 @@ impl Session {
                     heartbeat: hb,
                 });
             }
-            Message::Ping(p) => {
-                self.send(&Message::Pong(p));
-                self.on_ping();
-            }
-            // Any frame is proof of life: the pong did its work by arriving.
-            Message::Pong(_) => {}
+            Message::Ping(p) => self.send(&Message::Pong(p)),
+            // Any frame is proof of life; a pong also answers a ping (see `tell_quiet`).
+            Message::Pong(p) => self.liveness.pong(p.n),
             Message::Bye(bye) => {
                 tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
                 // A goodbye on the connection the stream rides on ends it (the peer leaves);
@@ -570,24 +569,12 @@ impl Session {
         }
     }
 
-    /// A `ping` arrived. A peer pings only at a check that heard nothing for an interval, so
-    /// two pings less than two intervals apart say the peer has not heard this node for two
-    /// intervals: this direction is stuck although the other works (after a cut, TCP resends
-    /// each way on its own backed-off timer). Only the dialler can replace the connection,
-    /// so that is told, as at a quiet tick of its own.
-    fn on_ping(&mut self) {
-        let now = Instant::now();
-        let stuck = self
-            .peer_pinged
-            .is_some_and(|t| now.duration_since(t) < 2 * self.p.shared.heartbeat_interval());
-        self.peer_pinged = Some(now);
-        if stuck {
-            self.tell_quiet();
-        }
-    }
-
     /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
-    /// at most four times an interval however often the peer pings.
+    /// at most four times an interval. Said only when a ping of the dialler's went
+    /// unanswered (its end of the link pings at every tick, see `Liveness::probing`): that
+    /// covers a dark network and a link stuck one way only (after a cut, TCP resends each way
+    /// on its own backed-off timer), while an idle link, quiet for about an interval between
+    /// two pings, is never re-dialled (each re-dial costs a handshake and a digest exchange).
     fn tell_quiet(&mut self) {
         let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
             return;
@@ -633,14 +620,17 @@ impl Session {
         match tick {
             Tick::Alive => {}
             Tick::Ping(n) => {
+                // At every tick whose last ping is unanswered, and half an interval after a
+                // ping whose pong has not come: a re-dial into a cut network is lost (its SYN
+                // is retried only a second later), so fresh ones keep coming, and a network
+                // back for half an interval is used.
+                if n > 1 && !self.liveness.is_answered(n - 1) {
+                    self.tell_quiet();
+                }
                 self.send(&Message::Ping(Ping { n }));
-                // At every quiet tick, and half an interval later if still quiet: a re-dial
-                // into a cut network is lost (its SYN is retried only a second later), so
-                // fresh ones keep coming, and a network back for half an interval is used.
-                self.tell_quiet();
                 let interval = self.p.shared.heartbeat_interval();
                 ctx.run_later(interval / 2, move |act, _| {
-                    if act.liveness.last_inbound().elapsed() >= interval {
+                    if !act.liveness.is_answered(n) {
                         act.tell_quiet();
                     }
                 });
