@@ -479,7 +479,10 @@ fn traffic(nodes: &[NodeHandle]) -> Traffic {
     let mut t = Traffic {
         frames: 0,
         bytes: 0,
-        replication: nodecloud::node::REPLICATION.iter().map(|r| (*r, 0)).collect(),
+        replication: nodecloud::node::REPLICATION
+            .iter()
+            .map(|r| (*r, 0))
+            .collect(),
     };
     for node in nodes {
         for l in node.link_stats() {

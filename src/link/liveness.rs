@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(l.tick(), Tick::Ping(1), "pinged although frames come in");
         assert!(!l.is_answered(1));
         l.pong(7);
-        assert!(!l.is_answered(1), "a pong for a ping never sent answers nothing");
+        assert!(
+            !l.is_answered(1),
+            "a pong for a ping never sent answers nothing"
+        );
         l.pong(1);
         assert!(l.is_answered(1));
         assert_eq!(l.tick(), Tick::Ping(2));

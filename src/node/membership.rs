@@ -17,8 +17,9 @@
 //! digest exchange at the next tick.
 //!
 //! Stats are their own entry, refreshed every [`STATS_INTERVAL`] and only when they moved
-//! past a threshold (load by 0.05 per CPU, RSS by 5 %, or any other field but uptime and free
-//! memory); a custom stat's change (`set_stat`) is sent at the next tick.
+//! past a threshold (see [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the
+//! next tick. A delta that changes only what a member holds (stats, methods, backends) does
+//! not walk the live graph again: only the view is rebuilt, once per coalescing window.
 //!
 //! A node is **up** when it is reachable from here over edges both ends report live. There is
 //! no freshness of a status any more: every link has its own failure detector (pings; silence
@@ -49,8 +50,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::replica::{Applied, NodeState, Replica};
 use super::metrics::Repl;
+use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
@@ -239,6 +240,10 @@ pub struct Membership {
     ticks_seen: HashMap<String, (Uuid, u64)>,
     /// A recompute is scheduled (see [`Membership::soon`]).
     recompute_pending: bool,
+    /// The scheduled recompute must walk the live graph again: a node came, went or changed
+    /// incarnation, or a `link:` entry changed. Otherwise (stats, methods, backends, role)
+    /// only the view is rebuilt, and the Router keeps its routes.
+    graph_dirty: bool,
     /// The bits of the live graph last sent to the Router (see `recompute`).
     last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
@@ -279,6 +284,7 @@ impl Membership {
             last_incarnation: HashMap::new(),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
+            graph_dirty: true,
             last_graph: None,
             recompute_cost: Duration::ZERO,
             started: Instant::now(),
@@ -330,6 +336,13 @@ impl Membership {
     /// or 20 times what the last recompute took if that is longer (at most an interval):
     /// recomputing then costs at most about 5% of the node's thread, however large the graph.
     fn soon(&mut self, ctx: &mut Context<Self>, refresh: bool) {
+        self.graph_dirty = true;
+        self.soon_members(ctx, refresh);
+    }
+
+    /// As [`Membership::soon`], for a change that leaves the live graph as it is (what
+    /// members hold, not who is up): only the view is rebuilt at the end of the window.
+    fn soon_members(&mut self, ctx: &mut Context<Self>, refresh: bool) {
         if refresh {
             self.refresh_own();
         }
@@ -340,8 +353,21 @@ impl Membership {
         self.recompute_pending = true;
         ctx.run_later(self.delay(), |act, ctx| {
             act.recompute_pending = false;
-            guard("membership", ctx, |_| act.recompute());
+            if std::mem::take(&mut act.graph_dirty) {
+                guard("membership", ctx, |_| act.recompute());
+            } else {
+                guard("membership", ctx, |_| act.publish_members());
+            }
         });
+    }
+
+    /// Publish the view again without walking the graph (the Router keeps its routes).
+    fn publish_members(&mut self) {
+        let view = self.view();
+        match &self.router {
+            Some(router) => router.do_send(GraphChanged { graph: None, view }),
+            None => publish_view(&self.shared, view),
+        }
     }
 
     fn delay(&self) -> Duration {
@@ -446,7 +472,13 @@ impl Membership {
             return None;
         }
         self.stats_checked = Some(Instant::now());
-        stats_moved(sent, &now).then_some(now)
+        let moved = stats_moved(sent, &now);
+        if moved {
+            tracing::debug!(node = %self.shared.name(),
+                "stats moved: load {:.2} -> {:.2}, rss {} -> {} KiB",
+                sent.load_avg[0], now.load_avg[0], sent.rss_bytes / 1024, now.rss_bytes / 1024);
+        }
+        moved.then_some(now)
     }
 
     /// Send every link its queued deltas, batched into frames that fit.
@@ -537,15 +569,15 @@ impl Membership {
         }
     }
 
-    /// Take a delta in and queue what was new for relaying; true if the graph or the members
-    /// may have changed.
-    fn on_delta(&mut self, via: &str, via_incarnation: Uuid, delta: Delta) -> bool {
+    /// Take a delta in and queue what was new for relaying; says whether the graph or only
+    /// what members hold may have changed.
+    fn on_delta(&mut self, via: &str, via_incarnation: Uuid, delta: Delta) -> Change {
         let me = self.shared.name().to_owned();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let stamp = self.now_ms();
-        let mut changed = false;
+        let mut changed = Change::None;
         let mut gap = false;
         for d in delta.nodes {
             if d.node == me {
@@ -567,7 +599,15 @@ impl Membership {
             match take_delta(&mut self.replica, d, &link, now_ms, stamp, max) {
                 Ok(Applied::New(relay)) => {
                     self.shared.metrics.repl(Repl::RecordsNew, 1);
-                    changed = true;
+                    // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
+                    // the graph; anything else (stats above all) only a member.
+                    let graph =
+                        relay.from == 0 || relay.entries.iter().any(|e| e.key.starts_with("link:"));
+                    changed = changed.max(if graph {
+                        Change::Graph
+                    } else {
+                        Change::Members
+                    });
                     self.relay(via, relay);
                 }
                 Ok(Applied::Stale) => self.shared.metrics.repl(Repl::RecordsStale, 1),
@@ -862,7 +902,8 @@ impl Membership {
         // Backends and custom stats are looked at here rather than sent (see `backends`): a
         // change is replicated within an interval (and shown in this node's own view).
         if self.refresh_own() {
-            self.soon(ctx, false);
+            // Own links changed through `LinksChanged` or above; this is stats or backends.
+            self.soon_members(ctx, false);
         }
         let ttl = u64::try_from(TOMBSTONE_TTL.as_millis()).unwrap_or(u64::MAX);
         let before = self.now_ms().saturating_sub(ttl);
@@ -903,12 +944,19 @@ fn sync_prefix<'a>(
     }
 }
 
-/// Whether stats moved enough to be replicated: load by 0.05 per CPU, RSS by 5 %, or any
-/// field but uptime, free memory and load changed.
+/// Whether stats moved enough to be replicated: the 1-minute load per CPU by both 0.1 and a
+/// tenth of what was sent, RSS by 10 %, or any field but uptime, free memory and load
+/// changed.
+///
+/// Every stats change reaches every node, so the thresholds set the idle cost of a large
+/// cluster: a 1-minute load wanders by a few hundredths per CPU on an idle machine and by
+/// tenths on a busy one, which is noise to a least-loaded choice; a finer threshold sent
+/// stats from nearly every node at nearly every check.
 pub(crate) fn stats_moved(sent: &NodeStats, now: &NodeStats) -> bool {
     let cpus = f64::from(now.cpus.max(1));
-    let load = (now.load_avg[0] - sent.load_avg[0]).abs() / cpus >= 0.05;
-    let rss = now.rss_bytes.abs_diff(sent.rss_bytes) * 20 >= sent.rss_bytes.max(1);
+    let (was, is) = (sent.load_avg[0] / cpus, now.load_avg[0] / cpus);
+    let load = (is - was).abs() >= f64::max(0.1, was.abs() / 10.0);
+    let rss = now.rss_bytes.abs_diff(sent.rss_bytes) * 10 >= sent.rss_bytes.max(1);
     load || rss
         || now.pid != sent.pid
         || now.version != sent.version
@@ -992,6 +1040,7 @@ impl actix::Supervised for Membership {
         // context.
         self.last_graph = None;
         self.recompute_pending = false;
+        self.graph_dirty = true;
         self.flush_pending = false;
         self.methods_stale = true;
     }
@@ -1055,8 +1104,10 @@ impl Handler<DeltaReceived> for Membership {
         let changed = guard("membership", ctx, |_| {
             self.on_delta(&msg.via, msg.via_incarnation, msg.delta)
         });
-        if changed == Some(true) {
+        if changed == Some(Change::Graph) {
             self.soon(ctx, false);
+        } else if changed == Some(Change::Members) {
+            self.soon_members(ctx, false);
         } else if !self.needs_digest.is_empty() {
             self.schedule_flush(ctx);
         }
@@ -1080,6 +1131,16 @@ impl Handler<HeartbeatReceived> for Membership {
             self.on_heartbeat(msg.via, msg.heartbeat)
         });
     }
+}
+
+/// What a delta changed here, least to most (see `Membership::on_delta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    None,
+    /// What members hold (stats, methods, backends, role): the view only.
+    Members,
+    /// Who is up or which links are live: the graph too.
+    Graph,
 }
 
 /// The link a delta arrived on, as `claim_is_consistent` sees it.
@@ -1358,14 +1419,27 @@ mod tests {
         let mut now = sent.clone();
         now.uptime_s = 99;
         now.free_mem_bytes = 12;
-        now.load_avg[0] = 0.59; // 0.045 per CPU
-        now.rss_bytes = 1_040_000; // 4 %
+        now.load_avg[0] = 0.69; // 0.095 per CPU
+        now.rss_bytes = 1_090_000; // 9 %
         assert!(!stats_moved(&sent, &now));
-        now.load_avg[0] = 0.61;
-        assert!(stats_moved(&sent, &now), "load moved 0.055 per CPU");
+        now.load_avg[0] = 0.71;
+        assert!(stats_moved(&sent, &now), "load moved 0.105 per CPU");
         now.load_avg[0] = 0.5;
-        now.rss_bytes = 1_050_000;
-        assert!(stats_moved(&sent, &now), "RSS moved 5 %");
+        now.rss_bytes = 1_100_000;
+        assert!(stats_moved(&sent, &now), "RSS moved 10 %");
+        now.rss_bytes = sent.rss_bytes;
+        let busy = NodeStats {
+            load_avg: [6.0, 0.0, 0.0], // 3 per CPU
+            ..sent.clone()
+        };
+        let mut later = busy.clone();
+        later.load_avg[0] = 6.5; // 0.25 per CPU: under a tenth of 3
+        assert!(!stats_moved(&busy, &later));
+        later.load_avg[0] = 6.7; // 0.35 per CPU
+        assert!(
+            stats_moved(&busy, &later),
+            "a busy node's load moved a tenth"
+        );
         now.rss_bytes = sent.rss_bytes;
         now.extra.insert("jobs".into(), StatValue::Int(1));
         assert!(stats_moved(&sent, &now), "a custom stat changed");

@@ -351,6 +351,14 @@ impl Slot {
             .and_then(|s| s.inbound().ack_due(now))
     }
 
+    /// When an `ack` falls due if no more frames come, if one is owed.
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        self.state()
+            .stream
+            .as_ref()
+            .and_then(|s| s.inbound().ack_deadline())
+    }
+
     pub fn ack_sent(&self, seq: Seq) {
         if let Some(s) = self.state().stream.as_mut() {
             s.inbound_mut().on_ack_sent(seq);
