@@ -7,12 +7,8 @@
 //! silence (see [`super::pause`]); what the peer sent meanwhile is read before it is judged.
 //!
 //! A ping goes out only on a link that received nothing during the last interval, so a link
-//! carrying events carries no pings (a 64-node mesh would otherwise send 8064 pings and pongs
-//! per interval on top of its traffic) — except on a **probing** link (the dialler's end of a
-//! resumable link), which pings at every tick and counts the pongs: a ping still unanswered
-//! proves that one direction is stuck even while the other still brings frames in, and only
-//! an unanswered ping makes the dialler try a fresh connection. Silence alone does not: an
-//! idle link is quiet for about an interval between two pings all the time.
+//! carrying statuses or events carries no pings (a 64-node mesh would otherwise send 8064 pings
+//! and pongs per interval on top of its statuses).
 
 use std::time::{Duration, Instant};
 
@@ -37,8 +33,6 @@ pub struct Liveness {
     pings_sent: u64,
     /// The highest ping number a pong answered.
     answered: u64,
-    /// Ping at every tick (see the module docs).
-    probing: bool,
     pause: PauseClock,
     /// The pause measured at the last tick, if any (for the session's log and bookkeeping).
     excused: Option<Duration>,
@@ -52,7 +46,6 @@ impl Liveness {
             last_inbound: Instant::now(),
             pings_sent: 0,
             answered: 0,
-            probing: false,
             pause: PauseClock::new(interval),
             excused: None,
         }
@@ -68,13 +61,13 @@ impl Liveness {
         self.excused.take()
     }
 
-    /// Ping at every tick, not only when quiet (see the module docs).
-    pub fn probing(mut self) -> Self {
-        self.probing = true;
-        self
+    /// The number of a ping sent outside a quiet tick (a probe, see the session).
+    pub fn next_ping(&mut self) -> u64 {
+        self.pings_sent += 1;
+        self.pings_sent
     }
 
-    /// A pong answered ping `n` (a number never sent is not an answer).
+    /// A pong answered ping `n` (a number never sent answers nothing).
     pub fn pong(&mut self, n: u64) {
         if n <= self.pings_sent {
             self.answered = self.answered.max(n);
@@ -102,7 +95,7 @@ impl Liveness {
         if silent > self.failure_timeout {
             return Tick::Dead(silent);
         }
-        if silent < self.interval && !self.probing {
+        if silent < self.interval {
             return Tick::Alive;
         }
         self.pings_sent += 1;
@@ -127,19 +120,18 @@ mod tests {
     }
 
     #[test]
-    fn a_probing_link_pings_every_tick_and_counts_only_real_answers() {
-        let mut l = Liveness::new(Duration::from_secs(3600), Duration::from_secs(7200)).probing();
-        l.heard();
-        assert_eq!(l.tick(), Tick::Ping(1), "pinged although frames come in");
-        assert!(!l.is_answered(1));
-        l.pong(7);
+    fn only_a_pong_for_a_ping_sent_answers_it() {
+        let mut l = Liveness::new(Duration::ZERO, Duration::from_secs(3600));
+        assert_eq!(l.tick(), Tick::Ping(1));
+        assert_eq!(l.next_ping(), 2, "probes and quiet ticks share the numbers");
+        l.pong(9);
         assert!(
             !l.is_answered(1),
             "a pong for a ping never sent answers nothing"
         );
         l.pong(1);
-        assert!(l.is_answered(1));
-        assert_eq!(l.tick(), Tick::Ping(2));
-        assert!(!l.is_answered(2));
+        assert!(l.is_answered(1) && !l.is_answered(2));
+        l.pong(2);
+        assert!(l.is_answered(2));
     }
 }

@@ -167,6 +167,10 @@ pub struct Session {
     spare_reads: SpareBatch,
     /// When the dialler was last told this link is quiet: at most four times an interval.
     told_quiet: Option<Instant>,
+    /// When the peer's last `ping` arrived, and this side's last `ping` left (see
+    /// `heartbeat`).
+    peer_pinged: Option<Instant>,
+    pinged_at: Option<Instant>,
     /// A timer will send the `ack` owed (see `arm_ack`).
     ack_armed: bool,
     /// Batches for the bus, lent to it and handed back.
@@ -273,12 +277,7 @@ impl Session {
                     last_word_timeout,
                 )
             });
-            let mut liveness =
-                Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
-            if resumable && p.on_quiet.is_some() {
-                // The dialler proves both directions with its own pings (see `tell_quiet`).
-                liveness = liveness.probing();
-            }
+            let liveness = Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
             Session {
                 p,
                 link_id,
@@ -290,6 +289,8 @@ impl Session {
                 backlog: VecDeque::new(),
                 spare_reads,
                 told_quiet: None,
+                peer_pinged: None,
+                pinged_at: None,
                 ack_armed: false,
                 spare_local: BatchPool::default(),
             }
@@ -361,8 +362,11 @@ impl Session {
                     heartbeat: hb,
                 });
             }
-            Message::Ping(p) => self.send(&Message::Pong(p)),
-            // Any frame is proof of life; a pong also answers a ping (see `tell_quiet`).
+            Message::Ping(p) => {
+                self.send(&Message::Pong(p));
+                self.peer_pinged = Some(Instant::now());
+            }
+            // Any frame is proof of life; a pong also answers a probe (see `heartbeat`).
             Message::Pong(p) => self.liveness.pong(p.n),
             Message::Bye(bye) => {
                 tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
@@ -576,11 +580,7 @@ impl Session {
     }
 
     /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
-    /// at most four times an interval. Said only when a ping of the dialler's went
-    /// unanswered (its end of the link pings at every tick, see `Liveness::probing`): that
-    /// covers a dark network and a link stuck one way only (after a cut, TCP resends each way
-    /// on its own backed-off timer), while an idle link, quiet for about an interval between
-    /// two pings, is never re-dialled (each re-dial costs a handshake and a digest exchange).
+    /// at most four times an interval however often it is said.
     fn tell_quiet(&mut self) {
         let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
             return;
@@ -645,19 +645,47 @@ impl Session {
                 "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
         }
         match tick {
-            Tick::Alive => {}
+            Tick::Alive => {
+                // The peer pinged lately: it heard nothing from here for an interval. That is
+                // how an idle link goes (one side pings, the other answers), or this direction
+                // is stuck while the other works (after a cut, TCP resends each way on its own
+                // backed-off timer). The dialler, the one side that can replace the
+                // connection, tells them apart with a ping of its own: its pong comes back
+                // only if both directions work.
+                let interval = self.p.shared.heartbeat_interval();
+                let peer_pinging = self
+                    .peer_pinged
+                    .is_some_and(|t| t.elapsed() < interval * 3 / 2);
+                if peer_pinging && self.resumable && self.p.on_quiet.is_some() {
+                    let n = self.liveness.next_ping();
+                    self.send(&Message::Ping(Ping { n }));
+                    self.pinged_at = Some(Instant::now());
+                    ctx.run_later(interval / 2, move |act, _| {
+                        if !act.liveness.is_answered(n) {
+                            act.tell_quiet();
+                        }
+                    });
+                }
+            }
             Tick::Ping(n) => {
-                // At every tick whose last ping is unanswered, and half an interval after a
-                // ping whose pong has not come: a re-dial into a cut network is lost (its SYN
-                // is retried only a second later), so fresh ones keep coming, and a network
-                // back for half an interval is used.
-                if n > 1 && !self.liveness.is_answered(n - 1) {
+                // At every quiet tick after a ping that nothing answered (nothing came in
+                // since), and half an interval after a ping if still quiet: a re-dial into a
+                // cut network is lost (its SYN is retried only a second later), so fresh ones
+                // keep coming, and a network back for half an interval is used. A quiet tick
+                // alone says nothing: an idle link is quiet for about an interval between two
+                // pings all the time, and re-dialling it (a handshake and a digest exchange)
+                // once an interval was most of an idle cluster's traffic.
+                if self
+                    .pinged_at
+                    .is_some_and(|t| self.liveness.last_inbound() < t)
+                {
                     self.tell_quiet();
                 }
                 self.send(&Message::Ping(Ping { n }));
+                self.pinged_at = Some(Instant::now());
                 let interval = self.p.shared.heartbeat_interval();
                 ctx.run_later(interval / 2, move |act, _| {
-                    if !act.liveness.is_answered(n) {
+                    if act.liveness.last_inbound().elapsed() >= interval {
                         act.tell_quiet();
                     }
                 });
