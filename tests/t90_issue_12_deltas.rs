@@ -30,7 +30,7 @@ fn seen(view: &MembershipView) -> BTreeMap<String, Seen> {
                 name.clone(),
                 Seen {
                     incarnation: m.incarnation,
-                    links: m.links.clone(),
+                    links: m.links.to_vec(),
                     extra: m.stats.extra.clone(),
                 },
             )

@@ -43,7 +43,7 @@
 //! [`TOMBSTONE_TTL`]; a delta frame is split to fit `max_frame_bytes`; deltas that do not fit
 //! a full link queue are dropped, and the link is caught up by a digest exchange instead.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,10 +84,14 @@ pub struct Member {
     pub name: String,
     pub incarnation: Uuid,
     pub role: String,
-    pub links: Vec<String>,
+    /// The node's live links, sorted. Shared: a view is rebuilt and published at every
+    /// change, and a star's master lists a link to every worker, so copying this on every
+    /// node at every change cost more than everything else a large cluster did while it
+    /// converged.
+    pub links: Arc<[String]>,
     pub stats: NodeStats,
-    /// Methods the node serves, sorted.
-    pub methods: Vec<String>,
+    /// Methods the node serves, sorted (shared, as `links`).
+    pub methods: Arc<[String]>,
     /// HTTP backends the node advertises (`HOST:PORT`), sorted.
     pub http: Vec<String>,
 }
@@ -230,6 +234,8 @@ pub struct Membership {
     flush_pending: bool,
     /// Links to catch up by a digest exchange (a delta did not fit, or left a gap).
     needs_digest: BTreeSet<String>,
+    /// When each link last got a digest (see `send_digest`).
+    digest_at: HashMap<String, Instant>,
     /// The stats last replicated, and when they were last looked at.
     stats_sent: Option<NodeStats>,
     stats_checked: Option<Instant>,
@@ -240,6 +246,9 @@ pub struct Membership {
     ticks_seen: HashMap<String, (Uuid, u64)>,
     /// A recompute is scheduled (see [`Membership::soon`]).
     recompute_pending: bool,
+    /// The members of the last view, and the nodes whose state changed since (see `view`).
+    member_cache: HashMap<String, Member>,
+    member_dirty: HashSet<String>,
     /// The scheduled recompute must walk the live graph again: a node came, went or changed
     /// incarnation, or a `link:` entry changed. Otherwise (stats, methods, backends, role)
     /// only the view is rebuilt, and the Router keeps its routes.
@@ -278,12 +287,15 @@ impl Membership {
             outbox: HashMap::new(),
             flush_pending: false,
             needs_digest: BTreeSet::new(),
+            digest_at: HashMap::new(),
             stats_sent: None,
             stats_checked: None,
             up: BTreeSet::new(),
             last_incarnation: HashMap::new(),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
+            member_cache: HashMap::new(),
+            member_dirty: HashSet::new(),
             graph_dirty: true,
             last_graph: None,
             recompute_cost: Duration::ZERO,
@@ -377,13 +389,16 @@ impl Membership {
             .min(self.interval())
     }
 
-    /// Send the outbox at the end of the coalescing window.
+    /// Send the outbox at the end of the coalescing window (one frame per link per window).
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flush_pending {
             return;
         }
         self.flush_pending = true;
-        ctx.run_later(self.delay(), |act, ctx| {
+        // The coalescing window alone: relays must not wait for this node's recomputes (each
+        // hop would add one), and sending costs what it costs however it is batched.
+        let window = (self.interval() / 10).min(COALESCE_MAX);
+        ctx.run_later(window, |act, ctx| {
             act.flush_pending = false;
             guard("membership", ctx, |_| act.flush());
         });
@@ -407,6 +422,7 @@ impl Membership {
     /// their threshold) stats; queue what changed for every link. True if any changed.
     fn refresh_own(&mut self) -> bool {
         let me = self.shared.name().to_owned();
+        self.member_dirty.insert(me.clone());
         let now_ms = self.now_ms();
         let methods = if self.methods_stale {
             self.methods_stale = false;
@@ -518,13 +534,25 @@ impl Membership {
         self.outbox.clear();
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
-            self.send_digest(&peer, "flush");
+            self.send_digest(&peer, DigestWhy::Repair);
         }
     }
 
     /// Send `peer` this node's digest (it answers with what this node lacks).
-    fn send_digest(&mut self, peer: &str, why: &'static str) {
-        tracing::debug!(node = %self.shared.name(), peer, "digest sent ({why})");
+    /// A repair (`Digest::Repair`: a gap, a delta that did not fit, a digest showing this
+    /// node lacks something) goes at most once an interval per link; later ones wait in
+    /// `needs_digest` for the next tick. A link that comes up or resumes always gets one.
+    fn send_digest(&mut self, peer: &str, why: DigestWhy) {
+        if why == DigestWhy::Repair
+            && self
+                .digest_at
+                .get(peer)
+                .is_some_and(|t| t.elapsed() < self.interval())
+        {
+            self.needs_digest.insert(peer.to_owned());
+            return;
+        }
+        tracing::debug!(node = %self.shared.name(), peer, "digest sent ({why:?})");
         let table = self.shared.routes.load();
         let Some(link) = table.links().find(|l| l.peer == peer) else {
             return;
@@ -537,6 +565,7 @@ impl Membership {
                 if link.tx.try_push(frame).is_ok() {
                     self.shared.metrics.repl(Repl::DigestsSent, 1);
                     self.needs_digest.remove(peer);
+                    self.digest_at.insert(peer.to_owned(), Instant::now());
                 } else {
                     self.needs_digest.insert(peer.to_owned());
                 }
@@ -548,7 +577,23 @@ impl Membership {
     /// Answer `via`'s digest with what it lacks, except the states of nodes linked to `via`
     /// (and its own): those speak for themselves on their own links, where `via` would
     /// ignore a relayed copy anyway. In a mesh that leaves little to send.
+    ///
+    /// And if the digest shows `via` holds more than this node (a newer version of an
+    /// incarnation held here, or an admitted node unknown here), this node sends its own
+    /// digest back, so `via` answers with the difference: a sender whose delta did not fit
+    /// this node's link, or a gap, is repaired in one more round instead of at the next
+    /// change of the nodes concerned. Nodes linked to this one and `via` itself are left out
+    /// (they push their changes here themselves).
     fn on_digest(&mut self, via: &str, digest: &Digest) {
+        let me = self.shared.name();
+        let lacking = self.replica.lacks(
+            &digest.nodes,
+            |n| n == via || n == me || self.my_links.contains(n),
+            |n| self.shared.config.admits(n),
+        );
+        if lacking {
+            self.send_digest(via, DigestWhy::Repair);
+        }
         self.shared.metrics.repl(Repl::DigestsReceived, 1);
         let me = self.shared.name();
         let key = format!("link:{via}");
@@ -599,6 +644,7 @@ impl Membership {
             match take_delta(&mut self.replica, d, &link, now_ms, stamp, max) {
                 Ok(Applied::New(relay)) => {
                     self.shared.metrics.repl(Repl::RecordsNew, 1);
+                    self.member_dirty.insert(relay.node.clone());
                     // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
                     // the graph; anything else (stats above all) only a member.
                     let graph =
@@ -658,7 +704,15 @@ impl Membership {
         self.shared.metrics.repl(Repl::GraphRecomputes, 1);
         let started = Instant::now();
         self.recompute_graph();
-        self.recompute_cost = started.elapsed();
+        // Wall time, so a run preempted by other threads (a thousand nodes in one process on
+        // two cores) measures long: taken at once when shorter, averaged in slowly when
+        // longer, so that one unlucky run does not stretch the window to an interval.
+        let took = started.elapsed();
+        self.recompute_cost = if took <= self.recompute_cost {
+            took
+        } else {
+            (self.recompute_cost * 7 + took) / 8
+        };
     }
 
     fn recompute_graph(&mut self) {
@@ -812,25 +866,44 @@ impl Membership {
         }
     }
 
-    fn view(&self) -> MembershipView {
+    /// The view, from the members cached since the last one: only the members whose state
+    /// changed since (`member_dirty`) are built again from their entries.
+    fn view(&mut self) -> MembershipView {
         let mut members = BTreeMap::new();
-        let me = self.shared.name();
-        if let Some(own) = self.replica.get(me) {
-            let mut m = member(me, own);
+        let me = self.shared.name().to_owned();
+        let dirty = std::mem::take(&mut self.member_dirty);
+        if let Some(own) = self.replica.get(&me) {
             // Live values for this node: its links and stats as they are now.
-            m.links = self.my_links.iter().cloned().collect();
-            m.stats = (**self.shared.stats.load()).clone();
-            members.insert(me.to_owned(), m);
-        }
-        for name in &self.up {
-            if let Some(s) = self.replica.get(name) {
-                members.insert(name.clone(), member(name, s));
+            let fresh = self
+                .member_cache
+                .get(&me)
+                .is_some_and(|m| !dirty.contains(&me) && m.links.iter().eq(self.my_links.iter()));
+            if !fresh {
+                let mut m = member(&me, own);
+                m.links = self.my_links.iter().cloned().collect();
+                self.member_cache.insert(me.clone(), m);
+            }
+            if let Some(m) = self.member_cache.get_mut(&me) {
+                m.stats = (**self.shared.stats.load()).clone();
+                members.insert(me.clone(), m.clone());
             }
         }
-        MembershipView {
-            me: me.to_owned(),
-            members,
+        for name in &self.up {
+            let Some(s) = self.replica.get(name) else {
+                continue;
+            };
+            let m = match self.member_cache.get(name) {
+                Some(m) if m.incarnation == s.incarnation && !dirty.contains(name) => m.clone(),
+                _ => {
+                    let m = member(name, s);
+                    self.member_cache.insert(name.clone(), m.clone());
+                    m
+                }
+            };
+            members.insert(name.clone(), m);
         }
+        self.member_cache.retain(|n, _| members.contains_key(n));
+        MembershipView { me, members }
     }
 
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
@@ -917,7 +990,7 @@ impl Membership {
         }
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
-            self.send_digest(&peer, "tick");
+            self.send_digest(&peer, DigestWhy::Repair);
         }
         self.schedule_flush(ctx);
     }
@@ -1029,7 +1102,8 @@ impl Actor for Membership {
                 guard("membership", ctx, |ctx| act.tick(ctx));
             });
         });
-        publish_view(&self.shared, self.view());
+        let view = self.view();
+        publish_view(&self.shared, view);
     }
 }
 
@@ -1041,6 +1115,7 @@ impl actix::Supervised for Membership {
         self.last_graph = None;
         self.recompute_pending = false;
         self.graph_dirty = true;
+        self.member_cache.clear();
         self.flush_pending = false;
         self.methods_stale = true;
     }
@@ -1074,6 +1149,7 @@ impl Handler<LinksChanged> for Membership {
             self.cut_since.entry(p).or_insert(now);
         }
         self.table_links = msg.links;
+        self.digest_at.retain(|p, _| self.table_links.contains(p));
         let before = std::mem::take(&mut self.my_links);
         self.update_links();
         let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
@@ -1083,7 +1159,9 @@ impl Handler<LinksChanged> for Membership {
         }
         for peer in new {
             // A link that came up: each side tells the other what it holds.
-            guard("membership", ctx, |_| self.send_digest(&peer, "link up"));
+            guard("membership", ctx, |_| {
+                self.send_digest(&peer, DigestWhy::LinkUp)
+            });
         }
         self.soon(ctx, true);
     }
@@ -1093,7 +1171,9 @@ impl Handler<LinkResumed> for Membership {
     type Result = ();
 
     fn handle(&mut self, LinkResumed(peer): LinkResumed, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| self.send_digest(&peer, "resumed"));
+        guard("membership", ctx, |_| {
+            self.send_digest(&peer, DigestWhy::LinkUp)
+        });
     }
 }
 
@@ -1131,6 +1211,15 @@ impl Handler<HeartbeatReceived> for Membership {
             self.on_heartbeat(msg.via, msg.heartbeat)
         });
     }
+}
+
+/// Why a digest is sent (see `Membership::send_digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DigestWhy {
+    /// A link came up or resumed: what was pushed before may not have arrived.
+    LinkUp,
+    /// A gap, a delta that did not fit, or a digest that showed this node lacks something.
+    Repair,
 }
 
 /// What a delta changed here, least to most (see `Membership::on_delta`).

@@ -292,6 +292,27 @@ impl Replica {
         out
     }
 
+    /// Whether a peer whose digest is `digest` holds something this replica lacks: a newer
+    /// version of an incarnation held here, or a node unknown here that `admits` takes.
+    /// Nodes `skip` names are left out; so are nodes held with another incarnation (which
+    /// one is right is for the claim checks, not for a digest, to decide).
+    pub fn lacks(
+        &self,
+        digest: &[DigestEntry],
+        skip: impl Fn(&str) -> bool,
+        admits: impl Fn(&str) -> bool,
+    ) -> bool {
+        digest.iter().any(|d| {
+            if skip(&d.node) {
+                return false;
+            }
+            match self.nodes.get(&d.node) {
+                Some(s) => s.incarnation == d.incarnation && s.max_version < d.max_version,
+                None => admits(&d.node),
+            }
+        })
+    }
+
     /// Apply a delta the caller has checked (its claim of incarnation and boot time is the
     /// caller's business: a delta of another incarnation than the one held replaces it).
     /// `now_ms` stamps the tombstones it brings; `max_entries` bounds the node's entries.
@@ -587,6 +608,39 @@ mod tests {
         let mut r = Replica::new();
         sync(&origin, &mut r);
         assert!(r.delta_for(&origin.digest(), BIG, |_| false).is_empty());
+    }
+
+    #[test]
+    fn a_digest_shows_what_this_replica_lacks_and_only_that() {
+        let (mut origin, inc) = origin();
+        let mut behind = Replica::new();
+        let all = |_: &str| true;
+        let none = |_: &str| false;
+        assert!(behind.lacks(&origin.digest(), none, all), "x unknown here");
+        assert!(
+            !behind.lacks(&origin.digest(), none, none),
+            "x not admitted"
+        );
+        sync(&origin, &mut behind);
+        assert!(!behind.lacks(&origin.digest(), none, all), "in step");
+        origin.own("x", inc, 100).set("method:new", Value::Set);
+        assert!(behind.lacks(&origin.digest(), none, all), "a newer version");
+        assert!(
+            !behind.lacks(&origin.digest(), |n| n == "x", all),
+            "x skipped"
+        );
+        assert!(
+            !origin.lacks(&behind.digest(), none, all),
+            "the one ahead lacks nothing"
+        );
+        let mut reborn = Replica::new();
+        reborn
+            .own("x", Uuid::from_u128(99), 200)
+            .set("role", Value::Text("worker".into()));
+        assert!(
+            !behind.lacks(&reborn.digest(), none, all),
+            "another incarnation is not for a digest to settle"
+        );
     }
 
     #[test]
