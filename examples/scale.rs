@@ -13,6 +13,7 @@
 //! topology=ring nodes=64 converge_ms=… rss_per_node_kib=… broadcast_events_per_s=… …
 //! ```
 //!
+//! * `links_ms`: from the first node's start until every planned link is up (0: never).
 //! * `converge_ms`: from the first node's start until every node sees all N nodes up.
 //! * `graph_ms`: until every node also sees every planned link (routes are final).
 //! * `rss_per_node_kib`: growth of the process's resident memory from before the cluster
@@ -22,6 +23,11 @@
 //!   every node announces a status per heartbeat interval, sent to each of its peers and
 //!   relayed once by every node to its links except the one it came on, the origin and the
 //!   origin's peers (simulated here with statuses arriving along shortest paths).
+//! * `idle_frames_per_node_s`, `idle_bytes_per_node_s`: what the idle cluster's links sent,
+//!   per node and second (counters of the current connections); then every membership
+//!   replication counter that moved over the idle window, cluster total per second
+//!   (`digests_sent_per_s`, `delta_records_sent_per_s`, `own_stats_set_per_s`, …; see
+//!   `nodecloud_replication_total` in the README).
 //! * `broadcast_events_per_s`: one node publishes K events with `publish_wait`; every node
 //!   counts them; K×N deliveries divided by the time until every node has all K. K is picked
 //!   from a 500-event calibration run so the measured run takes about `--seconds`.
