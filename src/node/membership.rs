@@ -35,8 +35,15 @@
 //! incarnation taken while unlinked cannot keep the live node down. The checks are the pure
 //! [`accept_status`] and [`normalize_status`] (fuzzed in `fuzz/`, target `status`).
 //!
-//! Bounds: only nodes named in the configuration are tracked; statuses that do not fit a full
-//! link queue are dropped (the next one supersedes them).
+//! Bounds: only names the configuration admits are tracked (declared nodes, and members of its
+//! `[[pools]]`, each given the next index when first heard of; see `index_of`), at most
+//! `config.member_bound` of them; statuses that do not fit a full link queue are dropped (the
+//! next one supersedes them).
+//!
+//! Pool members come and go: one that went down is listed as down (`MembershipView::down`)
+//! for `forget_after`, then forgotten; one that said `bye` on a link of this node is forgotten
+//! at once. Nodes further away cannot tell a goodbye from a death and forget it after
+//! `forget_after`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -75,6 +82,8 @@ pub struct Member {
 pub struct MembershipView {
     pub me: String,
     pub members: BTreeMap<String, Member>,
+    /// Pool members (undeclared nodes) that went down and are not forgotten yet.
+    pub down: BTreeSet<String>,
 }
 
 impl MembershipView {
@@ -82,6 +91,7 @@ impl MembershipView {
         MembershipView {
             me: me.to_owned(),
             members: BTreeMap::new(),
+            down: BTreeSet::new(),
         }
     }
 
@@ -144,6 +154,18 @@ pub struct MethodsChanged;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkResumed(pub String);
+
+/// A peer said `bye` on its link to this node (sent by its Session): a pool member that leaves
+/// so is forgotten at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerLeft {
+    pub peer: String,
+    /// The link it said goodbye on: when a newer link to the peer is up meanwhile (the same
+    /// process back, or a joining node's second link after it read the settings), the
+    /// goodbye is old news.
+    pub link_id: u64,
+}
 
 /// The set of peers this node has a live link to.
 #[derive(Message)]
@@ -213,6 +235,9 @@ pub struct Membership {
     last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
+    /// Undeclared (pool) members that went down, and since when: forgotten after
+    /// `forget_after`.
+    down_since: HashMap<String, Instant>,
 }
 
 /// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
@@ -257,6 +282,102 @@ impl Membership {
             links_announced: None,
             last_graph: None,
             recompute_cost: Duration::ZERO,
+            down_since: HashMap::new(),
+        }
+    }
+
+    /// The index of `name`; a name not known yet gets the next one if the configuration
+    /// admits it (a pool member, first heard of) and the table holds fewer than
+    /// `member_bound` names, after forgotten members' slots are reclaimed (see `compact`).
+    fn index_of(&mut self, name: &str) -> Option<usize> {
+        if let Some(&i) = self.ids.get(name) {
+            return Some(i);
+        }
+        if !self.shared.config.admits(name) {
+            return None;
+        }
+        if self.names.len() >= self.shared.config.member_bound {
+            self.compact();
+            if self.names.len() >= self.shared.config.member_bound {
+                tracing::debug!(node = %self.shared.name(), "member {name:?} not tracked: {} members already", self.names.len());
+                return None;
+            }
+        }
+        let i = self.names.len();
+        self.names.push(name.to_owned());
+        self.ids.insert(name.to_owned(), i);
+        let at = self
+            .by_name
+            .partition_point(|&j| self.names.get(j).is_some_and(|n| n.as_str() < name));
+        self.by_name.insert(at, i);
+        Some(i)
+    }
+
+    /// Rebuild the table without the names nothing refers to any more (forgotten pool
+    /// members): declared nodes first, in declared order, then the others. Rare: only when
+    /// the table is full.
+    fn compact(&mut self) {
+        let keep: BTreeSet<&String> = self
+            .statuses
+            .keys()
+            .chain(&self.my_links)
+            .chain(&self.up)
+            .chain(self.down_since.keys())
+            .collect();
+        let declared = self.shared.config.nodes.len();
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i < declared || keep.contains(n))
+            .map(|(_, n)| n.clone())
+            .collect();
+        if names.len() == self.names.len() {
+            return;
+        }
+        let ids: HashMap<String, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        for known in self.statuses.values_mut() {
+            known.links = known
+                .status
+                .links
+                .iter()
+                .filter_map(|l| ids.get(l).copied())
+                .collect();
+        }
+        self.my_link_ixs = self
+            .my_links
+            .iter()
+            .filter_map(|l| ids.get(l).copied())
+            .collect();
+        let mut by_name: Vec<usize> = (0..names.len()).collect();
+        by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
+        self.names = names;
+        self.ids = ids;
+        self.by_name = by_name;
+        self.last_graph = None;
+    }
+
+    /// Forget the pool member `name` (gone for `forget_after`, or left with `bye`): it
+    /// leaves every view of this node. Declared nodes are never forgotten.
+    fn forget(&mut self, name: &str) {
+        if self.shared.config.node(name).is_some() {
+            return;
+        }
+        let listed = self.down_since.remove(name).is_some() | self.statuses.remove(name).is_some();
+        self.last_incarnation.remove(name);
+        self.ticks_seen.remove(name);
+        let was_up = self.up.remove(name);
+        if was_up {
+            self.shared.streams.end_if_cut(name, "it left the cluster");
+        }
+        // A link that never carried a status (a joining node reading the settings) was never
+        // listed: nothing to say.
+        if listed || was_up {
+            tracing::info!(node = %self.shared.name(), "membership: {name} forgotten");
         }
     }
 
@@ -484,8 +605,12 @@ impl Membership {
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
             self.shared.streams.end_if_cut(gone, "it was declared down");
+            if self.shared.config.node(gone).is_none() {
+                self.down_since.insert(gone.clone(), Instant::now());
+            }
         }
         for name in &up {
+            self.down_since.remove(name);
             self.log_up(name);
         }
         self.up = up;
@@ -588,11 +713,18 @@ impl Membership {
         MembershipView {
             me: self.shared.name().to_owned(),
             members,
+            down: self.down_since.keys().cloned().collect(),
         }
     }
 
     /// Take a status in and relay it; true if the graph or the members may have changed.
     fn on_status(&mut self, via: String, via_incarnation: Uuid, mut status: Status) -> bool {
+        // Pool members get an index when first heard of (the node and the links it reports).
+        if status.node != self.shared.name() && self.index_of(&status.node).is_some() {
+            for l in status.links.iter().take(self.shared.config.member_bound) {
+                let _ = self.index_of(l);
+            }
+        }
         if !self.is_member(&status.node) {
             tracing::debug!(node = %self.shared.name(), via = %via, "status from unknown node {:?} ignored", status.node);
             return false;
@@ -745,6 +877,19 @@ impl Membership {
             self.announce();
         }
         self.recompute(); // expires statuses that went stale
+        let forget_after = self.shared.config.cluster.forget_after;
+        let expired: Vec<String> = self
+            .down_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= forget_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !expired.is_empty() {
+            for name in &expired {
+                self.forget(name);
+            }
+            self.recompute();
+        }
     }
 }
 
@@ -801,6 +946,9 @@ impl Handler<LinksChanged> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
+        for peer in &msg.0 {
+            let _ = self.index_of(peer);
+        }
         self.my_links = msg.0;
         self.my_link_ixs = self
             .my_links
@@ -808,6 +956,26 @@ impl Handler<LinksChanged> for Membership {
             .filter_map(|l| self.ids.get(l).copied())
             .collect();
         self.soon(ctx, true);
+    }
+}
+
+impl Handler<PeerLeft> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, PeerLeft { peer, link_id }: PeerLeft, ctx: &mut Context<Self>) {
+        let newer = self
+            .shared
+            .routes
+            .load()
+            .link(&peer)
+            .is_some_and(|l| l.link_id != link_id);
+        if !newer && self.shared.config.node(&peer).is_none() && self.ids.contains_key(&peer) {
+            // At once: whoever reads the log line reads a view without it.
+            guard("membership", ctx, |_| {
+                self.forget(&peer);
+                self.recompute();
+            });
+        }
     }
 }
 
