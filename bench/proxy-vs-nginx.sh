@@ -8,7 +8,8 @@
 # the script finds free; every process it starts is stopped when it exits. The three targets
 # are measured in interleaved rounds (direct, nginx, nodecloud, then again), so a change in the
 # machine's load touches all three alike, and the table gives the median of the rounds.
-# NODECLOUD_BENCH_KEEP=1 keeps the working directory (configurations, logs, wrk outputs).
+# NODECLOUD_BENCH_KEEP=1 keeps the working directory (configurations, logs, wrk outputs);
+# NODECLOUD_BIN=PATH measures that nodecloud binary instead of the one built.
 set -euo pipefail
 
 rounds=3
@@ -58,7 +59,8 @@ if [[ $build == 1 ]]; then
     (cd "$repo" && cargo build -q --release --bin nodecloud --example web_backend)
 fi
 target="${CARGO_TARGET_DIR:-$repo/target}/release"
-nodecloud="$target/nodecloud"
+# NODECLOUD_BIN measures another build of nodecloud (to compare two versions of the proxy).
+nodecloud="${NODECLOUD_BIN:-$target/nodecloud}"
 backend="$target/examples/web_backend"
 
 # Free ports, all bound at once before any is released, so that no two are the same.
@@ -124,6 +126,7 @@ done
 for node in master worker-1 worker-2 worker-3; do
     RUST_LOG=warn "$nodecloud" --config "$work/star.toml" --node "$node" >"$work/$node.log" 2>&1 &
     pids+=($!)
+    [[ $node == master ]] && master_pid=$!
 done
 # The proxy answers for a worker once the master has seen it up.
 for i in 1 2 3; do
@@ -185,6 +188,7 @@ EOF
 } >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx/stdout.log" 2>&1 &
 pids+=($!)
+nginx_pid=$!
 wait_for "http://127.0.0.1:$nginx_port/"
 
 declare -A url=(
@@ -193,6 +197,25 @@ declare -A url=(
     [nodecloud]="http://127.0.0.1:$proxy_port/"
 )
 targets=(direct nginx nodecloud)
+# The processes whose CPU time a target costs (beside wrk and the backends): the backend
+# itself, nginx's master and workers, the nodecloud master.
+cpu_pids() {
+    case "$1" in
+        direct) echo "${pids[0]}" ;;
+        nginx) echo "$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" ;;
+        nodecloud) echo "$master_pid" ;;
+    esac
+}
+
+# User and system CPU time of the processes given, in clock ticks.
+cpu_ticks() {
+    local pid total=0
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
+        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$total"
+}
 
 # A wrk latency figure (like 812.00us, 1.20ms, 2.01s) in microseconds.
 to_us() {
@@ -203,18 +226,27 @@ to_us() {
     }'
 }
 
-# Run wrk against TARGET for SECONDS; append "req/s p50_us p99_us errors" to its results.
+# Run wrk against TARGET for SECONDS; append "req/s p50_us p99_us errors cpu_us_per_request"
+# to its results.
 measure() {
     local target="$1" seconds="$2" out="$work/wrk-$1-$3.txt"
+    local -a cpu
+    read -r -a cpu <<<"$(cpu_pids "$target")"
+    local ticks_before
+    ticks_before=$(cpu_ticks "${cpu[@]}")
     wrk -c "$connections" -t "$threads" -d "${seconds}s" --latency "${url[$target]}" >"$out"
-    local rps p50 p99 errors
+    local ticks=$(($(cpu_ticks "${cpu[@]}") - ticks_before))
+    local rps p50 p99 errors requests cpu_us
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
     p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
     # Socket errors and non-2xx answers both count.
     errors=$(awk '/Socket errors/ { gsub(",", ""); s += $4 + $6 + $8 + $10 }
                   /Non-2xx/ { s += $NF } END { print s + 0 }' "$out")
-    echo "$rps $p50 $p99 $errors" >>"$work/results-$target"
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    cpu_us=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+        'BEGIN { print (n > 0) ? t * 1000000 / hz / n : 0 }')
+    echo "$rps $p50 $p99 $errors $cpu_us" >>"$work/results-$target"
 }
 
 median() {
@@ -235,22 +267,28 @@ for r in $(seq "$rounds"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-declare -A rps p50 p99 errors
+declare -A rps p50 p99 errors cpu
 for t in "${targets[@]}"; do
+    cpu[$t]=$(awk '{ print $5 }' "$work/results-$t" | median)
     rps[$t]=$(awk '{ print $1 }' "$work/results-$t" | median)
     p50[$t]=$(awk '{ print $2 }' "$work/results-$t" | median)
     p99[$t]=$(awk '{ print $3 }' "$work/results-$t" | median)
     errors[$t]=$(awk '{ s += $4 } END { print s + 0 }' "$work/results-$t")
 done
 
-printf '\n%-10s %10s %10s %10s %8s\n' target 'req/s' 'p50 ms' 'p99 ms' errors
+# CPU µs/req: CPU time (user + system) of the server measured (the backend itself, nginx,
+# the nodecloud master) per request answered: the figure the machine's load disturbs least.
+printf '\n%-10s %10s %10s %10s %8s %12s\n' target 'req/s' 'p50 ms' 'p99 ms' errors 'CPU us/req'
 for t in "${targets[@]}"; do
-    printf '%-10s %10.0f %10.3f %10.3f %8d\n' "$t" "${rps[$t]}" \
+    printf '%-10s %10.0f %10.3f %10.3f %8d %12.1f\n' "$t" "${rps[$t]}" \
         "$(awk -v v="${p50[$t]}" 'BEGIN { print v / 1000 }')" \
-        "$(awk -v v="${p99[$t]}" 'BEGIN { print v / 1000 }')" "${errors[$t]}"
+        "$(awk -v v="${p99[$t]}" 'BEGIN { print v / 1000 }')" "${errors[$t]}" "${cpu[$t]}"
 done
 awk -v nr="${rps[nodecloud]}" -v gr="${rps[nginx]}" -v n99="${p99[nodecloud]}" -v g99="${p99[nginx]}" \
     -v n50="${p50[nodecloud]}" -v g50="${p50[nginx]}" -v d50="${p50[direct]}" 'BEGIN {
     printf "\nnodecloud/nginx: req/s %.2fx, p99 %.2fx (target: req/s >= 1.00x, p99 <= 1.20x)\n", nr / gr, n99 / g99
     printf "added p50 over direct: nodecloud %+.3f ms, nginx %+.3f ms\n", (n50 - d50) / 1000, (g50 - d50) / 1000
+}'
+awk -v n="${cpu[nodecloud]}" -v g="${cpu[nginx]}" 'BEGIN {
+    if (g > 0) printf "proxy CPU per request: nodecloud/nginx %.2fx\n", n / g
 }'

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -72,7 +72,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle pooled connections to a backend are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The response header naming the node whose backend answered.
-const SERVED_BY_HEADER: &str = "x-nodecloud-node";
+static SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-nodecloud-node");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -156,8 +156,9 @@ type BackendKey = (String, String);
 
 #[derive(Default)]
 struct State {
-    /// Requests waiting on each backend (removed at zero).
-    outstanding: HashMap<BackendKey, usize>,
+    /// Requests waiting on each backend, by node then address (removed at zero); nested so
+    /// that the choice looks them up by `&str`, without allocating.
+    outstanding: HashMap<String, HashMap<String, usize>>,
     /// Backends skipped until the instant given, by address.
     backoff: HashMap<String, Instant>,
 }
@@ -181,10 +182,16 @@ struct Chosen<'a> {
 impl Drop for Chosen<'_> {
     fn drop(&mut self) {
         let mut s = self.proxy.lock();
-        if let Some(n) = s.outstanding.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.outstanding.remove(&self.key);
+        let (node, addr) = (&self.key.0, &self.key.1);
+        if let Some(by_addr) = s.outstanding.get_mut(node) {
+            if let Some(n) = by_addr.get_mut(addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_addr.remove(addr);
+                }
+            }
+            if by_addr.is_empty() {
+                s.outstanding.remove(node);
             }
         }
         drop(s);
@@ -249,12 +256,12 @@ impl Proxy {
                 continue;
             }
             let load = m.stats.load_avg[0] / f64::from(m.stats.cpus.max(1));
+            let by_addr = s.outstanding.get(&m.name);
             for addr in &m.http {
-                let key = (m.name.clone(), addr.clone());
                 let c = Candidate {
-                    outstanding: s.outstanding.get(&key).copied().unwrap_or(0),
-                    node: key.0,
-                    addr: key.1,
+                    outstanding: by_addr.and_then(|b| b.get(addr)).copied().unwrap_or(0),
+                    node: &m.name,
+                    addr,
                     load_per_cpu: load,
                 };
                 if s.backoff.contains_key(addr) {
@@ -272,8 +279,20 @@ impl Proxy {
                 None => ProxyError::NoBackend,
             });
         };
-        let key = (c.node, c.addr);
-        *s.outstanding.entry(key.clone()).or_default() += 1;
+        let key = (c.node.to_owned(), c.addr.to_owned());
+        match s
+            .outstanding
+            .get_mut(c.node)
+            .and_then(|b| b.get_mut(c.addr))
+        {
+            Some(n) => *n += 1,
+            None => {
+                s.outstanding
+                    .entry(key.0.clone())
+                    .or_default()
+                    .insert(key.1.clone(), 1);
+            }
+        }
         drop(s);
         self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
             c.requests += 1;
@@ -390,7 +409,7 @@ impl Proxy {
         let mut tried: Vec<String> = Vec::new();
         loop {
             let chosen = self.choose(pinned.as_deref(), &tried)?;
-            let (node, addr) = chosen.key.clone();
+            let (node, addr) = (&chosen.key.0, &chosen.key.1);
             let body = match (&buffered, streamed.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|e| match e {}).boxed(),
                 (None, Some(s)) => s,
@@ -407,29 +426,34 @@ impl Proxy {
             match sent.await {
                 Err(_) => {
                     self.record(&chosen.key, started, false);
-                    return Err(ProxyError::Timeout { node, addr });
+                    return Err(ProxyError::Timeout {
+                        node: node.clone(),
+                        addr: addr.clone(),
+                    });
                 }
                 Ok(Ok(resp)) => {
                     self.record(&chosen.key, started, true);
-                    drop(chosen);
-                    return Ok(self.respond(resp, &node, client_upgrade));
+                    return Ok(self.respond(resp, node, client_upgrade));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     // Nothing was sent: the backend is skipped for a while, and an idempotent
                     // request goes to another node once.
                     self.record(&chosen.key, started, false);
-                    self.back_off(&addr);
+                    self.back_off(addr);
                     tracing::info!(node = %self.node.name(), "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
                     if idempotent && tried.is_empty() && pinned.is_none() {
-                        tried.push(node);
+                        tried.push(node.clone());
                         continue;
                     }
                     if timed_out(&e) {
-                        return Err(ProxyError::Timeout { node, addr });
+                        return Err(ProxyError::Timeout {
+                            node: node.clone(),
+                            addr: addr.clone(),
+                        });
                     }
                     return Err(ProxyError::Connect {
-                        node,
-                        addr,
+                        node: node.clone(),
+                        addr: addr.clone(),
                         source: Box::new(e),
                     });
                 }
@@ -440,10 +464,10 @@ impl Proxy {
                     }
                     // The connection broke (a backend dying resets its connections): the next
                     // requests go elsewhere until the back-off ends.
-                    self.back_off(&addr);
+                    self.back_off(addr);
                     return Err(ProxyError::Upstream {
-                        node,
-                        addr,
+                        node: node.clone(),
+                        addr: addr.clone(),
                         source: Box::new(e),
                     });
                 }
@@ -462,7 +486,7 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
         if let Ok(v) = HeaderValue::from_str(node) {
-            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+            resp.headers_mut().insert(SERVED_BY_HEADER.clone(), v);
         }
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let backend_side = hyper::upgrade::on(&mut resp);
