@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{self, Proc};
+use common::procs::Proc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -297,10 +297,7 @@ impl Star {
         }
         let path: PathBuf = dir.path().join("proxy.toml");
         std::fs::write(&path, text).unwrap();
-        let mut sockets = procs::sockets(&path, Some("master"), &ports);
-        sockets.push(("proxy".to_owned(), ports.listener(proxy).unwrap()));
-        sockets.push(("api".to_owned(), ports.listener(api).unwrap()));
-        let mut master = Proc::start_on(&path, "master", sockets);
+        let mut master = Proc::start(&path, "master", &ports);
         let workers: Vec<Proc> = WORKERS
             .iter()
             .map(|w| Proc::start(&path, w, &ports))
