@@ -6,8 +6,13 @@
 //!
 //! Like the HTTP API, it is not part of the actor tree: it reads the membership watch (who is
 //! up, which backends each advertises, each node's load) on every request, so a node declared
-//! `down` gets no request from the next one on. [`start`] runs the accept loop as a task of the
-//! node's arbiter; it and the connections it spawns stop when the node stops.
+//! `down` gets no request from the next one on. [`start`] runs it on threads of its own, one
+//! per core (up to [`MAX_THREADS`]), as nginx runs one worker per core: on the node's single
+//! arbiter thread it was held to one core while the others idled. Each thread has its own
+//! runtime, accept loop and pool of backend connections, so a request, its connection and the
+//! backend connection it uses stay on one thread (no hand-off between threads on the way).
+//! The node's arbiter holds their stop signal, so the proxy and every connection it serves
+//! stop when the node stops.
 //!
 //! Policy (see `choice`): least outstanding requests from this proxy, then least replicated
 //! load per CPU, then in turn; `X-Nodecloud-Node: NAME` pins a request to node NAME. A backend
@@ -34,7 +39,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -49,23 +54,30 @@ use crate::node::{BackendCounters, MembershipView, NodeHandle, PROXY_LATENCY_BUC
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Threads of the proxy's runtime: one per core, at most this many.
+pub const MAX_THREADS: usize = 8;
 /// How long a backend that refused a connection is skipped.
 pub const BACKOFF: Duration = Duration::from_secs(2);
 /// What hyper buffers of a request head. Larger than [`MAX_HEADER_BYTES`], so that a request
 /// whose headers are too large is still read whole and answered 431 on a connection that goes
 /// on; past this, hyper answers 431 itself and closes.
 const MAX_HEAD_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
-/// Headers in a request head (hyper's default is 100; 64 KiB of short headers is more).
-const MAX_HEADERS: usize = 4096;
+/// Header lines in a request head; past it hyper answers 431 itself and closes. hyper's
+/// default, and not more: hyper allocates and fills room for this many headers (twice) on
+/// every request it parses, on the stack up to 100 and on the heap beyond. At 4096 that was
+/// 256 KiB written per request, a third of the proxy's instructions under load.
+const MAX_HEADERS: usize = 100;
 /// A client that sends no complete request head for this long is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle pooled connections to a backend are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The response header naming the node whose backend answered.
-const SERVED_BY_HEADER: &str = "x-nodecloud-node";
+static SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-nodecloud-node");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
+/// The client to the backends; one per proxy thread, each with its own pool.
+type BackendClient = Client<HttpConnector, Body>;
 
 /// Why a request got no backend's answer; each maps to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +156,9 @@ type BackendKey = (String, String);
 
 #[derive(Default)]
 struct State {
-    /// Requests waiting on each backend (removed at zero).
-    outstanding: HashMap<BackendKey, usize>,
+    /// Requests waiting on each backend, by node then address (removed at zero); nested so
+    /// that the choice looks them up by `&str`, without allocating.
+    outstanding: HashMap<String, HashMap<String, usize>>,
     /// Backends skipped until the instant given, by address.
     backoff: HashMap<String, Instant>,
 }
@@ -155,7 +168,6 @@ struct Proxy {
     node: NodeHandle,
     view: watch::Receiver<Arc<MembershipView>>,
     config: ProxyConfig,
-    client: Client<HttpConnector, Body>,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     turn: AtomicUsize,
@@ -170,10 +182,16 @@ struct Chosen<'a> {
 impl Drop for Chosen<'_> {
     fn drop(&mut self) {
         let mut s = self.proxy.lock();
-        if let Some(n) = s.outstanding.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.outstanding.remove(&self.key);
+        let (node, addr) = (&self.key.0, &self.key.1);
+        if let Some(by_addr) = s.outstanding.get_mut(node) {
+            if let Some(n) = by_addr.get_mut(addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_addr.remove(addr);
+                }
+            }
+            if by_addr.is_empty() {
+                s.outstanding.remove(node);
             }
         }
         drop(s);
@@ -238,12 +256,12 @@ impl Proxy {
                 continue;
             }
             let load = m.stats.load_avg[0] / f64::from(m.stats.cpus.max(1));
+            let by_addr = s.outstanding.get(&m.name);
             for addr in &m.http {
-                let key = (m.name.clone(), addr.clone());
                 let c = Candidate {
-                    outstanding: s.outstanding.get(&key).copied().unwrap_or(0),
-                    node: key.0,
-                    addr: key.1,
+                    outstanding: by_addr.and_then(|b| b.get(addr)).copied().unwrap_or(0),
+                    node: &m.name,
+                    addr,
                     load_per_cpu: load,
                 };
                 if s.backoff.contains_key(addr) {
@@ -261,8 +279,20 @@ impl Proxy {
                 None => ProxyError::NoBackend,
             });
         };
-        let key = (c.node, c.addr);
-        *s.outstanding.entry(key.clone()).or_default() += 1;
+        let key = (c.node.to_owned(), c.addr.to_owned());
+        match s
+            .outstanding
+            .get_mut(c.node)
+            .and_then(|b| b.get_mut(c.addr))
+        {
+            Some(n) => *n += 1,
+            None => {
+                s.outstanding
+                    .entry(key.0.clone())
+                    .or_default()
+                    .insert(key.1.clone(), 1);
+            }
+        }
         drop(s);
         self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
             c.requests += 1;
@@ -297,10 +327,11 @@ impl Proxy {
 
     async fn handle(
         self: Arc<Self>,
+        backends: BackendClient,
         req: Request<Incoming>,
         client: IpAddr,
     ) -> Result<Response<Body>, Infallible> {
-        Ok(match self.forward(req, client).await {
+        Ok(match self.forward(&backends, req, client).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(node = %self.node.name(), "proxy: {e}");
@@ -311,6 +342,7 @@ impl Proxy {
 
     async fn forward(
         &self,
+        backends: &BackendClient,
         mut req: Request<Incoming>,
         client: IpAddr,
     ) -> Result<Response<Body>, ProxyError> {
@@ -377,7 +409,7 @@ impl Proxy {
         let mut tried: Vec<String> = Vec::new();
         loop {
             let chosen = self.choose(pinned.as_deref(), &tried)?;
-            let (node, addr) = chosen.key.clone();
+            let (node, addr) = (&chosen.key.0, &chosen.key.1);
             let body = match (&buffered, streamed.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|e| match e {}).boxed(),
                 (None, Some(s)) => s,
@@ -390,33 +422,38 @@ impl Proxy {
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             *up.headers_mut() = head.clone();
             let started = Instant::now();
-            let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(up));
+            let sent = tokio::time::timeout(self.config.response_timeout, backends.request(up));
             match sent.await {
                 Err(_) => {
                     self.record(&chosen.key, started, false);
-                    return Err(ProxyError::Timeout { node, addr });
+                    return Err(ProxyError::Timeout {
+                        node: node.clone(),
+                        addr: addr.clone(),
+                    });
                 }
                 Ok(Ok(resp)) => {
                     self.record(&chosen.key, started, true);
-                    drop(chosen);
-                    return Ok(self.respond(resp, &node, client_upgrade));
+                    return Ok(self.respond(resp, node, client_upgrade));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     // Nothing was sent: the backend is skipped for a while, and an idempotent
                     // request goes to another node once.
                     self.record(&chosen.key, started, false);
-                    self.back_off(&addr);
+                    self.back_off(addr);
                     tracing::info!(node = %self.node.name(), "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
                     if idempotent && tried.is_empty() && pinned.is_none() {
-                        tried.push(node);
+                        tried.push(node.clone());
                         continue;
                     }
                     if timed_out(&e) {
-                        return Err(ProxyError::Timeout { node, addr });
+                        return Err(ProxyError::Timeout {
+                            node: node.clone(),
+                            addr: addr.clone(),
+                        });
                     }
                     return Err(ProxyError::Connect {
-                        node,
-                        addr,
+                        node: node.clone(),
+                        addr: addr.clone(),
                         source: Box::new(e),
                     });
                 }
@@ -427,10 +464,10 @@ impl Proxy {
                     }
                     // The connection broke (a backend dying resets its connections): the next
                     // requests go elsewhere until the back-off ends.
-                    self.back_off(&addr);
+                    self.back_off(addr);
                     return Err(ProxyError::Upstream {
-                        node,
-                        addr,
+                        node: node.clone(),
+                        addr: addr.clone(),
                         source: Box::new(e),
                     });
                 }
@@ -449,7 +486,7 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
         if let Ok(v) = HeaderValue::from_str(node) {
-            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+            resp.headers_mut().insert(SERVED_BY_HEADER.clone(), v);
         }
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let backend_side = hyper::upgrade::on(&mut resp);
@@ -505,9 +542,11 @@ pub enum ProxyStartError {
     },
     #[error("the node's arbiter stopped before the HTTP proxy started")]
     ArbiterGone,
+    #[error("cannot start the HTTP proxy's threads: {0}")]
+    Threads(std::io::Error),
 }
 
-/// Serve the proxy of `node` on `listener` (already bound), on the node's arbiter; it stops
+/// Serve the proxy of `node` on `listener` (already bound), on a runtime of its own; it stops
 /// when the node stops.
 ///
 /// # Errors
@@ -528,82 +567,141 @@ pub async fn start(
     };
     listener.set_nonblocking(true).map_err(listen_error)?;
     let config = node.config().cluster.proxy.clone();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
     let proxy = Arc::new(Proxy {
         node: node.clone(),
         view: node.membership(),
         permits: Arc::new(Semaphore::new(config.max_requests)),
         config,
-        client,
         state: Mutex::new(State::default()),
         turn: AtomicUsize::new(0),
     });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let serving = proxy.clone();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_THREADS);
+    // A future on the node's arbiter holds `stop`: the arbiter drops it when the node stops,
+    // and that ends every thread of the proxy.
+    let (stop, stopped) = watch::channel(());
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut ready = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let listener = listener.try_clone().map_err(listen_error)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serving = Serving {
+            proxy: proxy.clone(),
+            backends: backend_client(&proxy.config),
+            connections: connections.clone(),
+        };
+        let mut stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name(format!("proxy-{}-{i}", node.name()))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(ProxyStartError::Threads(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(source) => {
+                            let _ = tx.send(Err(ProxyStartError::Listen {
+                                addr: addr.to_string(),
+                                source,
+                            }));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(()));
+                    tokio::select! {
+                        () = serving.accept(listener) => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+                // Dropping the runtime drops every connection this thread served.
+            })
+            .map_err(ProxyStartError::Threads)?;
+        ready.push(rx);
+    }
+    for rx in ready {
+        rx.await.map_err(|_| {
+            ProxyStartError::Threads(std::io::Error::other("a proxy thread ended at start"))
+        })??;
+    }
     let spawned = node.arbiter().spawn(async move {
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                accept(l, serving).await;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-        }
+        let _stop = stop;
+        std::future::pending::<()>().await;
     });
     if !spawned {
         return Err(ProxyStartError::ArbiterGone);
     }
-    rx.await
-        .map_err(|_| ProxyStartError::ArbiterGone)?
-        .map_err(listen_error)?;
-    tracing::info!(node = %node.name(), proxy = %addr, "HTTP proxy serving");
+    tracing::info!(node = %node.name(), proxy = %addr, threads, "HTTP proxy serving");
     Ok(ProxyServer { addr, proxy })
 }
 
-/// Accept connections while the node runs, each served by hyper in a task of its own.
-async fn accept(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // At the bound, wait for a connection to end before accepting the next.
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, or a connection reset before it was accepted: wait a
-                // little rather than spin, and go on.
-                tracing::warn!(node = %proxy.node.name(), "proxy: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req| proxy.clone().handle(req, peer.ip()));
-            let served = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .max_buf_size(MAX_HEAD_BUFFER_BYTES)
-                .max_headers(MAX_HEADERS)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("proxy: connection from {peer}: {e}");
-            }
-        });
+fn backend_client(config: &ProxyConfig) -> BackendClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// What one proxy thread serves with.
+struct Serving {
+    proxy: Arc<Proxy>,
+    /// This thread's client, so that its pooled connections are used from this thread only.
+    backends: BackendClient,
+    /// Connections served at once, by all threads.
+    connections: Arc<Semaphore>,
+}
+
+impl Serving {
+    /// Accept connections while the node runs, each served by hyper in a task of its own on
+    /// this thread.
+    async fn accept(self, listener: tokio::net::TcpListener) {
+        loop {
+            // At the bound, wait for a connection to end before accepting the next.
+            let Ok(permit) = self.connections.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted: wait
+                    // a little rather than spin, and go on.
+                    tracing::warn!(node = %self.proxy.node.name(), "proxy: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (proxy, backends) = (self.proxy.clone(), self.backends.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req| {
+                    proxy.clone().handle(backends.clone(), req, peer.ip())
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .max_buf_size(MAX_HEAD_BUFFER_BYTES)
+                    .max_headers(MAX_HEADERS)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!("proxy: connection from {peer}: {e}");
+                }
+            });
+        }
     }
 }
 

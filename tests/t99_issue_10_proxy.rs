@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{self, Proc};
+use common::procs::Proc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -297,10 +297,7 @@ impl Star {
         }
         let path: PathBuf = dir.path().join("proxy.toml");
         std::fs::write(&path, text).unwrap();
-        let mut sockets = procs::sockets(&path, Some("master"), &ports);
-        sockets.push(("proxy".to_owned(), ports.listener(proxy).unwrap()));
-        sockets.push(("api".to_owned(), ports.listener(api).unwrap()));
-        let mut master = Proc::start_on(&path, "master", sockets);
+        let mut master = Proc::start(&path, "master", &ports);
         let workers: Vec<Proc> = WORKERS
             .iter()
             .map(|w| Proc::start(&path, w, &ports))
@@ -361,6 +358,18 @@ fn three_hundred_requests_reach_all_three_workers_with_forwarded_headers() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     assert!(metrics.contains("nodecloud_proxy_response_seconds_bucket{node=\"worker-1\""));
+    // `/api/v1/proxy` (what the dashboard's request rates read) counts the same.
+    let doc: serde_json::Value =
+        serde_json::from_str(&http.get(&format!("http://{}/api/v1/proxy", star.api))).unwrap();
+    assert_eq!(doc["listen"], star.proxy.to_string());
+    let backends = doc["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3, "{doc}");
+    for b in backends {
+        let w = b["node"].as_str().unwrap();
+        assert_eq!(b["requests"], by_node[w] as u64 + 1, "{doc}");
+        assert_eq!(b["errors"], 0, "{doc}");
+        assert_eq!(b["in_flight"], 0, "{doc}");
+    }
 }
 
 #[test]

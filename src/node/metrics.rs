@@ -226,20 +226,22 @@ pub struct BackendCounters {
     pub latency_sum_s: f64,
 }
 
-/// The HTTP proxy's counters per backend, by (node, address): written by the proxy
+/// The HTTP proxy's counters per backend, by node then address: written by the proxy
 /// (`crate::proxy`) per request, read by `/metrics`. A lock, not atomics: backends come and
-/// go, and the proxy takes it once or twice per request, not per frame. Bounded by what is
-/// advertised: entries of backends no longer advertised by an up node are dropped at a read.
+/// go, and the proxy takes it twice or thrice per request, not per frame. Keyed by node, then
+/// by address, so that an update looks both up by `&str` without allocating. Bounded by what
+/// is advertised: entries of backends no longer advertised by an up node are dropped at a
+/// read.
 #[derive(Debug, Default)]
 pub struct ProxyCounters {
-    by_backend: std::sync::Mutex<std::collections::BTreeMap<(String, String), BackendCounters>>,
+    by_backend: std::sync::Mutex<BackendMap>,
 }
 
+type BackendMap =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, BackendCounters>>;
+
 impl ProxyCounters {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, String), BackendCounters>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BackendMap> {
         // Every update leaves the map consistent: a poisoned lock is still usable.
         self.by_backend.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -247,14 +249,15 @@ impl ProxyCounters {
     /// Change the counters of backend `addr` of `node`.
     pub fn update(&self, node: &str, addr: &str, f: impl FnOnce(&mut BackendCounters)) {
         let mut m = self.lock();
-        match m.get_mut(&(node.to_owned(), addr.to_owned())) {
-            Some(c) => f(c),
-            None => {
-                let mut c = BackendCounters::default();
-                f(&mut c);
-                m.insert((node.to_owned(), addr.to_owned()), c);
-            }
+        if let Some(c) = m.get_mut(node).and_then(|b| b.get_mut(addr)) {
+            f(c);
+            return;
         }
+        let mut c = BackendCounters::default();
+        f(&mut c);
+        m.entry(node.to_owned())
+            .or_default()
+            .insert(addr.to_owned(), c);
     }
 
     /// Every backend's counters, by node and address, after dropping those `advertised`
@@ -264,9 +267,16 @@ impl ProxyCounters {
         advertised: impl Fn(&str, &str) -> bool,
     ) -> Vec<(String, String, BackendCounters)> {
         let mut m = self.lock();
-        m.retain(|(node, addr), c| c.in_flight > 0 || advertised(node, addr));
+        m.retain(|node, backends| {
+            backends.retain(|addr, c| c.in_flight > 0 || advertised(node, addr));
+            !backends.is_empty()
+        });
         m.iter()
-            .map(|((n, a), c)| (n.clone(), a.clone(), c.clone()))
+            .flat_map(|(n, backends)| {
+                backends
+                    .iter()
+                    .map(move |(a, c)| (n.clone(), a.clone(), c.clone()))
+            })
             .collect()
     }
 }

@@ -200,6 +200,8 @@ pub fn sockets(config: &Path, node: Option<&str>, ports: &Ports) -> Vec<(String,
         let bound = ports.bound(n);
         out.extend(bound.peer.map(|l| (format!("{prefix}peer"), l)));
         out.extend(bound.service.map(|l| (format!("{prefix}service"), l)));
+        out.extend(bound.api.map(|l| (format!("{prefix}api"), l)));
+        out.extend(bound.proxy.map(|l| (format!("{prefix}proxy"), l)));
     }
     out
 }
