@@ -2,6 +2,7 @@
 //! join it with `nodecloud --join` as processes of their own. A member serves a call and
 //! receives a broadcast, leaves with `bye` and vanishes from the master's view; a name outside
 //! every pool and a newcomer past the pool's `max` are refused, with the reason on both sides.
+//! A member that dies is `down`, listed as such, and forgotten after `forget_after_ms`.
 //!
 //! Every port is bound by the test and inherited by the processes (socket activation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -26,10 +27,15 @@ const SECRET_VAR: &str = "POOL_TEST_SECRET";
 /// A star of one master (with a service listener) and one declared worker, and a pool
 /// `member-` of at most one member on the master.
 fn config(dir: &Path, ports: &mut Ports) -> (PathBuf, SocketAddr, SocketAddr) {
+    config_with(dir, ports, "")
+}
+
+/// [`config`] with more `[cluster]` lines.
+fn config_with(dir: &Path, ports: &mut Ports, cluster: &str) -> (PathBuf, SocketAddr, SocketAddr) {
     let (master, service, worker) = (ports.reserve(), ports.reserve(), ports.reserve());
     let text = format!(
         "[cluster]\nname = \"pool-test\"\ntopology = \"star\"\nsecret = \"{SECRET}\"\n\
-         heartbeat_interval_ms = 100\nfailure_threshold = 5\n\
+         heartbeat_interval_ms = 100\nfailure_threshold = 5\n{cluster}\
          \n[[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{master}\"\nservice = \"{service}\"\n\
          \n[[nodes]]\nname = \"worker-1\"\nlisten = \"{worker}\"\n\
          \n[[pools]]\nprefix = \"member-\"\nmaster = \"master\"\nmax = 1\n"
@@ -246,6 +252,60 @@ async fn names_outside_every_pool_and_members_past_max_are_refused_on_both_sides
     );
     let (_master, _) = expect(master, &["handshake failed", full]).await;
     drop(first);
+}
+
+#[actix_rt::test]
+async fn a_member_that_dies_is_listed_down_then_forgotten_after_forget_after_ms() {
+    const FORGET_AFTER: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = Ports::new();
+    let (cfg, master_addr, master_service) = config_with(
+        dir.path(),
+        &mut ports,
+        &format!("forget_after_ms = {}\n", FORGET_AFTER.as_millis()),
+    );
+    let master = Proc::start(&cfg, "master", &ports);
+    let member = join(master_addr, "member-9", None);
+    let (master, _) = expect(master, &["membership: member-9 up"]).await;
+    let observer = Client::connect(
+        &Endpoint::Tcp(master_service),
+        "pool-test",
+        SECRET.as_bytes(),
+        "observer",
+    )
+    .await
+    .unwrap();
+
+    member.signal("KILL");
+    let (master, _) = expect(master, &["membership: member-9 down"]).await;
+    let down_seen = tokio::time::Instant::now();
+    assert!(
+        view(&observer)
+            .await
+            .contains(&("member-9".to_owned(), "down".to_owned())),
+        "a dead pool member is listed as down until it is forgotten"
+    );
+    let (_master, _) = expect(master, &["membership: member-9 forgotten"]).await;
+    // The down line was read after the member went down, so the wait seen here is at most
+    // the real one; 200 ms covers reading the line late.
+    assert!(
+        down_seen.elapsed() + Duration::from_millis(200) >= FORGET_AFTER,
+        "forgotten {:?} after it was seen down, before forget_after_ms",
+        down_seen.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let names: Vec<String> = view(&observer).await.into_iter().map(|(n, _)| n).collect();
+        if !names.iter().any(|n| n == "member-9") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member-9 still listed after it was forgotten: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(member);
 }
 
 /// Wait for `p` to exit (bounded) and read its whole log.
