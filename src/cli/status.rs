@@ -1,8 +1,8 @@
 //! `nodecloud status`: the members of the cluster as the attached node sees them, as a table
 //! or as JSON. Exit status 0 when every member listed is up, 3 when some are down: a declared
 //! node, or a pool member that died and is not forgotten yet (one that left with `bye` is not
-//! listed). The view
-//! comes over the service protocol (`cluster` request), or with `--api` from a node's HTTP
+//! listed). The view comes over the service protocol (`cluster` request), or with `--api` from
+//! a node's HTTP
 //! API (`GET /api/v1/cluster`).
 
 use serde_json::{json, Value};
