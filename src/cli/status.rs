@@ -2,8 +2,7 @@
 //! or as JSON. Exit status 0 when every member listed is up, 3 when some are down: a declared
 //! node, or a pool member that died and is not forgotten yet (one that left with `bye` is not
 //! listed). The view comes over the service protocol (`cluster` request), or with `--api` from
-//! a node's HTTP
-//! API (`GET /api/v1/cluster`).
+//! a node's HTTP API (`GET /api/v1/cluster`).
 
 use serde_json::{json, Value};
 
