@@ -11,7 +11,8 @@
 //! arbiter thread it was held to one core while the others idled. Each thread has its own
 //! runtime, accept loop and pool of backend connections, and drives every connection it
 //! makes as a local task, so a request, its connection and the backend connection it uses
-//! stay on one thread (no hand-off between threads, no lock per request). The node's arbiter
+//! stay on one thread (no hand-off between threads, no lock per request) The accepted
+//! connections are dealt to the threads in turn (`Spread`), whichever thread accepted them. The node's arbiter
 //! holds their stop signal, so the proxy and every connection it serves stop when the node
 //! stops.
 //!
@@ -646,8 +647,17 @@ pub async fn start(
     // and that ends every thread of the proxy.
     let (stop, stopped) = watch::channel(());
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (inboxes, mut inbox_rx): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| tokio::sync::mpsc::channel(HANDOVER_QUEUE))
+        .unzip();
+    let spread = Arc::new(Spread {
+        inboxes,
+        next: AtomicUsize::new(0),
+    });
     let mut ready = Vec::with_capacity(threads);
     for i in 0..threads {
+        let inbox = inbox_rx.remove(0);
+        let spread = spread.clone();
         let listener = listener.try_clone().map_err(listen_error)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (proxy, connections) = (proxy.clone(), connections.clone());
@@ -686,7 +696,7 @@ pub async fn start(
                         turn: Cell::new(0),
                     });
                     tokio::select! {
-                        () = accept(local.clone(), connections, listener) => {}
+                        () = accept(local.clone(), connections, listener, spread, i, inbox) => {}
                         () = sweep(&local) => {}
                         _ = stopped.changed() => {}
                     }
@@ -724,44 +734,110 @@ async fn sweep(local: &Local) {
     }
 }
 
-/// Accept connections while the node runs, each served by hyper in a local task of this
-/// thread; `connections` bounds those served at once by all threads.
-async fn accept(local: Rc<Local>, connections: Arc<Semaphore>, listener: tokio::net::TcpListener) {
-    loop {
+/// A connection accepted by one proxy thread for another: its socket (out of the accepting
+/// thread's reactor), its peer, and its place under [`MAX_CONNECTIONS`].
+type HandedOver = (
+    std::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Connections handed over to a thread and not yet taken; past it the accepting thread
+/// serves the connection itself.
+const HANDOVER_QUEUE: usize = 64;
+
+/// How the proxy's threads share out the connections they accept: in turn, whichever thread
+/// accepted. Left to the accept loops alone, the thread that woke first took most of a burst
+/// of new connections (wrk opens its 64 at once) and ran hot while the other idled, which
+/// showed in the p99.
+struct Spread {
+    /// One inbox per thread.
+    inboxes: Vec<tokio::sync::mpsc::Sender<HandedOver>>,
+    next: AtomicUsize,
+}
+
+/// Accept connections while the node runs, and serve those this thread is given (accepted
+/// here or handed over by another thread), each by hyper in a local task of this thread;
+/// `connections` bounds those served at once by all threads.
+async fn accept(
+    local: Rc<Local>,
+    connections: Arc<Semaphore>,
+    listener: tokio::net::TcpListener,
+    spread: Arc<Spread>,
+    me: usize,
+    mut inbox: tokio::sync::mpsc::Receiver<HandedOver>,
+) {
+    let accept_one = || async {
         // At the bound, wait for a connection to end before accepting the next.
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+        let permit = connections.clone().acquire_owned().await.ok()?;
+        match listener.accept().await {
+            Ok((stream, peer)) => Some(Some((stream, peer, permit))),
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was accepted: wait
                 // a little rather than spin, and go on.
                 tracing::warn!(node = %local.proxy.node.name(), "proxy: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                Some(None)
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let local = local.clone();
-        tokio::task::spawn_local(async move {
-            let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req| local.clone().handle(req, peer.ip()));
-            let served = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .max_buf_size(MAX_HEAD_BUFFER_BYTES)
-                .max_headers(MAX_HEADERS)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("proxy: connection from {peer}: {e}");
+        }
+    };
+    loop {
+        tokio::select! {
+            accepted = accept_one() => {
+                let Some(accepted) = accepted else { return };
+                let Some((stream, peer, permit)) = accepted else { continue };
+                let to = spread.next.fetch_add(1, Ordering::Relaxed) % spread.inboxes.len();
+                if to == me {
+                    serve(&local, stream, peer, permit);
+                    continue;
+                }
+                let Ok(std_stream) = stream.into_std() else { continue };
+                // Never wait on another thread's inbox (two threads waiting on each other's
+                // would stall both): when it is full, this thread serves the connection.
+                match spread.inboxes.get(to).map(|tx| tx.try_send((std_stream, peer, permit))) {
+                    None | Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        let (std_stream, peer, permit) = e.into_inner();
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                            serve(&local, stream, peer, permit);
+                        }
+                    }
+                }
             }
-        });
+            Some((std_stream, peer, permit)) = inbox.recv() => {
+                if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                    serve(&local, stream, peer, permit);
+                }
+            }
+        }
     }
+}
+
+/// Serve one client connection in a local task of this thread.
+fn serve(
+    local: &Rc<Local>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = local.clone();
+    tokio::task::spawn_local(async move {
+        let _permit = permit;
+        let service = hyper::service::service_fn(move |req| local.clone().handle(req, peer.ip()));
+        let served = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(MAX_HEAD_BUFFER_BYTES)
+            .max_headers(MAX_HEADERS)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("proxy: connection from {peer}: {e}");
+        }
+    });
 }
 
 /// Bind the configured `proxy` address of `node` (or take `listener`) and [`start`] there;
