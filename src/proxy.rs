@@ -40,8 +40,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -404,7 +405,10 @@ impl Local {
         let idempotent = is_idempotent(&parts.method);
         // An idempotent request may be sent twice, so its body (usually none) is read first;
         // any other streams through once.
-        let body = if idempotent {
+        let body = if body.is_end_stream() {
+            // No body (a GET, mostly): nothing to read, nor to time.
+            UpBody::full(Bytes::new())
+        } else if idempotent {
             // A client that trickles its body would hold a permit for ever: it gets as long as
             // a backend gets for its answer.
             let read = tokio::time::timeout(
@@ -827,6 +831,7 @@ fn serve(
         let service = hyper::service::service_fn(move |req| local.clone().handle(req, peer.ip()));
         let served = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .writev(false)
             .max_buf_size(MAX_HEAD_BUFFER_BYTES)
             .max_headers(MAX_HEADERS)
             .timer(TokioTimer::new())

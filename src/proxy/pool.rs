@@ -107,6 +107,7 @@ pub async fn connect(
     // Small requests and responses go out at once, not after the peer's delayed ACK.
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await?;
     // The connection ends with its last sender (after its exchange) or when the backend
