@@ -57,7 +57,7 @@ pub use faults::SystemActor;
 pub(crate) use membership::{accept_status, normalize_status, Ignored, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
 pub use metrics::{
-    BackendCounters, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
+    BackendCounters, BackendStats, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
     PROXY_LATENCY_BUCKETS_S, REFUSALS,
 };
 #[cfg(feature = "fuzzing")]
