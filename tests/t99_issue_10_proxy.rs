@@ -306,6 +306,25 @@ impl Star {
         for w in WORKERS {
             master.expect_line(&[&format!("membership: {w} up")], WAIT);
         }
+        // The log line comes before the view that the proxy reads is published: wait until
+        // the API (which reads the same view) shows every worker up with its backend.
+        let http = Http::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let doc: serde_json::Value =
+                serde_json::from_str(&http.get(&format!("http://{api}/api/v1/cluster"))).unwrap();
+            let ready = doc["members"].as_array().unwrap().iter().filter(|m| {
+                m["state"] == "up" && m["http"].as_array().is_some_and(|h| !h.is_empty())
+            });
+            if ready.count() == WORKERS.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers not all up in the view: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling, bounded by WAIT
+        }
         Star {
             _dir: dir,
             _ports: ports,
