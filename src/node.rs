@@ -18,6 +18,7 @@ mod admission;
 mod backends;
 mod bind;
 mod calls;
+mod counted;
 mod dedup;
 mod dial;
 mod event_bus;
