@@ -440,6 +440,41 @@ fn oversized_headers_get_431_and_the_connection_stays_usable() {
     assert!(WORKERS.contains(&body.as_str()), "{body}");
 }
 
+#[test]
+fn more_than_100_header_lines_get_431_and_a_body_past_the_bound_gets_413() {
+    let star = Star::start(1024, false);
+    // 101 short header lines, far under 64 KiB in all: hyper's line bound answers.
+    let mut s = TcpStream::connect(star.proxy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..100 {
+        head.push_str(&format!("X-Line-{i}: {i}\r\n"));
+    }
+    write!(s, "{head}\r\n").unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 431, "{body}");
+
+    // A PUT body one byte past `proxy_max_body_bytes` (8 MiB by default).
+    let mut s = TcpStream::connect(star.proxy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let len = 8 * 1024 * 1024 + 1;
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The proxy may answer and close before it has read everything: errors are expected.
+        let _ = write!(
+            writer,
+            "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let _ = writer.write_all(&vec![b'a'; len]);
+    });
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 413, "{body}");
+    drop(s);
+    sender.join().unwrap();
+    let total: usize = star.backends.iter().map(|b| *b.hits.borrow()).sum();
+    assert_eq!(total, 0, "neither request reached a backend");
+}
+
 /// One response off `s` (this test's own minimal reading: a head, then `Content-Length` bytes).
 fn read_response(s: &mut TcpStream) -> (u16, String) {
     let mut head = Vec::new();
