@@ -1433,3 +1433,40 @@ fn pool_errors_name_the_line_and_field() {
         err(&overlapping)
     );
 }
+
+#[test]
+fn more_than_sixteen_pools_and_a_forget_time_out_of_range_are_refused() {
+    let pools: String = (0..=MAX_POOLS)
+        .map(|i| {
+            pool(&format!(
+                "prefix = \"p{i}x-\"\nmaster = \"master\"\nmax = 1\n"
+            ))
+        })
+        .collect();
+    let got = err(&format!("{}{pools}", star_text()));
+    assert!(got.contains("more than 16 pools"), "{got}");
+    let fewer: String = (0..MAX_POOLS)
+        .map(|i| {
+            pool(&format!(
+                "prefix = \"p{i}x-\"\nmaster = \"master\"\nmax = 1\n"
+            ))
+        })
+        .collect();
+    assert_eq!(
+        parse(&format!("{}{fewer}", star_text()))
+            .unwrap()
+            .pools
+            .len(),
+        MAX_POOLS
+    );
+    for bad in [99, 86_400_001] {
+        let text = star_text().replacen(
+            "secret = \"change-me-please-0123\"\n",
+            &format!("secret = \"change-me-please-0123\"\nforget_after_ms = {bad}\n"),
+            1,
+        );
+        let got = err(&text);
+        assert!(got.contains("forget_after_ms"), "{got}");
+        assert!(got.contains("out of range"), "{got}");
+    }
+}
