@@ -127,6 +127,7 @@ pub fn app(
             web::scope("/api/v1")
                 .route("/cluster", web::get().to(routes::cluster))
                 .route("/nodes/{name}", web::get().to(routes::node))
+                .route("/proxy", web::get().to(routes::proxy))
                 .route("/events/{topic}", web::post().to(routes::publish))
                 .route("/calls/{method}", web::post().to(routes::call))
                 .route("/stream", web::get().to(stream::stream))

@@ -1,13 +1,15 @@
 //! The `nodecloud` command line: its arguments and what each command does. `main.rs` parses
 //! the arguments and calls [`run`].
 //!
-//! `nodecloud --config F [--node N]` runs nodes; `check` validates a file; `sub`, `pub`,
+//! `nodecloud --config F [--node N]` runs nodes; `nodecloud --join HOST:PORT --name N
+//! --cluster C` runs one pool member without a file (see [`join`]); `check` validates a file; `sub`, `pub`,
 //! `call` and `status` are applications attached to one node's service listener (see [`attach`] for how
 //! they find it). Exit statuses are one table for every command: [`exit`].
 
 pub mod app;
 pub mod attach;
 pub mod exit;
+pub mod join;
 pub mod logging;
 pub mod status;
 
@@ -40,6 +42,8 @@ pub struct Cli {
     /// starts in this process.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub join: join::JoinArgs,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(subcommand)]
@@ -146,7 +150,9 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref(), default) {
         return e.report();
     }
-    if cli.command.is_some() && (cli.config.is_some() || cli.node.is_some()) {
+    if cli.command.is_some()
+        && (cli.config.is_some() || cli.node.is_some() || cli.join.join.is_some())
+    {
         return CliError::Usage(
             "--config/--node before a command run nodes; give the command's own options after \
              its name (nodecloud sub TOPIC --config FILE)"
@@ -157,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(command) => application(command),
+        None if cli.join.join.is_some() => join::run(&cli.join),
         None => match cli.config {
             Some(path) => run_nodes(&path, cli.node.as_deref()),
             None => Err(CliError::Usage(

@@ -1,6 +1,6 @@
 //! The cluster topology file: parsing, secret resolution and validation.
 //!
-//! This module owns the TOML schema (`[cluster]`, `[[nodes]]`, `[[links]]`), the typed
+//! This module owns the TOML schema (`[cluster]`, `[[nodes]]`, `[[links]]`, `[[pools]]`), the typed
 //! [`Config`] the runtime reads, and [`ConfigError`], whose every message names the file,
 //! the line (and column), the offending field and what was expected. Validation is strict:
 //! a config that loads is one the runtime can run without further checks.
@@ -37,6 +37,27 @@ pub struct Config {
     /// Things that load but are probably wrong for a real deployment (a wildcard `listen`
     /// without `advertise`); `nodecloud check` prints them.
     pub warnings: Vec<Warning>,
+    /// `[[pools]]`: undeclared nodes a declared node admits by name prefix.
+    pub pools: Vec<PoolConfig>,
+    /// Set for a node started with `--join` (no file): it tracks whatever members its master
+    /// reports (the master checked their names), up to `member_bound`. It holds the
+    /// incarnation the node showed when it read the settings from its master, and runs with:
+    /// its first real link is then the same process reconnecting, never a `duplicate_node`.
+    pub joined: Option<uuid::Uuid>,
+    /// The most members (declared nodes and pool members) a node tracks: declared nodes plus
+    /// every pool's `max`; for a joined node, what its master stated.
+    pub member_bound: usize,
+}
+
+/// One `[[pools]]` entry: nodes named `prefix…`, not declared, that link to `hub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// What every member's name starts with (a member's name is longer than it).
+    pub prefix: String,
+    /// The declared node members link to (`master` or `parent` in the file).
+    pub hub: String,
+    /// How many members may be live at once; past it the hub refuses newcomers.
+    pub max: usize,
 }
 
 /// Cluster-wide settings from `[cluster]`.
@@ -62,6 +83,10 @@ pub struct ClusterConfig {
     pub api_token: Option<Secret>,
     /// The bounds and timeouts of every node's HTTP proxy (`proxy_*` keys).
     pub proxy: ProxyConfig,
+    /// How long a pool member that went down stays listed (as `down`) before it is forgotten
+    /// (`forget_after_ms`; default 10 × the failure timeout). One that left with `bye` is
+    /// forgotten at once by the node it said goodbye to.
+    pub forget_after: Duration,
 }
 
 /// How a node's HTTP proxy (`proxy = "ADDR"`) bounds what it forwards.
@@ -380,6 +405,12 @@ const PROXY_MAX_REQUESTS: (i64, i64, i64) = (1, 1_000_000, 1024);
 const PROXY_CONNECT_MS: (i64, i64, i64) = (1, 600_000, 2_000);
 const PROXY_RESPONSE_MS: (i64, i64, i64) = (1, 3_600_000, 30_000);
 const HANDSHAKE_MS: (i64, i64, i64) = (10, 60_000, 5_000);
+/// `forget_after_ms`; the default (0 here) means 10 × the failure timeout.
+const FORGET_AFTER_MS: (i64, i64, i64) = (100, 86_400_000, 0);
+/// `[[pools]] max`: a pool's members are tracked by every node, so the bound is the cost.
+pub const MAX_POOL_MEMBERS: usize = 10_000;
+/// How many `[[pools]]` a file may declare.
+pub const MAX_POOLS: usize = 16;
 /// Shorter secrets are too easy to guess for an HMAC key.
 const MIN_SECRET_BYTES: usize = 16;
 const NAME_RULE: &str = "1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'";
@@ -427,15 +458,61 @@ impl Config {
         Validator::new(&ctx, &raw, base_dir, purpose).run()
     }
 
-    /// Whether a node called `name` may be a member of this cluster: today, whether it is
-    /// declared in `nodes`. Membership gives a node an index only when this says yes.
-    pub fn admits(&self, name: &str) -> bool {
-        self.node(name).is_some()
-    }
-
     /// The node called `name`, if declared.
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|node| node.name == name)
+    }
+
+    /// Whether `name` may be a member of this cluster: declared, or an undeclared name of a
+    /// pool (see [`Config::pool_of`]); for a joined node, any valid name (its master checked
+    /// it). How many pool members are live at once is bounded where they are admitted.
+    pub fn admits(&self, name: &str) -> bool {
+        self.node(name).is_some()
+            || self.pool_of(name).is_some()
+            || (self.joined.is_some() && valid_name(name))
+    }
+
+    /// The pool an undeclared `name` belongs to: the one whose prefix it starts with (and is
+    /// longer than). `None` for declared names and names outside every pool.
+    pub fn pool_of(&self, name: &str) -> Option<&PoolConfig> {
+        if !valid_name(name) || self.node(name).is_some() {
+            return None;
+        }
+        self.pools
+            .iter()
+            .find(|p| name.len() > p.prefix.len() && name.starts_with(&p.prefix))
+    }
+
+    /// The configuration of a node started with `--join`: the cluster's settings as its
+    /// master stated them in the handshake, two nodes (the master, dialled at `master_addr`,
+    /// and `me`, which links to it) in a star, and membership open to the names the master
+    /// reports, up to `member_bound`.
+    pub fn joined(
+        cluster: ClusterConfig,
+        master: &str,
+        master_addr: HostPort,
+        mut me: NodeConfig,
+        member_bound: usize,
+        incarnation: uuid::Uuid,
+    ) -> Config {
+        // The master's own listen address is never bound here; only its dial address counts.
+        let mut hub = NodeConfig::new(master, Role::Master, SocketAddr::from(([0, 0, 0, 0], 0)));
+        hub.advertise = Some(master_addr);
+        me.role = Role::Worker;
+        me.master = Some(master.to_owned());
+        Config {
+            source: "--join".to_owned(),
+            cluster: ClusterConfig {
+                topology: TopologyKind::Star,
+                ..cluster
+            },
+            nodes: vec![hub, me],
+            links: Vec::new(),
+            warnings: Vec::new(),
+            pools: Vec::new(),
+            joined: Some(incarnation),
+            member_bound: member_bound.max(2),
+        }
     }
 
     /// A small unvalidated config for tests: fast heartbeats, no links.
@@ -454,10 +531,14 @@ impl Config {
                 tls: None,
                 api_token: None,
                 proxy: ProxyConfig::default(),
+                forget_after: Duration::from_secs(5),
             },
+            member_bound: nodes.len(),
             nodes,
             links: Vec::new(),
             warnings: Vec::new(),
+            pools: Vec::new(),
+            joined: None,
         }
     }
 }
@@ -474,6 +555,17 @@ struct RawFile {
     nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     links: Vec<Spanned<RawLink>>,
+    #[serde(default)]
+    pools: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    prefix: Spanned<String>,
+    master: Option<Spanned<String>>,
+    parent: Option<Spanned<String>>,
+    max: Spanned<i64>,
 }
 
 #[derive(Deserialize)]
@@ -499,6 +591,7 @@ struct RawCluster {
     proxy_max_requests: Option<Spanned<i64>>,
     proxy_connect_timeout_ms: Option<Spanned<i64>>,
     proxy_response_timeout_ms: Option<Spanned<i64>>,
+    forget_after_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -851,12 +944,17 @@ impl<'a> Validator<'a> {
         self.open_api(&cluster, &nodes)?;
         self.references()?;
         let links = self.links(cluster.topology)?;
+        let pools = self.pools(&nodes)?;
+        let member_bound = nodes.len() + pools.iter().map(|p| p.max).sum::<usize>();
         let config = Config {
             source: self.ctx.source.to_owned(),
             cluster,
             warnings: self.warnings(&nodes),
             nodes,
             links,
+            pools,
+            joined: None,
+            member_bound,
         };
         self.topology_rules(&config)?;
         self.connected(&config)?;
@@ -979,14 +1077,21 @@ impl<'a> Validator<'a> {
                 PROXY_RESPONSE_MS,
             )?),
         };
+        let heartbeat_interval = Duration::from_millis(heartbeat_ms);
+        let forget_after =
+            match self.number(&raw.forget_after_ms, "forget_after_ms", FORGET_AFTER_MS)? {
+                0 => heartbeat_interval * u32::try_from(failure_threshold).unwrap_or(u32::MAX) * 10,
+                ms => Duration::from_millis(ms),
+            };
         Ok(ClusterConfig {
+            forget_after,
             proxy,
             api_token,
             name: raw.name.get_ref().clone(),
             topology,
             secret,
             service_key,
-            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            heartbeat_interval,
             // The ranges checked above fit both types; the fallbacks are unreachable.
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(u32::MAX),
             max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
@@ -1062,8 +1167,12 @@ impl<'a> Validator<'a> {
                     &v.span(),
                     format!("cluster.{key}"),
                     format!("{} is out of range", v.get_ref()),
-                    format!("an integer from {min} to {max} (default {default})"),
-                ))
+                    match default {
+                        // Only forget_after_ms: its default depends on other keys.
+                        0 if min > 0 => format!("an integer from {min} to {max} (default 10 × heartbeat_interval_ms × failure_threshold)"),
+                        _ => format!("an integer from {min} to {max} (default {default})"),
+                    },
+                ));
             }
         };
         // In range, so non-negative.
@@ -1443,6 +1552,111 @@ impl<'a> Validator<'a> {
             }
         }
         Ok(())
+    }
+
+    // --- [[pools]] ---
+
+    /// `[[pools]]`: a prefix no declared name and no other pool's prefix starts with (so
+    /// every name belongs to one place: declared nodes are never counted or forgotten as pool
+    /// members), exactly one of `master` (a node with role master) or `parent` (any declared
+    /// node) naming the hub members link to, and `max` within bounds.
+    fn pools(&self, nodes: &[NodeConfig]) -> Result<Vec<PoolConfig>, ConfigError> {
+        let ctx = self.ctx;
+        if let Some(extra) = self.raw.pools.get(MAX_POOLS) {
+            return Err(ctx.invalid(
+                &extra.span(),
+                format!("pools[{MAX_POOLS}]"),
+                format!("more than {MAX_POOLS} pools"),
+                format!("at most {MAX_POOLS} [[pools]] tables"),
+            ));
+        }
+        let mut pools: Vec<PoolConfig> = Vec::with_capacity(self.raw.pools.len());
+        for (i, spanned) in self.raw.pools.iter().enumerate() {
+            let raw = spanned.get_ref();
+            let prefix = raw.prefix.get_ref();
+            let field = |key: &str| format!("pools[{i}].{key}");
+            if prefix.len() >= 64 || !valid_name(prefix) {
+                return Err(ctx.invalid(
+                    &raw.prefix.span(),
+                    field("prefix"),
+                    format!("invalid pool prefix {prefix:?}"),
+                    "1 to 63 characters of A-Z, a-z, 0-9, '.', '_' or '-' (members add at least one)",
+                ));
+            }
+            if let Some(node) = nodes.iter().find(|n| n.name.starts_with(prefix.as_str())) {
+                return Err(ctx.invalid(
+                    &raw.prefix.span(),
+                    field("prefix"),
+                    format!(
+                        "declared node {:?} starts with pool prefix {prefix:?}: it would be both declared and a pool member",
+                        node.name
+                    ),
+                    "a prefix no declared node's name starts with (rename the node or the prefix)",
+                ));
+            }
+            if let Some((j, other)) = pools.iter().enumerate().find(|(_, p)| {
+                p.prefix.starts_with(prefix.as_str()) || prefix.starts_with(p.prefix.as_str())
+            }) {
+                return Err(ctx.invalid(
+                    &raw.prefix.span(),
+                    field("prefix"),
+                    format!("prefix {prefix:?} overlaps pools[{j}].prefix {:?}: a name would belong to both", other.prefix),
+                    "prefixes none of which starts with another",
+                ));
+            }
+            let hub = match (&raw.master, &raw.parent) {
+                (Some(master), None) => {
+                    let at = self.declared(master, &field("master"))?;
+                    if nodes.get(at).map(|n| n.role) != Some(Role::Master) {
+                        return Err(ctx.invalid(
+                            &master.span(),
+                            field("master"),
+                            format!("{:?} is not a master", master.get_ref()),
+                            "the name of a node with role = \"master\" (or parent = any declared node)",
+                        ));
+                    }
+                    master.get_ref().clone()
+                }
+                (None, Some(parent)) => {
+                    self.declared(parent, &field("parent"))?;
+                    parent.get_ref().clone()
+                }
+                (Some(_), Some(parent)) => {
+                    return Err(ctx.invalid(
+                        &parent.span(),
+                        field("parent"),
+                        "both master and parent given",
+                        "exactly one of master or parent: the declared node members link to",
+                    ))
+                }
+                (None, None) => {
+                    return Err(ctx.invalid(
+                        &spanned.span(),
+                        field("master"),
+                        "no master or parent given",
+                        "master = \"NODE\" (a node with role master) or parent = \"NODE\" (any declared node): the node members link to",
+                    ))
+                }
+            };
+            let max = *raw.max.get_ref();
+            let max = usize::try_from(max)
+                .ok()
+                .filter(|m| (1..=MAX_POOL_MEMBERS).contains(m))
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        &raw.max.span(),
+                        field("max"),
+                        format!("{max} is out of range"),
+                        format!("an integer from 1 to {MAX_POOL_MEMBERS}: members live at once"),
+                    )
+                })?;
+            pools.push(PoolConfig {
+                prefix: prefix.clone(),
+                hub,
+                max,
+            });
+        }
+        Ok(pools)
     }
 
     // --- [[links]] ---

@@ -18,6 +18,7 @@ mod admission;
 mod backends;
 mod bind;
 mod calls;
+mod counted;
 mod dedup;
 mod dial;
 mod event_bus;
@@ -58,7 +59,7 @@ pub use faults::SystemActor;
 pub(crate) use membership::{take_delta, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
 pub use metrics::{
-    BackendCounters, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
+    BackendCounters, BackendStats, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
     PROXY_LATENCY_BUCKETS_S, REFUSALS, REPLICATION,
 };
 #[cfg(feature = "fuzzing")]

@@ -1,13 +1,20 @@
 //! The HTTP proxy a node serves when its configuration says `proxy = "ADDR"`: one entry point
 //! that forwards each request to an HTTP backend advertised by an `up` node (the "proxy
 //! bounce"). hyper parses and writes every message (an HTTP/1.1 server with keep-alive,
-//! chunked bodies and upgrades; a pooled client to the backends); this module chooses the
-//! backend and rewrites the headers.
+//! chunked bodies and upgrades; HTTP/1 client connections to the backends, pooled in
+//! `pool`); this module chooses the backend and rewrites the headers.
 //!
 //! Like the HTTP API, it is not part of the actor tree: it reads the membership watch (who is
 //! up, which backends each advertises, each node's load) on every request, so a node declared
-//! `down` gets no request from the next one on. [`start`] runs the accept loop as a task of the
-//! node's arbiter; it and the connections it spawns stop when the node stops.
+//! `down` gets no request from the next one on. [`start`] runs it on threads of its own, one
+//! per core (up to [`MAX_THREADS`]), as nginx runs one worker per core: on the node's single
+//! arbiter thread it was held to one core while the others idled. Each thread has its own
+//! runtime, accept loop and pool of backend connections, and drives every connection it
+//! makes as a local task, so a request, its connection and the backend connection it uses
+//! stay on one thread (no hand-off between threads, no lock per request) The accepted
+//! connections are dealt to the threads in turn (`Spread`), whichever thread accepted them. The node's arbiter
+//! holds their stop signal, so the proxy and every connection it serves stop when the node
+//! stops.
 //!
 //! Policy (see `choice`): least outstanding requests from this proxy, then least replicated
 //! load per CPU, then in turn; `X-Nodecloud-Node: NAME` pins a request to node NAME. A backend
@@ -18,54 +25,58 @@
 //! Bounds: request headers [`MAX_HEADER_BYTES`] in all (431, and the connection goes on);
 //! bodies `proxy_max_body_bytes` (413); requests forwarded at once `proxy_max_requests` (503
 //! with `Retry-After`); connections at once [`MAX_CONNECTIONS`] (more wait in the backlog);
-//! a connect timeout and a response timeout (504: the backend took too long to answer).
+//! idle backend connections [`MAX_IDLE_PER_BACKEND`] per backend and thread; a connect
+//! timeout and a response timeout (504: the backend took too long to answer).
 
 mod choice;
 mod headers;
+mod pool;
 
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 
 pub use choice::{pick, Candidate};
 pub use headers::{MAX_HEADER_BYTES, PIN_HEADER};
+pub use pool::{IDLE_TIMEOUT as POOL_IDLE_TIMEOUT, MAX_IDLE_PER_BACKEND};
 
 use crate::config::ProxyConfig;
-use crate::node::{BackendCounters, MembershipView, NodeHandle, PROXY_LATENCY_BUCKETS_S};
+use crate::node::{BackendCounters, BackendStats, MembershipView, NodeHandle};
+use pool::{BackendBody, BoxError, DownBody, Pool, Sender, UpBody};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Threads of the proxy's runtime: one per core, at most this many.
+pub const MAX_THREADS: usize = 8;
 /// How long a backend that refused a connection is skipped.
 pub const BACKOFF: Duration = Duration::from_secs(2);
 /// What hyper buffers of a request head. Larger than [`MAX_HEADER_BYTES`], so that a request
 /// whose headers are too large is still read whole and answered 431 on a connection that goes
 /// on; past this, hyper answers 431 itself and closes.
 const MAX_HEAD_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
-/// Headers in a request head (hyper's default is 100; 64 KiB of short headers is more).
-const MAX_HEADERS: usize = 4096;
+/// Header lines in a request head; past it hyper answers 431 itself and closes. hyper's
+/// default, and not more: hyper allocates and fills room for this many headers (twice) on
+/// every request it parses, on the stack up to 100 and on the heap beyond. At 4096 that was
+/// 256 KiB written per request, a third of the proxy's instructions under load.
+const MAX_HEADERS: usize = 100;
 /// A client that sends no complete request head for this long is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle pooled connections to a backend are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often each thread closes the idle backend connections past [`POOL_IDLE_TIMEOUT`].
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// The response header naming the node whose backend answered.
-const SERVED_BY_HEADER: &str = "x-nodecloud-node";
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
+static SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-nodecloud-node");
 
 /// Why a request got no backend's answer; each maps to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +126,9 @@ impl ProxyError {
         }
     }
 
-    fn into_response(self) -> Response<Body> {
+    fn into_response(self) -> Response<DownBody> {
         let status = self.status();
-        let mut resp = Response::new(text(format!("{self}\n")));
+        let mut resp = Response::new(DownBody::text(format!("{self}\n")));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -131,59 +142,67 @@ impl ProxyError {
     }
 }
 
-fn text(s: String) -> Body {
-    Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed()
+/// One backend as a proxy thread knows it: made when the thread first sees it advertised,
+/// shared (`Rc`) by the requests on it, dropped with its idle connections when no longer
+/// advertised.
+struct Backend {
+    node: String,
+    addr: String,
+    /// The `X-Nodecloud-Node` value of its responses, made once.
+    served_by: Option<HeaderValue>,
+    /// Its counters, shared with the other threads and `/metrics`; `in_flight` is its
+    /// outstanding requests from this proxy, which the choice reads.
+    stats: Arc<BackendStats>,
+    pool: Rc<Pool>,
 }
 
-fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed()
+/// What one proxy thread keeps between requests; owned by that thread (an `Rc`), so it is
+/// read and changed without a lock.
+struct Local {
+    proxy: Arc<Proxy>,
+    /// The membership view `backends` was made from; a different one re-makes it.
+    view: RefCell<Option<Arc<MembershipView>>>,
+    /// Every backend advertised in `view`, with its node's load per CPU. A handful: scanned,
+    /// not hashed.
+    backends: RefCell<Vec<(Rc<Backend>, f64)>>,
+    /// Breaks full ties in turn.
+    turn: Cell<usize>,
 }
 
-/// One backend: the node advertising it and its address.
-type BackendKey = (String, String);
-
-#[derive(Default)]
-struct State {
-    /// Requests waiting on each backend (removed at zero).
-    outstanding: HashMap<BackendKey, usize>,
-    /// Backends skipped until the instant given, by address.
-    backoff: HashMap<String, Instant>,
-}
-
-/// What every request of one proxy reads.
+/// What every thread of one proxy shares.
 struct Proxy {
     node: NodeHandle,
     view: watch::Receiver<Arc<MembershipView>>,
     config: ProxyConfig,
-    client: Client<HttpConnector, Body>,
-    permits: Arc<Semaphore>,
-    state: Mutex<State>,
-    turn: AtomicUsize,
+    permits: Semaphore,
+    /// Backend addresses skipped until the instant given; a few at most, and looked at only
+    /// while `backing_off` says there are any (so not at all on most requests).
+    backoff: Mutex<Vec<(String, Instant)>>,
+    backing_off: AtomicUsize,
 }
 
-/// The backend chosen for one attempt; its outstanding count drops with it.
-struct Chosen<'a> {
-    proxy: &'a Proxy,
-    key: BackendKey,
-}
+/// The backend chosen for one attempt; its in-flight count drops with it.
+struct Chosen(Rc<Backend>);
 
-impl Drop for Chosen<'_> {
+impl Drop for Chosen {
     fn drop(&mut self) {
-        let mut s = self.proxy.lock();
-        if let Some(n) = s.outstanding.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.outstanding.remove(&self.key);
-            }
-        }
-        drop(s);
-        self.proxy
-            .node
-            .proxy_counters_mut()
-            .update(&self.key.0, &self.key.1, |c| {
-                c.in_flight = c.in_flight.saturating_sub(1);
-            });
+        self.0.stats.finished();
     }
+}
+
+/// How one attempt on a backend failed.
+// The request travels back by value, as in hyper's `TrySendError`: the enum crosses one
+// call only, and the retry it serves needs no allocation.
+#[allow(clippy::large_enum_variant)]
+enum AttemptError {
+    /// Nothing of the request reached the backend (refused, unreachable, a connection that
+    /// closed before the request was written): the request comes back, to be sent elsewhere.
+    NothingSent {
+        req: Request<UpBody>,
+        source: BoxError,
+    },
+    /// The exchange broke after the request was (at least partly) sent.
+    Failed(hyper::Error),
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -219,91 +238,124 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Proxy {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Every update leaves the state consistent: a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, Vec<(String, Instant)>> {
+        // Every update leaves the list consistent: a poisoned lock is still usable.
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Choose a backend on an up node, not on the nodes in `tried`, `pinned` to a node if
-    /// given; backends in back-off only when there is no other.
-    fn choose(&self, pinned: Option<&str>, tried: &[String]) -> Result<Chosen<'_>, ProxyError> {
-        let view = self.view.borrow().clone();
+    fn back_off(&self, addr: &str) {
+        let until = Instant::now() + BACKOFF;
+        let mut list = self.lock_backoff();
+        match list.iter_mut().find(|(a, _)| a == addr) {
+            Some((_, u)) => *u = until,
+            None => list.push((addr.to_owned(), until)),
+        }
+        self.backing_off.store(list.len(), Ordering::Relaxed);
+    }
+
+    /// Addresses in back-off now (mostly none, without a lock).
+    fn backed_off(&self) -> Vec<String> {
+        if self.backing_off.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
         let now = Instant::now();
-        let mut s = self.lock();
-        s.backoff.retain(|_, until| *until > now);
-        let mut fresh = Vec::new();
-        let mut backed_off = Vec::new();
-        for m in view.members.values() {
-            if pinned.is_some_and(|p| p != m.name) || tried.contains(&m.name) {
-                continue;
+        let mut list = self.lock_backoff();
+        list.retain(|(_, until)| *until > now);
+        self.backing_off.store(list.len(), Ordering::Relaxed);
+        list.iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+impl Local {
+    /// Re-make the backends from the membership view if it changed since the last request.
+    fn sync(&self) {
+        let proxy = &self.proxy;
+        let view = {
+            let current = proxy.view.borrow();
+            let seen = self.view.borrow();
+            if seen.as_ref().is_some_and(|v| Arc::ptr_eq(v, &current)) {
+                return;
             }
+            current.clone()
+        };
+        let mut backends = self.backends.borrow_mut();
+        let mut next = Vec::with_capacity(backends.len());
+        for m in view.members.values() {
             let load = m.stats.load_avg[0] / f64::from(m.stats.cpus.max(1));
             for addr in &m.http {
-                let key = (m.name.clone(), addr.clone());
-                let c = Candidate {
-                    outstanding: s.outstanding.get(&key).copied().unwrap_or(0),
-                    node: key.0,
-                    addr: key.1,
-                    load_per_cpu: load,
+                let known = backends
+                    .iter()
+                    .find(|(b, _)| b.node == m.name && b.addr == *addr && !b.stats.is_retired());
+                let backend = match known {
+                    Some((b, _)) => b.clone(),
+                    None => Rc::new(Backend {
+                        node: m.name.clone(),
+                        addr: addr.clone(),
+                        served_by: HeaderValue::from_str(&m.name).ok(),
+                        stats: proxy.node.proxy_counters_mut().stats(&m.name, addr),
+                        pool: Rc::new(Pool::default()),
+                    }),
                 };
-                if s.backoff.contains_key(addr) {
-                    backed_off.push(c);
-                } else {
-                    fresh.push(c);
-                }
+                next.push((backend, load));
             }
         }
-        let candidates = if fresh.is_empty() { backed_off } else { fresh };
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let Some(c) = pick(&candidates, turn).and_then(|i| candidates.into_iter().nth(i)) else {
+        *backends = next;
+        *self.view.borrow_mut() = Some(view);
+    }
+
+    /// Choose a backend on an up node, not on node `tried`, `pinned` to a node if given;
+    /// backends in back-off only when there is no other.
+    fn choose(&self, pinned: Option<&str>, tried: Option<&str>) -> Result<Chosen, ProxyError> {
+        self.sync();
+        let backed_off = self.proxy.backed_off();
+        let backends = self.backends.borrow();
+        let eligible =
+            |b: &Backend| pinned.is_none_or(|p| p == b.node) && tried.is_none_or(|t| t != b.node);
+        let mut fresh = Vec::with_capacity(backends.len());
+        let mut stale = Vec::new();
+        for (i, (b, load)) in backends.iter().enumerate() {
+            if !eligible(b) {
+                continue;
+            }
+            let c = Candidate {
+                outstanding: usize::try_from(b.stats.in_flight()).unwrap_or(usize::MAX),
+                node: &b.node,
+                addr: &b.addr,
+                load_per_cpu: *load,
+            };
+            if backed_off.iter().any(|a| *a == b.addr) {
+                stale.push((i, c));
+            } else {
+                fresh.push((i, c));
+            }
+        }
+        let candidates = if fresh.is_empty() { stale } else { fresh };
+        let turn = self.turn.get();
+        self.turn.set(turn.wrapping_add(1));
+        let only: Vec<Candidate<'_>> = candidates.iter().map(|(_, c)| c.clone()).collect();
+        let Some(&(i, _)) = pick(&only, turn).and_then(|n| candidates.get(n)) else {
             return Err(match pinned {
                 Some(p) => ProxyError::PinnedUnavailable(p.to_owned()),
                 None => ProxyError::NoBackend,
             });
         };
-        let key = (c.node, c.addr);
-        *s.outstanding.entry(key.clone()).or_default() += 1;
-        drop(s);
-        self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
-            c.requests += 1;
-            c.in_flight += 1;
-        });
-        Ok(Chosen { proxy: self, key })
-    }
-
-    fn record(&self, key: &BackendKey, started: Instant, ok: bool) {
-        let secs = started.elapsed().as_secs_f64();
-        self.node.proxy_counters_mut().update(&key.0, &key.1, |c| {
-            if ok {
-                let bucket = PROXY_LATENCY_BUCKETS_S
-                    .iter()
-                    .position(|b| secs <= *b)
-                    .unwrap_or(PROXY_LATENCY_BUCKETS_S.len());
-                if let Some(n) = c.latency_buckets.get_mut(bucket) {
-                    *n += 1;
-                }
-                c.latency_sum_s += secs;
-            } else {
-                c.errors += 1;
-            }
-        });
-    }
-
-    fn back_off(&self, addr: &str) {
-        self.lock()
-            .backoff
-            .insert(addr.to_owned(), Instant::now() + BACKOFF);
+        let backend = backends
+            .get(i)
+            .map(|(b, _)| b.clone())
+            .ok_or(ProxyError::NoBackend)?;
+        backend.stats.started();
+        Ok(Chosen(backend))
     }
 
     async fn handle(
-        self: Arc<Self>,
+        self: Rc<Self>,
         req: Request<Incoming>,
         client: IpAddr,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> Result<Response<DownBody>, Infallible> {
         Ok(match self.forward(req, client).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::debug!(node = %self.node.name(), "proxy: {e}");
+                tracing::debug!(node = %self.proxy.node.name(), "proxy: {e}");
                 e.into_response()
             }
         })
@@ -313,11 +365,12 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         client: IpAddr,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<DownBody>, ProxyError> {
+        let proxy = &*self.proxy;
         if headers::size(req.headers()) > MAX_HEADER_BYTES {
             return Err(ProxyError::HeadersTooLarge);
         }
-        let max_body = self.config.max_body_bytes;
+        let max_body = proxy.config.max_body_bytes;
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -327,11 +380,10 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge(max_body));
         }
         // Held until the backend's response head came (or the request failed).
-        let _permit = self
+        let _permit = proxy
             .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::Busy(self.config.max_requests))?;
+            .try_acquire()
+            .map_err(|_| ProxyError::Busy(proxy.config.max_requests))?;
         let pinned = req
             .headers()
             .get(PIN_HEADER)
@@ -339,24 +391,28 @@ impl Proxy {
             .map(str::to_owned);
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let mut head = parts.headers;
-        headers::strip_hop_by_hop(&mut head, upgrade);
-        headers::add_forwarded(&mut head, client);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::add_forwarded(&mut parts.headers, client);
+        // The backend gets the origin form (`/path?query`), as a client sends it to a server.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = origin
+                .parse::<Uri>()
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        }
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         let idempotent = is_idempotent(&parts.method);
         // An idempotent request may be sent twice, so its body (usually none) is read first;
         // any other streams through once.
-        let (buffered, mut streamed) = if idempotent {
+        let body = if body.is_end_stream() {
+            // No body (a GET, mostly): nothing to read, nor to time.
+            UpBody::full(Bytes::new())
+        } else if idempotent {
             // A client that trickles its body would hold a permit for ever: it gets as long as
             // a backend gets for its answer.
             let read = tokio::time::timeout(
-                self.config.response_timeout,
+                proxy.config.response_timeout,
                 Limited::new(body, limit).collect(),
             );
             let bytes = read
@@ -370,67 +426,70 @@ impl Proxy {
                     }
                 })?
                 .to_bytes();
-            (Some(bytes), None)
+            UpBody::full(bytes)
         } else {
-            (None, Some(Limited::new(body, limit).boxed()))
+            UpBody::Stream(Limited::new(body, limit))
         };
-        let mut tried: Vec<String> = Vec::new();
+        let mut up = Request::from_parts(parts, body);
+        let mut tried: Option<Rc<Backend>> = None;
         loop {
-            let chosen = self.choose(pinned.as_deref(), &tried)?;
-            let (node, addr) = chosen.key.clone();
-            let body = match (&buffered, streamed.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|e| match e {}).boxed(),
-                (None, Some(s)) => s,
-                (None, None) => empty(),
-            };
-            let mut up = Request::builder()
-                .method(parts.method.clone())
-                .uri(format!("http://{addr}{path}"))
-                .body(body)
-                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-            *up.headers_mut() = head.clone();
+            let chosen = self.choose(pinned.as_deref(), tried.as_ref().map(|b| b.node.as_str()))?;
+            let b = &chosen.0;
+            if !up.headers().contains_key(HOST) {
+                // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
+                if let Ok(v) = HeaderValue::from_str(&b.addr) {
+                    up.headers_mut().insert(HOST, v);
+                }
+            }
             let started = Instant::now();
-            let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(up));
-            match sent.await {
+            let attempt =
+                tokio::time::timeout(proxy.config.response_timeout, self.attempt(b, up, upgrade));
+            match attempt.await {
                 Err(_) => {
-                    self.record(&chosen.key, started, false);
-                    return Err(ProxyError::Timeout { node, addr });
-                }
-                Ok(Ok(resp)) => {
-                    self.record(&chosen.key, started, true);
-                    drop(chosen);
-                    return Ok(self.respond(resp, &node, client_upgrade));
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    // Nothing was sent: the backend is skipped for a while, and an idempotent
-                    // request goes to another node once.
-                    self.record(&chosen.key, started, false);
-                    self.back_off(&addr);
-                    tracing::info!(node = %self.node.name(), "proxy: backend {addr} of {node} refused a connection; skipped for {} s", BACKOFF.as_secs());
-                    if idempotent && tried.is_empty() && pinned.is_none() {
-                        tried.push(node);
-                        continue;
-                    }
-                    if timed_out(&e) {
-                        return Err(ProxyError::Timeout { node, addr });
-                    }
-                    return Err(ProxyError::Connect {
-                        node,
-                        addr,
-                        source: Box::new(e),
+                    b.stats.failed();
+                    return Err(ProxyError::Timeout {
+                        node: b.node.clone(),
+                        addr: b.addr.clone(),
                     });
                 }
-                Ok(Err(e)) => {
-                    self.record(&chosen.key, started, false);
+                Ok(Ok((resp, sender))) => {
+                    b.stats.answered(started.elapsed());
+                    return Ok(respond(resp, sender, b, client_upgrade));
+                }
+                Ok(Err(AttemptError::NothingSent { req, source })) => {
+                    // Nothing was sent: the backend is skipped for a while, and an idempotent
+                    // request goes to another node once.
+                    b.stats.failed();
+                    proxy.back_off(&b.addr);
+                    tracing::info!(node = %proxy.node.name(), "proxy: backend {} of {} refused a connection; skipped for {} s", b.addr, b.node, BACKOFF.as_secs());
+                    if idempotent && tried.is_none() && pinned.is_none() {
+                        tried = Some(b.clone());
+                        up = req;
+                        continue;
+                    }
+                    if timed_out(&*source) {
+                        return Err(ProxyError::Timeout {
+                            node: b.node.clone(),
+                            addr: b.addr.clone(),
+                        });
+                    }
+                    return Err(ProxyError::Connect {
+                        node: b.node.clone(),
+                        addr: b.addr.clone(),
+                        source,
+                    });
+                }
+                Ok(Err(AttemptError::Failed(e))) => {
+                    b.stats.failed();
                     if caused_by::<LengthLimitError>(&e) {
                         return Err(ProxyError::BodyTooLarge(max_body));
                     }
                     // The connection broke (a backend dying resets its connections): the next
                     // requests go elsewhere until the back-off ends.
-                    self.back_off(&addr);
+                    proxy.back_off(&b.addr);
                     return Err(ProxyError::Upstream {
-                        node,
-                        addr,
+                        node: b.node.clone(),
+                        addr: b.addr.clone(),
                         source: Box::new(e),
                     });
                 }
@@ -438,33 +497,80 @@ impl Proxy {
         }
     }
 
-    /// The backend's response as the client gets it: hop-by-hop headers stripped, the
-    /// serving node named; a `101 Switching Protocols` joins the two upgraded connections.
-    fn respond(
+    /// Send `req` to `b` on a pooled connection if one is open, else on a new one (always a
+    /// new one for an upgrade, whose connection is handed over afterwards). A pooled
+    /// connection that closed before taking the request gives it back, and the next one is
+    /// tried: that failure says nothing of the backend.
+    async fn attempt(
         &self,
-        mut resp: Response<Incoming>,
-        node: &str,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Body> {
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(resp.headers_mut(), switching);
-        if let Ok(v) = HeaderValue::from_str(node) {
-            resp.headers_mut().insert(SERVED_BY_HEADER, v);
+        b: &Backend,
+        mut req: Request<UpBody>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Sender), AttemptError> {
+        loop {
+            let pooled = if upgrade { None } else { b.pool.take().await };
+            let (mut sender, was_pooled) = match pooled {
+                Some(s) => (s, true),
+                None => {
+                    match pool::connect(&b.addr, self.proxy.config.connect_timeout, upgrade).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            return Err(AttemptError::NothingSent {
+                                req,
+                                source: Box::new(e),
+                            })
+                        }
+                    }
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if was_pooled => req = back,
+                    Some(back) => {
+                        return Err(AttemptError::NothingSent {
+                            req: back,
+                            source: Box::new(e.into_error()),
+                        })
+                    }
+                    None => return Err(AttemptError::Failed(e.into_error())),
+                },
+            }
         }
-        if let (true, Some(client_side)) = (switching, client_upgrade) {
-            let backend_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let (Ok(c), Ok(b)) = tokio::join!(client_side, backend_side) else {
-                    return;
-                };
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
-            });
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, empty());
-        }
-        resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
     }
+}
+
+/// The backend's response as the client gets it: hop-by-hop headers stripped, the serving
+/// node named, its connection back to the pool when the body ends; a `101 Switching
+/// Protocols` joins the two upgraded connections.
+fn respond(
+    mut resp: Response<Incoming>,
+    sender: Sender,
+    b: &Backend,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<DownBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    if let Some(v) = &b.served_by {
+        resp.headers_mut()
+            .insert(SERVED_BY_HEADER.clone(), v.clone());
+    }
+    let upgrading = client_upgrade.is_some();
+    if let (true, Some(client_side)) = (switching, client_upgrade) {
+        let backend_side = hyper::upgrade::on(&mut resp);
+        tokio::task::spawn_local(async move {
+            let (Ok(c), Ok(b)) = tokio::join!(client_side, backend_side) else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+        });
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, DownBody::empty());
+    }
+    // A connection made for an upgrade the backend declined is not pooled: it was made
+    // to be handed over.
+    let back = (!upgrading).then(|| (sender, b.pool.clone()));
+    resp.map(|inner| DownBody::Backend(BackendBody::new(inner, back)))
 }
 
 /// A running proxy. Dropping it leaves the proxy running: it stops with its node.
@@ -505,9 +611,11 @@ pub enum ProxyStartError {
     },
     #[error("the node's arbiter stopped before the HTTP proxy started")]
     ArbiterGone,
+    #[error("cannot start the HTTP proxy's threads: {0}")]
+    Threads(std::io::Error),
 }
 
-/// Serve the proxy of `node` on `listener` (already bound), on the node's arbiter; it stops
+/// Serve the proxy of `node` on `listener` (already bound), on threads of its own; it stops
 /// when the node stops.
 ///
 /// # Errors
@@ -528,83 +636,213 @@ pub async fn start(
     };
     listener.set_nonblocking(true).map_err(listen_error)?;
     let config = node.config().cluster.proxy.clone();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
     let proxy = Arc::new(Proxy {
         node: node.clone(),
         view: node.membership(),
-        permits: Arc::new(Semaphore::new(config.max_requests)),
+        permits: Semaphore::new(config.max_requests),
         config,
-        client,
-        state: Mutex::new(State::default()),
-        turn: AtomicUsize::new(0),
+        backoff: Mutex::new(Vec::new()),
+        backing_off: AtomicUsize::new(0),
     });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let serving = proxy.clone();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_THREADS);
+    // A future on the node's arbiter holds `stop`: the arbiter drops it when the node stops,
+    // and that ends every thread of the proxy.
+    let (stop, stopped) = watch::channel(());
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (inboxes, mut inbox_rx): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| tokio::sync::mpsc::channel(HANDOVER_QUEUE))
+        .unzip();
+    let spread = Arc::new(Spread {
+        inboxes,
+        next: AtomicUsize::new(0),
+    });
+    let mut ready = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let inbox = inbox_rx.remove(0);
+        let spread = spread.clone();
+        let listener = listener.try_clone().map_err(listen_error)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (proxy, connections) = (proxy.clone(), connections.clone());
+        let mut stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name(format!("proxy-{}-{i}", node.name()))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(ProxyStartError::Threads(e)));
+                        return;
+                    }
+                };
+                // Every connection of this thread, client or backend, is a local task of it.
+                let tasks = tokio::task::LocalSet::new();
+                tasks.block_on(&runtime, async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(source) => {
+                            let _ = tx.send(Err(ProxyStartError::Listen {
+                                addr: addr.to_string(),
+                                source,
+                            }));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(()));
+                    let local = Rc::new(Local {
+                        proxy,
+                        view: RefCell::new(None),
+                        backends: RefCell::new(Vec::new()),
+                        turn: Cell::new(0),
+                    });
+                    tokio::select! {
+                        () = accept(local.clone(), connections, listener, spread, i, inbox) => {}
+                        () = sweep(&local) => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+                // Dropping the tasks and the runtime drops every connection this thread served.
+            })
+            .map_err(ProxyStartError::Threads)?;
+        ready.push(rx);
+    }
+    for rx in ready {
+        rx.await.map_err(|_| {
+            ProxyStartError::Threads(std::io::Error::other("a proxy thread ended at start"))
+        })??;
+    }
     let spawned = node.arbiter().spawn(async move {
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                accept(l, serving).await;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-        }
+        let _stop = stop;
+        std::future::pending::<()>().await;
     });
     if !spawned {
         return Err(ProxyStartError::ArbiterGone);
     }
-    rx.await
-        .map_err(|_| ProxyStartError::ArbiterGone)?
-        .map_err(listen_error)?;
-    tracing::info!(node = %node.name(), proxy = %addr, "HTTP proxy serving");
+    tracing::info!(node = %node.name(), proxy = %addr, threads, "HTTP proxy serving");
     Ok(ProxyServer { addr, proxy })
 }
 
-/// Accept connections while the node runs, each served by hyper in a task of its own.
-async fn accept(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Close, now and then, the idle backend connections of this thread that closed or stayed
+/// idle past [`POOL_IDLE_TIMEOUT`].
+async fn sweep(local: &Local) {
+    let mut every = tokio::time::interval(POOL_SWEEP_INTERVAL);
     loop {
-        // At the bound, wait for a connection to end before accepting the next.
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, or a connection reset before it was accepted: wait a
-                // little rather than spin, and go on.
-                tracing::warn!(node = %proxy.node.name(), "proxy: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req| proxy.clone().handle(req, peer.ip()));
-            let served = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .max_buf_size(MAX_HEAD_BUFFER_BYTES)
-                .max_headers(MAX_HEADERS)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("proxy: connection from {peer}: {e}");
-            }
-        });
+        every.tick().await;
+        for (b, _) in local.backends.borrow().iter() {
+            b.pool.prune();
+        }
     }
+}
+
+/// A connection accepted by one proxy thread for another: its socket (out of the accepting
+/// thread's reactor), its peer, and its place under [`MAX_CONNECTIONS`].
+type HandedOver = (
+    std::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Connections handed over to a thread and not yet taken; past it the accepting thread
+/// serves the connection itself.
+const HANDOVER_QUEUE: usize = 64;
+
+/// How the proxy's threads share out the connections they accept: in turn, whichever thread
+/// accepted. Left to the accept loops alone, the thread that woke first took most of a burst
+/// of new connections (wrk opens its 64 at once) and ran hot while the other idled, which
+/// showed in the p99.
+struct Spread {
+    /// One inbox per thread.
+    inboxes: Vec<tokio::sync::mpsc::Sender<HandedOver>>,
+    next: AtomicUsize,
+}
+
+/// Accept connections while the node runs, and serve those this thread is given (accepted
+/// here or handed over by another thread), each by hyper in a local task of this thread;
+/// `connections` bounds those served at once by all threads.
+async fn accept(
+    local: Rc<Local>,
+    connections: Arc<Semaphore>,
+    listener: tokio::net::TcpListener,
+    spread: Arc<Spread>,
+    me: usize,
+    mut inbox: tokio::sync::mpsc::Receiver<HandedOver>,
+) {
+    let accept_one = || async {
+        // At the bound, wait for a connection to end before accepting the next.
+        let permit = connections.clone().acquire_owned().await.ok()?;
+        match listener.accept().await {
+            Ok((stream, peer)) => Some(Some((stream, peer, permit))),
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: wait
+                // a little rather than spin, and go on.
+                tracing::warn!(node = %local.proxy.node.name(), "proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some(None)
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            accepted = accept_one() => {
+                let Some(accepted) = accepted else { return };
+                let Some((stream, peer, permit)) = accepted else { continue };
+                let to = spread.next.fetch_add(1, Ordering::Relaxed) % spread.inboxes.len();
+                if to == me {
+                    serve(&local, stream, peer, permit);
+                    continue;
+                }
+                let Ok(std_stream) = stream.into_std() else { continue };
+                // Never wait on another thread's inbox (two threads waiting on each other's
+                // would stall both): when it is full, this thread serves the connection.
+                match spread.inboxes.get(to).map(|tx| tx.try_send((std_stream, peer, permit))) {
+                    None | Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        let (std_stream, peer, permit) = e.into_inner();
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                            serve(&local, stream, peer, permit);
+                        }
+                    }
+                }
+            }
+            Some((std_stream, peer, permit)) = inbox.recv() => {
+                if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                    serve(&local, stream, peer, permit);
+                }
+            }
+        }
+    }
+}
+
+/// Serve one client connection in a local task of this thread.
+fn serve(
+    local: &Rc<Local>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = local.clone();
+    tokio::task::spawn_local(async move {
+        let _permit = permit;
+        let service = hyper::service::service_fn(move |req| local.clone().handle(req, peer.ip()));
+        let served = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .writev(false)
+            .max_buf_size(MAX_HEAD_BUFFER_BYTES)
+            .max_headers(MAX_HEADERS)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("proxy: connection from {peer}: {e}");
+        }
+    });
 }
 
 /// Bind the configured `proxy` address of `node` (or take `listener`) and [`start`] there;

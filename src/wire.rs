@@ -27,10 +27,11 @@ pub use codec::{
     EncodedMessage, FrameCodec, ReadCounters, WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
-    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Delta, Digest, DigestEntry, Entry,
-    Envelope, ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck, HttpBackend, MemberView,
-    Message, Method, NodeDelta, NodeStats, Options, Outcome, PeerCall, PeerReply, Ping, Publish,
-    Refused, Reply, Request, Session, StatValue, Status, Topic, Value, Welcome, KNOWN_KINDS,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterSettings, ClusterView, Deliver, Delta, Digest,
+    DigestEntry, Entry, Envelope, ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck,
+    HttpBackend, MemberView, Message, Method, NodeDelta, NodeStats, Options, Outcome, PeerCall,
+    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Value,
+    Welcome, KNOWN_KINDS,
 };
 pub use handshake::{accept, accept_with, dial, dial_with, HandshakeError, Identity, PeerInfo};
 pub use rules::{check_body, MAX_NESTING};

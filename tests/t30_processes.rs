@@ -133,6 +133,51 @@ fn a_whole_cluster_runs_in_one_process_and_exits_zero_on_ctrl_c() {
 }
 
 #[test]
+fn a_whole_cluster_serving_an_api_and_a_proxy_exits_zero_on_sigterm() {
+    // The shape of config/star.toml: the master serves the API and the proxy, the workers
+    // advertise backends (nothing listens on them).
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = Ports::new();
+    let mut text = String::from(
+        "[cluster]\nname = \"proc-test\"\ntopology = \"star\"\nsecret = \"process-test-secret-0123\"\n\
+         heartbeat_interval_ms = 100\nfailure_threshold = 5\n",
+    );
+    text.push_str(&format!(
+        "\n[[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{}\"\nservice = \"{}\"\n\
+         api = \"{}\"\nproxy = \"{}\"\n",
+        ports.reserve(),
+        ports.reserve(),
+        ports.reserve(),
+        ports.reserve()
+    ));
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"worker-{i}\"\nlisten = \"{}\"\nservice = \"{}\"\n\
+             http = \"127.0.0.1:{}\"\n",
+            ports.reserve(),
+            ports.reserve(),
+            ports.reserve().port()
+        ));
+    }
+    let cfg = dir.path().join("star.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut all = Proc::start_cluster(&cfg, &ports);
+    all.expect_line(&["HTTP API serving"], WAIT);
+    all.expect_line(&["HTTP proxy serving"], WAIT);
+    for i in 1..=3 {
+        all.expect_line(
+            &[&format!("membership: worker-{i} up"), "node=master"],
+            WAIT,
+        );
+    }
+    let t = Instant::now();
+    all.signal("TERM");
+    let status = all.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
 fn a_node_process_serves_on_the_listener_it_inherits() {
     let dir = tempfile::tempdir().unwrap();
     let mut ports = Ports::new();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{self, Proc};
+use common::procs::Proc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -297,10 +297,7 @@ impl Star {
         }
         let path: PathBuf = dir.path().join("proxy.toml");
         std::fs::write(&path, text).unwrap();
-        let mut sockets = procs::sockets(&path, Some("master"), &ports);
-        sockets.push(("proxy".to_owned(), ports.listener(proxy).unwrap()));
-        sockets.push(("api".to_owned(), ports.listener(api).unwrap()));
-        let mut master = Proc::start_on(&path, "master", sockets);
+        let mut master = Proc::start(&path, "master", &ports);
         let workers: Vec<Proc> = WORKERS
             .iter()
             .map(|w| Proc::start(&path, w, &ports))
@@ -308,6 +305,25 @@ impl Star {
         master.expect_line(&["HTTP proxy serving"], WAIT);
         for w in WORKERS {
             master.expect_line(&[&format!("membership: {w} up")], WAIT);
+        }
+        // The log line comes before the view that the proxy reads is published: wait until
+        // the API (which reads the same view) shows every worker up with its backend.
+        let http = Http::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let doc: serde_json::Value =
+                serde_json::from_str(&http.get(&format!("http://{api}/api/v1/cluster"))).unwrap();
+            let ready = doc["members"].as_array().unwrap().iter().filter(|m| {
+                m["state"] == "up" && m["http"].as_array().is_some_and(|h| !h.is_empty())
+            });
+            if ready.count() == WORKERS.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers not all up in the view: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling, bounded by WAIT
         }
         Star {
             _dir: dir,
@@ -361,6 +377,18 @@ fn three_hundred_requests_reach_all_three_workers_with_forwarded_headers() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     assert!(metrics.contains("nodecloud_proxy_response_seconds_bucket{node=\"worker-1\""));
+    // `/api/v1/proxy` (what the dashboard's request rates read) counts the same.
+    let doc: serde_json::Value =
+        serde_json::from_str(&http.get(&format!("http://{}/api/v1/proxy", star.api))).unwrap();
+    assert_eq!(doc["listen"], star.proxy.to_string());
+    let backends = doc["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3, "{doc}");
+    for b in backends {
+        let w = b["node"].as_str().unwrap();
+        assert_eq!(b["requests"], by_node[w] as u64 + 1, "{doc}");
+        assert_eq!(b["errors"], 0, "{doc}");
+        assert_eq!(b["in_flight"], 0, "{doc}");
+    }
 }
 
 #[test]
@@ -410,6 +438,41 @@ fn oversized_headers_get_431_and_the_connection_stays_usable() {
     let (status, body) = read_response(&mut s);
     assert_eq!(status, 200);
     assert!(WORKERS.contains(&body.as_str()), "{body}");
+}
+
+#[test]
+fn more_than_100_header_lines_get_431_and_a_body_past_the_bound_gets_413() {
+    let star = Star::start(1024, false);
+    // 101 short header lines, far under 64 KiB in all: hyper's line bound answers.
+    let mut s = TcpStream::connect(star.proxy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..100 {
+        head.push_str(&format!("X-Line-{i}: {i}\r\n"));
+    }
+    write!(s, "{head}\r\n").unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 431, "{body}");
+
+    // A PUT body one byte past `proxy_max_body_bytes` (8 MiB by default).
+    let mut s = TcpStream::connect(star.proxy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let len = 8 * 1024 * 1024 + 1;
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The proxy may answer and close before it has read everything: errors are expected.
+        let _ = write!(
+            writer,
+            "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let _ = writer.write_all(&vec![b'a'; len]);
+    });
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 413, "{body}");
+    drop(s);
+    sender.join().unwrap();
+    let total: usize = star.backends.iter().map(|b| *b.hits.borrow()).sum();
+    assert_eq!(total, 0, "neither request reached a backend");
 }
 
 /// One response off `s` (this test's own minimal reading: a head, then `Content-Length` bytes).

@@ -1,11 +1,14 @@
 // The nodecloud dashboard: the cluster as a graph drawn as its topology, a table of nodes with
 // sparklines, and a live log, all fed by the node's HTTP API (/api/v1/cluster once, then the
-// Server-Sent Events of /api/v1/stream: cluster, membership, stats, event). Plain JS, no build step, no network beyond the node.
+// Server-Sent Events of /api/v1/stream: cluster, membership, stats, event), and, when this node
+// serves the HTTP proxy, its per-backend counters (/api/v1/proxy every PROXY_POLL_MS) for each
+// node's HTTP request rate. Plain JS, no build step, no network beyond the node.
 "use strict";
 
 const HISTORY = 60;          // points per sparkline
 const LOG_LINES = 200;       // entries kept in the live log
 const TOKEN_KEY = "nodecloud.token";
+const PROXY_POLL_MS = 2000;  // how often the proxy's counters are read
 
 const state = {
   token: null,
@@ -14,6 +17,10 @@ const state = {
   members: new Map(),        // name -> member (as /api/v1/cluster gives it)
   history: new Map(),        // name -> {load: [], rss: [], rate: [], lastCount, lastAt}
   stream: null,              // AbortController of the running stream
+  proxy: null,               // {listen, at, requests: Map(node -> count)}: the last proxy reading
+  proxyRate: new Map(),      // node -> [requests/s] through this node's proxy
+  proxyTimer: null,
+  proxyGen: 0,               // which polling loop is current (start() runs again on reconnect)
   retry: 500,
 };
 
@@ -122,6 +129,55 @@ function sample(m) {
   h.lastCount = count;
   h.lastAt = now;
   state.history.set(m.name, h);
+}
+
+// ---- the proxy ---------------------------------------------------------------------------
+
+// Read this node's proxy counters; each node's request rate is the difference of two
+// readings. A node without a proxy answers `listen: null`, and polling stops.
+async function pollProxy(gen) {
+  if (gen !== state.proxyGen) return;
+  state.proxyTimer = null;
+  const again = () => { if (gen === state.proxyGen) state.proxyTimer = setTimeout(() => pollProxy(gen), PROXY_POLL_MS); };
+  let doc;
+  try {
+    const res = await fetch("/api/v1/proxy", { headers: headers() });
+    if (!res.ok) throw new Error("HTTP " + res.status);
+    doc = await res.json();
+  } catch (e) {
+    again();
+    return;
+  }
+  if (gen !== state.proxyGen) return;
+  const note = $("proxy-note");
+  if (!doc.listen) {
+    note.hidden = true;
+    return;
+  }
+  note.hidden = false;
+  note.textContent = "HTTP proxy on " + doc.listen + ": request rates are what it sends to each node.";
+  const now = performance.now();
+  const requests = new Map();
+  for (const b of doc.backends || []) requests.set(b.node, (requests.get(b.node) || 0) + (Number(b.requests) || 0));
+  const last = state.proxy;
+  if (last && now > last.at) {
+    for (const [node, count] of requests) {
+      const rates = state.proxyRate.get(node) || [];
+      rates.push(Math.max(0, (count - (last.requests.get(node) || 0)) * 1000 / (now - last.at)));
+      if (rates.length > HISTORY) rates.shift();
+      state.proxyRate.set(node, rates);
+    }
+  }
+  state.proxy = { listen: doc.listen, at: now, requests };
+  render();
+  again();
+}
+
+function startProxyPolling() {
+  if (state.proxyTimer) clearTimeout(state.proxyTimer);
+  state.proxyTimer = null;
+  state.proxyGen += 1;
+  pollProxy(state.proxyGen);
 }
 
 // ---- the stream --------------------------------------------------------------------------
@@ -287,14 +343,15 @@ function drawGraph(names) {
     const m = state.members.get(n);
     const [x, y] = pos.get(n);
     const group = svg("g", {
-      class: "node " + m.state + (m.role === "master" ? " master" : ""),
+      class: "node " + m.state + (m.role === "master" ? " master" : "") + ((m.http || []).length ? " http" : ""),
       "data-node": n,
       "data-state": m.state,
     });
-    group.append(svg("title", {}, n + ": " + m.state + (m.role ? " (" + m.role + ")" : "")));
+    const serves = (m.http || []).length ? ", serves HTTP on " + m.http.join(", ") : "";
+    group.append(svg("title", {}, n + ": " + m.state + (m.role ? " (" + m.role + ")" : "") + serves));
     group.append(svg("circle", { cx: x, cy: y, r: 18 }));
     group.append(svg("text", { x, y: y + 34, class: "name" }, n));
-    group.append(svg("text", { x, y: y + 48, class: "state" }, m.state + (m.role === "master" ? " · master" : "")));
+    group.append(svg("text", { x, y: y + 48, class: "state" }, m.state + (m.role === "master" ? " · master" : "") + (serves ? " · http" : "")));
     g.append(group);
   }
 }
@@ -351,6 +408,11 @@ function drawTable(names) {
     cell(h.rate.length ? h.rate[h.rate.length - 1].toFixed(0) : "–").append(spark(h.rate));
     cell((m.links || []).join(", "));
     cell(String((m.methods || []).length));
+    const http = m.http || [];
+    cell(http.length ? http.join(", ") : "–", http.length ? "http" : "");
+    const rates = state.proxyRate.get(n) || [];
+    const served = state.proxy && state.proxy.requests.has(n);
+    cell(served && rates.length ? rates[rates.length - 1].toFixed(1) : "–", "http-rate").append(spark(rates));
     body.append(tr);
   }
 }
@@ -374,6 +436,7 @@ async function start() {
   $("board").hidden = false;
   render();
   runStream();
+  startProxyPolling();
 }
 
 start();

@@ -70,6 +70,34 @@ pub struct MemberDoc {
     pub http: Vec<String>,
 }
 
+/// What this node's HTTP proxy counted (`GET /api/v1/proxy`): the dashboard's request rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyDoc {
+    /// The node that answered.
+    pub node: String,
+    /// Where its proxy listens (`HOST:PORT`); null when it serves no proxy.
+    pub listen: Option<String>,
+    /// One entry per backend an up node advertises (or that still has requests in flight),
+    /// by node then address.
+    pub backends: Vec<BackendDoc>,
+}
+
+/// One backend as the proxy of the answering node sees it. The counters start at zero when
+/// the node starts; a rate is the difference of two readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackendDoc {
+    /// The node that advertises it.
+    pub node: String,
+    /// `HOST:PORT`.
+    pub address: String,
+    /// Requests sent to it (a retry counts again).
+    pub requests: u64,
+    /// Attempts that got no response from it (refused, broken, timed out).
+    pub errors: u64,
+    /// Requests waiting on it now.
+    pub in_flight: u64,
+}
+
 /// A custom stat as JSON.
 pub fn stat_json(v: &StatValue) -> Value {
     match v {

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::model::{
-    Accepted, ClusterDoc, Health, MemberDoc, MemberState, MembershipChange, StreamEvent,
+    Accepted, BackendDoc, ClusterDoc, Health, MemberDoc, MemberState, MembershipChange, ProxyDoc,
+    StreamEvent,
 };
 use super::{metrics, routes, stream, ApiState, Authorized, ErrorBody};
 
@@ -19,6 +20,7 @@ use super::{metrics, routes, stream, ApiState, Authorized, ErrorBody};
         routes::readyz,
         routes::cluster,
         routes::node,
+        routes::proxy,
         routes::publish,
         routes::call,
         stream::stream,
@@ -27,7 +29,7 @@ use super::{metrics, routes, stream, ApiState, Authorized, ErrorBody};
     ),
     components(schemas(
         ClusterDoc, MemberDoc, MemberState, MembershipChange, StreamEvent, Accepted, Health,
-        ErrorBody
+        ErrorBody, ProxyDoc, BackendDoc
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::model::{Accepted, ClusterDoc, Health, MemberDoc};
+use super::model::{Accepted, BackendDoc, ClusterDoc, Health, MemberDoc, ProxyDoc};
 use super::{ApiError, ApiState, Authorized, ErrorBody};
 use crate::call::CallError;
 use crate::node::DEFAULT_CALL_TIMEOUT;
@@ -69,6 +69,39 @@ pub async fn node(
         .find(|m| m.name == *name)
         .ok_or_else(|| ApiError::UnknownNode(name.into_inner()))?;
     Ok(HttpResponse::Ok().json(MemberDoc::from(member)))
+}
+
+/// What this node's HTTP proxy counted per backend (empty, with `listen` null, when this node
+/// serves no proxy).
+#[utoipa::path(get, path = "/api/v1/proxy", tag = "proxy",
+    responses((status = 200, body = ProxyDoc),
+              (status = 401, description = "No or wrong token", body = ErrorBody)))]
+pub async fn proxy(_: Authorized, state: web::Data<ApiState>) -> HttpResponse {
+    let node = &state.node;
+    let listen = node
+        .config()
+        .node(node.name())
+        .and_then(|n| n.proxy)
+        .map(|a| a.to_string());
+    let backends = match listen {
+        Some(_) => node
+            .proxy_counters()
+            .into_iter()
+            .map(|(node, address, c)| BackendDoc {
+                node,
+                address,
+                requests: c.requests,
+                errors: c.errors,
+                in_flight: c.in_flight,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    HttpResponse::Ok().json(ProxyDoc {
+        node: node.name().to_owned(),
+        listen,
+        backends,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

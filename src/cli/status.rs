@@ -1,55 +1,23 @@
 //! `nodecloud status`: the members of the cluster as the attached node sees them, as a table
-//! or as JSON. Exit status 0 when every declared node is up, 3 when some are down. The view
-//! comes over the service protocol (`cluster` request), or with `--api` from a node's HTTP
-//! API (`GET /api/v1/cluster`).
+//! or as JSON. Exit status 0 when every member listed is up, 3 when some are down: a declared
+//! node, or a pool member that died and is not forgotten yet (one that left with `bye` is not
+//! listed). The view comes over the service protocol (`cluster` request), or with `--api` from
+//! a node's HTTP API (`GET /api/v1/cluster`).
 
 use serde_json::{json, Value};
 
 use super::attach::Target;
 use super::exit::CliError;
-use crate::api::model::ClusterDoc;
+use crate::api::model::{ClusterDoc, MemberDoc};
 use crate::api::ErrorBody;
-use crate::wire::{ClusterView, MemberView, StatValue};
+use crate::wire::{ClusterView, MemberView};
 
 /// One member as JSON: `name`, `role`, `state`, `incarnation`, `pid`, `version`, `uptime_s`,
 /// `rss_bytes`, `cpus`, `load_1m`, `mem_free_bytes`, `mem_total_bytes`, `stats` (the custom
 /// ones), `links`, `methods`, `http` (the HTTP backends it advertises). The replicated fields are null while the member is down.
 pub fn member_json(m: &MemberView) -> Value {
-    let s = m.stats.as_ref();
-    let custom: serde_json::Map<String, Value> = s
-        .map(|s| {
-            s.extra
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        StatValue::Bool(b) => json!(b),
-                        StatValue::Int(i) => json!(i),
-                        StatValue::Float(f) => json!(f),
-                        StatValue::Text(t) => json!(t),
-                    };
-                    (k.clone(), v)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "name": m.name,
-        "role": m.role,
-        "state": m.state,
-        "incarnation": m.incarnation.map(|u| u.to_string()),
-        "pid": s.map(|s| s.pid),
-        "version": s.map(|s| s.version.clone()),
-        "uptime_s": s.map(|s| s.uptime_s),
-        "rss_bytes": s.map(|s| s.rss_bytes),
-        "cpus": s.map(|s| s.cpus),
-        "load_1m": s.map(|s| s.load_avg[0]),
-        "mem_free_bytes": s.map(|s| s.free_mem_bytes),
-        "mem_total_bytes": s.map(|s| s.total_mem_bytes),
-        "stats": custom,
-        "links": m.links,
-        "methods": m.methods,
-        "http": m.http,
-    })
+    // The same document as the HTTP API's member (`GET /api/v1/nodes/{name}`): one shape.
+    serde_json::to_value(MemberDoc::from(m)).unwrap_or(Value::Null)
 }
 
 /// The whole view as JSON: `cluster`, `topology`, `node` (who answered), `members`.

@@ -188,7 +188,7 @@ fn unknown_node_field_names_the_node_index() {
 fn unknown_top_level_table_and_link_field() {
     assert_eq!(
         err(&format!("{CLUSTER}[extras]\nx = 1\n")),
-        "test.toml:5:2: extras: unknown field; expected one of cluster, nodes, links"
+        "test.toml:5:2: extras: unknown field; expected one of cluster, nodes, links, pools"
     );
     let text = with_topology(
         "custom",
@@ -1330,4 +1330,147 @@ fn a_bad_http_address_and_a_proxy_on_a_taken_address_are_errors() {
         node("m", 7100, "")
     ));
     assert!(e.contains("cluster.proxy_max_requests"), "{e}");
+}
+
+// --- [[pools]] ---
+
+fn pool(extra: &str) -> String {
+    format!("\n[[pools]]\n{extra}")
+}
+
+#[test]
+fn a_pool_admits_undeclared_names_with_its_prefix_and_nothing_else() {
+    let text = format!(
+        "{}{}",
+        star_text(),
+        pool("prefix = \"worker-\"\nmaster = \"master\"\nmax = 3\n")
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(
+        cfg.pools,
+        vec![PoolConfig {
+            prefix: "worker-".into(),
+            hub: "master".into(),
+            max: 3
+        }]
+    );
+    assert_eq!(cfg.member_bound, 3 + 3);
+    assert!(cfg.admits("w1"), "declared");
+    assert!(cfg.admits("worker-17"));
+    assert!(!cfg.admits("worker-"), "the prefix alone is no member name");
+    assert!(!cfg.admits("intruder-1"));
+    assert!(!cfg.admits("worker-bad name"), "names follow the name rule");
+    assert_eq!(cfg.pool_of("w1"), None, "declared names belong to no pool");
+    assert_eq!(
+        cfg.cluster.forget_after,
+        Duration::from_millis(10 * 5 * 1000),
+        "default: 10 failure timeouts"
+    );
+}
+
+#[test]
+fn a_pool_in_a_tree_names_its_parent_and_forget_after_is_read() {
+    let text = with_topology(
+        "tree",
+        &format!(
+            "forget_after_ms = 2500\n{}{}{}",
+            node("root", 7100, ""),
+            node("mid", 7101, "parent = \"root\"\n"),
+            pool("prefix = \"leaf-\"\nparent = \"mid\"\nmax = 10\n")
+        ),
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.pools.first().map(|p| p.hub.as_str()), Some("mid"));
+    assert_eq!(cfg.cluster.forget_after, Duration::from_millis(2500));
+}
+
+#[test]
+fn pool_errors_name_the_line_and_field() {
+    let base = star_text(); // 20 lines; [[pools]] on line 22, its keys from 23
+    let cases = [
+        (
+            "prefix = \"\"\nmaster = \"master\"\nmax = 1\n",
+            "test.toml:23:10: pools[0].prefix: invalid pool prefix \"\"",
+        ),
+        (
+            "prefix = \"w\"\nmaster = \"master\"\nmax = 1\n",
+            "test.toml:23:10: pools[0].prefix: declared node \"w1\" starts with pool prefix \"w\"",
+        ),
+        (
+            "prefix = \"x-\"\nmaster = \"nobody\"\nmax = 1\n",
+            "test.toml:24:10: pools[0].master: unknown node \"nobody\"",
+        ),
+        (
+            "prefix = \"x-\"\nmaster = \"w1\"\nmax = 1\n",
+            "test.toml:24:10: pools[0].master: \"w1\" is not a master",
+        ),
+        (
+            "prefix = \"x-\"\nmax = 1\n",
+            "pools[0].master: no master or parent given",
+        ),
+        (
+            "prefix = \"x-\"\nmaster = \"master\"\nmax = 0\n",
+            "test.toml:25:7: pools[0].max: 0 is out of range; expected an integer from 1 to 10000",
+        ),
+        (
+            "prefix = \"x-\"\nmaster = \"master\"\nmax = 10001\n",
+            "pools[0].max: 10001 is out of range",
+        ),
+    ];
+    for (pool_text, want) in cases {
+        let text = format!("{base}{}", pool(pool_text));
+        let got = err(&text);
+        assert!(
+            got.starts_with(want) || (got.contains(want) && !want.starts_with("test.toml")),
+            "{got}\n  wanted: {want}"
+        );
+    }
+    let overlapping = format!(
+        "{base}{}{}",
+        pool("prefix = \"x-\"\nmaster = \"master\"\nmax = 1\n"),
+        pool("prefix = \"x-a\"\nmaster = \"master\"\nmax = 1\n")
+    );
+    assert!(
+        err(&overlapping)
+            .contains("pools[1].prefix: prefix \"x-a\" overlaps pools[0].prefix \"x-\""),
+        "{}",
+        err(&overlapping)
+    );
+}
+
+#[test]
+fn more_than_sixteen_pools_and_a_forget_time_out_of_range_are_refused() {
+    let pools: String = (0..=MAX_POOLS)
+        .map(|i| {
+            pool(&format!(
+                "prefix = \"p{i}x-\"\nmaster = \"master\"\nmax = 1\n"
+            ))
+        })
+        .collect();
+    let got = err(&format!("{}{pools}", star_text()));
+    assert!(got.contains("more than 16 pools"), "{got}");
+    let fewer: String = (0..MAX_POOLS)
+        .map(|i| {
+            pool(&format!(
+                "prefix = \"p{i}x-\"\nmaster = \"master\"\nmax = 1\n"
+            ))
+        })
+        .collect();
+    assert_eq!(
+        parse(&format!("{}{fewer}", star_text()))
+            .unwrap()
+            .pools
+            .len(),
+        MAX_POOLS
+    );
+    for bad in [99, 86_400_001] {
+        let text = star_text().replacen(
+            "secret = \"change-me-please-0123\"\n",
+            &format!("secret = \"change-me-please-0123\"\nforget_after_ms = {bad}\n"),
+            1,
+        );
+        let got = err(&text);
+        assert!(got.contains("forget_after_ms"), "{got}");
+        assert!(got.contains("out of range"), "{got}");
+    }
 }

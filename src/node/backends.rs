@@ -13,11 +13,10 @@
 //! [`MAX_BACKEND_ADDRESS_BYTES`] bytes each, within [`backend_bytes_budget`] encoded bytes,
 //! which the method ledger leaves aside (see `methods::method_bytes_budget`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::methods::NAME_OVERHEAD_BYTES;
+use super::counted::{CountedNames, Full, NAME_OVERHEAD_BYTES};
 use crate::config::HostPort;
 
 /// The most distinct HTTP backends one node advertises.
@@ -80,12 +79,8 @@ pub fn check_address(address: &str) -> Result<(), BackendError> {
 
 #[derive(Default)]
 struct Ledger {
-    /// The address of each registration.
-    by_id: HashMap<BackendId, String>,
-    /// Registrations per address (the configured one counts once, for ever).
-    count: BTreeMap<String, usize>,
-    /// Encoded bytes of the distinct addresses.
-    bytes: usize,
+    /// The address of each registration (the configured one is a registration for ever).
+    addresses: CountedNames<BackendId>,
     /// A change not yet read by Membership.
     changed: bool,
 }
@@ -128,43 +123,25 @@ impl BackendLedger {
     pub fn add(&self, id: BackendId, address: &str) -> Result<(), BackendError> {
         check_address(address)?;
         let mut l = self.lock();
-        if l.by_id.contains_key(&id) {
-            return Ok(());
-        }
-        if !l.count.contains_key(address) {
-            if l.count.len() >= MAX_BACKENDS {
-                return Err(BackendError::TooMany);
+        match l
+            .addresses
+            .add(id, address, MAX_BACKENDS, self.budget_bytes)
+        {
+            Ok(grew) => {
+                l.changed |= grew;
+                Ok(())
             }
-            let cost = address.len() + NAME_OVERHEAD_BYTES;
-            if l.bytes + cost > self.budget_bytes {
-                return Err(BackendError::TooManyBytes {
-                    budget: self.budget_bytes,
-                });
-            }
-            l.bytes += cost;
-            l.changed = true;
+            Err(Full::Count) => Err(BackendError::TooMany),
+            Err(Full::Bytes) => Err(BackendError::TooManyBytes {
+                budget: self.budget_bytes,
+            }),
         }
-        *l.count.entry(address.to_owned()).or_default() += 1;
-        l.by_id.insert(id, address.to_owned());
-        Ok(())
     }
 
     /// Forget registration `id` (unknown ids are ignored: removal is idempotent).
     pub fn remove(&self, id: BackendId) {
         let mut l = self.lock();
-        let Some(address) = l.by_id.remove(&id) else {
-            return;
-        };
-        let gone = match l.count.get_mut(&address) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n == 0
-            }
-            None => false,
-        };
-        if gone {
-            l.count.remove(&address);
-            l.bytes = l.bytes.saturating_sub(address.len() + NAME_OVERHEAD_BYTES);
+        if l.addresses.remove(&id) {
             l.changed = true;
         }
     }
@@ -176,13 +153,13 @@ impl BackendLedger {
             return None;
         }
         l.changed = false;
-        Some(l.count.keys().cloned().collect())
+        Some(l.addresses.names())
     }
 
     /// The addresses advertised now, sorted.
     #[cfg(test)]
     pub fn addresses(&self) -> Vec<String> {
-        self.lock().count.keys().cloned().collect()
+        self.lock().addresses.names()
     }
 }
 
@@ -241,7 +218,7 @@ mod tests {
             l.add(BackendId::next(), &name(MAX_BACKENDS)),
             Err(BackendError::TooMany)
         );
-        assert!(l.lock().bytes <= backend_bytes_budget(1024 * 1024));
+        assert!(l.lock().addresses.bytes() <= backend_bytes_budget(1024 * 1024));
     }
 
     #[test]

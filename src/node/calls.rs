@@ -312,9 +312,7 @@ impl Calls {
         };
         let view = self.shared.view.borrow().clone();
         let target = match call.target {
-            Some(t) if self.shared.config.node(&t).is_none() => {
-                return fail(CallError::UnknownNode(t))
-            }
+            Some(t) if !self.shared.config.admits(&t) => return fail(CallError::UnknownNode(t)),
             Some(t) if t != self.shared.name() && !view.is_up(&t) => {
                 return fail(CallError::TargetDown(t))
             }

@@ -6,7 +6,9 @@
 //! bytes, a global cap that evicts silent connections first, a per-source cap under
 //! pressure, refusals summed up in one log line per interval); each handshake has the
 //! cluster's handshake deadline and frames of at most `MAX_HANDSHAKE_FRAME_BYTES`. Only nodes the configuration says may link
-//! to this one are admitted, so the number of sessions is bounded by the configuration.
+//! to this one are admitted: declared neighbours, and members of the `[[pools]]` this node is
+//! the hub of while fewer than the pool's `max` are live, so the number of sessions is bounded
+//! by the configuration.
 //! A second process claiming a node that is up is refused with `duplicate_node` (see
 //! `identity`).
 //!
@@ -63,16 +65,49 @@ pub(crate) fn admit(shared: &NodeShared, hello: &Hello) -> Result<(), String> {
         return Err(format!("node {:?} cannot link to itself", hello.node));
     }
     if shared.config.node(&hello.node).is_none() {
-        return Err(format!(
-            "node {:?} is not in this cluster's configuration",
-            hello.node
-        ));
+        return admit_pool_member(shared, &hello.node);
     }
     if !shared.plan.neighbours_allowed(shared.name(), &hello.node) {
         return Err(format!(
             "node {:?} is not configured to link to {:?}",
             hello.node,
             shared.name()
+        ));
+    }
+    Ok(())
+}
+
+/// An undeclared `name` is admitted when it belongs to a pool whose hub is this node and fewer
+/// than the pool's `max` members have a live link here (pool members link to their hub only, so
+/// these links are the pool's live members). The count is read before authentication and
+/// handshakes run concurrently, so a burst may pass `max` by the handshakes under way (bounded
+/// by `admission`); the next newcomer is refused.
+fn admit_pool_member(shared: &NodeShared, name: &str) -> Result<(), String> {
+    let config = &shared.config;
+    let Some(pool) = config.pool_of(name) else {
+        return Err(format!(
+            "node {name:?} is not in this cluster's configuration and matches no pool's prefix"
+        ));
+    };
+    if pool.hub != shared.name() {
+        return Err(format!(
+            "node {name:?} belongs to pool {:?}, whose members link to {:?}, not to {:?}",
+            pool.prefix,
+            pool.hub,
+            shared.name()
+        ));
+    }
+    let table = shared.routes.load();
+    let live = table
+        .links()
+        .filter(|l| l.peer != name && config.pool_of(&l.peer) == Some(pool))
+        .count();
+    if live >= pool.max {
+        return Err(format!(
+            "pool {:?} of {:?} is full: {live} of at most {} members are live",
+            pool.prefix,
+            shared.name(),
+            pool.max
         ));
     }
     Ok(())

@@ -37,9 +37,22 @@
 //! [`MAX_CLOCK_SKEW_MS`] ahead of this node's clock is ignored. The checks and the store are
 //! pure ([`take_delta`], fuzzed in `fuzz/`, target `delta`).
 //!
-//! Bounds: only nodes `Config::admits` are tracked, each with an index that stays the same for
-//! the life of this node (a forgotten node keeps its index, so nothing that holds one goes
-//! stale); a node's entries are at most [`max_entries`]; tombstones are forgotten after
+//! Pool members come and go. One that went down is listed as down (`MembershipView::down`)
+//! for `forget_after`, then forgotten; one that said `bye` on a link of this node is forgotten
+//! at once (nodes further away cannot tell a goodbye from a death and forget it after
+//! `forget_after`); an undeclared node held but never seen up here is forgotten after
+//! `forget_after` without being listed. Forgetting drops the node's state (entries, versions,
+//! tombstones), so a member that joins again under the same name starts afresh; and for
+//! twice `forget_after` this node takes no relayed delta about the incarnation it forgot and
+//! does not ask for it in digests, so a peer that still holds it (it saw the member die
+//! later, or has not forgotten it yet) does not bring it back. Only the member itself, on its
+//! own link, lifts that (a joining node's second link, after the one it read the settings
+//! on). A new incarnation of the name is taken at once.
+//!
+//! Bounds: only nodes `Config::admits` are tracked, at most `config.member_bound` of them,
+//! each with an index into a table that grows as they are heard of and is compacted (the
+//! forgotten ones' slots reclaimed) only when full; forgotten incarnations remembered are as
+//! many at most; a node's entries are at most [`max_entries`]; tombstones are forgotten after
 //! [`TOMBSTONE_TTL`]; a delta frame is split to fit `max_frame_bytes`; deltas that do not fit
 //! a full link queue are dropped, and the link is caught up by a digest exchange instead.
 
@@ -57,7 +70,9 @@ use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
 use crate::link::pause::PauseClock;
 use crate::topology::IndexedGraph;
-use crate::wire::{encode_message, Delta, Digest, Heartbeat, Message, NodeDelta, NodeStats, Value};
+use crate::wire::{
+    encode_message, Delta, Digest, DigestEntry, Heartbeat, Message, NodeDelta, NodeStats, Value,
+};
 
 /// How far ahead of this node's clock another node's boot time may be (clock skew between
 /// machines); a delta claiming a later boot is ignored.
@@ -101,6 +116,8 @@ pub struct Member {
 pub struct MembershipView {
     pub me: String,
     pub members: BTreeMap<String, Member>,
+    /// Pool members (undeclared nodes) that went down and are not forgotten yet.
+    pub down: BTreeSet<String>,
 }
 
 impl MembershipView {
@@ -108,6 +125,7 @@ impl MembershipView {
         MembershipView {
             me: me.to_owned(),
             members: BTreeMap::new(),
+            down: BTreeSet::new(),
         }
     }
 
@@ -171,6 +189,18 @@ pub struct MethodsChanged;
 #[rtype(result = "()")]
 pub struct LinkResumed(pub String);
 
+/// A peer said `bye` on its link to this node (sent by its Session): a pool member that leaves
+/// so is forgotten at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerLeft {
+    pub peer: String,
+    /// The link it said goodbye on: when a newer link to the peer is up meanwhile (the same
+    /// process back, or a joining node's second link after it read the settings), the
+    /// goodbye is old news.
+    pub link_id: u64,
+}
+
 /// The peers in the Router's link table, and those of them whose (resumable) link is cut
 /// and kept only for its stream.
 #[derive(Message)]
@@ -210,7 +240,7 @@ pub struct Membership {
     shared: Arc<NodeShared>,
     /// Every admitted node this node heard of, and each one's index: deltas arrive by the
     /// thousand in a large cluster, and links are checked and counted by index. Grows (see
-    /// `index_of_admitted`); an index is never reused.
+    /// `index_of`) up to `member_bound`; compacted when full (see `compact`).
     names: Vec<String>,
     ids: HashMap<String, usize>,
     /// Indices into `names` in name order: the order of the live graph's nodes.
@@ -262,6 +292,14 @@ pub struct Membership {
     pause: PauseClock,
     /// This node's start, the origin of the millisecond clock tombstones are stamped with.
     started: Instant,
+    /// Undeclared (pool) members that went down, and since when: listed as down, forgotten
+    /// after `forget_after`.
+    down_since: HashMap<String, Instant>,
+    /// Undeclared nodes held but never up here (a relayed state of a member that was already
+    /// gone), and since when: forgotten after `forget_after`, never listed.
+    stray_since: HashMap<String, Instant>,
+    /// Incarnations forgotten lately: relayed deltas about them are ignored.
+    forgotten: Forgotten,
 }
 
 /// Deltas and ticks come this often, so a mailbox this deep never fills in steady state.
@@ -301,6 +339,12 @@ impl Membership {
             recompute_cost: Duration::ZERO,
             started: Instant::now(),
             pause: PauseClock::new(shared.heartbeat_interval()),
+            down_since: HashMap::new(),
+            stray_since: HashMap::new(),
+            forgotten: Forgotten::new(
+                shared.config.cluster.forget_after * 2,
+                shared.config.member_bound,
+            ),
             shared,
         };
         // The declared nodes first, in declared order.
@@ -312,24 +356,32 @@ impl Membership {
             .map(|n| n.name.clone())
             .collect();
         for name in declared {
-            m.index_of_admitted(&name);
+            let _ = m.index_of(&name);
         }
         let me = m.shared.name().to_owned();
-        m.index_of_admitted(&me);
+        let _ = m.index_of(&me);
         let own = m.replica.own(&me, m.shared.incarnation, m.shared.boot_ms);
         own.set("role", Value::Text(m.shared.me.role.to_string()));
         m
     }
 
-    /// The index of node `name`, given it now if the configuration admits it (see
-    /// `Config::admits`); `None` for a node this cluster does not admit. Indices are never
-    /// reused, so the table grows by at most the admitted nodes.
-    pub fn index_of_admitted(&mut self, name: &str) -> Option<usize> {
+    /// The index of `name`; a name not known yet gets the next one if the configuration
+    /// admits it (see `Config::admits`: a pool member, first heard of) and the table holds
+    /// fewer than `member_bound` names, after forgotten members' slots are reclaimed (see
+    /// `compact`). `None` for a node this cluster does not admit, or past the bound.
+    fn index_of(&mut self, name: &str) -> Option<usize> {
         if let Some(&ix) = self.ids.get(name) {
             return Some(ix);
         }
         if !self.shared.config.admits(name) {
             return None;
+        }
+        if self.names.len() >= self.shared.config.member_bound {
+            self.compact();
+            if self.names.len() >= self.shared.config.member_bound {
+                tracing::debug!(node = %self.shared.name(), "member {name:?} not tracked: {} members already", self.names.len());
+                return None;
+            }
         }
         let ix = self.names.len();
         self.names.push(name.to_owned());
@@ -339,6 +391,112 @@ impl Membership {
             .partition_point(|&b| self.names.get(b).is_some_and(|n| n.as_str() < name));
         self.by_name.insert(at, ix);
         Some(ix)
+    }
+
+    /// Rebuild the table without the names nothing refers to any more (forgotten pool
+    /// members): declared nodes first, in declared order, then the others. Rare: only when
+    /// the table is full. Indices live only in the table and in the graph bits of the last
+    /// recompute (dropped here), so nothing else goes stale.
+    fn compact(&mut self) {
+        let me = self.shared.name();
+        let keep: BTreeSet<&str> = self
+            .replica
+            .nodes()
+            .map(|(n, _)| n)
+            .chain(self.table_links.iter().map(String::as_str))
+            .chain(self.up.iter().map(String::as_str))
+            .chain(self.down_since.keys().map(String::as_str))
+            .chain(std::iter::once(me))
+            .collect();
+        let declared = self.shared.config.nodes.len();
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i < declared || keep.contains(n.as_str()))
+            .map(|(_, n)| n.clone())
+            .collect();
+        if names.len() == self.names.len() {
+            return;
+        }
+        self.ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let mut by_name: Vec<usize> = (0..names.len()).collect();
+        by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
+        self.names = names;
+        self.by_name = by_name;
+        self.last_graph = None;
+        self.graph_dirty = true;
+    }
+
+    /// Forget the pool member `name` (gone for `forget_after`, or left with `bye`): it leaves
+    /// every view of this node, and its state goes (see the module doc). Declared nodes are
+    /// never forgotten.
+    fn forget(&mut self, name: &str) {
+        if self.shared.config.node(name).is_some() || name == self.shared.name() {
+            return;
+        }
+        let held = self.replica.remove(name);
+        let listed = self.down_since.remove(name).is_some();
+        self.stray_since.remove(name);
+        self.last_incarnation.remove(name);
+        self.ticks_seen.remove(name);
+        self.member_cache.remove(name);
+        self.member_dirty.remove(name);
+        for deltas in self.outbox.values_mut() {
+            deltas.retain(|d| d.node != name);
+        }
+        let was_up = self.up.remove(name);
+        if was_up {
+            self.shared.streams.end_if_cut(name, "it left the cluster");
+        }
+        if let Some(state) = &held {
+            self.forgotten.mark(name, state.incarnation, Instant::now());
+        }
+        self.graph_dirty = true;
+        // A link that never carried a state (a joining node reading the settings) was never
+        // listed: nothing to say.
+        if listed || was_up || held.is_some() {
+            tracing::info!(node = %self.shared.name(), "membership: {name} forgotten");
+        }
+    }
+
+    /// Forget the pool members down (or held but never up) for `forget_after`; true if any.
+    fn forget_expired(&mut self) -> bool {
+        let forget_after = self.shared.config.cluster.forget_after;
+        let now = Instant::now();
+        // Held undeclared nodes that are neither up nor listed as down: strays.
+        let strays: Vec<String> = self
+            .replica
+            .nodes()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                *n != self.shared.name()
+                    && self.shared.config.node(n).is_none()
+                    && !self.up.contains(*n)
+                    && !self.down_since.contains_key(*n)
+            })
+            .map(str::to_owned)
+            .collect();
+        self.stray_since.retain(|n, _| strays.contains(n));
+        for n in strays {
+            self.stray_since.entry(n).or_insert(now);
+        }
+        let expired: Vec<String> = self
+            .down_since
+            .iter()
+            .chain(&self.stray_since)
+            .filter(|(_, since)| since.elapsed() >= forget_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            self.forget(name);
+        }
+        self.forgotten.expire(now);
+        !expired.is_empty()
     }
 
     /// Recompute (and, if `refresh`, rewrite and push this node's entries) after a short
@@ -586,8 +744,16 @@ impl Membership {
     /// (they push their changes here themselves).
     fn on_digest(&mut self, via: &str, digest: &Digest) {
         let me = self.shared.name();
+        // What this node forgot lately is not lacking (see the module doc).
+        let now = Instant::now();
+        let asked: Vec<DigestEntry> = digest
+            .nodes
+            .iter()
+            .filter(|d| !self.forgotten.holds(&d.node, d.incarnation, now))
+            .cloned()
+            .collect();
         let lacking = self.replica.lacks(
-            &digest.nodes,
+            &asked,
             |n| n == via || n == me || self.my_links.contains(n),
             |n| self.shared.config.admits(n),
         );
@@ -628,7 +794,14 @@ impl Membership {
             if d.node == me {
                 continue;
             }
-            if self.index_of_admitted(&d.node).is_none() {
+            if d.node == via && d.incarnation == via_incarnation {
+                // The member itself, on its own link: whatever was forgotten of it is over.
+                self.forgotten.lift(&d.node);
+            } else if self.forgotten.holds(&d.node, d.incarnation, Instant::now()) {
+                self.shared.metrics.repl(Repl::RecordsStale, 1);
+                continue;
+            }
+            if self.index_of(&d.node).is_none() {
                 tracing::debug!(node = %me, via = %via, "delta about unknown node {:?} ignored", d.node);
                 continue;
             }
@@ -795,8 +968,12 @@ impl Membership {
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
             self.shared.streams.end_if_cut(gone, "it was declared down");
+            if self.shared.config.node(gone).is_none() {
+                self.down_since.insert(gone.clone(), Instant::now());
+            }
         }
         for name in &up {
+            self.down_since.remove(name);
             self.log_up(name);
         }
         self.up = up;
@@ -903,12 +1080,16 @@ impl Membership {
             members.insert(name.clone(), m);
         }
         self.member_cache.retain(|n, _| members.contains_key(n));
-        MembershipView { me, members }
+        MembershipView {
+            me,
+            members,
+            down: self.down_since.keys().cloned().collect(),
+        }
     }
 
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
         let own = via == self.shared.name();
-        if !own && self.index_of_admitted(&hb.master).is_none() {
+        if !own && self.index_of(&hb.master).is_none() {
             return;
         }
         let newer = match self.ticks_seen.get(&hb.master) {
@@ -991,6 +1172,9 @@ impl Membership {
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
             self.send_digest(&peer, DigestWhy::Repair);
+        }
+        if self.forget_expired() {
+            self.soon(ctx, false);
         }
         self.schedule_flush(ctx);
     }
@@ -1155,7 +1339,7 @@ impl Handler<LinksChanged> for Membership {
         let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
         let peers: Vec<String> = self.my_links.iter().cloned().collect();
         for peer in peers {
-            self.index_of_admitted(&peer);
+            let _ = self.index_of(&peer);
         }
         for peer in new {
             // A link that came up: each side tells the other what it holds.
@@ -1164,6 +1348,26 @@ impl Handler<LinksChanged> for Membership {
             });
         }
         self.soon(ctx, true);
+    }
+}
+
+impl Handler<PeerLeft> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, PeerLeft { peer, link_id }: PeerLeft, ctx: &mut Context<Self>) {
+        let newer = self
+            .shared
+            .routes
+            .load()
+            .link(&peer)
+            .is_some_and(|l| l.link_id != link_id);
+        if !newer && self.shared.config.node(&peer).is_none() && self.ids.contains_key(&peer) {
+            // At once: whoever reads the log line reads a view without it.
+            guard("membership", ctx, |_| {
+                self.forget(&peer);
+                self.recompute();
+            });
+        }
     }
 }
 
@@ -1336,6 +1540,68 @@ pub(crate) fn take_delta(
     Ok(replica.apply(d, stamp_ms, max_entries))
 }
 
+/// The pool members' incarnations this node forgot lately, and when: relayed records about
+/// them are ignored for `keep` (2 × `forget_after`), so a peer that still holds one does not
+/// bring it back (docs/PROTOCOL.md §7.2.6). Bounded: at most `bound` marks, the oldest
+/// dropped first. Pure (callers pass the time) so that it is tested without waiting.
+#[derive(Debug)]
+pub(crate) struct Forgotten {
+    marks: HashMap<String, (Uuid, Instant)>,
+    keep: Duration,
+    bound: usize,
+}
+
+impl Forgotten {
+    pub(crate) fn new(keep: Duration, bound: usize) -> Self {
+        Forgotten {
+            marks: HashMap::new(),
+            keep,
+            bound: bound.max(1),
+        }
+    }
+
+    /// `node`'s `incarnation` was forgotten at `now`.
+    pub(crate) fn mark(&mut self, node: &str, incarnation: Uuid, now: Instant) {
+        if !self.marks.contains_key(node) && self.marks.len() >= self.bound {
+            let oldest = self
+                .marks
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(n, _)| n.clone());
+            if let Some(oldest) = oldest {
+                self.marks.remove(&oldest);
+            }
+        }
+        self.marks.insert(node.to_owned(), (incarnation, now));
+    }
+
+    /// Whether a record about `node`'s `incarnation` is to be ignored at `now`: that
+    /// incarnation was forgotten less than `keep` ago. Another incarnation (a new member
+    /// under the name) is not.
+    pub(crate) fn holds(&self, node: &str, incarnation: Uuid, now: Instant) -> bool {
+        self.marks.get(node).is_some_and(|(inc, at)| {
+            *inc == incarnation && now.saturating_duration_since(*at) < self.keep
+        })
+    }
+
+    /// The member spoke on its own link: it is back, nothing is to be ignored.
+    pub(crate) fn lift(&mut self, node: &str) {
+        self.marks.remove(node);
+    }
+
+    /// Drop the marks older than `keep`.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        let keep = self.keep;
+        self.marks
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.marks.len()
+    }
+}
+
 /// Who reports a link to whom, as one bit per ordered pair of admitted nodes.
 struct Reports {
     n: usize,
@@ -1393,11 +1659,12 @@ impl Reports {
 #[cfg(test)]
 mod tests {
     use super::{
-        accept_claim, claim_is_consistent, stats_moved, take_delta, Claim, Ignored, Link, Reports,
-        MAX_CLOCK_SKEW_MS,
+        accept_claim, claim_is_consistent, stats_moved, take_delta, Claim, Forgotten, Ignored,
+        Link, Reports, MAX_CLOCK_SKEW_MS,
     };
     use crate::node::replica::{Applied, Replica};
     use crate::wire::{NodeStats, StatValue, Value};
+    use std::time::{Duration, Instant};
     use uuid::Uuid;
 
     fn claim(node: &str, incarnation: Uuid, boot_ms: u64) -> Claim<'_> {
@@ -1532,6 +1799,44 @@ mod tests {
         now.rss_bytes = sent.rss_bytes;
         now.extra.insert("jobs".into(), StatValue::Int(1));
         assert!(stats_moved(&sent, &now), "a custom stat changed");
+    }
+
+    #[test]
+    fn a_forgotten_incarnation_is_ignored_for_its_time_and_a_new_one_at_once_is_not() {
+        let keep = Duration::from_secs(10);
+        let mut f = Forgotten::new(keep, 8);
+        let t0 = Instant::now();
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        f.mark("member-1", old, t0);
+        assert!(f.holds("member-1", old, t0 + Duration::from_secs(9)));
+        assert!(
+            !f.holds("member-1", new, t0),
+            "a new incarnation starts afresh"
+        );
+        assert!(!f.holds("member-2", old, t0));
+        assert!(!f.holds("member-1", old, t0 + keep), "the mark has run out");
+        f.expire(t0 + keep);
+        assert_eq!(f.len(), 0);
+        f.mark("member-1", old, t0);
+        f.lift("member-1");
+        assert!(
+            !f.holds("member-1", old, t0),
+            "the member spoke on its own link"
+        );
+    }
+
+    #[test]
+    fn forgotten_marks_are_bounded_and_the_oldest_goes_first() {
+        let mut f = Forgotten::new(Duration::from_secs(10), 2);
+        let t0 = Instant::now();
+        let inc: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        f.mark("a", inc[0], t0);
+        f.mark("b", inc[1], t0 + Duration::from_millis(1));
+        f.mark("c", inc[2], t0 + Duration::from_millis(2));
+        assert_eq!(f.len(), 2);
+        assert!(!f.holds("a", inc[0], t0 + Duration::from_millis(3)));
+        assert!(f.holds("b", inc[1], t0 + Duration::from_millis(3)));
+        assert!(f.holds("c", inc[2], t0 + Duration::from_millis(3)));
     }
 
     #[test]

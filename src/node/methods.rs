@@ -13,22 +13,20 @@
 //!
 //! Bounds: at most [`MAX_METHODS`](super::calls::MAX_METHODS) methods, whose names take at
 //! most [`method_bytes_budget`] bytes encoded (each name costs its length plus
-//! [`NAME_OVERHEAD_BYTES`]): half the frame limit less the HTTP backends' budget
-//! (`backends::backend_bytes_budget`), at most [`MAX_METHOD_TABLE_BYTES`]. The other half
-//! holds the rest of a status: names of at most 64 bytes, one link per configured node, and
-//! the stats.
+//! [`NAME_OVERHEAD_BYTES`](super::counted::NAME_OVERHEAD_BYTES)): half the frame limit less
+//! the HTTP backends' budget (`backends::backend_bytes_budget`), at most
+//! [`MAX_METHOD_TABLE_BYTES`]. The other half holds the rest of a status: names of at most 64
+//! bytes, one link per configured node, and the stats. The counting itself is
+//! `counted::CountedNames`, shared with the HTTP-backend ledger.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::backends::backend_bytes_budget;
 use super::calls::{ImplementationId, MAX_METHODS};
+use super::counted::{CountedNames, Full};
 
 /// The most bytes a node's method names take in its status (CBOR-encoded).
 pub const MAX_METHOD_TABLE_BYTES: usize = 512 * 1024;
-/// A name's CBOR text header: at most 3 bytes for names under 64 KiB (method names are at
-/// most 255 bytes: 2).
-pub const NAME_OVERHEAD_BYTES: usize = 3;
 
 /// The budget of method-name bytes for a node whose frames are at most `max_frame_bytes`:
 /// half a frame, less what the HTTP backends may take.
@@ -51,11 +49,7 @@ pub enum LedgerError {
 #[derive(Default)]
 struct Ledger {
     /// The method of each implementation.
-    by_id: HashMap<ImplementationId, String>,
-    /// Implementations per method.
-    count: HashMap<String, usize>,
-    /// Encoded bytes of the distinct names.
-    bytes: usize,
+    methods: CountedNames<ImplementationId>,
     /// A change not yet read by Membership.
     changed: bool,
     /// Membership was told of the change and has not read the list yet.
@@ -86,43 +80,22 @@ impl MethodLedger {
     /// [`LedgerError`] when a new method would cross the count or the byte budget.
     pub fn add(&self, id: ImplementationId, method: &str) -> Result<(), LedgerError> {
         let mut l = self.lock();
-        if l.by_id.contains_key(&id) {
-            return Ok(());
-        }
-        if !l.count.contains_key(method) {
-            if l.count.len() >= MAX_METHODS {
-                return Err(LedgerError::TooMany);
+        match l.methods.add(id, method, MAX_METHODS, self.budget_bytes) {
+            Ok(grew) => {
+                l.changed |= grew;
+                Ok(())
             }
-            let cost = method.len() + NAME_OVERHEAD_BYTES;
-            if l.bytes + cost > self.budget_bytes {
-                return Err(LedgerError::TooManyBytes {
-                    budget: self.budget_bytes,
-                });
-            }
-            l.bytes += cost;
-            l.changed = true;
+            Err(Full::Count) => Err(LedgerError::TooMany),
+            Err(Full::Bytes) => Err(LedgerError::TooManyBytes {
+                budget: self.budget_bytes,
+            }),
         }
-        *l.count.entry(method.to_owned()).or_default() += 1;
-        l.by_id.insert(id, method.to_owned());
-        Ok(())
     }
 
     /// Forget implementation `id` (unknown ids are ignored: removal is idempotent).
     pub fn remove(&self, id: ImplementationId) {
         let mut l = self.lock();
-        let Some(method) = l.by_id.remove(&id) else {
-            return;
-        };
-        let gone = match l.count.get_mut(&method) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n == 0
-            }
-            None => false,
-        };
-        if gone {
-            l.count.remove(&method);
-            l.bytes = l.bytes.saturating_sub(method.len() + NAME_OVERHEAD_BYTES);
+        if l.methods.remove(&id) {
             l.changed = true;
         }
     }
@@ -144,21 +117,20 @@ impl MethodLedger {
         let mut l = self.lock();
         l.changed = false;
         l.told = false;
-        let mut names: Vec<String> = l.count.keys().cloned().collect();
-        names.sort_unstable();
-        names
+        l.methods.names()
     }
 
     /// Encoded bytes of the distinct method names now.
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().methods.bytes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::super::counted::NAME_OVERHEAD_BYTES;
     use super::*;
 
     #[test]

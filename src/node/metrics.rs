@@ -3,7 +3,8 @@
 //! Plain relaxed atomics, bumped where the thing happens; nothing is formatted or locked on a
 //! hot path. Owned by `NodeShared`, so it lives as long as the node.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Call outcomes, in the order of [`Metrics::calls`]: `ok`, then every `CallError` code.
@@ -274,35 +275,112 @@ pub struct BackendCounters {
     pub latency_sum_s: f64,
 }
 
-/// The HTTP proxy's counters per backend, by (node, address): written by the proxy
-/// (`crate::proxy`) per request, read by `/metrics`. A lock, not atomics: backends come and
-/// go, and the proxy takes it once or twice per request, not per frame. Bounded by what is
-/// advertised: entries of backends no longer advertised by an up node are dropped at a read.
+/// One backend's live counters, bumped by every proxy thread without a lock: each thread
+/// holds an `Arc` of the backends it forwards to and touches only these atomics per request.
+/// `in_flight` is also the proxy's count of outstanding requests on the backend, which the
+/// choice reads.
 #[derive(Debug, Default)]
-pub struct ProxyCounters {
-    by_backend: std::sync::Mutex<std::collections::BTreeMap<(String, String), BackendCounters>>,
+pub struct BackendStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    latency_buckets: [AtomicU64; PROXY_LATENCY_BUCKETS_S.len() + 1],
+    latency_sum_ns: AtomicU64,
+    /// Set when `/metrics` dropped this backend (no longer advertised): a thread that still
+    /// holds it takes a fresh one when the backend is advertised again.
+    retired: AtomicBool,
 }
 
+impl BackendStats {
+    /// A request was sent to it (one attempt): one more request, one more in flight.
+    pub fn started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt [`started`](Self::started) is over (answered or failed).
+    pub fn finished(&self) {
+        // Paired with `started` by the proxy's guard; saturating all the same.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Requests waiting on it now, from every proxy thread.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Its response head came `took` after the attempt began.
+    pub fn answered(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = PROXY_LATENCY_BUCKETS_S
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(PROXY_LATENCY_BUCKETS_S.len());
+        if let Some(n) = self.latency_buckets.get(bucket) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// An attempt got no response from it.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether `/metrics` dropped it (see the field).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn counters(&self) -> BackendCounters {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut latency_buckets = [0; PROXY_LATENCY_BUCKETS_S.len() + 1];
+        for (to, from) in latency_buckets.iter_mut().zip(&self.latency_buckets) {
+            *to = load(from);
+        }
+        BackendCounters {
+            requests: load(&self.requests),
+            errors: load(&self.errors),
+            in_flight: load(&self.in_flight),
+            latency_buckets,
+            latency_sum_s: load(&self.latency_sum_ns) as f64 / 1e9,
+        }
+    }
+}
+
+/// The HTTP proxy's counters per backend, by node then address: written by the proxy
+/// (`crate::proxy`) per request through [`BackendStats`], read by `/metrics`. The lock is
+/// taken when a proxy thread first meets a backend and at each read, never per request.
+/// Bounded by what is advertised: entries of backends no longer advertised by an up node are
+/// dropped at a read.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    by_backend: std::sync::Mutex<BackendMap>,
+}
+
+type BackendMap =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, Arc<BackendStats>>>;
+
 impl ProxyCounters {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, String), BackendCounters>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BackendMap> {
         // Every update leaves the map consistent: a poisoned lock is still usable.
         self.by_backend.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Change the counters of backend `addr` of `node`.
-    pub fn update(&self, node: &str, addr: &str, f: impl FnOnce(&mut BackendCounters)) {
+    /// The live counters of backend `addr` of `node`, made at the first call.
+    pub fn stats(&self, node: &str, addr: &str) -> Arc<BackendStats> {
         let mut m = self.lock();
-        match m.get_mut(&(node.to_owned(), addr.to_owned())) {
-            Some(c) => f(c),
-            None => {
-                let mut c = BackendCounters::default();
-                f(&mut c);
-                m.insert((node.to_owned(), addr.to_owned()), c);
-            }
+        if let Some(s) = m.get(node).and_then(|b| b.get(addr)) {
+            return s.clone();
         }
+        let s = Arc::new(BackendStats::default());
+        m.entry(node.to_owned())
+            .or_default()
+            .insert(addr.to_owned(), s.clone());
+        s
     }
 
     /// Every backend's counters, by node and address, after dropping those `advertised`
@@ -312,9 +390,22 @@ impl ProxyCounters {
         advertised: impl Fn(&str, &str) -> bool,
     ) -> Vec<(String, String, BackendCounters)> {
         let mut m = self.lock();
-        m.retain(|(node, addr), c| c.in_flight > 0 || advertised(node, addr));
+        m.retain(|node, backends| {
+            backends.retain(|addr, s| {
+                let keep = s.in_flight() > 0 || advertised(node, addr);
+                if !keep {
+                    s.retired.store(true, Ordering::Relaxed);
+                }
+                keep
+            });
+            !backends.is_empty()
+        });
         m.iter()
-            .map(|((n, a), c)| (n.clone(), a.clone(), c.clone()))
+            .flat_map(|(n, backends)| {
+                backends
+                    .iter()
+                    .map(move |(a, s)| (n.clone(), a.clone(), s.counters()))
+            })
             .collect()
     }
 }

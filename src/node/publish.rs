@@ -118,9 +118,10 @@ fn plan(
     let here = table.is_local_for(to);
     if let Some(t) = to {
         if !here && !linked {
-            return Err(match s.config.node(t) {
-                Some(_) => PublishError::TargetDown(t.to_owned()),
-                None => PublishError::UnknownNode(t.to_owned()),
+            return Err(if s.config.admits(t) {
+                PublishError::TargetDown(t.to_owned())
+            } else {
+                PublishError::UnknownNode(t.to_owned())
             });
         }
     }

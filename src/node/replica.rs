@@ -244,6 +244,12 @@ impl Replica {
             .or_insert_with(|| NodeState::new(incarnation, boot_ms))
     }
 
+    /// Drop `node`'s state whole (a forgotten member): what it held, its versions and its
+    /// tombstones.
+    pub fn remove(&mut self, node: &str) -> Option<NodeState> {
+        self.nodes.remove(node)
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeState)> {
         self.nodes.iter().map(|(k, v)| (k.as_str(), v))
     }

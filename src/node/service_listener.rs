@@ -94,6 +94,8 @@ impl ServiceListener {
                 max_methods: Some(MAX_METHODS as u64),
                 max_calls: Some(MAX_CALLS_IN_FLIGHT as u64),
                 max_requests: Some(MAX_REQUESTS_IN_FLIGHT as u64),
+                // An application has no use for the cluster's timing.
+                cluster: None,
                 ..shared.identity.welcome.clone()
             },
             ..shared.identity.clone()

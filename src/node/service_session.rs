@@ -990,32 +990,49 @@ impl Handler<WriterFailed> for ServiceSession {
 pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
     let config = &shared.config;
     let view = shared.view.borrow().clone();
-    let members = config
+    let up = |name: &str, m: &crate::node::Member| MemberView {
+        name: name.to_owned(),
+        role: m.role.clone(),
+        state: "up".into(),
+        incarnation: Some(m.incarnation),
+        stats: Some(m.stats.clone()),
+        links: m.links.to_vec(),
+        methods: m.methods.to_vec(),
+        http: m.http.clone(),
+    };
+    let down = |name: &str, role: String| MemberView {
+        name: name.to_owned(),
+        role,
+        state: "down".into(),
+        incarnation: None,
+        stats: None,
+        links: Vec::new(),
+        methods: Vec::new(),
+        http: Vec::new(),
+    };
+    // Declared nodes in declared order, then pool members (up, or down and not yet
+    // forgotten) in name order.
+    let declared = config
         .nodes
         .iter()
         .map(|n| match view.members.get(&n.name) {
-            Some(m) => MemberView {
-                name: n.name.clone(),
-                role: m.role.clone(),
-                state: "up".into(),
-                incarnation: Some(m.incarnation),
-                stats: Some(m.stats.clone()),
-                links: m.links.to_vec(),
-                methods: m.methods.to_vec(),
-                http: m.http.clone(),
-            },
-            None => MemberView {
-                name: n.name.clone(),
-                role: n.role.to_string(),
-                state: "down".into(),
-                incarnation: None,
-                stats: None,
-                links: Vec::new(),
-                methods: Vec::new(),
-                http: Vec::new(),
-            },
-        })
+            Some(m) => up(&n.name, m),
+            None => down(&n.name, n.role.to_string()),
+        });
+    let mut pooled: Vec<MemberView> = view
+        .members
+        .iter()
+        .filter(|(name, _)| config.node(name).is_none())
+        .map(|(name, m)| up(name, m))
+        .chain(
+            view.down
+                .iter()
+                .filter(|name| !view.members.contains_key(*name))
+                .map(|name| down(name, crate::config::Role::Worker.to_string())),
+        )
         .collect();
+    pooled.sort_by(|a, b| a.name.cmp(&b.name));
+    let members = declared.chain(pooled).collect();
     ClusterView {
         id,
         cluster: config.cluster.name.clone(),

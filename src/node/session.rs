@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
-use super::membership::{DeltaReceived, DigestReceived, HeartbeatReceived, Membership};
+use super::membership::{DeltaReceived, DigestReceived, HeartbeatReceived, Membership, PeerLeft};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::streams::{PeerTx, Slot};
@@ -374,6 +374,11 @@ impl Session {
                 // one on a connection already replaced does not.
                 if self.p.slot.is_current(self.link_id) {
                     self.p.shared.streams.end(self.peer(), "it said goodbye");
+                    // A pool member that leaves is forgotten rather than listed as down.
+                    let _ = self.p.wiring.membership.try_send(PeerLeft {
+                        peer: self.peer().to_owned(),
+                        link_id: self.link_id,
+                    });
                 }
                 self.closing = true;
                 ctx.stop();

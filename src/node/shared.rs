@@ -19,7 +19,7 @@ use super::router::RouteTable;
 use crate::config::{Config, NodeConfig};
 use crate::topic::{is_pattern, TopicTrie};
 use crate::topology::LinkPlan;
-use crate::wire::{envelope_overhead_bytes, Identity, NodeStats, Welcome};
+use crate::wire::{envelope_overhead_bytes, ClusterSettings, Identity, NodeStats, Welcome};
 
 /// Frames queued per peer link before senders wait (publishers) or pause reading (relays).
 pub const LINK_QUEUE_FRAMES: usize = 2048;
@@ -84,11 +84,19 @@ impl NodeShared {
         plan: LinkPlan,
         tls: Option<Arc<crate::tls::NodeTls>>,
     ) -> Arc<Self> {
-        let incarnation = Uuid::new_v4();
+        let incarnation = config.joined.unwrap_or_else(Uuid::new_v4);
         let boot_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_millis() as u64;
+        // No simple path of the configured graph is longer than its node count; pool members
+        // hang off one node each, so a path gains at most one at each end.
+        let ttl = match (config.joined.is_some(), config.pools.is_empty()) {
+            // A joined node knows only how many members there may be (its master said).
+            (true, _) => config.member_bound.clamp(2, 255) as u8,
+            (false, true) => config.nodes.len().clamp(2, 255) as u8,
+            (false, false) => (config.nodes.len() + 2).clamp(2, 255) as u8,
+        };
         let identity = Identity {
             cluster: config.cluster.name.clone(),
             node: me.name.clone(),
@@ -97,17 +105,24 @@ impl NodeShared {
             welcome: Welcome {
                 max_frame_bytes: Some(config.cluster.max_frame_bytes as u64),
                 envelope_overhead_bytes: Some(envelope_overhead_bytes(&me.name) as u64),
+                cluster: Some(ClusterSettings {
+                    heartbeat_interval_ms: config.cluster.heartbeat_interval.as_millis() as u64,
+                    failure_threshold: config.cluster.failure_threshold,
+                    handshake_timeout_ms: config.cluster.handshake_timeout.as_millis() as u64,
+                    forget_after_ms: config.cluster.forget_after.as_millis() as u64,
+                    max_members: config.member_bound as u64,
+                    ttl,
+                }),
                 ..Welcome::default()
             },
         };
-        let ttl = config.nodes.len().clamp(2, 255) as u8;
         let (view, _) = watch::channel(Arc::new(MembershipView::alone(&me.name)));
         Arc::new(NodeShared {
             routes: ArcSwap::from_pointee(RouteTable::empty(&me.name)),
             stats: ArcSwap::from_pointee(NodeStats::default()),
             local_topics: LocalTopics::default(),
             streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
-            dedup: Mutex::new(Dedup::new(config.nodes.len())),
+            dedup: Mutex::new(Dedup::new(config.member_bound)),
             metrics: super::metrics::Metrics::default(),
             proxy_counters: super::metrics::ProxyCounters::default(),
             methods: super::methods::MethodLedger::new(config.cluster.max_frame_bytes),

@@ -3,13 +3,14 @@
 //! then the least replicated load (the 1-minute load average per CPU of the backend's node),
 //! then in turn.
 
-/// One backend that may take a request.
+/// One backend that may take a request (borrowed from the membership view: the choice is
+/// made per request, and allocates nothing for the backends it does not choose).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// The node that advertises it.
-    pub node: String,
+    pub node: &'a str,
     /// Its address, `HOST:PORT`.
-    pub addr: String,
+    pub addr: &'a str,
     /// Requests this proxy has waiting on it now.
     pub outstanding: usize,
     /// Its node's 1-minute load average per CPU, as replicated.
@@ -32,26 +33,27 @@ fn load_step(load: f64) -> i64 {
 
 /// The index in `candidates` of the backend to use, `turn` breaking the remaining ties (a
 /// counter the caller increments per request); `None` if there is no candidate.
-pub fn pick(candidates: &[Candidate], turn: usize) -> Option<usize> {
-    let key = |c: &Candidate| (c.outstanding, load_step(c.load_per_cpu));
+pub fn pick(candidates: &[Candidate<'_>], turn: usize) -> Option<usize> {
+    let key = |c: &Candidate<'_>| (c.outstanding, load_step(c.load_per_cpu));
     let best = candidates.iter().map(key).min()?;
-    let ties: Vec<usize> = candidates
+    let ties = candidates.iter().filter(|c| key(c) == best).count();
+    let nth = turn % ties.max(1);
+    candidates
         .iter()
         .enumerate()
         .filter(|(_, c)| key(c) == best)
+        .nth(nth)
         .map(|(i, _)| i)
-        .collect();
-    ties.get(turn % ties.len().max(1)).copied()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn c(node: &str, outstanding: usize, load: f64) -> Candidate {
+    fn c(node: &str, outstanding: usize, load: f64) -> Candidate<'_> {
         Candidate {
-            node: node.into(),
-            addr: format!("{node}:80"),
+            node,
+            addr: node,
             outstanding,
             load_per_cpu: load,
         }

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Request headers, names and values, at most this many bytes in all (431 past it).
@@ -13,17 +14,26 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The header that pins a request to a node by name.
 pub const PIN_HEADER: &str = "x-nodecloud-node";
 
+// Header names as values, not strings: a string is parsed into a name at every use, twice
+// per request and header here.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
 /// Hop-by-hop headers by definition (the `Connection` header may name more).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
 ];
 
 /// The bytes `headers` take as written (`name: value\r\n` each).
@@ -64,7 +74,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
-        headers.remove(*name);
+        headers.remove(name);
     }
     if let Some(value) = keep_upgrade {
         headers.insert(header::UPGRADE, value);
@@ -76,42 +86,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `X-Forwarded-For` and as a `Forwarded` element, the scheme and host the client used
 /// (`X-Forwarded-Proto`/`-Host`, kept when an earlier proxy set them).
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    use std::fmt::Write;
+    // Four headers more: grow the map once rather than on each insert.
+    headers.reserve(4);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let mut xff = String::with_capacity(64);
+    if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(earlier);
+        xff.push_str(", ");
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if let Some(h) = &host {
-        if !headers.contains_key("x-forwarded-host") {
-            if let Ok(v) = HeaderValue::from_str(h) {
-                headers.insert("x-forwarded-host", v);
-            }
-        }
-    }
+    let _ = write!(xff, "{client}");
     // RFC 7239: an IPv6 address is quoted and bracketed; a host is quoted (it may hold ':').
-    let node = match client {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let mut element = format!("for={node};proto=http");
-    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        element.push_str(&format!(";host=\"{h}\""));
+    let mut forwarded = String::with_capacity(96);
+    if let Some(earlier) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded.push_str(earlier);
+        forwarded.push_str(", ");
     }
-    let forwarded = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {element}"),
-        None => element,
+    let _ = match client {
+        IpAddr::V4(ip) => write!(forwarded, "for={ip};proto=http"),
+        IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto=http"),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert("forwarded", v);
+    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        let _ = write!(forwarded, ";host=\"{h}\"");
+    }
+    let forwarded_host = match host {
+        Some(h) if !headers.contains_key(&X_FORWARDED_HOST) => HeaderValue::from_str(h).ok(),
+        _ => None,
+    };
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(v) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
+        headers.insert(FORWARDED.clone(), v);
     }
 }
 

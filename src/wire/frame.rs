@@ -263,6 +263,24 @@ pub struct Welcome {
     /// Service links: requests outstanding at the application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u64>,
+    /// Peer links: the cluster's settings, so that a node started with `--join` (which has no
+    /// topology file) runs with the same timing and bounds as the node it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The settings a joining node adopts from the node it joined (`welcome.cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub heartbeat_interval_ms: u64,
+    pub failure_threshold: u32,
+    pub handshake_timeout_ms: u64,
+    /// How long a pool member that went down stays listed before it is forgotten.
+    pub forget_after_ms: u64,
+    /// The most members (declared and pool) a node tracks.
+    pub max_members: u64,
+    /// Hops an event may take.
+    pub ttl: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -42,14 +42,19 @@ impl Proc {
 
     fn spawn(config: &Path, node: Option<&str>, sockets: Vec<(String, TcpListener)>) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodecloud"));
-        cmd.arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(config);
         if let Some(n) = node {
             cmd.arg("--node").arg(n);
         }
+        Proc::command(cmd, sockets)
+    }
+
+    /// `cmd` (the `nodecloud` binary with its arguments) run on the named listeners
+    /// `sockets`, its log read as for every other process.
+    pub fn command(mut cmd: Command, sockets: Vec<(String, TcpListener)>) -> Proc {
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         inherit(&mut cmd, sockets);
         let mut child = cmd.spawn().expect("spawn nodecloud");
         let stderr = child.stderr.take().unwrap();
@@ -195,6 +200,8 @@ pub fn sockets(config: &Path, node: Option<&str>, ports: &Ports) -> Vec<(String,
         let bound = ports.bound(n);
         out.extend(bound.peer.map(|l| (format!("{prefix}peer"), l)));
         out.extend(bound.service.map(|l| (format!("{prefix}service"), l)));
+        out.extend(bound.api.map(|l| (format!("{prefix}api"), l)));
+        out.extend(bound.proxy.map(|l| (format!("{prefix}proxy"), l)));
     }
     out
 }

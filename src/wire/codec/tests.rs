@@ -1259,6 +1259,7 @@ fn protocol_md_welcome_and_ack_examples_are_the_encoder_output() {
         max_methods: Some(256),
         max_calls: Some(4096),
         max_requests: Some(4096),
+        cluster: None,
     };
     check_example(
         "welcome-service-frame",
