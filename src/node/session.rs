@@ -789,9 +789,27 @@ impl Session {
         stall_chain(bus_wait, stall)
     }
 
-    /// Wait for `stall` (reading nothing meanwhile), then go on with the backlog.
+    /// Wait for `stall` (reading nothing meanwhile), then go on with the backlog. On a
+    /// resumable link the frames this session accepted and holds keep other connections'
+    /// sessions to the peer from handing on theirs until then (see `streams`): a fresh
+    /// connection's replay of the frames after them must not overtake them.
     fn pause(&mut self, stall: Stall, ctx: &mut Context<Self>) {
+        if self.resumable {
+            self.p.slot.hold_inbound(self.link_id);
+        }
         ctx.wait(stall.into_actor(self).map(|(), act, ctx| act.resume(ctx)));
+    }
+
+    /// Wait until no older connection's session holds stream frames it accepted, reading
+    /// nothing meanwhile (what was read waits in the backlog); then go on with the backlog.
+    fn wait_turn(&mut self, ctx: &mut Context<Self>) {
+        let turn = self.p.slot.inbound_turn(self.link_id);
+        ctx.wait(turn.into_actor(self).map(|(), act, ctx| act.resume(ctx)));
+    }
+
+    /// Whether another connection's session to the peer holds frames it accepted.
+    fn must_wait_turn(&self) -> bool {
+        self.resumable && self.p.slot.inbound_held_by_other(self.link_id)
     }
 
     fn resume(&mut self, ctx: &mut Context<Self>) {
@@ -799,6 +817,11 @@ impl Session {
         self.liveness.heard();
         if self.closing {
             self.backlog.clear();
+            self.p.slot.release_inbound(self.link_id);
+            return;
+        }
+        if self.must_wait_turn() {
+            self.wait_turn(ctx);
             return;
         }
         let mut backlog = std::mem::take(&mut self.backlog);
@@ -808,8 +831,10 @@ impl Session {
             ctx,
         );
         self.backlog = backlog;
-        if let Some(stall) = stall {
-            self.pause(stall, ctx);
+        match stall {
+            Some(stall) => self.pause(stall, ctx),
+            // Everything accepted was handed on: the next connection may go on.
+            None => self.p.slot.release_inbound(self.link_id),
         }
     }
 }
@@ -848,6 +873,7 @@ impl Actor for Session {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), "link down");
         // Unless a close with a last word came first: write what is queued, then end.
         self.tx.close(None, true);
+        self.p.slot.release_inbound(self.link_id);
         self.p.slot.detach(self.link_id);
         self.p.wiring.router.do_send(LinkDown {
             peer: self.p.peer.node.clone(),
@@ -865,6 +891,14 @@ impl StreamHandler<ReadBatch> for Session {
     fn handle(&mut self, mut frames: ReadBatch, ctx: &mut Context<Self>) {
         self.liveness.heard();
         self.counters.heard_at(self.p.shared.now_ms());
+        if self.must_wait_turn() {
+            // An older connection's session still holds frames it accepted: this batch
+            // waits behind them (see `pause`).
+            self.backlog.extend(frames.drain(..));
+            *self.spare_reads.borrow_mut() = Some(frames);
+            self.wait_turn(ctx);
+            return;
+        }
         let mut items = frames.drain(..);
         let stall = self.run_frames(&mut items, Instant::now(), ctx);
         if stall.is_some() && !self.closing {
