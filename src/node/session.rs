@@ -730,8 +730,13 @@ impl Session {
                 break;
             }
             let waits = match item {
-                Ok(Frame(seq, _))
-                    if self.resumable && seq != 0 && !self.in_stream(seq, now, ctx) =>
+                // An `error` is no stream frame whatever its seq (the dialler's handshake
+                // `error`, see `FrameCodec::check_sequence`).
+                Ok(Frame(seq, ref msg))
+                    if self.resumable
+                        && seq != 0
+                        && !matches!(msg, Message::Error(_))
+                        && !self.in_stream(seq, now, ctx) =>
                 {
                     Some(None)
                 }

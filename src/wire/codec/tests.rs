@@ -921,6 +921,19 @@ fn a_resumable_link_numbers_stream_frames_and_zeroes_the_rest() {
             other => panic!("{kind}: expected StreamNumbering, got {other:?}"),
         }
     }
+    // An `error` is taken whatever its seq: the dialler's handshake `error` (seq 2) may
+    // arrive after the acceptor switched to stream numbering (PROTOCOL.md §3).
+    let error = Message::Error(crate::wire::ErrorFrame {
+        code: "timeout".into(),
+        message: "late".into(),
+    });
+    let mut per_connection = FrameCodec::new(MIB);
+    frame_bytes(&mut per_connection, &Message::Ping(Ping { n: 0 }));
+    frame_bytes(&mut per_connection, &Message::Ping(Ping { n: 1 }));
+    let mut body = frame_bytes(&mut per_connection, &error);
+    let mut codec = FrameCodec::new(MIB);
+    codec.set_resumable();
+    assert_eq!(codec.decode(&mut body).unwrap(), Some(Frame(2, error)));
 }
 
 #[test]
