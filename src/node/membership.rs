@@ -16,7 +16,7 @@
 //! that did not fit a link's queue, or that left a gap at the receiver, marks the link for a
 //! digest exchange at the next tick.
 //!
-//! Stats are their own entry, refreshed every [`STATS_INTERVAL`] and only when they moved
+//! Stats are their own entry, refreshed every `stats_interval_ms` and only when they moved
 //! past a threshold (see [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the
 //! next tick. A delta that changes only what a member holds (stats, methods, backends) does
 //! not walk the live graph again: only the view is rebuilt, once per coalescing window.
@@ -77,10 +77,6 @@ use crate::wire::{
 /// How far ahead of this node's clock another node's boot time may be (clock skew between
 /// machines); a delta claiming a later boot is ignored.
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
-
-/// How often this node's load and memory are looked at for replication (sent only if they
-/// moved past the threshold, see `stats_moved`).
-pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long a removed entry's tombstone is kept: every node that was reachable when it was
 /// made has it long before; one that comes later gets a whole state instead.
@@ -641,7 +637,7 @@ impl Membership {
         }
         if self
             .stats_checked
-            .is_some_and(|t| t.elapsed() < STATS_INTERVAL)
+            .is_some_and(|t| t.elapsed() < self.shared.config.cluster.stats_interval)
         {
             return None;
         }

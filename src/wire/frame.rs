@@ -281,6 +281,10 @@ pub struct ClusterSettings {
     pub max_members: u64,
     /// Hops an event may take.
     pub ttl: u8,
+    /// How often stats are looked at for replication; absent from a hub that predates it
+    /// (the default, 5000 ms, then applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
