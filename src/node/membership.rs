@@ -464,7 +464,8 @@ impl Membership {
     fn forget_expired(&mut self) -> bool {
         let forget_after = self.shared.config.cluster.forget_after;
         let now = Instant::now();
-        // Held undeclared nodes that are neither up nor listed as down: strays.
+        // Held undeclared nodes that are neither up nor listed as down, nor linked to this
+        // node (a link is its own proof of life, up or not yet): strays.
         let strays: Vec<String> = self
             .replica
             .nodes()
@@ -474,6 +475,7 @@ impl Membership {
                     && self.shared.config.node(n).is_none()
                     && !self.up.contains(*n)
                     && !self.down_since.contains_key(*n)
+                    && !self.table_links.contains(*n)
             })
             .map(str::to_owned)
             .collect();
