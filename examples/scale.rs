@@ -281,6 +281,9 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             }
         }
     };
+    // Starting is sequential (each start returns once its node listens): the time it took is
+    // part of converge_ms and shown on its own.
+    fields.push_str(&format!(" start_ms={}", t0.elapsed().as_millis()));
     let all_up = |nodes: &[NodeHandle]| {
         nodes
             .iter()
