@@ -56,7 +56,7 @@
 //! [`TOMBSTONE_TTL`]; a delta frame is split to fit `max_frame_bytes`; deltas that do not fit
 //! a full link queue are dropped, and the link is caught up by a digest exchange instead.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,7 +111,8 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipView {
     pub me: String,
-    pub members: BTreeMap<String, Member>,
+    /// Persistent: a clone of the view shares its members with the view it came from.
+    pub members: imbl::OrdMap<String, Member>,
     /// Pool members (undeclared nodes) that went down and are not forgotten yet.
     pub down: BTreeSet<String>,
 }
@@ -120,7 +121,7 @@ impl MembershipView {
     pub fn alone(me: &str) -> Self {
         MembershipView {
             me: me.to_owned(),
-            members: BTreeMap::new(),
+            members: imbl::OrdMap::new(),
             down: BTreeSet::new(),
         }
     }
@@ -273,7 +274,8 @@ pub struct Membership {
     /// A recompute is scheduled (see [`Membership::soon`]).
     recompute_pending: bool,
     /// The members of the last view, and the nodes whose state changed since (see `view`).
-    member_cache: HashMap<String, Member>,
+    /// The members of the last view, kept up to date member by member.
+    members: imbl::OrdMap<String, Member>,
     member_dirty: HashSet<String>,
     /// The scheduled recompute must walk the live graph again: a node came, went or changed
     /// incarnation, or a `link:` entry changed. Otherwise (stats, methods, backends, role)
@@ -328,7 +330,7 @@ impl Membership {
             last_incarnation: HashMap::new(),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
-            member_cache: HashMap::new(),
+            members: imbl::OrdMap::new(),
             member_dirty: HashSet::new(),
             graph_dirty: true,
             last_graph: None,
@@ -440,7 +442,7 @@ impl Membership {
         self.stray_since.remove(name);
         self.last_incarnation.remove(name);
         self.ticks_seen.remove(name);
-        self.member_cache.remove(name);
+        self.members.remove(name);
         self.member_dirty.remove(name);
         for deltas in self.outbox.values_mut() {
             deltas.retain(|d| d.node != name);
@@ -1044,43 +1046,63 @@ impl Membership {
     /// The view, from the members cached since the last one: only the members whose state
     /// changed since (`member_dirty`) are built again from their entries.
     fn view(&mut self) -> MembershipView {
-        let mut members = BTreeMap::new();
         let me = self.shared.name().to_owned();
         let dirty = std::mem::take(&mut self.member_dirty);
         if let Some(own) = self.replica.get(&me) {
             // Live values for this node: its links and stats as they are now.
             let fresh = self
-                .member_cache
+                .members
                 .get(&me)
                 .is_some_and(|m| !dirty.contains(&me) && m.links.iter().eq(self.my_links.iter()));
+            let stats = self.shared.stats.load();
             if !fresh {
                 let mut m = member(&me, own);
                 m.links = self.my_links.iter().cloned().collect();
-                self.member_cache.insert(me.clone(), m);
-            }
-            if let Some(m) = self.member_cache.get_mut(&me) {
-                m.stats = (**self.shared.stats.load()).clone();
-                members.insert(me.clone(), m.clone());
+                m.stats = (**stats).clone();
+                self.members.insert(me.clone(), m);
+            } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != **stats) {
+                m.stats = (**stats).clone();
             }
         }
-        for name in &self.up {
-            let Some(s) = self.replica.get(name) else {
-                continue;
-            };
-            let m = match self.member_cache.get(name) {
-                Some(m) if m.incarnation == s.incarnation && !dirty.contains(name) => m.clone(),
-                _ => {
-                    let m = member(name, s);
-                    self.member_cache.insert(name.clone(), m.clone());
-                    m
+        // Who came and went since the last view: both sides are sorted by name, so one walk
+        // finds them without a lookup per member.
+        let (mut gone, mut came) = (Vec::new(), Vec::new());
+        {
+            let mut held = self.members.keys().filter(|n| **n != me).peekable();
+            let mut up = self.up.iter().peekable();
+            loop {
+                match (held.peek(), up.peek()) {
+                    (Some(h), Some(u)) => match h.as_str().cmp(u.as_str()) {
+                        std::cmp::Ordering::Less => gone.extend(held.next().cloned()),
+                        std::cmp::Ordering::Greater => came.extend(up.next().cloned()),
+                        std::cmp::Ordering::Equal => {
+                            held.next();
+                            up.next();
+                        }
+                    },
+                    (Some(_), None) => gone.extend(held.next().cloned()),
+                    (None, Some(_)) => came.extend(up.next().cloned()),
+                    (None, None) => break,
                 }
-            };
-            members.insert(name.clone(), m);
+            }
         }
-        self.member_cache.retain(|n, _| members.contains_key(n));
+        for name in &gone {
+            self.members.remove(name);
+        }
+        let changed = dirty.iter().filter(|n| **n != me && self.up.contains(*n));
+        for name in came.iter().chain(changed) {
+            match self.replica.get(name) {
+                Some(s) => {
+                    self.members.insert(name.clone(), member(name, s));
+                }
+                None => {
+                    self.members.remove(name);
+                }
+            }
+        }
         MembershipView {
             me,
-            members,
+            members: self.members.clone(),
             down: self.down_since.keys().cloned().collect(),
         }
     }
@@ -1297,7 +1319,7 @@ impl actix::Supervised for Membership {
         self.last_graph = None;
         self.recompute_pending = false;
         self.graph_dirty = true;
-        self.member_cache.clear();
+        self.members = imbl::OrdMap::new();
         self.flush_pending = false;
         self.methods_stale = true;
     }
