@@ -1,9 +1,10 @@
-//! How a local cluster scales with its node count: a ring or a mesh of 8 to 64 nodes, every
-//! node in this one process, over loopback TCP.
+//! How a local cluster scales with its node count: a ring, a mesh or a star (one master,
+//! N − 1 workers) of 8 to 1,000 nodes, every node in this one process, over loopback TCP.
 //!
 //! ```text
 //! cargo run --release --example scale -- --topology ring --nodes 8,16,32,64
 //! cargo run --release --example scale -- --topology mesh --nodes 8,16,32,64
+//! cargo run --release --example scale -- --topology star --nodes 64,256,1000 --heartbeat-ms 1000
 //! ```
 //!
 //! One line per size:
@@ -12,6 +13,7 @@
 //! topology=ring nodes=64 converge_ms=… rss_per_node_kib=… broadcast_events_per_s=… …
 //! ```
 //!
+//! * `links_ms`: from the first node's start until every planned link is up (0: never).
 //! * `converge_ms`: from the first node's start until every node sees all N nodes up.
 //! * `graph_ms`: until every node also sees every planned link (routes are final).
 //! * `rss_per_node_kib`: growth of the process's resident memory from before the cluster
@@ -21,6 +23,11 @@
 //!   every node announces a status per heartbeat interval, sent to each of its peers and
 //!   relayed once by every node to its links except the one it came on, the origin and the
 //!   origin's peers (simulated here with statuses arriving along shortest paths).
+//! * `idle_frames_per_node_s`, `idle_bytes_per_node_s`: what the idle cluster's links sent,
+//!   per node and second (counters of the current connections); then every membership
+//!   replication counter that moved over the idle window, cluster total per second
+//!   (`digests_sent_per_s`, `delta_records_sent_per_s`, `own_stats_set_per_s`, …; see
+//!   `nodecloud_replication_total` in the README).
 //! * `broadcast_events_per_s`: one node publishes K events with `publish_wait`; every node
 //!   counts them; K×N deliveries divided by the time until every node has all K. K is picked
 //!   from a 500-event calibration run so the measured run takes about `--seconds`.
@@ -51,7 +58,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "time to converge, memory per node and broadcast throughput of local clusters")]
 struct Args {
-    /// ring, mesh (or any preset that needs no extra fields: custom is not supported).
+    /// ring, mesh or star (one master `n1`, every other node its worker).
     #[arg(long, default_value = "ring")]
     topology: String,
     /// Cluster sizes, comma-separated.
@@ -76,6 +83,10 @@ struct Args {
     /// Each size gives up after this long.
     #[arg(long, default_value_t = 60)]
     limit_s: u64,
+    /// Stop after the idle measurement (large stars: the broadcast run is not what is
+    /// measured there).
+    #[arg(long)]
+    no_broadcast: bool,
     /// Hidden: run one size in this process (what the parent spawns).
     #[arg(long, hide = true)]
     child: bool,
@@ -115,11 +126,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Some(kind) = TopologyKind::from_name(&args.topology)
-        .filter(|k| matches!(k, TopologyKind::Ring | TopologyKind::Mesh))
-    else {
+    let Some(kind) = TopologyKind::from_name(&args.topology).filter(|k| {
+        matches!(
+            k,
+            TopologyKind::Ring | TopologyKind::Mesh | TopologyKind::Star
+        )
+    }) else {
         eprintln!(
-            "error: --topology {:?}: expected ring or mesh",
+            "error: --topology {:?}: expected ring, mesh or star",
             args.topology
         );
         return ExitCode::from(2);
@@ -163,6 +177,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--idle-ms", &args.idle_ms.to_string()])
         .args(["--limit-s", &args.limit_s.to_string()])
+        .args(args.no_broadcast.then_some("--no-broadcast"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn();
@@ -232,7 +247,18 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     // dial can take one before its node listens.
     let mut reserved = TestCluster::new(|ports| {
         let nodes = (1..=n)
-            .map(|i| NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve()))
+            .map(|i| {
+                if kind != TopologyKind::Star {
+                    return NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
+                }
+                // A star: n1 is the master, every other node its worker.
+                if i == 1 {
+                    return NodeConfig::new("n1", Role::Master, ports.reserve());
+                }
+                let mut w = NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
+                w.master = Some("n1".to_owned());
+                w
+            })
             .collect();
         Config::for_test(kind, nodes)
     });
@@ -246,7 +272,17 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let rss_before = rss_kib();
 
     let t0 = Instant::now();
-    let nodes = match reserved.start().await {
+    // Every node starts at once, as the processes of a real cluster would: started one after
+    // another, the last of a thousand waits for hundreds already busy linking up.
+    let started = futures_util::future::join_all(
+        cfg.nodes
+            .iter()
+            .map(|n| cluster::start_node(cfg.clone(), &n.name, reserved.bound(&n.name))),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<NodeHandle>, _>>();
+    let nodes = match started {
         Ok(nodes) => nodes,
         Err(e) => {
             return Line {
@@ -255,6 +291,8 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             }
         }
     };
+    // The time every node took to listen: part of converge_ms, shown on its own.
+    fields.push_str(&format!(" start_ms={}", t0.elapsed().as_millis()));
     let all_up = |nodes: &[NodeHandle]| {
         nodes
             .iter()
@@ -264,7 +302,38 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             })
             .collect::<Vec<usize>>()
     };
-    if !wait_all(&nodes, deadline, |v| names.iter().all(|n| v.is_up(n))).await {
+    // When every planned link is up (polled): what convergence waits for beyond that is
+    // replication.
+    let plan_degrees: Vec<usize> = {
+        let plan = topology::plan(&cfg).graph();
+        names.iter().map(|n| plan.neighbours(n).count()).collect()
+    };
+    let links_done = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let nodes = nodes.clone();
+        let done = links_done.clone();
+        actix_rt::spawn(async move {
+            loop {
+                let all = nodes
+                    .iter()
+                    .zip(&plan_degrees)
+                    .all(|(node, &d)| node.link_stats().len() >= d);
+                if all {
+                    let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    done.store(ms.max(1), Ordering::Relaxed);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let converged = wait_all(&nodes, deadline, |v| names.iter().all(|n| v.is_up(n))).await;
+    poller.abort();
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(" links_ms={}", links_done.load(Ordering::Relaxed)),
+    );
+    if !converged {
         let up = all_up(&nodes);
         let detail = format!(
             "elapsed_ms={} up_min={} up_max={} nodes_seeing_all={}",
@@ -303,12 +372,15 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let rss_after = rss_kib();
     let per_node = rss_after.saturating_sub(rss_before) / n as u64;
 
-    // Idle: only heartbeats, pings and statuses flow.
+    // Idle: only pings and the master's ticks should flow; the counters say what did.
+    let traffic0 = traffic(&nodes);
     let cpu0 = cpu_ms();
     let idle_start = Instant::now();
     tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
     let idle_cpu_pct = (cpu_ms().saturating_sub(cpu0)) as f64 * 100.0
         / idle_start.elapsed().as_millis().max(1) as f64;
+    let idle_s = idle_start.elapsed().as_secs_f64().max(1e-3);
+    let traffic1 = traffic(&nodes);
     let status_frames_per_s =
         status_frames_per_interval(&plan) as f64 * 1000.0 / args.heartbeat_ms as f64;
 
@@ -319,6 +391,33 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
             graph.as_millis()
         ),
     );
+    // What the idle cluster sent, per second: link frames and bytes per node, then every
+    // replication counter that moved (cluster total).
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / idle_s;
+    let _ = std::fmt::Write::write_fmt(
+        &mut fields,
+        format_args!(
+            " idle_frames_per_node_s={:.1} idle_bytes_per_node_s={:.0}",
+            rate(traffic0.frames, traffic1.frames) / n as f64,
+            rate(traffic0.bytes, traffic1.bytes) / n as f64,
+        ),
+    );
+    for ((name, a), (_, b)) in traffic0.replication.iter().zip(&traffic1.replication) {
+        if b > a {
+            let _ = std::fmt::Write::write_fmt(
+                &mut fields,
+                format_args!(" {name}_per_s={:.1}", rate(*a, *b)),
+            );
+        }
+    }
+
+    if args.no_broadcast {
+        stop(&nodes).await;
+        return Line {
+            ok: true,
+            text: fields,
+        };
+    }
 
     // Broadcast throughput.
     let counters: Vec<Arc<AtomicU64>> = nodes.iter().map(|_| Arc::default()).collect();
@@ -416,6 +515,34 @@ async fn wait_all(
         }
     }
     true
+}
+
+/// Frames and bytes sent on every link of every node, and the replication counters summed.
+struct Traffic {
+    frames: u64,
+    bytes: u64,
+    replication: Vec<(&'static str, u64)>,
+}
+
+fn traffic(nodes: &[NodeHandle]) -> Traffic {
+    let mut t = Traffic {
+        frames: 0,
+        bytes: 0,
+        replication: nodecloud::node::REPLICATION
+            .iter()
+            .map(|r| (*r, 0))
+            .collect(),
+    };
+    for node in nodes {
+        for l in node.link_stats() {
+            t.frames += l.frames_out;
+            t.bytes += l.bytes_out;
+        }
+        for (sum, (_, n)) in t.replication.iter_mut().zip(node.metrics().replication) {
+            sum.1 += n;
+        }
+    }
+    t
 }
 
 async fn stop(nodes: &[NodeHandle]) {

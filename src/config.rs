@@ -87,6 +87,9 @@ pub struct ClusterConfig {
     /// (`forget_after_ms`; default 10 × the failure timeout). One that left with `bye` is
     /// forgotten at once by the node it said goodbye to.
     pub forget_after: Duration,
+    /// How often a node looks at its load and memory for replication (`stats_interval_ms`,
+    /// default 5 s); they are sent only when they moved past a threshold.
+    pub stats_interval: Duration,
 }
 
 /// How a node's HTTP proxy (`proxy = "ADDR"`) bounds what it forwards.
@@ -407,6 +410,7 @@ const PROXY_RESPONSE_MS: (i64, i64, i64) = (1, 3_600_000, 30_000);
 const HANDSHAKE_MS: (i64, i64, i64) = (10, 60_000, 5_000);
 /// `forget_after_ms`; the default (0 here) means 10 × the failure timeout.
 const FORGET_AFTER_MS: (i64, i64, i64) = (100, 86_400_000, 0);
+const STATS_INTERVAL_MS: (i64, i64, i64) = (10, 60_000, 5_000);
 /// `[[pools]] max`: a pool's members are tracked by every node, so the bound is the cost.
 pub const MAX_POOL_MEMBERS: usize = 10_000;
 /// How many `[[pools]]` a file may declare.
@@ -532,6 +536,7 @@ impl Config {
                 api_token: None,
                 proxy: ProxyConfig::default(),
                 forget_after: Duration::from_secs(5),
+                stats_interval: Duration::from_secs(5),
             },
             member_bound: nodes.len(),
             nodes,
@@ -592,6 +597,7 @@ struct RawCluster {
     proxy_connect_timeout_ms: Option<Spanned<i64>>,
     proxy_response_timeout_ms: Option<Spanned<i64>>,
     forget_after_ms: Option<Spanned<i64>>,
+    stats_interval_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1083,8 +1089,14 @@ impl<'a> Validator<'a> {
                 0 => heartbeat_interval * u32::try_from(failure_threshold).unwrap_or(u32::MAX) * 10,
                 ms => Duration::from_millis(ms),
             };
+        let stats_interval = Duration::from_millis(self.number(
+            &raw.stats_interval_ms,
+            "stats_interval_ms",
+            STATS_INTERVAL_MS,
+        )?);
         Ok(ClusterConfig {
             forget_after,
+            stats_interval,
             proxy,
             api_token,
             name: raw.name.get_ref().clone(),

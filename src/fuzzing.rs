@@ -3,13 +3,13 @@
 //! supervised by nobody: each item is a thin, pure wrapper over the code a node runs.
 //!
 //! * [`Dedup`]: the duplicate-suppression window of broadcasts (node/dedup.rs).
-//! * [`accept_status`] / [`normalize_status`]: status acceptance in Membership.
+//! * [`Replica`]: how Membership takes a delta (its claim checks and the versioned store).
 //! * [`check_request`]: the content checks a ServiceSession applies to an application's
 //!   messages before it acts on them.
 
 use uuid::Uuid;
 
-use crate::wire::{Message, Status};
+use crate::wire::{Message, NodeDelta};
 
 /// Event ids remembered below the highest seen, per origin.
 pub const WINDOW: u64 = crate::node::WINDOW;
@@ -42,34 +42,54 @@ impl Dedup {
     }
 }
 
-/// Whether a status for node X is taken: `via` is the peer it came on, `via_incarnation` the
-/// incarnation that peer's handshake authenticated, `linked` whether this node has a live link
-/// to X, `held` the status held for X, `now_ms` this node's clock.
-///
-/// # Errors
-/// Why the status is ignored, as the node would log it.
-pub fn accept_status(
-    status: &Status,
-    via: &str,
-    via_incarnation: Uuid,
-    linked: bool,
-    held: Option<&Status>,
-    now_ms: u64,
-) -> Result<(), String> {
-    let link = crate::node::Link {
-        via,
-        via_incarnation,
-        linked,
-    };
-    crate::node::accept_status(status, &link, held, now_ms).map_err(|e| match e {
-        crate::node::Ignored::Stale => "stale".to_owned(),
-        other => other.to_string(),
-    })
-}
+/// What a node holds of other nodes' replicated states, fed deltas as Membership feeds them
+/// (claim checks, then the versioned store).
+#[derive(Default)]
+pub struct Replica(crate::node::Replica);
 
-/// Bound an accepted status's links (to `known` nodes, at most `nodes`) and methods.
-pub fn normalize_status(status: &mut Status, known: impl Fn(&str) -> bool, nodes: usize) {
-    crate::node::normalize_status(status, known, nodes);
+/// What became of a delta: taken (`Ok(true)` if something was new), or why it was not.
+pub type Taken = Result<bool, String>;
+
+impl Replica {
+    pub fn new() -> Self {
+        Replica::default()
+    }
+
+    /// Take `delta` as if it came on the link to `via` (authenticated as `via_incarnation`),
+    /// `linked` saying whether this node has a live link to the delta's node; `now_ms` is
+    /// this node's clock, and a node holds at most `max_entries` entries.
+    ///
+    /// # Errors
+    /// Why the delta is ignored, as the node would log it.
+    pub fn take(
+        &mut self,
+        delta: NodeDelta,
+        via: &str,
+        via_incarnation: Uuid,
+        linked: bool,
+        now_ms: u64,
+        max_entries: usize,
+    ) -> Taken {
+        let link = crate::node::Link {
+            via,
+            via_incarnation,
+            linked,
+        };
+        match crate::node::take_delta(&mut self.0, delta, &link, now_ms, now_ms, max_entries) {
+            Ok(crate::node::Applied::New(_)) => Ok(true),
+            Ok(crate::node::Applied::Stale) => Ok(false),
+            Ok(crate::node::Applied::Gap) => Err("gap".to_owned()),
+            Ok(crate::node::Applied::Refused) => Err("refused".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The incarnation, boot time, highest version and entry count held for `node`.
+    pub fn held(&self, node: &str) -> Option<(Uuid, u64, u64, usize)> {
+        self.0
+            .get(node)
+            .map(|s| (s.incarnation, s.boot_ms, s.max_version, s.len()))
+    }
 }
 
 /// What a service session answers to a message from its content alone: `Ok(())` when it acts

@@ -86,6 +86,11 @@ pub fn framed_reader<R: AsyncRead>(
 }
 
 /// One read batch: the frames (or the error that ends the stream) ready at one wake-up.
+/// Room a link's first read batch is given: an idle link (most of a large cluster's) never
+/// needs more, and a busy one grows its batch to the maximum once and keeps it (the batch
+/// comes back as the spare).
+const FIRST_BATCH_FRAMES: usize = 16;
+
 pub type ReadBatch = Vec<Result<Frame, WireError>>;
 
 /// The read batch vector a session gives back to its reader once handled.
@@ -122,7 +127,7 @@ impl<S: Stream<Item = Result<Frame, WireError>> + Unpin> Stream for ReadyBatches
             .spare
             .borrow_mut()
             .take()
-            .unwrap_or_else(|| Vec::with_capacity(max));
+            .unwrap_or_else(|| Vec::with_capacity(max.min(FIRST_BATCH_FRAMES)));
         loop {
             match self.frames.poll_next_unpin(cx) {
                 Poll::Ready(Some(frame)) => {

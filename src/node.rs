@@ -31,6 +31,7 @@ mod membership;
 mod methods;
 mod metrics;
 mod publish;
+mod replica;
 mod router;
 mod service_listener;
 mod service_session;
@@ -55,12 +56,14 @@ pub use event_bus::{RawEvent, SubscriptionId};
 #[cfg(feature = "faults")]
 pub use faults::SystemActor;
 #[cfg(feature = "fuzzing")]
-pub(crate) use membership::{accept_status, normalize_status, Ignored, Link, MAX_CLOCK_SKEW_MS};
+pub(crate) use membership::{take_delta, Link, MAX_CLOCK_SKEW_MS};
 pub use membership::{Member, MembershipView};
 pub use metrics::{
     BackendCounters, BackendStats, MetricsSnapshot, CALL_LATENCY_BUCKETS_S, CALL_OUTCOMES,
-    PROXY_LATENCY_BUCKETS_S, REFUSALS,
+    PROXY_LATENCY_BUCKETS_S, REFUSALS, REPLICATION,
 };
+#[cfg(feature = "fuzzing")]
+pub(crate) use replica::{Applied, Replica};
 #[cfg(feature = "fuzzing")]
 pub(crate) use service_session::{check_request, Verdict};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};

@@ -27,16 +27,17 @@ pub use codec::{
     EncodedMessage, FrameCodec, ReadCounters, WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
-    Ack, Auth, Bye, Call, ClusterQuery, ClusterSettings, ClusterView, Deliver, Envelope,
-    ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck, HttpBackend, MemberView, Message,
-    Method, NodeStats, Options, Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply,
-    Request, Session, StatValue, Status, Topic, Welcome, KNOWN_KINDS,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterSettings, ClusterView, Deliver, Delta, Digest,
+    DigestEntry, Entry, Envelope, ErrorFrame, Failure, Frame, Heartbeat, Hello, HelloAck,
+    HttpBackend, MemberView, Message, Method, NodeDelta, NodeStats, Options, Outcome, PeerCall,
+    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Value,
+    Welcome, KNOWN_KINDS,
 };
 pub use handshake::{accept, accept_with, dial, dial_with, HandshakeError, Identity, PeerInfo};
 pub use rules::{check_body, MAX_NESTING};
 
 /// The highest protocol version this build speaks, offered in every `hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The lowest version this build still speaks: version 1 applications (and nodes) attach.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

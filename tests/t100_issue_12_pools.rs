@@ -2,7 +2,8 @@
 //! join it with `nodecloud --join` as processes of their own. A member serves a call and
 //! receives a broadcast, leaves with `bye` and vanishes from the master's view; a name outside
 //! every pool and a newcomer past the pool's `max` are refused, with the reason on both sides.
-//! A member that dies is `down`, listed as such, and forgotten after `forget_after_ms`.
+//! A member that dies is `down`, listed as such, and forgotten after `forget_after_ms`; it can
+//! then join again under the same name, as a newcomer.
 //!
 //! Every port is bound by the test and inherited by the processes (socket activation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -285,7 +286,7 @@ async fn a_member_that_dies_is_listed_down_then_forgotten_after_forget_after_ms(
             .contains(&("member-9".to_owned(), "down".to_owned())),
         "a dead pool member is listed as down until it is forgotten"
     );
-    let (_master, _) = expect(master, &["membership: member-9 forgotten"]).await;
+    let (master, _) = expect(master, &["membership: member-9 forgotten"]).await;
     // The down line was read after the member went down, so the wait seen here is at most
     // the real one; 200 ms covers reading the line late.
     assert!(
@@ -306,6 +307,26 @@ async fn a_member_that_dies_is_listed_down_then_forgotten_after_forget_after_ms(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(member);
+
+    // Forgotten whole: the same name joins again as a newcomer, and is up.
+    let again = join(master_addr, "member-9", None);
+    let (_master, line) = expect(master, &["membership: member-9 up"]).await;
+    assert!(
+        !line.contains("rejoined"),
+        "a forgotten member comes back as a newcomer: {line}"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !view(&observer)
+        .await
+        .contains(&("member-9".to_owned(), "up".to_owned()))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member-9 not listed up after it joined again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(again);
 }
 
 /// Wait for `p` to exit (bounded) and read its whole log.

@@ -65,7 +65,7 @@ async fn star_cluster_converges_on_every_node_and_replicates_stats() {
         view.members.len(),
         4,
         "worker-1 sees all four nodes: {:?}",
-        view.members.keys()
+        view.members.keys().collect::<Vec<_>>()
     );
     let master = &view.members["master"];
     assert_eq!(master.role, "master");

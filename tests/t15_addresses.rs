@@ -61,7 +61,12 @@ async fn a_star_on_ipv6_loopback_converges() {
     let addr = master.local_addr().unwrap();
     let nodes = converged(star(addr, 2), master).await;
     let view = nodes[1].membership().borrow().clone();
-    assert_eq!(view.members.len(), 3, "{:?}", view.members.keys());
+    assert_eq!(
+        view.members.len(),
+        3,
+        "{:?}",
+        view.members.keys().collect::<Vec<_>>()
+    );
     for node in &nodes {
         node.shutdown().await;
     }

@@ -2,6 +2,8 @@
 //! `nodecloud::testing::forwarder`), the test cuts the connection and holds the network dark
 //! for a second, and the events published meanwhile arrive after the cut exactly once and in
 //! order, with no `down` on either side (the failure timeout, 3 s, is longer than the cut).
+//! And a relay that holds events it accepted (its next link is full) while the link they came
+//! on is re-dialled hands them on before the fresh connection's replay of what follows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use nodecloud::config::{Config, HostPort, NodeConfig, Role, TopologyKind};
+use nodecloud::config::{Config, HostPort, LinkConfig, NodeConfig, Role, TopologyKind};
 use nodecloud::sockets::Bound;
 use nodecloud::testing::forwarder::{Faults, ForwarderHandle};
 use nodecloud::{cluster, testing, Delivery, Event, NodeHandle};
@@ -200,4 +202,150 @@ async fn publish_across_a_cut(drop_connection: bool) {
     assert_eq!(downs, (0, 0), "no node was declared down for the cut");
     cluster::stop(&nodes).await;
     fwd.shutdown();
+}
+
+/// `worker-1` dials `master` through `front1`; `master` dials `worker-2` through `front2`;
+/// events from `worker-1` reach `worker-2` relayed by `master`. Heartbeat 250 ms × 40: no
+/// link times out while `worker-2` is dark.
+fn relay_through(
+    master: SocketAddr,
+    front1: SocketAddr,
+    worker2: SocketAddr,
+    front2: SocketAddr,
+) -> Config {
+    let any_port = SocketAddr::new(master.ip(), 0);
+    let mut m = NodeConfig::new("master", Role::Master, master);
+    m.advertise = Some(HostPort::parse(&front1.to_string()).unwrap());
+    let mut w2 = NodeConfig::new("worker-2", Role::Worker, worker2);
+    w2.advertise = Some(HostPort::parse(&front2.to_string()).unwrap());
+    let nodes = vec![m, NodeConfig::new("worker-1", Role::Worker, any_port), w2];
+    let mut config = Config::for_test(TopologyKind::Custom, nodes);
+    config.links = vec![
+        LinkConfig {
+            from: "worker-1".into(),
+            to: "master".into(),
+        },
+        LinkConfig {
+            from: "master".into(),
+            to: "worker-2".into(),
+        },
+    ];
+    config.cluster.heartbeat_interval = Duration::from_millis(250);
+    config.cluster.failure_threshold = 40;
+    config
+}
+
+/// Wait (bounded) until `what` holds, polling.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The relay's session for `worker-1` accepts events and waits for room on the link to
+/// `worker-2` (dark: nothing is acknowledged, so the stream's replay bound fills), with more
+/// read behind. `worker-1`'s connection is cut; it dials again, and the fresh connection's
+/// session reads the replay of what follows. When `worker-2` comes back, the old session's
+/// held events go first: every event arrives once, in order.
+#[actix_rt::test]
+async fn a_redial_while_the_relay_holds_accepted_events_keeps_their_order() {
+    use nodecloud::link::stream::REPLAY_MAX_FRAMES;
+    init_logs();
+    let master_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let worker2_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (master, worker2) = (
+        master_listener.local_addr().unwrap(),
+        worker2_listener.local_addr().unwrap(),
+    );
+    let front1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fwd1 = ForwarderHandle::start(front1, master, Faults::default()).unwrap();
+    let fwd2 = ForwarderHandle::start(front2, worker2, Faults::default()).unwrap();
+    let config = relay_through(master, fwd1.local_addr(), worker2, fwd2.local_addr());
+    let bound = |l| Bound {
+        peer: Some(l),
+        service: None,
+        api: None,
+        proxy: None,
+    };
+    let bound = BTreeMap::from([
+        ("master".to_owned(), bound(master_listener)),
+        ("worker-2".to_owned(), bound(worker2_listener)),
+    ]);
+    let nodes = cluster::start_bound(Arc::new(config), None, bound)
+        .await
+        .expect("cluster starts");
+    testing::wait_converged(&nodes, WAIT).await.unwrap();
+    let (relay, publisher, subscriber) = (&nodes[0], &nodes[1], &nodes[2]);
+    assert_eq!(
+        (relay.name(), publisher.name(), subscriber.name()),
+        ("master", "worker-1", "worker-2")
+    );
+    // Enough that the relay stalls with events read behind the one it holds.
+    let last = 2 * REPLAY_MAX_FRAMES as u64;
+    let (done, mut report) = mpsc::unbounded_channel();
+    let recorder = Recorder {
+        seen: Vec::new(),
+        until: last,
+        done,
+    }
+    .start();
+    subscriber.subscribe::<Numbered>(recorder.recipient());
+
+    info!("--- worker-2 goes dark; worker-1 publishes");
+    fwd2.blackhole(true);
+    let relayed_before = relay.metrics().events_relayed;
+    let publishing = {
+        let publisher = publisher.clone();
+        actix_rt::spawn(async move { publish_range(&publisher, 0, last + 1).await })
+    };
+    // The relay puts REPLAY_MAX_FRAMES events in worker-2's stream and holds the next one.
+    let held = relayed_before + REPLAY_MAX_FRAMES as u64 + 1;
+    until("the relay holds an event", || {
+        relay.metrics().events_relayed >= held
+    })
+    .await;
+    assert_eq!(relay.metrics().events_relayed, held);
+    let read_by_old = relay
+        .link_stats()
+        .into_iter()
+        .find(|l| l.peer == "worker-1")
+        .map(|l| l.frames_in)
+        .unwrap();
+
+    info!("--- worker-1's connection is cut; it dials again and its replay is read");
+    let accepted = fwd1.accepted();
+    fwd1.drop_connections();
+    until("a fresh connection from worker-1 is read", || {
+        fwd1.accepted() > accepted
+            && relay
+                .link_stats()
+                .into_iter()
+                .find(|l| l.peer == "worker-1")
+                .is_some_and(|l| l.frames_in > 0 && l.frames_in != read_by_old)
+    })
+    .await;
+
+    info!("--- worker-2 comes back");
+    fwd2.blackhole(false);
+    let seen = tokio::time::timeout(Duration::from_secs(60), report.recv())
+        .await
+        .expect("the last event arrived in time")
+        .unwrap();
+    publishing.await.unwrap();
+    let expected: Vec<u64> = (0..=last).collect();
+    if seen != expected {
+        let first = seen.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!(
+            "{} events arrived where {} were sent; first difference at {first:?}: {:?}",
+            seen.len(),
+            expected.len(),
+            first.map(|i| &seen[i.saturating_sub(2)..(i + 3).min(seen.len())])
+        );
+    }
+    cluster::stop(&nodes).await;
+    fwd1.shutdown();
+    fwd2.shutdown();
 }

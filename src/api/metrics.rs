@@ -168,6 +168,15 @@ pub fn gather(node: &NodeHandle) -> Vec<MetricFamily> {
             .collect(),
     ));
     f.push(family(
+        "nodecloud_replication_total",
+        "Membership replication: digests and deltas sent and received, records by outcome, own stats set, ticks forwarded, live-graph recomputes.",
+        MetricType::COUNTER,
+        m.replication
+            .iter()
+            .map(|(kind, n)| counter(&[("kind", kind)], *n))
+            .collect(),
+    ));
+    f.push(family(
         "nodecloud_applications_attached",
         "Applications attached to this node's service listener.",
         MetricType::GAUGE,

@@ -146,6 +146,10 @@ pub fn run(args: &JoinArgs) -> Result<(), CliError> {
         api_token: None,
         proxy: ProxyConfig::default(),
         forget_after: Duration::from_millis(s.forget_after_ms),
+        // The hub's, within the bounds a file may state (a hub that predates the key: 5 s).
+        stats_interval: Duration::from_millis(
+            s.stats_interval_ms.unwrap_or(5_000).clamp(10, 60_000),
+        ),
     };
     let bound_max = usize::try_from(s.max_members).unwrap_or(usize::MAX);
     let config = Config::joined(cluster, &hub.name, hub_addr, me, bound_max, incarnation);

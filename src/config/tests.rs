@@ -151,6 +151,10 @@ fn for_test_and_node_new() {
     assert_eq!(cfg.cluster.handshake_timeout, Duration::from_secs(2));
     assert!(cfg.links.is_empty());
     assert!(cfg.node("a").is_some());
+    assert!(
+        cfg.admits("a") && !cfg.admits("b"),
+        "admits the declared nodes only"
+    );
 }
 
 // --- TOML-level errors -----------------------------------------------------------------
@@ -1467,6 +1471,30 @@ fn more_than_sixteen_pools_and_a_forget_time_out_of_range_are_refused() {
         );
         let got = err(&text);
         assert!(got.contains("forget_after_ms"), "{got}");
+        assert!(got.contains("out of range"), "{got}");
+    }
+}
+
+#[test]
+fn stats_interval_defaults_to_five_seconds_is_read_and_out_of_range_is_refused() {
+    assert_eq!(
+        parse(&star_text()).unwrap().cluster.stats_interval,
+        Duration::from_secs(5)
+    );
+    let with = |ms: i64| {
+        star_text().replacen(
+            "secret = \"change-me-please-0123\"\n",
+            &format!("secret = \"change-me-please-0123\"\nstats_interval_ms = {ms}\n"),
+            1,
+        )
+    };
+    assert_eq!(
+        parse(&with(250)).unwrap().cluster.stats_interval,
+        Duration::from_millis(250)
+    );
+    for bad in [9, 60_001] {
+        let got = err(&with(bad));
+        assert!(got.contains("stats_interval_ms"), "{got}");
         assert!(got.contains("out of range"), "{got}");
     }
 }

@@ -31,6 +31,8 @@ pub struct Liveness {
     failure_timeout: Duration,
     last_inbound: Instant,
     pings_sent: u64,
+    /// The highest ping number a pong answered.
+    answered: u64,
     pause: PauseClock,
     /// The pause measured at the last tick, if any (for the session's log and bookkeeping).
     excused: Option<Duration>,
@@ -43,6 +45,7 @@ impl Liveness {
             failure_timeout,
             last_inbound: Instant::now(),
             pings_sent: 0,
+            answered: 0,
             pause: PauseClock::new(interval),
             excused: None,
         }
@@ -56,6 +59,24 @@ impl Liveness {
     /// The pause of this node measured at the last tick, once.
     pub fn take_excused(&mut self) -> Option<Duration> {
         self.excused.take()
+    }
+
+    /// The number of a ping sent outside a quiet tick (a probe, see the session).
+    pub fn next_ping(&mut self) -> u64 {
+        self.pings_sent += 1;
+        self.pings_sent
+    }
+
+    /// A pong answered ping `n` (a number never sent answers nothing).
+    pub fn pong(&mut self, n: u64) {
+        if n <= self.pings_sent {
+            self.answered = self.answered.max(n);
+        }
+    }
+
+    /// Whether ping `n` (or a later one) was answered.
+    pub fn is_answered(&self, n: u64) -> bool {
+        self.answered >= n
     }
 
     /// A frame arrived.
@@ -96,5 +117,21 @@ mod tests {
         assert_eq!(l.tick(), Tick::Alive);
         let mut l = Liveness::new(Duration::ZERO, Duration::ZERO);
         assert!(matches!(l.tick(), Tick::Dead(_)));
+    }
+
+    #[test]
+    fn only_a_pong_for_a_ping_sent_answers_it() {
+        let mut l = Liveness::new(Duration::ZERO, Duration::from_secs(3600));
+        assert_eq!(l.tick(), Tick::Ping(1));
+        assert_eq!(l.next_ping(), 2, "probes and quiet ticks share the numbers");
+        l.pong(9);
+        assert!(
+            !l.is_answered(1),
+            "a pong for a ping never sent answers nothing"
+        );
+        l.pong(1);
+        assert!(l.is_answered(1) && !l.is_answered(2));
+        l.pong(2);
+        assert!(l.is_answered(2));
     }
 }

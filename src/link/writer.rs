@@ -31,6 +31,8 @@ const WRITE_BATCH_FRAMES: usize = 512;
 /// Bytes per write batch past its first frame: the writer's buffer stays small next to the
 /// queue's byte bound, and a close waits for at most this much before its last word.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A new link's write buffer: a cluster's idle links send pings and small deltas.
+const WRITE_BUFFER_FIRST_BYTES: usize = 4 * 1024;
 /// A write buffer that grew past this (a large frame) is released afterwards.
 const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
@@ -41,8 +43,9 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     on_fail: Recipient<WriterFailed>,
     last_word_timeout: Duration,
 ) {
-    let mut frames: Vec<EncodedMessage> = Vec::with_capacity(WRITE_BATCH_FRAMES);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Both grow with the traffic and keep what they grew to: an idle link holds a few KiB.
+    let mut frames: Vec<EncodedMessage> = Vec::new();
+    let mut buf = BytesMut::with_capacity(WRITE_BUFFER_FIRST_BYTES);
     // Set once a close is asked for: everything left must be written by then.
     let mut deadline: Option<Instant> = None;
     let ending = loop {
@@ -61,7 +64,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 queue.written(bytes);
                 buf.clear();
                 if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
-                    buf = BytesMut::with_capacity(64 * 1024);
+                    buf = BytesMut::with_capacity(WRITE_BUFFER_FIRST_BYTES);
                 }
                 if let Err(e) = written {
                     queue.shut();

@@ -156,11 +156,6 @@ impl BackendLedger {
         Some(l.addresses.names())
     }
 
-    /// Whether the addresses changed since [`BackendLedger::take_changed`] last read them.
-    pub fn changed(&self) -> bool {
-        self.lock().changed
-    }
-
     /// The addresses advertised now, sorted.
     #[cfg(test)]
     pub fn addresses(&self) -> Vec<String> {

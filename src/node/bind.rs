@@ -10,6 +10,12 @@ use super::service_listener::{self, ServiceSockets};
 use super::StartError;
 use crate::config::NodeConfig;
 
+/// Connections the kernel queues for a listener before it accepts them: a master restarted
+/// under a thousand workers gets a thousand SYNs within a backoff step, and a SYN past the
+/// backlog is dropped and retried by TCP only a second or more later. tokio binds with the
+/// same figure; the kernel caps it at `net.core.somaxconn`.
+pub(crate) const ACCEPT_BACKLOG: i32 = 1024;
+
 /// The peer listener: the handed-over one, or `listen` bound now.
 pub(super) async fn peer(
     me: &NodeConfig,
@@ -28,6 +34,10 @@ pub(super) async fn peer(
                 tracing::warn!(node = %me.name, "the peer listener handed over is on {addr}, not on the configured {}", me.listen);
             }
             l.set_nonblocking(true).map_err(bind_err(addr))?;
+            // Linux lets a listening socket's backlog be raised by listening again.
+            socket2::SockRef::from(&l)
+                .listen(ACCEPT_BACKLOG)
+                .map_err(bind_err(addr))?;
             TcpListener::from_std(l).map_err(bind_err(addr))
         }
         None => TcpListener::bind(me.listen)

@@ -198,13 +198,16 @@ impl BatchPool {
     /// Vectors kept: a session hands the bus up to 16 batches before the bus runs (actix
     /// polls a stream 16 times before it yields), so this many cover a whole round.
     const KEEP: usize = 17;
+    /// A new vector's room: it grows to what the traffic needs (at most a read batch) and
+    /// is kept at that size, so a session that delivers little holds little.
+    const FIRST: usize = 16;
 
     pub fn take(&self) -> Vec<Envelope> {
         self.0
             .lock()
             .ok()
             .and_then(|mut pool| pool.pop())
-            .unwrap_or_else(|| Vec::with_capacity(READ_BATCH_FRAMES))
+            .unwrap_or_else(|| Vec::with_capacity(Self::FIRST))
     }
 
     pub fn give(&self, mut batch: Vec<Envelope>) {

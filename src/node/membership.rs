@@ -1,67 +1,93 @@
-//! Membership: this node's view of the cluster, its failure detector, and the flooding of
-//! heartbeats and statuses. Supervised by NodeSupervisor.
+//! Membership: this node's view of the cluster, and the replication of every node's state by
+//! versioned deltas (see `replica`). Supervised by NodeSupervisor.
 //!
-//! Every node floods a [`Status`] (its replicated state and its live links) when a master's
-//! heartbeat tick reaches it, when its own links change (a burst of changes is announced once,
-//! see `Membership::soon`), and on its own clock when no tick came for 1.5 intervals
-//! (topologies without a master). A status or tick is forwarded once, to every
-//! link but the one it came on, and only if it is newer than what this node holds, so floods
-//! stop by themselves. A status is not forwarded to its origin nor to the peers the origin
-//! reports links to: the origin sent it to them itself (in a mesh nobody relays at all). A
-//! status heard directly from its origin goes to a peer the origin does not link to only from
-//! the first (in declared order) of their common neighbours (see `relayed_by_another`), so
-//! that peer gets one copy, not one per common neighbour.
+//! Each node owns a set of versioned entries (`role`, `link:<peer>`, `method:<name>`,
+//! `http:<host:port>`, `stats`; see [`Replica`]) and holds every other node's. When its own
+//! entries change (a burst of changes is taken once, see `Membership::soon`), it pushes a
+//! `delta` of the changed entries to each of its links. A receiver applies what is newer than
+//! what it holds and relays *only that* to its links except the one it came on, the origin,
+//! and the peers the origin reports links to (the origin pushed to them itself; in a mesh
+//! nobody relays). Relays of one coalescing window are batched: one `delta` frame per link
+//! carries the news of every origin. Nothing is sent while nothing changes.
 //!
-//! Cost at scale: a change of this node's links is announced at once after a quiet spell, and
-//! then at most every half interval; recomputes are coalesced (see `Membership::soon`); the
-//! live graph goes to the Router only when it changed, in index form (no string per edge); the
-//! periodic tick starts at a random phase, so nodes started together do not tick together.
+//! Anti-entropy: when a link comes up, and when a resumable link resumes, each side sends a
+//! `digest` (every node it holds, with incarnation and highest version) and the other answers
+//! with a `delta` of what the digest lacks, so a newcomer catches up from one peer. A delta
+//! that did not fit a link's queue, or that left a gap at the receiver, marks the link for a
+//! digest exchange at the next tick.
 //!
-//! A node is **up** when it is reachable from here over edges both ends report, and its status
-//! is fresh (younger than `failure_threshold` heartbeat intervals). So a killed node is down as
-//! soon as its neighbours' links drop, and a hung one after the threshold; when it comes back
-//! with a new incarnation it is up again. Each change is logged once
-//! (`membership: worker-2 up` / `down`), the live graph goes to the Router, and the view goes
-//! to the shared watch channel.
+//! Stats are their own entry, refreshed every `stats_interval_ms` and only when they moved
+//! past a threshold (see [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the
+//! next tick. A delta that changes only what a member holds (stats, methods, backends) does
+//! not walk the live graph again: only the view is rebuilt, once per coalescing window.
 //!
-//! Claims are checked (see [`claim_is_consistent`]): a status for node X is taken from X's own
-//! link only if it names the incarnation that link's handshake authenticated; while this node
-//! has a live link to X, copies of X's status relayed by other peers are ignored (X speaks for
-//! itself on that link); a relayed copy must be consistent with what is held for X (the same
-//! incarnation keeps its boot time; a new incarnation booted later); and a status whose boot
-//! time is more than [`MAX_CLOCK_SKEW_MS`] ahead of this node's clock is ignored (it would
-//! outrank the real incarnation). A status on X's own link, with the incarnation that link
-//! authenticated, replaces one of any other incarnation whatever its boot time, so a forged
-//! incarnation taken while unlinked cannot keep the live node down. The checks are the pure
-//! [`accept_status`] and [`normalize_status`] (fuzzed in `fuzz/`, target `status`).
+//! A node is **up** when it is reachable from here over edges both ends report live. There is
+//! no freshness of a status any more: every link has its own failure detector (pings; silence
+//! past the failure timeout closes it, a closed link is seen at once), and its two ends retract
+//! the `link:` entries of a link that died. So a killed node is down as soon as its neighbours'
+//! links drop, a hung one within the failure timeout (its links go silent and close), and no
+//! state is re-sent to stay fresh. The master's heartbeat tick is still flooded (it costs one
+//! frame per link per interval, and older tools watch it), but no longer answered.
 //!
-//! Bounds: only names the configuration admits are tracked (declared nodes, and members of its
-//! `[[pools]]`, each given the next index when first heard of; see `index_of`), at most
-//! `config.member_bound` of them; statuses that do not fit a full link queue are dropped (the
-//! next one supersedes them).
+//! Claims are checked (see [`claim_is_consistent`]): a delta about node X is taken from X's
+//! own link only if it names the incarnation that link's handshake authenticated; while this
+//! node has a live link to X, relayed deltas about X are ignored (X speaks for itself on that
+//! link); a relayed delta must be consistent with what is held for X (the same incarnation
+//! keeps its boot time; a new incarnation booted later); and one whose boot time is more than
+//! [`MAX_CLOCK_SKEW_MS`] ahead of this node's clock is ignored. The checks and the store are
+//! pure ([`take_delta`], fuzzed in `fuzz/`, target `delta`).
 //!
-//! Pool members come and go: one that went down is listed as down (`MembershipView::down`)
+//! Pool members come and go. One that went down is listed as down (`MembershipView::down`)
 //! for `forget_after`, then forgotten; one that said `bye` on a link of this node is forgotten
-//! at once. Nodes further away cannot tell a goodbye from a death and forget it after
-//! `forget_after`.
+//! at once (nodes further away cannot tell a goodbye from a death and forget it after
+//! `forget_after`); an undeclared node held but never seen up here is forgotten after
+//! `forget_after` without being listed. Forgetting drops the node's state (entries, versions,
+//! tombstones), so a member that joins again under the same name starts afresh; and for
+//! twice `forget_after` this node takes no relayed delta about the incarnation it forgot and
+//! does not ask for it in digests, so a peer that still holds it (it saw the member die
+//! later, or has not forgotten it yet) does not bring it back. Only the member itself, on its
+//! own link, lifts that (a joining node's second link, after the one it read the settings
+//! on). A new incarnation of the name is taken at once.
+//!
+//! Bounds: only nodes `Config::admits` are tracked, at most `config.member_bound` of them,
+//! each with an index into a table that grows as they are heard of and is compacted (the
+//! forgotten ones' slots reclaimed) only when full; forgotten incarnations remembered are as
+//! many at most; a node's entries are at most [`max_entries`]; tombstones are forgotten after
+//! [`TOMBSTONE_TTL`]; a delta frame is split to fit `max_frame_bytes`; deltas that do not fit
+//! a full link queue are dropped, and the link is caught up by a digest exchange instead.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// How far ahead of this node's clock another node's boot time may be (clock skew between
-/// machines); a status claiming a later boot is ignored.
-pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use uuid::Uuid;
 
+use super::metrics::Repl;
+use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
 use super::shared::{random_below, NodeShared};
 use super::supervision::guard;
-use crate::link::pause::{self, PauseClock};
+use crate::link::pause::PauseClock;
 use crate::topology::IndexedGraph;
-use crate::wire::{encode_message, Heartbeat, Message, NodeStats, Status};
+use crate::wire::{
+    encode_message, Delta, Digest, DigestEntry, Heartbeat, Message, NodeDelta, NodeStats, Value,
+};
+
+/// How far ahead of this node's clock another node's boot time may be (clock skew between
+/// machines); a delta claiming a later boot is ignored.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// How long a removed entry's tombstone is kept: every node that was reachable when it was
+/// made has it long before; one that comes later gets a whole state instead.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// The most entries a node's state may hold (tombstones included): its role and stats, a link
+/// to every admitted node, every method it may serve, every backend it may advertise, and
+/// as many tombstones again.
+pub fn max_entries(nodes: usize) -> usize {
+    2 * (2 + nodes + super::calls::MAX_METHODS + super::backends::MAX_BACKENDS)
+}
 
 /// One member as this node sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,10 +95,14 @@ pub struct Member {
     pub name: String,
     pub incarnation: Uuid,
     pub role: String,
-    pub links: Vec<String>,
+    /// The node's live links, sorted. Shared: a view is rebuilt and published at every
+    /// change, and a star's master lists a link to every worker, so copying this on every
+    /// node at every change cost more than everything else a large cluster did while it
+    /// converged.
+    pub links: Arc<[String]>,
     pub stats: NodeStats,
-    /// Methods the node serves, sorted.
-    pub methods: Vec<String>,
+    /// Methods the node serves, sorted (shared, as `links`).
+    pub methods: Arc<[String]>,
     /// HTTP backends the node advertises (`HOST:PORT`), sorted.
     pub http: Vec<String>,
 }
@@ -81,7 +111,8 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipView {
     pub me: String,
-    pub members: BTreeMap<String, Member>,
+    /// Persistent: a clone of the view shares its members with the view it came from.
+    pub members: imbl::OrdMap<String, Member>,
     /// Pool members (undeclared nodes) that went down and are not forgotten yet.
     pub down: BTreeSet<String>,
 }
@@ -90,7 +121,7 @@ impl MembershipView {
     pub fn alone(me: &str) -> Self {
         MembershipView {
             me: me.to_owned(),
-            members: BTreeMap::new(),
+            members: imbl::OrdMap::new(),
             down: BTreeSet::new(),
         }
     }
@@ -143,14 +174,14 @@ pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
 pub struct AttachRouter(pub Addr<Router>);
 
 /// The methods this node serves changed (sent by Calls, once per burst): read them from the
-/// ledger at the next announcement.
+/// ledger at the next refresh of this node's entries.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct MethodsChanged;
 
 /// A resumable link to `0` came back on a fresh connection after a quiet spell (sent by the
-/// Router): what was flooded to it meanwhile died with the old connection, so it is sent the
-/// statuses held here at once rather than at the next ticks.
+/// Router): what was pushed to it meanwhile died with the old connection, so the two sides
+/// exchange digests.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkResumed(pub String);
@@ -167,18 +198,31 @@ pub struct PeerLeft {
     pub link_id: u64,
 }
 
-/// The set of peers this node has a live link to.
+/// The peers in the Router's link table, and those of them whose (resumable) link is cut
+/// and kept only for its stream.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LinksChanged(pub BTreeSet<String>);
+pub struct LinksChanged {
+    pub links: BTreeSet<String>,
+    pub cut: BTreeSet<String>,
+}
 
+/// A `delta` from peer `via`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StatusReceived {
+pub struct DeltaReceived {
     pub via: String,
     /// The incarnation the link's handshake authenticated for `via`.
     pub via_incarnation: Uuid,
-    pub status: Status,
+    pub delta: Delta,
+}
+
+/// A `digest` from peer `via`: answered with what it lacks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DigestReceived {
+    pub via: String,
+    pub digest: Digest,
 }
 
 /// A master's tick; `via` is the link it came on (this node's own name for its own Master).
@@ -189,58 +233,74 @@ pub struct HeartbeatReceived {
     pub heartbeat: Heartbeat,
 }
 
-struct Known {
-    status: Status,
-    /// `status.links` as indices into [`Membership::names`].
-    links: Vec<usize>,
-    received: Instant,
-}
-
 pub struct Membership {
     shared: Arc<NodeShared>,
-    /// The configured nodes in declared order, and each one's index: statuses arrive by the
-    /// thousand in a large mesh, and their links are checked and counted by index.
+    /// Every admitted node this node heard of, and each one's index: deltas arrive by the
+    /// thousand in a large cluster, and links are checked and counted by index. Grows (see
+    /// `index_of`) up to `member_bound`; compacted when full (see `compact`).
     names: Vec<String>,
     ids: HashMap<String, usize>,
     /// Indices into `names` in name order: the order of the live graph's nodes.
     by_name: Vec<usize>,
     router: Option<Addr<Router>>,
-    statuses: HashMap<String, Known>,
+    /// Every node's replicated state, this node's own included.
+    replica: Replica,
+    /// The peers this node counts a live link to: the Router's table, less the cut links cut
+    /// for longer than the failure timeout (see `update_links`).
     my_links: BTreeSet<String>,
-    /// Methods this node serves, sorted (read from the ledger when it changed).
-    my_methods: Vec<String>,
-    /// HTTP backends this node advertises, sorted (read from their ledger when it changed).
-    my_http: Vec<String>,
-    /// The ledger changed since `my_methods` was read.
+    table_links: BTreeSet<String>,
+    /// Cut resumable links, and since when: counted live for a failure timeout (the stream
+    /// may resume), then not, which declares the peer down and ends its stream.
+    cut_since: HashMap<String, Instant>,
+    /// The ledger changed since this node's `method:` entries were written.
     methods_stale: bool,
-    /// `my_links` as indices into `names`.
-    my_link_ixs: Vec<usize>,
-    version: u64,
+    /// This node's own changes up to this version were pushed.
+    pushed: u64,
+    /// Deltas waiting for the end of the coalescing window, per peer.
+    outbox: HashMap<String, Vec<NodeDelta>>,
+    flush_pending: bool,
+    /// Links to catch up by a digest exchange (a delta did not fit, or left a gap).
+    needs_digest: BTreeSet<String>,
+    /// When each link last got a digest (see `send_digest`).
+    digest_at: HashMap<String, Instant>,
+    /// The stats last replicated, and when they were last looked at.
+    stats_sent: Option<NodeStats>,
+    stats_checked: Option<Instant>,
     up: BTreeSet<String>,
     /// The incarnation each node had when last seen up, so that a restart is logged with its
-    /// new incarnation (bounded: configured nodes only).
+    /// new incarnation (bounded: admitted nodes only).
     last_incarnation: HashMap<String, Uuid>,
-    last_announce: Option<Instant>,
-    last_tick: Option<Instant>,
-    /// The periodic tick's clock: statuses are not stale for this node's own pause.
-    pause: PauseClock,
     ticks_seen: HashMap<String, (Uuid, u64)>,
     /// A recompute is scheduled (see [`Membership::soon`]).
     recompute_pending: bool,
-    /// An announcement of this node's links is scheduled with it.
-    announce_pending: bool,
-    /// When a change of this node's links was last announced.
-    links_announced: Option<Instant>,
+    /// The members of the last view, and the nodes whose state changed since (see `view`).
+    /// The members of the last view, kept up to date member by member.
+    members: imbl::OrdMap<String, Member>,
+    member_dirty: HashSet<String>,
+    /// The scheduled recompute must walk the live graph again: a node came, went or changed
+    /// incarnation, or a `link:` entry changed. Otherwise (stats, methods, backends, role)
+    /// only the view is rebuilt, and the Router keeps its routes.
+    graph_dirty: bool,
     /// The bits of the live graph last sent to the Router (see `recompute`).
     last_graph: Option<Vec<u64>>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
-    /// Undeclared (pool) members that went down, and since when: forgotten after
-    /// `forget_after`.
+    /// Notices a pause of this node (SIGSTOP) and logs it: the links judge their silences
+    /// without it, and nothing here ages with time any more.
+    pause: PauseClock,
+    /// This node's start, the origin of the millisecond clock tombstones are stamped with.
+    started: Instant,
+    /// Undeclared (pool) members that went down, and since when: listed as down, forgotten
+    /// after `forget_after`.
     down_since: HashMap<String, Instant>,
+    /// Undeclared nodes held but never up here (a relayed state of a member that was already
+    /// gone), and since when: forgotten after `forget_after`, never listed.
+    stray_since: HashMap<String, Instant>,
+    /// Incarnations forgotten lately: relayed deltas about them are ignored.
+    forgotten: Forgotten,
 }
 
-/// Statuses and ticks come this often, so a mailbox this deep never fills in steady state.
+/// Deltas and ticks come this often, so a mailbox this deep never fills in steady state.
 const MEMBERSHIP_MAILBOX: usize = 1024;
 
 /// The longest a membership change waits for the rest of its burst (a tenth of the heartbeat
@@ -249,49 +309,67 @@ const COALESCE_MAX: Duration = Duration::from_millis(50);
 
 impl Membership {
     pub fn new(shared: Arc<NodeShared>) -> Self {
-        let names: Vec<String> = shared.config.nodes.iter().map(|n| n.name.clone()).collect();
-        let ids = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect();
-        let mut by_name: Vec<usize> = (0..names.len()).collect();
-        by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
-        let shared_interval = shared.heartbeat_interval();
-        Membership {
-            shared,
-            names,
-            ids,
-            by_name,
+        let mut m = Membership {
+            names: Vec::new(),
+            ids: HashMap::new(),
+            by_name: Vec::new(),
             router: None,
-            statuses: HashMap::new(),
+            replica: Replica::new(),
             my_links: BTreeSet::new(),
-            my_methods: Vec::new(),
-            my_http: Vec::new(),
+            table_links: BTreeSet::new(),
+            cut_since: HashMap::new(),
             methods_stale: true,
-            my_link_ixs: Vec::new(),
-            version: 0,
+            pushed: 0,
+            outbox: HashMap::new(),
+            flush_pending: false,
+            needs_digest: BTreeSet::new(),
+            digest_at: HashMap::new(),
+            stats_sent: None,
+            stats_checked: None,
             up: BTreeSet::new(),
             last_incarnation: HashMap::new(),
-            last_announce: None,
-            last_tick: None,
-            pause: PauseClock::new(shared_interval),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
-            announce_pending: false,
-            links_announced: None,
+            members: imbl::OrdMap::new(),
+            member_dirty: HashSet::new(),
+            graph_dirty: true,
             last_graph: None,
             recompute_cost: Duration::ZERO,
+            started: Instant::now(),
+            pause: PauseClock::new(shared.heartbeat_interval()),
             down_since: HashMap::new(),
+            stray_since: HashMap::new(),
+            forgotten: Forgotten::new(
+                shared.config.cluster.forget_after * 2,
+                shared.config.member_bound,
+            ),
+            shared,
+        };
+        // The declared nodes first, in declared order.
+        let declared: Vec<String> = m
+            .shared
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        for name in declared {
+            let _ = m.index_of(&name);
         }
+        let me = m.shared.name().to_owned();
+        let _ = m.index_of(&me);
+        let own = m.replica.own(&me, m.shared.incarnation, m.shared.boot_ms);
+        own.set("role", Value::Text(m.shared.me.role.to_string()));
+        m
     }
 
     /// The index of `name`; a name not known yet gets the next one if the configuration
-    /// admits it (a pool member, first heard of) and the table holds fewer than
-    /// `member_bound` names, after forgotten members' slots are reclaimed (see `compact`).
+    /// admits it (see `Config::admits`: a pool member, first heard of) and the table holds
+    /// fewer than `member_bound` names, after forgotten members' slots are reclaimed (see
+    /// `compact`). `None` for a node this cluster does not admit, or past the bound.
     fn index_of(&mut self, name: &str) -> Option<usize> {
-        if let Some(&i) = self.ids.get(name) {
-            return Some(i);
+        if let Some(&ix) = self.ids.get(name) {
+            return Some(ix);
         }
         if !self.shared.config.admits(name) {
             return None;
@@ -303,260 +381,545 @@ impl Membership {
                 return None;
             }
         }
-        let i = self.names.len();
+        let ix = self.names.len();
         self.names.push(name.to_owned());
-        self.ids.insert(name.to_owned(), i);
+        self.ids.insert(name.to_owned(), ix);
         let at = self
             .by_name
-            .partition_point(|&j| self.names.get(j).is_some_and(|n| n.as_str() < name));
-        self.by_name.insert(at, i);
-        Some(i)
+            .partition_point(|&b| self.names.get(b).is_some_and(|n| n.as_str() < name));
+        self.by_name.insert(at, ix);
+        Some(ix)
     }
 
     /// Rebuild the table without the names nothing refers to any more (forgotten pool
     /// members): declared nodes first, in declared order, then the others. Rare: only when
-    /// the table is full.
+    /// the table is full. Indices live only in the table and in the graph bits of the last
+    /// recompute (dropped here), so nothing else goes stale.
     fn compact(&mut self) {
-        let keep: BTreeSet<&String> = self
-            .statuses
-            .keys()
-            .chain(&self.my_links)
-            .chain(&self.up)
-            .chain(self.down_since.keys())
+        let me = self.shared.name();
+        let keep: BTreeSet<&str> = self
+            .replica
+            .nodes()
+            .map(|(n, _)| n)
+            .chain(self.table_links.iter().map(String::as_str))
+            .chain(self.up.iter().map(String::as_str))
+            .chain(self.down_since.keys().map(String::as_str))
+            .chain(std::iter::once(me))
             .collect();
         let declared = self.shared.config.nodes.len();
         let names: Vec<String> = self
             .names
             .iter()
             .enumerate()
-            .filter(|(i, n)| *i < declared || keep.contains(n))
+            .filter(|(i, n)| *i < declared || keep.contains(n.as_str()))
             .map(|(_, n)| n.clone())
             .collect();
         if names.len() == self.names.len() {
             return;
         }
-        let ids: HashMap<String, usize> = names
+        self.ids = names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
-        for known in self.statuses.values_mut() {
-            known.links = known
-                .status
-                .links
-                .iter()
-                .filter_map(|l| ids.get(l).copied())
-                .collect();
-        }
-        self.my_link_ixs = self
-            .my_links
-            .iter()
-            .filter_map(|l| ids.get(l).copied())
-            .collect();
         let mut by_name: Vec<usize> = (0..names.len()).collect();
         by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
         self.names = names;
-        self.ids = ids;
         self.by_name = by_name;
         self.last_graph = None;
+        self.graph_dirty = true;
     }
 
-    /// Forget the pool member `name` (gone for `forget_after`, or left with `bye`): it
-    /// leaves every view of this node. Declared nodes are never forgotten.
+    /// Forget the pool member `name` (gone for `forget_after`, or left with `bye`): it leaves
+    /// every view of this node, and its state goes (see the module doc). Declared nodes are
+    /// never forgotten.
     fn forget(&mut self, name: &str) {
-        if self.shared.config.node(name).is_some() {
+        if self.shared.config.node(name).is_some() || name == self.shared.name() {
             return;
         }
-        let listed = self.down_since.remove(name).is_some() | self.statuses.remove(name).is_some();
+        let held = self.replica.remove(name);
+        let listed = self.down_since.remove(name).is_some();
+        self.stray_since.remove(name);
         self.last_incarnation.remove(name);
         self.ticks_seen.remove(name);
+        self.members.remove(name);
+        self.member_dirty.remove(name);
+        for deltas in self.outbox.values_mut() {
+            deltas.retain(|d| d.node != name);
+        }
         let was_up = self.up.remove(name);
         if was_up {
             self.shared.streams.end_if_cut(name, "it left the cluster");
         }
-        // A link that never carried a status (a joining node reading the settings) was never
+        if let Some(state) = &held {
+            self.forgotten.mark(name, state.incarnation, Instant::now());
+        }
+        self.graph_dirty = true;
+        // A link that never carried a state (a joining node reading the settings) was never
         // listed: nothing to say.
-        if listed || was_up {
+        if listed || was_up || held.is_some() {
             tracing::info!(node = %self.shared.name(), "membership: {name} forgotten");
         }
     }
 
-    /// Recompute (and, if `announce`, announce this node's links) after a short delay rather
-    /// than at once: changes come in bursts (a starting node's links come up one by one, and
-    /// each of its peers announces the new link), and one status and one recompute (and one
-    /// route computation in the Router) cover the whole burst. Without this, a node of a
-    /// 32-node mesh announced 31 times while starting, each status went to every node, every
-    /// node recomputed on each, and the cluster spent its CPU on that and never converged.
-    /// The first link change after a quiet spell is still announced at once; later ones wait
-    /// until half an interval has passed since the last announcement (a 64-node mesh, whose
-    /// nodes announced every 50 ms while starting, flooded itself into link timeouts). The
-    /// recompute delay is a tenth of the heartbeat interval (at most 50 ms), or 20 times what
-    /// the last recompute took if that is longer (at most an interval): recomputing then costs
-    /// at most about 5% of the node's thread, however large the graph and however loaded the
-    /// machine.
-    fn soon(&mut self, ctx: &mut Context<Self>, announce: bool) {
-        let delay = (self.interval() / 10)
-            .min(COALESCE_MAX)
-            .max(self.recompute_cost * 20)
-            .min(self.interval());
-        if announce && !self.announce_pending {
-            let gap = self.announce_gap();
-            match self.links_announced.map(|t| t.elapsed()) {
-                Some(since) if since < gap => {
-                    self.announce_pending = true;
-                    ctx.run_later(gap - since, |act, ctx| {
-                        act.announce_pending = false;
-                        act.links_announced = Some(Instant::now());
-                        guard("membership", ctx, |_| act.announce());
-                    });
-                }
-                _ => {
-                    self.links_announced = Some(Instant::now());
-                    guard("membership", ctx, |_| self.announce());
-                }
-            }
+    /// Forget the pool members down (or held but never up) for `forget_after`; true if any.
+    fn forget_expired(&mut self) -> bool {
+        let forget_after = self.shared.config.cluster.forget_after;
+        let now = Instant::now();
+        // Held undeclared nodes that are neither up nor listed as down, nor linked to this
+        // node (a link is its own proof of life, up or not yet): strays.
+        let strays: Vec<String> = self
+            .replica
+            .nodes()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                *n != self.shared.name()
+                    && self.shared.config.node(n).is_none()
+                    && !self.up.contains(*n)
+                    && !self.down_since.contains_key(*n)
+                    && !self.table_links.contains(*n)
+            })
+            .map(str::to_owned)
+            .collect();
+        self.stray_since.retain(|n, _| strays.contains(n));
+        for n in strays {
+            self.stray_since.entry(n).or_insert(now);
         }
+        let expired: Vec<String> = self
+            .down_since
+            .iter()
+            .chain(&self.stray_since)
+            .filter(|(_, since)| since.elapsed() >= forget_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            self.forget(name);
+        }
+        self.forgotten.expire(now);
+        !expired.is_empty()
+    }
+
+    /// Recompute (and, if `refresh`, rewrite and push this node's entries) after a short
+    /// delay rather than at once: changes come in bursts (a starting node's links come up one
+    /// by one), and one delta and one recompute (and one route computation in the Router)
+    /// cover the whole burst. The delay is a tenth of the heartbeat interval (at most 50 ms),
+    /// or 20 times what the last recompute took if that is longer (at most an interval):
+    /// recomputing then costs at most about 5% of the node's thread, however large the graph.
+    fn soon(&mut self, ctx: &mut Context<Self>, refresh: bool) {
+        self.graph_dirty = true;
+        self.soon_members(ctx, refresh);
+    }
+
+    /// As [`Membership::soon`], for a change that leaves the live graph as it is (what
+    /// members hold, not who is up): only the view is rebuilt at the end of the window.
+    fn soon_members(&mut self, ctx: &mut Context<Self>, refresh: bool) {
+        if refresh {
+            self.refresh_own();
+        }
+        self.schedule_flush(ctx);
         if self.recompute_pending {
             return;
         }
         self.recompute_pending = true;
-        ctx.run_later(delay, |act, ctx| {
+        ctx.run_later(self.delay(), |act, ctx| {
             act.recompute_pending = false;
-            guard("membership", ctx, |_| act.recompute());
+            if std::mem::take(&mut act.graph_dirty) {
+                guard("membership", ctx, |_| act.recompute());
+            } else {
+                guard("membership", ctx, |_| act.publish_members());
+            }
         });
     }
 
-    /// The least time between two announcements of this node's links.
-    fn announce_gap(&self) -> Duration {
-        self.interval() / 2
+    /// Publish the view again without walking the graph (the Router keeps its routes).
+    fn publish_members(&mut self) {
+        let view = self.view();
+        match &self.router {
+            Some(router) => router.do_send(GraphChanged { graph: None, view }),
+            None => publish_view(&self.shared, view),
+        }
+    }
+
+    fn delay(&self) -> Duration {
+        (self.interval() / 10)
+            .min(COALESCE_MAX)
+            .max(self.recompute_cost * 20)
+            .min(self.interval())
+    }
+
+    /// Send the outbox at the end of the coalescing window (one frame per link per window).
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_pending {
+            return;
+        }
+        self.flush_pending = true;
+        // The coalescing window alone: relays must not wait for this node's recomputes (each
+        // hop would add one), and sending costs what it costs however it is batched.
+        let window = (self.interval() / 10).min(COALESCE_MAX);
+        ctx.run_later(window, |act, ctx| {
+            act.flush_pending = false;
+            guard("membership", ctx, |_| act.flush());
+        });
     }
 
     fn interval(&self) -> Duration {
         self.shared.heartbeat_interval()
     }
 
-    fn is_member(&self, name: &str) -> bool {
-        name != self.shared.name() && self.ids.contains_key(name)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Send the message `make` builds on every live link whose peer `skip` does not name
-    /// (built and encoded only if there is such a link).
-    fn flood(&self, make: impl FnOnce() -> Message, skip: impl Fn(&str) -> bool) {
-        let table = self.shared.routes.load();
-        let mut links = table.links().filter(|l| !skip(&l.peer)).peekable();
-        if links.peek().is_none() {
+    /// Estimated bytes of one delta frame's entries: half the frame limit, so the estimate's
+    /// error never makes a frame too large.
+    fn budget(&self) -> usize {
+        (self.shared.config.cluster.max_frame_bytes / 2).max(1024)
+    }
+
+    /// Write this node's entries from its links, methods, backends and (at their period, past
+    /// their threshold) stats; queue what changed for every link. True if any changed.
+    fn refresh_own(&mut self) -> bool {
+        let me = self.shared.name().to_owned();
+        self.member_dirty.insert(me.clone());
+        let now_ms = self.now_ms();
+        let methods = if self.methods_stale {
+            self.methods_stale = false;
+            Some(self.shared.methods.names())
+        } else {
+            None
+        };
+        let http = self.shared.backends.take_changed();
+        let stats = self.stats_to_send();
+        let links = self.my_links.clone();
+        let own = self
+            .replica
+            .own(&me, self.shared.incarnation, self.shared.boot_ms);
+        sync_prefix(own, "link:", links.iter().map(String::as_str), now_ms);
+        if let Some(methods) = methods {
+            sync_prefix(own, "method:", methods.iter().map(String::as_str), now_ms);
+        }
+        if let Some(http) = http {
+            sync_prefix(own, "http:", http.iter().map(String::as_str), now_ms);
+        }
+        if let Some(stats) = stats {
+            if own.set("stats", Value::Stats(stats.clone())) {
+                self.shared.metrics.repl(Repl::OwnStatsSet, 1);
+            }
+            self.stats_sent = Some(stats);
+        }
+        let budget = self.budget();
+        let own = self
+            .replica
+            .own(&me, self.shared.incarnation, self.shared.boot_ms);
+        if own.max_version <= self.pushed {
+            return false;
+        }
+        {
+            let deltas = own.since(&me, self.pushed, budget);
+            self.pushed = own.max_version;
+            let peers: Vec<String> = self.my_links.iter().cloned().collect();
+            for peer in peers {
+                self.outbox
+                    .entry(peer)
+                    .or_default()
+                    .extend(deltas.iter().cloned());
+            }
+        }
+        true
+    }
+
+    /// The stats to replicate now, if any: a custom stat changed, or the period passed and
+    /// they moved past the threshold.
+    fn stats_to_send(&mut self) -> Option<NodeStats> {
+        let now = (**self.shared.stats.load()).clone();
+        let Some(sent) = &self.stats_sent else {
+            self.stats_checked = Some(Instant::now());
+            return Some(now);
+        };
+        if sent.extra != now.extra {
+            return Some(now);
+        }
+        if self
+            .stats_checked
+            .is_some_and(|t| t.elapsed() < self.shared.config.cluster.stats_interval)
+        {
+            return None;
+        }
+        self.stats_checked = Some(Instant::now());
+        let moved = stats_moved(sent, &now);
+        if moved {
+            tracing::debug!(node = %self.shared.name(),
+                "stats moved: load {:.2} -> {:.2}, rss {} -> {} KiB",
+                sent.load_avg[0], now.load_avg[0], sent.rss_bytes / 1024, now.rss_bytes / 1024);
+        }
+        moved.then_some(now)
+    }
+
+    /// Send every link its queued deltas, batched into frames that fit.
+    fn flush(&mut self) {
+        if self.outbox.is_empty() && self.needs_digest.is_empty() {
             return;
         }
-        let msg = make();
-        let frame = match encode_message(&msg) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(node = %self.shared.name(), "cannot encode {}: {e}", msg.kind());
-                return;
+        let table = self.shared.routes.load();
+        let budget = self.budget();
+        for link in table.links() {
+            let Some(deltas) = self.outbox.remove(&link.peer) else {
+                continue;
+            };
+            for frame in batch(deltas, budget) {
+                let records = frame.nodes.len() as u64;
+                let entries = frame.nodes.iter().map(|d| d.entries.len() as u64).sum();
+                let msg = Message::Delta(frame);
+                let encoded = match encode_message(&msg) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(node = %self.shared.name(), "cannot encode a delta: {e}");
+                        continue;
+                    }
+                };
+                if link.tx.try_push(encoded).is_err() {
+                    // Dropped: the link catches up by a digest exchange once it has room.
+                    self.needs_digest.insert(link.peer.clone());
+                    break;
+                }
+                let m = &self.shared.metrics;
+                m.repl(Repl::DeltaFramesSent, 1);
+                m.repl(Repl::DeltaRecordsSent, records);
+                m.repl(Repl::DeltaEntriesSent, entries);
             }
-        };
-        for link in links {
-            let _ = link.tx.try_push(frame.clone());
+        }
+        // Deltas for links that went away meanwhile: a new link starts with a digest.
+        self.outbox.clear();
+        let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
+        for peer in behind {
+            self.send_digest(&peer, DigestWhy::Repair);
         }
     }
 
-    /// Send `peer` every fresh status held of another node, and this node's own. Without it a
-    /// link back for less than an interval between two cuts carries no news of the nodes
-    /// behind this one, and they look stale to `peer` although every link is alive. The
-    /// receiver keeps what is newer than what it holds and drops the rest.
-    fn resync(&mut self, peer: &str) {
+    /// Send `peer` this node's digest (it answers with what this node lacks).
+    /// A repair (`Digest::Repair`: a gap, a delta that did not fit, a digest showing this
+    /// node lacks something) goes at most once an interval per link; later ones wait in
+    /// `needs_digest` for the next tick. A link that comes up or resumes always gets one.
+    fn send_digest(&mut self, peer: &str, why: DigestWhy) {
+        if why == DigestWhy::Repair
+            && self
+                .digest_at
+                .get(peer)
+                .is_some_and(|t| t.elapsed() < self.interval())
+        {
+            self.needs_digest.insert(peer.to_owned());
+            return;
+        }
+        tracing::debug!(node = %self.shared.name(), peer, "digest sent ({why:?})");
         let table = self.shared.routes.load();
         let Some(link) = table.links().find(|l| l.peer == peer) else {
             return;
         };
-        let timeout = self.shared.failure_timeout();
-        let held = self
-            .statuses
-            .iter()
-            .filter(|(name, k)| name.as_str() != peer && k.received.elapsed() <= timeout)
-            .map(|(_, k)| Message::Status(Box::new(k.status.clone())));
-        for msg in held.chain(std::iter::once(Message::Status(Box::new(
-            self.own_status(),
-        )))) {
-            match encode_message(&msg) {
-                Ok(frame) => {
-                    let _ = link.tx.try_push(frame);
+        let msg = Message::Digest(Digest {
+            nodes: self.replica.digest(),
+        });
+        match encode_message(&msg) {
+            Ok(frame) => {
+                if link.tx.try_push(frame).is_ok() {
+                    self.shared.metrics.repl(Repl::DigestsSent, 1);
+                    self.needs_digest.remove(peer);
+                    self.digest_at.insert(peer.to_owned(), Instant::now());
+                } else {
+                    self.needs_digest.insert(peer.to_owned());
                 }
-                Err(e) => {
-                    tracing::error!(node = %self.shared.name(), "cannot encode a status: {e}")
+            }
+            Err(e) => tracing::error!(node = %self.shared.name(), "cannot encode a digest: {e}"),
+        }
+    }
+
+    /// Answer `via`'s digest with what it lacks, except the states of nodes linked to `via`
+    /// (and its own): those speak for themselves on their own links, where `via` would
+    /// ignore a relayed copy anyway. In a mesh that leaves little to send.
+    ///
+    /// And if the digest shows `via` holds more than this node (a newer version of an
+    /// incarnation held here, or an admitted node unknown here), this node sends its own
+    /// digest back, so `via` answers with the difference: a sender whose delta did not fit
+    /// this node's link, or a gap, is repaired in one more round instead of at the next
+    /// change of the nodes concerned. Nodes linked to this one and `via` itself are left out
+    /// (they push their changes here themselves).
+    fn on_digest(&mut self, via: &str, digest: &Digest) {
+        let me = self.shared.name();
+        // What this node forgot lately is not lacking (see the module doc).
+        let now = Instant::now();
+        let asked: Vec<DigestEntry> = digest
+            .nodes
+            .iter()
+            .filter(|d| !self.forgotten.holds(&d.node, d.incarnation, now))
+            .cloned()
+            .collect();
+        let lacking = self.replica.lacks(
+            &asked,
+            |n| n == via || n == me || self.my_links.contains(n),
+            |n| self.shared.config.admits(n),
+        );
+        if lacking {
+            self.send_digest(via, DigestWhy::Repair);
+        }
+        self.shared.metrics.repl(Repl::DigestsReceived, 1);
+        let me = self.shared.name();
+        let key = format!("link:{via}");
+        let linked = |node: &str| {
+            node == via
+                || (node != me
+                    && self
+                        .replica
+                        .get(node)
+                        .is_some_and(|s| s.get(&key).is_some()))
+        };
+        let deltas = self.replica.delta_for(&digest.nodes, self.budget(), linked);
+        if !deltas.is_empty() {
+            self.outbox
+                .entry(via.to_owned())
+                .or_default()
+                .extend(deltas);
+        }
+    }
+
+    /// Take a delta in and queue what was new for relaying; says whether the graph or only
+    /// what members hold may have changed.
+    fn on_delta(&mut self, via: &str, via_incarnation: Uuid, delta: Delta) -> Change {
+        let me = self.shared.name().to_owned();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let stamp = self.now_ms();
+        let mut changed = Change::None;
+        let mut gap = false;
+        for d in delta.nodes {
+            if d.node == me {
+                continue;
+            }
+            if d.node == via && d.incarnation == via_incarnation {
+                // The member itself, on its own link: whatever was forgotten of it is over.
+                self.forgotten.lift(&d.node);
+            } else if self.forgotten.holds(&d.node, d.incarnation, Instant::now()) {
+                self.shared.metrics.repl(Repl::RecordsStale, 1);
+                continue;
+            }
+            if self.index_of(&d.node).is_none() {
+                tracing::debug!(node = %me, via = %via, "delta about unknown node {:?} ignored", d.node);
+                continue;
+            }
+            let link = Link {
+                via,
+                via_incarnation,
+                linked: self.my_links.contains(&d.node),
+            };
+            let max = max_entries(self.names.len());
+            let origin = d.node.clone();
+            let incarnation = d.incarnation;
+            self.shared.metrics.repl(Repl::DeltaRecordsReceived, 1);
+            match take_delta(&mut self.replica, d, &link, now_ms, stamp, max) {
+                Ok(Applied::New(relay)) => {
+                    self.shared.metrics.repl(Repl::RecordsNew, 1);
+                    self.member_dirty.insert(relay.node.clone());
+                    // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
+                    // the graph; anything else (stats above all) only a member.
+                    let graph =
+                        relay.from == 0 || relay.entries.iter().any(|e| e.key.starts_with("link:"));
+                    changed = changed.max(if graph {
+                        Change::Graph
+                    } else {
+                        Change::Members
+                    });
+                    self.relay(via, relay);
+                }
+                Ok(Applied::Stale) => self.shared.metrics.repl(Repl::RecordsStale, 1),
+                Ok(Applied::Gap) => {
+                    self.shared.metrics.repl(Repl::RecordsGap, 1);
+                    gap = true;
+                }
+                Ok(Applied::Refused) => {
+                    tracing::debug!(node = %me, via = %via, "delta about {origin} refused: malformed or past the entry bound");
+                }
+                Err(why) => {
+                    tracing::debug!(node = %me, via = %via,
+                        "delta about {origin} (incarnation {incarnation}) ignored: {why}");
                 }
             }
         }
+        if gap {
+            // Filled at the end of this window (see `flush`), not at the next tick.
+            self.needs_digest.insert(via.to_owned());
+        }
+        changed
     }
 
-    /// Flood this node's status (its heartbeat answer).
-    fn announce(&mut self) {
-        if self.methods_stale {
-            // Read once per announcement at most, however many changes came meanwhile.
-            self.methods_stale = false;
-            self.my_methods = self.shared.methods.names();
+    /// Queue what was new here for every link but the one it came on, the origin, and the
+    /// peers the origin reports links to (it pushed to them itself).
+    fn relay(&mut self, via: &str, relay: NodeDelta) {
+        let origin_links: BTreeSet<&str> = self
+            .replica
+            .get(&relay.node)
+            .map(|s| s.keys_with("link:").collect())
+            .unwrap_or_default();
+        let targets: Vec<String> = self
+            .my_links
+            .iter()
+            .filter(|p| {
+                p.as_str() != via && p.as_str() != relay.node && !origin_links.contains(p.as_str())
+            })
+            .cloned()
+            .collect();
+        for peer in targets {
+            self.outbox.entry(peer).or_default().push(relay.clone());
         }
-        if let Some(http) = self.shared.backends.take_changed() {
-            self.my_http = http;
-        }
-        self.version += 1;
-        self.last_announce = Some(Instant::now());
-        let status = self.own_status();
-        self.flood(|| Message::Status(Box::new(status)), |_| false);
-    }
-
-    /// This node's status at its current version.
-    fn own_status(&self) -> Status {
-        Status {
-            node: self.shared.name().to_owned(),
-            incarnation: self.shared.incarnation,
-            boot_ms: self.shared.boot_ms,
-            version: self.version,
-            role: self.shared.me.role.to_string(),
-            links: self.my_links.iter().cloned().collect(),
-            stats: (**self.shared.stats.load()).clone(),
-            methods: self.my_methods.clone(),
-            http: self.my_http.clone(),
-        }
-    }
-
-    fn fresh(&self, name: &str) -> Option<&Status> {
-        let timeout = self.shared.failure_timeout();
-        self.statuses
-            .get(name)
-            .filter(|k| k.received.elapsed() <= timeout)
-            .map(|k| &k.status)
     }
 
     /// Recompute reachability; log and publish what changed. Works on node indices and is
-    /// linear in the number of links reported: it runs on every tick and after every burst
-    /// of changes, and a 64-node mesh reports 4032 links.
+    /// linear in the number of links reported.
     fn recompute(&mut self) {
+        self.shared.metrics.repl(Repl::GraphRecomputes, 1);
         let started = Instant::now();
         self.recompute_graph();
-        self.recompute_cost = started.elapsed();
+        // Wall time, so a run preempted by other threads (a thousand nodes in one process on
+        // two cores) measures long: taken at once when shorter, averaged in slowly when
+        // longer, so that one unlucky run does not stretch the window to an interval.
+        let took = started.elapsed();
+        self.recompute_cost = if took <= self.recompute_cost {
+            took
+        } else {
+            (self.recompute_cost * 7 + took) / 8
+        };
     }
 
     fn recompute_graph(&mut self) {
         let me = self.shared.name().to_owned();
-        let timeout = self.shared.failure_timeout();
         let Some(&me_ix) = self.ids.get(&me) else {
             return;
         };
-        // reports.has(a, b): a reports a live link to b (my own links, and fresh statuses).
+        // reports.has(a, b): a reports a live link to b (my own links, and every state held).
+        // My own link counts only to the incarnation whose state is held: a restarted peer
+        // whose new state has not arrived yet must not pass for its old incarnation.
         let mut reports = Reports::new(self.names.len());
+        let table = self.shared.routes.load();
+        let linked: HashMap<&str, Uuid> = table
+            .links()
+            .map(|l| (l.peer.as_str(), l.incarnation))
+            .collect();
         for peer in &self.my_links {
-            if let Some(&b) = self.ids.get(peer) {
+            let same = self
+                .replica
+                .get(peer)
+                .is_some_and(|s| linked.get(peer.as_str()) == Some(&s.incarnation));
+            if let Some(&b) = self.ids.get(peer).filter(|_| same) {
                 reports.set(me_ix, b);
             }
         }
-        for (name, known) in &self.statuses {
-            if known.received.elapsed() > timeout {
+        for (name, state) in self.replica.nodes() {
+            if name == me {
                 continue;
             }
             if let Some(&a) = self.ids.get(name) {
-                for &b in &known.links {
-                    reports.set(a, b);
+                for peer in state.keys_with("link:") {
+                    if let Some(&b) = self.ids.get(peer) {
+                        reports.set(a, b);
+                    }
                 }
             }
         }
@@ -580,9 +943,8 @@ impl Membership {
                 }
             }
         }
-        // The live graph as bits (a row per reachable node): most recomputes (every tick)
-        // find the graph of last time, and then the Router is told nothing changed and keeps
-        // its routes.
+        // The live graph as bits (a row per reachable node): when it is the graph of last
+        // time, the Router is told nothing changed and keeps its routes.
         let mut live = Reports::new(self.names.len());
         for &a in &order {
             for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
@@ -601,6 +963,7 @@ impl Membership {
             .iter()
             .filter(|&&a| a != me_ix)
             .filter_map(|&a| self.names.get(a).cloned())
+            .filter(|n| self.replica.get(n).is_some())
             .collect();
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
@@ -660,7 +1023,7 @@ impl Membership {
     /// faster than the failure detector), naming the incarnation.
     fn log_up(&mut self, name: &str) {
         let me = self.shared.name();
-        let Some(now) = self.statuses.get(name).map(|k| k.status.incarnation) else {
+        let Some(now) = self.replica.get(name).map(|s| s.incarnation) else {
             return;
         };
         let before = self.last_incarnation.insert(name.to_owned(), now);
@@ -680,164 +1043,73 @@ impl Membership {
         }
     }
 
-    fn view(&self) -> MembershipView {
-        let mut members = BTreeMap::new();
-        members.insert(
-            self.shared.name().to_owned(),
-            Member {
-                name: self.shared.name().to_owned(),
-                incarnation: self.shared.incarnation,
-                role: self.shared.me.role.to_string(),
-                links: self.my_links.iter().cloned().collect(),
-                stats: (**self.shared.stats.load()).clone(),
-                methods: self.my_methods.clone(),
-                http: self.my_http.clone(),
-            },
-        );
-        for name in &self.up {
-            if let Some(s) = self.fresh(name) {
-                members.insert(
-                    name.clone(),
-                    Member {
-                        name: name.clone(),
-                        incarnation: s.incarnation,
-                        role: s.role.clone(),
-                        links: s.links.clone(),
-                        stats: s.stats.clone(),
-                        methods: s.methods.clone(),
-                        http: s.http.clone(),
+    /// The view, from the members cached since the last one: only the members whose state
+    /// changed since (`member_dirty`) are built again from their entries.
+    fn view(&mut self) -> MembershipView {
+        let me = self.shared.name().to_owned();
+        let dirty = std::mem::take(&mut self.member_dirty);
+        if let Some(own) = self.replica.get(&me) {
+            // Live values for this node: its links and stats as they are now.
+            let fresh = self
+                .members
+                .get(&me)
+                .is_some_and(|m| !dirty.contains(&me) && m.links.iter().eq(self.my_links.iter()));
+            let stats = self.shared.stats.load();
+            if !fresh {
+                let mut m = member(&me, own);
+                m.links = self.my_links.iter().cloned().collect();
+                m.stats = (**stats).clone();
+                self.members.insert(me.clone(), m);
+            } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != **stats) {
+                m.stats = (**stats).clone();
+            }
+        }
+        // Who came and went since the last view: both sides are sorted by name, so one walk
+        // finds them without a lookup per member.
+        let (mut gone, mut came) = (Vec::new(), Vec::new());
+        {
+            let mut held = self.members.keys().filter(|n| **n != me).peekable();
+            let mut up = self.up.iter().peekable();
+            loop {
+                match (held.peek(), up.peek()) {
+                    (Some(h), Some(u)) => match h.as_str().cmp(u.as_str()) {
+                        std::cmp::Ordering::Less => gone.extend(held.next().cloned()),
+                        std::cmp::Ordering::Greater => came.extend(up.next().cloned()),
+                        std::cmp::Ordering::Equal => {
+                            held.next();
+                            up.next();
+                        }
                     },
-                );
+                    (Some(_), None) => gone.extend(held.next().cloned()),
+                    (None, Some(_)) => came.extend(up.next().cloned()),
+                    (None, None) => break,
+                }
+            }
+        }
+        for name in &gone {
+            self.members.remove(name);
+        }
+        let changed = dirty.iter().filter(|n| **n != me && self.up.contains(*n));
+        for name in came.iter().chain(changed) {
+            match self.replica.get(name) {
+                Some(s) => {
+                    self.members.insert(name.clone(), member(name, s));
+                }
+                None => {
+                    self.members.remove(name);
+                }
             }
         }
         MembershipView {
-            me: self.shared.name().to_owned(),
-            members,
+            me,
+            members: self.members.clone(),
             down: self.down_since.keys().cloned().collect(),
         }
     }
 
-    /// Take a status in and relay it; true if the graph or the members may have changed.
-    fn on_status(&mut self, via: String, via_incarnation: Uuid, mut status: Status) -> bool {
-        // Pool members get an index when first heard of (the node and the links it reports).
-        if status.node != self.shared.name() && self.index_of(&status.node).is_some() {
-            for l in status.links.iter().take(self.shared.config.member_bound) {
-                let _ = self.index_of(l);
-            }
-        }
-        if !self.is_member(&status.node) {
-            tracing::debug!(node = %self.shared.name(), via = %via, "status from unknown node {:?} ignored", status.node);
-            return false;
-        }
-        let held = self.statuses.get(&status.node).map(|k| &k.status);
-        let link = Link {
-            via: &via,
-            via_incarnation,
-            linked: self.my_links.contains(&status.node),
-        };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        match accept_status(&status, &link, held, now_ms) {
-            Ok(()) => {}
-            Err(Ignored::Stale) => return false,
-            Err(why) => {
-                tracing::debug!(node = %self.shared.name(), via = %via,
-                    "status of {} (incarnation {}) ignored: {why}", status.node, status.incarnation);
-                return false;
-            }
-        }
-        normalize_status(&mut status, |l| self.ids.contains_key(l), self.names.len());
-        let links: Vec<usize> = status
-            .links
-            .iter()
-            .filter_map(|l| self.ids.get(l).copied())
-            .collect();
-        // The origin sent its status to each of its linked peers itself: relaying it to them
-        // (or back to the origin) only makes copies they drop. In a mesh this turns the
-        // 2E − (N−1) frames of a plain flood into N−1.
-        let origin = status.node.as_str();
-        let mut origin_linked = vec![false; self.names.len()];
-        for &l in &links {
-            if let Some(b) = origin_linked.get_mut(l) {
-                *b = true;
-            }
-        }
-        // Which of my peers need a copy, decided by index (no name lookups per link): in a
-        // complete mesh none does, and this runs for every status received.
-        let (via_ix, origin_ix) = (self.ids.get(&via).copied(), self.ids.get(origin).copied());
-        let me_ix = self.ids.get(self.shared.name()).copied();
-        let direct = via_ix.is_some() && via_ix == origin_ix;
-        let needs = |p: usize| {
-            Some(p) != via_ix
-                && Some(p) != origin_ix
-                && origin_linked.get(p) != Some(&true)
-                && !(direct && self.relayed_by_another(p, &origin_linked, me_ix))
-        };
-        let targets: Vec<usize> = self
-            .my_link_ixs
-            .iter()
-            .copied()
-            .filter(|&p| needs(p))
-            .collect();
-        if !targets.is_empty() {
-            let mut target = vec![false; self.names.len()];
-            for p in targets {
-                if let Some(t) = target.get_mut(p) {
-                    *t = true;
-                }
-            }
-            self.flood(
-                || Message::Status(Box::new(status.clone())),
-                |peer| {
-                    self.ids
-                        .get(peer)
-                        .is_none_or(|&ix| target.get(ix) != Some(&true))
-                },
-            );
-        }
-        let changed = self.statuses.get(&status.node).is_none_or(|k| {
-            k.links != links
-                || k.status.incarnation != status.incarnation
-                || k.status.methods != status.methods
-                || k.status.http != status.http
-        }) || !self.up.contains(&status.node);
-        let name = status.node.clone();
-        self.statuses.insert(
-            name,
-            Known {
-                status,
-                links,
-                received: Instant::now(),
-            },
-        );
-        changed
-    }
-
-    /// Whether peer `p`, which the origin of a status does not link to, gets that status from
-    /// a neighbour of the origin declared before this node (`me_ix`): one that `p`'s last
-    /// status reports a link to. Every direct receiver of a status decides the same way, so
-    /// `p` gets one relayed copy rather than one from each common neighbour (in a starting
-    /// mesh, dozens of copies per status went to each node that joined late, and decoding
-    /// them starved its thread until its links timed out). Unknown `p`: no one else is
-    /// counted on. A wrong guess (a link that just dropped) costs `p` one version; the next
-    /// status comes an interval later.
-    fn relayed_by_another(&self, p: usize, origin_linked: &[bool], me_ix: Option<usize>) -> bool {
-        let Some(me_ix) = me_ix else {
-            return false;
-        };
-        let Some(known) = self.names.get(p).and_then(|name| self.statuses.get(name)) else {
-            return false;
-        };
-        known
-            .links
-            .iter()
-            .any(|&y| y < me_ix && origin_linked.get(y) == Some(&true))
-    }
-
     fn on_heartbeat(&mut self, via: String, hb: Heartbeat) {
         let own = via == self.shared.name();
-        if !own && !self.is_member(&hb.master) {
+        if !own && self.index_of(&hb.master).is_none() {
             return;
         }
         let newer = match self.ticks_seen.get(&hb.master) {
@@ -849,47 +1121,175 @@ impl Membership {
         }
         self.ticks_seen
             .insert(hb.master.clone(), (hb.incarnation, hb.n));
-        self.flood(|| Message::Heartbeat(hb.clone()), |peer| peer == via);
-        self.last_tick = Some(Instant::now());
-        if self
-            .last_announce
-            .is_none_or(|t| t.elapsed() >= self.interval() / 2)
-        {
-            self.announce();
+        let table = self.shared.routes.load();
+        let mut links = table.links().filter(|l| l.peer != via).peekable();
+        if links.peek().is_none() {
+            return;
+        }
+        match encode_message(&Message::Heartbeat(hb)) {
+            Ok(frame) => {
+                for link in links {
+                    if link.tx.try_push(frame.clone()).is_ok() {
+                        self.shared.metrics.repl(Repl::TicksForwarded, 1);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(node = %self.shared.name(), "cannot encode a tick: {e}"),
         }
     }
 
-    fn tick(&mut self) {
-        // After a pause of this node (SIGSTOP), the statuses that came meanwhile are still
-        // unread: age the ones held only by the time this node ran (see `pause`).
+    /// `my_links` from the Router's table, less the links cut for longer than the failure
+    /// timeout; true if it changed.
+    fn update_links(&mut self) -> bool {
+        let timeout = self.shared.failure_timeout();
+        let live: BTreeSet<String> = self
+            .table_links
+            .iter()
+            .filter(|p| {
+                self.cut_since
+                    .get(*p)
+                    .is_none_or(|t| t.elapsed() <= timeout)
+            })
+            .cloned()
+            .collect();
+        if live == self.my_links {
+            return false;
+        }
+        self.my_links = live;
+        true
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
         let paused = self.pause.tick();
         if !paused.is_zero() {
             tracing::info!(node = %self.shared.name(), "this node did not run for {} ms; silences are judged without that pause", paused.as_millis());
+            // A cut link's grace does not run out during this node's own pause.
             let now = Instant::now();
-            for known in self.statuses.values_mut() {
-                known.received = pause::excuse(known.received, paused, now);
+            for since in self.cut_since.values_mut() {
+                *since = crate::link::pause::excuse(*since, paused, now);
             }
         }
-        let quiet = self.interval() * 3 / 2;
-        // Backends are looked at here rather than sent (see `backends`): a change is
-        // advertised within an interval.
-        if self.last_tick.is_none_or(|t| t.elapsed() >= quiet) || self.shared.backends.changed() {
-            self.announce();
+        if self.update_links() {
+            // A cut link's grace ran out: its peer is down unless reachable another way.
+            self.soon(ctx, true);
         }
-        self.recompute(); // expires statuses that went stale
-        let forget_after = self.shared.config.cluster.forget_after;
-        let expired: Vec<String> = self
-            .down_since
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= forget_after)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if !expired.is_empty() {
-            for name in &expired {
-                self.forget(name);
+        // Backends and custom stats are looked at here rather than sent (see `backends`): a
+        // change is replicated within an interval (and shown in this node's own view).
+        if self.refresh_own() {
+            // Own links changed through `LinksChanged` or above; this is stats or backends.
+            self.soon_members(ctx, false);
+        }
+        let ttl = u64::try_from(TOMBSTONE_TTL.as_millis()).unwrap_or(u64::MAX);
+        let before = self.now_ms().saturating_sub(ttl);
+        if self.now_ms() > ttl {
+            let names: Vec<String> = self.replica.nodes().map(|(n, _)| n.to_owned()).collect();
+            for name in names {
+                if let Some(s) = self.replica.get_mut(&name) {
+                    s.gc(before);
+                }
             }
-            self.recompute();
         }
+        let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
+        for peer in behind {
+            self.send_digest(&peer, DigestWhy::Repair);
+        }
+        if self.forget_expired() {
+            self.soon(ctx, false);
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+/// Make the entries under `prefix` exactly `want` (set the new ones, tombstone the gone).
+fn sync_prefix<'a>(
+    state: &mut NodeState,
+    prefix: &str,
+    want: impl Iterator<Item = &'a str>,
+    now_ms: u64,
+) {
+    let want: BTreeSet<&str> = want.collect();
+    let gone: Vec<String> = state
+        .keys_with(prefix)
+        .filter(|k| !want.contains(k))
+        .map(|k| format!("{prefix}{k}"))
+        .collect();
+    for key in gone {
+        state.remove(&key, now_ms);
+    }
+    for k in want {
+        state.set(&format!("{prefix}{k}"), Value::Set);
+    }
+}
+
+/// Whether stats moved enough to be replicated: the 1-minute load per CPU by both 0.1 and a
+/// tenth of what was sent, RSS by 10 %, or any field but uptime, free memory and load
+/// changed.
+///
+/// Every stats change reaches every node, so the thresholds set the idle cost of a large
+/// cluster: a 1-minute load wanders by a few hundredths per CPU on an idle machine and by
+/// tenths on a busy one, which is noise to a least-loaded choice; a finer threshold sent
+/// stats from nearly every node at nearly every check.
+pub(crate) fn stats_moved(sent: &NodeStats, now: &NodeStats) -> bool {
+    let cpus = f64::from(now.cpus.max(1));
+    let (was, is) = (sent.load_avg[0] / cpus, now.load_avg[0] / cpus);
+    let load = (is - was).abs() >= f64::max(0.1, was.abs() / 10.0);
+    let rss = now.rss_bytes.abs_diff(sent.rss_bytes) * 10 >= sent.rss_bytes.max(1);
+    load || rss
+        || now.pid != sent.pid
+        || now.version != sent.version
+        || now.cpus != sent.cpus
+        || now.total_mem_bytes != sent.total_mem_bytes
+        || now.extra != sent.extra
+}
+
+/// Pack deltas into frames of at most `budget` estimated bytes (a delta larger than that was
+/// already split by `NodeState::since`).
+fn batch(deltas: Vec<NodeDelta>, budget: usize) -> Vec<Delta> {
+    let mut frames = Vec::new();
+    let mut current = Delta::default();
+    let mut bytes = 0;
+    for d in deltas {
+        let size = d.node.len()
+            + 64
+            + d.entries
+                .iter()
+                .map(|e| super::replica::entry_bytes(&e.key, e.value.as_ref()))
+                .sum::<usize>();
+        if !current.nodes.is_empty() && bytes + size > budget {
+            frames.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.nodes.push(d);
+    }
+    if !current.nodes.is_empty() {
+        frames.push(current);
+    }
+    frames
+}
+
+/// A member as the API sees it, from its state's entries (backends well-formed only).
+fn member(name: &str, s: &NodeState) -> Member {
+    let text = |key: &str| match s.get(key) {
+        Some(Value::Text(t)) => t.clone(),
+        _ => String::new(),
+    };
+    Member {
+        name: name.to_owned(),
+        incarnation: s.incarnation,
+        role: text("role"),
+        links: s.keys_with("link:").map(str::to_owned).collect(),
+        stats: match s.get("stats") {
+            Some(Value::Stats(st)) => st.clone(),
+            _ => NodeStats::default(),
+        },
+        methods: s.keys_with("method:").map(str::to_owned).collect(),
+        http: s
+            .keys_with("http:")
+            .filter(|a| super::backends::check_address(a).is_ok())
+            .take(super::backends::MAX_BACKENDS)
+            .map(str::to_owned)
+            .collect(),
     }
 }
 
@@ -899,27 +1299,28 @@ impl Actor for Membership {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MEMBERSHIP_MAILBOX);
         // Ticks start at a random phase: the nodes of one process started together would
-        // otherwise all announce and recompute at the same instant.
+        // otherwise all tick at the same instant.
         ctx.run_later(random_below(self.interval()), |act, ctx| {
-            // A first tick at the phase: the pause clock runs from `new`, so a pause that
-            // began before the timer started is noticed too.
-            guard("membership", ctx, |_| act.tick());
+            guard("membership", ctx, |ctx| act.tick(ctx));
             ctx.run_interval(act.interval(), |act, ctx| {
-                guard("membership", ctx, |_| act.tick());
+                guard("membership", ctx, |ctx| act.tick(ctx));
             });
         });
-        publish_view(&self.shared, self.view());
+        let view = self.view();
+        publish_view(&self.shared, view);
     }
 }
 
 impl actix::Supervised for Membership {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // The statuses held stay: each is replaced whole, so a panic cannot tear one, and
-        // dropping them would declare every node down until their next statuses came. What
-        // is derived from them is recomputed and published again.
+        // The states held stay (each delta is applied whole or not at all); what is derived
+        // from them is recomputed and published again, and pending timers died with the
+        // context.
         self.last_graph = None;
         self.recompute_pending = false;
-        self.announce_pending = false;
+        self.graph_dirty = true;
+        self.members = imbl::OrdMap::new();
+        self.flush_pending = false;
         self.methods_stale = true;
     }
 }
@@ -946,15 +1347,26 @@ impl Handler<LinksChanged> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: LinksChanged, ctx: &mut Context<Self>) {
-        for peer in &msg.0 {
-            let _ = self.index_of(peer);
+        let now = Instant::now();
+        self.cut_since.retain(|p, _| msg.cut.contains(p));
+        for p in msg.cut {
+            self.cut_since.entry(p).or_insert(now);
         }
-        self.my_links = msg.0;
-        self.my_link_ixs = self
-            .my_links
-            .iter()
-            .filter_map(|l| self.ids.get(l).copied())
-            .collect();
+        self.table_links = msg.links;
+        self.digest_at.retain(|p, _| self.table_links.contains(p));
+        let before = std::mem::take(&mut self.my_links);
+        self.update_links();
+        let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
+        let peers: Vec<String> = self.my_links.iter().cloned().collect();
+        for peer in peers {
+            let _ = self.index_of(&peer);
+        }
+        for peer in new {
+            // A link that came up: each side tells the other what it holds.
+            guard("membership", ctx, |_| {
+                self.send_digest(&peer, DigestWhy::LinkUp)
+            });
+        }
         self.soon(ctx, true);
     }
 }
@@ -983,20 +1395,35 @@ impl Handler<LinkResumed> for Membership {
     type Result = ();
 
     fn handle(&mut self, LinkResumed(peer): LinkResumed, ctx: &mut Context<Self>) {
-        guard("membership", ctx, |_| self.resync(&peer));
+        guard("membership", ctx, |_| {
+            self.send_digest(&peer, DigestWhy::LinkUp)
+        });
     }
 }
 
-impl Handler<StatusReceived> for Membership {
+impl Handler<DeltaReceived> for Membership {
     type Result = ();
 
-    fn handle(&mut self, msg: StatusReceived, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: DeltaReceived, ctx: &mut Context<Self>) {
         let changed = guard("membership", ctx, |_| {
-            self.on_status(msg.via, msg.via_incarnation, msg.status)
+            self.on_delta(&msg.via, msg.via_incarnation, msg.delta)
         });
-        if changed == Some(true) {
+        if changed == Some(Change::Graph) {
             self.soon(ctx, false);
+        } else if changed == Some(Change::Members) {
+            self.soon_members(ctx, false);
+        } else if !self.needs_digest.is_empty() {
+            self.schedule_flush(ctx);
         }
+    }
+}
+
+impl Handler<DigestReceived> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, msg: DigestReceived, ctx: &mut Context<Self>) {
+        guard("membership", ctx, |_| self.on_digest(&msg.via, &msg.digest));
+        self.schedule_flush(ctx);
     }
 }
 
@@ -1010,33 +1437,60 @@ impl Handler<HeartbeatReceived> for Membership {
     }
 }
 
-/// The link a status arrived on, as `claim_is_consistent` sees it.
+/// Why a digest is sent (see `Membership::send_digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DigestWhy {
+    /// A link came up or resumed: what was pushed before may not have arrived.
+    LinkUp,
+    /// A gap, a delta that did not fit, or a digest that showed this node lacks something.
+    Repair,
+}
+
+/// What a delta changed here, least to most (see `Membership::on_delta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    None,
+    /// What members hold (stats, methods, backends, role): the view only.
+    Members,
+    /// Who is up or which links are live: the graph too.
+    Graph,
+}
+
+/// The link a delta arrived on, as `claim_is_consistent` sees it.
 pub(crate) struct Link<'a> {
     /// The peer at the other end.
     pub via: &'a str,
     /// The incarnation its handshake authenticated.
     pub via_incarnation: Uuid,
-    /// Whether this node has a live link to the status's node.
+    /// Whether this node has a live link to the delta's node.
     pub linked: bool,
 }
 
-/// Whether a status for node X may be taken, before its age is compared with what is held:
+/// Who a delta says node X is: its name, incarnation and boot time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim<'a> {
+    pub node: &'a str,
+    pub incarnation: Uuid,
+    pub boot_ms: u64,
+}
+
+/// Whether a claim about node X may be taken, given the incarnation and boot time held for X:
 ///
 /// - from X's own link, only with the incarnation that link authenticated;
-/// - from another peer (a relayed copy), never while this node has a live link to X: X sends
-///   its statuses on that link itself, so a relayed copy adds nothing but a chance to forge;
-/// - a relayed copy of the incarnation held keeps its boot time, and one of another
+/// - from another peer (relayed), never while this node has a live link to X: X sends its
+///   deltas on that link itself, so a relayed copy adds nothing but a chance to forge;
+/// - a relayed claim of the incarnation held keeps its boot time, and one of another
 ///   incarnation must have booted later than the one held (a restart).
 ///
-/// A relayed copy about a node this node has no link to, with a new incarnation and a boot time
-/// within [`MAX_CLOCK_SKEW_MS`], cannot be told from a restart: it is taken.
+/// A relayed claim about a node this node has no link to, with a new incarnation and a boot
+/// time within [`MAX_CLOCK_SKEW_MS`], cannot be told from a restart: it is taken.
 fn claim_is_consistent(
-    status: &Status,
+    claim: Claim<'_>,
     link: &Link<'_>,
-    held: Option<&Status>,
+    held: Option<(Uuid, u64)>,
 ) -> Result<(), &'static str> {
-    if status.node == link.via {
-        if status.incarnation != link.via_incarnation {
+    if claim.node == link.via {
+        if claim.incarnation != link.via_incarnation {
             return Err("not the incarnation its link authenticated");
         }
         return Ok(());
@@ -1045,80 +1499,130 @@ fn claim_is_consistent(
         return Err("relayed while this node has a live link to it");
     }
     match held {
-        Some(h) if h.incarnation == status.incarnation && h.boot_ms != status.boot_ms => {
+        Some((inc, boot)) if inc == claim.incarnation && boot != claim.boot_ms => {
             Err("its incarnation's boot time changed")
         }
-        Some(h) if h.incarnation != status.incarnation && status.boot_ms <= h.boot_ms => {
+        Some((inc, boot)) if inc != claim.incarnation && claim.boot_ms <= boot => {
             Err("a new incarnation that did not boot later")
         }
         _ => Ok(()),
     }
 }
 
-/// Why a status was not taken (see [`accept_status`]).
+/// Why a delta was not taken (see [`accept_claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Ignored {
     #[error("{0}")]
     Inconsistent(&'static str),
     #[error("booted more than {MAX_CLOCK_SKEW_MS} ms in the future")]
     Future,
-    /// Not newer than the status held: the ordinary end of a flood, not worth a log line.
-    #[error("not newer than the status held")]
-    Stale,
 }
 
-/// Whether a status for node X is taken, given the link it came on, the status held for X and
-/// this node's clock (`now_ms`, ms since the Unix epoch): its claim must be consistent (see
-/// [`claim_is_consistent`]), its boot time not more than [`MAX_CLOCK_SKEW_MS`] ahead of
-/// `now_ms`, and it must be newer than the one held (boot time, then version). Pure, so that
-/// it can be checked against hostile input without a running node.
-pub(crate) fn accept_status(
-    status: &Status,
+/// Whether a claim about node X is taken, given the link it came on, what is held for X and
+/// this node's clock (`now_ms`, ms since the Unix epoch): it must be consistent (see
+/// [`claim_is_consistent`]) and its boot time not more than [`MAX_CLOCK_SKEW_MS`] ahead.
+/// Incarnations are ordered by boot time: one from the future would outrank the real one
+/// until it is restarted. Clocks differ, but not by this much.
+pub(crate) fn accept_claim(
+    claim: Claim<'_>,
     link: &Link<'_>,
-    held: Option<&Status>,
+    held: Option<(Uuid, u64)>,
     now_ms: u64,
 ) -> Result<(), Ignored> {
-    claim_is_consistent(status, link, held).map_err(Ignored::Inconsistent)?;
-    // Incarnations are ordered by boot time: one from the future would outrank the real
-    // one until it is restarted. Clocks differ, but not by this much.
-    if status.boot_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+    claim_is_consistent(claim, link, held).map_err(Ignored::Inconsistent)?;
+    if claim.boot_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
         return Err(Ignored::Future);
     }
-    match held {
-        // X's own link authenticated this incarnation: it is the live one, whatever boot time
-        // another incarnation claimed (a forged one may claim up to the skew ahead, and would
-        // otherwise outrank the real node until that time passed).
-        Some(h) if status.node == link.via && h.incarnation != status.incarnation => Ok(()),
-        Some(h) if (status.boot_ms, status.version) <= (h.boot_ms, h.version) => {
-            Err(Ignored::Stale)
+    Ok(())
+}
+
+/// Check a delta's claim (see [`accept_claim`]) and apply it to `replica` (stamping its
+/// tombstones with `stamp_ms`, bounding the node's entries to `max_entries`). A delta on X's
+/// own link with the incarnation that link authenticated replaces a held state of any other
+/// incarnation whatever its boot time, so a forged incarnation taken while unlinked cannot
+/// keep the live node down. Pure, so that it can be checked against hostile input without a
+/// running node.
+pub(crate) fn take_delta(
+    replica: &mut Replica,
+    d: NodeDelta,
+    link: &Link<'_>,
+    now_ms: u64,
+    stamp_ms: u64,
+    max_entries: usize,
+) -> Result<Applied, Ignored> {
+    let held = replica.get(&d.node).map(|s| (s.incarnation, s.boot_ms));
+    let claim = Claim {
+        node: &d.node,
+        incarnation: d.incarnation,
+        boot_ms: d.boot_ms,
+    };
+    accept_claim(claim, link, held, now_ms)?;
+    Ok(replica.apply(d, stamp_ms, max_entries))
+}
+
+/// The pool members' incarnations this node forgot lately, and when: relayed records about
+/// them are ignored for `keep` (2 × `forget_after`), so a peer that still holds one does not
+/// bring it back (docs/PROTOCOL.md §7.2.6). Bounded: at most `bound` marks, the oldest
+/// dropped first. Pure (callers pass the time) so that it is tested without waiting.
+#[derive(Debug)]
+pub(crate) struct Forgotten {
+    marks: HashMap<String, (Uuid, Instant)>,
+    keep: Duration,
+    bound: usize,
+}
+
+impl Forgotten {
+    pub(crate) fn new(keep: Duration, bound: usize) -> Self {
+        Forgotten {
+            marks: HashMap::new(),
+            keep,
+            bound: bound.max(1),
         }
-        _ => Ok(()),
+    }
+
+    /// `node`'s `incarnation` was forgotten at `now`.
+    pub(crate) fn mark(&mut self, node: &str, incarnation: Uuid, now: Instant) {
+        if !self.marks.contains_key(node) && self.marks.len() >= self.bound {
+            let oldest = self
+                .marks
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(n, _)| n.clone());
+            if let Some(oldest) = oldest {
+                self.marks.remove(&oldest);
+            }
+        }
+        self.marks.insert(node.to_owned(), (incarnation, now));
+    }
+
+    /// Whether a record about `node`'s `incarnation` is to be ignored at `now`: that
+    /// incarnation was forgotten less than `keep` ago. Another incarnation (a new member
+    /// under the name) is not.
+    pub(crate) fn holds(&self, node: &str, incarnation: Uuid, now: Instant) -> bool {
+        self.marks.get(node).is_some_and(|(inc, at)| {
+            *inc == incarnation && now.saturating_duration_since(*at) < self.keep
+        })
+    }
+
+    /// The member spoke on its own link: it is back, nothing is to be ignored.
+    pub(crate) fn lift(&mut self, node: &str) {
+        self.marks.remove(node);
+    }
+
+    /// Drop the marks older than `keep`.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        let keep = self.keep;
+        self.marks
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.marks.len()
     }
 }
 
-/// Bound what an accepted status claims: only configured nodes (`known`) as links, at most
-/// `nodes` of them, and at most `calls::MAX_METHODS` methods, sorted and each once (they are
-/// looked up by binary search).
-pub(crate) fn normalize_status(status: &mut Status, known: impl Fn(&str) -> bool, nodes: usize) {
-    // A peer can only name configured nodes; anything else is noise, not graph.
-    status.links.retain(|l| known(l));
-    status.links.sort_unstable();
-    status.links.dedup();
-    status.links.truncate(nodes);
-    status.methods.truncate(super::calls::MAX_METHODS);
-    status.methods.sort_unstable();
-    status.methods.dedup();
-    // Backends are dialled by the proxy: only well-formed ones, and no more than a node may
-    // advertise.
-    status
-        .http
-        .retain(|a| super::backends::check_address(a).is_ok());
-    status.http.truncate(super::backends::MAX_BACKENDS);
-    status.http.sort_unstable();
-    status.http.dedup();
-}
-
-/// Who reports a link to whom, as one bit per ordered pair of configured nodes.
+/// Who reports a link to whom, as one bit per ordered pair of admitted nodes.
 struct Reports {
     n: usize,
     words: usize,
@@ -1174,54 +1678,72 @@ impl Reports {
 
 #[cfg(test)]
 mod tests {
-    use super::{accept_status, claim_is_consistent, Ignored, Link, Reports, MAX_CLOCK_SKEW_MS};
-    use crate::wire::{NodeStats, Status};
+    use super::{
+        accept_claim, claim_is_consistent, stats_moved, take_delta, Claim, Forgotten, Ignored,
+        Link, Reports, MAX_CLOCK_SKEW_MS,
+    };
+    use crate::node::replica::{Applied, Replica};
+    use crate::wire::{NodeStats, StatValue, Value};
+    use std::time::{Duration, Instant};
     use uuid::Uuid;
 
-    fn status(node: &str, incarnation: Uuid, boot_ms: u64) -> Status {
-        Status {
-            node: node.into(),
+    fn claim(node: &str, incarnation: Uuid, boot_ms: u64) -> Claim<'_> {
+        Claim {
+            node,
             incarnation,
             boot_ms,
-            version: 1,
-            role: "worker".into(),
-            links: vec![],
-            stats: NodeStats::default(),
-            methods: vec![],
-            http: vec![],
         }
     }
 
     #[test]
-    fn a_status_from_its_own_link_must_name_the_authenticated_incarnation() {
+    fn a_delta_from_its_own_link_must_name_the_authenticated_incarnation() {
         let (real, forged) = (Uuid::new_v4(), Uuid::new_v4());
         let link = Link {
             via: "x",
             via_incarnation: real,
             linked: true,
         };
-        assert!(claim_is_consistent(&status("x", real, 5), &link, None).is_ok());
-        assert!(claim_is_consistent(&status("x", forged, 9), &link, None).is_err());
+        assert!(claim_is_consistent(claim("x", real, 5), &link, None).is_ok());
+        assert!(claim_is_consistent(claim("x", forged, 9), &link, None).is_err());
     }
 
     #[test]
-    fn a_relayed_status_is_ignored_while_the_node_has_its_own_live_link() {
+    fn a_relayed_delta_is_ignored_while_the_node_has_its_own_live_link() {
         let real = Uuid::new_v4();
-        let held = status("x", real, 5);
+        let held = Some((real, 5));
         let mut link = Link {
             via: "y",
             via_incarnation: Uuid::new_v4(),
             linked: true,
         };
-        let restart = status("x", Uuid::new_v4(), 6);
-        assert!(claim_is_consistent(&restart, &link, Some(&held)).is_err());
-        assert!(claim_is_consistent(&status("x", real, 5), &link, Some(&held)).is_err());
+        let restart = claim("x", Uuid::new_v4(), 6);
+        assert!(claim_is_consistent(restart, &link, held).is_err());
+        assert!(claim_is_consistent(claim("x", real, 5), &link, held).is_err());
         link.linked = false;
-        assert!(claim_is_consistent(&restart, &link, Some(&held)).is_ok());
+        assert!(claim_is_consistent(restart, &link, held).is_ok());
     }
 
     #[test]
-    fn a_forged_status_from_the_future_cannot_outrank_the_node_on_its_own_link() {
+    fn a_relayed_delta_must_agree_with_the_held_incarnation_and_boot_time() {
+        let real = Uuid::new_v4();
+        let held = Some((real, 5));
+        let link = Link {
+            via: "y",
+            via_incarnation: Uuid::new_v4(),
+            linked: false,
+        };
+        let ok = |c: Claim<'_>| claim_is_consistent(c, &link, held).is_ok();
+        assert!(ok(claim("x", real, 5)), "the same incarnation");
+        assert!(!ok(claim("x", real, 7)), "the same incarnation rebooted");
+        assert!(
+            !ok(claim("x", Uuid::new_v4(), 5)),
+            "a new incarnation booted no later"
+        );
+        assert!(ok(claim("x", Uuid::new_v4(), 6)), "a restart");
+    }
+
+    #[test]
+    fn a_forged_incarnation_from_the_future_cannot_keep_the_live_node_down() {
         let now = 1_000_000_000;
         let (real, forged) = (Uuid::new_v4(), Uuid::new_v4());
         let relay = Link {
@@ -1229,56 +1751,112 @@ mod tests {
             via_incarnation: Uuid::new_v4(),
             linked: false,
         };
-        // Relayed while unlinked, four minutes ahead: indistinguishable from a restart.
-        let lie = status("x", forged, now + 4 * 60 * 1000);
-        assert_eq!(accept_status(&lie, &relay, None, now), Ok(()));
         assert_eq!(
-            accept_status(
-                &status("x", forged, now + MAX_CLOCK_SKEW_MS + 1),
+            accept_claim(
+                claim("x", forged, now + MAX_CLOCK_SKEW_MS + 1),
                 &relay,
                 None,
                 now
             ),
             Err(Ignored::Future)
         );
+        // Relayed while unlinked, four minutes ahead: indistinguishable from a restart.
+        let mut replica = Replica::new();
+        let mut liar = Replica::new();
+        liar.own("x", forged, now + 4 * 60 * 1000)
+            .set("role", Value::Text("worker".into()));
+        let lie = liar.delta_for(&[], 1 << 20, |_| false).remove(0);
+        let taken = take_delta(&mut replica, lie, &relay, now, 0, 100);
+        assert!(matches!(taken, Ok(Applied::New(_))));
+        // The real x, on its own link, replaces it whole.
+        let mut real_x = Replica::new();
+        real_x
+            .own("x", real, now)
+            .set("role", Value::Text("worker".into()));
         let own = Link {
             via: "x",
             via_incarnation: real,
             linked: true,
         };
-        assert_eq!(
-            accept_status(&status("x", real, now), &own, Some(&lie), now),
-            Ok(())
+        let truth = real_x.delta_for(&[], 1 << 20, |_| false).remove(0);
+        let taken = take_delta(&mut replica, truth, &own, now, 0, 100);
+        assert!(matches!(taken, Ok(Applied::New(_))));
+        assert_eq!(replica.get("x").map(|s| s.incarnation), Some(real));
+    }
+
+    #[test]
+    fn stats_are_sent_again_only_past_their_threshold() {
+        let sent = NodeStats {
+            cpus: 2,
+            rss_bytes: 1_000_000,
+            load_avg: [0.5, 0.0, 0.0],
+            ..NodeStats::default()
+        };
+        let mut now = sent.clone();
+        now.uptime_s = 99;
+        now.free_mem_bytes = 12;
+        now.load_avg[0] = 0.69; // 0.095 per CPU
+        now.rss_bytes = 1_090_000; // 9 %
+        assert!(!stats_moved(&sent, &now));
+        now.load_avg[0] = 0.71;
+        assert!(stats_moved(&sent, &now), "load moved 0.105 per CPU");
+        now.load_avg[0] = 0.5;
+        now.rss_bytes = 1_100_000;
+        assert!(stats_moved(&sent, &now), "RSS moved 10 %");
+        now.rss_bytes = sent.rss_bytes;
+        let busy = NodeStats {
+            load_avg: [6.0, 0.0, 0.0], // 3 per CPU
+            ..sent.clone()
+        };
+        let mut later = busy.clone();
+        later.load_avg[0] = 6.5; // 0.25 per CPU: under a tenth of 3
+        assert!(!stats_moved(&busy, &later));
+        later.load_avg[0] = 6.7; // 0.35 per CPU
+        assert!(
+            stats_moved(&busy, &later),
+            "a busy node's load moved a tenth"
         );
-        let held = status("x", real, now);
-        assert_eq!(
-            accept_status(&status("x", real, now), &own, Some(&held), now),
-            Err(Ignored::Stale),
-            "the same version again is stale"
+        now.rss_bytes = sent.rss_bytes;
+        now.extra.insert("jobs".into(), StatValue::Int(1));
+        assert!(stats_moved(&sent, &now), "a custom stat changed");
+    }
+
+    #[test]
+    fn a_forgotten_incarnation_is_ignored_for_its_time_and_a_new_one_at_once_is_not() {
+        let keep = Duration::from_secs(10);
+        let mut f = Forgotten::new(keep, 8);
+        let t0 = Instant::now();
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        f.mark("member-1", old, t0);
+        assert!(f.holds("member-1", old, t0 + Duration::from_secs(9)));
+        assert!(
+            !f.holds("member-1", new, t0),
+            "a new incarnation starts afresh"
+        );
+        assert!(!f.holds("member-2", old, t0));
+        assert!(!f.holds("member-1", old, t0 + keep), "the mark has run out");
+        f.expire(t0 + keep);
+        assert_eq!(f.len(), 0);
+        f.mark("member-1", old, t0);
+        f.lift("member-1");
+        assert!(
+            !f.holds("member-1", old, t0),
+            "the member spoke on its own link"
         );
     }
 
     #[test]
-    fn a_relayed_status_must_agree_with_the_held_incarnation_and_boot_time() {
-        let real = Uuid::new_v4();
-        let held = status("x", real, 5);
-        let link = Link {
-            via: "y",
-            via_incarnation: Uuid::new_v4(),
-            linked: false,
-        };
-        let ok = |s: Status| claim_is_consistent(&s, &link, Some(&held)).is_ok();
-        assert!(
-            ok(status("x", real, 5)),
-            "a later version of the same incarnation"
-        );
-        assert!(!ok(status("x", real, 7)), "the same incarnation rebooted");
-        assert!(
-            !ok(status("x", Uuid::new_v4(), 5)),
-            "a new incarnation booted no later"
-        );
-        assert!(!ok(status("x", Uuid::new_v4(), 4)));
-        assert!(ok(status("x", Uuid::new_v4(), 6)), "a restart");
+    fn forgotten_marks_are_bounded_and_the_oldest_goes_first() {
+        let mut f = Forgotten::new(Duration::from_secs(10), 2);
+        let t0 = Instant::now();
+        let inc: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        f.mark("a", inc[0], t0);
+        f.mark("b", inc[1], t0 + Duration::from_millis(1));
+        f.mark("c", inc[2], t0 + Duration::from_millis(2));
+        assert_eq!(f.len(), 2);
+        assert!(!f.holds("a", inc[0], t0 + Duration::from_millis(3)));
+        assert!(f.holds("b", inc[1], t0 + Duration::from_millis(3)));
+        assert!(f.holds("c", inc[2], t0 + Duration::from_millis(3)));
     }
 
     #[test]

@@ -38,6 +38,40 @@ pub const REFUSALS: [&str; 7] = [
     "duplicate_node",
 ];
 
+/// Membership replication counters, in the order of [`Metrics::replication`]: what the
+/// anti-entropy costs, so an idle cluster that keeps sending can be told apart by kind.
+pub const REPLICATION: [&str; 12] = [
+    "digests_sent",
+    "digests_received",
+    "delta_frames_sent",
+    "delta_records_sent",
+    "delta_entries_sent",
+    "delta_records_received",
+    "records_new",
+    "records_stale",
+    "records_gap",
+    "own_stats_set",
+    "ticks_forwarded",
+    "graph_recomputes",
+];
+
+/// One [`REPLICATION`] counter.
+#[derive(Debug, Clone, Copy)]
+pub enum Repl {
+    DigestsSent,
+    DigestsReceived,
+    DeltaFramesSent,
+    DeltaRecordsSent,
+    DeltaEntriesSent,
+    DeltaRecordsReceived,
+    RecordsNew,
+    RecordsStale,
+    RecordsGap,
+    OwnStatsSet,
+    TicksForwarded,
+    GraphRecomputes,
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,6 +90,8 @@ pub struct Metrics {
     pub applications: AtomicI64,
     /// Connections refused, by [`REFUSALS`] reason.
     refused: [AtomicU64; REFUSALS.len()],
+    /// Membership replication, by [`REPLICATION`] counter.
+    replication: [AtomicU64; REPLICATION.len()],
     /// Links established after the first one to the same peer (re-dials and re-accepts).
     pub reconnects: AtomicU64,
     /// Links established, first ones included.
@@ -87,6 +123,8 @@ pub struct MetricsSnapshot {
     pub applications: i64,
     /// `(reason, count)` in [`REFUSALS`] order.
     pub refused: Vec<(&'static str, u64)>,
+    /// `(counter, count)` in [`REPLICATION`] order.
+    pub replication: Vec<(&'static str, u64)>,
     pub reconnects: u64,
     pub links_established: u64,
     pub app_deliveries_dropped: u64,
@@ -129,6 +167,11 @@ impl Metrics {
         }
     }
 
+    /// Add `n` to a replication counter.
+    pub fn repl(&self, which: Repl, n: u64) {
+        self.replication[which as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut cumulative = 0;
@@ -157,6 +200,11 @@ impl Metrics {
             refused: REFUSALS
                 .iter()
                 .zip(&self.refused)
+                .map(|(r, n)| (*r, load(n)))
+                .collect(),
+            replication: REPLICATION
+                .iter()
+                .zip(&self.replication)
                 .map(|(r, n)| (*r, load(n)))
                 .collect(),
             reconnects: load(&self.reconnects),

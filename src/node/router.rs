@@ -145,6 +145,9 @@ pub struct Router {
     shared: Arc<NodeShared>,
     membership: Addr<Membership>,
     links: HashMap<String, LinkHandle>,
+    /// Resumable links kept in `links` while their connection is cut (Membership counts them
+    /// live for a failure timeout, then declares the peer down, which ends the stream).
+    cut: BTreeSet<String>,
     /// Routes over the last live graph, shared by every table until the graph changes.
     routes: Arc<Routes>,
     /// Shutdown waiters, told when the last link is down.
@@ -162,6 +165,7 @@ impl Router {
             shared,
             membership,
             links: HashMap::new(),
+            cut: BTreeSet::new(),
             routes,
             drained: Vec::new(),
             closing: false,
@@ -175,7 +179,10 @@ impl Router {
 
     fn links_changed(&self) {
         let names: BTreeSet<String> = self.links.keys().cloned().collect();
-        self.membership.do_send(LinksChanged(names));
+        self.membership.do_send(LinksChanged {
+            links: names,
+            cut: self.cut.clone(),
+        });
     }
 }
 
@@ -197,6 +204,7 @@ impl Router {
     fn link_up(&mut self, link: LinkHandle) {
         self.shared.metrics.link_up(&link.peer);
         let stream = link.tx.0.clone();
+        self.cut.remove(&link.peer);
         if let Some(old) = self.links.insert(link.peer.clone(), link) {
             if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {
                 // The same stream resumed on a fresh connection: drop the old one without a
@@ -233,6 +241,7 @@ impl Router {
                 && (self.closing || !l.tx.0.is_resumable() || l.tx.0.is_ended())
         }) {
             self.links.remove(&msg.peer);
+            self.cut.remove(&msg.peer);
             self.publish();
             self.links_changed();
             if self.links.is_empty() {
@@ -240,6 +249,14 @@ impl Router {
                     let _ = waiter.send(());
                 }
             }
+        } else if self
+            .links
+            .get(&msg.peer)
+            .is_some_and(|l| l.link_id == msg.link_id)
+        {
+            // Kept for its stream, but no longer carrying anything: Membership must know.
+            self.cut.insert(msg.peer.clone());
+            self.links_changed();
         }
     }
 }

@@ -996,8 +996,8 @@ pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
         state: "up".into(),
         incarnation: Some(m.incarnation),
         stats: Some(m.stats.clone()),
-        links: m.links.clone(),
-        methods: m.methods.clone(),
+        links: m.links.to_vec(),
+        methods: m.methods.to_vec(),
         http: m.http.clone(),
     };
     let down = |name: &str, role: String| MemberView {

@@ -31,12 +31,12 @@ use bytes::BytesMut;
 use super::calls::{Calls, IncomingCall, IncomingReply};
 use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
-use super::membership::{HeartbeatReceived, Membership, PeerLeft, StatusReceived};
+use super::membership::{DeltaReceived, DigestReceived, HeartbeatReceived, Membership, PeerLeft};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
 use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
 use super::streams::{PeerTx, Slot};
 use super::supervision::guard;
-use crate::link::stream::{Receive, ACK_DELAY};
+use crate::link::stream::Receive;
 use crate::link::{
     self, LinkQueue, Liveness, QueueBounds, ReadBatch, ReadyBatches, SpareBatch, Tick,
     TransportRead, TransportWrite, WriterFailed,
@@ -165,10 +165,14 @@ pub struct Session {
     backlog: VecDeque<ReadItem>,
     /// Read batches come back here once handled, for the reader to fill again.
     spare_reads: SpareBatch,
-    /// When the peer's last `ping` arrived (see [`Session::on_ping`]).
-    peer_pinged: Option<Instant>,
     /// When the dialler was last told this link is quiet: at most four times an interval.
     told_quiet: Option<Instant>,
+    /// When the peer's last `ping` arrived, and this side's last `ping` left (see
+    /// `heartbeat`).
+    peer_pinged: Option<Instant>,
+    pinged_at: Option<Instant>,
+    /// A timer will send the `ack` owed (see `arm_ack`).
+    ack_armed: bool,
     /// Batches for the bus, lent to it and handed back.
     spare_local: BatchPool,
 }
@@ -284,8 +288,10 @@ impl Session {
                 closing: false,
                 backlog: VecDeque::new(),
                 spare_reads,
-                peer_pinged: None,
                 told_quiet: None,
+                peer_pinged: None,
+                pinged_at: None,
+                ack_armed: false,
                 spare_local: BatchPool::default(),
             }
         });
@@ -334,12 +340,20 @@ impl Session {
     ) -> Option<Stall> {
         match msg {
             Message::Event(env) => return self.on_event(env, batch),
-            Message::Status(status) => {
-                // Periodic and superseded by the next one: dropping under load is safe.
-                let _ = self.p.wiring.membership.try_send(StatusReceived {
+            // Version 2's flooded status: replication is by deltas now.
+            Message::Status(_) => {}
+            Message::Delta(delta) => {
+                // Dropped under load, the gap is found and filled by a digest exchange.
+                let _ = self.p.wiring.membership.try_send(DeltaReceived {
                     via: self.peer().to_owned(),
                     via_incarnation: self.p.peer.incarnation,
-                    status: *status,
+                    delta,
+                });
+            }
+            Message::Digest(digest) => {
+                let _ = self.p.wiring.membership.try_send(DigestReceived {
+                    via: self.peer().to_owned(),
+                    digest,
                 });
             }
             Message::Heartbeat(hb) => {
@@ -350,10 +364,10 @@ impl Session {
             }
             Message::Ping(p) => {
                 self.send(&Message::Pong(p));
-                self.on_ping();
+                self.peer_pinged = Some(Instant::now());
             }
-            // Any frame is proof of life: the pong did its work by arriving.
-            Message::Pong(_) => {}
+            // Any frame is proof of life; a pong also answers a probe (see `heartbeat`).
+            Message::Pong(p) => self.liveness.pong(p.n),
             Message::Bye(bye) => {
                 tracing::info!(node = %self.p.shared.name(), peer = %self.peer(), "peer closed the link: {}", bye.reason);
                 // A goodbye on the connection the stream rides on ends it (the peer leaves);
@@ -554,7 +568,10 @@ impl Session {
     /// `now` is when the frame's read batch arrived (one clock read per batch, not per frame).
     fn in_stream(&mut self, seq: u64, now: Instant, ctx: &mut Context<Self>) -> bool {
         match self.p.slot.on_receive(seq, now) {
-            Receive::Accept => true,
+            Receive::Accept => {
+                self.arm_ack(ctx);
+                true
+            }
             Receive::Duplicate => false,
             Receive::Gap { expected } => {
                 self.fail(
@@ -567,24 +584,8 @@ impl Session {
         }
     }
 
-    /// A `ping` arrived. A peer pings only at a check that heard nothing for an interval, so
-    /// two pings less than two intervals apart say the peer has not heard this node for two
-    /// intervals: this direction is stuck although the other works (after a cut, TCP resends
-    /// each way on its own backed-off timer). Only the dialler can replace the connection,
-    /// so that is told, as at a quiet tick of its own.
-    fn on_ping(&mut self) {
-        let now = Instant::now();
-        let stuck = self
-            .peer_pinged
-            .is_some_and(|t| now.duration_since(t) < 2 * self.p.shared.heartbeat_interval());
-        self.peer_pinged = Some(now);
-        if stuck {
-            self.tell_quiet();
-        }
-    }
-
     /// Tell the dialler of a resumable link that it is quiet (it dials a fresh connection),
-    /// at most four times an interval however often the peer pings.
+    /// at most four times an interval however often it is said.
     fn tell_quiet(&mut self) {
         let (true, Some(dialler)) = (self.resumable, &self.p.on_quiet) else {
             return;
@@ -601,6 +602,27 @@ impl Session {
         // Full mailbox: the dialler is busy already; the next quiet tick tells it again.
         let _ = dialler.try_send(LinkQuiet {
             link_id: self.link_id,
+        });
+    }
+
+    /// Make sure a timer sends the `ack` owed when its delay runs out: one timer at a time,
+    /// and only while an `ack` is owed. (A timer per link every `ACK_DELAY` cost a 64-node
+    /// mesh 200,000 wake-ups a second doing nothing.)
+    fn arm_ack(&mut self, ctx: &mut Context<Self>) {
+        if self.ack_armed {
+            return;
+        }
+        let Some(deadline) = self.p.slot.ack_deadline() else {
+            return;
+        };
+        self.ack_armed = true;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(std::time::Duration::from_millis(1));
+        ctx.run_later(wait, |act, ctx| {
+            act.ack_armed = false;
+            act.ack();
+            act.arm_ack(ctx);
         });
     }
 
@@ -628,13 +650,44 @@ impl Session {
                 "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
         }
         match tick {
-            Tick::Alive => {}
+            Tick::Alive => {
+                // The peer pinged lately: it heard nothing from here for an interval. That is
+                // how an idle link goes (one side pings, the other answers), or this direction
+                // is stuck while the other works (after a cut, TCP resends each way on its own
+                // backed-off timer). The dialler, the one side that can replace the
+                // connection, tells them apart with a ping of its own: its pong comes back
+                // only if both directions work.
+                let interval = self.p.shared.heartbeat_interval();
+                let peer_pinging = self
+                    .peer_pinged
+                    .is_some_and(|t| t.elapsed() < interval * 3 / 2);
+                if peer_pinging && self.resumable && self.p.on_quiet.is_some() {
+                    let n = self.liveness.next_ping();
+                    self.send(&Message::Ping(Ping { n }));
+                    self.pinged_at = Some(Instant::now());
+                    ctx.run_later(interval / 2, move |act, _| {
+                        if !act.liveness.is_answered(n) {
+                            act.tell_quiet();
+                        }
+                    });
+                }
+            }
             Tick::Ping(n) => {
+                // At every quiet tick after a ping that nothing answered (nothing came in
+                // since), and half an interval after a ping if still quiet: a re-dial into a
+                // cut network is lost (its SYN is retried only a second later), so fresh ones
+                // keep coming, and a network back for half an interval is used. A quiet tick
+                // alone says nothing: an idle link is quiet for about an interval between two
+                // pings all the time, and re-dialling it (a handshake and a digest exchange)
+                // once an interval was most of an idle cluster's traffic.
+                if self
+                    .pinged_at
+                    .is_some_and(|t| self.liveness.last_inbound() < t)
+                {
+                    self.tell_quiet();
+                }
                 self.send(&Message::Ping(Ping { n }));
-                // At every quiet tick, and half an interval later if still quiet: a re-dial
-                // into a cut network is lost (its SYN is retried only a second later), so
-                // fresh ones keep coming, and a network back for half an interval is used.
-                self.tell_quiet();
+                self.pinged_at = Some(Instant::now());
                 let interval = self.p.shared.heartbeat_interval();
                 ctx.run_later(interval / 2, move |act, _| {
                     if act.liveness.last_inbound().elapsed() >= interval {
@@ -677,8 +730,13 @@ impl Session {
                 break;
             }
             let waits = match item {
-                Ok(Frame(seq, _))
-                    if self.resumable && seq != 0 && !self.in_stream(seq, now, ctx) =>
+                // An `error` is no stream frame whatever its seq (the dialler's handshake
+                // `error`, see `FrameCodec::check_sequence`).
+                Ok(Frame(seq, ref msg))
+                    if self.resumable
+                        && seq != 0
+                        && !matches!(msg, Message::Error(_))
+                        && !self.in_stream(seq, now, ctx) =>
                 {
                     Some(None)
                 }
@@ -736,9 +794,27 @@ impl Session {
         stall_chain(bus_wait, stall)
     }
 
-    /// Wait for `stall` (reading nothing meanwhile), then go on with the backlog.
+    /// Wait for `stall` (reading nothing meanwhile), then go on with the backlog. On a
+    /// resumable link the frames this session accepted and holds keep other connections'
+    /// sessions to the peer from handing on theirs until then (see `streams`): a fresh
+    /// connection's replay of the frames after them must not overtake them.
     fn pause(&mut self, stall: Stall, ctx: &mut Context<Self>) {
+        if self.resumable {
+            self.p.slot.hold_inbound(self.link_id);
+        }
         ctx.wait(stall.into_actor(self).map(|(), act, ctx| act.resume(ctx)));
+    }
+
+    /// Wait until no older connection's session holds stream frames it accepted, reading
+    /// nothing meanwhile (what was read waits in the backlog); then go on with the backlog.
+    fn wait_turn(&mut self, ctx: &mut Context<Self>) {
+        let turn = self.p.slot.inbound_turn(self.link_id);
+        ctx.wait(turn.into_actor(self).map(|(), act, ctx| act.resume(ctx)));
+    }
+
+    /// Whether another connection's session to the peer holds frames it accepted.
+    fn must_wait_turn(&self) -> bool {
+        self.resumable && self.p.slot.inbound_held_by_other(self.link_id)
     }
 
     fn resume(&mut self, ctx: &mut Context<Self>) {
@@ -746,6 +822,11 @@ impl Session {
         self.liveness.heard();
         if self.closing {
             self.backlog.clear();
+            self.p.slot.release_inbound(self.link_id);
+            return;
+        }
+        if self.must_wait_turn() {
+            self.wait_turn(ctx);
             return;
         }
         let mut backlog = std::mem::take(&mut self.backlog);
@@ -755,8 +836,10 @@ impl Session {
             ctx,
         );
         self.backlog = backlog;
-        if let Some(stall) = stall {
-            self.pause(stall, ctx);
+        match stall {
+            Some(stall) => self.pause(stall, ctx),
+            // Everything accepted was handed on: the next connection may go on.
+            None => self.p.slot.release_inbound(self.link_id),
         }
     }
 }
@@ -780,9 +863,6 @@ impl Actor for Session {
         ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| {
             act.heartbeat(ctx)
         });
-        if self.p.slot.is_resumable() {
-            ctx.run_interval(ACK_DELAY, |act, _| act.ack());
-        }
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
         self.p.wiring.router.do_send(LinkUp(LinkHandle {
             peer: self.p.peer.node.clone(),
@@ -798,6 +878,7 @@ impl Actor for Session {
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), "link down");
         // Unless a close with a last word came first: write what is queued, then end.
         self.tx.close(None, true);
+        self.p.slot.release_inbound(self.link_id);
         self.p.slot.detach(self.link_id);
         self.p.wiring.router.do_send(LinkDown {
             peer: self.p.peer.node.clone(),
@@ -815,6 +896,14 @@ impl StreamHandler<ReadBatch> for Session {
     fn handle(&mut self, mut frames: ReadBatch, ctx: &mut Context<Self>) {
         self.liveness.heard();
         self.counters.heard_at(self.p.shared.now_ms());
+        if self.must_wait_turn() {
+            // An older connection's session still holds frames it accepted: this batch
+            // waits behind them (see `pause`).
+            self.backlog.extend(frames.drain(..));
+            *self.spare_reads.borrow_mut() = Some(frames);
+            self.wait_turn(ctx);
+            return;
+        }
         let mut items = frames.drain(..);
         let stall = self.run_frames(&mut items, Instant::now(), ctx);
         if stall.is_some() && !self.closing {

@@ -112,6 +112,7 @@ impl NodeShared {
                     forget_after_ms: config.cluster.forget_after.as_millis() as u64,
                     max_members: config.member_bound as u64,
                     ttl,
+                    stats_interval_ms: Some(config.cluster.stats_interval.as_millis() as u64),
                 }),
                 ..Welcome::default()
             },

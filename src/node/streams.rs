@@ -16,6 +16,13 @@
 //!   carries the stream then, when that connection ends, unless the peer is up again first),
 //!   when a new incarnation of it links, or when it says goodbye on its current connection:
 //!   what was buffered is dropped, counted, and logged once at WARN with the count.
+//! * Frames received are handed on in stream order across connections. A session that
+//!   accepted stream frames and waits for room where they go (a full link it relays to)
+//!   *holds* the slot's inbound side ([`Slot::hold_inbound`]); a session of a fresher
+//!   connection to the same peer hands nothing on until that is released
+//!   ([`Slot::inbound_turn`]). Otherwise the fresh connection's replay of the frames after
+//!   the held ones could overtake them (a re-dial while the old connection's reads were held
+//!   back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +55,8 @@ pub struct Slot {
     /// Wakes producers waiting for room in the replay buffer (an `ack`, or the end).
     room: Notify,
     producers_waiting: AtomicBool,
+    /// Wakes sessions waiting for another connection's session to hand on what it accepted.
+    inbound_free: Notify,
 }
 
 struct SlotState {
@@ -60,6 +69,9 @@ struct SlotState {
     /// The peer was declared down while a connection still carried the stream: the stream
     /// ends when that connection does (unless a fresh one attached meanwhile).
     down: bool,
+    /// The connection whose session accepted stream frames it has not handed on yet (it
+    /// waits for room where they go): no other connection's session hands any on meanwhile.
+    inbound_held: Option<u64>,
 }
 
 impl Streams {
@@ -241,9 +253,11 @@ impl Slot {
                 ended: false,
                 queue: None,
                 down: false,
+                inbound_held: None,
             }),
             room: Notify::new(),
             producers_waiting: AtomicBool::new(false),
+            inbound_free: Notify::new(),
         })
     }
 
@@ -285,6 +299,50 @@ impl Slot {
             q.close(None, false);
         }
         self.room.notify_waiters();
+        self.inbound_free.notify_waiters();
+    }
+
+    /// The session of connection `link_id` accepted stream frames it cannot hand on yet:
+    /// until it releases them, other connections' sessions wait (see the module docs).
+    pub fn hold_inbound(&self, link_id: u64) {
+        self.state().inbound_held = Some(link_id);
+    }
+
+    /// The session of connection `link_id` handed on what it held (or ended).
+    pub fn release_inbound(&self, link_id: u64) {
+        let mut st = self.state();
+        if st.inbound_held == Some(link_id) {
+            st.inbound_held = None;
+            drop(st);
+            self.inbound_free.notify_waiters();
+        }
+    }
+
+    /// Whether another connection's session holds frames it accepted: the session of
+    /// `link_id` must wait for [`Slot::inbound_turn`] before it hands any on.
+    pub fn inbound_held_by_other(&self, link_id: u64) -> bool {
+        let st = self.state();
+        !st.ended && st.inbound_held.is_some_and(|held| held != link_id)
+    }
+
+    /// Resolves once no other connection's session than `link_id`'s holds frames it
+    /// accepted (or the stream ended).
+    pub fn inbound_turn(
+        self: &Arc<Self>,
+        link_id: u64,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let slot = self.clone();
+        async move {
+            loop {
+                let free = slot.inbound_free.notified();
+                tokio::pin!(free);
+                free.as_mut().enable();
+                if !slot.inbound_held_by_other(link_id) {
+                    return;
+                }
+                free.await;
+            }
+        }
     }
 
     /// A connection starts on this slot: `spawn` starts its writer with `codec` (numbered
@@ -349,6 +407,14 @@ impl Slot {
             .stream
             .as_ref()
             .and_then(|s| s.inbound().ack_due(now))
+    }
+
+    /// When an `ack` falls due if no more frames come, if one is owed.
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        self.state()
+            .stream
+            .as_ref()
+            .and_then(|s| s.inbound().ack_deadline())
     }
 
     pub fn ack_sent(&self, seq: Seq) {
@@ -494,10 +560,11 @@ impl PeerTx {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::link::QueueBounds;
     use crate::wire::{encode_message, Message, Ping};
+    use std::time::Duration;
 
     fn event_frame() -> EncodedMessage {
         let env = crate::wire::Envelope {
@@ -612,5 +679,33 @@ mod tests {
         slot.on_ack(1).unwrap();
         tx.try_push(event_frame()).unwrap();
         assert!(slot.on_ack(9).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_hands_nothing_on_while_an_older_one_holds_what_it_accepted() {
+        use futures_util::FutureExt;
+        let streams = Streams::new(StreamLimits::default());
+        let (slot, _) = connected(&streams, "b", Uuid::new_v4(), 1);
+        // Connection 1's session accepted frames and waits for room where they go.
+        slot.hold_inbound(1);
+        assert!(!slot.inbound_held_by_other(1), "the holder goes on");
+        assert!(slot.inbound_held_by_other(2));
+        let turn = slot.inbound_turn(2);
+        tokio::pin!(turn);
+        assert!((&mut turn).now_or_never().is_none());
+        slot.release_inbound(2); // not the holder: changes nothing
+        assert!((&mut turn).now_or_never().is_none());
+        slot.release_inbound(1);
+        tokio::time::timeout(Duration::from_secs(5), turn)
+            .await
+            .expect("connection 2 gets its turn once connection 1 handed its frames on");
+        assert!(!slot.inbound_held_by_other(2));
+        // A stream that ends frees whoever waits.
+        slot.hold_inbound(1);
+        let turn = slot.inbound_turn(2);
+        streams.end("b", "test");
+        tokio::time::timeout(Duration::from_secs(5), turn)
+            .await
+            .expect("an ended stream holds nobody back");
     }
 }

@@ -645,6 +645,13 @@ impl FrameCodec {
                 self.next_in_seq += 1;
             }
             Numbering::Stream => {
+                // An `error` is taken whatever its seq (docs/PROTOCOL.md §3): a dialler whose
+                // handshake deadline passed just as the acceptor sent `welcome` sends it as a
+                // handshake frame (per connection: seq 2), and the acceptor, numbering as a
+                // stream by then, reads it after the handshake. It ends the link either way.
+                if matches!(frame.1, Message::Error(_)) {
+                    return Ok(());
+                }
                 // An unknown kind is a stream frame exactly when its seq is not 0.
                 let stream = match &frame.1 {
                     Message::Unknown(_) => frame.seq() != 0,

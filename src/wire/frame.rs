@@ -45,6 +45,12 @@ pub enum Message {
     Status(Box<Status>),
     /// A heartbeat tick from a master (flooded); every node answers with its status.
     Heartbeat(Heartbeat),
+    /// Version 3: what the sender holds of each node's replicated state (incarnation and
+    /// highest version); the receiver answers with a `delta` of what it lacks.
+    Digest(Digest),
+    /// Version 3: changed entries of nodes' replicated states (pushed on change, relayed
+    /// only when new to the relay, and the answer to a `digest`).
+    Delta(Delta),
     /// An application event, broadcast or targeted.
     Event(Envelope),
     /// Orderly close.
@@ -109,6 +115,8 @@ impl Message {
             Message::Pong(_) => "pong",
             Message::Status(_) => "status",
             Message::Heartbeat(_) => "heartbeat",
+            Message::Digest(_) => "digest",
+            Message::Delta(_) => "delta",
             Message::Event(_) => "event",
             Message::Bye(_) => "bye",
             Message::PeerCall(_) => "peer_call",
@@ -155,6 +163,8 @@ pub const KNOWN_KINDS: &[&str] = &[
     "pong",
     "status",
     "heartbeat",
+    "digest",
+    "delta",
     "event",
     "bye",
     "peer_call",
@@ -271,6 +281,10 @@ pub struct ClusterSettings {
     pub max_members: u64,
     /// Hops an event may take.
     pub ttl: u8,
+    /// How often stats are looked at for replication; absent from a hub that predates it
+    /// (the default, 5000 ms, then applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +334,66 @@ pub struct Status {
     /// applications registered), sorted, each once: where a proxy forwards requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<String>,
+}
+
+/// What a node holds of each node's replicated state: a newcomer's is empty.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Digest {
+    pub nodes: Vec<DigestEntry>,
+}
+
+/// One node in a [`Digest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub node: String,
+    pub incarnation: Uuid,
+    /// Every change of that incarnation up to this version is held.
+    pub max_version: u64,
+}
+
+/// Changes of several nodes' replicated states (one frame per link per coalescing window).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Delta {
+    pub nodes: Vec<NodeDelta>,
+}
+
+/// Every change of one node's state with a version in `(from, max_version]`: its entries
+/// sorted by version. `from` 0 is the whole state (what a newcomer or a new incarnation
+/// gets); a receiver that holds less than `from` has a gap, and one that holds
+/// `max_version` or more has it all already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDelta {
+    pub node: String,
+    pub incarnation: Uuid,
+    /// Wall-clock start time (ms since the Unix epoch): orders incarnations.
+    pub boot_ms: u64,
+    pub from: u64,
+    pub max_version: u64,
+    /// The highest version of a tombstone the sender has forgotten: a receiver that holds
+    /// less than this (and has not been reset past it) must take a whole state (`from` 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gc_version: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// One versioned key of a node's state: `role`, `link:<peer>`, `method:<name>`,
+/// `http:<host:port>`, `stats`. `value` absent: a tombstone (the key was removed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// An entry's value: `"set"` for keys whose presence is the fact (a link, a method, a
+/// backend), `{"text": …}` (the role), `{"stats": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    Set,
+    Text(String),
+    Stats(NodeStats),
 }
 
 /// The replicated state of a node (NodeCloud's `heartbeat-ack` payload).

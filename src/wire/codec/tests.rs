@@ -9,9 +9,10 @@ use uuid::Uuid;
 
 use super::*;
 use crate::wire::frame::{
-    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, ErrorFrame, Failure, Heartbeat,
-    Hello, HelloAck, HttpBackend, MemberView, Method, NodeStats, Options, Outcome, PeerCall,
-    PeerReply, Ping, Publish, Refused, Reply, Request, Session, StatValue, Status, Topic, Welcome,
+    Ack, Auth, Bye, Call, ClusterQuery, ClusterView, Deliver, Delta, Digest, DigestEntry, Entry,
+    ErrorFrame, Failure, Heartbeat, Hello, HelloAck, HttpBackend, MemberView, Method, NodeDelta,
+    NodeStats, Options, Outcome, PeerCall, PeerReply, Ping, Publish, Refused, Reply, Request,
+    Session, StatValue, Status, Topic, Value, Welcome,
 };
 use crate::wire::MAX_HANDSHAKE_FRAME_BYTES;
 
@@ -103,6 +104,35 @@ fn samples() -> Vec<Message> {
             master: "master".into(),
             incarnation: uuid(3),
             n: 99,
+        }),
+        Message::Digest(Digest {
+            nodes: vec![DigestEntry {
+                node: "worker-1".into(),
+                incarnation: uuid(2),
+                max_version: 12,
+            }],
+        }),
+        Message::Delta(Delta {
+            nodes: vec![NodeDelta {
+                node: "worker-1".into(),
+                incarnation: uuid(2),
+                boot_ms: 1_700_000_000_000,
+                from: 10,
+                max_version: 12,
+                gc_version: 0,
+                entries: vec![
+                    Entry {
+                        key: "link:master".into(),
+                        version: 11,
+                        value: None,
+                    },
+                    Entry {
+                        key: "method:py.add".into(),
+                        version: 12,
+                        value: Some(Value::Set),
+                    },
+                ],
+            }],
         }),
         Message::Event(envelope(None, b"\xa1\x67celsius\xfa\x41\xac\x00\x00")),
         Message::Event(envelope(Some("worker-2"), b"")),
@@ -241,6 +271,8 @@ fn variant_has_a_sample(m: &Message) -> bool {
         | Message::Pong(_)
         | Message::Status(_)
         | Message::Heartbeat(_)
+        | Message::Digest(_)
+        | Message::Delta(_)
         | Message::Event(_)
         | Message::Bye(_)
         | Message::PeerCall(_)
@@ -310,7 +342,7 @@ fn every_message_variant_survives_a_round_trip() {
     let samples = samples();
     assert!(samples.iter().all(variant_has_a_sample));
     let kinds: std::collections::BTreeSet<&str> = samples.iter().map(Message::kind).collect();
-    assert_eq!(kinds.len(), 29, "one sample per variant: {kinds:?}");
+    assert_eq!(kinds.len(), 31, "one sample per variant: {kinds:?}");
     assert_eq!(kinds.len(), crate::wire::KNOWN_KINDS.len());
     assert!(kinds.iter().all(|k| crate::wire::KNOWN_KINDS.contains(k)));
 
@@ -889,6 +921,19 @@ fn a_resumable_link_numbers_stream_frames_and_zeroes_the_rest() {
             other => panic!("{kind}: expected StreamNumbering, got {other:?}"),
         }
     }
+    // An `error` is taken whatever its seq: the dialler's handshake `error` (seq 2) may
+    // arrive after the acceptor switched to stream numbering (PROTOCOL.md §3).
+    let error = Message::Error(crate::wire::ErrorFrame {
+        code: "timeout".into(),
+        message: "late".into(),
+    });
+    let mut per_connection = FrameCodec::new(MIB);
+    frame_bytes(&mut per_connection, &Message::Ping(Ping { n: 0 }));
+    frame_bytes(&mut per_connection, &Message::Ping(Ping { n: 1 }));
+    let mut body = frame_bytes(&mut per_connection, &error);
+    let mut codec = FrameCodec::new(MIB);
+    codec.set_resumable();
+    assert_eq!(codec.decode(&mut body).unwrap(), Some(Frame(2, error)));
 }
 
 #[test]

@@ -504,6 +504,55 @@ async fn a_resumable_link_exchanges_sessions_and_numbers_frames_as_streams() {
     );
 }
 
+/// The dialler's deadline passes after its `auth`, just as the acceptor sends `welcome`: its
+/// `error` goes out as a handshake frame (seq 2), and the acceptor, numbering the resumable
+/// link as streams by then, reads it as the `error` it is (not as a numbering fault).
+#[tokio::test]
+async fn a_dialler_error_crossing_the_welcome_of_a_resumable_link_is_read_as_an_error() {
+    let (mut peer, mut a) = pipe();
+    let master = identity("master");
+    let me = identity("worker-1");
+    let answer = Session { id: 9, received: 0 };
+    let nonce = [3; 32];
+    let (accepted, ()) = tokio::join!(
+        accept_with(
+            &mut a,
+            &master,
+            DEADLINE,
+            |_: &Hello| Ok(Some(answer)),
+            pass
+        ),
+        async {
+            let mut hello = hello_from(&me, nonce);
+            if let Message::Hello(h) = &mut hello {
+                h.session = Some(Session { id: 0, received: 0 });
+            }
+            peer.send(&hello).await.unwrap();
+            let ack = recv_hello_ack(&mut peer).await;
+            let transcript = Transcript {
+                cluster: &me.cluster,
+                dialler: (&me.node, me.incarnation, &nonce),
+                acceptor: (&ack.node, ack.incarnation, &ack.nonce),
+            };
+            let proof = transcript.prove(SECRET, LABEL_DIALLER).unwrap();
+            peer.send(&Message::Auth(Auth { proof })).await.unwrap();
+            // Still in its handshake: numbered per connection, after hello (0) and auth (1).
+            peer.send(&Message::Error(ErrorFrame {
+                code: "timeout".into(),
+                message: "handshake not completed within 5s".into(),
+            }))
+            .await
+            .unwrap();
+        }
+    );
+    assert!(accepted.unwrap().session.is_some());
+    assert!(a.codec().is_resumable());
+    match tokio::time::timeout(ANSWER_WITHIN, a.next()).await {
+        Ok(Some(Ok(Frame(2, Message::Error(e))))) => assert_eq!(e.code, "timeout"),
+        other => panic!("expected the dialler's error with seq 2, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn an_acceptor_that_does_not_resume_makes_a_plain_link() {
     let (mut d, mut a) = pipe();
