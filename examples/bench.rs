@@ -25,7 +25,9 @@
 //! * `idle`: one node alone for 2 s; its resident memory.
 //! * `w2call`: as `w2`, with a call of a method an actor of the other node implements.
 //! * `w1app`: one-way throughput from an application attached to one node to an application
-//!   attached to the other (four processes).
+//!   attached to the other (four processes). The publisher hands its events to its client
+//!   `--app-batch` (256) at a time (`Client::publish_batch`) and the subscriber takes them as
+//!   many at a time (`Client::next_many`); `--app-batch 1` publishes and takes one by one.
 //! * `w2app`: ping-pong between two applications attached to two nodes: the pinger publishes
 //!   `bench.ping` targeted at the ponger's node, the ponger publishes the same payload back as
 //!   `bench.pong` targeted at the node the ping came from. A NATS request/reply is the same
@@ -115,6 +117,12 @@ struct Args {
     /// w1 only: `publish` (broadcast) or `send` (targeted `send_to_wait`).
     #[arg(long, default_value = "publish")]
     mode: String,
+    /// w1app: the publishing application hands its events to the client this many at a time
+    /// (`Client::publish_batch`), and the receiving one takes up to this many at a time
+    /// (`Client::next_many`); 1 publishes each with `publish_raw` and takes each alone.
+    /// Batches are the faster of the two; on the wire each event is its own frame either way.
+    #[arg(long, default_value_t = 256)]
+    app_batch: usize,
     /// Run every link and the service listener inside TLS, with certificates made for the run.
     #[arg(long)]
     tls: bool,
@@ -361,6 +369,7 @@ impl Kids {
             .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
             .args(["--sender-on", &args.sender_on])
             .args(["--mode", &args.mode])
+            .args(["--app-batch", &args.app_batch.to_string()])
             .args(["--role", role, "--name", name, "--nodes", nodes])
             .args(["--deadline-ms", &self.child_deadline_ms().to_string()]);
         if !peers.is_empty() {
@@ -1559,6 +1568,9 @@ async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
     let (mut received, mut first_ns, mut last_ns, mut errors) = (0u64, 0u64, 0u64, 0u64);
     let deadline = tokio::time::Instant::now() + cx.until_deadline();
     let mut draining = false;
+    // What the client has queued is taken `--app-batch` items at a time (1: one by one).
+    let batch = cx.args.app_batch.max(1);
+    let mut items = Vec::with_capacity(batch);
     let timeout = loop {
         let wait = if draining {
             STRAGGLER_WAIT
@@ -1566,26 +1578,37 @@ async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
             Duration::from_millis(100)
         };
         tokio::select! {
-            item = app.next() => match item {
-                Some(Incoming::Event { payload, .. }) => {
-                    received += 1;
-                    if received == 1 {
-                        first_ns = unix_ns();
-                    }
-                    match nodecloud::wire::decode_payload::<Bench>(&payload) {
-                        Ok(b) if b.seq == received - 1 && b.data.len() == cx.args.size => {}
-                        _ => errors += 1,
-                    }
-                    if received == expected || received % 256 == 0 {
-                        last_ns = unix_ns();
-                    }
-                    if received >= expected {
-                        break false;
+            n = app.next_many(&mut items, batch) => {
+                if n == 0 {
+                    return Err("the node closed the connection".into());
+                }
+                let mut done = false;
+                for item in items.drain(..) {
+                    match item {
+                        Incoming::Event { payload, .. } => {
+                            received += 1;
+                            if received == 1 {
+                                first_ns = unix_ns();
+                            }
+                            match nodecloud::wire::decode_payload::<Bench>(&payload) {
+                                Ok(b) if b.seq == received - 1 && b.data.len() == cx.args.size => {}
+                                _ => errors += 1,
+                            }
+                            if received == expected || received % 256 == 0 {
+                                last_ns = unix_ns();
+                            }
+                            if received >= expected {
+                                done = true;
+                                break;
+                            }
+                        }
+                        Incoming::Closed(why) => return Err(why),
+                        _ => {}
                     }
                 }
-                Some(Incoming::Closed(why)) => return Err(why),
-                Some(_) => {}
-                None => return Err("the node closed the connection".into()),
+                if done {
+                    break false;
+                }
             },
             cmd = cx.commands.recv() => match cmd.as_deref() {
                 Some("drain") => draining = true,
@@ -1620,14 +1643,31 @@ async fn appsource(mut cx: ChildCtx) -> Result<(), String> {
         data: vec![0xa5; cx.args.size],
     };
     let (mut sent, mut timeout) = (0u64, false);
+    let batch = cx.args.app_batch.max(1);
+    let mut payloads = Vec::with_capacity(batch);
     for seq in 0..cx.args.count() {
         ev.seq = seq;
         let payload = nodecloud::wire::encode_payload(&ev).map_err(|e| e.to_string())?;
-        app.publish_raw(Bench::TOPIC, payload, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        if batch == 1 {
+            app.publish_raw(Bench::TOPIC, payload, None)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            payloads.push(payload);
+            if payloads.len() == batch || seq + 1 == cx.args.count() {
+                app.publish_batch(Bench::TOPIC, std::mem::take(&mut payloads), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                payloads.reserve(batch);
+            }
+        }
         sent += 1;
         if seq % 4096 == 0 && tokio::time::Instant::now() >= stop_at {
+            if !payloads.is_empty() {
+                app.publish_batch(Bench::TOPIC, std::mem::take(&mut payloads), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             timeout = true;
             break;
         }
