@@ -112,6 +112,8 @@ pub struct ServiceSession {
     /// Frames read but not yet handled because the session waits (see `run_frames`): at most
     /// two read batches, since nothing more is read while it waits.
     backlog: VecDeque<ReadItem>,
+    /// The topic of the last publish admitted (empty: none yet, and never a valid topic).
+    checked_topic: String,
     /// A future that takes the backlog up again is spawned.
     backlog_scheduled: bool,
     /// The application's stream ended (or failed) after the frames in the backlog.
@@ -303,6 +305,7 @@ impl ServiceSession {
                 closing: false,
                 backlog: VecDeque::new(),
                 backlog_scheduled: false,
+                checked_topic: String::new(),
                 read_all: false,
                 spare_reads,
                 owner,
@@ -376,7 +379,14 @@ impl ServiceSession {
     }
 
     fn on_message(&mut self, msg: Message, ctx: &mut Context<Self>) {
-        match check_request(&msg) {
+        let verdict = match &msg {
+            // An application mostly publishes on the topic it published on last: checked once.
+            Message::Publish(p) if !p.topic.is_empty() && p.topic == self.checked_topic => {
+                Verdict::Admit
+            }
+            msg => check_request(msg),
+        };
+        match verdict {
             Verdict::Admit => {}
             Verdict::Refuse { op, code, message } => return self.refuse(op, code, message, ctx),
             Verdict::Close { code, message } => return self.fail(code, message, ctx),
@@ -510,6 +520,10 @@ impl ServiceSession {
     }
 
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
+        // `check_request` admitted it: remember it as checked.
+        if p.topic != self.checked_topic {
+            self.checked_topic.clone_from(&p.topic);
+        }
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,
             Err(e) => return self.refuse_publish(&e, ctx),
