@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --workload idle
 //! cargo run --release --example bench -- --workload w2call --size 64 --count 20000
 //! cargo run --release --example bench -- --workload w1app --size 64 --count 2000000
+//! cargo run --release --example bench -- --workload w2app --size 64 --count 20000
 //! cargo run --release --example bench -- --workload w1 --tls      # any workload, inside TLS
 //! ```
 //!
@@ -22,6 +23,16 @@
 //! * `w3`: one publisher (the star's master) and `--subscribers` subscriber nodes; events
 //!   delivered per second across all subscribers, and how many never arrived.
 //! * `idle`: one node alone for 2 s; its resident memory.
+//! * `w2call`: as `w2`, with a call of a method an actor of the other node implements.
+//! * `w1app`: one-way throughput from an application attached to one node to an application
+//!   attached to the other (four processes). The publisher hands its events to its client
+//!   `--app-batch` (256) at a time (`Client::publish_batch`) and the subscriber takes them as
+//!   many at a time (`Client::next_many`); `--app-batch 1` publishes and takes one by one.
+//! * `w2app`: ping-pong between two applications attached to two nodes: the pinger publishes
+//!   `bench.ping` targeted at the ponger's node, the ponger publishes the same payload back as
+//!   `bench.pong` targeted at the node the ping came from. A NATS request/reply is the same
+//!   two publishes (the reply goes to the requester's inbox subject), so this is the round
+//!   trip a NATS user compares with; `w2` is its actor-to-actor counterpart.
 //!
 //! The parent process spawns itself (hidden `--role` arguments) once per node, passes the
 //! cluster layout on the command line, and drives the children through their stdin: `go`,
@@ -79,10 +90,10 @@ const SINK_MAILBOX: usize = 4096;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    about = "nodecloud benchmarks: w1 (throughput), w2 (ping-pong latency), w3 (fan-out), idle (RSS), w2call (call latency), w1app (application throughput)"
+    about = "nodecloud benchmarks: w1 (throughput), w2 (ping-pong latency), w3 (fan-out), idle (RSS), w2call (call latency), w1app (application throughput), w2app (application round trip)"
 )]
 struct Args {
-    /// w1, w2, w3, idle, w2call or w1app.
+    /// w1, w2, w3, idle, w2call, w1app or w2app.
     #[arg(long, default_value = "w1")]
     workload: String,
     /// Payload bytes per event.
@@ -106,6 +117,12 @@ struct Args {
     /// w1 only: `publish` (broadcast) or `send` (targeted `send_to_wait`).
     #[arg(long, default_value = "publish")]
     mode: String,
+    /// w1app: the publishing application hands its events to the client this many at a time
+    /// (`Client::publish_batch`), and the receiving one takes up to this many at a time
+    /// (`Client::next_many`); 1 publishes each with `publish_raw` and takes each alone.
+    /// Batches are the faster of the two; on the wire each event is its own frame either way.
+    #[arg(long, default_value_t = 256)]
+    app_batch: usize,
     /// Run every link and the service listener inside TLS, with certificates made for the run.
     #[arg(long)]
     tls: bool,
@@ -135,7 +152,7 @@ struct Args {
 impl Args {
     fn count(&self) -> u64 {
         self.count.unwrap_or(match self.workload.as_str() {
-            "w2" | "w2call" => 20_000,
+            "w2" | "w2call" | "w2app" => 20_000,
             "w3" => 500_000,
             _ => 2_000_000,
         })
@@ -172,10 +189,11 @@ fn main() -> ExitCode {
                 "w2" => parent_w2(&args, ("ponger", "pinger"), "W2"),
                 "w2call" => parent_w2(&args, ("callee", "caller"), "W2CALL"),
                 "w1app" => parent_w1app(&args),
+                "w2app" => parent_w2app(&args),
                 "w3" => parent_w3(&args),
                 "idle" => idle(&args),
                 other => {
-                    eprintln!("error: unknown workload {other:?}; expected w1, w2, w3, idle, w2call or w1app");
+                    eprintln!("error: unknown workload {other:?}; expected w1, w2, w3, idle, w2call, w1app or w2app");
                     ExitCode::from(2)
                 }
             }
@@ -351,6 +369,7 @@ impl Kids {
             .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
             .args(["--sender-on", &args.sender_on])
             .args(["--mode", &args.mode])
+            .args(["--app-batch", &args.app_batch.to_string()])
             .args(["--role", role, "--name", name, "--nodes", nodes])
             .args(["--deadline-ms", &self.child_deadline_ms().to_string()]);
         if !peers.is_empty() {
@@ -747,6 +766,17 @@ fn parent_w2(args: &Args, roles: (&str, &str), label: &str) -> ExitCode {
             );
         }
     })();
+    report_w2(args, label, kids, result, report)
+}
+
+/// The result line of a ping-pong workload, from the pinger's `result` line.
+fn report_w2(
+    args: &Args,
+    label: &str,
+    kids: Kids,
+    result: Result<(), Outcome>,
+    report: Option<String>,
+) -> ExitCode {
     let mut failure = None;
     let mut timed_out = false;
     match result {
@@ -949,6 +979,8 @@ fn child_main(role: &str, args: &Args) -> ExitCode {
             "appnode" => appnode(ctx).await,
             "appsink" => appsink(ctx).await,
             "appsource" => appsource(ctx).await,
+            "appponger" => appponger(ctx).await,
+            "apppinger" => apppinger(ctx).await,
             other => Err(format!("unknown role {other:?}")),
         }
     });
@@ -1359,10 +1391,19 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
         }
         let _ = done_tx.send((rtts, outcome));
     });
-    let (mut rtts, outcome) = done_rx
+    let (rtts, outcome) = done_rx
         .await
         .map_err(|_| "the driving task died".to_owned())?;
     let timeout = outcome.clone().unwrap_or(false);
+    say_rtts(rtts, timeout);
+    outcome?;
+    cx.linger(node).await;
+    Ok(())
+}
+
+/// The pinger's `result` line: how many round trips, and their percentiles (the sample at
+/// index ⌊n·p⌋ of the sorted round trips).
+fn say_rtts(mut rtts: Vec<u64>, timeout: bool) {
     rtts.sort_unstable();
     let pct = |p: f64| -> u64 {
         if rtts.is_empty() {
@@ -1379,9 +1420,6 @@ async fn pinger(mut cx: ChildCtx) -> Result<(), String> {
         pct(0.999),
         u8::from(timeout)
     ));
-    outcome?;
-    cx.linger(node).await;
-    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1530,6 +1568,9 @@ async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
     let (mut received, mut first_ns, mut last_ns, mut errors) = (0u64, 0u64, 0u64, 0u64);
     let deadline = tokio::time::Instant::now() + cx.until_deadline();
     let mut draining = false;
+    // What the client has queued is taken `--app-batch` items at a time (1: one by one).
+    let batch = cx.args.app_batch.max(1);
+    let mut items = Vec::with_capacity(batch);
     let timeout = loop {
         let wait = if draining {
             STRAGGLER_WAIT
@@ -1537,26 +1578,37 @@ async fn appsink(mut cx: ChildCtx) -> Result<(), String> {
             Duration::from_millis(100)
         };
         tokio::select! {
-            item = app.next() => match item {
-                Some(Incoming::Event { payload, .. }) => {
-                    received += 1;
-                    if received == 1 {
-                        first_ns = unix_ns();
-                    }
-                    match nodecloud::wire::decode_payload::<Bench>(&payload) {
-                        Ok(b) if b.seq == received - 1 && b.data.len() == cx.args.size => {}
-                        _ => errors += 1,
-                    }
-                    if received == expected || received % 256 == 0 {
-                        last_ns = unix_ns();
-                    }
-                    if received >= expected {
-                        break false;
+            n = app.next_many(&mut items, batch) => {
+                if n == 0 {
+                    return Err("the node closed the connection".into());
+                }
+                let mut done = false;
+                for item in items.drain(..) {
+                    match item {
+                        Incoming::Event { payload, .. } => {
+                            received += 1;
+                            if received == 1 {
+                                first_ns = unix_ns();
+                            }
+                            match nodecloud::wire::decode_payload::<Bench>(&payload) {
+                                Ok(b) if b.seq == received - 1 && b.data.len() == cx.args.size => {}
+                                _ => errors += 1,
+                            }
+                            if received == expected || received % 256 == 0 {
+                                last_ns = unix_ns();
+                            }
+                            if received >= expected {
+                                done = true;
+                                break;
+                            }
+                        }
+                        Incoming::Closed(why) => return Err(why),
+                        _ => {}
                     }
                 }
-                Some(Incoming::Closed(why)) => return Err(why),
-                Some(_) => {}
-                None => return Err("the node closed the connection".into()),
+                if done {
+                    break false;
+                }
             },
             cmd = cx.commands.recv() => match cmd.as_deref() {
                 Some("drain") => draining = true,
@@ -1591,20 +1643,171 @@ async fn appsource(mut cx: ChildCtx) -> Result<(), String> {
         data: vec![0xa5; cx.args.size],
     };
     let (mut sent, mut timeout) = (0u64, false);
+    let batch = cx.args.app_batch.max(1);
+    let mut payloads = Vec::with_capacity(batch);
     for seq in 0..cx.args.count() {
         ev.seq = seq;
         let payload = nodecloud::wire::encode_payload(&ev).map_err(|e| e.to_string())?;
-        app.publish_raw(Bench::TOPIC, payload, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        if batch == 1 {
+            app.publish_raw(Bench::TOPIC, payload, None)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            payloads.push(payload);
+            if payloads.len() == batch || seq + 1 == cx.args.count() {
+                app.publish_batch(Bench::TOPIC, std::mem::take(&mut payloads), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                payloads.reserve(batch);
+            }
+        }
         sent += 1;
         if seq % 4096 == 0 && tokio::time::Instant::now() >= stop_at {
+            if !payloads.is_empty() {
+                app.publish_batch(Bench::TOPIC, std::mem::take(&mut payloads), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             timeout = true;
             break;
         }
     }
     app.sync().await.map_err(|e| e.to_string())?;
     say(&format!("sent n={sent} timeout={}", u8::from(timeout)));
+    let _ = cx.expect("quit").await;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// W2APP: an application on worker-1 pings an application on the master, which answers with a
+// pong event. Four processes, as W1APP.
+
+const PING_TOPIC: &str = "bench.ping";
+const PONG_TOPIC: &str = "bench.pong";
+
+fn parent_w2app(args: &Args) -> ExitCode {
+    let mut kids = Kids::new();
+    let layout = star_layout(&mut kids.ports, 1);
+    let services: Vec<SocketAddr> = layout.iter().map(|_| kids.ports.reserve()).collect();
+    let spec = node_spec(&layout)
+        .split(',')
+        .zip(&services)
+        .map(|(n, s)| format!("{n}/{s}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut report = None;
+    let result = (|| -> Result<(), Outcome> {
+        let master = kids
+            .spawn(args, "appnode", "master", &spec, &["worker-1"], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_listening(master)?;
+        let worker = kids
+            .spawn(args, "appnode", "worker-1", &spec, &["master"], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[master, worker])?;
+        let ponger = kids
+            .spawn(args, "appponger", "master", &spec, &[], None)
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[ponger])?;
+        let pinger = kids
+            .spawn(args, "apppinger", "worker-1", &spec, &[], Some("master"))
+            .map_err(Outcome::Failed)?;
+        kids.wait_ready(&[pinger])?;
+        kids.tell(pinger, "go");
+        loop {
+            let (idx, line) = kids.next()?;
+            if idx == pinger && line.starts_with("result") {
+                report = Some(line);
+                return Ok(());
+            }
+            eprintln!(
+                "bench: unexpected line from {}: {line}",
+                kids.kids[idx].name
+            );
+        }
+    })();
+    report_w2(args, "W2APP", kids, result, report)
+}
+
+/// Answers every ping with a pong carrying the ping's payload, to the node it came from.
+async fn appponger(mut cx: ChildCtx) -> Result<(), String> {
+    let mut app = attach(&cx).await?;
+    app.subscribe(PING_TOPIC).await.map_err(|e| e.to_string())?;
+    app.sync().await.map_err(|e| e.to_string())?;
+    say("ready");
+    loop {
+        tokio::select! {
+            item = app.next() => match item {
+                Some(Incoming::Event { from, payload, .. }) => {
+                    app.publish_raw(PONG_TOPIC, payload, Some(&from))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(Incoming::Closed(why)) => return Err(why),
+                Some(Incoming::Refused { op, code, message }) => {
+                    return Err(format!("{op} refused: {code}: {message}"))
+                }
+                Some(_) => {}
+                None => return Err("the node closed the connection".into()),
+            },
+            cmd = cx.commands.recv() => match cmd.as_deref() {
+                Some("quit") | None => return Ok(()),
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// Pings `--target`'s application `--warmup` + `--count` times, one at a time, and reports
+/// the round trips' percentiles.
+async fn apppinger(mut cx: ChildCtx) -> Result<(), String> {
+    let mut app = attach(&cx).await?;
+    app.subscribe(PONG_TOPIC).await.map_err(|e| e.to_string())?;
+    app.sync().await.map_err(|e| e.to_string())?;
+    say("ready");
+    cx.expect("go").await?;
+    let target = cx.args.target.clone().ok_or("--target is required")?;
+    let (warmup, count) = (cx.args.warmup, cx.args.count());
+    let stop_at = tokio::time::Instant::now() + cx.until_deadline();
+    let mut ev = Bench {
+        seq: 0,
+        data: vec![0xa5; cx.args.size],
+    };
+    let mut rtts: Vec<u64> = Vec::with_capacity(count as usize);
+    let mut timeout = false;
+    'rounds: for seq in 0..warmup + count {
+        ev.seq = seq;
+        let payload = nodecloud::wire::encode_payload(&ev).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        app.publish_raw(PING_TOPIC, payload, Some(&target))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout_at(stop_at, app.next()).await {
+                Ok(Some(Incoming::Event { payload, .. })) => {
+                    match nodecloud::wire::decode_payload::<Bench>(&payload) {
+                        Ok(b) if b.seq == seq => break,
+                        Ok(b) => return Err(format!("pong {} while waiting for {seq}", b.seq)),
+                        Err(e) => return Err(format!("pong does not decode: {e}")),
+                    }
+                }
+                Ok(Some(Incoming::Closed(why))) => return Err(why),
+                Ok(Some(Incoming::Refused { op, code, message })) => {
+                    return Err(format!("{op} refused: {code}: {message}"))
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the node closed the connection".into()),
+                Err(_) => {
+                    timeout = true;
+                    break 'rounds;
+                }
+            }
+        }
+        if seq >= warmup {
+            rtts.push(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    say_rtts(rtts, timeout);
     let _ = cx.expect("quit").await;
     Ok(())
 }

@@ -24,7 +24,7 @@ mod rules;
 
 pub use codec::{
     decode_payload, encode_event, encode_message, encode_payload, envelope_overhead_bytes,
-    EncodedMessage, FrameCodec, ReadCounters, WireError, ENVELOPE_FIXED_BYTES,
+    DeliverRef, EncodedMessage, FrameCodec, ReadCounters, WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterSettings, ClusterView, Deliver, Delta, Digest,

@@ -289,6 +289,100 @@ async fn an_application_that_dies_fails_its_pending_calls_at_once_and_its_method
 }
 
 #[actix_rt::test]
+async fn a_bad_topic_right_after_a_good_one_is_still_refused() {
+    let (c, nodes) = start(config(1)).await;
+    let mut a = app(&c, "worker-1", "checked").await;
+    a.subscribe("t.ok").await.unwrap();
+    a.sync().await.unwrap();
+    for topic in ["t.ok", "", "t..ok", "t.*", "t.ok"] {
+        a.publish("t.ok", &1u8, None).await.unwrap();
+        a.publish(topic, &2u8, None).await.unwrap();
+    }
+    a.sync().await.unwrap();
+    // Refusals are queued at once, events after the bus: compare each kind in its order.
+    let (mut events, mut refusals) = (Vec::new(), 0);
+    while events.len() < 7 {
+        match next(&mut a).await {
+            Incoming::Event { payload, .. } => events.push(decode_payload::<u8>(&payload).unwrap()),
+            Incoming::Refused { op, code, .. } => {
+                assert_eq!((op.as_str(), code.as_str()), ("publish", "bad_topic"));
+                refusals += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    a.sync().await.unwrap();
+    while let Some(item) = a.try_next() {
+        assert!(matches!(item, Incoming::Refused { .. }), "{item:?}");
+        refusals += 1;
+    }
+    assert_eq!(events, [1, 2, 1, 1, 1, 1, 2]);
+    assert_eq!(refusals, 3, "\"\", \"t..ok\" and \"t.*\" are refused");
+    cluster::stop(&nodes).await;
+}
+
+#[actix_rt::test]
+async fn a_batch_of_publishes_arrives_in_order_as_single_publishes_do() {
+    let (c, nodes) = start(config(1)).await;
+    let mut sub = app(&c, "worker-1", "batch-sub").await;
+    let publisher = app(&c, "worker-1", "batch-pub").await;
+    sub.subscribe("t.batch").await.unwrap();
+    sub.sync().await.unwrap();
+    let payload = |n: u32| encode_payload(&n).unwrap();
+    publisher
+        .publish_raw("t.batch", payload(0), None)
+        .await
+        .unwrap();
+    publisher
+        .publish_batch("t.batch", (1..=1000).map(payload).collect(), None)
+        .await
+        .unwrap();
+    publisher
+        .publish_batch("t.batch", Vec::new(), None)
+        .await
+        .unwrap();
+    publisher
+        .publish_raw("t.batch", payload(1001), None)
+        .await
+        .unwrap();
+    // One payload too large for a frame: nothing of the batch is sent.
+    let too_large = publisher
+        .publish_batch(
+            "t.batch",
+            vec![payload(7), Bytes::from(vec![0x40; 2 << 20])],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(too_large, Err(ClientError::TooLarge { .. })),
+        "{too_large:?}"
+    );
+    let mut got = Vec::new();
+    let mut batch = Vec::new();
+    while got.len() < 1002 {
+        let n = tokio::time::timeout(WAIT, sub.next_many(&mut batch, 64))
+            .await
+            .expect("deliveries within the deadline");
+        assert!((1..=64).contains(&n), "{n}");
+        for item in batch.drain(..) {
+            let Incoming::Event { payload, seq, .. } = item else {
+                panic!("{item:?}");
+            };
+            got.push((decode_payload::<u32>(&payload).unwrap(), seq));
+        }
+    }
+    let expected: Vec<(u32, u64)> = (0..=1001).map(|n| (n, u64::from(n) + 1)).collect();
+    assert_eq!(got, expected);
+    publisher.sync().await.unwrap();
+    sub.sync().await.unwrap();
+    assert!(
+        sub.try_next().is_none(),
+        "nothing of the refused batch arrived"
+    );
+    cluster::stop(&nodes).await;
+}
+
+#[actix_rt::test]
 async fn every_refusal_names_the_operation_and_keeps_the_connection_open() {
     let (c, nodes) = start(config(1)).await;
     let mut a = app(&c, "worker-1", "clumsy").await;

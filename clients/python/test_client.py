@@ -28,7 +28,7 @@ import unittest
 
 import nodecloud as nodecloud_client
 from nodecloud import (
-    CallError, Client, ConnectError, ConnectionClosed, HandshakeError, Refused,
+    CallError, Client, ConnectError, ConnectionClosed, FrameTooLarge, HandshakeError, Refused,
 )
 
 CLUSTER = "py-test"
@@ -349,6 +349,23 @@ class EventTest(NodeTest):
         got = [sub.next_event(WAIT) for _ in range(100)]
         self.assertEqual([e[2] for e in got], list(range(100)))
         self.assertIsNone(pub.next_event(0))  # pub did not subscribe
+
+    def test_a_batch_of_publishes_arrives_in_order_like_single_publishes(self):
+        sub = self.connect("py-batch-sub")
+        pub = self.connect("py-batch-pub")
+        sub.subscribe("t.batch")
+        sub.sync(WAIT)
+        pub.publish("t.batch", -1)
+        pub.publish_batch("t.batch", range(500))
+        pub.publish_batch("t.batch", [])
+        pub.publish("t.batch", 500)
+        got = [sub.next_event(WAIT) for _ in range(502)]
+        self.assertEqual([e[2] for e in got], list(range(-1, 501)))
+        self.assertEqual([e.seq for e in got], list(range(1, 503)))
+        with self.assertRaises(FrameTooLarge):
+            pub.publish_batch("t.batch", [1, b"x" * (2 << 20)])
+        pub.publish("t.batch", "after")
+        self.assertEqual(sub.next_event(WAIT)[2], "after")  # nothing of the refused batch
 
     def test_wildcards_match_one_token_or_the_rest(self):
         client = self.connect("py-wild")

@@ -7,6 +7,10 @@
 //! at once with `implementer_gone`, because their answer channels are dropped.
 //!
 //! Framing, the write queue, liveness and close-with-reason are the link core's (crate::link).
+//! The frames one read brings (up to `READ_BATCH_FRAMES`) are handled as one batch, in order;
+//! a frame that makes the session wait (a publish waiting for room) holds the rest of its
+//! batch back until the wait is over. `deliver` frames, one per event and application, are
+//! written by hand ([`EncodedMessage::deliver`]), borrowing the event's topic and payload.
 //!
 //! Bounds and policy: at most [`MAX_SUBSCRIPTIONS`] topics and patterns, [`MAX_METHODS`] methods,
 //! [`MAX_CALLS_IN_FLIGHT`] calls made and [`MAX_REQUESTS_IN_FLIGHT`] requests served at once
@@ -28,7 +32,7 @@
 //!
 //! An application that sends nothing for the failure timeout is closed as `timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,18 +50,20 @@ use super::event_bus::{
 };
 use super::publish;
 use super::service_listener::ServiceClosed;
-use super::shared::{NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES};
+use super::shared::{NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES, READ_BATCH_FRAMES};
 use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
 use crate::event::NodeId;
 use crate::link::{
-    self, LinkQueue, Liveness, QueueBounds, QueueError, Tick, Transport, WriterFailed,
+    self, LinkQueue, Liveness, QueueBounds, QueueError, ReadBatch, ReadyBatches, SpareBatch, Tick,
+    Transport, WriterFailed,
 };
 use crate::topic::{check_pattern, check_topic};
 use crate::wire::{
-    encode_message, Bye, Call, ClusterView, Deliver, ErrorFrame, Failure, Frame, FrameCodec,
-    MemberView, Message, Outcome, PeerInfo, Ping, Publish, Refused, Reply, Request, WireError,
+    encode_message, Bye, Call, ClusterView, DeliverRef, EncodedMessage, ErrorFrame, Failure, Frame,
+    FrameCodec, MemberView, Message, Outcome, PeerInfo, Ping, Publish, Refused, Reply, Request,
+    WireError,
 };
 
 /// Topics one application may subscribe to.
@@ -103,6 +109,17 @@ pub struct ServiceSession {
     serving: HashMap<u64, Answer>,
     next_request: u64,
     closing: bool,
+    /// Frames read but not yet handled because the session waits (see `run_frames`): at most
+    /// two read batches, since nothing more is read while it waits.
+    backlog: VecDeque<ReadItem>,
+    /// The topic of the last publish admitted (empty: none yet, and never a valid topic).
+    checked_topic: String,
+    /// A future that takes the backlog up again is spawned.
+    backlog_scheduled: bool,
+    /// The application's stream ended (or failed) after the frames in the backlog.
+    read_all: bool,
+    /// The read batch vector, handed back to the reader once handled.
+    spare_reads: SpareBatch,
     /// The listener, told when this session ends, and this session's number there.
     owner: (Recipient<ServiceClosed>, u64),
 }
@@ -145,7 +162,7 @@ pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(1);
 enum Pushed {
     Queued,
     /// Full: the frame is handed back, to wait for room (up to [`SLOW_CONSUMER_GRACE`]).
-    Full(crate::wire::EncodedMessage),
+    Full(EncodedMessage),
     Closed,
 }
 
@@ -160,12 +177,7 @@ enum Waited {
 
 impl Overflow {
     /// Offer `frame` to the application's queue by its policy, without waiting.
-    fn try_push(
-        &self,
-        tx: &LinkQueue,
-        frame: crate::wire::EncodedMessage,
-        droppable: bool,
-    ) -> Pushed {
+    fn try_push(&self, tx: &LinkQueue, frame: EncodedMessage, droppable: bool) -> Pushed {
         let pushed = if self.policy.load(Ordering::Relaxed) == OVERFLOW_DROP_OLDEST {
             tx.push_dropping_oldest(frame, droppable).map(|dropped| {
                 self.dropped.store(dropped, Ordering::Relaxed);
@@ -207,7 +219,7 @@ impl Overflow {
 
     /// Wait for room while the application reads; once nothing was written to it for
     /// [`SLOW_CONSUMER_GRACE`], close it as a slow consumer.
-    async fn wait_for_room(&self, tx: &LinkQueue, frame: crate::wire::EncodedMessage) -> Waited {
+    async fn wait_for_room(&self, tx: &LinkQueue, frame: EncodedMessage) -> Waited {
         match tx.push_unless_stalled(frame, SLOW_CONSUMER_GRACE).await {
             Ok(()) => Waited::Queued,
             Err((QueueError::Closed, _)) => Waited::Closed,
@@ -258,8 +270,13 @@ impl ServiceSession {
         let leftover = parts.read_buf;
         codec.set_max_frame_bytes(w.shared.config.cluster.max_frame_bytes);
         let writer_codec = codec.clone();
+        let spare_reads = SpareBatch::default();
         ServiceSession::create(move |ctx| {
-            ctx.add_stream(link::framed_reader(read, codec, &leftover));
+            ctx.add_stream(ReadyBatches::new(
+                link::framed_reader(read, codec, &leftover),
+                spare_reads.clone(),
+                READ_BATCH_FRAMES,
+            ));
             let tx = link::spawn_writer(
                 write,
                 writer_codec,
@@ -286,6 +303,11 @@ impl ServiceSession {
                 serving: HashMap::new(),
                 next_request: 0,
                 closing: false,
+                backlog: VecDeque::new(),
+                backlog_scheduled: false,
+                checked_topic: String::new(),
+                read_all: false,
+                spare_reads,
                 owner,
             }
         })
@@ -295,7 +317,7 @@ impl ServiceSession {
         self.w.shared.name()
     }
 
-    fn encode(&self, msg: &Message) -> Option<crate::wire::EncodedMessage> {
+    fn encode(&self, msg: &Message) -> Option<EncodedMessage> {
         match encode_message(msg) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -314,7 +336,7 @@ impl ServiceSession {
 
     /// The session's own frames (replies, requests, refusals, pongs) wait for room holding up
     /// this session only; one at a time, so they keep their order.
-    fn push_frame(&self, frame: crate::wire::EncodedMessage, ctx: &mut Context<Self>) {
+    fn push_frame(&self, frame: EncodedMessage, ctx: &mut Context<Self>) {
         if let Pushed::Full(frame) = self.overflow.try_push(&self.tx, frame, false) {
             let (overflow, tx) = (self.overflow.clone(), self.tx.clone());
             ctx.wait(
@@ -357,7 +379,14 @@ impl ServiceSession {
     }
 
     fn on_message(&mut self, msg: Message, ctx: &mut Context<Self>) {
-        match check_request(&msg) {
+        let verdict = match &msg {
+            // An application mostly publishes on the topic it published on last: checked once.
+            Message::Publish(p) if !p.topic.is_empty() && p.topic == self.checked_topic => {
+                Verdict::Admit
+            }
+            msg => check_request(msg),
+        };
+        match verdict {
             Verdict::Admit => {}
             Verdict::Refuse { op, code, message } => return self.refuse(op, code, message, ctx),
             Verdict::Close { code, message } => return self.fail(code, message, ctx),
@@ -491,6 +520,10 @@ impl ServiceSession {
     }
 
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
+        // `check_request` admitted it: remember it as checked.
+        if p.topic != self.checked_topic {
+            self.checked_topic.clone_from(&p.topic);
+        }
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,
             Err(e) => return self.refuse_publish(&e, ctx),
@@ -751,19 +784,17 @@ impl Subscriber for AppSubscriber {
         if self.tx.is_closed() {
             return Delivered::Closed;
         }
-        let msg = Message::Deliver(Deliver {
-            topic: topic.to_owned(),
-            from: from.name,
-            payload: Bytes::copy_from_slice(payload),
+        // Written by hand from the borrowed fields: no topic, name or payload copied into a
+        // `Deliver` first, and the same bytes as serde's encoding of one.
+        let frame = EncodedMessage::deliver(&DeliverRef {
+            topic,
+            from: &from.name,
+            payload,
             id: meta.id,
             seq: meta.seq,
             targeted: meta.targeted,
             dropped: self.overflow.dropped.load(Ordering::Relaxed),
         });
-        let frame = match encode_message(&msg) {
-            Ok(f) => f,
-            Err(_) => return Delivered::Sent,
-        };
         match self.overflow.try_push(&self.tx, frame, true) {
             Pushed::Queued => Delivered::Sent,
             Pushed::Closed => Delivered::Closed,
@@ -870,31 +901,97 @@ impl Actor for ServiceSession {
     }
 }
 
-impl StreamHandler<Result<Frame, WireError>> for ServiceSession {
-    fn handle(&mut self, item: Result<Frame, WireError>, ctx: &mut Context<Self>) {
-        if self.closing {
-            return;
-        }
-        self.liveness.heard();
-        match item {
-            Ok(Frame(_, msg)) => {
-                if guard("service session", ctx, |ctx| self.on_message(msg, ctx)).is_none() {
-                    self.closing = true;
+impl ServiceSession {
+    /// Handle the frames read, in order, until one makes the session wait (a publish or a
+    /// hand-over waiting for room, a frame of its own waiting for room in the application's
+    /// queue): what is left goes to the backlog, taken up once the wait is over.
+    fn run_frames(&mut self, items: &mut dyn Iterator<Item = ReadItem>, ctx: &mut Context<Self>) {
+        while !self.closing && !ctx.waiting() {
+            let Some(item) = items.next() else { return };
+            match item {
+                Ok(Frame(_, msg)) => {
+                    if guard("service session", ctx, |ctx| self.on_message(msg, ctx)).is_none() {
+                        self.closing = true;
+                    }
                 }
-            }
-            Err(e) => {
-                let code = e.code();
-                self.fail(code, e.to_string(), ctx);
+                Err(e) => {
+                    let code = e.code();
+                    self.fail(code, e.to_string(), ctx);
+                }
             }
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
+    /// Handle the backlog as far as it goes, and come back to it after the next wait. Spawned
+    /// futures run only once the context's waits are over, so the backlog resumes in order,
+    /// after the frame that made the session wait.
+    fn run_backlog(&mut self, ctx: &mut Context<Self>) {
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut items = backlog.drain(..);
+        self.run_frames(&mut items, ctx);
+        self.backlog.extend(items);
+        drop(backlog);
+        self.schedule_backlog(ctx);
+    }
+
+    fn end_of_stream(&mut self, ctx: &mut Context<Self>) {
         if !self.closing {
             tracing::debug!(node = %self.node(), app = %self.app.node, addr = %self.peer_addr,
                 "application closed the connection");
         }
         ctx.stop();
+    }
+
+    fn schedule_backlog(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            self.backlog.clear();
+        } else if self.backlog.is_empty() && self.read_all && !ctx.waiting() {
+            self.end_of_stream(ctx);
+        } else if self.backlog.is_empty() && self.read_all {
+            // The last frame waits: end once it is done (spawned futures run after waits).
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| act.end_of_stream(ctx)));
+        } else if !self.backlog.is_empty() && !self.backlog_scheduled {
+            self.backlog_scheduled = true;
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.backlog_scheduled = false;
+                act.run_backlog(ctx);
+            }));
+        }
+    }
+}
+
+/// One frame, or the error that ends the connection, as read.
+type ReadItem = Result<Frame, WireError>;
+
+impl StreamHandler<ReadBatch> for ServiceSession {
+    /// The frames one read brought (at most `READ_BATCH_FRAMES`): one liveness mark and one
+    /// wake-up for all of them.
+    fn handle(&mut self, mut frames: ReadBatch, ctx: &mut Context<Self>) {
+        if !self.closing {
+            self.liveness.heard();
+            if self.backlog.is_empty() {
+                let mut items = frames.drain(..);
+                self.run_frames(&mut items, ctx);
+                self.backlog.extend(items);
+            } else {
+                // Behind frames read earlier that still wait: in order, after them.
+                self.backlog.extend(frames.drain(..));
+                if !ctx.waiting() {
+                    self.run_backlog(ctx);
+                }
+            }
+            self.schedule_backlog(ctx);
+        }
+        frames.clear();
+        *self.spare_reads.borrow_mut() = Some(frames);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.read_all = true;
+        // What the application sent before it closed is handled first.
+        if self.backlog.is_empty() || self.closing {
+            self.end_of_stream(ctx);
+        }
     }
 }
 

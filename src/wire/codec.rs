@@ -7,6 +7,7 @@
 //! know is skipped (forward compatibility). Encoding writes `[seq, message]` around a message
 //! encoded once, so a broadcast is serialized once however many links it leaves on.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -527,6 +528,24 @@ impl FrameCodec {
         self.max_frame_bytes
     }
 
+    /// The seq of the next frame that is not a stream frame, counted as written.
+    fn take_out_seq(&mut self) -> u64 {
+        match self.numbering {
+            Numbering::PerConnection => {
+                self.next_out_seq += 1;
+                self.next_out_seq - 1
+            }
+            Numbering::Stream => 0,
+        }
+    }
+
+    /// Give back the seq [`FrameCodec::take_out_seq`] took for a frame that was not written.
+    fn untake_out_seq(&mut self) {
+        if self.numbering == Numbering::PerConnection {
+            self.next_out_seq -= 1;
+        }
+    }
+
     /// The sequence number the next outgoing frame will carry.
     pub fn next_out_seq(&self) -> u64 {
         self.next_out_seq
@@ -754,11 +773,23 @@ impl FrameCodec {
             // decoded where it lies, without `lengths` splitting it into a buffer of its own.
             let end = LENGTH_PREFIX_BYTES + len as usize;
             let recent = &mut self.recent;
-            if let Some(frame) = src
+            if let Some((mut frame, payload)) = src
                 .get(LENGTH_PREFIX_BYTES..end)
                 .and_then(|body| decode_fast(body, recent))
             {
-                src.advance(end);
+                match payload {
+                    // The payload stays where it was read: the frame's bytes are split off
+                    // the read buffer and the payload is a slice of them.
+                    Some(at) => {
+                        let bytes = src.split_to(end).freeze();
+                        frame.set_payload(
+                            bytes.slice(
+                                LENGTH_PREFIX_BYTES + at.start..LENGTH_PREFIX_BYTES + at.end,
+                            ),
+                        );
+                    }
+                    None => src.advance(end),
+                }
                 self.counted(end);
                 self.check_sequence(&frame)?;
                 return Ok(Some(frame));
@@ -771,7 +802,10 @@ impl FrameCodec {
         };
         self.awaiting_body = false;
         self.counted(LENGTH_PREFIX_BYTES + body.len());
-        if let Some(frame) = decode_fast(&body, &mut self.recent) {
+        if let Some((mut frame, payload)) = decode_fast(&body, &mut self.recent) {
+            if let Some(at) = payload {
+                frame.set_payload(body.freeze().slice(at));
+            }
             self.check_sequence(&frame)?;
             return Ok(Some(frame));
         }
@@ -781,10 +815,40 @@ impl FrameCodec {
     }
 }
 
-/// The two messages that come one per event, decoded without serde when they have the shape
-/// this crate writes: `event` (peer links) and `publish` (service links).
-fn decode_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
-    decode_event_fast(body, recent).or_else(|| decode_publish_fast(body, recent))
+/// The messages that come one per event, decoded without serde when they have the shape
+/// this crate writes: `event` (peer links), `publish` and `deliver` (service links). With a
+/// range, the frame's payload is still empty and is that range of `body`: the caller slices
+/// it off the bytes it read instead of copying it.
+fn decode_fast(body: &[u8], recent: &mut RecentText) -> Option<(Frame, Option<Range<usize>>)> {
+    // `[seq, {key: …}]`: the key's first bytes, past the seq's head, tell which it may be.
+    let seq_bytes = match body.get(1)? & 0x1f {
+        0..=23 => 1,
+        24 => 2,
+        25 => 3,
+        26 => 5,
+        _ => 9,
+    };
+    match body.get(1 + seq_bytes..3 + seq_bytes)? {
+        [0xa1, 0x65] => decode_event_fast(body, recent).map(|f| (f, None)),
+        [0xa1, 0x67] => match body.get(3 + seq_bytes)? {
+            b'p' => decode_publish_fast(body, recent),
+            b'd' => service::decode_deliver_fast(body, recent),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Frame {
+    /// Set the payload of a message that carries one (what [`decode_fast`] left empty).
+    fn set_payload(&mut self, bytes: Bytes) {
+        match &mut self.1 {
+            Message::Publish(p) => p.payload = bytes,
+            Message::Deliver(d) => d.payload = bytes,
+            Message::Event(e) => e.payload = bytes,
+            _ => {}
+        }
+    }
 }
 
 /// An application's `publish` as the clients write it, `[seq, {"publish": {"topic": text,
@@ -793,7 +857,10 @@ fn decode_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
 /// breaks none of them (definite lengths, no tag, distinct text keys, UTF-8 texts, three
 /// levels). Anything else is `None`, and the rules check and the serde decoder decide as
 /// always: this path only accepts frames whose serde decoding is exactly what it returns.
-fn decode_publish_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
+fn decode_publish_fast(
+    body: &[u8],
+    recent: &mut RecentText,
+) -> Option<(Frame, Option<Range<usize>>)> {
     let mut r = Reader { b: body, at: 0 };
     if r.head(MAJOR_ARRAY)? != 2 {
         return None;
@@ -822,18 +889,20 @@ fn decode_publish_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
     };
     r.key(KEY_PAYLOAD)?;
     let len = usize::try_from(r.head(MAJOR_BYTES)?).ok()?;
-    let payload = r.take(len)?;
+    let start = r.at;
+    r.take(len)?;
     if r.at != body.len() {
         return None;
     }
-    Some(Frame(
+    let frame = Frame(
         seq,
         Message::Publish(Publish {
             topic,
             target,
-            payload: Bytes::copy_from_slice(payload),
+            payload: Bytes::new(),
         }),
-    ))
+    );
+    Some((frame, Some(start..start + len)))
 }
 
 /// The event frame as this crate writes it, `[seq, {"event": {8 fields in declaration
@@ -994,6 +1063,9 @@ impl Encoder<&Message> for FrameCodec {
     }
 }
 
+mod service;
+pub use service::DeliverRef;
+
 #[cfg(test)]
 mod tests;
 
@@ -1113,6 +1185,15 @@ mod fast_path_tests {
         v
     }
 
+    /// The frame a fast decoder returned, its payload sliced from `body` as the codec does.
+    fn sliced(decoded: Option<(Frame, Option<Range<usize>>)>, body: &[u8]) -> Frame {
+        let (mut frame, at) = decoded.unwrap();
+        if let Some(at) = at {
+            frame.set_payload(Bytes::copy_from_slice(&body[at]));
+        }
+        frame
+    }
+
     #[test]
     fn fast_publish_decoding_equals_serde_decoding() {
         let mut recent = RecentText::default();
@@ -1120,7 +1201,10 @@ mod fast_path_tests {
             let frame = Frame(seq as u64 * 300, Message::Publish(p));
             let body = minicbor_serde::to_vec(&frame).unwrap();
             check_body(&body).unwrap();
-            assert_eq!(decode_publish_fast(&body, &mut recent).unwrap(), frame);
+            assert_eq!(
+                sliced(decode_publish_fast(&body, &mut recent), &body),
+                frame
+            );
             assert_eq!(decode_one::<Frame>(&body).unwrap(), frame);
         }
     }
@@ -1142,7 +1226,10 @@ mod fast_path_tests {
         let target: &[u8] = b"\x66target\x61w";
         let payload: &[u8] = b"\x67payload\x42\x01\x02";
         let without_target = publish_body(0xa2, &[topic, payload]);
-        let fast = decode_publish_fast(&without_target, &mut RecentText::default()).unwrap();
+        let fast = sliced(
+            decode_publish_fast(&without_target, &mut RecentText::default()),
+            &without_target,
+        );
         assert_eq!(fast, decode_one::<Frame>(&without_target).unwrap());
         // Another order, an unknown field, a text payload, trailing bytes, bad UTF-8: serde's.
         for body in [

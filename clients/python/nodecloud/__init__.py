@@ -82,7 +82,7 @@ import struct
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import cbor2
 
@@ -451,6 +451,29 @@ class _Conn:
         self.sock.sendall(struct.pack(">I", len(body)) + body)
         self.send_seq += 1
 
+    def send_many(self, kind: str, many: Iterable[dict]) -> None:
+        """Encode one frame per ``fields`` of ``many`` and send them all with one write. Every
+        frame is checked against the limit before any is sent (FrameTooLarge: none sent)."""
+        if not self.write_lock.acquire():
+            raise TimeoutError("the connection is busy")
+        try:
+            out = bytearray()
+            seq = self.send_seq
+            for fields in many:
+                body = _dumps([seq, {kind: fields}])
+                if len(body) > self.limit:
+                    raise FrameTooLarge(
+                        f"{kind} frame of {len(body)} bytes over the limit of {self.limit}")
+                out += struct.pack(">I", len(body))
+                out += body
+                seq += 1
+            self.sock.sendall(out)
+            self.send_seq = seq
+        except BaseException:
+            self.write_lock.release()
+            raise
+        self._release()
+
     def _release(self) -> None:
         """Release write_lock, sending a pong that was deferred while it was held."""
         while True:
@@ -672,6 +695,24 @@ class Client:
         Subscribers everywhere receive it, this client included if it subscribed. Blocks
         while the node applies backpressure."""
         self._op("publish", {"topic": topic, "target": target, "payload": _dumps(value)})
+
+    def publish_batch(self, topic: str, values: Iterable[Any],
+                      target: Optional[str] = None) -> None:
+        """Publish every value of ``values`` on ``topic``, in order. On the wire this is one
+        ``publish`` frame per value, exactly as ``publish`` sends them, written with one
+        ``sendall``: it saves the per-call locking and system calls, nothing else. If any
+        value would not fit in a frame, FrameTooLarge is raised and none is sent."""
+        self._raise_refusal()
+        self._check_open_locked()
+        frames = [{"topic": topic, "target": target, "payload": _dumps(v)} for v in values]
+        try:
+            self._conn.send_many("publish", frames)
+        except FrameTooLarge:
+            raise
+        except OSError as exc:
+            closed = ConnectionClosed("io", f"send failed: {exc}")
+            self._shutdown(closed)
+            raise closed from exc
 
     def implement(self, method: str, handler: Handler) -> None:
         """Serve ``method``: ``handler(value, from_node)`` runs on a handler thread for each
