@@ -602,7 +602,7 @@ impl NodeHandle {
         self.shared.view.subscribe()
     }
 
-    /// Add (or with `None` remove) a custom field replicated with this node's heartbeats.
+    /// Add (or with `None` remove) a custom field replicated with this node's state (sent within a coalescing window).
     ///
     /// # Errors
     /// When more than 32 fields are set, or the key is empty or over 64 bytes.

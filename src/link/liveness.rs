@@ -7,8 +7,8 @@
 //! silence (see [`super::pause`]); what the peer sent meanwhile is read before it is judged.
 //!
 //! A ping goes out only on a link that received nothing during the last interval, so a link
-//! carrying statuses or events carries no pings (a 64-node mesh would otherwise send 8064 pings
-//! and pongs per interval on top of its statuses).
+//! carrying deltas or events carries no pings (a 64-node mesh would otherwise send 8064 pings
+//! and pongs per interval on top of them).
 
 use std::time::{Duration, Instant};
 

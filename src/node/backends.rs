@@ -55,7 +55,7 @@ pub enum BackendError {
     #[error("this node already advertises {MAX_BACKENDS} HTTP backends")]
     TooMany,
     #[error(
-        "this node's backends would take more than {budget} bytes (its status must fit a frame)"
+        "this node's backends would take more than {budget} bytes"
     )]
     TooManyBytes { budget: usize },
 }

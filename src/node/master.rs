@@ -2,9 +2,9 @@
 //! Supervised by NodeSupervisor.
 //!
 //! Every heartbeat interval it issues a numbered tick (NodeCloud's `heartbeat`). Membership
-//! floods the tick to every node, and each node answers with its status, which carries its
-//! replicated state (NodeCloud's `heartbeat-ack`). A node whose answers stop for
-//! `failure_threshold` intervals is declared down by every node that hears of it.
+//! floods the tick to every node; nothing answers it. Liveness comes from the links (a node is
+//! up while it is reachable over links both ends report) and the replicated state travels as
+//! deltas when it changes (docs/PROTOCOL.md §7.2), so the tick only keeps quiet links warm.
 
 use std::sync::Arc;
 

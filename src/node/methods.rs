@@ -1,5 +1,6 @@
 //! The method ledger: which methods this node serves, by implementation, with the budget that
-//! keeps its status within one frame. Plain state behind a lock in `NodeShared`, written by
+//! keeps its `method:` entries within half a frame (a bound kept from the version-2 status,
+//! which had to fit one frame). Plain state behind a lock in `NodeShared`, written by
 //! whoever adds or removes an implementation (an application's ServiceSession, a
 //! `NodeHandle`, Calls) and read by Membership when it announces. No actor of its own.
 //!
@@ -25,7 +26,7 @@ use super::backends::backend_bytes_budget;
 use super::calls::{ImplementationId, MAX_METHODS};
 use super::counted::{CountedNames, Full};
 
-/// The most bytes a node's method names take in its status (CBOR-encoded).
+/// The most bytes a node's method names take in its replicated state (CBOR-encoded).
 pub const MAX_METHOD_TABLE_BYTES: usize = 512 * 1024;
 
 /// The budget of method-name bytes for a node whose frames are at most `max_frame_bytes`:
@@ -41,7 +42,7 @@ pub enum LedgerError {
     #[error("this node already serves {MAX_METHODS} methods")]
     TooMany,
     #[error(
-        "this node's method names would take more than {budget} bytes (its status must fit a frame)"
+        "this node's method names would take more than {budget} bytes"
     )]
     TooManyBytes { budget: usize },
 }

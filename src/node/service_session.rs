@@ -1083,7 +1083,7 @@ impl Handler<WriterFailed> for ServiceSession {
 }
 
 /// The cluster as `shared`'s node sees it, for a `cluster` request: the configured nodes in
-/// declared order; the up ones with what their last status replicated.
+/// declared order; the up ones with what their replicated state holds.
 pub(crate) fn cluster_view(shared: &NodeShared, id: u64) -> ClusterView {
     let config = &shared.config;
     let view = shared.view.borrow().clone();

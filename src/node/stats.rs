@@ -77,7 +77,7 @@ impl Actor for Stats {
 
 impl Supervised for Stats {}
 
-/// Set (or with `None`, remove) a custom stat replicated with this node's heartbeats.
+/// Set (or with `None`, remove) a custom stat replicated with this node's state (sent within a coalescing window).
 #[derive(Message)]
 #[rtype(result = "Result<(), StatsError>")]
 pub struct SetStat {

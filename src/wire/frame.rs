@@ -39,11 +39,12 @@ pub enum Message {
     Ping(Ping),
     /// Answer to `ping`.
     Pong(Ping),
-    /// A node's heartbeat: its replicated state and its live links (flooded to every node).
+    /// Version 2 only: a node's whole replicated state, flooded every interval. Version 3
+    /// nodes neither send nor read it (it is decoded, then ignored).
     /// Boxed: by far the largest variant, and rare next to events, it would make every
     /// message (and every move of one on the read path) as large as itself.
     Status(Box<Status>),
-    /// A heartbeat tick from a master (flooded); every node answers with its status.
+    /// A heartbeat tick from a master (flooded); nothing answers it.
     Heartbeat(Heartbeat),
     /// Version 3: what the sender holds of each node's replicated state (incarnation and
     /// highest version); the receiver answers with a `delta` of what it lacks.
@@ -396,7 +397,7 @@ pub enum Value {
     Stats(NodeStats),
 }
 
-/// The replicated state of a node (NodeCloud's `heartbeat-ack` payload).
+/// A node's stats: the value of its `stats` entry (NodeCloud's `heartbeat-ack` payload).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeStats {
     pub pid: u32,
