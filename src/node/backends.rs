@@ -54,9 +54,7 @@ pub enum BackendError {
     TooLong(usize),
     #[error("this node already advertises {MAX_BACKENDS} HTTP backends")]
     TooMany,
-    #[error(
-        "this node's backends would take more than {budget} bytes"
-    )]
+    #[error("this node's backends would take more than {budget} bytes")]
     TooManyBytes { budget: usize },
 }
 

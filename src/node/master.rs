@@ -4,7 +4,8 @@
 //! Every heartbeat interval it issues a numbered tick (NodeCloud's `heartbeat`). Membership
 //! floods the tick to every node; nothing answers it. Liveness comes from the links (a node is
 //! up while it is reachable over links both ends report) and the replicated state travels as
-//! deltas when it changes (docs/PROTOCOL.md §7.2), so the tick only keeps quiet links warm.
+//! deltas when it changes (docs/PROTOCOL.md §7.2); a link the tick crosses is not quiet, so it
+//! needs no ping of its own.
 
 use std::sync::Arc;
 

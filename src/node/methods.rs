@@ -41,9 +41,7 @@ pub fn method_bytes_budget(max_frame_bytes: usize) -> usize {
 pub enum LedgerError {
     #[error("this node already serves {MAX_METHODS} methods")]
     TooMany,
-    #[error(
-        "this node's method names would take more than {budget} bytes"
-    )]
+    #[error("this node's method names would take more than {budget} bytes")]
     TooManyBytes { budget: usize },
 }
 
