@@ -282,7 +282,7 @@ pub struct Membership {
     /// only the view is rebuilt, and the Router keeps its routes.
     graph_dirty: bool,
     /// The bits of the live graph last sent to the Router (see `recompute`).
-    last_graph: Option<Vec<u64>>,
+    last_graph: Option<Reports>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
     /// Notices a pause of this node (SIGSTOP) and logs it: the links judge their silences
@@ -434,7 +434,7 @@ impl Membership {
     /// every view of this node, and its state goes (see the module doc). Declared nodes are
     /// never forgotten.
     fn forget(&mut self, name: &str) {
-        if self.shared.config.node(name).is_some() || name == self.shared.name() {
+        if self.declared(name) || name == self.shared.name() {
             return;
         }
         let held = self.replica.remove(name);
@@ -463,6 +463,15 @@ impl Membership {
     }
 
     /// Forget the pool members down (or held but never up) for `forget_after`; true if any.
+    /// Whether `name` is declared in the configuration: declared nodes hold the first
+    /// indices, in declared order (see `new` and `compact`), so this is one hash lookup where
+    /// `Config::node` scans every declared node (N² per tick on a thousand-node cluster).
+    fn declared(&self, name: &str) -> bool {
+        self.ids
+            .get(name)
+            .is_some_and(|&i| i < self.shared.config.nodes.len())
+    }
+
     fn forget_expired(&mut self) -> bool {
         let forget_after = self.shared.config.cluster.forget_after;
         let now = Instant::now();
@@ -473,8 +482,9 @@ impl Membership {
             .nodes()
             .map(|(n, _)| n)
             .filter(|n| {
-                *n != self.shared.name()
-                    && self.shared.config.node(n).is_none()
+                // Declared first: one hash lookup settles every declared node.
+                !self.declared(n)
+                    && *n != self.shared.name()
                     && !self.up.contains(*n)
                     && !self.down_since.contains_key(*n)
                     && !self.table_links.contains(*n)
@@ -755,7 +765,7 @@ impl Membership {
         let lacking = self.replica.lacks(
             &asked,
             |n| n == via || n == me || self.my_links.contains(n),
-            |n| self.shared.config.admits(n),
+            |n| self.declared(n) || self.shared.config.admits(n),
         );
         if lacking {
             self.send_digest(via, DigestWhy::Repair);
@@ -923,6 +933,7 @@ impl Membership {
                 }
             }
         }
+        reports.finish();
         // An edge counts when both of its ends report it; walk them from me.
         let edge = |a: usize, b: usize| reports.has(a, b) && reports.has(b, a);
         let mut reachable = vec![false; self.names.len()];
@@ -943,8 +954,8 @@ impl Membership {
                 }
             }
         }
-        // The live graph as bits (a row per reachable node): when it is the graph of last
-        // time, the Router is told nothing changed and keeps its routes.
+        // The live graph (a row per reachable node): when it is the graph of last time, the
+        // Router is told nothing changed and keeps its routes.
         let mut live = Reports::new(self.names.len());
         for &a in &order {
             for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
@@ -952,11 +963,12 @@ impl Membership {
             }
             live.set(a, a); // marks a as reachable, isolated or not
         }
-        let graph = if self.last_graph.as_ref() == Some(&live.bits) {
+        live.finish();
+        let graph = if self.last_graph.as_ref() == Some(&live) {
             None
         } else {
             let graph = self.indexed_graph(&live, &reachable);
-            self.last_graph = Some(live.bits);
+            self.last_graph = Some(live);
             graph.map(Arc::new)
         };
         let up: BTreeSet<String> = order
@@ -968,7 +980,7 @@ impl Membership {
         for gone in self.up.difference(&up) {
             tracing::warn!(node = %me, "membership: {gone} down");
             self.shared.streams.end_if_cut(gone, "it was declared down");
-            if self.shared.config.node(gone).is_none() {
+            if !self.declared(gone) {
                 self.down_since.insert(gone.clone(), Instant::now());
             }
         }
@@ -998,16 +1010,20 @@ impl Membership {
             }
             names.push(self.names.get(a).cloned().unwrap_or_default());
         }
+        // Each node's neighbours from its row (not a scan of every node: that was N² per
+        // graph change), as positions in name order.
         let neighbours = self
             .by_name
             .iter()
             .filter(|&&a| is_reachable(a))
             .map(|&a| {
-                self.by_name
-                    .iter()
-                    .filter(|&&b| b != a && live.has(a, b))
-                    .filter_map(|&b| position.get(b).copied().filter(|&p| p != usize::MAX))
-                    .collect()
+                let mut row: Vec<usize> = live
+                    .reported_by(a)
+                    .filter(|&b| b != a)
+                    .filter_map(|b| position.get(b).copied().filter(|&p| p != usize::MAX))
+                    .collect();
+                row.sort_unstable();
+                row
             })
             .collect();
         match IndexedGraph::from_sorted(names, neighbours) {
@@ -1026,7 +1042,11 @@ impl Membership {
         let Some(now) = self.replica.get(name).map(|s| s.incarnation) else {
             return;
         };
-        let before = self.last_incarnation.insert(name.to_owned(), now);
+        // Looked up first: a node up at every recompute costs no allocation.
+        let before = match self.last_incarnation.get_mut(name) {
+            Some(held) => Some(std::mem::replace(held, now)),
+            None => self.last_incarnation.insert(name.to_owned(), now),
+        };
         let was_up = self.up.contains(name);
         match before {
             None => tracing::info!(node = %me, incarnation = %now, "membership: {name} up"),
@@ -1381,7 +1401,7 @@ impl Handler<PeerLeft> for Membership {
             .load()
             .link(&peer)
             .is_some_and(|l| l.link_id != link_id);
-        if !newer && self.shared.config.node(&peer).is_none() && self.ids.contains_key(&peer) {
+        if !newer && !self.declared(&peer) && self.ids.contains_key(&peer) {
             // At once: whoever reads the log line reads a view without it.
             guard("membership", ctx, |_| {
                 self.forget(&peer);
@@ -1622,57 +1642,63 @@ impl Forgotten {
     }
 }
 
-/// Who reports a link to whom, as one bit per ordered pair of admitted nodes.
+/// Who reports a link to whom: for each admitted node, the sorted indices it reports links
+/// to. Sparse, because a graph of N nodes has far fewer than N² links (a star has N − 1): a
+/// bit per ordered pair was 125 KB to allocate, fill and compare per recompute at N = 1,000.
+#[derive(PartialEq, Eq)]
 struct Reports {
-    n: usize,
-    words: usize,
-    bits: Vec<u64>,
+    rows: Vec<Vec<u32>>,
+    /// Every row sorted and without repeats (`set` appends; `finish` sorts).
+    sorted: bool,
 }
 
 impl Reports {
     fn new(n: usize) -> Self {
-        let words = n.div_ceil(64);
         Reports {
-            n,
-            words,
-            bits: vec![0; n * words],
+            rows: vec![Vec::new(); n],
+            sorted: true,
         }
     }
 
+    /// Record that `a` reports a link to `b` (out of range: ignored). Call [`Reports::finish`]
+    /// before reading.
     fn set(&mut self, a: usize, b: usize) {
-        if a < self.n && b < self.n {
-            if let Some(w) = self.bits.get_mut(a * self.words + b / 64) {
-                *w |= 1 << (b % 64);
+        let n = self.rows.len();
+        if let (Some(row), Ok(b)) = (self.rows.get_mut(a), u32::try_from(b)) {
+            if (b as usize) < n {
+                row.push(b);
+                self.sorted = false;
             }
         }
     }
 
+    fn finish(&mut self) {
+        if !self.sorted {
+            for row in &mut self.rows {
+                row.sort_unstable();
+                row.dedup();
+            }
+            self.sorted = true;
+        }
+    }
+
     fn has(&self, a: usize, b: usize) -> bool {
-        a < self.n
-            && b < self.n
-            && self
-                .bits
-                .get(a * self.words + b / 64)
-                .is_some_and(|w| w & (1 << (b % 64)) != 0)
+        debug_assert!(self.sorted);
+        u32::try_from(b).is_ok_and(|b| {
+            self.rows
+                .get(a)
+                .is_some_and(|row| row.binary_search(&b).is_ok())
+        })
     }
 
     /// The nodes `a` reports links to, in index order.
     fn reported_by(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
-        let row = self
-            .bits
-            .get(a * self.words..(a + 1) * self.words)
-            .unwrap_or_default();
-        row.iter().enumerate().flat_map(|(i, &word)| {
-            let mut w = word;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let bit = w.trailing_zeros() as usize;
-                w &= w - 1;
-                Some(i * 64 + bit)
-            })
-        })
+        debug_assert!(self.sorted);
+        self.rows
+            .get(a)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|&b| b as usize)
     }
 }
 
@@ -1868,6 +1894,7 @@ mod tests {
         r.set(129, 3);
         r.set(200, 1); // out of range: ignored
         r.set(1, 200);
+        r.finish();
         assert_eq!(r.reported_by(3).collect::<Vec<_>>(), [0, 63, 64, 65, 129]);
         assert_eq!(r.reported_by(129).collect::<Vec<_>>(), [3]);
         assert_eq!(r.reported_by(1).count(), 0);

@@ -1,10 +1,13 @@
 //! Stats: samples this process (pid, version, uptime, RSS, CPUs, load, memory) every heartbeat
 //! interval into the shared snapshot that Membership replicates. Supervised by NodeSupervisor.
 //!
-//! Reads Linux `/proc`; elsewhere the fields it cannot read stay zero.
+//! Reads Linux `/proc`; elsewhere the fields it cannot read stay zero. The process's and the
+//! machine's figures are read once per [`SYSTEM_SAMPLE_TTL`] however many nodes the process
+//! runs (a thousand nodes of one process read the same files).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -39,6 +42,48 @@ impl Stats {
             extra: self.extra.clone(),
             ..NodeStats::default()
         };
+        let system = System::now();
+        s.rss_bytes = system.rss_bytes;
+        s.total_mem_bytes = system.total_mem_bytes;
+        s.free_mem_bytes = system.free_mem_bytes;
+        s.load_avg = system.load_avg;
+        self.shared.stats.store(Arc::new(s));
+    }
+}
+
+/// How old a reading of the process and the machine may be when another node of the same
+/// process samples: well under the shortest heartbeat interval worth having.
+const SYSTEM_SAMPLE_TTL: Duration = Duration::from_millis(200);
+
+/// What every node of this process reads alike.
+#[derive(Debug, Clone, Copy, Default)]
+struct System {
+    rss_bytes: u64,
+    total_mem_bytes: u64,
+    free_mem_bytes: u64,
+    load_avg: [f64; 3],
+}
+
+static LAST_SYSTEM: Mutex<Option<(Instant, System)>> = Mutex::new(None);
+
+impl System {
+    /// The last reading if it is recent, else a new one.
+    fn now() -> System {
+        let mut last = LAST_SYSTEM
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *last {
+            Some((at, system)) if at.elapsed() < SYSTEM_SAMPLE_TTL => system,
+            _ => {
+                let system = System::read();
+                *last = Some((Instant::now(), system));
+                system
+            }
+        }
+    }
+
+    fn read() -> System {
+        let mut s = System::default();
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
             s.rss_bytes = kib_field(&status, "VmRSS:");
         }
@@ -51,7 +96,7 @@ impl Stats {
                 *slot = v.parse().unwrap_or(0.0);
             }
         }
-        self.shared.stats.store(Arc::new(s));
+        s
     }
 }
 
