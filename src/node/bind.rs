@@ -14,7 +14,7 @@ use crate::config::NodeConfig;
 /// under a thousand workers gets a thousand SYNs within a backoff step, and a SYN past the
 /// backlog is dropped and retried by TCP only a second or more later. tokio binds with the
 /// same figure; the kernel caps it at `net.core.somaxconn`.
-pub(crate) const ACCEPT_BACKLOG: i32 = 1024;
+const ACCEPT_BACKLOG: i32 = 1024;
 
 /// The peer listener: the handed-over one, or `listen` bound now.
 pub(super) async fn peer(

@@ -333,9 +333,6 @@ pub fn bind(
             let std = std::net::TcpListener::bind(addr).map_err(|e| (addr.to_string(), e))?;
             std.set_nonblocking(true)
                 .map_err(|e| (addr.to_string(), e))?;
-            socket2::SockRef::from(&std)
-                .listen(super::bind::ACCEPT_BACKLOG)
-                .map_err(|e| (addr.to_string(), e))?;
             Some(TcpListener::from_std(std).map_err(|e| (addr.to_string(), e))?)
         }
         None => None,
