@@ -11,8 +11,11 @@
 //! - **Global cap.** At most [`MAX_PENDING`] connections are pending at once. When the table is
 //!   full, the oldest connection that has not sent a byte yet is dropped to make room for the
 //!   newcomer: an idle flood only ever evicts itself, and a honest dialler, which speaks at
-//!   once, is never the oldest silent one. Only when every pending connection is talking is
-//!   the newcomer refused.
+//!   once, is never the oldest silent one. "Silent" is asked of the socket itself at that
+//!   moment (a [`Probe`]: a non-blocking peek), not only of the first-bytes wait: under a
+//!   burst of accepts, a dialler's `hello` may wait unread while newer connections pile up
+//!   behind it, and closing a socket with unread bytes resets the dialler. Only when every
+//!   pending connection is talking is the newcomer refused.
 //! - **Per-source cap.** While the table is at least half full, a source address that
 //!   already holds [`MAX_PENDING_PER_SOURCE`] pending connections gets no more. Below that
 //!   pressure there is no per-source cap, so many nodes of one host (a one-process cluster,
@@ -72,8 +75,27 @@ pub struct Ticket(u64);
 struct Entry<H> {
     source: Option<IpAddr>,
     /// While the connection has sent nothing: the handle that cancels its wait (`H` is the
-    /// listener's, e.g. an actix `SpawnHandle`). `None` once it talks.
-    silent: Option<H>,
+    /// listener's, e.g. an actix `SpawnHandle`), and a probe of its socket. `None` once it
+    /// talks.
+    silent: Option<(H, Option<Probe>)>,
+}
+
+/// A second descriptor of a pending connection's socket, to ask without waiting whether
+/// bytes have come (the first-bytes wait owns the connection itself).
+pub struct Probe(socket2::Socket);
+
+impl Probe {
+    /// A probe of `socket` (`None` if the descriptor cannot be duplicated: the connection is
+    /// then judged by its first-bytes wait alone).
+    pub fn of(socket: &impl std::os::fd::AsFd) -> Option<Probe> {
+        socket2::SockRef::from(socket).try_clone().ok().map(Probe)
+    }
+
+    /// Whether bytes wait unread. The socket is non-blocking (tokio's), so this never waits.
+    fn has_bytes(&self) -> bool {
+        let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(self.0.peek(&mut one), Ok(n) if n > 0)
+    }
 }
 
 /// Refusals since the last summary line.
@@ -137,16 +159,24 @@ impl<H> Admission<H> {
         }
         let mut evicted = None;
         if self.pending.len() >= MAX_PENDING {
-            let oldest_silent = self
-                .pending
-                .iter()
-                .find(|(_, e)| e.silent.is_some())
-                .map(|(t, _)| *t);
+            // The oldest connection still silent when asked now: one whose bytes came but
+            // wait unread is talking (its wait will say so) and stays.
+            let mut oldest_silent = None;
+            for (t, e) in &mut self.pending {
+                match &e.silent {
+                    Some((_, Some(probe))) if probe.has_bytes() => e.silent = None,
+                    Some(_) => {
+                        oldest_silent = Some(*t);
+                        break;
+                    }
+                    None => {}
+                }
+            }
             let Some(victim) = oldest_silent else {
                 self.count(Refusal::Full);
                 return Err(Refusal::Full);
             };
-            evicted = self.remove(victim).and_then(|e| e.silent);
+            evicted = self.remove(victim).and_then(|e| e.silent).map(|(h, _)| h);
             self.count(Refusal::Evicted);
         }
         let ticket = Ticket(self.next);
@@ -164,12 +194,13 @@ impl<H> Admission<H> {
         Ok((ticket, evicted))
     }
 
-    /// The connection of `ticket` waits for its first bytes; `handle` cancels that wait.
-    /// Returns false if the ticket is no longer pending.
-    pub fn silent(&mut self, ticket: Ticket, handle: H) -> bool {
+    /// The connection of `ticket` waits for its first bytes; `handle` cancels that wait, and
+    /// `probe` asks its socket whether they came. Returns false if the ticket is no longer
+    /// pending.
+    pub fn silent(&mut self, ticket: Ticket, handle: H, probe: Option<Probe>) -> bool {
         match self.pending.get_mut(&ticket) {
             Some(e) => {
-                e.silent = Some(handle);
+                e.silent = Some((handle, probe));
                 true
             }
             None => false,
@@ -351,7 +382,7 @@ mod tests {
         for i in 0..MAX_PENDING {
             let (t, evicted) = a.admit(ip((i % 200) as u8 + 2)).unwrap();
             assert!(evicted.is_none());
-            assert!(a.silent(t, i as u64));
+            assert!(a.silent(t, i as u64, None));
             tickets.push(t);
         }
         // The first one talks: it is not evictable; the second is the oldest silent one.
@@ -361,6 +392,45 @@ mod tests {
         assert_eq!(a.pending(), MAX_PENDING);
         assert!(!a.talking(tickets[1]), "an evicted ticket is gone");
         assert_eq!(a.take_counts().evicted, 1);
+    }
+
+    /// The bytes of a dialler that spoke wait unread while newer connections fill the table:
+    /// asked at eviction time, its socket says it spoke, so a silent one behind it goes.
+    #[test]
+    fn a_connection_whose_first_bytes_wait_unread_is_not_evicted() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut honest = std::net::TcpStream::connect(addr).unwrap();
+        let (honest_here, _) = listener.accept().unwrap();
+        honest_here.set_nonblocking(true).unwrap();
+        let idle = std::net::TcpStream::connect(addr).unwrap();
+        let (idle_here, _) = listener.accept().unwrap();
+        idle_here.set_nonblocking(true).unwrap();
+        honest.write_all(b"hello").unwrap();
+        // Wait (bounded) until the bytes are in the node's receive buffer.
+        let probe = Probe::of(&honest_here).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !probe.has_bytes() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bytes never arrived"
+            );
+            std::thread::yield_now();
+        }
+
+        let mut a: Admission<&str> = Admission::new();
+        let (t, _) = a.admit(ip(1)).unwrap();
+        assert!(a.silent(t, "honest", Some(probe)));
+        let (t, _) = a.admit(ip(2)).unwrap();
+        assert!(a.silent(t, "idle", Probe::of(&idle_here)));
+        for i in 2..MAX_PENDING {
+            let (t, _) = a.admit(ip(i as u8 + 2)).unwrap();
+            assert!(a.silent(t, "filler", None));
+        }
+        let (_, evicted) = a.admit(ip(250)).unwrap();
+        assert_eq!(evicted, Some("idle"), "the honest dialler stays");
+        drop(idle);
     }
 
     #[test]

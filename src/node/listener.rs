@@ -181,6 +181,7 @@ impl PeerListener {
             ctx.cancel_future(silent);
         }
         let _ = stream.set_nodelay(true);
+        let probe = admission::Probe::of(&stream);
         let wait = admission::first_bytes_deadline(self.shared.config.cluster.handshake_timeout);
         let first = async move {
             let spoke = admission::first_bytes(&stream, wait).await;
@@ -203,7 +204,7 @@ impl PeerListener {
                     }
                 }),
         );
-        self.admission.silent(ticket, handle);
+        self.admission.silent(ticket, handle, probe);
     }
 
     /// Run the handshake of a connection that has spoken; an authenticated one becomes a

@@ -904,21 +904,32 @@ impl Membership {
             return;
         };
         // reports.has(a, b): a reports a live link to b (my own links, and every state held).
-        // My own link counts only to the incarnation whose state is held: a restarted peer
-        // whose new state has not arrived yet must not pass for its old incarnation.
+        // A peer this node is linked to whose held state is of another incarnation than the
+        // link's is reached by no edge at all: a restarted peer whose new state has not
+        // arrived yet must not pass for its old incarnation, over this link or over its old
+        // state's links (which its neighbours' links to the new one would match). Counting
+        // it through the others while this node's own edge to it is left out made the view
+        // show an edge that the routes lacked.
         let mut reports = Reports::new(self.names.len());
+        let mut stale = vec![false; self.names.len()];
         let table = self.shared.routes.load();
         let linked: HashMap<&str, Uuid> = table
             .links()
             .map(|l| (l.peer.as_str(), l.incarnation))
             .collect();
         for peer in &self.my_links {
-            let same = self
-                .replica
-                .get(peer)
-                .is_some_and(|s| linked.get(peer.as_str()) == Some(&s.incarnation));
-            if let Some(&b) = self.ids.get(peer).filter(|_| same) {
-                reports.set(me_ix, b);
+            let Some(&b) = self.ids.get(peer) else {
+                continue;
+            };
+            let held = self.replica.get(peer).map(|s| s.incarnation);
+            match (held, linked.get(peer.as_str())) {
+                (Some(held), Some(link)) if held == *link => reports.set(me_ix, b),
+                (Some(_), Some(_)) => {
+                    if let Some(s) = stale.get_mut(b) {
+                        *s = true;
+                    }
+                }
+                _ => {}
             }
         }
         for (name, state) in self.replica.nodes() {
@@ -946,7 +957,7 @@ impl Membership {
         while let Some(&a) = order.get(next) {
             next += 1;
             for b in reports.reported_by(a) {
-                if edge(a, b) && reachable.get(b) == Some(&false) {
+                if edge(a, b) && reachable.get(b) == Some(&false) && stale.get(b) == Some(&false) {
                     if let Some(r) = reachable.get_mut(b) {
                         *r = true;
                     }
