@@ -87,6 +87,11 @@ struct Args {
     /// measured there).
     #[arg(long)]
     no_broadcast: bool,
+    /// Every node on 127.0.0.1, dialling from it. By default each node listens on and dials
+    /// from a loopback address of its own (127.1.x.y), as nodes on machines of their own
+    /// would: a listener's per-source admission cap then sees one source per peer.
+    #[arg(long)]
+    one_address: bool,
     /// Hidden: run one size in this process (what the parent spawns).
     #[arg(long, hide = true)]
     child: bool,
@@ -178,6 +183,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--idle-ms", &args.idle_ms.to_string()])
         .args(["--limit-s", &args.limit_s.to_string()])
         .args(args.no_broadcast.then_some("--no-broadcast"))
+        .args(args.one_address.then_some("--one-address"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn();
@@ -245,19 +251,29 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
 
     // Every port is bound before any node starts and handed to its node: distinct, and no
     // dial can take one before its node listens.
+    let one_address = args.one_address;
     let mut reserved = TestCluster::new(|ports| {
         let nodes = (1..=n)
             .map(|i| {
-                if kind != TopologyKind::Star {
-                    return NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
-                }
+                let ip = if one_address {
+                    std::net::Ipv4Addr::LOCALHOST
+                } else {
+                    let i = u32::try_from(i).unwrap_or(u32::MAX);
+                    std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+                };
+                let name = format!("n{i}");
                 // A star: n1 is the master, every other node its worker.
-                if i == 1 {
-                    return NodeConfig::new("n1", Role::Master, ports.reserve());
+                let role = if kind == TopologyKind::Star && i == 1 {
+                    Role::Master
+                } else {
+                    Role::Worker
+                };
+                let mut node = NodeConfig::new(&name, role, ports.reserve_on(ip.into()));
+                if kind == TopologyKind::Star && i > 1 {
+                    node.master = Some("n1".to_owned());
                 }
-                let mut w = NodeConfig::new(&format!("n{i}"), Role::Worker, ports.reserve());
-                w.master = Some("n1".to_owned());
-                w
+                node.dial_from = (!one_address).then_some(ip.into());
+                node
             })
             .collect();
         Config::for_test(kind, nodes)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -266,6 +266,11 @@ pub struct NodeConfig {
     /// This node's own TLS certificate chain and key, overriding `[cluster.tls]`'s.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The local address this node dials its peers from (`None`: the one the system picks).
+    /// For a host with several addresses where peers expect one, and for clusters of many
+    /// nodes on one machine, each on a loopback address of its own, as they would be on
+    /// machines of their own.
+    pub dial_from: Option<IpAddr>,
 }
 
 impl NodeConfig {
@@ -286,6 +291,7 @@ impl NodeConfig {
             parent: None,
             tls_cert: None,
             tls_key: None,
+            dial_from: None,
         }
     }
 
@@ -627,6 +633,7 @@ struct RawNode {
     parent: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    dial_from: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1473,6 +1480,24 @@ impl<'a> Validator<'a> {
                 sockets.insert(socket.get_ref(), (field, ctx.line_of(&socket.span()), mine));
             }
             let (tls_cert, tls_key) = self.node_tls(i, node)?;
+            let dial_from = match &node.dial_from {
+                None => None,
+                Some(value) => Some(
+                    value
+                        .get_ref()
+                        .parse::<IpAddr>()
+                        .ok()
+                        .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+                        .ok_or_else(|| {
+                            ctx.invalid(
+                                &value.span(),
+                                format!("nodes[{i}].dial_from"),
+                                format!("invalid source address {:?}", value.get_ref()),
+                                "an IP address of this machine, without a port, such as \"10.0.0.5\" or \"127.0.0.2\"",
+                            )
+                        })?,
+                ),
+            };
             nodes.push(NodeConfig {
                 name: name.to_owned(),
                 role,
@@ -1495,6 +1520,7 @@ impl<'a> Validator<'a> {
                 parent: node.parent.as_ref().map(|p| p.get_ref().clone()),
                 tls_cert,
                 tls_key,
+                dial_from,
             });
         }
         Ok(nodes)

@@ -36,9 +36,18 @@ impl Ports {
     ///
     /// # Panics
     /// If the machine cannot bind a loopback socket at all.
-    #[allow(clippy::expect_used)]
     pub fn reserve(&mut self) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        self.reserve_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`Ports::reserve`] on loopback address `ip` (any of 127.0.0.0/8 on Linux: many nodes
+    /// of one machine, each on an address of its own).
+    ///
+    /// # Panics
+    /// If `ip` cannot be bound.
+    #[allow(clippy::expect_used)]
+    pub fn reserve_on(&mut self, ip: std::net::IpAddr) -> SocketAddr {
+        let l = TcpListener::bind((ip, 0)).expect("bind a loopback port");
         let addr = l.local_addr().expect("loopback address");
         self.held.insert(addr, l);
         addr

@@ -1498,3 +1498,25 @@ fn stats_interval_defaults_to_five_seconds_is_read_and_out_of_range_is_refused()
         assert!(got.contains("out of range"), "{got}");
     }
 }
+
+#[test]
+fn dial_from_takes_an_ip_address_and_refuses_a_port_a_wildcard_or_a_name() {
+    let text = format!(
+        "{CLUSTER}{}{}",
+        node("m", 7100, "role = \"master\"\ndial_from = \"127.0.0.5\"\n"),
+        node("w", 7101, "dial_from = \"::1\"\n"),
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.nodes[0].dial_from, Some("127.0.0.5".parse().unwrap()));
+    assert_eq!(cfg.nodes[1].dial_from, Some("::1".parse().unwrap()));
+    for value in ["127.0.0.5:7100", "0.0.0.0", "::", "node-1", "224.0.0.1"] {
+        let extra = format!("role = \"master\"\ndial_from = \"{value}\"\n");
+        let text = format!("{CLUSTER}{}", node("m", 7100, &extra));
+        let e = err(&text);
+        assert!(
+            e.contains("nodes[0].dial_from: invalid source address")
+                && e.contains("an IP address of this machine, without a port"),
+            "{value}: {e}"
+        );
+    }
+}

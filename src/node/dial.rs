@@ -5,7 +5,7 @@
 //! A name is resolved again at every dial, so a peer that moved (a container rescheduled, a
 //! DNS record changed) is found at the next reconnect without restarting this node.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -88,16 +88,31 @@ pub async fn resolve(target: &HostPort, within: Duration) -> Result<Vec<SocketAd
 pub async fn connect_first(
     addrs: &[SocketAddr],
     each: Duration,
+    from: Option<IpAddr>,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut last = None;
     for &addr in addrs {
-        match tokio::time::timeout(each, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(each, connect_from(addr, from)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(source)) => last = Some(ConnectError::Connect { addr, source }),
             Err(_) => last = Some(ConnectError::ConnectTimeout(addr)),
         }
     }
     Err(last.unwrap_or_else(|| ConnectError::NoAddress(String::new())))
+}
+
+/// Connect to `addr`, from the local address `from` if given (an address of the other
+/// family than `addr`'s cannot reach it: the connect fails with the bind's error).
+async fn connect_from(addr: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
 }
 
 /// What the last resolution of a name gave, so Upstream logs only when it changes.
@@ -140,13 +155,27 @@ mod tests {
         let held = tokio::net::TcpSocket::new_v4().unwrap();
         held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let refused = held.local_addr().unwrap();
-        let (_, used) = connect_first(&[refused, good], Duration::from_secs(5))
+        let (_, used) = connect_first(&[refused, good], Duration::from_secs(5), None)
             .await
             .unwrap();
         assert_eq!(used, good);
-        let err = connect_first(&[refused], Duration::from_secs(5))
+        let err = connect_first(&[refused], Duration::from_secs(5), None)
             .await
             .unwrap_err();
         assert!(matches!(err, ConnectError::Connect { addr, .. } if addr == refused));
+    }
+
+    #[actix_rt::test]
+    async fn a_dial_from_a_chosen_address_arrives_from_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let from: IpAddr = "127.0.0.7".parse().unwrap();
+        let targets = [target];
+        let (dialled, accepted) = tokio::join!(
+            connect_first(&targets, Duration::from_secs(5), Some(from)),
+            listener.accept()
+        );
+        dialled.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), from);
     }
 }

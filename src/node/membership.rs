@@ -263,10 +263,30 @@ pub struct Membership {
     needs_digest: BTreeSet<String>,
     /// When each link last got a digest (see `send_digest`).
     digest_at: HashMap<String, Instant>,
+    /// Links with a repair digest sent and no delta back from them since.
+    repairing: HashSet<String>,
     /// The stats last replicated, and when they were last looked at.
     stats_sent: Option<NodeStats>,
     stats_checked: Option<Instant>,
     up: BTreeSet<String>,
+    /// What each held state reports, as rows of node indices (see `refresh_rows`): only the
+    /// rows of states that changed are built again, not every state's at every recompute.
+    /// This node's own row is set from its links at each recompute.
+    reports: Reports,
+    rows_dirty: Vec<usize>,
+    /// Every row is to be built again (`compact` moved the indices).
+    rows_all_dirty: bool,
+    /// Link peers without an index yet, and the rows that name them: built again once the
+    /// name gets one. At most 4 × `member_bound` (name, row) pairs (`waiting_pairs`); past
+    /// that, every row is built again at the next new index instead (`waiting_overflow`).
+    waiting: HashMap<String, Vec<usize>>,
+    waiting_pairs: usize,
+    waiting_overflow: bool,
+    /// `up` by index (see `names`), to find who came and went without a lookup per node.
+    up_ix: Vec<bool>,
+    /// Who came and went since the last view (filled by the recompute, taken by `view`).
+    view_came: Vec<String>,
+    view_gone: Vec<String>,
     /// The incarnation each node had when last seen up, so that a restart is logged with its
     /// new incarnation (bounded: admitted nodes only).
     last_incarnation: HashMap<String, Uuid>,
@@ -282,7 +302,7 @@ pub struct Membership {
     /// only the view is rebuilt, and the Router keeps its routes.
     graph_dirty: bool,
     /// The bits of the live graph last sent to the Router (see `recompute`).
-    last_graph: Option<Reports>,
+    last_graph: Option<LiveGraph>,
     /// How long the last recompute took (see `soon`).
     recompute_cost: Duration,
     /// Notices a pause of this node (SIGSTOP) and logs it: the links judge their silences
@@ -324,9 +344,19 @@ impl Membership {
             flush_pending: false,
             needs_digest: BTreeSet::new(),
             digest_at: HashMap::new(),
+            repairing: HashSet::new(),
             stats_sent: None,
             stats_checked: None,
             up: BTreeSet::new(),
+            up_ix: Vec::new(),
+            reports: Reports::new(0),
+            rows_dirty: Vec::new(),
+            rows_all_dirty: false,
+            waiting: HashMap::new(),
+            waiting_pairs: 0,
+            waiting_overflow: false,
+            view_came: Vec::new(),
+            view_gone: Vec::new(),
             last_incarnation: HashMap::new(),
             ticks_seen: HashMap::new(),
             recompute_pending: false,
@@ -384,6 +414,16 @@ impl Membership {
         let ix = self.names.len();
         self.names.push(name.to_owned());
         self.ids.insert(name.to_owned(), ix);
+        // Rows that named it before it had an index lacked it.
+        if let Some(rows) = self.waiting.remove(name) {
+            self.waiting_pairs -= rows.len();
+            self.rows_dirty.extend(rows);
+        }
+        if std::mem::take(&mut self.waiting_overflow) {
+            self.waiting.clear();
+            self.waiting_pairs = 0;
+            self.rows_all_dirty = true;
+        }
         let at = self
             .by_name
             .partition_point(|&b| self.names.get(b).is_some_and(|n| n.as_str() < name));
@@ -424,6 +464,11 @@ impl Membership {
             .collect();
         let mut by_name: Vec<usize> = (0..names.len()).collect();
         by_name.sort_by(|&a, &b| names.get(a).cmp(&names.get(b)));
+        self.up_ix = names.iter().map(|n| self.up.contains(n)).collect();
+        self.reports = Reports::new(names.len());
+        self.rows_all_dirty = true;
+        self.waiting.clear();
+        self.waiting_pairs = 0;
         self.names = names;
         self.by_name = by_name;
         self.last_graph = None;
@@ -438,6 +483,9 @@ impl Membership {
             return;
         }
         let held = self.replica.remove(name);
+        if let Some(&ix) = self.ids.get(name) {
+            self.row_changed(ix);
+        }
         let listed = self.down_since.remove(name).is_some();
         self.stray_since.remove(name);
         self.last_incarnation.remove(name);
@@ -448,6 +496,9 @@ impl Membership {
             deltas.retain(|d| d.node != name);
         }
         let was_up = self.up.remove(name);
+        if let Some(u) = self.ids.get(name).and_then(|&ix| self.up_ix.get_mut(ix)) {
+            *u = false;
+        }
         if was_up {
             self.shared.streams.end_if_cut(name, "it left the cluster");
         }
@@ -708,10 +759,14 @@ impl Membership {
 
     /// Send `peer` this node's digest (it answers with what this node lacks).
     /// A repair (`Digest::Repair`: a gap, a delta that did not fit, a digest showing this
-    /// node lacks something) goes at most once an interval per link; later ones wait in
-    /// `needs_digest` for the next tick. A link that comes up or resumes always gets one.
+    /// node lacks something) goes at once unless one is in flight on that link (sent, and no
+    /// delta came back since) for less than an interval; then it waits in `needs_digest`.
+    /// So a gap costs one round trip, not the wait for an interval, and a link carries one
+    /// repair at a time however many gaps a burst opens. A link that comes up or resumes
+    /// always gets one.
     fn send_digest(&mut self, peer: &str, why: DigestWhy) {
         if why == DigestWhy::Repair
+            && self.repairing.contains(peer)
             && self
                 .digest_at
                 .get(peer)
@@ -734,6 +789,9 @@ impl Membership {
                     self.shared.metrics.repl(Repl::DigestsSent, 1);
                     self.needs_digest.remove(peer);
                     self.digest_at.insert(peer.to_owned(), Instant::now());
+                    if why == DigestWhy::Repair {
+                        self.repairing.insert(peer.to_owned());
+                    }
                 } else {
                     self.needs_digest.insert(peer.to_owned());
                 }
@@ -800,6 +858,7 @@ impl Membership {
         let stamp = self.now_ms();
         let mut changed = Change::None;
         let mut gap = false;
+        self.repairing.remove(via);
         for d in delta.nodes {
             if d.node == me {
                 continue;
@@ -811,10 +870,10 @@ impl Membership {
                 self.shared.metrics.repl(Repl::RecordsStale, 1);
                 continue;
             }
-            if self.index_of(&d.node).is_none() {
+            let Some(ix) = self.index_of(&d.node) else {
                 tracing::debug!(node = %me, via = %via, "delta about unknown node {:?} ignored", d.node);
                 continue;
-            }
+            };
             let link = Link {
                 via,
                 via_incarnation,
@@ -828,6 +887,7 @@ impl Membership {
                 Ok(Applied::New(relay)) => {
                     self.shared.metrics.repl(Repl::RecordsNew, 1);
                     self.member_dirty.insert(relay.node.clone());
+                    self.row_changed(ix);
                     // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
                     // the graph; anything else (stats above all) only a member.
                     let graph =
@@ -898,6 +958,47 @@ impl Membership {
         };
     }
 
+    /// Bring the rows of `reports` up to date for the held states that changed since the
+    /// last recompute (all of them after a `compact`).
+    fn refresh_rows(&mut self) {
+        let n = self.names.len();
+        self.reports.resize(n);
+        if std::mem::take(&mut self.rows_all_dirty) {
+            self.rows_dirty = (0..n).collect();
+        }
+        let mut dirty = std::mem::take(&mut self.rows_dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let me = self.shared.name();
+        for a in dirty {
+            let mut row = Vec::new();
+            let state = self
+                .names
+                .get(a)
+                .filter(|name| name.as_str() != me)
+                .and_then(|name| self.replica.get(name));
+            for peer in state.iter().flat_map(|s| s.keys_with("link:")) {
+                match self.ids.get(peer) {
+                    Some(&b) => row.extend(u32::try_from(b)),
+                    None if self.waiting_pairs < 4 * self.shared.config.member_bound => {
+                        let rows = self.waiting.entry(peer.to_owned()).or_default();
+                        if !rows.contains(&a) {
+                            rows.push(a);
+                            self.waiting_pairs += 1;
+                        }
+                    }
+                    None => self.waiting_overflow = true,
+                }
+            }
+            self.reports.set_row(a, row);
+        }
+    }
+
+    /// The state of node `ix` changed (or went): its row is refreshed at the next recompute.
+    fn row_changed(&mut self, ix: usize) {
+        self.rows_dirty.push(ix);
+    }
+
     fn recompute_graph(&mut self) {
         let me = self.shared.name().to_owned();
         let Some(&me_ix) = self.ids.get(&me) else {
@@ -910,7 +1011,8 @@ impl Membership {
         // state's links (which its neighbours' links to the new one would match). Counting
         // it through the others while this node's own edge to it is left out made the view
         // show an edge that the routes lacked.
-        let mut reports = Reports::new(self.names.len());
+        self.refresh_rows();
+        let mut mine = Vec::new();
         let mut stale = vec![false; self.names.len()];
         let table = self.shared.routes.load();
         let linked: HashMap<&str, Uuid> = table
@@ -923,7 +1025,7 @@ impl Membership {
             };
             let held = self.replica.get(peer).map(|s| s.incarnation);
             match (held, linked.get(peer.as_str())) {
-                (Some(held), Some(link)) if held == *link => reports.set(me_ix, b),
+                (Some(held), Some(link)) if held == *link => mine.extend(u32::try_from(b)),
                 (Some(_), Some(_)) => {
                     if let Some(s) = stale.get_mut(b) {
                         *s = true;
@@ -932,19 +1034,8 @@ impl Membership {
                 _ => {}
             }
         }
-        for (name, state) in self.replica.nodes() {
-            if name == me {
-                continue;
-            }
-            if let Some(&a) = self.ids.get(name) {
-                for peer in state.keys_with("link:") {
-                    if let Some(&b) = self.ids.get(peer) {
-                        reports.set(a, b);
-                    }
-                }
-            }
-        }
-        reports.finish();
+        self.reports.set_row(me_ix, mine);
+        let reports = &self.reports;
         // An edge counts when both of its ends report it; walk them from me.
         let edge = |a: usize, b: usize| reports.has(a, b) && reports.has(b, a);
         let mut reachable = vec![false; self.names.len()];
@@ -967,12 +1058,14 @@ impl Membership {
         }
         // The live graph (a row per reachable node): when it is the graph of last time, the
         // Router is told nothing changed and keeps its routes.
-        let mut live = Reports::new(self.names.len());
+        // One list of (a, b) pairs, not a row each: a thousand small rows per recompute was a
+        // thousand allocations.
+        let mut live = LiveGraph::default();
         for &a in &order {
+            live.add(a, a); // marks a as reachable, isolated or not
             for b in reports.reported_by(a).filter(|&b| edge(a, b)) {
-                live.set(a, b);
+                live.add(a, b);
             }
-            live.set(a, a); // marks a as reachable, isolated or not
         }
         live.finish();
         let graph = if self.last_graph.as_ref() == Some(&live) {
@@ -982,24 +1075,61 @@ impl Membership {
             self.last_graph = Some(live);
             graph.map(Arc::new)
         };
-        let up: BTreeSet<String> = order
-            .iter()
-            .filter(|&&a| a != me_ix)
-            .filter_map(|&a| self.names.get(a).cloned())
-            .filter(|n| self.replica.get(n).is_some())
-            .collect();
-        for gone in self.up.difference(&up) {
-            tracing::warn!(node = %me, "membership: {gone} down");
-            self.shared.streams.end_if_cut(gone, "it was declared down");
-            if !self.declared(gone) {
-                self.down_since.insert(gone.clone(), Instant::now());
+        // Who came and went, by index: only they cost lookups and clones by name (a thousand
+        // nodes looked up, cloned and compared by name at every recompute was most of what a
+        // large star's workers did while it converged). Every reachable node but this one has
+        // its state held: an edge counts only when both ends report it, and a node's report
+        // comes from its state.
+        let mut now_up = vec![false; self.names.len()];
+        for &a in order.iter().filter(|&&a| a != me_ix) {
+            if let Some(u) = now_up.get_mut(a) {
+                *u = true;
             }
         }
-        for name in &up {
-            self.down_since.remove(name);
-            self.log_up(name);
+        self.up_ix.resize(self.names.len(), false);
+        let (mut came, mut gone) = (Vec::new(), Vec::new());
+        for (a, (&was, &is)) in self.up_ix.iter().zip(&now_up).enumerate() {
+            match (was, is) {
+                (false, true) => came.push(a),
+                (true, false) => gone.push(a),
+                _ => {}
+            }
         }
-        self.up = up;
+        for a in gone {
+            let Some(name) = self.names.get(a).cloned() else {
+                continue;
+            };
+            tracing::warn!(node = %me, "membership: {name} down");
+            self.shared
+                .streams
+                .end_if_cut(&name, "it was declared down");
+            if !self.declared(&name) {
+                self.down_since.insert(name.clone(), Instant::now());
+            }
+            self.up.remove(&name);
+            self.view_gone.push(name);
+        }
+        for a in came {
+            let Some(name) = self.names.get(a).cloned() else {
+                continue;
+            };
+            self.down_since.remove(&name);
+            self.log_up(&name);
+            self.up.insert(name.clone());
+            self.view_came.push(name);
+        }
+        // A node that stayed up with a new incarnation (a restart faster than the failure
+        // detector) had its state replaced: it is among the members changed since the view.
+        let again: Vec<String> = self
+            .member_dirty
+            .iter()
+            .filter(|n| self.up.contains(*n))
+            .cloned()
+            .collect();
+        for name in again {
+            self.log_up(&name);
+        }
+        self.up_ix = now_up;
         let view = self.view();
         match &self.router {
             // The Router installs the routes, then publishes the view: whoever sees a node up
@@ -1011,7 +1141,7 @@ impl Membership {
 
     /// The live graph in name order, from its bits: reachable nodes only, each with its
     /// neighbours (`live` is symmetric: both ends of an edge are reachable).
-    fn indexed_graph(&self, live: &Reports, reachable: &[bool]) -> Option<IndexedGraph> {
+    fn indexed_graph(&self, live: &LiveGraph, reachable: &[bool]) -> Option<IndexedGraph> {
         let is_reachable = |a: usize| reachable.get(a) == Some(&true);
         let mut position = vec![usize::MAX; self.names.len()];
         let mut names = Vec::new();
@@ -1029,7 +1159,7 @@ impl Membership {
             .filter(|&&a| is_reachable(a))
             .map(|&a| {
                 let mut row: Vec<usize> = live
-                    .reported_by(a)
+                    .neighbours(a)
                     .filter(|&b| b != a)
                     .filter_map(|b| position.get(b).copied().filter(|&p| p != usize::MAX))
                     .collect();
@@ -1095,31 +1225,16 @@ impl Membership {
                 m.stats = (**stats).clone();
             }
         }
-        // Who came and went since the last view: both sides are sorted by name, so one walk
-        // finds them without a lookup per member.
-        let (mut gone, mut came) = (Vec::new(), Vec::new());
-        {
-            let mut held = self.members.keys().filter(|n| **n != me).peekable();
-            let mut up = self.up.iter().peekable();
-            loop {
-                match (held.peek(), up.peek()) {
-                    (Some(h), Some(u)) => match h.as_str().cmp(u.as_str()) {
-                        std::cmp::Ordering::Less => gone.extend(held.next().cloned()),
-                        std::cmp::Ordering::Greater => came.extend(up.next().cloned()),
-                        std::cmp::Ordering::Equal => {
-                            held.next();
-                            up.next();
-                        }
-                    },
-                    (Some(_), None) => gone.extend(held.next().cloned()),
-                    (None, Some(_)) => came.extend(up.next().cloned()),
-                    (None, None) => break,
-                }
+        // Who came and went since the last view, as the recompute found them.
+        for name in std::mem::take(&mut self.view_gone) {
+            if !self.up.contains(&name) {
+                self.members.remove(&name);
             }
         }
-        for name in &gone {
-            self.members.remove(name);
-        }
+        let came: Vec<String> = std::mem::take(&mut self.view_came)
+            .into_iter()
+            .filter(|n| self.up.contains(n))
+            .collect();
         let changed = dirty.iter().filter(|n| **n != me && self.up.contains(*n));
         for name in came.iter().chain(changed) {
             match self.replica.get(name) {
@@ -1385,6 +1500,7 @@ impl Handler<LinksChanged> for Membership {
         }
         self.table_links = msg.links;
         self.digest_at.retain(|p, _| self.table_links.contains(p));
+        self.repairing.retain(|p| self.table_links.contains(p));
         let before = std::mem::take(&mut self.my_links);
         self.update_links();
         let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
@@ -1656,45 +1772,37 @@ impl Forgotten {
 /// Who reports a link to whom: for each admitted node, the sorted indices it reports links
 /// to. Sparse, because a graph of N nodes has far fewer than N² links (a star has N − 1): a
 /// bit per ordered pair was 125 KB to allocate, fill and compare per recompute at N = 1,000.
-#[derive(PartialEq, Eq)]
 struct Reports {
+    /// Row `a`: the nodes `a` reports links to, sorted, without repeats.
     rows: Vec<Vec<u32>>,
-    /// Every row sorted and without repeats (`set` appends; `finish` sorts).
-    sorted: bool,
 }
 
 impl Reports {
     fn new(n: usize) -> Self {
         Reports {
             rows: vec![Vec::new(); n],
-            sorted: true,
         }
     }
 
-    /// Record that `a` reports a link to `b` (out of range: ignored). Call [`Reports::finish`]
-    /// before reading.
-    fn set(&mut self, a: usize, b: usize) {
+    /// Grow to `n` rows (new ones empty).
+    fn resize(&mut self, n: usize) {
+        if self.rows.len() < n {
+            self.rows.resize(n, Vec::new());
+        }
+    }
+
+    /// Replace row `a` (out of range: ignored; entries out of range dropped).
+    fn set_row(&mut self, a: usize, mut row: Vec<u32>) {
         let n = self.rows.len();
-        if let (Some(row), Ok(b)) = (self.rows.get_mut(a), u32::try_from(b)) {
-            if (b as usize) < n {
-                row.push(b);
-                self.sorted = false;
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if !self.sorted {
-            for row in &mut self.rows {
-                row.sort_unstable();
-                row.dedup();
-            }
-            self.sorted = true;
+        row.retain(|&b| (b as usize) < n);
+        row.sort_unstable();
+        row.dedup();
+        if let Some(r) = self.rows.get_mut(a) {
+            *r = row;
         }
     }
 
     fn has(&self, a: usize, b: usize) -> bool {
-        debug_assert!(self.sorted);
         u32::try_from(b).is_ok_and(|b| {
             self.rows
                 .get(a)
@@ -1704,7 +1812,6 @@ impl Reports {
 
     /// The nodes `a` reports links to, in index order.
     fn reported_by(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
-        debug_assert!(self.sorted);
         self.rows
             .get(a)
             .map_or(&[][..], Vec::as_slice)
@@ -1713,11 +1820,39 @@ impl Reports {
     }
 }
 
+/// The live graph of one recompute: the (a, b) pairs of its edges, both ways, and (a, a) for
+/// every reachable node, sorted.
+#[derive(Default, PartialEq)]
+struct LiveGraph(Vec<(u32, u32)>);
+
+impl LiveGraph {
+    fn add(&mut self, a: usize, b: usize) {
+        if let (Ok(a), Ok(b)) = (u32::try_from(a), u32::try_from(b)) {
+            self.0.push((a, b));
+        }
+    }
+
+    fn finish(&mut self) {
+        self.0.sort_unstable();
+        self.0.dedup();
+    }
+
+    /// What `a` is paired with (itself included), in index order.
+    fn neighbours(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
+        let a = u32::try_from(a).unwrap_or(u32::MAX);
+        let start = self.0.partition_point(|&(x, _)| x < a);
+        self.0[start..]
+            .iter()
+            .take_while(move |&&(x, _)| x == a)
+            .map(|&(_, b)| b as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
         accept_claim, claim_is_consistent, stats_moved, take_delta, Claim, Forgotten, Ignored,
-        Link, Reports, MAX_CLOCK_SKEW_MS,
+        Link, LiveGraph, Reports, MAX_CLOCK_SKEW_MS,
     };
     use crate::node::replica::{Applied, Replica};
     use crate::wire::{NodeStats, StatValue, Value};
@@ -1897,15 +2032,25 @@ mod tests {
     }
 
     #[test]
+    fn the_live_graph_lists_each_nodes_pairs_in_index_order() {
+        let mut g = LiveGraph::default();
+        for (a, b) in [(5, 1), (1, 5), (1, 1), (5, 5), (1, 5), (9, 9)] {
+            g.add(a, b);
+        }
+        g.finish();
+        assert_eq!(g.neighbours(1).collect::<Vec<_>>(), [1, 5]);
+        assert_eq!(g.neighbours(5).collect::<Vec<_>>(), [1, 5]);
+        assert_eq!(g.neighbours(9).collect::<Vec<_>>(), [9]);
+        assert_eq!(g.neighbours(2).count(), 0);
+    }
+
+    #[test]
     fn reports_list_each_reported_link_once_in_index_order_across_words() {
         let mut r = Reports::new(130);
-        for b in [129, 0, 64, 63, 65, 64] {
-            r.set(3, b);
-        }
-        r.set(129, 3);
-        r.set(200, 1); // out of range: ignored
-        r.set(1, 200);
-        r.finish();
+        r.set_row(3, vec![129, 0, 64, 63, 65, 64]);
+        r.set_row(129, vec![3]);
+        r.set_row(200, vec![1]); // out of range: ignored
+        r.set_row(1, vec![200]);
         assert_eq!(r.reported_by(3).collect::<Vec<_>>(), [0, 63, 64, 65, 129]);
         assert_eq!(r.reported_by(129).collect::<Vec<_>>(), [3]);
         assert_eq!(r.reported_by(1).count(), 0);

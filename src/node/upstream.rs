@@ -199,7 +199,8 @@ impl Upstream {
                 } else {
                     deadline
                 };
-                let (stream, addr) = dial::connect_first(&resolved?, connect_deadline).await?;
+                let (stream, addr) =
+                    dial::connect_first(&resolved?, connect_deadline, shared.me.dial_from).await?;
                 let _ = stream.set_nodelay(true);
                 // With TLS, the server is verified against the CA and the host dialled.
                 let io = match &shared.tls {
