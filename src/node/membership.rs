@@ -631,7 +631,7 @@ impl Membership {
         self.pushed = own.max_version;
         if !self.my_links.is_empty() {
             for d in deltas {
-                self.outbox.to_links(d, Vec::new());
+                self.outbox.queue_for_links(d, Vec::new());
             }
         }
         true
@@ -779,7 +779,7 @@ impl Membership {
                         .is_some_and(|s| s.get(&key).is_some()))
         };
         for d in self.replica.delta_for(&digest.nodes, self.budget(), linked) {
-            self.outbox.to_link(via, d);
+            self.outbox.queue_for_link(via, d);
         }
     }
 
@@ -871,7 +871,7 @@ impl Membership {
         skip.sort_unstable();
         skip.dedup();
         if skip.len() < self.my_links.len() {
-            self.outbox.to_links(relay, skip);
+            self.outbox.queue_for_links(relay, skip);
         }
     }
 

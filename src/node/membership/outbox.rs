@@ -72,7 +72,7 @@ impl Outbox {
     }
 
     /// Queue `delta` for every link of this node now except those in `skip`.
-    pub(super) fn to_links(&mut self, delta: NodeDelta, mut skip: Vec<String>) {
+    pub(super) fn queue_for_links(&mut self, delta: NodeDelta, mut skip: Vec<String>) {
         skip.sort_unstable();
         skip.dedup();
         self.shared.push(Shared {
@@ -82,7 +82,7 @@ impl Outbox {
     }
 
     /// Queue `delta` for the link to `peer` alone.
-    pub(super) fn to_link(&mut self, peer: &str, delta: NodeDelta) {
+    pub(super) fn queue_for_link(&mut self, peer: &str, delta: NodeDelta) {
         let at = self.shared.len();
         match self.only.get_mut(peer) {
             Some(queue) => queue.push((at, Record::new(delta))),
@@ -327,8 +327,8 @@ mod tests {
     #[test]
     fn a_relay_skips_the_links_named_and_reaches_every_other() {
         let mut out = Outbox::default();
-        out.to_links(rec("w1", 2), skip(&["w1", "master", "w1"]));
-        out.to_links(rec("me", 5), Vec::new());
+        out.queue_for_links(rec("w1", 2), skip(&["w1", "master", "w1"]));
+        out.queue_for_links(rec("me", 5), Vec::new());
         assert_eq!(
             received(&mut out, "w2", true),
             pairs(&[("w1", 2), ("me", 5)])
@@ -340,12 +340,12 @@ mod tests {
     #[test]
     fn records_for_one_link_keep_their_place_among_the_shared_ones() {
         let mut out = Outbox::default();
-        out.to_link("w2", rec("a", 1));
-        out.to_links(rec("b", 2), Vec::new());
-        out.to_link("w2", rec("c", 3));
-        out.to_link("w2", rec("d", 4));
-        out.to_links(rec("e", 5), Vec::new());
-        out.to_link("w2", rec("f", 6));
+        out.queue_for_link("w2", rec("a", 1));
+        out.queue_for_links(rec("b", 2), Vec::new());
+        out.queue_for_link("w2", rec("c", 3));
+        out.queue_for_link("w2", rec("d", 4));
+        out.queue_for_links(rec("e", 5), Vec::new());
+        out.queue_for_link("w2", rec("f", 6));
         assert_eq!(
             received(&mut out, "w2", true),
             pairs(&[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5), ("f", 6)])
@@ -365,13 +365,13 @@ mod tests {
             links(&["a", "b", "c"]),
             links(&["a", "c"]),
         );
-        out.to_links(rec("x", 1), Vec::new());
+        out.queue_for_links(rec("x", 1), Vec::new());
         out.links_moved(&ab, &abc);
-        out.to_links(rec("x", 2), Vec::new());
+        out.queue_for_links(rec("x", 2), Vec::new());
         out.links_moved(&abc, &ac);
-        out.to_links(rec("x", 3), Vec::new());
+        out.queue_for_links(rec("x", 3), Vec::new());
         out.links_moved(&ac, &abc);
-        out.to_links(rec("x", 4), Vec::new());
+        out.queue_for_links(rec("x", 4), Vec::new());
         let got = |out: &mut Outbox, peer: &str| -> Vec<u64> {
             received(out, peer, true)
                 .into_iter()
@@ -383,25 +383,25 @@ mod tests {
         assert_eq!(got(&mut out, "c"), [2, 3, 4], "joined after 1");
         out.clear();
         assert!(out.is_empty());
-        out.to_links(rec("x", 5), Vec::new());
+        out.queue_for_links(rec("x", 5), Vec::new());
         assert_eq!(got(&mut out, "b"), [5], "moves last one window");
     }
 
     #[test]
     fn a_link_that_left_still_gets_what_was_queued_before() {
         let mut out = Outbox::default();
-        out.to_links(rec("x", 1), Vec::new());
+        out.queue_for_links(rec("x", 1), Vec::new());
         out.links_moved(&links(&["a", "b"]), &links(&["a"]));
-        out.to_links(rec("x", 2), Vec::new());
+        out.queue_for_links(rec("x", 2), Vec::new());
         assert_eq!(received(&mut out, "b", false), pairs(&[("x", 1)]));
     }
 
     #[test]
     fn a_forgotten_nodes_records_are_not_sent() {
         let mut out = Outbox::default();
-        out.to_links(rec("gone", 1), Vec::new());
-        out.to_link("a", rec("gone", 2));
-        out.to_links(rec("kept", 3), Vec::new());
+        out.queue_for_links(rec("gone", 1), Vec::new());
+        out.queue_for_link("a", rec("gone", 2));
+        out.queue_for_links(rec("kept", 3), Vec::new());
         out.forget("gone");
         assert_eq!(received(&mut out, "a", true), pairs(&[("kept", 3)]));
     }
@@ -410,7 +410,7 @@ mod tests {
     fn frames_are_split_by_the_records_exact_sizes() {
         let mut out = Outbox::default();
         for v in 1..=5 {
-            out.to_links(rec("x", v), Vec::new());
+            out.queue_for_links(rec("x", v), Vec::new());
         }
         assert!(out.seal().is_empty());
         let one = crate::wire::EncodedRecord::encode(&rec("x", 1))
@@ -442,7 +442,7 @@ mod tests {
     fn a_refused_frame_stops_the_links_frames_and_counts_are_per_frame() {
         let mut out = Outbox::default();
         for v in 1..=4 {
-            out.to_links(rec("x", v), Vec::new());
+            out.queue_for_links(rec("x", v), Vec::new());
         }
         assert!(out.seal().is_empty());
         let one = crate::wire::EncodedRecord::encode(&rec("x", 1))
