@@ -7,7 +7,8 @@
 //!
 //! * [`frame`] — the message schema, shared by peer links and service links.
 //! * [`codec`] — length prefix + CBOR, in both directions, with hostile-input checks; per
-//!   connection or (resumable links) stream numbering; unknown message kinds skipped.
+//!   connection or (resumable links) stream numbering; unknown message kinds skipped; `delta`
+//!   messages spliced from records encoded once ([`EncodedRecord`]).
 //! * [`rules`] — the receiver rules every frame body is checked against first (§4.1).
 //! * [`handshake`] — version/cluster check and mutual HMAC-SHA256 authentication.
 //! * [`json`] — JSON ↔ CBOR payloads for the command line.
@@ -23,8 +24,9 @@ mod lenient;
 mod rules;
 
 pub use codec::{
-    decode_payload, encode_event, encode_message, encode_payload, envelope_overhead_bytes,
-    DeliverRef, EncodedMessage, FrameCodec, ReadCounters, WireError, ENVELOPE_FIXED_BYTES,
+    decode_payload, encode_delta_frame, encode_event, encode_message, encode_payload,
+    envelope_overhead_bytes, DeliverRef, EncodedMessage, EncodedRecord, FrameCodec, ReadCounters,
+    WireError, ENVELOPE_FIXED_BYTES,
 };
 pub use frame::{
     Ack, Auth, Bye, Call, ClusterQuery, ClusterSettings, ClusterView, Deliver, Delta, Digest,

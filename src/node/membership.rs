@@ -8,7 +8,8 @@
 //! what it holds and relays *only that* to its links except the one it came on, the origin,
 //! and the peers the origin reports links to (the origin pushed to them itself; in a mesh
 //! nobody relays). Relays of one coalescing window are batched: one `delta` frame per link
-//! carries the news of every origin. Nothing is sent while nothing changes.
+//! carries the news of every origin. Each record of a window is held and encoded once, however
+//! many links it goes to (see `outbox`). Nothing is sent while nothing changes.
 //!
 //! Anti-entropy: when a link comes up, and when a resumable link resumes, each side sends a
 //! `digest` (every node it holds, with incarnation and highest version) and the other answers
@@ -63,6 +64,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
+mod outbox;
+
+use self::outbox::Outbox;
 use super::metrics::Repl;
 use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
@@ -256,8 +260,9 @@ pub struct Membership {
     methods_stale: bool,
     /// This node's own changes up to this version were pushed.
     pushed: u64,
-    /// Deltas waiting for the end of the coalescing window, per peer.
-    outbox: HashMap<String, Vec<NodeDelta>>,
+    /// Records waiting for the end of the coalescing window, each held once for every link
+    /// it goes to (see `outbox`).
+    outbox: Outbox,
     flush_pending: bool,
     /// Links to catch up by a digest exchange (a delta did not fit, or left a gap).
     needs_digest: BTreeSet<String>,
@@ -340,7 +345,7 @@ impl Membership {
             cut_since: HashMap::new(),
             methods_stale: true,
             pushed: 0,
-            outbox: HashMap::new(),
+            outbox: Outbox::default(),
             flush_pending: false,
             needs_digest: BTreeSet::new(),
             digest_at: HashMap::new(),
@@ -492,9 +497,7 @@ impl Membership {
         self.ticks_seen.remove(name);
         self.members.remove(name);
         self.member_dirty.remove(name);
-        for deltas in self.outbox.values_mut() {
-            deltas.retain(|d| d.node != name);
-        }
+        self.outbox.forget(name);
         let was_up = self.up.remove(name);
         if let Some(u) = self.ids.get(name).and_then(|&ix| self.up_ix.get_mut(ix)) {
             *u = false;
@@ -675,15 +678,11 @@ impl Membership {
         if own.max_version <= self.pushed {
             return false;
         }
-        {
-            let deltas = own.since(&me, self.pushed, budget);
-            self.pushed = own.max_version;
-            let peers: Vec<String> = self.my_links.iter().cloned().collect();
-            for peer in peers {
-                self.outbox
-                    .entry(peer)
-                    .or_default()
-                    .extend(deltas.iter().cloned());
+        let deltas = own.since(&me, self.pushed, budget);
+        self.pushed = own.max_version;
+        if !self.my_links.is_empty() {
+            for d in deltas {
+                self.outbox.queue_for_links(d, Vec::new());
             }
         }
         true
@@ -716,40 +715,38 @@ impl Membership {
         moved.then_some(now)
     }
 
-    /// Send every link its queued deltas, batched into frames that fit.
+    /// Send every link its queued records, batched into frames of at most `budget` bytes of
+    /// records. Each record is encoded once, here, and spliced into the frames of every link
+    /// that gets it.
     fn flush(&mut self) {
         if self.outbox.is_empty() && self.needs_digest.is_empty() {
             return;
         }
+        for (node, e) in self.outbox.seal() {
+            tracing::error!(node = %self.shared.name(), "cannot encode a delta about {node}: {e}");
+        }
         let table = self.shared.routes.load();
         let budget = self.budget();
         for link in table.links() {
-            let Some(deltas) = self.outbox.remove(&link.peer) else {
-                continue;
-            };
-            for frame in batch(deltas, budget) {
-                let records = frame.nodes.len() as u64;
-                let entries = frame.nodes.iter().map(|d| d.entries.len() as u64).sum();
-                let msg = Message::Delta(frame);
-                let encoded = match encode_message(&msg) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(node = %self.shared.name(), "cannot encode a delta: {e}");
-                        continue;
-                    }
-                };
-                if link.tx.try_push(encoded).is_err() {
-                    // Dropped: the link catches up by a digest exchange once it has room.
-                    self.needs_digest.insert(link.peer.clone());
-                    break;
+            let linked = self.my_links.contains(&link.peer);
+            let mut full = false;
+            self.outbox.frames_for(&link.peer, linked, budget, |frame| {
+                if link.tx.try_push(frame.msg).is_err() {
+                    full = true;
+                    return false;
                 }
                 let m = &self.shared.metrics;
                 m.repl(Repl::DeltaFramesSent, 1);
-                m.repl(Repl::DeltaRecordsSent, records);
-                m.repl(Repl::DeltaEntriesSent, entries);
+                m.repl(Repl::DeltaRecordsSent, frame.records);
+                m.repl(Repl::DeltaEntriesSent, frame.entries);
+                true
+            });
+            if full {
+                // Dropped: the link catches up by a digest exchange once it has room.
+                self.needs_digest.insert(link.peer.clone());
             }
         }
-        // Deltas for links that went away meanwhile: a new link starts with a digest.
+        // Records for links that went away meanwhile: a new link starts with a digest.
         self.outbox.clear();
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
@@ -839,12 +836,8 @@ impl Membership {
                         .get(node)
                         .is_some_and(|s| s.get(&key).is_some()))
         };
-        let deltas = self.replica.delta_for(&digest.nodes, self.budget(), linked);
-        if !deltas.is_empty() {
-            self.outbox
-                .entry(via.to_owned())
-                .or_default()
-                .extend(deltas);
+        for d in self.replica.delta_for(&digest.nodes, self.budget(), linked) {
+            self.outbox.queue_for_link(via, d);
         }
     }
 
@@ -921,23 +914,24 @@ impl Membership {
     }
 
     /// Queue what was new here for every link but the one it came on, the origin, and the
-    /// peers the origin reports links to (it pushed to them itself).
+    /// peers the origin reports links to (it pushed to them itself). Queued once, with the
+    /// links it skips; not at all if that leaves none (a mesh).
     fn relay(&mut self, via: &str, relay: NodeDelta) {
-        let origin_links: BTreeSet<&str> = self
+        let origin_links = self
             .replica
             .get(&relay.node)
-            .map(|s| s.keys_with("link:").collect())
-            .unwrap_or_default();
-        let targets: Vec<String> = self
-            .my_links
-            .iter()
-            .filter(|p| {
-                p.as_str() != via && p.as_str() != relay.node && !origin_links.contains(p.as_str())
-            })
-            .cloned()
+            .into_iter()
+            .flat_map(|s| s.keys_with("link:"));
+        let mut skip: Vec<String> = [via, relay.node.as_str()]
+            .into_iter()
+            .chain(origin_links)
+            .filter(|p| self.my_links.contains(*p))
+            .map(str::to_owned)
             .collect();
-        for peer in targets {
-            self.outbox.entry(peer).or_default().push(relay.clone());
+        skip.sort_unstable();
+        skip.dedup();
+        if skip.len() < self.my_links.len() {
+            self.outbox.queue_for_links(relay, skip);
         }
     }
 
@@ -1301,7 +1295,9 @@ impl Membership {
         if live == self.my_links {
             return false;
         }
-        self.my_links = live;
+        let before = std::mem::replace(&mut self.my_links, live);
+        // Records queued from now on go to the new links (see `outbox`).
+        self.outbox.links_moved(&before, &self.my_links);
         true
     }
 
@@ -1386,32 +1382,6 @@ pub(crate) fn stats_moved(sent: &NodeStats, now: &NodeStats) -> bool {
         || now.cpus != sent.cpus
         || now.total_mem_bytes != sent.total_mem_bytes
         || now.extra != sent.extra
-}
-
-/// Pack deltas into frames of at most `budget` estimated bytes (a delta larger than that was
-/// already split by `NodeState::since`).
-fn batch(deltas: Vec<NodeDelta>, budget: usize) -> Vec<Delta> {
-    let mut frames = Vec::new();
-    let mut current = Delta::default();
-    let mut bytes = 0;
-    for d in deltas {
-        let size = d.node.len()
-            + 64
-            + d.entries
-                .iter()
-                .map(|e| super::replica::entry_bytes(&e.key, e.value.as_ref()))
-                .sum::<usize>();
-        if !current.nodes.is_empty() && bytes + size > budget {
-            frames.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += size;
-        current.nodes.push(d);
-    }
-    if !current.nodes.is_empty() {
-        frames.push(current);
-    }
-    frames
 }
 
 /// A member as the API sees it, from its state's entries (backends well-formed only).
@@ -1501,7 +1471,7 @@ impl Handler<LinksChanged> for Membership {
         self.table_links = msg.links;
         self.digest_at.retain(|p, _| self.table_links.contains(p));
         self.repairing.retain(|p| self.table_links.contains(p));
-        let before = std::mem::take(&mut self.my_links);
+        let before = self.my_links.clone();
         self.update_links();
         let new: Vec<String> = self.my_links.difference(&before).cloned().collect();
         let peers: Vec<String> = self.my_links.iter().cloned().collect();

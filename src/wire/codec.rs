@@ -1063,7 +1063,9 @@ impl Encoder<&Message> for FrameCodec {
     }
 }
 
+mod delta;
 mod service;
+pub use delta::{encode_delta_frame, EncodedRecord};
 pub use service::DeliverRef;
 
 #[cfg(test)]
