@@ -17,9 +17,9 @@
 //! that did not fit a link's queue, or that left a gap at the receiver, marks the link for a
 //! digest exchange at the next tick.
 //!
-//! Stats are their own entry, refreshed every `stats_interval_ms` and only when they moved
-//! past a threshold (see [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the
-//! next tick. A delta that changes only what a member holds (stats, methods, backends) does
+//! Stats are their own entry, refreshed every `stats_interval_ms` (at least 40 ms per node
+//! tracked: see `stats_period`) and only when they moved past a threshold (see
+//! [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the next tick. A delta that changes only what a member holds (stats, methods, backends) does
 //! not walk the live graph again: only the view is rebuilt, once per coalescing window.
 //!
 //! A node is **up** when it is reachable from here over edges both ends report live. There is
@@ -327,6 +327,9 @@ pub struct Membership {
 
 /// Deltas and ticks come this often, so a mailbox this deep never fills in steady state.
 const MEMBERSHIP_MAILBOX: usize = 1024;
+
+/// Stats are looked at no more often than this per node tracked (see `stats_period`).
+const STATS_SPACING: Duration = Duration::from_millis(40);
 
 /// The longest a membership change waits for the rest of its burst (a tenth of the heartbeat
 /// interval, at most this).
@@ -688,6 +691,17 @@ impl Membership {
         true
     }
 
+    /// How often this node's stats are looked at: `stats_interval`, but at least
+    /// [`STATS_SPACING`] per node tracked. Every stats record reaches every node, so with a
+    /// fixed period what each node receives grows with N (and the hub of a star relays N²);
+    /// spaced this way a node receives at most about one record per `STATS_SPACING` however
+    /// large the cluster, and stats get staler only past 125 nodes (5 s at the default).
+    fn stats_period(&self) -> Duration {
+        let spaced =
+            STATS_SPACING.saturating_mul(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        self.shared.config.cluster.stats_interval.max(spaced)
+    }
+
     /// The stats to replicate now, if any: a custom stat changed, or the period passed and
     /// they moved past the threshold.
     fn stats_to_send(&mut self) -> Option<NodeStats> {
@@ -701,7 +715,7 @@ impl Membership {
         }
         if self
             .stats_checked
-            .is_some_and(|t| t.elapsed() < self.shared.config.cluster.stats_interval)
+            .is_some_and(|t| t.elapsed() < self.stats_period())
         {
             return None;
         }

@@ -343,7 +343,9 @@ impl Replica {
         if reset && d.from != 0 {
             return Applied::Gap;
         }
-        if let Some(h) = held.filter(|_| !reset) {
+        // The held state this delta builds on (none when it replaces it).
+        let kept = held.filter(|_| !reset);
+        if let Some(h) = kept {
             if d.max_version <= h.max_version {
                 return Applied::Stale;
             }
@@ -351,11 +353,7 @@ impl Replica {
                 return Applied::Gap;
             }
         }
-        let before = if reset {
-            0
-        } else {
-            held.map_or(0, |h| h.max_version)
-        };
+        let before = kept.map_or(0, |h| h.max_version);
         let fresh: Vec<Entry> = d
             .entries
             .into_iter()
@@ -364,10 +362,10 @@ impl Replica {
         // The bound is checked before anything changes, so a refused delta leaves the held
         // state as it was without a copy of it being made (a copy per delta was most of a
         // converging 1,000-node cluster's allocations).
-        let held_len = held.filter(|_| !reset).map_or(0, |h| h.entries.len());
+        let held_len = kept.map_or(0, |h| h.entries.len());
         let added = fresh
             .iter()
-            .filter(|e| !held.is_some_and(|h| !reset && h.entries.contains_key(&e.key)))
+            .filter(|e| !kept.is_some_and(|h| h.entries.contains_key(&e.key)))
             .count();
         if held_len + added > max_entries {
             return Applied::Refused;

@@ -330,6 +330,23 @@ impl Session {
         ctx.stop();
     }
 
+    /// Hand `msg` to Membership; when its mailbox is full, the wait for room.
+    fn to_membership<M>(&self, msg: M) -> Option<Stall>
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        Membership: Handler<M>,
+    {
+        match self.p.wiring.membership.try_send(msg) {
+            Ok(()) | Err(SendError::Closed(_)) => None,
+            Err(SendError::Full(msg)) => {
+                let membership = self.p.wiring.membership.clone();
+                Some(Box::pin(async move {
+                    let _ = membership.send(msg).await;
+                }))
+            }
+        }
+    }
+
     /// Act on one frame; `Some` when it waits for room at its destination (the rest of the
     /// read batch waits behind it).
     fn on_message(
@@ -342,16 +359,18 @@ impl Session {
             Message::Event(env) => return self.on_event(env, batch),
             // Version 2's flooded status: replication is by deltas now.
             Message::Status(_) => {}
+            // Membership behind (its mailbox full): this link waits for it rather than drop
+            // a record (nothing might show the gap until the node changes again) or a digest
+            // (a newcomer's catch-up would go unanswered).
             Message::Delta(delta) => {
-                // Dropped under load, the gap is found and filled by a digest exchange.
-                let _ = self.p.wiring.membership.try_send(DeltaReceived {
+                return self.to_membership(DeltaReceived {
                     via: self.peer().to_owned(),
                     via_incarnation: self.p.peer.incarnation,
                     delta,
                 });
             }
             Message::Digest(digest) => {
-                let _ = self.p.wiring.membership.try_send(DigestReceived {
+                return self.to_membership(DigestReceived {
                     via: self.peer().to_owned(),
                     digest,
                 });
