@@ -19,8 +19,9 @@
 //!
 //! Stats are their own entry, refreshed every `stats_interval_ms` (at least 40 ms per node
 //! tracked: see `stats_period`) and only when they moved past a threshold (see
-//! [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the next tick. A delta that changes only what a member holds (stats, methods, backends) does
-//! not walk the live graph again: only the view is rebuilt, once per coalescing window.
+//! [`stats_moved`]); a custom stat's change (`set_stat`) is sent at the next tick. A delta
+//! that changes only what a member holds (stats, methods, backends) does not walk the live
+//! graph again: only the view is rebuilt, once per coalescing window.
 //!
 //! A node is **up** when it is reachable from here over edges both ends report live. There is
 //! no freshness of a status any more: every link has its own failure detector (pings; silence
