@@ -91,6 +91,15 @@ impl Probe {
         socket2::SockRef::from(socket).try_clone().ok().map(Probe)
     }
 
+    /// A probe of an accepted connection (`None` once wrapped in TLS: it spoke already).
+    pub fn of_transport(io: &crate::link::Transport) -> Option<Probe> {
+        match io {
+            crate::link::Transport::Tcp(s) => Probe::of(s),
+            crate::link::Transport::Unix(s) => Probe::of(s),
+            crate::link::Transport::Tls(_) => None,
+        }
+    }
+
     /// Whether bytes wait unread. The socket is non-blocking (tokio's), so this never waits.
     fn has_bytes(&self) -> bool {
         let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];

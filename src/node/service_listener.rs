@@ -219,11 +219,7 @@ impl ServiceListener {
             self.w.shared.metrics.refused("evicted");
             ctx.cancel_future(silent);
         }
-        let probe = match &conn.io {
-            Transport::Tcp(s) => admission::Probe::of(s),
-            Transport::Unix(s) => admission::Probe::of(s),
-            Transport::Tls(_) => None,
-        };
+        let probe = admission::Probe::of_transport(&conn.io);
         let wait = admission::first_bytes_deadline(self.w.shared.config.cluster.handshake_timeout);
         let first = async move {
             let spoke = admission::first_bytes(&conn.io, wait).await;

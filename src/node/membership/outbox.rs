@@ -304,6 +304,14 @@ mod tests {
         sent
     }
 
+    /// How many records each of the frames to link "a" carries, within `budget`.
+    fn records_per_frame(out: &mut Outbox, budget: usize) -> Vec<u64> {
+        frames(out, "a", true, budget)
+            .iter()
+            .map(|f| f.records)
+            .collect()
+    }
+
     /// What `peer` gets, as (node, max_version) in order, read back by a link's decoder.
     fn received(out: &mut Outbox, peer: &str, linked: bool) -> Vec<(String, u64)> {
         let mut all = Vec::new();
@@ -417,22 +425,10 @@ mod tests {
             .unwrap()
             .len();
         // Two records fit exactly; a third does not.
-        let sizes: Vec<u64> = frames(&mut out, "a", true, 2 * one)
-            .iter()
-            .map(|f| f.records)
-            .collect();
-        assert_eq!(sizes, [2, 2, 1]);
-        let sizes: Vec<u64> = frames(&mut out, "a", true, 2 * one - 1)
-            .iter()
-            .map(|f| f.records)
-            .collect();
-        assert_eq!(sizes, [1, 1, 1, 1, 1]);
-        let sizes: Vec<u64> = frames(&mut out, "a", true, 1)
-            .iter()
-            .map(|f| f.records)
-            .collect();
+        assert_eq!(records_per_frame(&mut out, 2 * one), [2, 2, 1]);
+        assert_eq!(records_per_frame(&mut out, 2 * one - 1), [1, 1, 1, 1, 1]);
         assert_eq!(
-            sizes,
+            records_per_frame(&mut out, 1),
             [1, 1, 1, 1, 1],
             "a record larger than the budget goes alone"
         );
