@@ -15,6 +15,8 @@
 //!
 //! * `links_ms`: from the first node's start until every planned link is up (0: never).
 //! * `converge_ms`: from the first node's start until every node sees all N nodes up.
+//! * `converge_cpu_ms`: CPU time the whole process used from the first node's start until
+//!   convergence (every thread; on 2 cores at most twice `converge_ms`).
 //! * `graph_ms`: until every node also sees every planned link (routes are final).
 //! * `rss_per_node_kib`: growth of the process's resident memory from before the cluster
 //!   started to after convergence, divided by N.
@@ -288,6 +290,7 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let rss_before = rss_kib();
 
     let t0 = Instant::now();
+    let start_cpu = cpu_ms();
     // Every node starts at once, as the processes of a real cluster would: started one after
     // another, the last of a thousand waits for hundreds already busy linking up.
     let started = futures_util::future::join_all(
@@ -364,7 +367,11 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let converge = t0.elapsed();
     let _ = std::fmt::Write::write_fmt(
         &mut fields,
-        format_args!(" converge_ms={}", converge.as_millis()),
+        format_args!(
+            " converge_ms={} converge_cpu_ms={}",
+            converge.as_millis(),
+            cpu_ms().saturating_sub(start_cpu)
+        ),
     );
 
     // Every node must know every planned link, or broadcast trees could still differ.

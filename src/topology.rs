@@ -426,20 +426,27 @@ impl IndexedGraph {
     /// Routing for `me` over this graph: see [`Graph::routes_from`]. Shares the graph with the
     /// routes rather than copying it.
     pub fn routes_from(self: Arc<Self>, me: &str) -> Routes {
-        let mut routes = Routes {
+        let me_ix = self.index(me);
+        Routes {
             me: me.to_owned(),
-            ..Routes::default()
-        };
-        let indexed = self;
-        let Some(me_ix) = indexed.index(me) else {
-            return routes;
-        };
-        let tree = indexed.bfs(me_ix);
+            broadcast: me_ix.map_or_else(Vec::new, |_| {
+                (0..self.names.len()).map(|_| OnceLock::new()).collect()
+            }),
+            me_ix: me_ix.unwrap_or_default(),
+            graph: me_ix.map(|_| self),
+            first_hops: OnceLock::new(),
+        }
+    }
+
+    /// By destination index, the first hop on a shortest path from `me` (`None`: `me` itself,
+    /// or unreachable).
+    fn first_hops(&self, me: usize) -> Vec<Option<usize>> {
+        let tree = self.bfs(me);
         // Resolve each destination's first hop by walking up its BFS parents; memoised so
         // the total work stays linear.
-        let mut first_hop: Vec<Option<usize>> = vec![None; indexed.names.len()];
-        for dest in 0..indexed.names.len() {
-            if dest == me_ix || tree.get(dest).copied().flatten().is_none() {
+        let mut first_hop: Vec<Option<usize>> = vec![None; self.names.len()];
+        for dest in 0..self.names.len() {
+            if dest == me || tree.get(dest).copied().flatten().is_none() {
                 continue;
             }
             let mut chain = Vec::new();
@@ -449,7 +456,7 @@ impl IndexedGraph {
                     break hop;
                 }
                 match tree.get(at).copied().flatten() {
-                    Some(up) if up == me_ix => break at,
+                    Some(up) if up == me => break at,
                     Some(up) if up != at => {
                         chain.push(at);
                         at = up;
@@ -464,19 +471,7 @@ impl IndexedGraph {
                 }
             }
         }
-        routes.next_hop = first_hop
-            .iter()
-            .enumerate()
-            .filter_map(|(dest, hop)| {
-                let dest = indexed.names.get(dest)?;
-                let hop = indexed.names.get((*hop)?)?;
-                Some((dest.clone(), hop.clone()))
-            })
-            .collect();
-        routes.broadcast = (0..indexed.names.len()).map(|_| OnceLock::new()).collect();
-        routes.me_ix = me_ix;
-        routes.graph = Some(indexed);
-        routes
+        first_hop
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -514,16 +509,18 @@ impl IndexedGraph {
     }
 }
 
-/// Precomputed routing for one node over one live graph. Cheap to share: route tables are
-/// read on every event by every thread of the node.
+/// Routing for one node over one live graph. Cheap to make and to share: every part is
+/// computed the first time it is asked for. Membership makes new routes at every graph change
+/// (many times a second while a large cluster forms), and most are replaced before an event
+/// needs them; route tables are then read on every event by every thread of the node.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     me: String,
-    /// Destination → first hop, for every node reachable from `me` (excluding `me`).
-    next_hop: BTreeMap<String, String>,
     /// The live graph by index; `None` when `me` is not in it.
     graph: Option<Arc<IndexedGraph>>,
     me_ix: usize,
+    /// By destination index: the first hop's index (see [`IndexedGraph::first_hops`]).
+    first_hops: OnceLock<Vec<Option<usize>>>,
     /// By origin index: my children in the origin's BFS tree (name order), computed the first
     /// time a broadcast from that origin passes here.
     broadcast: Vec<OnceLock<Vec<String>>>,
@@ -534,9 +531,18 @@ impl Routes {
         &self.me
     }
 
+    /// The first hop of every destination by index, and the graph those indices are in.
+    fn hops(&self) -> Option<(&IndexedGraph, &[Option<usize>])> {
+        let graph = self.graph.as_deref()?;
+        let hops = self.first_hops.get_or_init(|| graph.first_hops(self.me_ix));
+        Some((graph, hops))
+    }
+
     /// First hop on a shortest path from me to `dest`; `None` if unreachable or `dest` is me.
     pub fn next_hop(&self, dest: &str) -> Option<&str> {
-        self.next_hop.get(dest).map(String::as_str)
+        let (graph, hops) = self.hops()?;
+        let hop = hops.get(graph.index(dest)?).copied().flatten()?;
+        graph.names.get(hop).map(String::as_str)
     }
 
     /// The neighbours I forward a broadcast from `origin` to (my children in origin's
@@ -555,12 +561,19 @@ impl Routes {
 
     /// Nodes I can reach, excluding me, in name order.
     pub fn reachable(&self) -> impl Iterator<Item = &str> {
-        self.next_hop.keys().map(String::as_str)
+        self.hops().into_iter().flat_map(|(graph, hops)| {
+            graph
+                .names
+                .iter()
+                .zip(hops)
+                .filter(|(_, hop)| hop.is_some())
+                .map(|(name, _)| name.as_str())
+        })
     }
 
     /// Whether `n` is another node I can reach (false for me).
     pub fn is_reachable(&self, n: &str) -> bool {
-        self.next_hop.contains_key(n)
+        self.next_hop(n).is_some()
     }
 }
 

@@ -535,19 +535,20 @@ impl Membership {
         let now = Instant::now();
         // Held undeclared nodes that are neither up nor listed as down, nor linked to this
         // node (a link is its own proof of life, up or not yet): strays.
+        // Every held node has an index, and declared nodes hold the first indices: only the
+        // names past them are looked at (not a hash of every member's name at every tick).
         let strays: Vec<String> = self
-            .replica
-            .nodes()
-            .map(|(n, _)| n)
+            .names
+            .iter()
+            .skip(self.shared.config.nodes.len())
             .filter(|n| {
-                // Declared first: one hash lookup settles every declared node.
-                !self.declared(n)
-                    && *n != self.shared.name()
+                *n != self.shared.name()
                     && !self.up.contains(*n)
                     && !self.down_since.contains_key(*n)
                     && !self.table_links.contains(*n)
+                    && self.replica.get(n).is_some()
             })
-            .map(str::to_owned)
+            .cloned()
             .collect();
         self.stray_since.retain(|n, _| strays.contains(n));
         for n in strays {
@@ -895,7 +896,7 @@ impl Membership {
                 Ok(Applied::New(relay)) => {
                     self.shared.metrics.repl(Repl::RecordsNew, 1);
                     self.member_dirty.insert(relay.node.clone());
-                    self.row_changed(ix);
+                    self.row_took(ix, &relay);
                     // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
                     // the graph; anything else (stats above all) only a member.
                     let graph =
@@ -978,7 +979,8 @@ impl Membership {
         let mut dirty = std::mem::take(&mut self.rows_dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        let me = self.shared.name();
+        let me = self.shared.clone();
+        let me = me.name();
         for a in dirty {
             let mut row = Vec::new();
             let state = self
@@ -986,26 +988,59 @@ impl Membership {
                 .get(a)
                 .filter(|name| name.as_str() != me)
                 .and_then(|name| self.replica.get(name));
+            let mut unindexed = Vec::new();
             for peer in state.iter().flat_map(|s| s.keys_with("link:")) {
                 match self.ids.get(peer) {
                     Some(&b) => row.extend(u32::try_from(b)),
-                    None if self.waiting_pairs < 4 * self.shared.config.member_bound => {
-                        let rows = self.waiting.entry(peer.to_owned()).or_default();
-                        if !rows.contains(&a) {
-                            rows.push(a);
-                            self.waiting_pairs += 1;
-                        }
-                    }
-                    None => self.waiting_overflow = true,
+                    None => unindexed.push(peer.to_owned()),
                 }
             }
+            for peer in unindexed {
+                self.wait_for_index(peer, a);
+            }
             self.reports.set_row(a, row);
+        }
+    }
+
+    /// Row `a` names `peer`, which has no index yet: the row is built again when it gets one.
+    fn wait_for_index(&mut self, peer: String, a: usize) {
+        if self.waiting_pairs >= 4 * self.shared.config.member_bound {
+            self.waiting_overflow = true;
+            return;
+        }
+        let rows = self.waiting.entry(peer).or_default();
+        if !rows.contains(&a) {
+            rows.push(a);
+            self.waiting_pairs += 1;
         }
     }
 
     /// The state of node `ix` changed (or went): its row is refreshed at the next recompute.
     fn row_changed(&mut self, ix: usize) {
         self.rows_dirty.push(ix);
+    }
+
+    /// Node `ix`'s held state took `delta`: a whole state makes its row be built again; a
+    /// change to a held state edits the row by its `link:` entries alone. A hub's row names
+    /// every node, and rebuilding it at each of its changes cost every node O(N) per change
+    /// while a large star formed.
+    fn row_took(&mut self, ix: usize, delta: &NodeDelta) {
+        if delta.from == 0 {
+            self.row_changed(ix);
+            return;
+        }
+        self.reports.resize(self.names.len());
+        for e in &delta.entries {
+            let Some(peer) = e.key.strip_prefix("link:") else {
+                continue;
+            };
+            match self.ids.get(peer) {
+                Some(&b) => self.reports.set_edge(ix, b, e.value.is_some()),
+                None if e.value.is_some() => self.wait_for_index(peer.to_owned(), ix),
+                // A link gone to a node without an index was in no row.
+                None => {}
+            }
+        }
     }
 
     fn recompute_graph(&mut self) {
@@ -1339,12 +1374,7 @@ impl Membership {
         let ttl = u64::try_from(TOMBSTONE_TTL.as_millis()).unwrap_or(u64::MAX);
         let before = self.now_ms().saturating_sub(ttl);
         if self.now_ms() > ttl {
-            let names: Vec<String> = self.replica.nodes().map(|(n, _)| n.to_owned()).collect();
-            for name in names {
-                if let Some(s) = self.replica.get_mut(&name) {
-                    s.gc(before);
-                }
-            }
+            self.replica.gc(before);
         }
         let behind: Vec<String> = self.needs_digest.iter().cloned().collect();
         for peer in behind {
@@ -1787,6 +1817,26 @@ impl Reports {
         }
     }
 
+    /// Add (`on`) or remove the edge `a` → `b` of row `a` (out of range: ignored).
+    fn set_edge(&mut self, a: usize, b: usize, on: bool) {
+        let Ok(b) = u32::try_from(b) else {
+            return;
+        };
+        if b as usize >= self.rows.len() {
+            return;
+        }
+        let Some(row) = self.rows.get_mut(a) else {
+            return;
+        };
+        match (row.binary_search(&b), on) {
+            (Err(at), true) => row.insert(at, b),
+            (Ok(at), false) => {
+                row.remove(at);
+            }
+            _ => {}
+        }
+    }
+
     fn has(&self, a: usize, b: usize) -> bool {
         u32::try_from(b).is_ok_and(|b| {
             self.rows
@@ -2042,5 +2092,20 @@ mod tests {
         assert_eq!(r.reported_by(500).count(), 0);
         assert!(r.has(3, 129) && r.has(129, 3));
         assert!(!r.has(3, 1) && !r.has(200, 1) && !r.has(1, 200));
+    }
+
+    #[test]
+    fn an_edited_report_row_stays_sorted_without_repeats_and_ignores_what_is_out_of_range() {
+        let mut r = Reports::new(10);
+        r.set_row(2, vec![7, 1]);
+        r.set_edge(2, 4, true);
+        r.set_edge(2, 4, true);
+        r.set_edge(2, 0, true);
+        r.set_edge(2, 7, false);
+        r.set_edge(2, 9, false); // not there: nothing to remove
+        r.set_edge(2, 10, true); // out of range
+        r.set_edge(11, 1, true); // no such row
+        assert_eq!(r.reported_by(2).collect::<Vec<_>>(), [0, 1, 4]);
+        assert_eq!(r.reported_by(11).count(), 0);
     }
 }

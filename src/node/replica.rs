@@ -113,17 +113,17 @@ impl NodeState {
 
     /// Forget tombstones stored at or before `before_ms`; how many were forgotten.
     pub fn gc(&mut self, before_ms: u64) -> usize {
-        let old: Vec<(String, u64)> = self
-            .entries
-            .iter()
-            .filter(|(_, s)| s.value.is_none() && s.since_ms <= before_ms)
-            .map(|(k, s)| (k.clone(), s.version))
-            .collect();
-        for (key, version) in &old {
-            self.entries.remove(key);
-            self.gc_version = self.gc_version.max(*version);
-        }
-        old.len()
+        let (mut forgotten, mut gc_version) = (0, self.gc_version);
+        self.entries.retain(|_, s| {
+            let old = s.value.is_none() && s.since_ms <= before_ms;
+            if old {
+                forgotten += 1;
+                gc_version = gc_version.max(s.version);
+            }
+            !old
+        });
+        self.gc_version = gc_version;
+        forgotten
     }
 
     /// The changes after version `after`, as deltas of at most `budget` estimated bytes each
@@ -233,10 +233,6 @@ impl Replica {
         self.nodes.get(node)
     }
 
-    pub fn get_mut(&mut self, node: &str) -> Option<&mut NodeState> {
-        self.nodes.get_mut(node)
-    }
-
     /// This node's own state, created at its incarnation.
     pub fn own(&mut self, me: &str, incarnation: Uuid, boot_ms: u64) -> &mut NodeState {
         self.nodes
@@ -248,6 +244,13 @@ impl Replica {
     /// tombstones.
     pub fn remove(&mut self, node: &str) -> Option<NodeState> {
         self.nodes.remove(node)
+    }
+
+    /// Forget, in every state, the tombstones stored at or before `before_ms`.
+    pub fn gc(&mut self, before_ms: u64) {
+        for state in self.nodes.values_mut() {
+            state.gc(before_ms);
+        }
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeState)> {

@@ -14,7 +14,7 @@
 //! link coming up or going down only rebuilds the small table of links around them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 
@@ -28,30 +28,37 @@ use crate::wire::Envelope;
 /// One consistent view of links and routes.
 pub struct RouteTable {
     routes: Arc<Routes>,
-    links: HashMap<String, LinkHandle>,
-    /// The links this node's own broadcasts leave on, resolved once per table: every publish
-    /// walks them, and resolving them costs two hash lookups per hop.
-    own_broadcast: Vec<LinkHandle>,
+    /// Shared with the Router until a link comes or goes: a table made for new routes costs
+    /// no copy of a thousand links.
+    links: Arc<HashMap<String, LinkHandle>>,
+    /// The links this node's own broadcasts leave on, resolved at the first such broadcast:
+    /// every publish walks them, and resolving them costs two hash lookups per hop.
+    own_broadcast: OnceLock<Vec<LinkHandle>>,
 }
 
 impl RouteTable {
     pub fn empty(me: &str) -> Self {
         let mut g = Graph::new();
         g.add_node(me);
-        RouteTable::new(Arc::new(g.routes_from(me)), HashMap::new())
+        RouteTable::new(Arc::new(g.routes_from(me)), Arc::default())
     }
 
-    fn new(routes: Arc<Routes>, links: HashMap<String, LinkHandle>) -> Self {
-        let own_broadcast = routes
-            .broadcast_next(routes.me())
-            .iter()
-            .filter_map(|h| links.get(h).cloned())
-            .collect();
+    fn new(routes: Arc<Routes>, links: Arc<HashMap<String, LinkHandle>>) -> Self {
         RouteTable {
             routes,
             links,
-            own_broadcast,
+            own_broadcast: OnceLock::new(),
         }
+    }
+
+    fn own_broadcast(&self) -> &[LinkHandle] {
+        self.own_broadcast.get_or_init(|| {
+            self.routes
+                .broadcast_next(self.routes.me())
+                .iter()
+                .filter_map(|h| self.links.get(h).cloned())
+                .collect()
+        })
     }
 
     pub fn links(&self) -> impl Iterator<Item = &LinkHandle> {
@@ -83,7 +90,7 @@ impl RouteTable {
     ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
         let me = self.routes.me();
         let (own, broadcast, hop): (&[LinkHandle], &[String], Option<&str>) = match target {
-            None if arrived_on.is_none() && origin == me => (&self.own_broadcast, &[], None),
+            None if arrived_on.is_none() && origin == me => (self.own_broadcast(), &[], None),
             None => (&[], self.routes.broadcast_next(origin), None),
             Some(t) if t == me => (&[], &[], None),
             Some(t) => (&[], &[], self.routes.next_hop(t)),
@@ -144,7 +151,7 @@ pub const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(50
 pub struct Router {
     shared: Arc<NodeShared>,
     membership: Addr<Membership>,
-    links: HashMap<String, LinkHandle>,
+    links: Arc<HashMap<String, LinkHandle>>,
     /// Resumable links kept in `links` while their connection is cut (Membership counts them
     /// live for a failure timeout, then declares the peer down, which ends the stream).
     cut: BTreeSet<String>,
@@ -164,7 +171,7 @@ impl Router {
         Router {
             shared,
             membership,
-            links: HashMap::new(),
+            links: Arc::default(),
             cut: BTreeSet::new(),
             routes,
             drained: Vec::new(),
@@ -205,7 +212,7 @@ impl Router {
         self.shared.metrics.link_up(&link.peer);
         let stream = link.tx.0.clone();
         self.cut.remove(&link.peer);
-        if let Some(old) = self.links.insert(link.peer.clone(), link) {
+        if let Some(old) = Arc::make_mut(&mut self.links).insert(link.peer.clone(), link) {
             if old.tx.0.is_resumable() && Arc::ptr_eq(&old.tx.0, &stream) {
                 // The same stream resumed on a fresh connection: drop the old one without a
                 // `bye`, which the peer could read before it attached the fresh connection
@@ -240,7 +247,7 @@ impl Router {
             l.link_id == msg.link_id
                 && (self.closing || !l.tx.0.is_resumable() || l.tx.0.is_ended())
         }) {
-            self.links.remove(&msg.peer);
+            Arc::make_mut(&mut self.links).remove(&msg.peer);
             self.cut.remove(&msg.peer);
             self.publish();
             self.links_changed();
@@ -272,9 +279,11 @@ impl Handler<GraphChanged> for Router {
 impl Router {
     fn graph_changed(&mut self, msg: GraphChanged) {
         // Links whose stream ended (the peer was declared down) leave the table.
-        let before = self.links.len();
-        self.links.retain(|_, l| !l.tx.0.is_ended());
-        let pruned = self.links.len() != before;
+        // (Looked for first: the table being shared, a retain would copy it every time.)
+        let pruned = self.links.values().any(|l| l.tx.0.is_ended());
+        if pruned {
+            Arc::make_mut(&mut self.links).retain(|_, l| !l.tx.0.is_ended());
+        }
         if let Some(graph) = msg.graph {
             self.routes = Arc::new(graph.routes_from(self.shared.name()));
             self.publish();
@@ -294,7 +303,7 @@ impl Handler<CloseAll> for Router {
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> Self::Result {
         self.closing = true;
         // Links kept for their stream while cut have no session left to close.
-        self.links
+        Arc::make_mut(&mut self.links)
             .retain(|_, l| l.tx.0.is_current(l.link_id) || !l.tx.0.is_resumable());
         for link in self.links.values() {
             link.addr.do_send(Close(msg.0.clone()));
