@@ -933,6 +933,11 @@ impl Membership {
     /// peers the origin reports links to (it pushed to them itself). Queued once, with the
     /// links it skips; not at all if that leaves none (a mesh).
     fn relay(&mut self, via: &str, relay: NodeDelta) {
+        // A node linked only to `via` and the origin (a star's worker) relays nothing: known
+        // without reading the origin's links, which for a hub name every node.
+        if self.my_links.iter().all(|p| *p == via || *p == relay.node) {
+            return;
+        }
         let origin_links = self
             .replica
             .get(&relay.node)
