@@ -984,8 +984,8 @@ impl Membership {
         let mut dirty = std::mem::take(&mut self.rows_dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        let me = self.shared.clone();
-        let me = me.name();
+        let shared = self.shared.clone();
+        let me = shared.name();
         for a in dirty {
             let mut row = Vec::new();
             let state = self

@@ -9,9 +9,11 @@
 //! live node once and crosses each tree edge once (N−1 crossings); a targeted event takes the
 //! first hop of a shortest path. Dedup (see `dedup`) and the TTL are safety nets.
 //!
-//! Cost: routes depend on the live graph only, so they are computed once per graph Membership
-//! reports as changed and shared (behind an `Arc`) by every table built until the next one; a
-//! link coming up or going down only rebuilds the small table of links around them.
+//! Cost: routes depend on the live graph only, so they are made once per graph Membership
+//! reports as changed and shared (behind an `Arc`) by every table built until the next one;
+//! their first hops and broadcast trees are computed at the first event that needs them. A
+//! table made for new routes shares the link map with the Router; a link coming up or going
+//! down copies that map once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
