@@ -896,11 +896,9 @@ impl Membership {
                 Ok(Applied::New(relay)) => {
                     self.shared.metrics.repl(Repl::RecordsNew, 1);
                     self.member_dirty.insert(relay.node.clone());
-                    self.row_took(ix, &relay);
                     // A whole state (a newcomer, a new incarnation) or a `link:` entry moves
                     // the graph; anything else (stats above all) only a member.
-                    let graph =
-                        relay.from == 0 || relay.entries.iter().any(|e| e.key.starts_with("link:"));
+                    let graph = self.row_took(ix, &relay);
                     changed = changed.max(if graph {
                         Change::Graph
                     } else {
@@ -1028,17 +1026,19 @@ impl Membership {
     /// Node `ix`'s held state took `delta`: a whole state makes its row be built again; a
     /// change to a held state edits the row by its `link:` entries alone. A hub's row names
     /// every node, and rebuilding it at each of its changes cost every node O(N) per change
-    /// while a large star formed.
-    fn row_took(&mut self, ix: usize, delta: &NodeDelta) {
+    /// while a large star formed. True if the row may have changed (the graph with it).
+    fn row_took(&mut self, ix: usize, delta: &NodeDelta) -> bool {
         if delta.from == 0 {
             self.row_changed(ix);
-            return;
+            return true;
         }
         self.reports.resize(self.names.len());
+        let mut links = false;
         for e in &delta.entries {
             let Some(peer) = e.key.strip_prefix("link:") else {
                 continue;
             };
+            links = true;
             match self.ids.get(peer) {
                 Some(&b) => self.reports.set_edge(ix, b, e.value.is_some()),
                 None if e.value.is_some() => self.wait_for_index(peer.to_owned(), ix),
@@ -1046,6 +1046,7 @@ impl Membership {
                 None => {}
             }
         }
+        links
     }
 
     fn recompute_graph(&mut self) {
