@@ -299,13 +299,7 @@ impl EventBus {
     /// at the front of `pending` if subscribers are left to offer it to, and `drain` resumes
     /// once the mailbox took its event. While the bus waits it handles no other message, so
     /// the subscriber sequence `cursor` indexes does not change in between.
-    fn offer(&mut self, mut env: Envelope, ctx: &mut Context<Self>) -> bool {
-        // The origin's name moves into the last subscriber's delivery; the others get
-        // clones (one allocation fewer per event in the common one-subscriber case).
-        let mut from = NodeId {
-            name: std::mem::take(&mut env.origin),
-            incarnation: env.origin_incarnation,
-        };
+    fn offer(&mut self, env: Envelope, ctx: &mut Context<Self>) -> bool {
         if self.cursor == 0 {
             self.served.clear();
         }
@@ -315,7 +309,7 @@ impl EventBus {
             let matched = &mut self.matched;
             self.patterns
                 .for_each_match(&env.topic, |id| matched.push(*id));
-            let exact = self.topics.get(&env.topic);
+            let exact = self.topics.get(&*env.topic);
             let n_exact = exact.map_or(0, Vec::len);
             let total = n_exact + self.matched.len();
             // Groups can only take an envelope twice when a pattern matched it.
@@ -339,13 +333,9 @@ impl EventBus {
                         self.served.push(g);
                     }
                 }
-                let to = if last {
-                    NodeId {
-                        name: std::mem::take(&mut from.name),
-                        incarnation: from.incarnation,
-                    }
-                } else {
-                    from.clone()
+                let to = NodeId {
+                    name: env.origin.to_string(),
+                    incarnation: env.origin_incarnation,
                 };
                 let meta = EventMeta {
                     id: env.id,
@@ -381,7 +371,6 @@ impl EventBus {
                             // Every subscriber has it (or is waited for): done with it.
                             self.cursor = 0;
                         } else {
-                            env.origin = std::mem::take(&mut from.name);
                             self.pending.push_front(env);
                         }
                         ctx.wait(wait.into_actor(self).map(move |alive, act, ctx| {

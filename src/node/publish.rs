@@ -142,8 +142,8 @@ fn plan(
     let local = (here && s.local_topics.contains(topic)).then(|| Envelope {
         id,
         seq,
-        topic: topic.to_owned(),
-        origin: s.name().to_owned(),
+        topic: Arc::from(topic),
+        origin: s.name_shared.clone(),
         origin_incarnation: s.incarnation,
         target: to.map(str::to_owned),
         ttl: s.ttl,

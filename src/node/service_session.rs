@@ -113,7 +113,7 @@ pub struct ServiceSession {
     /// two read batches, since nothing more is read while it waits.
     backlog: VecDeque<ReadItem>,
     /// The topic of the last publish admitted (empty: none yet, and never a valid topic).
-    checked_topic: String,
+    checked_topic: Arc<str>,
     /// A future that takes the backlog up again is spawned.
     backlog_scheduled: bool,
     /// The application's stream ended (or failed) after the frames in the backlog.
@@ -305,7 +305,7 @@ impl ServiceSession {
                 closing: false,
                 backlog: VecDeque::new(),
                 backlog_scheduled: false,
-                checked_topic: String::new(),
+                checked_topic: Arc::from(""),
                 read_all: false,
                 spare_reads,
                 owner,
@@ -522,7 +522,7 @@ impl ServiceSession {
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
         // `check_request` admitted it: remember it as checked.
         if p.topic != self.checked_topic {
-            self.checked_topic.clone_from(&p.topic);
+            self.checked_topic = p.topic.clone();
         }
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
             Ok(out) => out,

@@ -204,7 +204,7 @@ struct Batch<'a> {
     /// The last topic looked up in `local_topics`, and the answer.
     topic: Option<(String, bool)>,
     /// The last origin whose broadcasts this node does not relay (a leaf of its tree).
-    leaf_of: Option<String>,
+    leaf_of: Option<Arc<str>>,
     events_in: u64,
     shared: &'a NodeShared,
     /// Duplicate suppression, locked at the first broadcast of the batch and held to its end
@@ -536,7 +536,7 @@ impl Session {
         }
         let table = &*batch.table;
         let broadcast = env.target.is_none();
-        let relayed = if broadcast && batch.leaf_of.as_deref() == Some(env.origin.as_str()) {
+        let relayed = if broadcast && batch.leaf_of.as_deref() == Some(&*env.origin) {
             false
         } else {
             let relayed = table.next_links(&env, Some(self.peer())).next().is_some();

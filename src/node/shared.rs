@@ -37,6 +37,8 @@ pub const READ_BATCH_FRAMES: usize = 256;
 pub struct NodeShared {
     pub config: Arc<Config>,
     pub me: NodeConfig,
+    /// `me.name`, shared by the envelopes of this node's local deliveries.
+    pub name_shared: Arc<str>,
     pub plan: LinkPlan,
     pub incarnation: Uuid,
     /// Wall-clock start, ms since the epoch: orders this incarnation after earlier ones.
@@ -119,6 +121,7 @@ impl NodeShared {
         };
         let (view, _) = watch::channel(Arc::new(MembershipView::alone(&me.name)));
         Arc::new(NodeShared {
+            name_shared: Arc::from(me.name.as_str()),
             routes: ArcSwap::from_pointee(RouteTable::empty(&me.name)),
             stats: ArcSwap::from_pointee(NodeStats::default()),
             local_topics: LocalTopics::default(),

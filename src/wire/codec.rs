@@ -968,28 +968,38 @@ fn decode_event_fast(body: &[u8], recent: &mut RecentText) -> Option<Frame> {
     Some(Frame(seq, Message::Event(env)))
 }
 
-/// Texts that repeat from one event to the next on a link.
-#[derive(Debug, Clone, Default)]
+/// Texts that repeat from one event to the next on a link, shared with the envelopes decoded
+/// from it: an event whose topic and origin repeat costs no allocation for either.
+#[derive(Debug, Clone)]
 struct RecentText {
-    topic: String,
-    origin: String,
+    topic: Arc<str>,
+    origin: Arc<str>,
+}
+
+impl Default for RecentText {
+    fn default() -> Self {
+        let empty: Arc<str> = Arc::from("");
+        RecentText {
+            topic: empty.clone(),
+            origin: empty,
+        }
+    }
 }
 
 /// Longer texts are not remembered (a link's memory stays small whatever a peer sends).
 const RECENT_TEXT_MAX_BYTES: usize = 256;
 
-/// `bytes` as a `String`: validated as UTF-8 unless they are the `last` text seen here, which
+/// `bytes` as shared text: validated as UTF-8 unless they are the `last` text seen here, which
 /// then becomes this one.
-fn recent_text(bytes: &[u8], last: &mut String) -> Option<String> {
+fn recent_text(bytes: &[u8], last: &mut Arc<str>) -> Option<Arc<str>> {
     if last.as_bytes() == bytes {
         return Some(last.clone());
     }
-    let text = std::str::from_utf8(bytes).ok()?;
+    let text: Arc<str> = Arc::from(std::str::from_utf8(bytes).ok()?);
     if text.len() <= RECENT_TEXT_MAX_BYTES {
-        last.clear();
-        last.push_str(text);
+        *last = text.clone();
     }
-    Some(text.to_owned())
+    Some(text)
 }
 
 /// A cursor over one frame body for [`decode_event_fast`]; every method returns `None` when
@@ -1095,8 +1105,8 @@ mod fast_path_tests {
             v.push(Envelope {
                 id,
                 seq: id.wrapping_add(1),
-                topic: "bench.data".repeat(1 + id as usize % 3),
-                origin: "worker-1".to_owned(),
+                topic: "bench.data".repeat(1 + id as usize % 3).into(),
+                origin: "worker-1".into(),
                 origin_incarnation: Uuid::from_bytes([id as u8; 16]),
                 target: target.map(str::to_owned),
                 ttl,
@@ -1131,7 +1141,7 @@ mod fast_path_tests {
     fn remembered_topics_and_origins_never_change_what_is_decoded() {
         let mut recent = RecentText::default();
         let mut envs = envelopes();
-        envs[3].origin = "n\u{e9}ud".to_owned();
+        envs[3].origin = "n\u{e9}ud".into();
         for (seq, env) in envs.iter().chain(envs.iter().rev()).cloned().enumerate() {
             let frame = Frame(seq as u64, Message::Event(env));
             let body = minicbor_serde::to_vec(&frame).unwrap();
@@ -1179,7 +1189,7 @@ mod fast_path_tests {
             ("x", None, 70_000),
         ] {
             v.push(Publish {
-                topic: topic.to_owned(),
+                topic: topic.into(),
                 target: target.map(str::to_owned),
                 payload: Bytes::from(vec![0x5a; len]),
             });

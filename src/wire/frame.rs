@@ -5,6 +5,7 @@
 //! proofs, payloads) are CBOR byte strings, never arrays of integers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{de, Deserialize, Deserializer, Serialize};
@@ -463,8 +464,9 @@ pub struct Envelope {
     /// that did not arrive. 0 (or absent) from a node that does not number its events.
     #[serde(default)]
     pub seq: u64,
-    pub topic: String,
-    pub origin: String,
+    /// Shared: every event a link delivers on one topic, from one origin, holds the same text.
+    pub topic: Arc<str>,
+    pub origin: Arc<str>,
     pub origin_incarnation: Uuid,
     /// `None`: every node. `Some(name)`: that node only.
     pub target: Option<String>,
@@ -566,7 +568,8 @@ pub struct Options {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Publish {
-    pub topic: String,
+    /// Shared with the link's memory of its last topic (see [`Envelope::topic`]).
+    pub topic: Arc<str>,
     /// `None`: every node; `Some(name)`: that node only.
     #[serde(default)]
     pub target: Option<String>,

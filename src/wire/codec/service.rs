@@ -280,8 +280,9 @@ pub(super) fn decode_deliver_fast(
     let frame = Frame(
         seq,
         Message::Deliver(Deliver {
-            topic,
-            from,
+            // The SDK hands owned strings to the application.
+            topic: topic.to_string(),
+            from: from.to_string(),
             payload: Bytes::new(),
             id,
             seq: event_seq,
@@ -352,7 +353,7 @@ mod tests {
         ]
         .into_iter()
         .map(|(topic, target, len)| Publish {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             target: target.map(str::to_owned),
             payload: Bytes::from(vec![0x5a; len]),
         })
