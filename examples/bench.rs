@@ -42,6 +42,12 @@
 //! final line goes to the parent's stdout. Every run ends within 60 s: on a timeout the line
 //! carries what was achieved and `timeout=1`, and the exit status is non-zero.
 
+/// As the `nodecloud` command (the `mimalloc` feature, on by default); `--no-default-features`
+/// measures with the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
