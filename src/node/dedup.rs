@@ -75,7 +75,12 @@ impl Window {
 }
 
 pub struct Dedup {
-    origins: HashMap<Uuid, Window>,
+    /// Every tracked origin's window, in no order; `index` finds one by its origin.
+    windows: Vec<(Uuid, Window)>,
+    index: HashMap<Uuid, usize>,
+    /// Where the origin looked up last sits in `windows`: a run of events from one origin
+    /// (what a link mostly carries) costs no hashing.
+    last: usize,
     max_origins: usize,
     clock: u64,
     /// Ids refused for jumping too far, since the last log line.
@@ -87,7 +92,9 @@ impl Dedup {
     /// Track up to twice the configured node count, so restarted nodes' old incarnations fit.
     pub fn new(nodes: usize) -> Self {
         Dedup {
-            origins: HashMap::new(),
+            windows: Vec::new(),
+            index: HashMap::new(),
+            last: 0,
             max_origins: (nodes * 2).max(8),
             clock: 0,
             jumps_refused: 0,
@@ -98,24 +105,18 @@ impl Dedup {
     /// True the first time `(origin, id)` is offered, false for a duplicate.
     pub fn first_sighting(&mut self, origin: Uuid, id: u64) -> bool {
         self.clock += 1;
-        let clock = self.clock;
-        // One lookup per event (it runs for every broadcast received): a new origin is
-        // inserted first, and the least recently active one forgotten after, if that made
-        // one too many (never the new one, which is the most recent).
-        let mut inserted = false;
-        let w = self.origins.entry(origin).or_insert_with(|| {
-            inserted = true;
-            Window {
-                highest: id,
-                bits: Box::new([0; WORDS]),
-                last_used: clock,
+        let at = match self.windows.get(self.last) {
+            Some((o, _)) if *o == origin => self.last,
+            _ => self.find_or_track(origin, id),
+        };
+        self.last = at;
+        let sighting = match self.windows.get_mut(at) {
+            Some((_, w)) => {
+                w.last_used = self.clock;
+                w.sight(id)
             }
-        });
-        w.last_used = clock;
-        let sighting = w.sight(id);
-        if inserted && self.origins.len() > self.max_origins {
-            self.forget_oldest();
-        }
+            None => Sighting::Seen, // not reached: `at` was just found or made
+        };
         match sighting {
             Sighting::Fresh => true,
             Sighting::Seen => false,
@@ -126,16 +127,37 @@ impl Dedup {
         }
     }
 
+    /// Where `origin`'s window is, a new one made for it (first id `id`) if it has none. The
+    /// least recently active origin is forgotten first if the new one would be one too many.
+    fn find_or_track(&mut self, origin: Uuid, id: u64) -> usize {
+        if let Some(&at) = self.index.get(&origin) {
+            return at;
+        }
+        if self.windows.len() >= self.max_origins {
+            self.forget_oldest();
+        }
+        let window = Window {
+            highest: id,
+            bits: Box::new([0; WORDS]),
+            last_used: self.clock,
+        };
+        self.windows.push((origin, window));
+        let at = self.windows.len() - 1;
+        self.index.insert(origin, at);
+        at
+    }
+
     /// Origins tracked and the most that may be (for the fuzz targets' invariants).
     #[cfg(feature = "fuzzing")]
     pub fn origins_tracked(&self) -> (usize, usize) {
-        (self.origins.len(), self.max_origins)
+        (self.windows.len(), self.max_origins)
     }
 
     /// The highest id taken from `origin`, if it is tracked.
     #[cfg(feature = "fuzzing")]
     pub fn highest(&self, origin: Uuid) -> Option<u64> {
-        self.origins.get(&origin).map(|w| w.highest)
+        let at = *self.index.get(&origin)?;
+        self.windows.get(at).map(|(_, w)| w.highest)
     }
 
     fn refused_jump(&mut self, origin: Uuid, id: u64) {
@@ -153,13 +175,15 @@ impl Dedup {
     }
 
     fn forget_oldest(&mut self) {
-        if let Some(oldest) = self
-            .origins
-            .iter()
-            .min_by_key(|(_, w)| w.last_used)
-            .map(|(k, _)| *k)
-        {
-            self.origins.remove(&oldest);
+        let Some(oldest) = (0..self.windows.len()).min_by_key(|&i| self.windows[i].1.last_used)
+        else {
+            return;
+        };
+        let (gone, _) = self.windows.swap_remove(oldest);
+        self.index.remove(&gone);
+        // The last window moved into the freed place.
+        if let Some((moved, _)) = self.windows.get(oldest) {
+            self.index.insert(*moved, oldest);
         }
     }
 }
@@ -232,11 +256,40 @@ mod tests {
     }
 
     #[test]
+    fn a_window_moved_by_forgetting_another_is_still_found_and_the_forgotten_origin_starts_afresh()
+    {
+        let mut d = Dedup::new(1); // at most 8 origins
+        let o: Vec<Uuid> = (0..9).map(|k| Uuid::from_u128(k + 1)).collect();
+        for origin in &o[..8] {
+            assert!(d.first_sighting(*origin, 0));
+        }
+        // o[0] is used again, so o[1] is the least recently active when o[8] arrives.
+        assert!(d.first_sighting(o[0], 1));
+        assert!(d.first_sighting(o[8], 0));
+        assert_eq!(d.windows.len(), 8);
+        for (at, (origin, _)) in d.windows.iter().enumerate() {
+            assert_eq!(d.index.get(origin), Some(&at), "index of {origin}");
+        }
+        assert!(!d.index.contains_key(&o[1]));
+        assert!(
+            !d.first_sighting(o[7], 0),
+            "o[7]'s window moved and still holds id 0"
+        );
+        assert!(!d.first_sighting(o[8], 0));
+        assert!(!d.first_sighting(o[0], 1));
+        assert!(
+            d.first_sighting(o[1], 0),
+            "o[1] was forgotten: its id 0 is new again"
+        );
+    }
+
+    #[test]
     fn origins_are_bounded() {
         let mut d = Dedup::new(1);
         for _ in 0..100 {
             d.first_sighting(Uuid::new_v4(), 0);
         }
-        assert!(d.origins.len() <= 8);
+        assert!(d.windows.len() <= 8);
+        assert_eq!(d.index.len(), d.windows.len());
     }
 }
