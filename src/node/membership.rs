@@ -65,8 +65,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
+mod index_waits;
 mod outbox;
 
+use self::index_waits::{IndexWaits, Rebuild};
 use self::outbox::Outbox;
 use super::metrics::Repl;
 use super::replica::{Applied, NodeState, Replica};
@@ -283,11 +285,9 @@ pub struct Membership {
     /// Every row is to be built again (`compact` moved the indices).
     rows_all_dirty: bool,
     /// Link peers without an index yet, and the rows that name them: built again once the
-    /// name gets one. At most 4 × `member_bound` (name, row) pairs (`waiting_pairs`); past
-    /// that, every row is built again at the next new index instead (`waiting_overflow`).
-    waiting: HashMap<String, Vec<usize>>,
-    waiting_pairs: usize,
-    waiting_overflow: bool,
+    /// name gets one. At most 4 × `member_bound` (name, row) pairs; past that, every row is
+    /// built again at the next new index instead.
+    waiting: IndexWaits,
     /// `up` by index (see `names`), to find who came and went without a lookup per node.
     up_ix: Vec<bool>,
     /// Who came and went since the last view (filled by the recompute, taken by `view`).
@@ -361,9 +361,7 @@ impl Membership {
             reports: Reports::new(0),
             rows_dirty: Vec::new(),
             rows_all_dirty: false,
-            waiting: HashMap::new(),
-            waiting_pairs: 0,
-            waiting_overflow: false,
+            waiting: IndexWaits::new(4 * shared.config.member_bound),
             view_came: Vec::new(),
             view_gone: Vec::new(),
             last_incarnation: HashMap::new(),
@@ -424,14 +422,9 @@ impl Membership {
         self.names.push(name.to_owned());
         self.ids.insert(name.to_owned(), ix);
         // Rows that named it before it had an index lacked it.
-        if let Some(rows) = self.waiting.remove(name) {
-            self.waiting_pairs -= rows.len();
-            self.rows_dirty.extend(rows);
-        }
-        if std::mem::take(&mut self.waiting_overflow) {
-            self.waiting.clear();
-            self.waiting_pairs = 0;
-            self.rows_all_dirty = true;
+        match self.waiting.indexed(name) {
+            Rebuild::Rows(rows) => self.rows_dirty.extend(rows),
+            Rebuild::All => self.rows_all_dirty = true,
         }
         let at = self
             .by_name
@@ -477,7 +470,6 @@ impl Membership {
         self.reports = Reports::new(names.len());
         self.rows_all_dirty = true;
         self.waiting.clear();
-        self.waiting_pairs = 0;
         self.names = names;
         self.by_name = by_name;
         self.last_graph = None;
@@ -999,22 +991,9 @@ impl Membership {
                 }
             }
             for peer in unindexed {
-                self.wait_for_index(peer, a);
+                self.waiting.wait(&peer, a);
             }
             self.reports.set_row(a, row);
-        }
-    }
-
-    /// Row `a` names `peer`, which has no index yet: the row is built again when it gets one.
-    fn wait_for_index(&mut self, peer: String, a: usize) {
-        if self.waiting_pairs >= 4 * self.shared.config.member_bound {
-            self.waiting_overflow = true;
-            return;
-        }
-        let rows = self.waiting.entry(peer).or_default();
-        if !rows.contains(&a) {
-            rows.push(a);
-            self.waiting_pairs += 1;
         }
     }
 
@@ -1041,7 +1020,7 @@ impl Membership {
             links = true;
             match self.ids.get(peer) {
                 Some(&b) => self.reports.set_edge(ix, b, e.value.is_some()),
-                None if e.value.is_some() => self.wait_for_index(peer.to_owned(), ix),
+                None if e.value.is_some() => self.waiting.wait(peer, ix),
                 // A link gone to a node without an index was in no row.
                 None => {}
             }
