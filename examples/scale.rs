@@ -42,6 +42,12 @@
 //! left from the previous size) and gives up after `--limit-s` seconds with a `timeout=1` line
 //! saying how far it got.
 
+/// As the `nodecloud` command (the `mimalloc` feature, on by default); `--no-default-features`
+/// measures with the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
