@@ -246,6 +246,15 @@ struct EventSeqs {
     recent: Option<(String, String, usize)>,
 }
 
+/// `a == b`, without calling `memcmp` on empty texts. An empty `String` points nowhere (its
+/// pointer is dangling by design), and the vectorised `memcmp` still loads from it under an
+/// all-zero mask: the processor must then suppress a fault on an unmapped page, which took a
+/// microcode assist on every call. Publishing without a target compares an empty destination
+/// once per event: that assist was a quarter of the publishing node's thread.
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 impl EventSeqs {
     /// Static topics remembered by address; more are looked up by text.
     const STATICS: usize = 32;
@@ -278,7 +287,7 @@ impl EventSeqs {
 
     fn next(&mut self, topic: &str, dest: &str) -> u64 {
         let i = match &mut self.recent {
-            Some((t, d, i)) if t == topic && d == dest => *i,
+            Some((t, d, i)) if same_text(t, topic) && same_text(d, dest) => *i,
             _ => {
                 let i = self.index(topic, dest);
                 self.recent = Some((topic.to_owned(), dest.to_owned(), i));

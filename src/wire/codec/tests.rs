@@ -392,6 +392,15 @@ fn sequence_numbers_use_the_shortest_cbor_integer() {
         let mut out = [0u8; 9];
         let len = cbor_uint(n, &mut out);
         assert_eq!(&out[..len], &minicbor_serde::to_vec(n).unwrap()[..], "{n}");
+        // The same head of each major type, as put_head writes it after other bytes.
+        for major in [MAJOR_UINT, MAJOR_BYTES, MAJOR_TEXT, MAJOR_MAP] {
+            let mut v = vec![0xee];
+            put_head(&mut v, major, n);
+            let mut expected = vec![0xee];
+            expected.extend_from_slice(&out[..len]);
+            expected[1] |= major << 5;
+            assert_eq!(v, expected, "major {major}, {n}");
+        }
     }
 }
 
