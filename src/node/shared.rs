@@ -247,10 +247,10 @@ struct EventSeqs {
 }
 
 /// `a == b`, without calling `memcmp` on empty texts. An empty `String` points nowhere (its
-/// pointer is dangling by design), and the vectorised `memcmp` still loads from it under an
-/// all-zero mask: the processor must then suppress a fault on an unmapped page, which took a
-/// microcode assist on every call. Publishing without a target compares an empty destination
-/// once per event: that assist was a quarter of the publishing node's thread.
+/// pointer is dangling by design), and glibc's vectorised `memcmp` still loads from it under
+/// an all-zero mask, which on an unmapped page needs a microcode assist to suppress the
+/// fault. Publishing without a target compares an empty destination once per event, and the
+/// profile put a quarter of the publishing node's thread on that load.
 fn same_text(a: &str, b: &str) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
 }

@@ -334,7 +334,8 @@ fn head_len(n: u64) -> usize {
 /// A CBOR head (major type + argument) in its shortest form.
 fn put_head(v: &mut Vec<u8>, major: u8, n: u64) {
     // Each width is a copy of fixed size, which compiles to plain stores: a copy of a
-    // variable length was a `memcpy` call per head, a twentieth of a publisher's time.
+    // variable length was a `memcpy` call per head (a publisher's copies fell from 16 % to
+    // 10 % of its thread in the profile).
     let m = major << 5;
     match n {
         0..=23 => v.push(m | n as u8),
