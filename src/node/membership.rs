@@ -974,8 +974,7 @@ impl Membership {
         let mut dirty = std::mem::take(&mut self.rows_dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        let shared = self.shared.clone();
-        let me = shared.name();
+        let me = self.shared.name();
         for a in dirty {
             let mut row = Vec::new();
             let state = self
@@ -983,15 +982,11 @@ impl Membership {
                 .get(a)
                 .filter(|name| name.as_str() != me)
                 .and_then(|name| self.replica.get(name));
-            let mut unindexed = Vec::new();
             for peer in state.iter().flat_map(|s| s.keys_with("link:")) {
                 match self.ids.get(peer) {
                     Some(&b) => row.extend(u32::try_from(b)),
-                    None => unindexed.push(peer.to_owned()),
+                    None => self.waiting.wait(peer, a),
                 }
-            }
-            for peer in unindexed {
-                self.waiting.wait(&peer, a);
             }
             self.reports.set_row(a, row);
         }
