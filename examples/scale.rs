@@ -100,6 +100,10 @@ struct Args {
     /// would: a listener's per-source admission cap then sees one source per peer.
     #[arg(long)]
     one_address: bool,
+    /// Print to stderr, once a second until convergence, how many links are up and how many
+    /// nodes see every node up: where the time to converge goes.
+    #[arg(long)]
+    progress: bool,
     /// Hidden: run one size in this process (what the parent spawns).
     #[arg(long, hide = true)]
     child: bool,
@@ -192,6 +196,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--limit-s", &args.limit_s.to_string()])
         .args(args.no_broadcast.then_some("--no-broadcast"))
         .args(args.one_address.then_some("--one-address"))
+        .args(args.progress.then_some("--progress"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn();
@@ -337,12 +342,38 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let poller = {
         let nodes = nodes.clone();
         let done = links_done.clone();
+        let progress = args.progress;
+        let names = names.clone();
         actix_rt::spawn(async move {
+            let mut last_print = Instant::now();
             loop {
                 let all = nodes
                     .iter()
                     .zip(&plan_degrees)
                     .all(|(node, &d)| node.link_stats().len() >= d);
+                if progress && (all || last_print.elapsed() >= Duration::from_secs(1)) {
+                    last_print = Instant::now();
+                    let links: usize = nodes.iter().map(|n| n.link_stats().len()).sum();
+                    let planned: usize = plan_degrees.iter().sum();
+                    let seeing_all = nodes
+                        .iter()
+                        .filter(|n| {
+                            let view = n.membership().borrow().clone();
+                            names.iter().all(|name| view.is_up(name))
+                        })
+                        .count();
+                    let counters: String = traffic(&nodes)
+                        .replication
+                        .iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(name, n)| format!(" {name}={n}"))
+                        .collect();
+                    eprintln!(
+                        "progress t_ms={} link_ends={links}/{planned} nodes_seeing_all={seeing_all}/{}{counters}",
+                        t0.elapsed().as_millis(),
+                        nodes.len()
+                    );
+                }
                 if all {
                     let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
                     done.store(ms.max(1), Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //! ├── Membership            cluster view, failure detector, status flooding
 //! ├── EventBus              local subscriptions, typed delivery
 //! ├── Calls                 method table, calls in flight
-//! ├── Router                live links + routes (a lock-free snapshot)
+//! ├── Router                live links + routes (a shared snapshot)
 //! ├── PeerListener          accepts peer links ──┐
 //! ├── Upstream (per dial)   dials with backoff  ├──> Session (one per live peer link)
 //! ├── ServiceListener       accepts applications ──> ServiceSession (one per application)

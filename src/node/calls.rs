@@ -489,7 +489,7 @@ async fn await_outcome(
 /// Send a call frame towards `target` along the shortest live path, waiting for room on the
 /// link; false if no live path leads there.
 pub(crate) async fn route(shared: &NodeShared, target: &str, frame: EncodedMessage) -> bool {
-    let table = shared.routes.load_full();
+    let table = shared.routes.load();
     let Some(link) = table
         .next_links_for(Some(target), shared.name(), None)
         .next()

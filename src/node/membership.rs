@@ -699,7 +699,7 @@ impl Membership {
     /// The stats to replicate now, if any: a custom stat changed, or the period passed and
     /// they moved past the threshold.
     fn stats_to_send(&mut self) -> Option<NodeStats> {
-        let now = (**self.shared.stats.load()).clone();
+        let now = (*self.shared.stats.load()).clone();
         let Some(sent) = &self.stats_sent else {
             self.stats_checked = Some(Instant::now());
             return Some(now);
@@ -1243,10 +1243,10 @@ impl Membership {
             if !fresh {
                 let mut m = member(&me, own);
                 m.links = self.my_links.iter().cloned().collect();
-                m.stats = (**stats).clone();
+                m.stats = (*stats).clone();
                 self.members.insert(me.clone(), m);
-            } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != **stats) {
-                m.stats = (**stats).clone();
+            } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != *stats) {
+                m.stats = (*stats).clone();
             }
         }
         // Who came and went since the last view, as the recompute found them.

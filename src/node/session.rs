@@ -736,7 +736,7 @@ impl Session {
         let local = self.spare_local.take();
         let mut batch = Batch {
             local,
-            table: shared.routes.load_full(),
+            table: shared.routes.load(),
             topic: None,
             leaf_of: None,
             events_in: 0,

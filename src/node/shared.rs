@@ -1,15 +1,14 @@
-//! State every actor of one node reads: identity, configuration, and the lock-free snapshots
-//! that the hot path consults without a mailbox hop.
+//! State every actor of one node reads: identity, configuration, and the snapshots that the
+//! hot path consults without a mailbox hop.
 //!
 //! Each snapshot has exactly one writer: the route table is written by the Router, the stats
 //! sample by Stats, the membership view by Membership. Everyone else only loads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -34,6 +33,40 @@ pub const BUS_QUEUE_BATCHES: usize = 256;
 /// Frames a session decodes before handing them on as one batch.
 pub const READ_BATCH_FRAMES: usize = 256;
 
+/// A value one actor replaces whole and any thread reads: a load is a clone of the current
+/// `Arc`, taken under a read lock held for that clone alone, and a store swaps the `Arc` and
+/// drops the old one outside the lock.
+///
+/// Not `arc_swap::ArcSwap`: its store visits every thread that ever loaded from any `ArcSwap`
+/// in the process to settle their borrowed pointers. With one node per process that is a
+/// handful of threads, but a process holding many nodes (a local cluster, the tests, the
+/// scale benchmark) has one thread per node, and a thousand nodes each replacing its route
+/// table at every membership change spent a fifth of the machine in those visits.
+pub struct Snapshot<T>(RwLock<Arc<T>>);
+
+impl<T> Snapshot<T> {
+    pub fn new(value: T) -> Self {
+        Snapshot(RwLock::new(Arc::new(value)))
+    }
+
+    /// The current value.
+    pub fn load(&self) -> Arc<T> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the value; readers holding the old one keep it until they drop it.
+    pub fn store(&self, value: Arc<T>) {
+        let old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            value,
+        );
+        drop(old);
+    }
+}
+
 pub struct NodeShared {
     pub config: Arc<Config>,
     pub me: NodeConfig,
@@ -49,8 +82,8 @@ pub struct NodeShared {
     pub tls: Option<Arc<crate::tls::NodeTls>>,
     /// Hops an envelope may take: no simple path in the configured graph is longer.
     pub ttl: u8,
-    pub routes: ArcSwap<RouteTable>,
-    pub stats: ArcSwap<NodeStats>,
+    pub routes: Snapshot<RouteTable>,
+    pub stats: Snapshot<NodeStats>,
     pub view: watch::Sender<Arc<MembershipView>>,
     pub dedup: Mutex<Dedup>,
     /// The methods this node serves and their byte budget (see `methods`).
@@ -122,8 +155,8 @@ impl NodeShared {
         let (view, _) = watch::channel(Arc::new(MembershipView::alone(&me.name)));
         Arc::new(NodeShared {
             name_shared: Arc::from(me.name.as_str()),
-            routes: ArcSwap::from_pointee(RouteTable::empty(&me.name)),
-            stats: ArcSwap::from_pointee(NodeStats::default()),
+            routes: Snapshot::new(RouteTable::empty(&me.name)),
+            stats: Snapshot::new(NodeStats::default()),
             local_topics: LocalTopics::default(),
             streams: super::streams::Streams::new(crate::link::stream::StreamLimits::default()),
             dedup: Mutex::new(Dedup::new(config.member_bound)),
