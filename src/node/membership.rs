@@ -67,9 +67,11 @@ use uuid::Uuid;
 
 mod index_waits;
 mod outbox;
+mod whole;
 
 use self::index_waits::{IndexWaits, Rebuild};
 use self::outbox::Outbox;
+use self::whole::WholeStates;
 use super::metrics::Repl;
 use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
@@ -118,8 +120,10 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipView {
     pub me: String,
-    /// Persistent: a clone of the view shares its members with the view it came from.
-    pub members: imbl::OrdMap<String, Member>,
+    /// Persistent: a clone of the view shares its members with the view it came from. Each
+    /// member is shared too, so that a change copies the map's nodes it touches without
+    /// cloning every member they hold.
+    pub members: imbl::OrdMap<String, Arc<Member>>,
     /// Pool members (undeclared nodes) that went down and are not forgotten yet.
     pub down: BTreeSet<String>,
 }
@@ -148,7 +152,7 @@ impl MembershipView {
 
     /// The nodes that are up and serve `method` (this one included), in name order.
     pub fn implementers<'a>(&'a self, method: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
-        self.members.values().filter(move |m| {
+        self.members.values().map(|m| &**m).filter(move |m| {
             m.methods
                 .binary_search_by(|x| x.as_str().cmp(method))
                 .is_ok()
@@ -266,6 +270,8 @@ pub struct Membership {
     /// Records waiting for the end of the coalescing window, each held once for every link
     /// it goes to (see `outbox`).
     outbox: Outbox,
+    /// Whole states encoded for the peers that lack them (see `whole`).
+    whole: WholeStates,
     flush_pending: bool,
     /// Links to catch up by a digest exchange (a delta did not fit, or left a gap).
     needs_digest: BTreeSet<String>,
@@ -301,7 +307,7 @@ pub struct Membership {
     recompute_pending: bool,
     /// The members of the last view, and the nodes whose state changed since (see `view`).
     /// The members of the last view, kept up to date member by member.
-    members: imbl::OrdMap<String, Member>,
+    members: imbl::OrdMap<String, Arc<Member>>,
     member_dirty: HashSet<String>,
     /// The scheduled recompute must walk the live graph again: a node came, went or changed
     /// incarnation, or a `link:` entry changed. Otherwise (stats, methods, backends, role)
@@ -350,6 +356,7 @@ impl Membership {
             methods_stale: true,
             pushed: 0,
             outbox: Outbox::default(),
+            whole: WholeStates::default(),
             flush_pending: false,
             needs_digest: BTreeSet::new(),
             digest_at: HashMap::new(),
@@ -494,6 +501,7 @@ impl Membership {
         self.members.remove(name);
         self.member_dirty.remove(name);
         self.outbox.forget(name);
+        self.whole.forget(name);
         let was_up = self.up.remove(name);
         if let Some(u) = self.ids.get(name).and_then(|&ix| self.up_ix.get_mut(ix)) {
             *u = false;
@@ -836,16 +844,29 @@ impl Membership {
         self.shared.metrics.repl(Repl::DigestsReceived, 1);
         let me = self.shared.name();
         let key = format!("link:{via}");
-        let linked = |node: &str| {
-            node == via
-                || (node != me
-                    && self
-                        .replica
-                        .get(node)
-                        .is_some_and(|s| s.get(&key).is_some()))
+        let linked = |node: &str, state: &NodeState| {
+            node == via || (node != me && state.get(&key).is_some())
         };
-        for d in self.replica.delta_for(&digest.nodes, self.budget(), linked) {
-            self.outbox.queue_for_link(via, d);
+        let budget = self.budget();
+        for (node, state, after) in self.replica.lacking(&digest.nodes, linked) {
+            // A whole state goes as the bytes encoded for the last peer that lacked it.
+            if state.takes_whole(after) {
+                match self.whole.get(node, state, budget) {
+                    Ok(Some((record, entries))) => {
+                        self.outbox
+                            .queue_encoded_for_link(via, node, record, entries);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(node = %me, "cannot encode the state of {node}: {e}");
+                        continue;
+                    }
+                }
+            }
+            for d in state.since(node, after, budget) {
+                self.outbox.queue_for_link(via, d);
+            }
         }
     }
 
@@ -1244,9 +1265,9 @@ impl Membership {
                 let mut m = member(&me, own);
                 m.links = self.my_links.iter().cloned().collect();
                 m.stats = (*stats).clone();
-                self.members.insert(me.clone(), m);
+                self.members.insert(me.clone(), Arc::new(m));
             } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != *stats) {
-                m.stats = (*stats).clone();
+                Arc::make_mut(m).stats = (*stats).clone();
             }
         }
         // Who came and went since the last view, as the recompute found them.
@@ -1263,7 +1284,7 @@ impl Membership {
         for name in came.iter().chain(changed) {
             match self.replica.get(name) {
                 Some(s) => {
-                    self.members.insert(name.clone(), member(name, s));
+                    self.members.insert(name.clone(), Arc::new(member(name, s)));
                 }
                 None => {
                     self.members.remove(name);

@@ -20,7 +20,7 @@
 //! highest forgotten version (`gc_version`) makes a peer that holds less than it take a whole
 //! state rather than miss the removal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
@@ -126,12 +126,18 @@ impl NodeState {
         forgotten
     }
 
+    /// Whether a peer holding this state up to `after` gets the whole state rather than
+    /// what changed since (see [`NodeState::since`]).
+    pub fn takes_whole(&self, after: u64) -> bool {
+        after == 0 || after < self.gc_version
+    }
+
     /// The changes after version `after`, as deltas of at most `budget` estimated bytes each
     /// (at least one entry each), in version order: together they cover `(after, max]`. A
     /// peer that holds less than a forgotten tombstone (`after < gc_version`), or nothing,
     /// gets the whole state (`from` 0).
     pub fn since(&self, node: &str, after: u64, budget: usize) -> Vec<NodeDelta> {
-        let after = if after < self.gc_version { 0 } else { after };
+        let after = if self.takes_whole(after) { 0 } else { after };
         let mut entries: Vec<(&String, &Stored)> = self
             .entries
             .iter()
@@ -273,20 +279,34 @@ impl Replica {
     /// bytes: newer entries of the incarnations it holds, and the whole state of nodes it
     /// does not know or holds another incarnation of (whichever incarnation is right, the
     /// receiver's checks decide). Nodes `skip` names are left out (the peer itself speaks
-    /// for itself).
+    /// for itself). (Membership builds the same from [`Replica::lacking`], a node at a time.)
+    #[cfg(test)]
     pub fn delta_for(
         &self,
         digest: &[DigestEntry],
         budget: usize,
         skip: impl Fn(&str) -> bool,
     ) -> Vec<NodeDelta> {
-        let theirs: BTreeMap<&str, &DigestEntry> =
+        self.lacking(digest, |node, _| skip(node))
+            .into_iter()
+            .flat_map(|(node, state, after)| state.since(node, after, budget))
+            .collect()
+    }
+
+    /// What [`Replica::delta_for`] sends, node by node, before it is built: each node the
+    /// peer lacks something of, its state here, and the version past which it lacks (0: it
+    /// lacks the whole state). `skip` sees each node's state, so that it need not look it up.
+    pub fn lacking<'a>(
+        &'a self,
+        digest: &[DigestEntry],
+        skip: impl Fn(&str, &NodeState) -> bool,
+    ) -> Vec<(&'a str, &'a NodeState, u64)> {
+        // Hashed: a thousand names looked up in a tree cost a thousand string comparisons
+        // each time a hub answered a digest.
+        let theirs: HashMap<&str, &DigestEntry> =
             digest.iter().map(|d| (d.node.as_str(), d)).collect();
         let mut out = Vec::new();
         for (node, state) in &self.nodes {
-            if skip(node) {
-                continue;
-            }
             let after = match theirs.get(node.as_str()) {
                 Some(d) if d.incarnation == state.incarnation => {
                     if d.max_version >= state.max_version {
@@ -296,7 +316,9 @@ impl Replica {
                 }
                 _ => 0,
             };
-            out.extend(state.since(node, after, budget));
+            if !skip(node, state) {
+                out.push((node.as_str(), state, after));
+            }
         }
         out
     }

@@ -26,8 +26,12 @@ pub(super) struct DeltaFrame {
 
 /// A queued record.
 struct Record {
-    delta: NodeDelta,
-    /// Its bytes, made once by [`Outbox::seal`] for every link that gets it.
+    node: String,
+    entries: u64,
+    /// The record until [`Outbox::seal`] encodes it (`None` once queued encoded).
+    delta: Option<NodeDelta>,
+    /// Its bytes, made once by [`Outbox::seal`] for every link that gets it, or queued
+    /// encoded already.
     encoded: Option<EncodedRecord>,
     /// Its node was forgotten while it waited: not sent. Kept in place so that the positions
     /// the other queues refer to still hold.
@@ -37,7 +41,9 @@ struct Record {
 impl Record {
     fn new(delta: NodeDelta) -> Self {
         Record {
-            delta,
+            node: delta.node.clone(),
+            entries: delta.entries.len() as u64,
+            delta: Some(delta),
             encoded: None,
             dropped: false,
         }
@@ -83,12 +89,34 @@ impl Outbox {
 
     /// Queue `delta` for the link to `peer` alone.
     pub(super) fn queue_for_link(&mut self, peer: &str, delta: NodeDelta) {
+        self.queue_record_for_link(peer, Record::new(delta));
+    }
+
+    /// Queue a record of `node` encoded already (carrying `entries` entries) for the link to
+    /// `peer` alone.
+    pub(super) fn queue_encoded_for_link(
+        &mut self,
+        peer: &str,
+        node: &str,
+        encoded: EncodedRecord,
+        entries: u64,
+    ) {
+        let record = Record {
+            node: node.to_owned(),
+            entries,
+            delta: None,
+            encoded: Some(encoded),
+            dropped: false,
+        };
+        self.queue_record_for_link(peer, record);
+    }
+
+    fn queue_record_for_link(&mut self, peer: &str, record: Record) {
         let at = self.shared.len();
         match self.only.get_mut(peer) {
-            Some(queue) => queue.push((at, Record::new(delta))),
+            Some(queue) => queue.push((at, record)),
             None => {
-                self.only
-                    .insert(peer.to_owned(), vec![(at, Record::new(delta))]);
+                self.only.insert(peer.to_owned(), vec![(at, record)]);
             }
         }
     }
@@ -116,7 +144,7 @@ impl Outbox {
         let records = self.shared.iter_mut().map(|s| &mut s.record);
         let only = self.only.values_mut().flatten().map(|(_, r)| r);
         for r in records.chain(only) {
-            if r.delta.node == node {
+            if r.node == node {
                 r.dropped = true;
             }
         }
@@ -132,11 +160,14 @@ impl Outbox {
             if r.dropped || r.encoded.is_some() {
                 continue;
             }
-            match EncodedRecord::encode(&r.delta) {
+            let Some(delta) = r.delta.take() else {
+                continue;
+            };
+            match EncodedRecord::encode(&delta) {
                 Ok(e) => r.encoded = Some(e),
                 Err(e) => {
                     r.dropped = true;
-                    failed.push((r.delta.node.clone(), e));
+                    failed.push((r.node.clone(), e));
                 }
             }
         }
@@ -232,7 +263,7 @@ impl<'a> Batch<'a> {
         }
         self.records.push(encoded);
         self.bytes += encoded.len();
-        self.entries += r.delta.entries.len() as u64;
+        self.entries += r.entries;
         true
     }
 
