@@ -293,9 +293,10 @@ impl Replica {
             .collect()
     }
 
-    /// What [`Replica::delta_for`] sends, node by node, before it is built: each node the
-    /// peer lacks something of, its state here, and the version past which it lacks (0: it
-    /// lacks the whole state). `skip` sees each node's state, so that it need not look it up.
+    /// What a peer whose digest is `digest` lacks, node by node, before any delta is built:
+    /// each node it lacks something of, that node's state here, and the version past which
+    /// the peer lacks its changes (0: the whole state; see [`NodeState::since`]). Nodes
+    /// `skip` names are left out; it sees each node's state, so that it need not look it up.
     pub fn lacking<'a>(
         &'a self,
         digest: &[DigestEntry],
