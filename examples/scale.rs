@@ -358,7 +358,8 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
                     let seeing_all = nodes
                         .iter()
                         .filter(|n| {
-                            let view = n.membership().borrow().clone();
+                            let view = n.membership();
+                            let view = view.borrow();
                             names.iter().all(|name| view.is_up(name))
                         })
                         .count();

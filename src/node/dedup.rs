@@ -175,7 +175,12 @@ impl Dedup {
     }
 
     fn forget_oldest(&mut self) {
-        let Some(oldest) = (0..self.windows.len()).min_by_key(|&i| self.windows[i].1.last_used)
+        let Some(oldest) = self
+            .windows
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, w))| w.last_used)
+            .map(|(at, _)| at)
         else {
             return;
         };

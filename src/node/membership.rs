@@ -71,7 +71,7 @@ mod whole;
 
 use self::index_waits::{IndexWaits, Rebuild};
 use self::outbox::Outbox;
-use self::whole::WholeStates;
+use self::whole::{Whole, WholeStates};
 use super::metrics::Repl;
 use super::replica::{Applied, NodeState, Replica};
 use super::router::{GraphChanged, Router};
@@ -850,21 +850,23 @@ impl Membership {
         let budget = self.budget();
         for (node, state, after) in self.replica.lacking(&digest.nodes, linked) {
             // A whole state goes as the bytes encoded for the last peer that lacked it.
-            if state.takes_whole(after) {
+            let parts = if state.takes_whole(after) {
                 match self.whole.get(node, state, budget) {
-                    Ok(Some((record, entries))) => {
+                    Ok(Whole::Encoded(record, entries)) => {
                         self.outbox
                             .queue_encoded_for_link(via, node, record, entries);
                         continue;
                     }
-                    Ok(None) => {}
+                    Ok(Whole::Parts(parts)) => parts,
                     Err(e) => {
                         tracing::error!(node = %me, "cannot encode the state of {node}: {e}");
                         continue;
                     }
                 }
-            }
-            for d in state.since(node, after, budget) {
+            } else {
+                state.since(node, after, budget)
+            };
+            for d in parts {
                 self.outbox.queue_for_link(via, d);
             }
         }

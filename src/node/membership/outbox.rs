@@ -28,14 +28,18 @@ pub(super) struct DeltaFrame {
 struct Record {
     node: String,
     entries: u64,
-    /// The record until [`Outbox::seal`] encodes it (`None` once queued encoded).
-    delta: Option<NodeDelta>,
-    /// Its bytes, made once by [`Outbox::seal`] for every link that gets it, or queued
-    /// encoded already.
-    encoded: Option<EncodedRecord>,
+    body: Body,
     /// Its node was forgotten while it waited: not sent. Kept in place so that the positions
     /// the other queues refer to still hold.
     dropped: bool,
+}
+
+/// A record as queued, then as sent.
+enum Body {
+    /// Encoded by [`Outbox::seal`].
+    Pending(NodeDelta),
+    /// Its bytes, made once for every link that gets it (or queued encoded already).
+    Encoded(EncodedRecord),
 }
 
 impl Record {
@@ -43,8 +47,7 @@ impl Record {
         Record {
             node: delta.node.clone(),
             entries: delta.entries.len() as u64,
-            delta: Some(delta),
-            encoded: None,
+            body: Body::Pending(delta),
             dropped: false,
         }
     }
@@ -104,8 +107,7 @@ impl Outbox {
         let record = Record {
             node: node.to_owned(),
             entries,
-            delta: None,
-            encoded: Some(encoded),
+            body: Body::Encoded(encoded),
             dropped: false,
         };
         self.queue_record_for_link(peer, record);
@@ -157,14 +159,14 @@ impl Outbox {
         let records = self.shared.iter_mut().map(|s| &mut s.record);
         let only = self.only.values_mut().flatten().map(|(_, r)| r);
         for r in records.chain(only) {
-            if r.dropped || r.encoded.is_some() {
-                continue;
-            }
-            let Some(delta) = r.delta.take() else {
+            let Body::Pending(delta) = &r.body else {
                 continue;
             };
-            match EncodedRecord::encode(&delta) {
-                Ok(e) => r.encoded = Some(e),
+            if r.dropped {
+                continue;
+            }
+            match EncodedRecord::encode(delta) {
+                Ok(e) => r.body = Body::Encoded(e),
                 Err(e) => {
                     r.dropped = true;
                     failed.push((r.node.clone(), e));
@@ -254,9 +256,12 @@ impl<'a> Batch<'a> {
     /// Add `r` (if it is to be sent), first sending the frame so far if `r` would take it
     /// past the budget; false if `push` refused that frame.
     fn add(&mut self, r: &'a Record, push: &mut impl FnMut(DeltaFrame) -> bool) -> bool {
-        let Some(encoded) = r.encoded.as_ref().filter(|_| !r.dropped) else {
-            return true;
+        let Body::Encoded(encoded) = &r.body else {
+            return true; // not sent: it failed to encode, or seal was not called
         };
+        if r.dropped {
+            return true;
+        }
         if !self.records.is_empty() && self.bytes + encoded.len() > self.budget && !self.send(push)
         {
             return false;

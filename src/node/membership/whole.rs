@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::node::replica::NodeState;
-use crate::wire::{EncodedRecord, WireError};
+use crate::wire::{EncodedRecord, NodeDelta, WireError};
 
 /// The encoded whole state of a node as it stood at `(incarnation, max_version,
 /// gc_version)`.
@@ -36,6 +36,14 @@ impl Held {
     }
 }
 
+/// A whole state as [`WholeStates::get`] hands it out.
+pub(super) enum Whole {
+    /// One record, encoded, and its number of entries.
+    Encoded(EncodedRecord, u64),
+    /// The records of a state too large for one.
+    Parts(Vec<NodeDelta>),
+}
+
 /// One encoded whole state per node held (see the module doc).
 #[derive(Default)]
 pub(super) struct WholeStates {
@@ -43,10 +51,10 @@ pub(super) struct WholeStates {
 }
 
 impl WholeStates {
-    /// The whole state of `node` as `state` holds it now, encoded, with its number of
-    /// entries: the bytes of last time if the state did not change since, else encoded now
-    /// and kept. `Ok(None)` when the state takes more than one record of at most `budget`
-    /// estimated bytes: the caller sends it in parts ([`NodeState::since`]).
+    /// The whole state of `node` as `state` holds it now: one record encoded, with its number
+    /// of entries (the bytes of last time if the state did not change since, else encoded now
+    /// and kept), or the records it takes when it is larger than `budget` estimated bytes
+    /// (not kept: [`NodeState::since`]'s parts).
     ///
     /// # Errors
     /// What encoding the record returns (not expected of a `NodeDelta`).
@@ -55,13 +63,17 @@ impl WholeStates {
         node: &str,
         state: &NodeState,
         budget: usize,
-    ) -> Result<Option<(EncodedRecord, u64)>, WireError> {
+    ) -> Result<Whole, WireError> {
         if let Some(h) = self.held.get(node).filter(|h| h.is_of(state)) {
-            return Ok(Some((h.record.clone(), h.entries)));
+            return Ok(Whole::Encoded(h.record.clone(), h.entries));
         }
         let mut parts = state.since(node, 0, budget);
-        let Some(whole) = parts.pop().filter(|_| parts.is_empty()) else {
-            return Ok(None);
+        let whole = match parts.pop() {
+            Some(whole) if parts.is_empty() => whole,
+            last => {
+                parts.extend(last);
+                return Ok(Whole::Parts(parts));
+            }
         };
         let record = EncodedRecord::encode(&whole)?;
         let entries = whole.entries.len() as u64;
@@ -78,7 +90,7 @@ impl WholeStates {
                 self.held.insert(node.to_owned(), held);
             }
         }
-        Ok(Some((record, entries)))
+        Ok(Whole::Encoded(record, entries))
     }
 
     /// `node` was forgotten: its record goes with it.
@@ -98,7 +110,7 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::WholeStates;
+    use super::{Whole, WholeStates};
     use crate::node::replica::NodeState;
     use crate::wire::{EncodedRecord, Value};
 
@@ -109,19 +121,26 @@ mod tests {
         s
     }
 
+    fn encoded(w: Whole) -> (EncodedRecord, u64) {
+        match w {
+            Whole::Encoded(record, entries) => (record, entries),
+            Whole::Parts(parts) => panic!("{} parts", parts.len()),
+        }
+    }
+
     #[test]
     fn an_unchanged_state_is_served_from_the_bytes_of_last_time_and_a_change_encodes_it_again() {
         let mut whole = WholeStates::default();
         let mut s = state();
-        let (first, entries) = whole.get("w1", &s, 1 << 20).unwrap().unwrap();
+        let (first, entries) = encoded(whole.get("w1", &s, 1 << 20).unwrap());
         assert_eq!(entries, 2);
         let expected = EncodedRecord::encode(&s.since("w1", 0, 1 << 20).remove(0)).unwrap();
         assert_eq!(first, expected, "the record is the whole state's");
-        let (again, _) = whole.get("w1", &s, 1 << 20).unwrap().unwrap();
+        let (again, _) = encoded(whole.get("w1", &s, 1 << 20).unwrap());
         assert_eq!(again, first);
 
         s.remove("link:master", 7);
-        let (after, entries) = whole.get("w1", &s, 1 << 20).unwrap().unwrap();
+        let (after, entries) = encoded(whole.get("w1", &s, 1 << 20).unwrap());
         assert_eq!(entries, 1, "a whole state carries no tombstones");
         assert_ne!(after, first, "a changed state is encoded again");
         assert_eq!(
@@ -135,9 +154,12 @@ mod tests {
     fn a_state_larger_than_one_record_is_not_kept_and_a_forgotten_node_leaves_nothing() {
         let mut whole = WholeStates::default();
         let s = state();
-        assert!(whole.get("w1", &s, 1).unwrap().is_none(), "two parts");
+        match whole.get("w1", &s, 1).unwrap() {
+            Whole::Parts(parts) => assert_eq!(parts, s.since("w1", 0, 1), "two parts"),
+            Whole::Encoded(..) => panic!("one record past the budget"),
+        }
         assert_eq!(whole.len(), 0);
-        assert!(whole.get("w1", &s, 1 << 20).unwrap().is_some());
+        encoded(whole.get("w1", &s, 1 << 20).unwrap());
         whole.forget("w1");
         assert_eq!(whole.len(), 0);
     }
