@@ -20,6 +20,8 @@
 //! * `graph_ms`: until every node also sees every planned link (routes are final).
 //! * `rss_per_node_kib`: growth of the process's resident memory from before the cluster
 //!   started to after convergence, divided by N.
+//! * `idle_rss_per_node_kib`: the same growth at the end of the idle window, once buffers
+//!   sized for the burst of converging were given back.
 //! * `idle_cpu_pct`: CPU the converged, idle cluster uses (heartbeats, status flooding), in
 //!   percent of one core, over `--idle-ms`; `status_frames_per_s` is what flooding implies:
 //!   every node announces a status per heartbeat interval, sent to each of its peers and
@@ -442,13 +444,14 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         / idle_start.elapsed().as_millis().max(1) as f64;
     let idle_s = idle_start.elapsed().as_secs_f64().max(1e-3);
     let traffic1 = traffic(&nodes);
+    let idle_rss_per_node = rss_kib().saturating_sub(rss_before) / n as u64;
     let status_frames_per_s =
         status_frames_per_interval(&plan) as f64 * 1000.0 / args.heartbeat_ms as f64;
 
     let _ = std::fmt::Write::write_fmt(
         &mut fields,
         format_args!(
-            " graph_ms={} rss_per_node_kib={per_node} idle_cpu_pct={idle_cpu_pct:.0} status_frames_per_s={status_frames_per_s:.0}",
+            " graph_ms={} rss_per_node_kib={per_node} idle_rss_per_node_kib={idle_rss_per_node} idle_cpu_pct={idle_cpu_pct:.0} status_frames_per_s={status_frames_per_s:.0}",
             graph.as_millis()
         ),
     );

@@ -5,7 +5,8 @@
 //! * [`transport`]: the byte stream, TCP or Unix (TLS joins as another variant), split into a
 //!   read half for the session actor and a write half for the writer task;
 //! * reading: [`framed_reader`] (length prefix + CBOR with its maximum, checked before
-//!   allocating) and [`ReadyBatches`] (the frames ready now, as one batch per wake-up);
+//!   allocating, in a read buffer that follows the traffic, see [`sizing`]) and
+//!   [`ReadyBatches`] (the frames ready now, as one batch per wake-up);
 //! * [`queue`]: the write queue, bounded in frames and in bytes, with a reserved slot for the
 //!   last word;
 //! * [`writer`]: the task that drains the queue in batches, one syscall per batch, and ends a
@@ -26,6 +27,8 @@
 pub mod liveness;
 pub mod pause;
 pub mod queue;
+pub mod reader;
+pub mod sizing;
 pub mod stream;
 pub mod transport;
 pub mod writer;
@@ -41,18 +44,14 @@ use actix::Recipient;
 use futures_util::stream::{Fuse, Stream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::FramedRead;
 
 pub use liveness::{Liveness, Tick};
 pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
+pub use reader::FrameReader;
 pub use transport::{Transport, TransportRead, TransportWrite};
 pub use writer::WriterFailed;
 
 use crate::wire::{Frame, FrameCodec, WireError};
-
-/// Bytes the reader asks the socket for at most per read: one read takes in a few hundred
-/// small frames.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Start the writer task of a link on the current arbiter; returns the queue producers push
 /// to. `codec` carries the handshake's outbound sequence number.
@@ -75,14 +74,12 @@ pub fn spawn_writer<W: AsyncWrite + Unpin + 'static>(
 }
 
 /// The frame reader of a link: `leftover` holds bytes the handshake read past its last frame.
-pub fn framed_reader<R: AsyncRead>(
+pub fn framed_reader<R: AsyncRead + Unpin>(
     read: R,
     codec: FrameCodec,
     leftover: &[u8],
-) -> FramedRead<R, FrameCodec> {
-    let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER_BYTES);
-    frames.read_buffer_mut().extend_from_slice(leftover);
-    frames
+) -> FrameReader<R> {
+    FrameReader::new(read, codec, leftover)
 }
 
 /// One read batch: the frames (or the error that ends the stream) ready at one wake-up.

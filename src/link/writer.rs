@@ -19,6 +19,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::queue::{LinkQueue, Next};
+use super::sizing::BufferSizing;
 use crate::wire::{EncodedMessage, FrameCodec};
 
 /// The writer could not write: the connection is dead.
@@ -31,10 +32,6 @@ const WRITE_BATCH_FRAMES: usize = 512;
 /// Bytes per write batch past its first frame: the writer's buffer stays small next to the
 /// queue's byte bound, and a close waits for at most this much before its last word.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// A new link's write buffer: a cluster's idle links send pings and small deltas.
-const WRITE_BUFFER_FIRST_BYTES: usize = 4 * 1024;
-/// A write buffer that grew past this (a large frame) is released afterwards.
-const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
@@ -43,9 +40,12 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     on_fail: Recipient<WriterFailed>,
     last_word_timeout: Duration,
 ) {
-    // Both grow with the traffic and keep what they grew to: an idle link holds a few KiB.
+    // The frame list grows with the traffic and keeps what it grew to (at most a batch of
+    // handles); the buffer follows the traffic both ways (see `sizing`): an idle link's is a
+    // few KiB, whatever a burst once needed.
     let mut frames: Vec<EncodedMessage> = Vec::new();
-    let mut buf = BytesMut::with_capacity(WRITE_BUFFER_FIRST_BYTES);
+    let mut sizing = BufferSizing::new(WRITE_BATCH_BYTES);
+    let mut buf = BytesMut::with_capacity(sizing.target());
     // Set once a close is asked for: everything left must be written by then.
     let mut deadline: Option<Instant> = None;
     let ending = loop {
@@ -62,9 +62,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 let written =
                     write_watching(&mut io, &buf, &queue, &mut deadline, last_word_timeout).await;
                 queue.written(bytes);
+                sizing.used(buf.len(), buf.capacity());
                 buf.clear();
-                if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
-                    buf = BytesMut::with_capacity(WRITE_BUFFER_FIRST_BYTES);
+                if sizing.oversized(buf.capacity()) {
+                    buf = BytesMut::with_capacity(sizing.target());
                 }
                 if let Err(e) = written {
                     queue.shut();

@@ -500,6 +500,12 @@ impl FrameCodec {
     }
 
     /// Count every frame this codec decodes (and its bytes) into `counters`.
+    /// Whether a frame's prefix was taken off the read buffer and its body is still awaited
+    /// (its room reserved): the buffer must then be kept, however empty.
+    pub fn mid_frame(&self) -> bool {
+        self.awaiting_body
+    }
+
     pub fn count_reads(&mut self, counters: Arc<ReadCounters>) {
         self.received = Some(counters);
     }
