@@ -45,7 +45,7 @@ use futures_util::stream::{Fuse, Stream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use liveness::{Liveness, Tick};
+pub use liveness::{first_tick, Liveness, Tick};
 pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
 pub use reader::FrameReader;
 pub use transport::{Transport, TransportRead, TransportWrite};

@@ -9,8 +9,14 @@
 //! A ping goes out only on a link that received nothing during the last interval, so a link
 //! carrying deltas or events carries no pings (a 64-node mesh would otherwise send 8064 pings
 //! and pongs per interval on top of them).
+//!
+//! Ticks fall on whole multiples of the interval of the system clock ([`first_tick`]), as
+//! Linux's `round_jiffies` rounds timers to whole seconds: a node's links all tick at once,
+//! and nodes whose clocks agree ping each other at about the same instant, so an idle node
+//! wakes a few times per interval instead of once or more per link (each wake-up is a context
+//! switch, most of an idle cluster's CPU).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::pause::{self, PauseClock};
 
@@ -103,9 +109,45 @@ impl Liveness {
     }
 }
 
+/// When a timer ticking every `interval` should first tick: the next whole multiple of
+/// `interval` since the Unix epoch on the system clock (within one interval from now), so
+/// that every timer of that period, on this node and on nodes whose clocks agree, ticks at
+/// the same instant. A clock set before 1970, or a zero interval, ticks one interval from now.
+pub fn first_tick(interval: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let period = interval.as_nanos();
+    let wait = match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) if period > 0 => {
+            let into = since.as_nanos() % period;
+            // Under a u128 of nanoseconds: `into < period`, and `period` came from a Duration.
+            Duration::from_nanos(u64::try_from(period - into).unwrap_or(u64::MAX))
+        }
+        _ => interval,
+    };
+    now + wait
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_start_within_one_interval_on_a_whole_multiple_of_it() {
+        let interval = Duration::from_millis(250);
+        let before = tokio::time::Instant::now();
+        let at = first_tick(interval);
+        let wait = at - before;
+        assert!(wait <= interval + Duration::from_millis(5), "{wait:?}");
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+            + (at - tokio::time::Instant::now());
+        let off = wall.as_millis() % 250;
+        assert!(
+            !(5..245).contains(&off),
+            "{off} ms off a multiple of 250 ms"
+        );
+        assert!(first_tick(Duration::ZERO) <= tokio::time::Instant::now());
+    }
 
     #[test]
     fn a_quiet_link_is_pinged_and_a_silent_one_is_dead() {

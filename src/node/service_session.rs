@@ -857,7 +857,8 @@ impl Actor for ServiceSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.w.shared.heartbeat_interval(), |act, ctx| {
+        let interval = self.w.shared.heartbeat_interval();
+        ctx.run_interval_at(link::first_tick(interval), interval, |act, ctx| {
             act.heartbeat(ctx)
         });
         self.w

@@ -879,7 +879,8 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
-        ctx.run_interval(self.p.shared.heartbeat_interval(), |act, ctx| {
+        let interval = self.p.shared.heartbeat_interval();
+        ctx.run_interval_at(link::first_tick(interval), interval, |act, ctx| {
             act.heartbeat(ctx)
         });
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
