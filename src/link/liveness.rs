@@ -115,16 +115,23 @@ impl Liveness {
 /// the same instant. A clock set before 1970, or a zero interval, ticks one interval from now.
 pub fn first_tick(interval: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    let period = interval.as_nanos();
     let wait = match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) if period > 0 => {
-            let into = since.as_nanos() % period;
-            // Under a u128 of nanoseconds: `into < period`, and `period` came from a Duration.
-            Duration::from_nanos(u64::try_from(period - into).unwrap_or(u64::MAX))
-        }
-        _ => interval,
+        Ok(since) => until_multiple(since, interval),
+        Err(_) => interval,
     };
     now + wait
+}
+
+/// From `since` (a time since the epoch) to the next whole multiple of `interval`: in
+/// `(0, interval]`, or zero for a zero interval.
+fn until_multiple(since: Duration, interval: Duration) -> Duration {
+    let period = interval.as_nanos();
+    if period == 0 {
+        return Duration::ZERO;
+    }
+    let into = since.as_nanos() % period;
+    // `period - into` is at most `period`, which came from a Duration's nanoseconds.
+    Duration::from_nanos(u64::try_from(period - into).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -134,19 +141,19 @@ mod tests {
 
     #[test]
     fn ticks_start_within_one_interval_on_a_whole_multiple_of_it() {
-        let interval = Duration::from_millis(250);
-        let before = tokio::time::Instant::now();
-        let at = first_tick(interval);
-        let wait = at - before;
-        assert!(wait <= interval + Duration::from_millis(5), "{wait:?}");
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
-            + (at - tokio::time::Instant::now());
-        let off = wall.as_millis() % 250;
-        assert!(
-            !(5..245).contains(&off),
-            "{off} ms off a multiple of 250 ms"
+        let ms = Duration::from_millis;
+        let second = Duration::from_secs(1);
+        assert_eq!(until_multiple(ms(1_700_000_000_250), second), ms(750));
+        assert_eq!(until_multiple(ms(1_700_000_000_999), second), ms(1));
+        assert_eq!(
+            until_multiple(ms(1_700_000_001_000), second),
+            second,
+            "on a multiple: the next one, a whole interval on"
         );
-        assert!(first_tick(Duration::ZERO) <= tokio::time::Instant::now());
+        assert_eq!(until_multiple(ms(1_000_100), ms(250)), ms(150));
+        assert_eq!(until_multiple(ms(123), Duration::ZERO), Duration::ZERO);
+        let wait = first_tick(ms(250)) - tokio::time::Instant::now();
+        assert!(wait <= ms(250), "{wait:?}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! How large a link's read and write buffers are: each follows its traffic, as NATS sizes a
 //! client's read buffer. A buffer starts at [`FIRST_BYTES`], doubles (up to its maximum) each
 //! time one read or one write batch fills it, and after [`SHORT_USES_TO_SHRINK`] uses in a row
-//! that needed less than half of it, shrinks to what the largest of them needed. An idle link (most of a large cluster's) holds a
-//! few KiB instead of what its busiest moment needed: a hub with a thousand links kept 64 KiB
-//! of read buffer and up to 256 KiB of write buffer on each before.
+//! that needed less than half of it, shrinks to what the largest of them needed. An idle link
+//! (most of a large cluster's) holds a few KiB instead of what its busiest moment needed: a
+//! hub with a thousand links kept 64 KiB of read buffer and up to 256 KiB of write buffer on
+//! each before (a write batch's size).
 //!
 //! Owned by one link's reader ([`super::reader`]) or writer ([`super::writer`]); it only
 //! advises, and they allocate.
@@ -11,7 +12,7 @@
 /// A new link's buffers: pings, acknowledgements and small deltas fit many times over.
 pub const FIRST_BYTES: usize = 4 * 1024;
 
-/// Uses in a row that needed less than half of the buffer before it halves: a busy link's
+/// Uses in a row that needed less than half of the buffer before it shrinks: a busy link's
 /// occasional short read does not shrink it, a link gone quiet shrinks within a few pings.
 pub const SHORT_USES_TO_SHRINK: u8 = 8;
 

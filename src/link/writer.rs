@@ -32,6 +32,9 @@ const WRITE_BATCH_FRAMES: usize = 512;
 /// Bytes per write batch past its first frame: the writer's buffer stays small next to the
 /// queue's byte bound, and a close waits for at most this much before its last word.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// The most a link's write buffer keeps between batches while its traffic needs it: a batch
+/// with a larger frame allocates for it and gives it back.
+const WRITE_BUFFER_MAX_BYTES: usize = 1 << 20;
 
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
@@ -44,7 +47,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     // handles); the buffer follows the traffic both ways (see `sizing`): an idle link's is a
     // few KiB, whatever a burst once needed.
     let mut frames: Vec<EncodedMessage> = Vec::new();
-    let mut sizing = BufferSizing::new(WRITE_BATCH_BYTES);
+    let mut sizing = BufferSizing::new(WRITE_BUFFER_MAX_BYTES);
     let mut buf = BytesMut::with_capacity(sizing.target());
     // Set once a close is asked for: everything left must be written by then.
     let mut deadline: Option<Instant> = None;
