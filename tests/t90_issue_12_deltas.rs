@@ -1,14 +1,20 @@
 //! Issue 12: membership replicated by versioned deltas converges, and stays converged under
 //! churn (a custom stat changing, a node restarting with a new incarnation, a node leaving),
-//! with exact assertions on every node's view.
+//! with exact assertions on every node's view; a digest's answer leaves out what its sender
+//! hears directly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use nodecloud::node::MembershipView;
-use nodecloud::wire::StatValue;
+use nodecloud::wire::{
+    self, Digest, Frame, FrameCodec, Identity, Message, StatValue, MAX_HANDSHAKE_FRAME_BYTES,
+};
 use nodecloud::{testing, NodeHandle};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 use tracing::info;
 use uuid::Uuid;
 
@@ -145,6 +151,89 @@ async fn delta_membership_converges_and_stays_exact_under_restart_leave_and_stat
     all_see(&live, &expected(&live, &extra)).await;
 
     for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A raw peer's link to `to`, authenticated as `node` (a declared node that is not running).
+async fn dial_as(
+    cluster: &testing::TestCluster,
+    to: std::net::SocketAddr,
+    node: &str,
+) -> Framed<TcpStream, FrameCodec> {
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(to))
+        .await
+        .expect("connect within bound")
+        .unwrap();
+    let mut link = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_BYTES));
+    let me = Identity {
+        cluster: cluster.config.cluster.name.clone(),
+        node: node.to_owned(),
+        incarnation: Uuid::new_v4(),
+        secret: cluster.config.cluster.secret.as_bytes().to_vec(),
+        welcome: Default::default(),
+    };
+    wire::dial(&mut link, &me, WAIT).await.unwrap();
+    link.codec_mut()
+        .set_max_frame_bytes(cluster.config.cluster.max_frame_bytes);
+    link
+}
+
+/// Read `delta` frames until one carries the whole state of `node`; returns the nodes whose
+/// whole states came, in order.
+async fn whole_states_until(link: &mut Framed<TcpStream, FrameCodec>, node: &str) -> Vec<String> {
+    let mut wholes = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, link.next()).await {
+            Ok(Some(Ok(Frame(_, Message::Delta(d))))) => {
+                wholes.extend(
+                    d.nodes
+                        .iter()
+                        .filter(|r| r.from == 0)
+                        .map(|r| r.node.clone()),
+                );
+                if wholes.iter().any(|n| n == node) {
+                    return wholes;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no whole state of {node} (had {wholes:?}): {other:?}"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_digest_answer_leaves_out_the_nodes_the_asker_says_it_is_linked_to() {
+    let cluster = testing::star(3);
+    let mut nodes = Vec::new();
+    for name in ["master", "worker-1", "worker-2"] {
+        nodes.push(cluster.start_node(name).await.expect("node starts"));
+    }
+    testing::wait_converged(&nodes, WAIT)
+        .await
+        .expect("converged");
+    // worker-3 is declared and not running: a raw peer takes its place at the master.
+    let mut link = dial_as(&cluster, nodes[0].listen_addr(), "worker-3").await;
+
+    info!("--- linked to worker-1: its state is left out, worker-2's comes");
+    let asked = |linked: Vec<String>| {
+        Message::Digest(Digest {
+            nodes: vec![],
+            linked,
+        })
+    };
+    link.send(&asked(vec!["worker-1".into()])).await.unwrap();
+    let first = whole_states_until(&mut link, "worker-2").await;
+    assert!(
+        !first.iter().any(|n| n == "worker-1"),
+        "worker-1's state came though the digest said linked: {first:?}"
+    );
+
+    info!("--- linked to nobody: worker-1's state comes");
+    link.send(&asked(vec![])).await.unwrap();
+    let second = whole_states_until(&mut link, "worker-1").await;
+    assert!(second.iter().any(|n| n == "worker-2"), "{second:?}");
+    for node in nodes {
         node.shutdown().await;
     }
 }

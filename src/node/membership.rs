@@ -795,6 +795,8 @@ impl Membership {
         };
         let msg = Message::Digest(Digest {
             nodes: self.replica.digest(),
+            // What this node hears from directly it would drop if relayed: not worth sending.
+            linked: self.my_links.iter().cloned().collect(),
         });
         match encode_message(&msg) {
             Ok(frame) => {
@@ -844,8 +846,18 @@ impl Membership {
         self.shared.metrics.repl(Repl::DigestsReceived, 1);
         let me = self.shared.name();
         let key = format!("link:{via}");
+        // Left out: the asker, the nodes that report a link to it, and those it says it is
+        // linked to; each of them pushes its own state to it. (Only names held here count,
+        // so the set is no larger than the states held, whatever the digest lists.)
+        let asker_linked: HashSet<&str> = digest
+            .linked
+            .iter()
+            .map(String::as_str)
+            .filter(|n| self.replica.get(n).is_some())
+            .collect();
         let linked = |node: &str, state: &NodeState| {
-            node == via || (node != me && state.get(&key).is_some())
+            node == via
+                || (node != me && (state.get(&key).is_some() || asker_linked.contains(node)))
         };
         let budget = self.budget();
         for (node, state, after) in self.replica.lacking(&digest.nodes, linked) {

@@ -342,6 +342,11 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Digest {
     pub nodes: Vec<DigestEntry>,
+    /// The nodes the sender has a live link to as it sends this: each pushes its own state
+    /// over that link, and the sender drops their states relayed by anyone else, so the
+    /// answer leaves them out. Omitted when empty (and absent from older senders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<String>,
 }
 
 /// One node in a [`Digest`].

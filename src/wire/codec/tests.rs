@@ -111,6 +111,7 @@ fn samples() -> Vec<Message> {
                 incarnation: uuid(2),
                 max_version: 12,
             }],
+            linked: vec!["worker-2".into()],
         }),
         Message::Delta(Delta {
             nodes: vec![NodeDelta {
