@@ -738,6 +738,15 @@ impl Membership {
         if self.outbox.is_empty() && self.needs_digest.is_empty() {
             return;
         }
+        let (replica, my_links) = (&self.replica, &self.my_links);
+        self.outbox.skip_reported(self.shared.name(), |origin| {
+            replica.get(origin).map_or_else(Vec::new, |s| {
+                s.keys_with("link:")
+                    .filter(|p| my_links.contains(*p))
+                    .map(str::to_owned)
+                    .collect()
+            })
+        });
         for (node, e) in self.outbox.seal() {
             tracing::error!(node = %self.shared.name(), "cannot encode a delta about {node}: {e}");
         }
@@ -956,7 +965,8 @@ impl Membership {
 
     /// Queue what was new here for every link but the one it came on, the origin, and the
     /// peers the origin reports links to (it pushed to them itself). Queued once, with the
-    /// links it skips; not at all if that leaves none (a mesh).
+    /// links it skips; not at all if that leaves none (a mesh). The flush adds the links the
+    /// origin reports by then (`Outbox::skip_reported`).
     fn relay(&mut self, via: &str, relay: NodeDelta) {
         // A node linked only to `via` and the origin (a star's worker) relays nothing: known
         // without reading the origin's links, which for a hub name every node.

@@ -90,6 +90,28 @@ impl Outbox {
         });
     }
 
+    /// At the end of the window, before [`Outbox::seal`]: a relayed record (one whose node
+    /// is not `me`) skips also the links its origin reports now (`reports(origin)`, those of
+    /// this node's links the origin pushed to itself). While a cluster forms, what this node
+    /// knows of the origin's links when the record comes is often behind what it knows a
+    /// window later.
+    pub(super) fn skip_reported(&mut self, me: &str, mut reports: impl FnMut(&str) -> Vec<String>) {
+        for shared in &mut self.shared {
+            if shared.record.node == me {
+                continue;
+            }
+            let more = reports(&shared.record.node);
+            if more.iter().all(|p| shared.skip.binary_search(p).is_ok()) {
+                continue;
+            }
+            let mut skip: Vec<String> = std::mem::take(&mut shared.skip).into_vec();
+            skip.extend(more);
+            skip.sort_unstable();
+            skip.dedup();
+            shared.skip = skip.into_boxed_slice();
+        }
+    }
+
     /// Queue `delta` for the link to `peer` alone.
     pub(super) fn queue_for_link(&mut self, peer: &str, delta: NodeDelta) {
         self.queue_record_for_link(peer, Record::new(delta));
@@ -379,6 +401,29 @@ mod tests {
         );
         assert_eq!(received(&mut out, "w1", true), pairs(&[("me", 5)]));
         assert_eq!(received(&mut out, "master", true), pairs(&[("me", 5)]));
+    }
+
+    #[test]
+    fn a_relay_also_skips_the_links_its_origin_reports_by_the_end_of_the_window() {
+        let mut out = Outbox::default();
+        out.queue_for_links(rec("w1", 2), skip(&["w1"]));
+        out.queue_for_links(rec("me", 5), Vec::new());
+        out.queue_for_link("w2", rec("w1", 1));
+        // By the flush, w1 reports links to w2 and w3: they hear w1 themselves. The node's
+        // own record and the record for w2 alone are not relays.
+        out.skip_reported("me", |origin| match origin {
+            "w1" => skip(&["w3", "w2"]),
+            _ => skip(&["w2", "w3", "w4"]),
+        });
+        assert_eq!(
+            received(&mut out, "w2", true),
+            pairs(&[("me", 5), ("w1", 1)])
+        );
+        assert_eq!(received(&mut out, "w3", true), pairs(&[("me", 5)]));
+        assert_eq!(
+            received(&mut out, "w4", true),
+            pairs(&[("w1", 2), ("me", 5)])
+        );
     }
 
     #[test]
