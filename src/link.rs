@@ -4,7 +4,7 @@
 //!
 //! * [`transport`]: the byte stream, TCP or Unix (TLS joins as another variant), split into a
 //!   read half for the session actor and a write half for the writer task;
-//! * reading: [`framed_reader`] (length prefix + CBOR with its maximum, checked before
+//! * reading: [`FrameReader`] (length prefix + CBOR with its maximum, checked before
 //!   allocating, in a read buffer that follows the traffic, see [`sizing`]) and
 //!   [`ReadyBatches`] (the frames ready now, as one batch per wake-up);
 //! * [`queue`]: the write queue, bounded in frames and in bytes, with a reserved slot for the
@@ -43,7 +43,7 @@ use std::time::Duration;
 use actix::Recipient;
 use futures_util::stream::{Fuse, Stream};
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 
 pub use liveness::{first_tick, Liveness, Tick};
 pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
@@ -71,15 +71,6 @@ pub fn spawn_writer<W: AsyncWrite + Unpin + 'static>(
         last_word_timeout,
     ));
     queue
-}
-
-/// The frame reader of a link: `leftover` holds bytes the handshake read past its last frame.
-pub fn framed_reader<R: AsyncRead + Unpin>(
-    read: R,
-    codec: FrameCodec,
-    leftover: &[u8],
-) -> FrameReader<R> {
-    FrameReader::new(read, codec, leftover)
 }
 
 /// One read batch: the frames (or the error that ends the stream) ready at one wake-up.

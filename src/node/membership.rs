@@ -740,12 +740,9 @@ impl Membership {
         }
         let (replica, my_links) = (&self.replica, &self.my_links);
         self.outbox.skip_reported(self.shared.name(), |origin| {
-            replica.get(origin).map_or_else(Vec::new, |s| {
-                s.keys_with("link:")
-                    .filter(|p| my_links.contains(*p))
-                    .map(str::to_owned)
-                    .collect()
-            })
+            pushed_by(replica, my_links, origin)
+                .map(str::to_owned)
+                .collect()
         });
         for (node, e) in self.outbox.seal() {
             tracing::error!(node = %self.shared.name(), "cannot encode a delta about {node}: {e}");
@@ -973,15 +970,10 @@ impl Membership {
         if self.my_links.iter().all(|p| *p == via || *p == relay.node) {
             return;
         }
-        let origin_links = self
-            .replica
-            .get(&relay.node)
-            .into_iter()
-            .flat_map(|s| s.keys_with("link:"));
         let mut skip: Vec<String> = [via, relay.node.as_str()]
             .into_iter()
-            .chain(origin_links)
             .filter(|p| self.my_links.contains(*p))
+            .chain(pushed_by(&self.replica, &self.my_links, &relay.node))
             .map(str::to_owned)
             .collect();
         skip.sort_unstable();
@@ -1455,6 +1447,20 @@ pub(crate) fn stats_moved(sent: &NodeStats, now: &NodeStats) -> bool {
 }
 
 /// A member as the API sees it, from its state's entries (backends well-formed only).
+/// The links of this node (`my_links`) that `origin`'s state held here reports links to:
+/// `origin` pushes its records to those peers itself, so a relay skips them.
+fn pushed_by<'a>(
+    replica: &'a Replica,
+    my_links: &'a BTreeSet<String>,
+    origin: &str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    replica
+        .get(origin)
+        .into_iter()
+        .flat_map(|s| s.keys_with("link:"))
+        .filter(move |p| my_links.contains(*p))
+}
+
 fn member(name: &str, s: &NodeState) -> Member {
     let text = |key: &str| match s.get(key) {
         Some(Value::Text(t)) => t.clone(),

@@ -273,7 +273,7 @@ impl ServiceSession {
         let spare_reads = SpareBatch::default();
         ServiceSession::create(move |ctx| {
             ctx.add_stream(ReadyBatches::new(
-                link::framed_reader(read, codec, &leftover),
+                link::FrameReader::new(read, codec, &leftover),
                 spare_reads.clone(),
                 READ_BATCH_FRAMES,
             ));

@@ -255,7 +255,7 @@ impl Session {
         let counters = Arc::new(LinkCounters::new(p.shared.now_ms()));
         codec.count_reads(counters.received.clone());
         let addr = Session::create(move |ctx| {
-            let frames = link::framed_reader(read, codec, &leftover);
+            let frames = link::FrameReader::new(read, codec, &leftover);
             ctx.add_stream(ReadyBatches::new(
                 frames,
                 spare_reads.clone(),
