@@ -13,6 +13,7 @@
 //! topology=ring nodes=64 converge_ms=… rss_per_node_kib=… broadcast_events_per_s=… …
 //! ```
 //!
+//! * `threads`: the arbiter threads the nodes share (`--threads`; 0: a thread per node).
 //! * `links_ms`: from the first node's start until every planned link is up (0: never).
 //! * `converge_ms`: from the first node's start until every node sees all N nodes up.
 //! * `converge_cpu_ms`: CPU time the whole process used from the first node's start until
@@ -60,6 +61,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use clap::Parser;
 use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::node::Host;
 use nodecloud::testing::TestCluster;
 use nodecloud::topology::{self, Graph};
 use nodecloud::{cluster, Delivery, Event, NodeHandle};
@@ -106,6 +108,10 @@ struct Args {
     /// nodes see every node up: where the time to converge goes.
     #[arg(long)]
     progress: bool,
+    /// Arbiter threads the nodes share, dealt in turn (a star's master keeps one of its own,
+    /// as it would have a machine of its own); 0 puts every node on an arbiter of its own.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
     /// Hidden: run one size in this process (what the parent spawns).
     #[arg(long, hide = true)]
     child: bool,
@@ -196,6 +202,7 @@ fn spawn_size(args: &Args, n: usize) -> bool {
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--idle-ms", &args.idle_ms.to_string()])
         .args(["--limit-s", &args.limit_s.to_string()])
+        .args(["--threads", &args.threads.to_string()])
         .args(args.no_broadcast.then_some("--no-broadcast"))
         .args(args.one_address.then_some("--one-address"))
         .args(args.progress.then_some("--progress"))
@@ -258,7 +265,7 @@ struct Line {
 /// One cluster of `n` nodes: start, converge, measure, stop.
 async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let deadline = Instant::now() + Duration::from_secs(args.limit_s);
-    let mut fields = format!("topology={kind} nodes={n}");
+    let mut fields = format!("topology={kind} nodes={n} threads={}", args.threads);
     let fail = |fields: String, phase: &str, detail: String| Line {
         ok: false,
         text: format!("{fields} timeout=1 phase={phase} {detail}"),
@@ -306,11 +313,15 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let start_cpu = cpu_ms();
     // Every node starts at once, as the processes of a real cluster would: started one after
     // another, the last of a thousand waits for hundreds already busy linking up.
-    let started = futures_util::future::join_all(
-        cfg.nodes
-            .iter()
-            .map(|n| cluster::start_node(cfg.clone(), &n.name, reserved.bound(&n.name))),
-    )
+    let shared: Vec<ArbiterHandle> = (0..args.threads).map(|_| Arbiter::new().handle()).collect();
+    let host = |i: usize, node: &NodeConfig| match shared.as_slice() {
+        [] => Host::OwnArbiter,
+        _ if node.role == Role::Master => Host::OwnArbiter,
+        arbiters => Host::Shared(arbiters[i % arbiters.len()].clone()),
+    };
+    let started = futures_util::future::join_all(cfg.nodes.iter().enumerate().map(|(i, n)| {
+        cluster::start_node_hosted(cfg.clone(), &n.name, reserved.bound(&n.name), host(i, n))
+    }))
     .await
     .into_iter()
     .collect::<Result<Vec<NodeHandle>, _>>();

@@ -5,8 +5,8 @@
 //! It is not part of the actor tree: it reads what the node already publishes (the membership
 //! watch, the replicated stats, the counters in `node::Metrics`) and acts through the
 //! [`NodeHandle`], so the runtime does not depend on this module. [`start`] runs actix-web on
-//! the node's arbiter, in the node's actix System; the server lives in a task of that arbiter,
-//! so it stops (listener closed, connections dropped) when the node stops.
+//! the node's thread, in the node's actix System; the server lives in a task of the node's
+//! task set, so it stops (listener closed, connections dropped) when the node stops.
 //!
 //! The dashboard page (`/`, `/dashboard.js`, `/dashboard.css`, see `dashboard`) loads without
 //! the token and then asks for it. Authentication: with a token configured (`api_token*` in
@@ -163,11 +163,11 @@ pub enum ApiStartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the node's arbiter stopped before the HTTP API started")]
+    #[error("the node stopped before the HTTP API started")]
     ArbiterGone,
 }
 
-/// Serve the API of `node` on `listener` (already bound), on the node's arbiter. The server
+/// Serve the API of `node` on `listener` (already bound), on the node's thread. The server
 /// stops when the node stops.
 ///
 /// # Errors
@@ -186,11 +186,11 @@ pub async fn start(node: &NodeHandle, listener: TcpListener) -> Result<ApiServer
     listener.set_nonblocking(true).map_err(listen_error)?;
     let state = ApiState::new(node.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = node.arbiter().spawn(async move {
+    let spawned = node.spawn(async move {
         match serve(listener, state) {
             Ok(server) => {
                 let _ = tx.send(Ok(server.handle()));
-                // Runs as long as the node's arbiter: when the node stops, this task is
+                // Runs as long as the node: when the node stops, this task is
                 // dropped, and with it the server (its acceptor and workers stop).
                 if let Err(e) = server.await {
                     tracing::warn!("HTTP API on {addr} stopped: {e}");

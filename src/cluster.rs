@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::node::{Node, NodeHandle, StartError};
+use crate::node::{Host, Node, NodeHandle, StartError};
 // `Node` starts the actor tree; `start_node` adds the HTTP API the runtime knows nothing of.
 use crate::sockets::Bound;
 
@@ -97,7 +97,7 @@ pub async fn start_bound(
 
 /// Start node `name` on the sockets in `bound`, its HTTP API when it has `api` (on
 /// `bound.api` if given) and its HTTP proxy when it has `proxy` (on `bound.proxy`): both run
-/// on the node's arbiter and stop with the node.
+/// on the node's thread and stop with the node.
 ///
 /// # Errors
 /// [`StartError`] if the node cannot start, or [`StartError::Api`] or [`StartError::Proxy`] if its API or proxy cannot (the
@@ -105,11 +105,25 @@ pub async fn start_bound(
 pub async fn start_node(
     config: Arc<Config>,
     name: &str,
+    bound: Bound,
+) -> Result<NodeHandle, StartError> {
+    start_node_hosted(config, name, bound, Host::OwnArbiter).await
+}
+
+/// [`start_node`] on `host`: an arbiter of the node's own, or one shared with other nodes of
+/// this process.
+///
+/// # Errors
+/// As [`start_node`].
+pub async fn start_node_hosted(
+    config: Arc<Config>,
+    name: &str,
     mut bound: Bound,
+    host: Host,
 ) -> Result<NodeHandle, StartError> {
     let api = bound.api.take();
     let proxy = bound.proxy.take();
-    let node = Node::start_bound(config, name, bound).await?;
+    let node = Node::start_hosted(config, name, bound, host).await?;
     if let Err(e) = crate::api::start_configured(&node, api).await {
         node.shutdown().await;
         return Err(StartError::Api {

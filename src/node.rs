@@ -12,7 +12,9 @@
 //! └── Stats                 samples the process for replication
 //! user actors               NodeHandle::supervise: restarted after a panic
 //! ```
-//! Every node runs on its own arbiter (thread); a whole cluster can share one process.
+//! Every node runs in a task set of its own on an arbiter (thread): its own arbiter by default,
+//! or one shared with other nodes of the process ([`Host`]); a whole cluster can share one
+//! process.
 
 mod admission;
 mod backends;
@@ -33,6 +35,7 @@ mod metrics;
 mod publish;
 mod replica;
 mod router;
+mod runtime;
 mod service_listener;
 mod service_session;
 mod session;
@@ -64,6 +67,8 @@ pub use metrics::{
 };
 #[cfg(feature = "fuzzing")]
 pub(crate) use replica::{Applied, Replica};
+pub use runtime::Host;
+use runtime::NodeRuntime;
 #[cfg(feature = "fuzzing")]
 pub(crate) use service_session::{check_request, Verdict};
 pub use supervision::{install_panic_hook, Supervised as SupervisedActor};
@@ -192,24 +197,40 @@ impl Node {
         name: &str,
         bound: Bound,
     ) -> Result<NodeHandle, StartError> {
+        Node::start_hosted(config, name, bound, Host::OwnArbiter).await
+    }
+
+    /// [`Node::start_bound`] on `host`: an arbiter of the node's own, or one it shares with
+    /// other nodes of this process ([`Host::Shared`]).
+    ///
+    /// # Errors
+    /// [`StartError`] when the name is unknown, a socket cannot be bound or used, or the
+    /// shared arbiter has stopped.
+    pub async fn start_hosted(
+        config: Arc<Config>,
+        name: &str,
+        bound: Bound,
+        host: Host,
+    ) -> Result<NodeHandle, StartError> {
         let me = config
             .node(name)
             .cloned()
             .ok_or_else(|| StartError::UnknownNode(name.to_owned()))?;
-        let arbiter = Arbiter::new();
-        let handle = arbiter.handle();
+        let gone = || StartError::ArbiterGone(name.to_owned());
+        let runtime = NodeRuntime::open(host).ok_or_else(gone)?;
         let (tx, rx) = oneshot::channel();
-        let spawned = handle.spawn(async move {
-            let _ = tx.send(start_here(config, me, bound, Arbiter::current()).await);
+        let spawned = runtime.spawn({
+            let runtime = runtime.clone();
+            async move {
+                let _ = tx.send(start_here(config, me, bound, runtime).await);
+            }
         });
         if !spawned {
-            return Err(StartError::ArbiterGone(name.to_owned()));
+            return Err(gone());
         }
-        let result = rx
-            .await
-            .map_err(|_| StartError::ArbiterGone(name.to_owned()))?;
+        let result = rx.await.map_err(|_| gone())?;
         if result.is_err() {
-            handle.stop();
+            runtime.halt();
         }
         result
     }
@@ -219,7 +240,7 @@ async fn start_here(
     config: Arc<Config>,
     me: crate::config::NodeConfig,
     bound: Bound,
-    arbiter: ArbiterHandle,
+    runtime: NodeRuntime,
 ) -> Result<NodeHandle, StartError> {
     let listener = bind::peer(&me, bound.peer).await?;
     let services = bind::services(&me, bound.service)?;
@@ -295,7 +316,7 @@ async fn start_here(
         services,
         upstreams,
     };
-    let supervisor = NodeSupervisor::new(s.clone(), children).start();
+    let supervisor = NodeSupervisor::new(s.clone(), children, runtime.clone()).start();
     tracing::info!(node = %s.name(), listen = %listen_addr, advertise = %s.me.dial_address(), incarnation = %s.incarnation, "node started");
     Ok(NodeHandle {
         shared: s,
@@ -303,7 +324,7 @@ async fn start_here(
         bus,
         calls,
         stats,
-        arbiter,
+        runtime,
         listen_addr,
         service_addr,
     })
@@ -318,7 +339,7 @@ pub struct NodeHandle {
     bus: Addr<EventBus>,
     calls: Addr<Calls>,
     stats: Addr<Stats>,
-    arbiter: ArbiterHandle,
+    runtime: NodeRuntime,
     listen_addr: std::net::SocketAddr,
     service_addr: Option<std::net::SocketAddr>,
 }
@@ -353,9 +374,18 @@ impl NodeHandle {
         self.shared.incarnation
     }
 
-    /// The node's arbiter: start actors here to keep their messages on the node's thread.
+    /// The arbiter the node runs on: actors started there keep their messages on the node's
+    /// thread. On a [`Host::Shared`] arbiter they outlive the node; start what should stop
+    /// with it by [`NodeHandle::spawn`] or [`NodeHandle::supervise`].
     pub fn arbiter(&self) -> &ArbiterHandle {
-        &self.arbiter
+        self.runtime.arbiter()
+    }
+
+    /// Run `fut` on the node's thread, in the node's own task set: it ends when it completes or
+    /// when the node stops, whichever comes first. Actors started inside it (`Actor::start`)
+    /// run there too, and stop with the node. False if the node has stopped.
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+        self.runtime.spawn(fut)
     }
 
     /// Deliver every `E` published anywhere in the cluster (this node included) to
@@ -680,7 +710,7 @@ impl NodeHandle {
         self.shared.fatal_reason()
     }
 
-    /// Start a user actor on this node's arbiter and restart it when a handler panics (at most
+    /// Start a user actor on this node's thread (in its task set) and restart it when a handler panics (at most
     /// 5 restarts in 10 s; past that the node is reported degraded and shut down). Subscribe in
     /// the actor's `started` so a restarted actor subscribes again. Returns once the first
     /// `started` has run, so its subscriptions are in place.
@@ -692,7 +722,7 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         let (started_tx, started) = oneshot::channel();
         let (shared, name) = (self.shared.clone(), name.to_owned());
-        self.arbiter.spawn(async move {
+        self.runtime.spawn(async move {
             let _ = tx.send(supervision::supervise(shared, name, factory, started_tx));
         });
         let Ok(handle) = rx.await else {

@@ -12,7 +12,7 @@
 //! runtime, accept loop and pool of backend connections, and drives every connection it
 //! makes as a local task, so a request, its connection and the backend connection it uses
 //! stay on one thread (no hand-off between threads, no lock per request) The accepted
-//! connections are dealt to the threads in turn (`Spread`), whichever thread accepted them. The node's arbiter
+//! connections are dealt to the threads in turn (`Spread`), whichever thread accepted them. A task of the node
 //! holds their stop signal, so the proxy and every connection it serves stop when the node
 //! stops.
 //!
@@ -609,7 +609,7 @@ pub enum ProxyStartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the node's arbiter stopped before the HTTP proxy started")]
+    #[error("the node stopped before the HTTP proxy started")]
     ArbiterGone,
     #[error("cannot start the HTTP proxy's threads: {0}")]
     Threads(std::io::Error),
@@ -647,7 +647,7 @@ pub async fn start(
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(MAX_THREADS);
-    // A future on the node's arbiter holds `stop`: the arbiter drops it when the node stops,
+    // A task of the node holds `stop`: it is dropped when the node stops,
     // and that ends every thread of the proxy.
     let (stop, stopped) = watch::channel(());
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -715,7 +715,7 @@ pub async fn start(
             ProxyStartError::Threads(std::io::Error::other("a proxy thread ended at start"))
         })??;
     }
-    let spawned = node.arbiter().spawn(async move {
+    let spawned = node.spawn(async move {
         let _stop = stop;
         std::future::pending::<()>().await;
     });

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use nodecloud::node::Host;
 use nodecloud::{cluster, testing, Delivery, Event, NodeHandle, Target};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -254,4 +255,80 @@ async fn a_user_actor_that_keeps_panicking_escalates_and_the_node_reports_degrad
         .unwrap();
     assert!(nodes[0].is_degraded());
     cluster::stop(&nodes).await;
+}
+
+/// Answers `Ping`: alive while the node it was started on runs.
+struct Probe;
+impl Actor for Probe {
+    type Context = Context<Self>;
+}
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Ping;
+impl Handler<Ping> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+#[actix_rt::test]
+async fn nodes_sharing_one_arbiter_converge_and_one_that_stops_ends_only_its_own_actors() {
+    let reserved = testing::star(2);
+    let config = reserved.config();
+    let arbiter = Arbiter::new();
+    let mut nodes = Vec::new();
+    for n in &config.nodes {
+        let host = Host::Shared(arbiter.handle());
+        let node =
+            cluster::start_node_hosted(config.clone(), &n.name, reserved.bound(&n.name), host)
+                .await
+                .expect("node starts on the shared arbiter");
+        nodes.push(node);
+    }
+    testing::wait_converged(&nodes, WAIT)
+        .await
+        .expect("membership converges");
+
+    // An actor started in worker-2's task set, and a task of it holding a sender.
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    assert!(nodes[2].spawn(async move {
+        let _ = addr_tx.send(Probe.start());
+        let _held = held_tx;
+        std::future::pending::<()>().await;
+    }));
+    let probe = tokio::time::timeout(WAIT, addr_rx)
+        .await
+        .expect("the task runs within the deadline")
+        .expect("the task sends the probe's address");
+    probe
+        .send(Ping)
+        .await
+        .expect("the probe answers while its node runs");
+
+    nodes[2].shutdown().await;
+    let dropped = tokio::time::timeout(WAIT, held_rx)
+        .await
+        .expect("the node's task ends within the deadline");
+    assert!(dropped.is_err(), "the task was dropped, not finished");
+    let answer = tokio::time::timeout(WAIT, probe.send(Ping))
+        .await
+        .expect("the probe's mailbox closes within the deadline");
+    assert!(answer.is_err(), "the probe stopped with its node");
+    assert!(!nodes[2].spawn(async {}), "a stopped node takes no task");
+
+    // The arbiter runs on, and with it the two other nodes.
+    testing::wait_down(&nodes[0], "worker-2", WAIT)
+        .await
+        .expect("the master sees worker-2 down");
+    testing::wait_up(&nodes[0], &["worker-1"], WAIT)
+        .await
+        .expect("worker-1 stays up");
+    let mut rx = collector(&nodes[1]).await;
+    nodes[0].publish(&Reading { value: 3 }).unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        ("master".to_owned(), Reading { value: 3 })
+    );
+    cluster::stop(&nodes[..2]).await;
+    arbiter.stop();
 }

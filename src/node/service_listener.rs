@@ -304,7 +304,7 @@ impl Handler<CloseServices> for ServiceListener {
     type Result = ();
 
     fn handle(&mut self, CloseServices(reason): CloseServices, _: &mut Context<Self>) {
-        // Not a stop: its Supervisor would restart it. The node's arbiter ends it.
+        // Not a stop: its Supervisor would restart it. Halting the node's task set ends it.
         self.closing = true;
         for (_, s) in self.sessions.drain() {
             s.do_send(CloseService(reason.clone()));

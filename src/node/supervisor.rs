@@ -1,7 +1,7 @@
 //! NodeSupervisor: the root of one node's actor tree. It owns the children's addresses (the
 //! system actors run under `actix::Supervisor`, see `supervision`), and runs the node's
 //! shutdown: on request or on an escalation it closes every link with a `bye`, waits (bounded)
-//! for them to go, and stops the node's arbiter, which stops every actor on it.
+//! for them to go, and halts the node's task set, which stops every actor on it.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use super::listener::PeerListener;
 use super::master::Master;
 use super::membership::Membership;
 use super::router::{CloseAll, Router};
+use super::runtime::NodeRuntime;
 use super::service_listener::{CloseServices, ServiceListener};
 use super::shared::NodeShared;
 use super::stats::Stats;
@@ -36,20 +37,22 @@ pub struct Children {
 pub struct NodeSupervisor {
     shared: Arc<NodeShared>,
     children: Children,
+    runtime: NodeRuntime,
     stopping: bool,
 }
 
 impl NodeSupervisor {
-    pub fn new(shared: Arc<NodeShared>, children: Children) -> Self {
+    pub fn new(shared: Arc<NodeShared>, children: Children, runtime: NodeRuntime) -> Self {
         NodeSupervisor {
             shared,
             children,
+            runtime,
             stopping: false,
         }
     }
 }
 
-/// Shut the node down: resolves when its links are closed and its arbiter is stopping.
+/// Shut the node down: resolves when its links are closed and its task set is halting.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -92,9 +95,7 @@ impl Handler<Shutdown> for NodeSupervisor {
                 let _ = close.await;
             }
             .into_actor(self)
-            .map(|_, _, _| {
-                Arbiter::current().stop();
-            }),
+            .map(|_, act, _| act.runtime.halt()),
         )
     }
 }
@@ -112,7 +113,7 @@ impl Handler<StopActor> for Upstream {
 }
 
 /// Accept no more connections (the node is shutting down). Not a stop: a supervised actor
-/// that stops is restarted; the node's arbiter ends it.
+/// that stops is restarted; halting the node's task set ends it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopAccepting;
