@@ -659,11 +659,15 @@ impl Membership {
         };
         let http = self.shared.backends.take_changed();
         let stats = self.stats_to_send();
-        let links = self.my_links.clone();
         let own = self
             .replica
             .own(&me, self.shared.incarnation, self.shared.boot_ms);
-        sync_prefix(own, "link:", links.iter().map(String::as_str), now_ms);
+        sync_prefix(
+            own,
+            "link:",
+            self.my_links.iter().map(String::as_str),
+            now_ms,
+        );
         if let Some(methods) = methods {
             sync_prefix(own, "method:", methods.iter().map(String::as_str), now_ms);
         }
@@ -1405,6 +1409,10 @@ impl Membership {
 }
 
 /// Make the entries under `prefix` exactly `want` (set the new ones, tombstone the gone).
+///
+/// One merge walk of two sorted lists: a hub's thousand `link:` entries are compared, not
+/// rebuilt, at each link change, and only the keys that change are allocated. Entries under
+/// these prefixes only ever hold `Value::Set`.
 fn sync_prefix<'a>(
     state: &mut NodeState,
     prefix: &str,
@@ -1412,16 +1420,38 @@ fn sync_prefix<'a>(
     now_ms: u64,
 ) {
     let want: BTreeSet<&str> = want.collect();
-    let gone: Vec<String> = state
-        .keys_with(prefix)
-        .filter(|k| !want.contains(k))
-        .map(|k| format!("{prefix}{k}"))
-        .collect();
+    let (gone, new) = {
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        let mut have = state.keys_with(prefix).peekable();
+        let mut wanted = want.iter().copied().peekable();
+        loop {
+            match (have.peek(), wanted.peek()) {
+                (Some(h), Some(w)) if h == w => {
+                    have.next();
+                    wanted.next();
+                }
+                (Some(h), Some(w)) if h < w => {
+                    gone.push(format!("{prefix}{h}"));
+                    have.next();
+                }
+                (Some(h), None) => {
+                    gone.push(format!("{prefix}{h}"));
+                    have.next();
+                }
+                (_, Some(w)) => {
+                    new.push(format!("{prefix}{w}"));
+                    wanted.next();
+                }
+                (None, None) => break,
+            }
+        }
+        (gone, new)
+    };
     for key in gone {
         state.remove(&key, now_ms);
     }
-    for k in want {
-        state.set(&format!("{prefix}{k}"), Value::Set);
+    for key in new {
+        state.set(&key, Value::Set);
     }
 }
 
@@ -1917,8 +1947,8 @@ impl LiveGraph {
 #[cfg(test)]
 mod tests {
     use super::{
-        accept_claim, claim_is_consistent, stats_moved, take_delta, Claim, Forgotten, Ignored,
-        Link, LiveGraph, Reports, MAX_CLOCK_SKEW_MS,
+        accept_claim, claim_is_consistent, stats_moved, sync_prefix, take_delta, Claim, Forgotten,
+        Ignored, Link, LiveGraph, Reports, MAX_CLOCK_SKEW_MS,
     };
     use crate::node::replica::{Applied, Replica};
     use crate::wire::{NodeStats, StatValue, Value};
@@ -1931,6 +1961,31 @@ mod tests {
             incarnation,
             boot_ms,
         }
+    }
+
+    #[test]
+    fn syncing_a_prefix_sets_the_new_keys_tombstones_the_gone_and_leaves_the_rest_alone() {
+        let mut state = crate::node::replica::NodeState::new(Uuid::new_v4(), 1);
+        for k in ["link:a", "link:b", "link:c", "link:d", "method:m"] {
+            state.set(k, Value::Set);
+        }
+        state.remove("link:d", 5);
+        let before = state.max_version;
+        sync_prefix(&mut state, "link:", ["e", "b", "d"].into_iter(), 9);
+        let live: Vec<&str> = state.keys_with("link:").collect();
+        assert_eq!(live, ["b", "d", "e"]);
+        assert_eq!(state.keys_with("method:").collect::<Vec<_>>(), ["m"]);
+        // a and c tombstoned, d and e set: four changes, b untouched.
+        assert_eq!(state.max_version, before + 4);
+        let after = state.max_version;
+        sync_prefix(&mut state, "link:", ["d", "e", "b"].into_iter(), 10);
+        assert_eq!(
+            state.max_version, after,
+            "the same set again changes nothing"
+        );
+        sync_prefix(&mut state, "link:", std::iter::empty(), 11);
+        assert_eq!(state.keys_with("link:").count(), 0);
+        assert_eq!(state.max_version, after + 3);
     }
 
     #[test]
