@@ -710,10 +710,10 @@ impl NodeHandle {
         self.shared.fatal_reason()
     }
 
-    /// Start a user actor on this node's thread (in its task set) and restart it when a handler panics (at most
-    /// 5 restarts in 10 s; past that the node is reported degraded and shut down). Subscribe in
-    /// the actor's `started` so a restarted actor subscribes again. Returns once the first
-    /// `started` has run, so its subscriptions are in place.
+    /// Start a user actor on this node's thread (in its task set) and restart it when a
+    /// handler panics (at most 5 restarts in 10 s; past that the node is reported degraded and
+    /// shut down). Subscribe in the actor's `started` so a restarted actor subscribes again.
+    /// Returns once the first `started` has run, so its subscriptions are in place.
     pub async fn supervise<A, F>(&self, name: &str, factory: F) -> SupervisedActor<A>
     where
         A: Actor<Context = Context<A>>,
