@@ -1476,7 +1476,6 @@ pub(crate) fn stats_moved(sent: &NodeStats, now: &NodeStats) -> bool {
         || now.extra != sent.extra
 }
 
-/// A member as the API sees it, from its state's entries (backends well-formed only).
 /// The links of this node (`my_links`) that `origin`'s state held here reports links to:
 /// `origin` pushes its records to those peers itself, so a relay skips them.
 fn pushed_by<'a>(
@@ -1491,6 +1490,7 @@ fn pushed_by<'a>(
         .filter(move |p| my_links.contains(*p))
 }
 
+/// A member as the API sees it, from its state's entries (backends well-formed only).
 fn member(name: &str, s: &NodeState) -> Member {
     let text = |key: &str| match s.get(key) {
         Some(Value::Text(t)) => t.clone(),
