@@ -41,9 +41,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::Recipient;
-use futures_util::stream::{Fuse, Stream};
-use futures_util::StreamExt;
-use tokio::io::AsyncWrite;
+use futures_util::stream::Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use liveness::{first_tick, Liveness, Tick};
 pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
@@ -84,53 +83,55 @@ pub type ReadBatch = Vec<Result<Frame, WireError>>;
 /// The read batch vector a session gives back to its reader once handled.
 pub type SpareBatch = Rc<RefCell<Option<ReadBatch>>>;
 
-/// `ready_chunks(max)` that reuses its vectors: each batch is the frames ready now (at most
-/// `max`), in a vector the session handed back after the previous batch. Without the reuse
-/// every batch is a fresh allocation of tens of KiB.
-pub struct ReadyBatches<S> {
-    frames: Fuse<S>,
+/// The frames ready at each wake-up as one batch (`ready_chunks(max)` over a
+/// [`FrameReader`]), in a vector the session handed back after the previous batch. Without
+/// the reuse every batch is a fresh allocation of tens of KiB.
+pub struct ReadyBatches<R> {
+    frames: FrameReader<R>,
     spare: SpareBatch,
     max: usize,
+    /// The reader ended (an error, or the end of the stream): nothing more is polled.
+    ended: bool,
 }
 
-impl<S: Stream> ReadyBatches<S> {
-    pub fn new(frames: S, spare: SpareBatch, max: usize) -> Self {
+impl<R> ReadyBatches<R> {
+    pub fn new(frames: FrameReader<R>, spare: SpareBatch, max: usize) -> Self {
         ReadyBatches {
-            frames: frames.fuse(),
+            frames,
             spare,
             max,
+            ended: false,
         }
     }
 }
 
-impl<S: Stream<Item = Result<Frame, WireError>> + Unpin> Stream for ReadyBatches<S> {
+impl<R: AsyncRead + Unpin> Stream for ReadyBatches<R> {
     type Item = ReadBatch;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<ReadBatch>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let max = self.max;
         let mut batch = self
             .spare
             .borrow_mut()
             .take()
             .unwrap_or_else(|| Vec::with_capacity(max.min(FIRST_BATCH_FRAMES)));
-        loop {
-            match self.frames.poll_next_unpin(cx) {
-                Poll::Ready(Some(frame)) => {
-                    batch.push(frame);
-                    if batch.len() >= max {
-                        return Poll::Ready(Some(batch));
-                    }
-                }
-                Poll::Ready(None) if batch.is_empty() => return Poll::Ready(None),
-                Poll::Pending if batch.is_empty() => {
-                    *self.spare.borrow_mut() = Some(batch);
-                    return Poll::Pending;
-                }
-                Poll::Ready(None) | Poll::Pending => return Poll::Ready(Some(batch)),
+        let this = &mut *self;
+        match this.frames.poll_frames(cx, &mut batch, max) {
+            Poll::Pending => {
+                *this.spare.borrow_mut() = Some(batch);
+                Poll::Pending
             }
+            Poll::Ready(()) if batch.is_empty() => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(()) => Poll::Ready(Some(batch)),
         }
     }
 }

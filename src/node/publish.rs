@@ -28,7 +28,6 @@ pub(crate) struct Outgoing {
     frame: Option<EncodedMessage>,
     /// `Some` when this node's subscribers take it too.
     local: Option<Envelope>,
-    origin: Arc<NodeShared>,
 }
 
 /// Plan a typed event: its payload is encoded into a reused scratch buffer, so nothing is
@@ -49,7 +48,7 @@ pub(crate) fn prepare<E: Event>(
         }
     }
     let id = shared.next_event_id();
-    let table = shared.routes.load();
+    let table = shared.routes.load_cached();
     let (frame, local) = EncodedMessage::with_payload(event, |payload| {
         plan(
             shared,
@@ -69,7 +68,6 @@ pub(crate) fn prepare<E: Event>(
         target,
         frame,
         local,
-        origin: shared.clone(),
     })
 }
 
@@ -82,7 +80,7 @@ pub(crate) fn prepare_raw(
     payload: &[u8],
 ) -> Result<Outgoing, PublishError> {
     let id = shared.next_event_id();
-    let table = shared.routes.load();
+    let table = shared.routes.load_cached();
     let (frame, local) = plan(
         shared,
         &table,
@@ -97,7 +95,6 @@ pub(crate) fn prepare_raw(
         target,
         frame,
         local,
-        origin: shared.clone(),
     })
 }
 
@@ -114,7 +111,7 @@ fn plan(
     payload: &[u8],
     number: impl FnOnce(&NodeShared, Option<&str>) -> u64,
 ) -> Result<Planned, PublishError> {
-    let linked = table.next_links_for(to, s.name(), None).next().is_some();
+    let linked = table.own_links_for(to).next().is_some();
     let here = table.is_local_for(to);
     if let Some(t) = to {
         if !here && !linked {
@@ -167,10 +164,7 @@ pub(crate) fn send_or_return(
     // Checked with the plan borrowed (no reference count touched per event); the event is
     // handed back whole when something is full.
     let refused = {
-        let mut links = out
-            .table
-            .next_links_for(out.target.as_deref(), out.origin.name(), None)
-            .peekable();
+        let mut links = out.table.own_links_for(out.target.as_deref()).peekable();
         match (links.next(), links.peek().is_none(), &out.local) {
             // The usual case, one link and no local subscriber: one attempt, no separate check.
             (Some(link), true, None) => {
@@ -190,7 +184,7 @@ pub(crate) fn send_or_return(
             }
             _ => out.frame.as_ref().and_then(|frame| {
                 out.table
-                    .next_links_for(out.target.as_deref(), out.origin.name(), None)
+                    .own_links_for(out.target.as_deref())
                     .find_map(|link| {
                         link.tx
                             .has_room(frame.len())
@@ -214,10 +208,7 @@ pub(crate) fn send_or_return(
         }
     }
     let mut frame = out.frame;
-    let mut sends = out
-        .table
-        .next_links_for(out.target.as_deref(), out.origin.name(), None)
-        .peekable();
+    let mut sends = out.table.own_links_for(out.target.as_deref()).peekable();
     while let Some(link) = sends.next() {
         // The last link takes the frame itself, the others a reference-counted clone.
         let f = if sends.peek().is_some() {
@@ -242,10 +233,7 @@ fn link_refusal(e: QueueError, link: &LinkHandle) -> PublishError {
 /// Send, waiting for room on each link and on the bus (backpressure).
 pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(), PublishError> {
     let mut frame = out.frame;
-    let mut links = out
-        .table
-        .next_links_for(out.target.as_deref(), out.origin.name(), None)
-        .peekable();
+    let mut links = out.table.own_links_for(out.target.as_deref()).peekable();
     while let Some(link) = links.next() {
         let f = if links.peek().is_some() {
             frame.clone()

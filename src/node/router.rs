@@ -113,6 +113,14 @@ impl RouteTable {
     }
 
     /// [`is_local`](Self::is_local) of an event sent to `target`.
+    /// The links an event this node publishes (to `target`, or to every node) leaves on.
+    pub fn own_links_for<'a>(
+        &'a self,
+        target: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
+        self.next_links_for(target, self.routes.me(), None)
+    }
+
     pub fn is_local_for(&self, target: Option<&str>) -> bool {
         target.is_none_or(|t| t == self.routes.me())
     }
