@@ -251,7 +251,11 @@ mod tests {
             std::future::poll_fn(|cx| reader.poll_frames(cx, &mut batch, 4)).await;
             sizes.push(batch.len());
         }
-        assert_eq!(sizes, [4, 4, 2], "at most 4 at a time, and only what was ready");
+        assert_eq!(
+            sizes,
+            [4, 4, 2],
+            "at most 4 at a time, and only what was ready"
+        );
         let n: Vec<u64> = batch
             .iter()
             .map(|f| match f {

@@ -538,9 +538,15 @@ mod tests {
         let a = Snapshot::new(RouteTable::empty("a"));
         let b = Snapshot::new(RouteTable::empty("b"));
         let first = a.load_cached();
-        assert!(Arc::ptr_eq(&first, &a.load_cached()), "taken from the cache");
+        assert!(
+            Arc::ptr_eq(&first, &a.load_cached()),
+            "taken from the cache"
+        );
         assert!(!Arc::ptr_eq(&first, &b.load_cached()), "b's own table");
-        assert!(Arc::ptr_eq(&first, &a.load_cached()), "a's again, after b's");
+        assert!(
+            Arc::ptr_eq(&first, &a.load_cached()),
+            "a's again, after b's"
+        );
         let next = Arc::new(RouteTable::empty("a"));
         a.store(next.clone());
         assert!(Arc::ptr_eq(&next, &a.load_cached()), "the stored one");

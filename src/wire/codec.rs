@@ -58,37 +58,66 @@ impl WireError {
 
 /// A message already encoded as CBOR, ready to be framed on any number of links.
 ///
-/// The bytes sit in one reference-counted allocation of their exact size, made when the
-/// message is encoded: a frame is shared by a resumable link's replay buffer and its write
-/// queue, and a broadcast by every link it leaves on, so cloning must not allocate (a
-/// `Bytes` built from a `Vec` allocates its shared header at its first clone).
+/// The bytes are reference-counted: a frame is shared by a resumable link's replay buffer and
+/// its write queue, and a broadcast by every link it leaves on, so cloning must not allocate
+/// (a `Bytes` built from a `Vec` allocates its shared header at its first clone).
 #[derive(Debug, Clone)]
-pub struct EncodedMessage(Arc<[u8]>);
+pub struct EncodedMessage(Body);
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// Written into a scratch buffer, then copied into one allocation of its exact size
+    /// that also holds the count: a small message costs one allocation.
+    Copied(Arc<[u8]>),
+    /// Written where it stays, in a vector of its exact size, with the count in an
+    /// allocation of its own: a large event is not copied once more (a copy of each
+    /// kilobyte event was a tenth of a publisher's work).
+    Written(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Copied(b) => b,
+            Body::Written(v) => v,
+        }
+    }
+}
+
+/// Events of at least this many bytes are written in place ([`Body::Written`]); below it a
+/// copy costs less than a second allocation.
+const WRITE_IN_PLACE_BYTES: usize = 512;
 
 impl EncodedMessage {
     /// Any bytes as an encoded message: for tests that send what this crate would not.
     #[cfg(test)]
-    pub(crate) fn from_cbor(bytes: &'static [u8]) -> Self {
-        EncodedMessage(Arc::from(bytes))
+    pub(crate) fn from_cbor(bytes: &[u8]) -> Self {
+        EncodedMessage(Body::Copied(Arc::from(bytes)))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes().len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes().is_empty()
     }
 
     /// Whether this message fits in a frame of at most `max_frame_bytes` whatever its
     /// sequence number (the frame adds an array head and up to 9 bytes of seq).
     pub fn fits(&self, max_frame_bytes: usize) -> bool {
-        1 + 9 + self.0.len() <= max_frame_bytes
+        1 + 9 + self.len() <= max_frame_bytes
     }
 
     /// Whether this is a stream frame of a resumable link (`event`, `peer_call`,
     /// `peer_reply`): read off the one-entry map's key, without decoding the message.
     pub fn is_stream(&self) -> bool {
-        let b: &[u8] = &self.0;
+        let b = self.bytes();
         matches!(b.first(), Some(0xa1))
             && [
                 &b"\x65event"[..],
@@ -122,10 +151,15 @@ thread_local! {
 fn encode_in_scratch<E>(
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<EncodedMessage, E> {
+    scratch_bytes(write).map(|b| EncodedMessage(Body::Copied(b)))
+}
+
+/// [`encode_in_scratch`]'s bytes, copied out of the scratch buffer at their exact size.
+fn scratch_bytes<E>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Arc<[u8]>, E> {
     MESSAGE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            let result = write(&mut buf).map(|()| EncodedMessage(Arc::from(&buf[..])));
+            let result = write(&mut buf).map(|()| Arc::from(&buf[..]));
             if buf.capacity() > SCRATCH_KEEP_BYTES {
                 *buf = Vec::new();
             }
@@ -133,7 +167,7 @@ fn encode_in_scratch<E>(
         }
         Err(_) => {
             let mut buf = Vec::new();
-            write(&mut buf).map(|()| EncodedMessage(Arc::from(buf)))
+            write(&mut buf).map(|()| Arc::from(buf))
         }
     })
 }
@@ -283,6 +317,11 @@ fn encode_event_ref(e: &EventRef<'_>) -> EncodedMessage {
         + text(KEY_PAYLOAD)
         + head_len(e.payload.len() as u64)
         + e.payload.len();
+    if len >= WRITE_IN_PLACE_BYTES {
+        let mut v = Vec::with_capacity(len);
+        write_event(&mut v, e, len);
+        return EncodedMessage(Body::Written(Arc::new(v)));
+    }
     let written: Result<EncodedMessage, std::convert::Infallible> = encode_in_scratch(|v| {
         write_event(v, e, len);
         Ok(())
@@ -619,7 +658,7 @@ impl FrameCodec {
         // appended with the message in two copies.
         let mut seq_buf = [0u8; 9];
         let seq_len = cbor_uint(seq, &mut seq_buf);
-        let body_len = 1 + seq_len + msg.0.len();
+        let body_len = 1 + seq_len + msg.len();
         if body_len > self.max_frame_bytes {
             return Err(WireError::FrameTooLarge {
                 len: body_len as u64,
@@ -632,7 +671,7 @@ impl FrameCodec {
         head[LENGTH_PREFIX_BYTES + 1..][..seq_len].copy_from_slice(&seq_buf[..seq_len]);
         dst.reserve(LENGTH_PREFIX_BYTES + body_len);
         dst.extend_from_slice(&head[..LENGTH_PREFIX_BYTES + 1 + seq_len]);
-        dst.extend_from_slice(&msg.0);
+        dst.extend_from_slice(msg.bytes());
         Ok(())
     }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{encode_in_scratch, head_len, put_head, EncodedMessage, WireError, MAJOR_ARRAY};
+use super::{
+    encode_in_scratch, head_len, put_head, scratch_bytes, EncodedMessage, WireError, MAJOR_ARRAY,
+};
 use crate::wire::frame::NodeDelta;
 
 /// `{"delta": {"nodes": ` up to the records' array head: the message is a one-entry map
@@ -31,12 +33,12 @@ impl EncodedRecord {
     /// # Errors
     /// [`WireError::Encode`] if serde refuses the value (not expected of a `NodeDelta`).
     pub fn encode(record: &NodeDelta) -> Result<Self, WireError> {
-        let msg = encode_in_scratch(|buf| {
+        scratch_bytes(|buf| {
             record
                 .serialize(&mut minicbor_serde::Serializer::new(buf))
                 .map_err(|e| WireError::Encode(e.to_string()))
-        })?;
-        Ok(EncodedRecord(msg.0))
+        })
+        .map(EncodedRecord)
     }
 
     /// Bytes of the record's encoding: what it adds to a `delta` message (with at most 8
