@@ -48,7 +48,7 @@ pub(crate) fn prepare<E: Event>(
         }
     }
     let id = shared.next_event_id();
-    let table = shared.routes.load_cached();
+    let table = shared.routes.load();
     let (frame, local) = EncodedMessage::with_payload(event, |payload| {
         plan(
             shared,
@@ -80,7 +80,7 @@ pub(crate) fn prepare_raw(
     payload: &[u8],
 ) -> Result<Outgoing, PublishError> {
     let id = shared.next_event_id();
-    let table = shared.routes.load_cached();
+    let table = shared.routes.load();
     let (frame, local) = plan(
         shared,
         &table,

@@ -35,87 +35,35 @@ pub const READ_BATCH_FRAMES: usize = 256;
 
 /// A value one actor replaces whole and any thread reads: a load is a clone of the current
 /// `Arc`, taken under a read lock held for that clone alone, and a store swaps the `Arc` and
-/// drops the old one outside the lock. Each value has a version of its own, so a reader may
-/// keep the `Arc` it loaded and ask only whether it is still current.
+/// drops the old one outside the lock.
 ///
 /// Not `arc_swap::ArcSwap`: its store visits every thread that ever loaded from any `ArcSwap`
 /// in the process to settle their borrowed pointers. With one node per process that is a
 /// handful of threads, but a process holding many nodes (a local cluster, the tests, the
 /// scale benchmark) has one thread per node, and a thousand nodes each replacing its route
 /// table at every membership change spent a fifth of the machine in those visits.
-pub struct Snapshot<T> {
-    /// The value and its version.
-    value: RwLock<(u64, Arc<T>)>,
-    /// The version of `value`, readable without the lock (see [`Snapshot::load_cached`]).
-    version: AtomicU64,
-}
-
-/// Versions of every snapshot's values, process-wide: a version names one value of one
-/// snapshot, so a cache keyed by the version alone never takes another snapshot's value (nor
-/// a value of a snapshot dropped and another made at its address) for the one it wants.
-static SNAPSHOT_VERSIONS: AtomicU64 = AtomicU64::new(1);
-
-fn next_version() -> u64 {
-    SNAPSHOT_VERSIONS.fetch_add(1, Ordering::Relaxed)
-}
+pub struct Snapshot<T>(RwLock<Arc<T>>);
 
 impl<T> Snapshot<T> {
     pub fn new(value: T) -> Self {
-        let version = next_version();
-        Snapshot {
-            value: RwLock::new((version, Arc::new(value))),
-            version: AtomicU64::new(version),
-        }
+        Snapshot(RwLock::new(Arc::new(value)))
     }
 
     /// The current value.
     pub fn load(&self) -> Arc<T> {
-        self.load_versioned().1
-    }
-
-    fn load_versioned(&self) -> (u64, Arc<T>) {
-        let held = self.value.read().unwrap_or_else(PoisonError::into_inner);
-        (held.0, held.1.clone())
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the value; readers holding the old one keep it until they drop it.
     pub fn store(&self, value: Arc<T>) {
-        let old = {
-            let mut held = self.value.write().unwrap_or_else(PoisonError::into_inner);
-            let version = next_version();
-            self.version.store(version, Ordering::Release);
-            std::mem::replace(&mut *held, (version, value))
-        };
+        let old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            value,
+        );
         drop(old);
-    }
-}
-
-thread_local! {
-    /// The route table the last [`Snapshot::load_cached`] on this thread returned, with its
-    /// version. It keeps that table alive until the thread loads another (a node that stopped
-    /// leaves its last table here until then).
-    static ROUTES_SEEN: std::cell::RefCell<Option<(u64, Arc<RouteTable>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-impl Snapshot<RouteTable> {
-    /// [`Snapshot::load`] for a publisher: while the table is the one this thread loaded
-    /// last, it is taken from the thread's cache with one plain load of the version instead
-    /// of a lock and an unlock (two atomic writes per event, on a path that publishes
-    /// millions of them a second).
-    pub fn load_cached(&self) -> Arc<RouteTable> {
-        let version = self.version.load(Ordering::Acquire);
-        ROUTES_SEEN.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut seen) => match &*seen {
-                Some((v, table)) if *v == version => table.clone(),
-                _ => {
-                    let (v, table) = self.load_versioned();
-                    *seen = Some((v, table.clone()));
-                    table
-                }
-            },
-            Err(_) => self.load(),
-        })
     }
 }
 
@@ -529,27 +477,5 @@ mod tests {
         assert!(!t.contains("sensor.a"), "nothing is left");
         t.add("sensor.a");
         assert!(t.contains("sensor.a"), "subscribed again");
-    }
-
-    #[test]
-    fn a_cached_route_table_is_replaced_by_the_next_store_and_never_taken_for_another_snapshot() {
-        use super::{RouteTable, Snapshot};
-        use std::sync::Arc;
-        let a = Snapshot::new(RouteTable::empty("a"));
-        let b = Snapshot::new(RouteTable::empty("b"));
-        let first = a.load_cached();
-        assert!(
-            Arc::ptr_eq(&first, &a.load_cached()),
-            "taken from the cache"
-        );
-        assert!(!Arc::ptr_eq(&first, &b.load_cached()), "b's own table");
-        assert!(
-            Arc::ptr_eq(&first, &a.load_cached()),
-            "a's again, after b's"
-        );
-        let next = Arc::new(RouteTable::empty("a"));
-        a.store(next.clone());
-        assert!(Arc::ptr_eq(&next, &a.load_cached()), "the stored one");
-        assert!(Arc::ptr_eq(&next, &a.load()));
     }
 }

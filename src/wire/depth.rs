@@ -70,8 +70,9 @@ impl Levels {
 /// # Errors
 /// [`WireError::Malformed`] naming the bound.
 pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
-    // Nothing can nest deeper than it has bytes.
-    if bytes.len() <= max {
+    // Nothing can nest deeper than it has bytes; the usual payload (a struct of scalars,
+    // texts and byte strings) is one level deep, found without tracking levels.
+    if bytes.len() <= max || (max >= 1 && is_flat(bytes)) {
         return Ok(());
     }
     let too_deep = || WireError::Malformed(format!("nested deeper than {max} levels"));
@@ -157,6 +158,55 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
     }
 }
 
+/// Whether `bytes` is one definite array or map whose items are all numbers, simple values,
+/// texts or byte strings of definite length: one level deep. `false` for anything else
+/// (nesting, indefinite lengths, truncation), which the full walk then reads.
+fn is_flat(bytes: &[u8]) -> bool {
+    let mut pos = 0;
+    let items = match definite_head(bytes, &mut pos) {
+        Some((4, n)) => n,
+        Some((5, n)) => n.saturating_mul(2),
+        _ => return false,
+    };
+    // Each item takes at least a byte: the loop ends with the bytes, whatever `items` says.
+    for _ in 0..items {
+        match definite_head(bytes, &mut pos) {
+            Some((0 | 1 | 7, _)) => {}
+            Some((2 | 3, len)) => {
+                match usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) {
+                    Some(end) if end <= bytes.len() => pos = end,
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The head at `pos` if its length is definite: its major type and argument; `pos` moves
+/// past it.
+#[inline(always)]
+fn definite_head(bytes: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
+    let initial = *bytes.get(*pos)?;
+    *pos += 1;
+    let mut take = |n: usize| {
+        let raw = bytes.get(*pos..*pos + n)?;
+        *pos += n;
+        Some(raw)
+    };
+    // A width each: fixed-size reads, not a loop over the argument's bytes.
+    let arg = match initial & 0x1f {
+        info @ 0..=23 => u64::from(info),
+        24 => u64::from(take(1)?[0]),
+        25 => u64::from(u16::from_be_bytes(take(2)?.try_into().ok()?)),
+        26 => u64::from(u32::from_be_bytes(take(4)?.try_into().ok()?)),
+        27 => u64::from_be_bytes(take(8)?.try_into().ok()?),
+        _ => return None,
+    };
+    Some((initial >> 5, arg))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -236,6 +286,37 @@ mod tests {
         assert!(e.to_string().contains("nested deeper than 64"), "{e}");
         let ok: serde_json::Value = crate::wire::decode_payload(&nested_arrays(10)).unwrap();
         assert_eq!(ok.to_string(), "[[[[[[[[[[0]]]]]]]]]]");
+    }
+
+    #[test]
+    fn a_flat_struct_is_one_level_and_a_deep_value_behind_flat_items_is_still_refused() {
+        // {"seq": 7, "data": h'00 × 100', "name": "x", "f": 1.5}
+        let mut flat = vec![
+            0xa4, 0x63, b's', b'e', b'q', 0x07, 0x64, b'd', b'a', b't', b'a',
+        ];
+        flat.extend([0x58, 100]);
+        flat.extend([0u8; 100]);
+        flat.extend([0x64, b'n', b'a', b'm', b'e', 0x61, b'x', 0x61, b'f']);
+        flat.extend([0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
+        assert!(is_flat(&flat));
+        assert!(check_depth(&flat, 1).is_ok());
+        assert!(
+            check_depth(&flat, 0).is_err(),
+            "one level is past a bound of none"
+        );
+        // The same items, then one more whose value nests 65 arrays deep.
+        let mut deep = flat.clone();
+        deep[0] = 0xa5;
+        deep.extend([0x61, b'z']);
+        deep.extend(nested_arrays(65));
+        assert!(!is_flat(&deep));
+        assert!(check_depth(&deep, 64).is_err());
+        // Indefinite, truncated and announced-but-missing items are not flat.
+        assert!(!is_flat(&[0xbf, 0x61, b'a', 0x01, 0xff]));
+        assert!(!is_flat(&flat[..flat.len() - 1]));
+        assert!(!is_flat(&[
+            0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+        ]));
     }
 
     #[test]
