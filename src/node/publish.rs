@@ -26,8 +26,10 @@ pub(crate) struct Outgoing {
     target: Option<String>,
     /// `None` when no link takes the event.
     frame: Option<EncodedMessage>,
-    /// `Some` when this node's subscribers take it too.
-    local: Option<Envelope>,
+    /// `Some` when this node's subscribers take it too. Boxed: an envelope is most of an
+    /// `Outgoing`'s size, an `Outgoing` is moved several times per event, and one as large as
+    /// an envelope was moved by a `memcpy` call each time.
+    local: Option<Box<Envelope>>,
 }
 
 /// Plan a typed event: its payload is encoded into a reused scratch buffer, so nothing is
@@ -98,7 +100,7 @@ pub(crate) fn prepare_raw(
     })
 }
 
-type Planned = (Option<EncodedMessage>, Option<Envelope>);
+type Planned = (Option<EncodedMessage>, Option<Box<Envelope>>);
 
 /// `number` gives the event its `seq` (typed events look their stream up by the address of
 /// their static topic).
@@ -136,15 +138,17 @@ fn plan(
     } else {
         None
     };
-    let local = (here && s.local_topics.contains(topic)).then(|| Envelope {
-        id,
-        seq,
-        topic: Arc::from(topic),
-        origin: s.name_shared.clone(),
-        origin_incarnation: s.incarnation,
-        target: to.map(str::to_owned),
-        ttl: s.ttl,
-        payload: Bytes::copy_from_slice(payload),
+    let local = (here && s.local_topics.contains(topic)).then(|| {
+        Box::new(Envelope {
+            id,
+            seq,
+            topic: Arc::from(topic),
+            origin: s.name_shared.clone(),
+            origin_incarnation: s.incarnation,
+            target: to.map(str::to_owned),
+            ttl: s.ttl,
+            payload: Bytes::copy_from_slice(payload),
+        })
     });
     Ok((frame, local))
 }
@@ -198,10 +202,10 @@ pub(crate) fn send_or_return(
         return Err((e, Some(Box::new(out))));
     }
     if let Some(env) = out.local.take() {
-        match bus.try_send(Deliver(vec![env], None)) {
+        match bus.try_send(Deliver(vec![*env], None)) {
             Ok(()) => {}
             Err(SendError::Full(Deliver(mut envs, _))) => {
-                out.local = envs.pop();
+                out.local = envs.pop().map(Box::new);
                 return Err((PublishError::BusFull, Some(Box::new(out))));
             }
             Err(SendError::Closed(_)) => return Err((PublishError::Stopped, None)),
@@ -252,7 +256,7 @@ pub(crate) async fn send_wait(bus: &Addr<EventBus>, out: Outgoing) -> Result<(),
         }
     }
     if let Some(env) = out.local {
-        bus.send(Deliver(vec![env], None))
+        bus.send(Deliver(vec![*env], None))
             .await
             .map_err(|_| PublishError::Stopped)?;
     }

@@ -1353,3 +1353,38 @@ fn mutated_frames_are_decoded_or_refused_never_anything_else() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+#[test]
+fn payloads_encode_to_the_bytes_serde_writes_into_a_vector_whatever_the_sizes_of_their_pieces() {
+    #[derive(serde::Serialize)]
+    struct Mixed {
+        small: u8,
+        mid: u16,
+        wide: u32,
+        widest: u64,
+        negative: i64,
+        float: f64,
+        half: f32,
+        text: String,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        nested: BTreeMap<String, Vec<Option<bool>>>,
+    }
+    for n in [0usize, 1, 2, 3, 4, 5, 8, 9, 23, 24, 255, 256, 70_000] {
+        let value = Mixed {
+            small: n as u8,
+            mid: n as u16,
+            wide: n as u32 * 65_537,
+            widest: (n as u64) << 40,
+            negative: -(n as i64),
+            float: n as f64 / 3.0,
+            half: n as f32,
+            text: "é".repeat(n % 40),
+            blob: vec![7; n],
+            nested: [("k".repeat(n % 30), vec![Some(true), None])].into(),
+        };
+        let ours = encode_payload(&value).unwrap();
+        let serde = minicbor_serde::to_vec(&value).unwrap();
+        assert_eq!(&ours[..], &serde[..], "size {n}");
+    }
+}
