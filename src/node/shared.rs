@@ -395,7 +395,7 @@ pub struct LocalTopics {
     interest: std::sync::RwLock<Interest>,
     /// Whether `interest` holds anything, kept under its write lock: a node without local
     /// subscribers (a publisher, a relay) answers every event with one plain load, not a
-    /// lock and an unlock (two atomic writes, a tenth of a publisher's work per event).
+    /// lock and an unlock (two atomic writes per event).
     any: AtomicBool,
 }
 
