@@ -1374,7 +1374,7 @@ fn payloads_encode_to_the_bytes_serde_writes_into_a_vector_whatever_the_sizes_of
         let value = Mixed {
             small: n as u8,
             mid: n as u16,
-            wide: n as u32 * 65_537,
+            wide: (n as u32).wrapping_mul(65_537),
             widest: (n as u64) << 40,
             negative: -(n as i64),
             float: n as f64 / 3.0,
