@@ -90,18 +90,11 @@ pub struct ReadyBatches<R> {
     frames: FrameReader<R>,
     spare: SpareBatch,
     max: usize,
-    /// The reader ended (an error, or the end of the stream): nothing more is polled.
-    ended: bool,
 }
 
 impl<R> ReadyBatches<R> {
     pub fn new(frames: FrameReader<R>, spare: SpareBatch, max: usize) -> Self {
-        ReadyBatches {
-            frames,
-            spare,
-            max,
-            ended: false,
-        }
+        ReadyBatches { frames, spare, max }
     }
 }
 
@@ -112,9 +105,6 @@ impl<R: AsyncRead + Unpin> Stream for ReadyBatches<R> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<ReadBatch>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
         let max = self.max;
         let mut batch = self
             .spare
@@ -122,16 +112,12 @@ impl<R: AsyncRead + Unpin> Stream for ReadyBatches<R> {
             .take()
             .unwrap_or_else(|| Vec::with_capacity(max.min(FIRST_BATCH_FRAMES)));
         let this = &mut *self;
-        match this.frames.poll_frames(cx, &mut batch, max) {
-            Poll::Pending => {
-                *this.spare.borrow_mut() = Some(batch);
-                Poll::Pending
-            }
-            Poll::Ready(()) if batch.is_empty() => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(()) => Poll::Ready(Some(batch)),
+        // The reader yields nothing more once it ended: every later poll is `None` too.
+        let polled = this.frames.poll_frames(cx, &mut batch, max);
+        if batch.is_empty() {
+            *this.spare.borrow_mut() = Some(batch);
+            return polled.map(|()| None);
         }
+        Poll::Ready(Some(batch))
     }
 }

@@ -110,15 +110,6 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
         }
         let (major, info) = (initial >> 5, initial & 0x1f);
         let arg = match info {
-            0..=23 => u64::from(info),
-            24..=27 => {
-                let len = 1usize << (info - 24);
-                let Some(raw) = bytes.get(pos..pos + len) else {
-                    return Ok(());
-                };
-                pos += len;
-                raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-            }
             31 => {
                 // Indefinite arrays, maps and strings (strings are chunks up to a break, one
                 // level down); anything else with this head is malformed, left to the decoder.
@@ -131,7 +122,11 @@ pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), WireError> {
                 }
                 continue;
             }
-            _ => return Ok(()), // reserved: malformed
+            // Reserved or truncated: malformed, the decoder's to refuse.
+            _ => match argument(bytes, &mut pos, info) {
+                Some(arg) => arg,
+                None => return Ok(()),
+            },
         };
         let opened = match major {
             2 | 3 => {
@@ -190,21 +185,27 @@ fn is_flat(bytes: &[u8]) -> bool {
 fn definite_head(bytes: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
     let initial = *bytes.get(*pos)?;
     *pos += 1;
+    Some((initial >> 5, argument(bytes, pos, initial & 0x1f)?))
+}
+
+/// The argument of a head whose additional information is `info`, read from `pos` on (which
+/// moves past it): `None` for an indefinite length (31), a reserved value or a truncation.
+#[inline(always)]
+fn argument(bytes: &[u8], pos: &mut usize, info: u8) -> Option<u64> {
     let mut take = |n: usize| {
         let raw = bytes.get(*pos..*pos + n)?;
         *pos += n;
         Some(raw)
     };
     // A width each: fixed-size reads, not a loop over the argument's bytes.
-    let arg = match initial & 0x1f {
-        info @ 0..=23 => u64::from(info),
+    Some(match info {
+        0..=23 => u64::from(info),
         24 => u64::from(take(1)?[0]),
         25 => u64::from(u16::from_be_bytes(take(2)?.try_into().ok()?)),
         26 => u64::from(u32::from_be_bytes(take(4)?.try_into().ok()?)),
         27 => u64::from_be_bytes(take(8)?.try_into().ok()?),
         _ => return None,
-    };
-    Some((initial >> 5, arg))
+    })
 }
 
 #[cfg(test)]
