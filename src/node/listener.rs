@@ -46,10 +46,10 @@ pub struct PeerListener {
 impl PeerListener {
     pub fn new(shared: Arc<NodeShared>, listener: TcpListener, wiring: Wiring) -> Self {
         PeerListener {
+            admission: Admission::new(admission::peer_pending_bound(shared.config.member_bound)),
             shared,
             listener: Arc::new(listener),
             wiring,
-            admission: Admission::new(),
             closing: false,
         }
     }
@@ -144,7 +144,9 @@ impl Actor for PeerListener {
 /// admission tickets go too. Established sessions are actors of their own and go on.
 impl Supervised for PeerListener {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.admission = Admission::new();
+        self.admission = Admission::new(admission::peer_pending_bound(
+            self.shared.config.member_bound,
+        ));
     }
 }
 

@@ -389,17 +389,20 @@ impl Membership {
             ),
             shared,
         };
-        // The declared nodes first, in declared order.
-        let declared: Vec<String> = m
+        // The declared nodes first, in declared order (names are unique: the file was
+        // checked). Taken as they are: one by one through `index_of`, each would be checked
+        // against the configuration and inserted into `by_name`, N² for N declared nodes.
+        m.names = m
             .shared
             .config
             .nodes
             .iter()
             .map(|n| n.name.clone())
             .collect();
-        for name in declared {
-            let _ = m.index_of(&name);
-        }
+        m.ids = m.names.iter().cloned().zip(0..).collect();
+        m.by_name = (0..m.names.len()).collect();
+        m.by_name
+            .sort_by(|&a, &b| m.names.get(a).cmp(&m.names.get(b)));
         let me = m.shared.name().to_owned();
         let _ = m.index_of(&me);
         let own = m.replica.own(&me, m.shared.incarnation, m.shared.boot_ms);
@@ -415,7 +418,8 @@ impl Membership {
         if let Some(&ix) = self.ids.get(name) {
             return Some(ix);
         }
-        if !self.shared.config.admits(name) {
+        // Every declared node has an index, so this one is not declared.
+        if !self.shared.config.admits_undeclared(name) {
             return None;
         }
         if self.names.len() >= self.shared.config.member_bound {
@@ -848,7 +852,7 @@ impl Membership {
         let lacking = self.replica.lacks(
             &asked,
             |n| n == via || n == me || self.my_links.contains(n),
-            |n| self.declared(n) || self.shared.config.admits(n),
+            |n| self.declared(n) || self.shared.config.admits_undeclared(n),
         );
         if lacking {
             self.send_digest(via, DigestWhy::Repair);

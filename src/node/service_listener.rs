@@ -107,7 +107,7 @@ impl ServiceListener {
             unix,
             closing: false,
             identity,
-            admission: Admission::new(),
+            admission: Admission::new(admission::PENDING),
             sessions: HashMap::new(),
             next_session: 0,
             socket_path,
@@ -175,7 +175,7 @@ impl Drop for ServiceListener {
 /// admission tickets go too. Attached applications are actors of their own and go on.
 impl Supervised for ServiceListener {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.admission = Admission::new();
+        self.admission = Admission::new(admission::PENDING);
     }
 }
 
