@@ -679,7 +679,7 @@ impl Membership {
             sync_prefix(own, "http:", http.iter().map(String::as_str), now_ms);
         }
         if let Some(stats) = stats {
-            if own.set("stats", Value::Stats(stats.clone())) {
+            if own.set("stats", Value::Stats(Box::new(stats.clone()))) {
                 self.shared.metrics.repl(Repl::OwnStatsSet, 1);
             }
             self.stats_sent = Some(stats);
@@ -1506,7 +1506,7 @@ fn member(name: &str, s: &NodeState) -> Member {
         role: text("role"),
         links: s.keys_with("link:").map(str::to_owned).collect(),
         stats: match s.get("stats") {
-            Some(Value::Stats(st)) => st.clone(),
+            Some(Value::Stats(st)) => NodeStats::clone(st),
             _ => NodeStats::default(),
         },
         methods: s.keys_with("method:").map(str::to_owned).collect(),

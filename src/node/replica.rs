@@ -609,7 +609,7 @@ mod tests {
         for i in 0..50 {
             me.set(&format!("method:m{i:02}"), Value::Set);
         }
-        me.set("stats", Value::Stats(NodeStats::default()));
+        me.set("stats", Value::Stats(Box::default()));
         let deltas = origin.delta_for(&[], 400, |_| false);
         assert!(deltas.len() > 5, "split into {}", deltas.len());
         assert_eq!(deltas[0].from, 0);

@@ -395,12 +395,16 @@ pub struct Entry {
 
 /// An entry's value: `"set"` for keys whose presence is the fact (a link, a method, a
 /// backend), `{"text": …}` (the role), `{"stats": …}`.
+///
+/// The stats are boxed (the encoding is the same): a node holds an entry per link, method
+/// and backend of every member, nearly all of them `Set`, and each took the size of the
+/// largest variant, about 120 bytes, where a box takes 8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Value {
     Set,
     Text(String),
-    Stats(NodeStats),
+    Stats(Box<NodeStats>),
 }
 
 /// A node's stats: the value of its `stats` entry (NodeCloud's `heartbeat-ack` payload).

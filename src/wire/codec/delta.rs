@@ -107,7 +107,7 @@ mod tests {
                 entries.push(Entry {
                     key: "stats".into(),
                     version: 300 + i as u64,
-                    value: Some(Value::Stats(NodeStats {
+                    value: Some(Value::Stats(Box::new(NodeStats {
                         pid: 4242,
                         version: "0.1.0".into(),
                         uptime_s: 70_000,
@@ -117,7 +117,7 @@ mod tests {
                         free_mem_bytes: 1 << 33,
                         total_mem_bytes: 1 << 34,
                         extra,
-                    })),
+                    }))),
                 });
             }
             2 => {
