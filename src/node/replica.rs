@@ -433,7 +433,7 @@ impl Replica {
 #[allow(clippy::expect_used)]
 mod tests {
     use super::{Applied, NodeState, Replica};
-    use crate::wire::{NodeDelta, NodeStats, Value};
+    use crate::wire::{NodeDelta, Value};
     use uuid::Uuid;
 
     const BIG: usize = 1 << 20;
