@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use clap::Parser;
-use nodecloud::config::{Config, NodeConfig, Role, TopologyKind};
+use nodecloud::config::{Config, HostPort, NodeConfig, PoolConfig, Role, TopologyKind};
 use nodecloud::node::Host;
 use nodecloud::testing::TestCluster;
 use nodecloud::topology::{self, Graph};
@@ -151,14 +151,17 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Some(kind) = TopologyKind::from_name(&args.topology).filter(|k| {
+    // A pool is a star whose workers are not declared: they join the master as `--join` does.
+    let pool = args.topology == "pool";
+    let topology = if pool { "star" } else { args.topology.as_str() };
+    let Some(kind) = TopologyKind::from_name(topology).filter(|k| {
         matches!(
             k,
             TopologyKind::Ring | TopologyKind::Mesh | TopologyKind::Star
         )
     }) else {
         eprintln!(
-            "error: --topology {:?}: expected ring, mesh or star",
+            "error: --topology {:?}: expected ring, mesh, star or pool",
             args.topology
         );
         return ExitCode::from(2);
@@ -168,7 +171,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         let system = System::new();
-        let line = system.block_on(one_size(&args, kind, n));
+        let line = system.block_on(one_size(&args, kind, pool, n));
         println!("{}", line.text);
         // Nodes that did not stop in time must not keep the process alive.
         std::process::exit(i32::from(!line.ok));
@@ -262,10 +265,18 @@ struct Line {
     text: String,
 }
 
-/// One cluster of `n` nodes: start, converge, measure, stop.
-async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
+/// One cluster of `n` nodes: start, converge, measure, stop. With `pool`, a star whose
+/// master declares only itself and a pool of `n − 1`: each worker starts with the
+/// configuration `nodecloud --join` builds (the cluster's settings, the master and itself),
+/// the settings taken from the master's file rather than read from its `welcome`.
+async fn one_size(args: &Args, kind: TopologyKind, pool: bool, n: usize) -> Line {
     let deadline = Instant::now() + Duration::from_secs(args.limit_s);
-    let mut fields = format!("topology={kind} nodes={n} threads={}", args.threads);
+    let shown = if pool {
+        "pool".to_owned()
+    } else {
+        kind.to_string()
+    };
+    let mut fields = format!("topology={shown} nodes={n} threads={}", args.threads);
     let fail = |fields: String, phase: &str, detail: String| Line {
         ok: false,
         text: format!("{fields} timeout=1 phase={phase} {detail}"),
@@ -303,10 +314,18 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
     let cfg = &mut reserved.config;
     cfg.cluster.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     cfg.cluster.failure_threshold = args.failure_threshold;
-    // The production default; `for_test` shortens it.
+    // The production defaults; `for_test` shortens them.
     cfg.cluster.handshake_timeout = Duration::from_secs(5);
+    cfg.cluster.forget_after = cfg.cluster.heartbeat_interval * args.failure_threshold * 10;
     let cfg = reserved.config();
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    // What each node starts with: the file, or for a pool the master's file and each
+    // worker's joined configuration.
+    let configs: Vec<Arc<Config>> = if pool {
+        pool_configs(&cfg, n)
+    } else {
+        vec![cfg.clone(); n]
+    };
     let rss_before = rss_kib();
 
     let t0 = Instant::now();
@@ -319,9 +338,11 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         _ if node.role == Role::Master => Host::OwnArbiter,
         arbiters => Host::Shared(arbiters[i % arbiters.len()].clone()),
     };
-    let started = futures_util::future::join_all(cfg.nodes.iter().enumerate().map(|(i, n)| {
-        cluster::start_node_hosted(cfg.clone(), &n.name, reserved.bound(&n.name), host(i, n))
-    }))
+    let started = futures_util::future::join_all(cfg.nodes.iter().zip(&configs).enumerate().map(
+        |(i, (n, c))| {
+            cluster::start_node_hosted(c.clone(), &n.name, reserved.bound(&n.name), host(i, n))
+        },
+    ))
     .await
     .into_iter()
     .collect::<Result<Vec<NodeHandle>, _>>();
@@ -577,6 +598,33 @@ async fn one_size(args: &Args, kind: TopologyKind, n: usize) -> Line {
         ok: true,
         text: fields,
     }
+}
+
+/// A pool of `n − 1` workers under `cfg`'s master `n1`: the master's configuration (itself
+/// and a pool `n` of that size), then each worker's as `nodecloud --join` builds it.
+fn pool_configs(cfg: &Config, n: usize) -> Vec<Arc<Config>> {
+    let mut master = cfg.clone();
+    master.nodes.truncate(1);
+    master.pools = vec![PoolConfig {
+        prefix: "n".to_owned(),
+        hub: "n1".to_owned(),
+        max: n.saturating_sub(1),
+    }];
+    master.member_bound = n;
+    let hub = cfg.nodes.first().map(|m| HostPort::from(m.listen));
+    let mut configs = vec![Arc::new(master)];
+    for me in cfg.nodes.iter().skip(1) {
+        let Some(hub) = hub.clone() else { break };
+        configs.push(Arc::new(Config::joined(
+            cfg.cluster.clone(),
+            "n1",
+            hub,
+            me.clone(),
+            n,
+            uuid::Uuid::new_v4(),
+        )));
+    }
+    configs
 }
 
 /// Wait until `done` holds for every node's view, or the deadline passes.

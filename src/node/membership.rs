@@ -328,6 +328,10 @@ pub struct Membership {
     /// Undeclared nodes held but never up here (a relayed state of a member that was already
     /// gone), and since when: forgotten after `forget_after`, never listed.
     stray_since: HashMap<String, Instant>,
+    /// Strays may have appeared since the last look (the graph changed): `forget_expired`
+    /// reads every held name only then, or while strays are timed, not at every tick of an
+    /// idle cluster (a thousand names per node per interval).
+    stray_scan: bool,
     /// Incarnations forgotten lately: relayed deltas about them are ignored.
     forgotten: Forgotten,
 }
@@ -383,6 +387,7 @@ impl Membership {
             pause: PauseClock::new(shared.heartbeat_interval()),
             down_since: HashMap::new(),
             stray_since: HashMap::new(),
+            stray_scan: true,
             forgotten: Forgotten::new(
                 shared.config.cluster.forget_after * 2,
                 shared.config.member_bound,
@@ -524,7 +529,6 @@ impl Membership {
         }
     }
 
-    /// Forget the pool members down (or held but never up) for `forget_after`; true if any.
     /// Whether `name` is declared in the configuration: declared nodes hold the first
     /// indices, in declared order (see `new` and `compact`), so this is one hash lookup where
     /// `Config::node` scans every declared node (N² per tick on a thousand-node cluster).
@@ -534,14 +538,18 @@ impl Membership {
             .is_some_and(|&i| i < self.shared.config.nodes.len())
     }
 
+    /// Forget the pool members down (or held but never up) for `forget_after`; true if any.
     fn forget_expired(&mut self) -> bool {
         let forget_after = self.shared.config.cluster.forget_after;
         let now = Instant::now();
+        if !std::mem::take(&mut self.stray_scan) && self.stray_since.is_empty() {
+            return self.forget_down(now, forget_after);
+        }
         // Held undeclared nodes that are neither up nor listed as down, nor linked to this
         // node (a link is its own proof of life, up or not yet): strays.
         // Every held node has an index, and declared nodes hold the first indices: only the
         // names past them are looked at (not a hash of every member's name at every tick).
-        let strays: Vec<String> = self
+        let strays: HashSet<String> = self
             .names
             .iter()
             .skip(self.shared.config.nodes.len())
@@ -554,17 +562,22 @@ impl Membership {
             })
             .cloned()
             .collect();
+        // A set: a forming pool of a thousand holds as many strays at once, and a list
+        // searched for each of them cost every worker a million comparisons per tick.
         self.stray_since.retain(|n, _| strays.contains(n));
         for n in strays {
             self.stray_since.entry(n).or_insert(now);
         }
-        let expired: Vec<String> = self
-            .down_since
-            .iter()
-            .chain(&self.stray_since)
-            .filter(|(_, since)| since.elapsed() >= forget_after)
-            .map(|(name, _)| name.clone())
-            .collect();
+        let strays = since_at_least(&self.stray_since, forget_after);
+        for name in &strays {
+            self.forget(name);
+        }
+        self.forget_down(now, forget_after) || !strays.is_empty()
+    }
+
+    /// Forget the pool members listed down for `forget_after`; true if any.
+    fn forget_down(&mut self, now: Instant, forget_after: Duration) -> bool {
+        let expired = since_at_least(&self.down_since, forget_after);
         for name in &expired {
             self.forget(name);
         }
@@ -580,6 +593,7 @@ impl Membership {
     /// recomputing then costs at most about 5% of the node's thread, however large the graph.
     fn soon(&mut self, ctx: &mut Context<Self>, refresh: bool) {
         self.graph_dirty = true;
+        self.stray_scan = true;
         self.soon_members(ctx, refresh);
     }
 
@@ -1410,6 +1424,15 @@ impl Membership {
         }
         self.schedule_flush(ctx);
     }
+}
+
+/// The names in `since` that have been there for `at_least`.
+fn since_at_least(since: &HashMap<String, Instant>, at_least: Duration) -> Vec<String> {
+    since
+        .iter()
+        .filter(|(_, t)| t.elapsed() >= at_least)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Make the entries under `prefix` exactly `want` (set the new ones, tombstone the gone).
