@@ -1,10 +1,13 @@
-//! How a local cluster scales with its node count: a ring, a mesh or a star (one master,
-//! N − 1 workers) of 8 to 1,000 nodes, every node in this one process, over loopback TCP.
+//! How a local cluster scales with its node count: a ring, a mesh, a star (one master,
+//! N − 1 workers) or a pool (a star whose master declares only itself and a `[[pools]]` entry,
+//! its workers started as `nodecloud --join` configures them) of 8 to 1,000 nodes, every node
+//! in this one process, over loopback TCP.
 //!
 //! ```text
 //! cargo run --release --example scale -- --topology ring --nodes 8,16,32,64
 //! cargo run --release --example scale -- --topology mesh --nodes 8,16,32,64
 //! cargo run --release --example scale -- --topology star --nodes 64,256,1000 --heartbeat-ms 1000
+//! cargo run --release --example scale -- --topology pool --nodes 64,256,1000 --heartbeat-ms 1000
 //! ```
 //!
 //! One line per size:
@@ -70,7 +73,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "time to converge, memory per node and broadcast throughput of local clusters")]
 struct Args {
-    /// ring, mesh or star (one master `n1`, every other node its worker).
+    /// ring, mesh, star (one master `n1`, every other node its worker) or pool (the same star,
+    /// its workers undeclared members of a pool of `n1`).
     #[arg(long, default_value = "ring")]
     topology: String,
     /// Cluster sizes, comma-separated.
