@@ -190,7 +190,27 @@ fn check(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Raise this process's soft limit on open files to its hard limit, as Go programs do at
+/// start. A hub holds a descriptor per link and two per pending handshake (see
+/// `node::admission`): a thousand workers need more than the soft 1,024 many systems start
+/// a process with, and past it the hub's accepts fail. Says what it did, or why not.
+pub(crate) fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("open files limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!(
+                "open files limit left at {soft} (cannot raise it to {hard}: {e}); a hub of \
+                     many members needs about two descriptors per member"
+            ),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::debug!("open files limit not read: {e}"),
+    }
+}
+
 fn run_nodes(path: &Path, node: Option<&str>) -> Result<(), CliError> {
+    raise_open_files_limit();
     // Before any thread starts: taking the inherited sockets clears the LISTEN_* variables.
     let inherited = crate::sockets::Inherited::from_env()
         .map_err(|e| CliError::Usage(format!("socket activation: {e}")))?;

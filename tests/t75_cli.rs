@@ -658,6 +658,38 @@ fn json_logs_parse_and_a_rejoin_names_its_new_incarnation() {
     );
 }
 
+#[test]
+fn a_node_process_raises_its_open_files_limit_to_the_hard_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // The node inherits a soft limit below its hard one, as a shell's 1,024 often is.
+    let lowered = (hard / 2).min(4096);
+    setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = Ports::new();
+    let addr = ports.reserve();
+    let text = format!(
+        "[cluster]\nname = \"limits\"\ntopology = \"star\"\nsecret = \"{SECRET}\"\n\n\
+         [[nodes]]\nname = \"master\"\nrole = \"master\"\nlisten = \"{addr}\"\n",
+    );
+    let path = dir.path().join("limits.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut node = JsonNode::start(&path, "master", ports.listener(addr).unwrap());
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    let raised = node.expect("open files limit raised");
+    assert_eq!(
+        raised["fields"]["message"].as_str(),
+        Some(format!("open files limit raised from {lowered} to {hard}").as_str())
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{line}");
+}
+
 #[actix_rt::test]
 async fn status_lists_every_declared_node_and_exits_3_while_one_is_down() {
     let mut c = Cluster::start().await;

@@ -75,6 +75,7 @@ struct Hub {
 /// when the hub refuses this node (the hub's reason in the message) or the node stops on a
 /// fatal error; [`CliError::Down`] when the hub cannot be reached.
 pub fn run(args: &JoinArgs) -> Result<(), CliError> {
+    super::raise_open_files_limit();
     let usage = |m: String| CliError::Usage(m);
     let (Some(join), Some(name), Some(cluster)) = (&args.join, &args.name, &args.cluster) else {
         return Err(usage("--join needs --name and --cluster".into()));
