@@ -615,20 +615,21 @@ fn pool_configs(cfg: &Config, n: usize) -> Vec<Arc<Config>> {
         max: n.saturating_sub(1),
     }];
     master.member_bound = n;
-    let hub = cfg.nodes.first().map(|m| HostPort::from(m.listen));
-    let mut configs = vec![Arc::new(master)];
-    for me in cfg.nodes.iter().skip(1) {
-        let Some(hub) = hub.clone() else { break };
-        configs.push(Arc::new(Config::joined(
+    let Some(hub) = cfg.nodes.first().map(|m| HostPort::from(m.listen)) else {
+        return vec![Arc::new(master)];
+    };
+    let workers = cfg.nodes.iter().skip(1).map(|me| {
+        let incarnation = uuid::Uuid::new_v4();
+        Arc::new(Config::joined(
             cfg.cluster.clone(),
             "n1",
-            hub,
+            hub.clone(),
             me.clone(),
             n,
-            uuid::Uuid::new_v4(),
-        )));
-    }
-    configs
+            incarnation,
+        ))
+    });
+    std::iter::once(Arc::new(master)).chain(workers).collect()
 }
 
 /// Wait until `done` holds for every node's view, or the deadline passes.
