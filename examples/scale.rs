@@ -493,7 +493,7 @@ async fn one_size(args: &Args, kind: TopologyKind, pool: bool, n: usize) -> Line
     let _ = std::fmt::Write::write_fmt(
         &mut fields,
         format_args!(
-            " graph_ms={} rss_per_node_kib={per_node} idle_rss_per_node_kib={idle_rss_per_node} idle_cpu_pct={idle_cpu_pct:.0} status_frames_per_s={status_frames_per_s:.0}",
+            " graph_ms={} rss_per_node_kib={per_node} idle_rss_per_node_kib={idle_rss_per_node} idle_cpu_pct={idle_cpu_pct:.1} status_frames_per_s={status_frames_per_s:.0}",
             graph.as_millis()
         ),
     );

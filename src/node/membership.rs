@@ -137,6 +137,20 @@ impl MembershipView {
         }
     }
 
+    /// Whether `other` shows the same cluster. A view is built from the last one, and a member
+    /// it shares with it (the same `Arc`) is not compared field by field: a stats change of
+    /// one member compared every other member's links too, on every node.
+    fn same_as(&self, other: &MembershipView) -> bool {
+        self.me == other.me
+            && self.down == other.down
+            && self.members.len() == other.members.len()
+            && self
+                .members
+                .iter()
+                .zip(other.members.iter())
+                .all(|((a, ma), (b, mb))| a == b && (Arc::ptr_eq(ma, mb) || ma == mb))
+    }
+
     /// Whether `name` is up (this node counts as up).
     pub fn is_up(&self, name: &str) -> bool {
         name == self.me || self.members.contains_key(name)
@@ -171,7 +185,7 @@ impl MembershipView {
 /// Replace the shared view if it changed (watchers wake only on a change).
 pub(crate) fn publish_view(shared: &NodeShared, view: MembershipView) {
     shared.view.send_if_modified(|current| {
-        if **current == view {
+        if current.same_as(&view) {
             false
         } else {
             *current = Arc::new(view);
@@ -987,9 +1001,7 @@ impl Membership {
     /// links it skips; not at all if that leaves none (a mesh). The flush adds the links the
     /// origin reports by then (`Outbox::skip_reported`).
     fn relay(&mut self, via: &str, relay: NodeDelta) {
-        // A node linked only to `via` and the origin (a star's worker) relays nothing: known
-        // without reading the origin's links, which for a hub name every node.
-        if self.my_links.iter().all(|p| *p == via || *p == relay.node) {
+        if !relay_needed(&self.replica, &self.my_links, via, &relay.node) {
             return;
         }
         let mut skip: Vec<String> = [via, relay.node.as_str()]
@@ -1300,8 +1312,10 @@ impl Membership {
                 .is_some_and(|m| !dirty.contains(&me) && m.links.iter().eq(self.my_links.iter()));
             let stats = self.shared.stats.load();
             if !fresh {
-                let mut m = member(&me, own);
-                m.links = self.my_links.iter().cloned().collect();
+                let mut m = member(&me, own, self.members.get(&me).map(|m| &**m));
+                if !m.links.iter().eq(self.my_links.iter()) {
+                    m.links = self.my_links.iter().cloned().collect();
+                }
                 m.stats = (*stats).clone();
                 self.members.insert(me.clone(), Arc::new(m));
             } else if let Some(m) = self.members.get_mut(&me).filter(|m| m.stats != *stats) {
@@ -1322,7 +1336,8 @@ impl Membership {
         for name in came.iter().chain(changed) {
             match self.replica.get(name) {
                 Some(s) => {
-                    self.members.insert(name.clone(), Arc::new(member(name, s)));
+                    let m = member(name, s, self.members.get(name).map(|m| &**m));
+                    self.members.insert(name.clone(), Arc::new(m));
                 }
                 None => {
                     self.members.remove(name);
@@ -1371,19 +1386,17 @@ impl Membership {
     /// timeout; true if it changed.
     fn update_links(&mut self) -> bool {
         let timeout = self.shared.failure_timeout();
-        let live: BTreeSet<String> = self
-            .table_links
-            .iter()
-            .filter(|p| {
-                self.cut_since
-                    .get(*p)
-                    .is_none_or(|t| t.elapsed() <= timeout)
-            })
-            .cloned()
-            .collect();
-        if live == self.my_links {
+        let cut_since = &self.cut_since;
+        let live = || {
+            self.table_links
+                .iter()
+                .filter(|p| cut_since.get(*p).is_none_or(|t| t.elapsed() <= timeout))
+        };
+        // Compared before anything is allocated: this runs at every tick.
+        if live().eq(self.my_links.iter()) {
             return false;
         }
+        let live: BTreeSet<String> = live().cloned().collect();
         let before = std::mem::replace(&mut self.my_links, live);
         // Records queued from now on go to the new links (see `outbox`).
         self.outbox.links_moved(&before, &self.my_links);
@@ -1517,22 +1530,47 @@ fn pushed_by<'a>(
         .filter(move |p| my_links.contains(*p))
 }
 
-/// A member as the API sees it, from its state's entries (backends well-formed only).
-fn member(name: &str, s: &NodeState) -> Member {
+/// Whether some link of this node is none of `via`, `origin` and the peers `origin` reports
+/// links to. A merge of two sorted lists that allocates nothing: in a mesh every link is one
+/// of those, and every stats change of every peer asks. A node linked only to `via` and the
+/// origin (a star's worker) never reads the origin's links, which for a hub name every node.
+fn relay_needed(replica: &Replica, my_links: &BTreeSet<String>, via: &str, origin: &str) -> bool {
+    let mut reported = replica
+        .get(origin)
+        .into_iter()
+        .flat_map(|s| s.keys_with("link:"))
+        .peekable();
+    my_links.iter().any(|p| {
+        if p == via || p == origin {
+            return false;
+        }
+        while reported.next_if(|r| *r < p.as_str()).is_some() {}
+        reported.peek() != Some(&p.as_str())
+    })
+}
+
+/// A member as the API sees it, from its state's entries (backends well-formed only). The
+/// lists of `was`, the member as last shown, are kept where they did not change: most changes
+/// are stats, and a mesh member's links were copied at each.
+fn member(name: &str, s: &NodeState, was: Option<&Member>) -> Member {
     let text = |key: &str| match s.get(key) {
         Some(Value::Text(t)) => t.clone(),
         _ => String::new(),
+    };
+    let list = |prefix: &str, was: Option<&Arc<[String]>>| match was {
+        Some(w) if w.iter().map(String::as_str).eq(s.keys_with(prefix)) => Arc::clone(w),
+        _ => s.keys_with(prefix).map(str::to_owned).collect(),
     };
     Member {
         name: name.to_owned(),
         incarnation: s.incarnation,
         role: text("role"),
-        links: s.keys_with("link:").map(str::to_owned).collect(),
+        links: list("link:", was.map(|m| &m.links)),
         stats: match s.get("stats") {
             Some(Value::Stats(st)) => NodeStats::clone(st),
             _ => NodeStats::default(),
         },
-        methods: s.keys_with("method:").map(str::to_owned).collect(),
+        methods: list("method:", was.map(|m| &m.methods)),
         http: s
             .keys_with("http:")
             .filter(|a| super::backends::check_address(a).is_ok())
@@ -1974,8 +2012,8 @@ impl LiveGraph {
 #[cfg(test)]
 mod tests {
     use super::{
-        accept_claim, claim_is_consistent, stats_moved, sync_prefix, take_delta, Claim, Forgotten,
-        Ignored, Link, LiveGraph, Reports, MAX_CLOCK_SKEW_MS,
+        accept_claim, claim_is_consistent, relay_needed, stats_moved, sync_prefix, take_delta,
+        Claim, Forgotten, Ignored, Link, LiveGraph, Reports, MAX_CLOCK_SKEW_MS,
     };
     use crate::node::replica::{Applied, Replica};
     use crate::wire::{NodeStats, StatValue, Value};
@@ -2013,6 +2051,76 @@ mod tests {
         sync_prefix(&mut state, "link:", std::iter::empty(), 11);
         assert_eq!(state.keys_with("link:").count(), 0);
         assert_eq!(state.max_version, after + 3);
+    }
+
+    #[test]
+    fn views_are_the_same_when_their_members_are_equal_shared_or_not() {
+        let m = |name: &str, pid: u32| {
+            std::sync::Arc::new(super::Member {
+                name: name.to_owned(),
+                incarnation: Uuid::nil(),
+                role: String::new(),
+                links: ["a", "b"].map(str::to_owned).into(),
+                stats: NodeStats {
+                    pid,
+                    ..NodeStats::default()
+                },
+                methods: std::sync::Arc::new([]),
+                http: Vec::new(),
+            })
+        };
+        let mut view = super::MembershipView::alone("a");
+        view.members.insert("a".into(), m("a", 1));
+        view.members.insert("b".into(), m("b", 2));
+        let mut copy = view.clone();
+        assert!(view.same_as(&copy));
+        copy.members.insert("b".into(), m("b", 2));
+        assert!(view.same_as(&copy), "an equal member built again");
+        copy.members.insert("b".into(), m("b", 3));
+        assert!(!view.same_as(&copy), "a member's stats changed");
+        let mut fewer = view.clone();
+        fewer.members.remove("b");
+        assert!(!view.same_as(&fewer) && !fewer.same_as(&view));
+        let mut down = view.clone();
+        down.down.insert("c".into());
+        assert!(!view.same_as(&down));
+    }
+
+    #[test]
+    fn a_record_is_relayed_only_to_a_link_its_origin_does_not_report() {
+        let mut replica = Replica::new();
+        let origin = replica.own("o", Uuid::new_v4(), 1);
+        for k in ["link:b", "link:d", "link:zz"] {
+            origin.set(k, Value::Set);
+        }
+        origin.remove("link:c", 2);
+        let links = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        let needed = |mine: &[&str]| relay_needed(&replica, &links(mine), "a", "o");
+        assert!(
+            !needed(&["a", "o"]),
+            "a star's worker: only the sender and the origin"
+        );
+        assert!(
+            !needed(&["a", "b", "d", "o", "zz"]),
+            "a mesh: the origin reaches them all"
+        );
+        assert!(
+            needed(&["a", "b", "c"]),
+            "the origin's link to c is a tombstone"
+        );
+        assert!(needed(&["a", "e"]));
+        assert!(
+            needed(&["0", "b"]),
+            "a link sorted before every reported one"
+        );
+        assert!(
+            needed(&["b", "zzz"]),
+            "a link sorted after every reported one"
+        );
+        assert!(
+            relay_needed(&replica, &links(&["a", "b"]), "a", "unknown"),
+            "an origin not held reports nothing"
+        );
     }
 
     #[test]

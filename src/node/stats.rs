@@ -36,9 +36,6 @@ impl Stats {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.shared.started.elapsed().as_secs(),
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
             extra: self.extra.clone(),
             ..NodeStats::default()
         };
@@ -47,6 +44,7 @@ impl Stats {
         s.total_mem_bytes = system.total_mem_bytes;
         s.free_mem_bytes = system.free_mem_bytes;
         s.load_avg = system.load_avg;
+        s.cpus = system.cpus;
         self.shared.stats.store(Arc::new(s));
     }
 }
@@ -62,6 +60,8 @@ struct System {
     total_mem_bytes: u64,
     free_mem_bytes: u64,
     load_avg: [f64; 3],
+    /// Read with the rest: the standard library reads the cgroup's files for it.
+    cpus: u32,
 }
 
 static LAST_SYSTEM: Mutex<Option<(Instant, System)>> = Mutex::new(None);
@@ -83,7 +83,11 @@ impl System {
     }
 
     fn read() -> System {
-        let mut s = System::default();
+        let mut s = System {
+            cpus: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+            ..System::default()
+        };
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
             s.rss_bytes = kib_field(&status, "VmRSS:");
         }
