@@ -10,6 +10,11 @@
 //! carrying deltas or events carries no pings (a 64-node mesh would otherwise send 8064 pings
 //! and pongs per interval on top of them).
 //!
+//! One side of an idle link pings; the other answers. The side that accepted a peer link
+//! waits longer in silence before it pings ([`Liveness::answering`]): the dialler's pings
+//! arrive every other tick, and with both sides ticking at the same instant both pinged and
+//! both answered, twice the frames for the same proof of life.
+//!
 //! Ticks fall on whole multiples of the interval of the system clock ([`first_tick`]), as
 //! Linux's `round_jiffies` rounds timers to whole seconds: a node's links all tick at once,
 //! and nodes whose clocks agree ping each other at about the same instant, so an idle node
@@ -33,7 +38,8 @@ pub enum Tick {
 
 #[derive(Debug)]
 pub struct Liveness {
-    interval: Duration,
+    /// Silence after which a tick pings.
+    quiet_after: Duration,
     failure_timeout: Duration,
     last_inbound: Instant,
     pings_sent: u64,
@@ -45,9 +51,22 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// Liveness of a link this side pings once it has been quiet for an interval.
     pub fn new(interval: Duration, failure_timeout: Duration) -> Self {
+        Liveness::with_quiet(interval, interval, failure_timeout)
+    }
+
+    /// Liveness of a link whose other side pings it (an accepted peer link): pinged only
+    /// after `2.5 × interval` of silence, when a ping of the dialler's is late (at most half
+    /// the failure timeout, at least an interval).
+    pub fn answering(interval: Duration, failure_timeout: Duration) -> Self {
+        let quiet_after = (interval * 5 / 2).min(failure_timeout / 2).max(interval);
+        Liveness::with_quiet(interval, quiet_after, failure_timeout)
+    }
+
+    fn with_quiet(interval: Duration, quiet_after: Duration, failure_timeout: Duration) -> Self {
         Liveness {
-            interval,
+            quiet_after,
             failure_timeout,
             last_inbound: Instant::now(),
             pings_sent: 0,
@@ -101,7 +120,7 @@ impl Liveness {
         if silent > self.failure_timeout {
             return Tick::Dead(silent);
         }
-        if silent < self.interval {
+        if silent < self.quiet_after {
             return Tick::Alive;
         }
         self.pings_sent += 1;
@@ -166,6 +185,36 @@ mod tests {
         assert_eq!(l.tick(), Tick::Alive);
         let mut l = Liveness::new(Duration::ZERO, Duration::ZERO);
         assert!(matches!(l.tick(), Tick::Dead(_)));
+    }
+
+    #[test]
+    fn the_answering_side_pings_only_when_a_ping_of_the_other_is_late() {
+        let s = Duration::from_secs;
+        let quiet = |l: Liveness| l.quiet_after;
+        assert_eq!(quiet(Liveness::new(s(1), s(5))), s(1));
+        assert_eq!(
+            quiet(Liveness::answering(s(2), s(10))),
+            Duration::from_millis(5000)
+        );
+        assert_eq!(
+            quiet(Liveness::answering(s(2), s(6))),
+            s(3),
+            "half the failure timeout"
+        );
+        assert_eq!(
+            quiet(Liveness::answering(s(2), s(2))),
+            s(2),
+            "an interval at least"
+        );
+        let mut l = Liveness::answering(Duration::ZERO, s(3600));
+        assert_eq!(
+            l.tick(),
+            Tick::Ping(1),
+            "a zero interval pings at every tick"
+        );
+        let mut l = Liveness::answering(s(3600), s(7200));
+        l.heard();
+        assert_eq!(l.tick(), Tick::Alive);
     }
 
     #[test]

@@ -169,7 +169,6 @@ pub struct Session {
     told_quiet: Option<Instant>,
     /// When the peer's last `ping` arrived, and this side's last `ping` left (see
     /// `heartbeat`).
-    peer_pinged: Option<Instant>,
     pinged_at: Option<Instant>,
     /// A timer will send the `ack` owed (see `arm_ack`).
     ack_armed: bool,
@@ -277,7 +276,13 @@ impl Session {
                     last_word_timeout,
                 )
             });
-            let liveness = Liveness::new(p.shared.heartbeat_interval(), p.shared.failure_timeout());
+            let (interval, timeout) = (p.shared.heartbeat_interval(), p.shared.failure_timeout());
+            // The dialler pings an idle link; the accepting side answers (see `liveness`).
+            let liveness = if p.on_quiet.is_some() {
+                Liveness::new(interval, timeout)
+            } else {
+                Liveness::answering(interval, timeout)
+            };
             Session {
                 p,
                 link_id,
@@ -289,7 +294,6 @@ impl Session {
                 backlog: VecDeque::new(),
                 spare_reads,
                 told_quiet: None,
-                peer_pinged: None,
                 pinged_at: None,
                 ack_armed: false,
                 spare_local: BatchPool::default(),
@@ -383,7 +387,7 @@ impl Session {
             }
             Message::Ping(p) => {
                 self.send(&Message::Pong(p));
-                self.peer_pinged = Some(Instant::now());
+                self.probe(ctx);
             }
             // Any frame is proof of life; a pong also answers a probe (see `heartbeat`).
             Message::Pong(p) => self.liveness.pong(p.n),
@@ -657,6 +661,29 @@ impl Session {
         }
     }
 
+    /// The peer pinged: it heard nothing from here for a while. On a resumable link this
+    /// side dialled, this direction may be stuck while the other works (after a cut, TCP
+    /// resends each way on its own backed-off timer). The dialler, the one side that can
+    /// replace the connection, tells the two apart with a ping of its own, sent at once: its
+    /// pong comes back only if both directions work. One such probe at a time.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if !self.resumable || self.p.on_quiet.is_none() {
+            return;
+        }
+        let interval = self.p.shared.heartbeat_interval();
+        if self.pinged_at.is_some_and(|t| t.elapsed() < interval / 2) {
+            return;
+        }
+        let n = self.liveness.next_ping();
+        self.send(&Message::Ping(Ping { n }));
+        self.pinged_at = Some(Instant::now());
+        ctx.run_later(interval / 2, move |act, _| {
+            if !act.liveness.is_answered(n) {
+                act.tell_quiet();
+            }
+        });
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let tick = self.liveness.tick();
         if let Some(paused) = self.liveness.take_excused() {
@@ -669,28 +696,7 @@ impl Session {
                 "this node did not run for {} ms; the peer's silence is judged without it", paused.as_millis());
         }
         match tick {
-            Tick::Alive => {
-                // The peer pinged lately: it heard nothing from here for an interval. That is
-                // how an idle link goes (one side pings, the other answers), or this direction
-                // is stuck while the other works (after a cut, TCP resends each way on its own
-                // backed-off timer). The dialler, the one side that can replace the
-                // connection, tells them apart with a ping of its own: its pong comes back
-                // only if both directions work.
-                let interval = self.p.shared.heartbeat_interval();
-                let peer_pinging = self
-                    .peer_pinged
-                    .is_some_and(|t| t.elapsed() < interval * 3 / 2);
-                if peer_pinging && self.resumable && self.p.on_quiet.is_some() {
-                    let n = self.liveness.next_ping();
-                    self.send(&Message::Ping(Ping { n }));
-                    self.pinged_at = Some(Instant::now());
-                    ctx.run_later(interval / 2, move |act, _| {
-                        if !act.liveness.is_answered(n) {
-                            act.tell_quiet();
-                        }
-                    });
-                }
-            }
+            Tick::Alive => {}
             Tick::Ping(n) => {
                 // At every quiet tick after a ping that nothing answered (nothing came in
                 // since), and half an interval after a ping if still quiet: a re-dial into a
