@@ -44,7 +44,7 @@ use actix::Recipient;
 use futures_util::stream::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use liveness::{first_tick, Liveness, Tick};
+pub use liveness::{Liveness, Tick};
 pub use queue::{LinkQueue, QueueBounds, QueueError, QueueTraffic};
 pub use reader::FrameReader;
 pub use transport::{Transport, TransportRead, TransportWrite};

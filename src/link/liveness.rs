@@ -11,9 +11,11 @@
 //! and pongs per interval on top of them).
 //!
 //! One side of an idle link pings; the other answers. The side that accepted a peer link
-//! waits longer in silence before it pings ([`Liveness::answering`]): the dialler's pings
-//! arrive every other tick, and with both sides ticking at the same instant both pinged and
-//! both answered, twice the frames for the same proof of life.
+//! ticks half an interval after the dialler and pings only after 1.75 intervals of silence
+//! ([`Liveness::answering`]): an idle dialler's pings arrive every other tick, so it pings
+//! only when one is late, or when the link carries traffic one way only (a hub's ticks to a
+//! worker). With both sides ticking at the same instant and pinging after one interval, both
+//! pinged and both answered: twice the frames for the same proof of life.
 //!
 //! Ticks fall on whole multiples of the interval of the system clock ([`first_tick`]), as
 //! Linux's `round_jiffies` rounds timers to whole seconds: a node's links all tick at once,
@@ -38,8 +40,11 @@ pub enum Tick {
 
 #[derive(Debug)]
 pub struct Liveness {
+    interval: Duration,
     /// Silence after which a tick pings.
     quiet_after: Duration,
+    /// Where in each interval of the system clock this side ticks.
+    phase: Duration,
     failure_timeout: Duration,
     last_inbound: Instant,
     pings_sent: u64,
@@ -53,20 +58,28 @@ pub struct Liveness {
 impl Liveness {
     /// Liveness of a link this side pings once it has been quiet for an interval.
     pub fn new(interval: Duration, failure_timeout: Duration) -> Self {
-        Liveness::with_quiet(interval, interval, failure_timeout)
+        Liveness::with(interval, interval, Duration::ZERO, failure_timeout)
     }
 
-    /// Liveness of a link whose other side pings it (an accepted peer link): pinged only
-    /// after `2.5 × interval` of silence, when a ping of the dialler's is late (at most half
-    /// the failure timeout, at least an interval).
+    /// Liveness of a link whose other side pings it (an accepted peer link): ticks half an
+    /// interval after the other side and pings after `1.75 × interval` of silence (at most
+    /// half the failure timeout, at least an interval). Half an interval of timer lateness
+    /// separates that from the dialler's regular pings either way.
     pub fn answering(interval: Duration, failure_timeout: Duration) -> Self {
-        let quiet_after = (interval * 5 / 2).min(failure_timeout / 2).max(interval);
-        Liveness::with_quiet(interval, quiet_after, failure_timeout)
+        let quiet_after = (interval * 7 / 4).min(failure_timeout / 2).max(interval);
+        Liveness::with(interval, quiet_after, interval / 2, failure_timeout)
     }
 
-    fn with_quiet(interval: Duration, quiet_after: Duration, failure_timeout: Duration) -> Self {
+    fn with(
+        interval: Duration,
+        quiet_after: Duration,
+        phase: Duration,
+        failure_timeout: Duration,
+    ) -> Self {
         Liveness {
+            interval,
             quiet_after,
+            phase,
             failure_timeout,
             last_inbound: Instant::now(),
             pings_sent: 0,
@@ -74,6 +87,11 @@ impl Liveness {
             pause: PauseClock::new(interval),
             excused: None,
         }
+    }
+
+    /// When this link's timer should first tick (then every interval).
+    pub fn first_tick(&self) -> tokio::time::Instant {
+        first_tick(self.interval, self.phase)
     }
 
     /// When a frame last arrived (moved forward past this node's own pauses).
@@ -128,14 +146,16 @@ impl Liveness {
     }
 }
 
-/// When a timer ticking every `interval` should first tick: the next whole multiple of
-/// `interval` since the Unix epoch on the system clock (within one interval from now), so
-/// that every timer of that period, on this node and on nodes whose clocks agree, ticks at
-/// the same instant. A clock set before 1970, or a zero interval, ticks one interval from now.
-pub fn first_tick(interval: Duration) -> tokio::time::Instant {
+/// When a timer ticking every `interval` should first tick: `phase` past the next whole
+/// multiple of `interval` since the Unix epoch on the system clock (within one interval from
+/// now), so that every timer of that period and phase, on this node and on nodes whose clocks
+/// agree, ticks at the same instant. A clock set before 1970, or a zero interval, ticks one
+/// interval from now.
+fn first_tick(interval: Duration, phase: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     let wait = match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) => until_multiple(since, interval),
+        // `interval - phase` past the epoch's time, the multiples fall `phase` later.
+        Ok(since) => until_multiple(since + interval.saturating_sub(phase), interval),
         Err(_) => interval,
     };
     now + wait
@@ -171,7 +191,7 @@ mod tests {
         );
         assert_eq!(until_multiple(ms(1_000_100), ms(250)), ms(150));
         assert_eq!(until_multiple(ms(123), Duration::ZERO), Duration::ZERO);
-        let wait = first_tick(ms(250)) - tokio::time::Instant::now();
+        let wait = first_tick(ms(250), ms(100)) - tokio::time::Instant::now();
         assert!(wait <= ms(250), "{wait:?}");
     }
 
@@ -188,24 +208,16 @@ mod tests {
     }
 
     #[test]
-    fn the_answering_side_pings_only_when_a_ping_of_the_other_is_late() {
+    fn the_answering_side_ticks_half_an_interval_later_and_pings_when_a_ping_is_late() {
         let s = Duration::from_secs;
-        let quiet = |l: Liveness| l.quiet_after;
-        assert_eq!(quiet(Liveness::new(s(1), s(5))), s(1));
-        assert_eq!(
-            quiet(Liveness::answering(s(2), s(10))),
-            Duration::from_millis(5000)
-        );
-        assert_eq!(
-            quiet(Liveness::answering(s(2), s(6))),
-            s(3),
-            "half the failure timeout"
-        );
-        assert_eq!(
-            quiet(Liveness::answering(s(2), s(2))),
-            s(2),
-            "an interval at least"
-        );
+        let quiet = |l: Liveness| (l.quiet_after, l.phase);
+        assert_eq!(quiet(Liveness::new(s(1), s(5))), (s(1), s(0)));
+        let answering = Liveness::answering(s(2), s(10));
+        assert_eq!(quiet(answering), (Duration::from_millis(3500), s(1)));
+        let half = Liveness::answering(s(2), s(6));
+        assert_eq!(quiet(half).0, s(3), "half the failure timeout");
+        let least = Liveness::answering(s(2), s(2));
+        assert_eq!(quiet(least).0, s(2), "an interval at least");
         let mut l = Liveness::answering(Duration::ZERO, s(3600));
         assert_eq!(
             l.tick(),

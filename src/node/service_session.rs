@@ -858,7 +858,7 @@ impl Actor for ServiceSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let interval = self.w.shared.heartbeat_interval();
-        ctx.run_interval_at(link::first_tick(interval), interval, |act, ctx| {
+        ctx.run_interval_at(self.liveness.first_tick(), interval, |act, ctx| {
             act.heartbeat(ctx)
         });
         self.w

@@ -169,6 +169,8 @@ pub struct Session {
     told_quiet: Option<Instant>,
     /// When the peer's last `ping` arrived, and this side's last `ping` left (see
     /// `heartbeat`).
+    /// When the peer last pinged.
+    peer_pinged: Option<Instant>,
     pinged_at: Option<Instant>,
     /// A timer will send the `ack` owed (see `arm_ack`).
     ack_armed: bool,
@@ -294,6 +296,7 @@ impl Session {
                 backlog: VecDeque::new(),
                 spare_reads,
                 told_quiet: None,
+                peer_pinged: None,
                 pinged_at: None,
                 ack_armed: false,
                 spare_local: BatchPool::default(),
@@ -387,7 +390,13 @@ impl Session {
             }
             Message::Ping(p) => {
                 self.send(&Message::Pong(p));
-                self.probe(ctx);
+                // An idle link's pings come two intervals apart or more (see `liveness`): one
+                // sooner means the peer still heard nothing, not even the last pong.
+                let soon = self.p.shared.heartbeat_interval() * 3 / 2;
+                if self.peer_pinged.is_some_and(|t| t.elapsed() < soon) {
+                    self.probe(ctx);
+                }
+                self.peer_pinged = Some(Instant::now());
             }
             // Any frame is proof of life; a pong also answers a probe (see `heartbeat`).
             Message::Pong(p) => self.liveness.pong(p.n),
@@ -661,11 +670,11 @@ impl Session {
         }
     }
 
-    /// The peer pinged: it heard nothing from here for a while. On a resumable link this
-    /// side dialled, this direction may be stuck while the other works (after a cut, TCP
-    /// resends each way on its own backed-off timer). The dialler, the one side that can
-    /// replace the connection, tells the two apart with a ping of its own, sent at once: its
-    /// pong comes back only if both directions work. One such probe at a time.
+    /// The peer pinged twice in a row: it heard nothing from here, not even the pong. On a
+    /// resumable link this side dialled, this direction may be stuck while the other works
+    /// (after a cut, TCP resends each way on its own backed-off timer). The dialler, the one
+    /// side that can replace the connection, tells the two apart with a ping of its own, sent
+    /// at once: its pong comes back only if both directions work. One such probe at a time.
     fn probe(&mut self, ctx: &mut Context<Self>) {
         if !self.resumable || self.p.on_quiet.is_none() {
             return;
@@ -886,7 +895,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
         let interval = self.p.shared.heartbeat_interval();
-        ctx.run_interval_at(link::first_tick(interval), interval, |act, ctx| {
+        ctx.run_interval_at(self.liveness.first_tick(), interval, |act, ctx| {
             act.heartbeat(ctx)
         });
         tracing::debug!(node = %self.p.shared.name(), peer = %self.peer(), addr = %self.p.peer_addr, "link up");
