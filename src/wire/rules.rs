@@ -133,9 +133,13 @@ pub fn check_body(body: &[u8]) -> Result<(), WireError> {
                     .ok_or_else(|| bad(start, "truncated string"))?;
                 let content = &body[at..end];
                 at = end;
+                // Most texts are short names and keys: an ASCII scan is inlined, and
+                // `from_utf8` (a call per text) is needed only past it.
                 if major == MAJOR_TEXT {
-                    std::str::from_utf8(content)
-                        .map_err(|_| bad(start, "text that is not UTF-8"))?;
+                    if !content.is_ascii() {
+                        std::str::from_utf8(content)
+                            .map_err(|_| bad(start, "text that is not UTF-8"))?;
+                    }
                     if is_key {
                         keys.push(content);
                     }
@@ -300,6 +304,8 @@ mod tests {
             b"\xff",                                 // break outside an indefinite item
             b"\x1c",                                 // reserved additional information
             b"\x62\xff\xfe",                         // text that is not UTF-8
+            b"\x63ab\xc3",                           // ASCII, then a cut sequence
+            b"\x62\xc0\xaf",                         // an overlong "/"
             b"\x19\x01",                             // truncated head
             b"\x43\x01\x02",                         // truncated byte string
             b"\x82\x01",                             // array missing an item
@@ -309,6 +315,15 @@ mod tests {
             b"",
         ] {
             assert!(!ok(body), "{body:x?}");
+        }
+    }
+
+    #[test]
+    fn text_in_any_script_is_accepted() {
+        for text in ["n17", "", "é", "ノード", "worker-😀"] {
+            let mut body = vec![0x60 | u8::try_from(text.len()).unwrap()];
+            body.extend_from_slice(text.as_bytes());
+            assert!(ok(&body), "{text}");
         }
     }
 
