@@ -694,12 +694,18 @@ impl Membership {
         let own = self
             .replica
             .own(&me, self.shared.incarnation, self.shared.boot_ms);
-        sync_prefix(
-            own,
-            "link:",
-            self.my_links.iter().map(String::as_str),
-            now_ms,
-        );
+        // Compared first, nothing allocated: links rarely change between two ticks.
+        if !own
+            .keys_with("link:")
+            .eq(self.my_links.iter().map(String::as_str))
+        {
+            sync_prefix(
+                own,
+                "link:",
+                self.my_links.iter().map(String::as_str),
+                now_ms,
+            );
+        }
         if let Some(methods) = methods {
             sync_prefix(own, "method:", methods.iter().map(String::as_str), now_ms);
         }
