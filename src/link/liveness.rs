@@ -154,11 +154,16 @@ impl Liveness {
 fn first_tick(interval: Duration, phase: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     let wait = match SystemTime::now().duration_since(UNIX_EPOCH) {
-        // `interval - phase` past the epoch's time, the multiples fall `phase` later.
-        Ok(since) => until_multiple(since + interval.saturating_sub(phase), interval),
+        Ok(since) => until_phase(since, interval, phase),
         Err(_) => interval,
     };
     now + wait
+}
+
+/// From `since` to the next instant `phase` past a whole multiple of `interval`: in
+/// `(0, interval]`. (Counted from `interval - phase` later, the multiples fall `phase` later.)
+fn until_phase(since: Duration, interval: Duration, phase: Duration) -> Duration {
+    until_multiple(since + interval.saturating_sub(phase), interval)
 }
 
 /// From `since` (a time since the epoch) to the next whole multiple of `interval`: in
@@ -193,6 +198,17 @@ mod tests {
         assert_eq!(until_multiple(ms(123), Duration::ZERO), Duration::ZERO);
         let wait = first_tick(ms(250), ms(100)) - tokio::time::Instant::now();
         assert!(wait <= ms(250), "{wait:?}");
+    }
+
+    #[test]
+    fn a_phase_moves_the_ticks_that_far_past_each_multiple() {
+        let ms = Duration::from_millis;
+        let second = Duration::from_secs(1);
+        let at = |t: u64, phase: u64| until_phase(ms(1_700_000_000_000 + t), second, ms(phase));
+        assert_eq!(at(250, 500), ms(250), "to the half second");
+        assert_eq!(at(750, 500), ms(750), "past it: the next one");
+        assert_eq!(at(500, 500), second, "on it: a whole interval on");
+        assert_eq!(at(250, 0), ms(750), "no phase: the whole second");
     }
 
     #[test]

@@ -167,9 +167,8 @@ pub struct Session {
     spare_reads: SpareBatch,
     /// When the dialler was last told this link is quiet: at most four times an interval.
     told_quiet: Option<Instant>,
-    /// When the peer's last `ping` arrived, and this side's last `ping` left (see
-    /// `heartbeat`).
-    /// When the peer last pinged.
+    /// When the peer's last `ping` arrived, and this side's last `ping` left (see `probe`
+    /// and `heartbeat`).
     peer_pinged: Option<Instant>,
     pinged_at: Option<Instant>,
     /// A timer will send the `ack` owed (see `arm_ack`).
