@@ -1601,6 +1601,9 @@ impl Actor for Membership {
         });
         let view = self.view();
         publish_view(&self.shared, view);
+        // After a restart, the graph is walked again from the states held and the Router
+        // (perhaps restarted too) gets it; at the first start, the node alone.
+        self.soon(ctx, false);
     }
 }
 
@@ -1613,6 +1616,9 @@ impl actix::Supervised for Membership {
         self.recompute_pending = false;
         self.graph_dirty = true;
         self.members = imbl::OrdMap::new();
+        // Every node up is rebuilt into the next view: a restart that cleared the members
+        // showed this node alone until each peer's state changed again.
+        self.view_came = self.up.iter().cloned().collect();
         self.flush_pending = false;
         self.methods_stale = true;
     }
