@@ -267,14 +267,7 @@ impl Entries {
 
     /// Set one entry.
     fn insert(&mut self, key: &str, stored: Stored) {
-        match self.find(key) {
-            Ok(i) => {
-                if let Some((_, held)) = self.0.get_mut(i) {
-                    *held = stored;
-                }
-            }
-            Err(i) => self.0.insert(i, (key.to_owned(), stored)),
-        }
+        self.insert_all(std::iter::once((key, stored)));
     }
 
     /// Set every entry of `items`, in their order (of a key given twice, the later stays):
