@@ -490,11 +490,7 @@ async fn await_outcome(
 /// link; false if no live path leads there.
 pub(crate) async fn route(shared: &NodeShared, target: &str, frame: EncodedMessage) -> bool {
     let table = shared.routes.load();
-    let Some(link) = table
-        .next_links_for(Some(target), shared.name(), None)
-        .next()
-        .cloned()
-    else {
+    let Some(link) = table.own_links_for(Some(target)).next().cloned() else {
         return false;
     };
     link.tx.push(frame).await.is_ok()

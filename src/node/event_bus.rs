@@ -334,7 +334,9 @@ impl EventBus {
                     }
                 }
                 let to = NodeId {
-                    name: env.origin.to_string(),
+                    // Not `to_string`: on an `Arc<str>` that goes through `Display`, a
+                    // formatter per delivery.
+                    name: String::from(&*env.origin),
                     incarnation: env.origin_incarnation,
                 };
                 let meta = EventMeta {

@@ -22,17 +22,22 @@ use actix::prelude::*;
 
 use super::membership::{publish_view, LinkResumed, LinksChanged, Membership, MembershipView};
 use super::session::{Close, LinkHandle, Replaced};
-use super::shared::NodeShared;
+use super::shared::{Fnv, NodeShared};
 use super::supervision::guard;
 use crate::topology::{Graph, IndexedGraph, Routes};
 use crate::wire::Envelope;
+
+/// The live links by peer name.
+type LinkMap = HashMap<String, LinkHandle, Fnv>;
 
 /// One consistent view of links and routes.
 pub struct RouteTable {
     routes: Arc<Routes>,
     /// Shared with the Router until a link comes or goes: a table made for new routes costs
-    /// no copy of a thousand links.
-    links: Arc<HashMap<String, LinkHandle>>,
+    /// no copy of a thousand links. Keyed by peer names, which only admitted peers choose,
+    /// with FNV: a targeted event looks its hop up here, and SipHash cost more than the rest
+    /// of the lookup.
+    links: Arc<LinkMap>,
     /// The links this node's own broadcasts leave on, resolved at the first such broadcast:
     /// every publish walks them, and resolving them costs two hash lookups per hop.
     own_broadcast: OnceLock<Vec<LinkHandle>>,
@@ -45,7 +50,7 @@ impl RouteTable {
         RouteTable::new(Arc::new(g.routes_from(me)), Arc::default())
     }
 
-    fn new(routes: Arc<Routes>, links: Arc<HashMap<String, LinkHandle>>) -> Self {
+    fn new(routes: Arc<Routes>, links: Arc<LinkMap>) -> Self {
         RouteTable {
             routes,
             links,
@@ -114,11 +119,19 @@ impl RouteTable {
 
     /// [`is_local`](Self::is_local) of an event sent to `target`.
     /// The links an event this node publishes (to `target`, or to every node) leaves on.
+    /// Resolved at once rather than through [`next_links_for`](Self::next_links_for)'s
+    /// filters: a broadcast compares no names, a targeted event looks its hop up once. A
+    /// publisher walks this two or three times per event.
     pub fn own_links_for<'a>(
         &'a self,
         target: Option<&'a str>,
     ) -> impl Iterator<Item = &'a LinkHandle> + Clone + 'a {
-        self.next_links_for(target, self.routes.me(), None)
+        let (own, hop): (&[LinkHandle], Option<&LinkHandle>) = match target {
+            None => (self.own_broadcast(), None),
+            Some(t) if t == self.routes.me() => (&[], None),
+            Some(t) => (&[], self.routes.next_hop(t).and_then(|h| self.links.get(h))),
+        };
+        own.iter().chain(hop)
     }
 
     pub fn is_local_for(&self, target: Option<&str>) -> bool {
@@ -161,7 +174,7 @@ pub const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(50
 pub struct Router {
     shared: Arc<NodeShared>,
     membership: Addr<Membership>,
-    links: Arc<HashMap<String, LinkHandle>>,
+    links: Arc<LinkMap>,
     /// Resumable links kept in `links` while their connection is cut (Membership counts them
     /// live for a failure timeout, then declares the peer down, which ends the stream).
     cut: BTreeSet<String>,
