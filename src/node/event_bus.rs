@@ -53,8 +53,25 @@ pub(crate) enum Delivered {
     /// (true) or died (false).
     Full(Pin<Box<dyn Future<Output = bool>>>),
     Closed,
-    /// The payload does not decode into the subscriber's type; the sender is handed back.
-    Undecodable(WireError, NodeId),
+    /// The payload does not decode into the subscriber's type.
+    Undecodable(WireError),
+}
+
+/// Who published an event, borrowed from its envelope: a subscriber that hands the name to
+/// its user copies it ([`Origin::node_id`]); one that only writes it into a frame does not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub name: &'a str,
+    pub incarnation: uuid::Uuid,
+}
+
+impl Origin<'_> {
+    pub fn node_id(self) -> NodeId {
+        NodeId {
+            name: self.name.to_owned(),
+            incarnation: self.incarnation,
+        }
+    }
 }
 
 /// What identifies a delivered event besides its topic and origin (applications see it).
@@ -68,7 +85,7 @@ pub(crate) struct EventMeta {
 /// A subscriber, type-erased: it knows how to turn a payload into its own message.
 pub(crate) trait Subscriber: Send {
     /// `topic` is the envelope's concrete topic (for a pattern subscriber, what matched).
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], meta: EventMeta) -> Delivered;
+    fn deliver(&self, topic: &str, from: Origin<'_>, payload: &[u8], meta: EventMeta) -> Delivered;
 
     /// Subscribers of one group take an envelope once, whichever of them match it.
     fn group(&self) -> Option<u64> {
@@ -82,11 +99,12 @@ pub(crate) struct TypedSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for TypedSubscriber<E> {
-    fn deliver(&self, _topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
+    fn deliver(&self, _topic: &str, from: Origin<'_>, payload: &[u8], _: EventMeta) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
-            Err(e) => return Delivered::Undecodable(e, from),
+            Err(e) => return Delivered::Undecodable(e),
         };
+        let from = from.node_id();
         match self.recipient.try_send(Delivery { from, event }) {
             Ok(()) => Delivered::Sent,
             Err(SendError::Full(msg)) => {
@@ -117,10 +135,10 @@ pub(crate) struct ChannelSubscriber {
 }
 
 impl Subscriber for ChannelSubscriber {
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
+    fn deliver(&self, topic: &str, from: Origin<'_>, payload: &[u8], _: EventMeta) -> Delivered {
         let event = RawEvent {
             topic: topic.to_owned(),
-            from,
+            from: from.node_id(),
             payload: bytes::Bytes::copy_from_slice(payload),
         };
         match self.tx.try_send(event) {
@@ -136,14 +154,14 @@ pub(crate) struct PatternSubscriber<E: Event> {
 }
 
 impl<E: Event> Subscriber for PatternSubscriber<E> {
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], _: EventMeta) -> Delivered {
+    fn deliver(&self, topic: &str, from: Origin<'_>, payload: &[u8], _: EventMeta) -> Delivered {
         let event: E = match decode_payload(payload) {
             Ok(e) => e,
-            Err(e) => return Delivered::Undecodable(e, from),
+            Err(e) => return Delivered::Undecodable(e),
         };
         let msg = PatternDelivery {
             topic: topic.to_owned(),
-            from,
+            from: from.node_id(),
             event,
         };
         match self.recipient.try_send(msg) {
@@ -333,10 +351,8 @@ impl EventBus {
                         self.served.push(g);
                     }
                 }
-                let to = NodeId {
-                    // Not `to_string`: on an `Arc<str>` that goes through `Display`, a
-                    // formatter per delivery.
-                    name: String::from(&*env.origin),
+                let from = Origin {
+                    name: &env.origin,
                     incarnation: env.origin_incarnation,
                 };
                 let meta = EventMeta {
@@ -344,7 +360,7 @@ impl EventBus {
                     seq: env.seq,
                     targeted: env.target.is_some(),
                 };
-                match sub.deliver(&env.topic, to, &env.payload, meta) {
+                match sub.deliver(&env.topic, from, &env.payload, meta) {
                     Delivered::Sent => {
                         self.shared
                             .metrics
@@ -356,14 +372,14 @@ impl EventBus {
                         self.cursor -= 1;
                         continue 'lookup;
                     }
-                    Delivered::Undecodable(err, to) => {
+                    Delivered::Undecodable(err) => {
                         self.undecodable += 1;
                         self.shared
                             .metrics
                             .events_undecodable
                             .fetch_add(1, Ordering::Relaxed);
                         if self.undecodable.is_power_of_two() {
-                            tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %to.name,
+                            tracing::warn!(node = %self.shared.name(), topic = %env.topic, origin = %env.origin,
                                 count = self.undecodable, "event payload does not decode for a subscriber: {err}");
                         }
                     }

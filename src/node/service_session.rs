@@ -46,7 +46,7 @@ use super::calls::{
     Answer, Calls, Implement, ImplementationId, Implementer, StartCall, Unimplement,
 };
 use super::event_bus::{
-    Delivered, EventBus, EventMeta, Subscribe, Subscriber, SubscriptionId, Unsubscribe,
+    Delivered, EventBus, EventMeta, Origin, Subscribe, Subscriber, SubscriptionId, Unsubscribe,
 };
 use super::publish;
 use super::service_listener::ServiceClosed;
@@ -780,7 +780,7 @@ impl Subscriber for AppSubscriber {
         Some(self.group)
     }
 
-    fn deliver(&self, topic: &str, from: NodeId, payload: &[u8], meta: EventMeta) -> Delivered {
+    fn deliver(&self, topic: &str, from: Origin<'_>, payload: &[u8], meta: EventMeta) -> Delivered {
         if self.tx.is_closed() {
             return Delivered::Closed;
         }
@@ -788,7 +788,7 @@ impl Subscriber for AppSubscriber {
         // `Deliver` first, and the same bytes as serde's encoding of one.
         let frame = EncodedMessage::deliver(&DeliverRef {
             topic,
-            from: &from.name,
+            from: from.name,
             payload,
             id: meta.id,
             seq: meta.seq,
