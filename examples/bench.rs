@@ -46,7 +46,7 @@
 /// measures with the system allocator.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: nodecloud::alloc::Mimalloc = nodecloud::alloc::Mimalloc;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

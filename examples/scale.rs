@@ -52,7 +52,7 @@
 /// measures with the system allocator.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: nodecloud::alloc::Mimalloc = nodecloud::alloc::Mimalloc;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};

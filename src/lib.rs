@@ -39,7 +39,11 @@
 //!   the resumable stream of a peer link.
 //! * [`testing`]: loopback configurations and membership waits for tests, and a fault-injecting
 //!   TCP forwarder.
+//! * `alloc` (the `mimalloc` feature): the allocator the `nodecloud` command and its benchmarks
+//!   set; the library never sets one.
 
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod api;
 pub mod call;
 pub mod cli;

@@ -7,7 +7,7 @@ use clap::Parser;
 /// See the `mimalloc` feature in Cargo.toml.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: nodecloud::alloc::Mimalloc = nodecloud::alloc::Mimalloc;
 
 fn main() -> ExitCode {
     nodecloud::cli::run(nodecloud::cli::Cli::parse())

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::shared::{NodeShared, BUS_QUEUE_BATCHES, READ_BATCH_FRAMES};
+use super::shared::{Fnv, NodeShared, BUS_QUEUE_BATCHES, READ_BATCH_FRAMES};
 use super::supervision::guard;
 use crate::event::{Delivery, Event, NodeId, PatternDelivery};
 use crate::topic::{is_pattern, TopicTrie};
@@ -175,32 +175,6 @@ impl<E: Event> Subscriber for PatternSubscriber<E> {
     }
 }
 
-/// FNV-1a for the topic table: it is looked up once per delivered event, and SipHash of a
-/// topic costs more than the rest of the lookup. Flooding is not a concern: only local
-/// `subscribe` calls insert keys; network input only looks them up.
-#[derive(Default, Clone, Copy)]
-struct TopicHash;
-
-impl std::hash::BuildHasher for TopicHash {
-    type Hasher = Fnv1a;
-    fn build_hasher(&self) -> Fnv1a {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-struct Fnv1a(u64);
-
-impl std::hash::Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Envelopes for this node's subscribers.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -257,7 +231,7 @@ type Subscribers = Vec<(SubscriptionId, Box<dyn Subscriber>)>;
 
 pub struct EventBus {
     shared: Arc<NodeShared>,
-    topics: HashMap<String, Subscribers, TopicHash>,
+    topics: HashMap<String, Subscribers, Fnv>,
     /// Pattern subscriptions by id, with their pattern; the trie files their ids.
     pattern_subs: HashMap<SubscriptionId, (String, Box<dyn Subscriber>)>,
     patterns: TopicTrie<SubscriptionId>,

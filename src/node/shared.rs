@@ -351,8 +351,11 @@ impl EventSeqs {
     }
 }
 
-/// FNV-1a for the stream counters, looked up once per published event with short keys that
-/// only this node's publishers choose (SipHash would cost more than the rest of the lookup).
+/// FNV-1a for tables looked up once per event with short keys that only this node chooses:
+/// the stream counters (keyed by its publishers' topics and destinations), the bus's topic
+/// table (only local `subscribe` calls insert; network input only looks up) and the live
+/// links. SipHash would cost more than the rest of each lookup, and no outside input can
+/// flood these tables with colliding keys.
 #[derive(Default, Clone, Copy)]
 pub struct Fnv;
 
