@@ -154,10 +154,7 @@ impl Put for BytesMut {
         self.extend_from_slice(bytes);
     }
     fn head(&mut self, major: u8, n: u64) {
-        let mut buf = [0u8; 9];
-        let len = super::cbor_uint(n, &mut buf);
-        buf[0] |= major << 5;
-        self.extend_from_slice(&buf[..len]);
+        put_head(self, major, n);
     }
 }
 
