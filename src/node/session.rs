@@ -33,7 +33,9 @@ use super::dedup::Dedup;
 use super::event_bus::{BatchPool, Deliver, EventBus};
 use super::membership::{DeltaReceived, DigestReceived, HeartbeatReceived, Membership, PeerLeft};
 use super::router::{LinkDown, LinkUp, RouteTable, Router};
-use super::shared::{NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES};
+use super::shared::{
+    same_shared_text, NodeShared, LINK_QUEUE_BYTES, LINK_QUEUE_FRAMES, READ_BATCH_FRAMES,
+};
 use super::streams::{PeerTx, Slot};
 use super::supervision::guard;
 use crate::link::stream::Receive;
@@ -201,8 +203,9 @@ struct Batch<'a> {
     /// Envelopes for this node's subscribers, handed to the bus as one message.
     local: Vec<Envelope>,
     table: Arc<RouteTable>,
-    /// The last topic looked up in `local_topics`, and the answer.
-    topic: Option<(String, bool)>,
+    /// The last topic looked up in `local_topics`, and the answer (compared by address first,
+    /// [`same_shared_text`]).
+    topic: Option<(Arc<str>, bool)>,
     /// The last origin whose broadcasts this node does not relay (a leaf of its tree).
     leaf_of: Option<Arc<str>>,
     events_in: u64,
@@ -223,12 +226,12 @@ impl Batch<'_> {
             .is_none_or(|d| d.first_sighting(origin, id))
     }
 
-    fn subscribed(&mut self, topic: &str) -> bool {
+    fn subscribed(&mut self, topic: &Arc<str>) -> bool {
         match &self.topic {
-            Some((t, known)) if t == topic => *known,
+            Some((t, known)) if same_shared_text(t, topic) => *known,
             _ => {
                 let known = self.shared.local_topics.contains(topic);
-                self.topic = Some((topic.to_owned(), known));
+                self.topic = Some((topic.clone(), known));
                 known
             }
         }
@@ -548,7 +551,12 @@ impl Session {
         }
         let table = &*batch.table;
         let broadcast = env.target.is_none();
-        let relayed = if broadcast && batch.leaf_of.as_deref() == Some(&*env.origin) {
+        let relayed = if broadcast
+            && batch
+                .leaf_of
+                .as_ref()
+                .is_some_and(|o| same_shared_text(o, &env.origin))
+        {
             false
         } else {
             let relayed = table.next_links(&env, Some(self.peer())).next().is_some();

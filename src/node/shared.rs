@@ -288,6 +288,13 @@ fn same_text(a: &str, b: &str) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
 }
 
+/// Whether two shared texts are equal, by address first: the topics and origins of a link's
+/// run of events share the decoder's `Arc`s, so equal texts are almost always one allocation.
+/// (`Arc<str>`'s `==` compares bytes at once; its address shortcut is for sized types only.)
+pub fn same_shared_text(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 impl EventSeqs {
     /// Static topics remembered by address; more are looked up by text.
     const STATICS: usize = 32;
