@@ -919,8 +919,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             other => break format!("unexpected {} from the node", other.kind()),
         };
-        if incoming.send(item).await.is_err() {
+        // Handed over without a future while the queue has room (most of the time): an
+        // awaited send polls a semaphore acquisition per event.
+        let full = match incoming.try_send(item) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
             // The application dropped its client.
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        };
+        if incoming.send(full).await.is_err() {
             return;
         }
     };
