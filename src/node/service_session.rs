@@ -50,7 +50,9 @@ use super::event_bus::{
 };
 use super::publish;
 use super::service_listener::ServiceClosed;
-use super::shared::{NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES, READ_BATCH_FRAMES};
+use super::shared::{
+    same_shared_text, NodeShared, APP_QUEUE_FRAMES, LINK_QUEUE_BYTES, READ_BATCH_FRAMES,
+};
 use super::supervision::guard;
 use super::{PublishError, DEFAULT_CALL_TIMEOUT};
 use crate::call::CallError;
@@ -381,7 +383,9 @@ impl ServiceSession {
     fn on_message(&mut self, msg: Message, ctx: &mut Context<Self>) {
         let verdict = match &msg {
             // An application mostly publishes on the topic it published on last: checked once.
-            Message::Publish(p) if !p.topic.is_empty() && p.topic == self.checked_topic => {
+            Message::Publish(p)
+                if !p.topic.is_empty() && same_shared_text(&p.topic, &self.checked_topic) =>
+            {
                 Verdict::Admit
             }
             msg => check_request(msg),
@@ -521,7 +525,7 @@ impl ServiceSession {
 
     fn publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
         // `check_request` admitted it: remember it as checked.
-        if p.topic != self.checked_topic {
+        if !same_shared_text(&p.topic, &self.checked_topic) {
             self.checked_topic = p.topic.clone();
         }
         let out = match publish::prepare_raw(&self.w.shared, &p.topic, p.target, &p.payload) {
