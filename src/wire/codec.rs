@@ -370,8 +370,8 @@ fn head_len(n: u64) -> usize {
     }
 }
 
-/// Where encoded pieces are appended: a message being written (a `Vec`) or a link's write
-/// buffer (a `BytesMut`). `BytesMut`'s `BufMut::put_slice` is not inlined here, so a piece of
+/// Where encoded pieces are appended: a message being written (a `Vec`, then an
+/// [`EncodedMessage`]) or a link's write buffer (a `BytesMut`, a frame written in place). `BytesMut`'s `BufMut::put_slice` is not inlined here, so a piece of
 /// fixed size went through a `memcpy` call; `extend_from_slice` of one is plain stores.
 trait ByteSink {
     fn append(&mut self, bytes: &[u8]);
@@ -416,9 +416,10 @@ fn put_head(v: &mut impl ByteSink, major: u8, n: u64) {
     }
 }
 
-fn put_text(v: &mut Vec<u8>, s: &str) {
+#[inline]
+fn put_text(v: &mut impl ByteSink, s: &str) {
     put_head(v, MAJOR_TEXT, s.len() as u64);
-    v.extend_from_slice(s.as_bytes());
+    v.append(s.as_bytes());
 }
 
 /// Encode an application value as the CBOR payload of an event or call.

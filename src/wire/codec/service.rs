@@ -11,9 +11,9 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    encode_in_scratch, head_len, put_head, put_text, recent_text, EncodedMessage, FrameCodec,
-    Reader, RecentText, WireError, CBOR_NULL, KEY_ID, KEY_PAYLOAD, KEY_PUBLISH, KEY_SEQ, KEY_TOPIC,
-    LENGTH_PREFIX_BYTES, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_UINT,
+    encode_in_scratch, head_len, put_head, put_text, recent_text, ByteSink, EncodedMessage,
+    FrameCodec, Reader, RecentText, WireError, CBOR_NULL, KEY_ID, KEY_PAYLOAD, KEY_PUBLISH,
+    KEY_SEQ, KEY_TOPIC, LENGTH_PREFIX_BYTES, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_UINT,
 };
 use crate::wire::frame::{Deliver, Frame, Message};
 
@@ -64,17 +64,17 @@ fn publish_len(topic: &str, target: Option<&str>, payload: &[u8]) -> usize {
         + payload.len()
 }
 
-fn write_publish(v: &mut impl Put, topic: &str, target: Option<&str>, payload: &[u8]) {
-    v.put(ENC_PUBLISH_TO_TOPIC);
-    v.text(topic);
-    v.put(ENC_TARGET);
+fn write_publish(v: &mut impl ByteSink, topic: &str, target: Option<&str>, payload: &[u8]) {
+    v.append(ENC_PUBLISH_TO_TOPIC);
+    put_text(v, topic);
+    v.append(ENC_TARGET);
     match target {
-        None => v.put(&[CBOR_NULL]),
-        Some(t) => v.text(t),
+        None => v.append(&[CBOR_NULL]),
+        Some(t) => put_text(v, t),
     }
-    v.put(ENC_PAYLOAD);
-    v.head(MAJOR_BYTES, payload.len() as u64);
-    v.put(payload);
+    v.append(ENC_PAYLOAD);
+    put_head(v, MAJOR_BYTES, payload.len() as u64);
+    v.append(payload);
 }
 
 /// Bytes of `{"deliver": {…}}`.
@@ -102,59 +102,27 @@ fn deliver_len(d: &DeliverRef<'_>) -> usize {
         }
 }
 
-fn write_deliver(v: &mut impl Put, d: &DeliverRef<'_>) {
+fn write_deliver(v: &mut impl ByteSink, d: &DeliverRef<'_>) {
     let fields = 5 + u8::from(d.targeted) + u8::from(d.dropped > 0);
     let mut start = *ENC_DELIVER_TO_TOPIC;
     start[9] = (MAJOR_MAP << 5) | fields;
-    v.put(&start);
-    v.text(d.topic);
-    v.put(ENC_FROM);
-    v.text(d.from);
-    v.put(ENC_PAYLOAD);
-    v.head(MAJOR_BYTES, d.payload.len() as u64);
-    v.put(d.payload);
-    v.put(ENC_ID);
-    v.head(MAJOR_UINT, d.id);
-    v.put(ENC_SEQ);
-    v.head(MAJOR_UINT, d.seq);
+    v.append(&start);
+    put_text(v, d.topic);
+    v.append(ENC_FROM);
+    put_text(v, d.from);
+    v.append(ENC_PAYLOAD);
+    put_head(v, MAJOR_BYTES, d.payload.len() as u64);
+    v.append(d.payload);
+    v.append(ENC_ID);
+    put_head(v, MAJOR_UINT, d.id);
+    v.append(ENC_SEQ);
+    put_head(v, MAJOR_UINT, d.seq);
     if d.targeted {
-        v.put(ENC_TARGETED_TRUE);
+        v.append(ENC_TARGETED_TRUE);
     }
     if d.dropped > 0 {
-        v.put(ENC_DROPPED);
-        v.head(MAJOR_UINT, d.dropped);
-    }
-}
-
-/// Where a message is written: a scratch `Vec` (an [`EncodedMessage`]) or a link's write
-/// buffer (a frame written in place).
-trait Put {
-    fn put(&mut self, bytes: &[u8]);
-    fn head(&mut self, major: u8, n: u64);
-    fn text(&mut self, s: &str) {
-        self.head(super::MAJOR_TEXT, s.len() as u64);
-        self.put(s.as_bytes());
-    }
-}
-
-impl Put for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn head(&mut self, major: u8, n: u64) {
-        put_head(self, major, n);
-    }
-    fn text(&mut self, s: &str) {
-        put_text(self, s);
-    }
-}
-
-impl Put for BytesMut {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn head(&mut self, major: u8, n: u64) {
-        put_head(self, major, n);
+        v.append(ENC_DROPPED);
+        put_head(v, MAJOR_UINT, d.dropped);
     }
 }
 
@@ -213,7 +181,7 @@ impl FrameCodec {
         dst.reserve(LENGTH_PREFIX_BYTES + body_len);
         dst.extend_from_slice(&(body_len as u32).to_be_bytes());
         dst.extend_from_slice(&[(MAJOR_ARRAY << 5) | 2]);
-        dst.head(MAJOR_UINT, seq);
+        put_head(dst, MAJOR_UINT, seq);
         write_publish(dst, topic, target, payload);
         Ok(())
     }
