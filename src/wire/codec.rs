@@ -371,8 +371,9 @@ fn head_len(n: u64) -> usize {
 }
 
 /// Where encoded pieces are appended: a message being written (a `Vec`, then an
-/// [`EncodedMessage`]) or a link's write buffer (a `BytesMut`, a frame written in place). `BytesMut`'s `BufMut::put_slice` is not inlined here, so a piece of
-/// fixed size went through a `memcpy` call; `extend_from_slice` of one is plain stores.
+/// [`EncodedMessage`]) or a link's write buffer (a `BytesMut`, a frame written in place).
+/// `BytesMut`'s `BufMut::put_slice` is not inlined here, so a piece of fixed size went
+/// through a `memcpy` call; `extend_from_slice` of one is plain stores.
 trait ByteSink {
     fn append(&mut self, bytes: &[u8]);
 }
