@@ -704,25 +704,37 @@ impl FrameCodec {
         self.put_frame(seq, msg, dst)
     }
 
-    fn put_frame(
+    /// Check that a frame numbered `seq` around a message of `message_len` bytes fits this
+    /// link, and append its length prefix, array head and sequence number (copies of fixed
+    /// size: plain stores, where a copy of their variable length was a `memcpy` call each).
+    /// The message itself is appended by the caller.
+    fn begin_frame(
         &self,
         seq: u64,
-        msg: &EncodedMessage,
+        message_len: usize,
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
-        let body_len = 1 + head_len(seq) + msg.len();
+        let body_len = 1 + head_len(seq) + message_len;
         if body_len > self.max_frame_bytes {
             return Err(WireError::FrameTooLarge {
                 len: body_len as u64,
                 max: self.max_frame_bytes,
             });
         }
-        // Length prefix, array head and sequence number as copies of fixed size (plain
-        // stores, where a copy of their variable length was a `memcpy` call each).
         dst.reserve(LENGTH_PREFIX_BYTES + body_len);
         let [a, b, c, d] = (body_len as u32).to_be_bytes();
         dst.extend_from_slice(&[a, b, c, d, (MAJOR_ARRAY << 5) | 2]);
         put_head(dst, MAJOR_UINT, seq);
+        Ok(())
+    }
+
+    fn put_frame(
+        &self,
+        seq: u64,
+        msg: &EncodedMessage,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        self.begin_frame(seq, msg.len(), dst)?;
         dst.extend_from_slice(msg.bytes());
         Ok(())
     }

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::{
     encode_in_scratch, head_len, put_head, put_text, recent_text, ByteSink, EncodedMessage,
     FrameCodec, Reader, RecentText, WireError, CBOR_NULL, KEY_ID, KEY_PAYLOAD, KEY_PUBLISH,
-    KEY_SEQ, KEY_TOPIC, LENGTH_PREFIX_BYTES, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_UINT,
+    KEY_SEQ, KEY_TOPIC, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_UINT,
 };
 use crate::wire::frame::{Deliver, Frame, Message};
 
@@ -170,18 +170,10 @@ impl FrameCodec {
         dst: &mut BytesMut,
     ) -> Result<(), WireError> {
         let seq = self.take_out_seq();
-        let body_len = 1 + head_len(seq) + publish_len(topic, target, payload);
-        if body_len > self.max_frame_bytes {
+        if let Err(e) = self.begin_frame(seq, publish_len(topic, target, payload), dst) {
             self.untake_out_seq();
-            return Err(WireError::FrameTooLarge {
-                len: body_len as u64,
-                max: self.max_frame_bytes,
-            });
+            return Err(e);
         }
-        dst.reserve(LENGTH_PREFIX_BYTES + body_len);
-        dst.extend_from_slice(&(body_len as u32).to_be_bytes());
-        dst.extend_from_slice(&[(MAJOR_ARRAY << 5) | 2]);
-        put_head(dst, MAJOR_UINT, seq);
         write_publish(dst, topic, target, payload);
         Ok(())
     }
