@@ -21,6 +21,7 @@
 //! state rather than miss the removal.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use uuid::Uuid;
 
@@ -113,7 +114,7 @@ impl NodeState {
     /// Forget tombstones stored at or before `before_ms`; how many were forgotten.
     pub fn gc(&mut self, before_ms: u64) -> usize {
         let (mut forgotten, mut gc_version) = (0, self.gc_version);
-        self.entries.0.retain(|(_, s)| {
+        self.entries.retain(|s| {
             let old = s.value.is_none() && s.since_ms <= before_ms;
             if old {
                 forgotten += 1;
@@ -137,12 +138,10 @@ impl NodeState {
     /// gets the whole state (`from` 0).
     pub fn since(&self, node: &str, after: u64, budget: usize) -> Vec<NodeDelta> {
         let after = if self.takes_whole(after) { 0 } else { after };
-        let mut entries: Vec<(&String, &Stored)> = self
+        let mut entries: Vec<(&str, &Stored)> = self
             .entries
-            .0
             .iter()
             .filter(|(_, s)| s.version > after)
-            .map(|(k, s)| (k, s))
             .collect();
         if after == 0 {
             // A whole state needs no tombstones: it replaces what the receiver holds.
@@ -163,7 +162,7 @@ impl NodeState {
             }
             bytes += size;
             chunk.push(Entry {
-                key: key.clone(),
+                key: key.to_owned(),
                 version: stored.version,
                 value: stored.value.clone(),
             });
@@ -225,44 +224,101 @@ pub enum Applied {
     Refused,
 }
 
-/// A state's entries, sorted by key without repeats: a vector of exactly what is held rather
-/// than a `BTreeMap`, whose every node is allocated for 11 entries. A node holds the state of
-/// every member, most of them a handful of entries (`role`, `stats`, a link or two), and
-/// those half-empty map nodes were the largest part of a 1,000-node cluster's memory (46 of
-/// 142 MB at 256 nodes, under `heaptrack`). A hub's state of a thousand `link:` entries is
-/// edited by one merge per delta, not one shift per entry.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Entries(Vec<(String, Stored)>);
+/// Past this many entries a state's entries are a map rather than a sorted vector.
+const MAP_PAST: usize = 32;
+
+/// A state's entries, in key order without repeats. Most states hold a handful (`role`,
+/// `stats`, a link or two): those are a vector of exactly what is held rather than a
+/// `BTreeMap`, whose every node is allocated for 11 entries (the half-empty nodes were the
+/// largest part of a 1,000-node cluster's memory: 46 of 142 MB at 256 nodes, under
+/// `heaptrack`). A state past [`MAP_PAST`] entries (a hub's `link:` to every worker) is a
+/// `BTreeMap`: a key merged into a sorted vector moves every entry after it, and a worker
+/// of a forming 1,000-node star took the hub's thousand `link:` entries a few at a time, a
+/// tenth of its time spent moving and comparing them.
+#[derive(Debug, Clone)]
+enum Entries {
+    Few(Vec<(String, Stored)>),
+    Many(BTreeMap<String, Stored>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
 
 impl Entries {
-    fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    fn find(v: &[(String, Stored)], key: &str) -> Result<usize, usize> {
+        v.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 
     fn get(&self, key: &str) -> Option<&Stored> {
-        self.find(key)
-            .ok()
-            .and_then(|i| self.0.get(i))
-            .map(|(_, s)| s)
+        match self {
+            Entries::Few(v) => Self::find(v, key)
+                .ok()
+                .and_then(|i| v.get(i))
+                .map(|(_, s)| s),
+            Entries::Many(m) => m.get(key),
+        }
     }
 
     fn contains_key(&self, key: &str) -> bool {
-        self.find(key).is_ok()
+        self.get(key).is_some()
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        match self {
+            Entries::Few(v) => v.len(),
+            Entries::Many(m) => m.len(),
+        }
+    }
+
+    /// Every entry, in key order.
+    fn iter(&self) -> impl Iterator<Item = (&str, &Stored)> {
+        let (few, many) = match self {
+            Entries::Few(v) => (Some(v.iter()), None),
+            Entries::Many(m) => (None, Some(m.iter())),
+        };
+        let few = few.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
+        let many = many.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
+        few.chain(many)
     }
 
     /// The entries whose key starts with `prefix`, in key order.
     fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Stored)> {
-        let start = self.0.partition_point(|(k, _)| k.as_str() < prefix);
-        self.0
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
+        let (few, many) = match self {
+            Entries::Few(v) => {
+                let start = v.partition_point(|(k, _)| k.as_str() < prefix);
+                (Some(v.get(start..).unwrap_or_default().iter()), None)
+            }
+            Entries::Many(m) => {
+                let range = (Bound::Included(prefix), Bound::Unbounded);
+                (None, Some(m.range::<str, _>(range)))
+            }
+        };
+        let few = few.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
+        let many = many.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
+        few.chain(many)
             .take_while(move |(k, _)| k.starts_with(prefix))
-            .map(|(k, s)| (k.as_str(), s))
+    }
+
+    /// Keep the entries `keep` says to keep.
+    fn retain(&mut self, mut keep: impl FnMut(&Stored) -> bool) {
+        match self {
+            Entries::Few(v) => v.retain(|(_, s)| keep(s)),
+            Entries::Many(m) => {
+                m.retain(|_, s| keep(s));
+                if m.len() <= MAP_PAST / 2 {
+                    *self = Entries::Few(std::mem::take(m).into_iter().collect());
+                }
+            }
+        }
     }
 
     /// Set one entry.
@@ -270,17 +326,37 @@ impl Entries {
         self.insert_all(std::iter::once((key, stored)));
     }
 
-    /// Set every entry of `items`, in their order (of a key given twice, the later stays):
-    /// the held keys in place, the new ones merged in from the back, in place. Each held
-    /// entry after the first new key moves once, and nothing is allocated but the vector's
-    /// growth: a worker of a large star took the hub's `link:` entries a few at a time, and
-    /// a fresh vector of a thousand entries per delta was a tenth of what it did.
+    /// Set every entry of `items`, in their order (of a key given twice, the later stays).
     fn insert_all<'a>(&mut self, items: impl Iterator<Item = (&'a str, Stored)>) {
+        match self {
+            Entries::Few(v) => {
+                Self::merge(v, items);
+                if v.len() > MAP_PAST {
+                    *self = Entries::Many(std::mem::take(v).into_iter().collect());
+                }
+            }
+            Entries::Many(m) => {
+                for (key, stored) in items {
+                    match m.get_mut(key) {
+                        Some(held) => *held = stored,
+                        None => {
+                            m.insert(key.to_owned(), stored);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Entries::insert_all`] on a sorted vector: the held keys in place, the new ones
+    /// merged in from the back, in place. Each held entry after the first new key moves
+    /// once, and nothing is allocated but the vector's growth.
+    fn merge<'a>(v: &mut Vec<(String, Stored)>, items: impl Iterator<Item = (&'a str, Stored)>) {
         let mut new: Vec<(String, Stored)> = Vec::new();
         for (key, stored) in items {
-            match self.find(key) {
+            match Self::find(v, key) {
                 Ok(i) => {
-                    if let Some((_, held)) = self.0.get_mut(i) {
+                    if let Some((_, held)) = v.get_mut(i) {
                         *held = stored;
                     }
                 }
@@ -301,17 +377,17 @@ impl Entries {
         });
         // Room at the end (empty placeholders, nothing allocated), then from the back: each
         // new entry goes after the held ones greater than it, which move up past it.
-        let mut held = self.0.len();
-        self.0.resize_with(held + new.len(), Default::default);
-        let mut hole = self.0.len();
+        let mut held = v.len();
+        v.resize_with(held + new.len(), Default::default);
+        let mut hole = v.len();
         while let Some(next) = new.pop() {
-            while held > 0 && self.0.get(held - 1).is_some_and(|h| h.0 > next.0) {
+            while held > 0 && v.get(held - 1).is_some_and(|h| h.0 > next.0) {
                 held -= 1;
                 hole -= 1;
-                self.0.swap(held, hole);
+                v.swap(held, hole);
             }
             hole -= 1;
-            if let Some(slot) = self.0.get_mut(hole) {
+            if let Some(slot) = v.get_mut(hole) {
                 *slot = next;
             }
         }
@@ -577,11 +653,7 @@ mod tests {
             } else {
                 entries.insert_all(items.iter().map(|(k, s)| (k.as_str(), s.clone())));
             }
-            let held: Vec<(&str, u64)> = entries
-                .0
-                .iter()
-                .map(|(k, s)| (k.as_str(), s.version))
-                .collect();
+            let held: Vec<(&str, u64)> = entries.iter().map(|(k, s)| (k, s.version)).collect();
             let want: Vec<(&str, u64)> =
                 model.iter().map(|(k, s)| (k.as_str(), s.version)).collect();
             assert_eq!(held, want, "after batch {batch}");
@@ -593,6 +665,29 @@ mod tests {
                 .count()
         );
         assert_eq!(entries.with_prefix("method:").count(), 0);
+    }
+
+    #[test]
+    fn a_large_state_is_a_map_in_key_order_and_a_vector_again_once_its_tombstones_go() {
+        let mut s = NodeState::new(Uuid::new_v4(), 1);
+        for i in (0..100).rev() {
+            s.set(&format!("link:n{i:03}"), Value::Set);
+        }
+        s.set("role", Value::Text("master".into()));
+        assert!(matches!(s.entries, Entries::Many(_)));
+        let links: Vec<&str> = s.keys_with("link:").collect();
+        let want: Vec<String> = (0..100).map(|i| format!("n{i:03}")).collect();
+        assert_eq!(links, want);
+        assert_eq!(s.keys_with("link:n09").count(), 10);
+        for i in 0..95 {
+            s.remove(&format!("link:n{i:03}"), 5);
+        }
+        assert_eq!(s.len(), 101);
+        assert_eq!(s.gc(5), 95);
+        assert!(matches!(s.entries, Entries::Few(_)));
+        let left: Vec<&str> = s.keys_with("link:").collect();
+        assert_eq!(left, ["n095", "n096", "n097", "n098", "n099"]);
+        assert_eq!(s.get("role"), Some(&Value::Text("master".into())));
     }
 
     #[test]
