@@ -21,7 +21,9 @@
 //! acceptor sends `error` in place of `welcome`, the dialler in place of `auth`; that is where
 //! a second process claiming a node that is up gets `duplicate_node`.
 //! The whole exchange runs under one deadline with frames of at most
-//! [`MAX_HANDSHAKE_FRAME_BYTES`](super::MAX_HANDSHAKE_FRAME_BYTES).
+//! [`MAX_HANDSHAKE_FRAME_BYTES`](super::MAX_HANDSHAKE_FRAME_BYTES). The deadline counts the
+//! time this side ran (see [`within_running_time`]): a side whose thread was starved does not
+//! blame the peer for the answer it had not read yet.
 
 use std::time::Duration;
 
@@ -173,7 +175,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
-    let result = tokio::time::timeout(deadline, dial_steps(framed, me, session, check))
+    let result = within_running_time(deadline, dial_steps(framed, me, session, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
@@ -228,10 +230,41 @@ where
     F: FnOnce(&Hello) -> Result<Option<Session>, String>,
     C: FnOnce(&PeerInfo) -> Result<(), HandshakeError>,
 {
-    let result = tokio::time::timeout(deadline, accept_steps(framed, me, admit, check))
+    let result = within_running_time(deadline, accept_steps(framed, me, admit, check))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(deadline)));
     refuse_on_error(framed, result).await
+}
+
+/// `fut`'s output, or `None` once it has run for `deadline` of the time this side ran.
+///
+/// A check timer ticks every twentieth of the deadline (10 to 250 ms); lateness of a tick
+/// beyond one step is time this thread did not run (other work on it, a stopped process) and
+/// is not counted, as the links' silence clocks excuse such pauses. A thousand nodes in one
+/// process on two cores left their handshakes' answers unread for seconds while their threads
+/// caught up, timed out, and dialled again, each new link costing a catch-up more: most of a
+/// forming 1,000-node star's links were lost that way. `fut` is polled before every check, so
+/// an answer that arrived during a pause is read, not timed out.
+async fn within_running_time<F: std::future::Future>(
+    deadline: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    let step = (deadline / 20).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut counted = Duration::ZERO;
+    tokio::pin!(fut);
+    while counted < deadline {
+        let planned = step.min(deadline - counted);
+        let due = tokio::time::Instant::now() + planned;
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep_until(due) => {
+                let late = tokio::time::Instant::now().saturating_duration_since(due);
+                counted += planned + late.min(step);
+            }
+        }
+    }
+    None
 }
 
 async fn dial_steps<T, C>(

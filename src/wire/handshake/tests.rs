@@ -136,6 +136,40 @@ async fn handshake_succeeds_and_each_side_learns_the_other() {
     );
 }
 
+/// A side whose thread did not run for longer than the deadline (a thousand nodes sharing two
+/// cores; a stopped process) reads the answer that came meanwhile and goes on: the deadline
+/// counts the time it ran. The dialler is blocked after sending `hello`, the acceptor answers
+/// from a thread of its own, and the dialler's `auth` comes after its deadline has passed on
+/// the clock (a plain timeout refused it: checked).
+#[test]
+fn a_dialler_whose_thread_did_not_run_past_its_deadline_still_completes_the_handshake() {
+    let (mut d, mut a) = pipe();
+    let (worker, master) = (identity("worker-1"), identity("master"));
+    let acceptor = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(accept(&mut a, &master, DEADLINE, admit_all))
+            .map(|p| p.node)
+    });
+    let deadline = Duration::from_millis(200);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dialled = rt.block_on(async move {
+        let dialling = tokio::spawn(async move { dial(&mut d, &worker, deadline).await });
+        // The dial task sends `hello` and waits; then this thread does not run it.
+        tokio::task::yield_now().await;
+        std::thread::sleep(deadline * 3);
+        dialling.await.unwrap()
+    });
+    let node = |r: Result<String, HandshakeError>| r.map_err(|e| e.to_string());
+    assert_eq!(node(dialled.map(|p| p.node)), Ok("master".to_owned()));
+    assert_eq!(node(acceptor.join().unwrap()), Ok("worker-1".to_owned()));
+}
+
 #[tokio::test]
 async fn handshake_succeeds_whichever_side_dials() {
     let (a_id, b_id) = (identity("n1"), identity("n2"));
