@@ -281,13 +281,7 @@ impl Entries {
 
     /// Every entry, in key order.
     fn iter(&self) -> impl Iterator<Item = (&str, &Stored)> {
-        let (few, many) = match self {
-            Entries::Few(v) => (Some(v.iter()), None),
-            Entries::Many(m) => (None, Some(m.iter())),
-        };
-        let few = few.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
-        let many = many.into_iter().flatten().map(|(k, s)| (k.as_str(), s));
-        few.chain(many)
+        self.with_prefix("")
     }
 
     /// The entries whose key starts with `prefix`, in key order.
