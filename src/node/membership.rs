@@ -1678,6 +1678,30 @@ impl Handler<LinksChanged> for Membership {
 }
 
 impl Membership {
+    /// A digest on a link the Router has not told of yet (it publishes its table, then
+    /// tells this actor): the links are taken from the table first, so that the answer
+    /// carries this node's state with its `link:` to the asker (and its first stats).
+    /// Answered before, that state went out without them, and the asker relayed it, then the
+    /// rest as a second record, to every node: a forming 1,000-node star's workers each
+    /// received 1.3 records per other worker.
+    fn learn_link(&mut self, via: &str, ctx: &mut Context<Self>) {
+        if self.table_links.contains(via) {
+            return;
+        }
+        let table = self.shared.routes.load();
+        if table.link(via).is_none() {
+            return;
+        }
+        let links: BTreeSet<String> = table.links().map(|l| l.peer.clone()).collect();
+        let cut = self
+            .cut_since
+            .keys()
+            .filter(|p| !links.contains(*p))
+            .cloned()
+            .collect();
+        self.links_changed(links, cut, ctx);
+    }
+
     /// The Router's links are now `links`, and `cut` were cut lately.
     fn links_changed(
         &mut self,
@@ -1760,25 +1784,7 @@ impl Handler<DigestReceived> for Membership {
     type Result = ();
 
     fn handle(&mut self, msg: DigestReceived, ctx: &mut Context<Self>) {
-        if !self.table_links.contains(&msg.via) {
-            // A digest on a link the Router has not told of yet (it publishes its table,
-            // then tells this actor): taken from the table first, so that the answer
-            // carries this node's state with its `link:` to the asker (and its first
-            // stats). Answered before, that state went out without them, and the asker
-            // relayed it, then the rest as a second record, to every node: a forming
-            // 1,000-node star's workers each received 1.3 records per other worker.
-            let table = self.shared.routes.load();
-            if table.link(&msg.via).is_some() {
-                let links: BTreeSet<String> = table.links().map(|l| l.peer.clone()).collect();
-                let cut = self
-                    .cut_since
-                    .keys()
-                    .filter(|p| !links.contains(*p))
-                    .cloned()
-                    .collect();
-                self.links_changed(links, cut, ctx);
-            }
-        }
+        self.learn_link(&msg.via, ctx);
         guard("membership", ctx, |_| self.on_digest(&msg.via, &msg.digest));
         self.schedule_flush(ctx);
     }

@@ -97,9 +97,6 @@ impl Relayed {
     /// `peer`'s digest was answered: every whole state held here that it lacked is queued
     /// for it.
     pub(super) fn answered(&mut self, peer: &str) {
-        if !self.links.contains_key(peer) {
-            return;
-        }
         let at = self.next();
         if let Some(s) = self.links.get_mut(peer) {
             s.answered = Some(at);
